@@ -1,0 +1,174 @@
+"""The SMT teacher: an encoder that compresses a context into K memory tokens, and a causal decoder
+that predicts the future from those tokens.
+
+Two encoders share one interface:
+- `register` (the reference design): context tokens followed by K learned register tokens, bidirectional
+  attention; one encoder pass per memory.
+- `causal` (all-position): a causal Transformer over [start ; x_0 .. x_{T-1}] whose hidden state at
+  position t is projected into the K memory tokens, so one pass yields every memory m_0..m_T. With
+  `window` set, attention is limited to the last `window` positions (a sliding context).
+
+Convention everywhere in this project: m_t is the memory after seeing x_0..x_{t-1}; the readout of
+m_t predicts y_{t-1}; decoding m_t with future inputs x_t.. predicts y_{t-1}, y_t, ...
+Padding tokens are -1 and are masked out, so an empty context is legal.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from models.layers import Transformer, causal_mask, rms_normalize
+
+ENCODERS = ("causal", "register")
+
+
+class ConfigError(ValueError):
+    """A model configuration that cannot work; the message names the field and the fix."""
+
+
+@dataclass(kw_only=True)
+class TeacherConfig:
+    vocab_size: int = 16
+    """Token vocabulary of the corpus (data tokens plus special tokens)."""
+    d_model: int = 64
+    """Width of encoder and decoder; also the width d of each memory token."""
+    n_heads: int = 4
+    """Attention heads."""
+    encoder_depth: int = 2
+    """Encoder blocks."""
+    decoder_depth: int = 2
+    """Decoder blocks."""
+    mem_tokens: int = 4
+    """K: memory tokens. The memory has Z = K * d_model floats."""
+    mem_size: int | None = None
+    """Z; optional, validated against K * d_model when given."""
+    encoder: str = "causal"
+    """'causal' (every memory in one pass) or 'register' (reference: one pass per memory)."""
+    window: int | None = None
+    """Causal encoder only: attend to at most this many previous positions (None = whole prefix)."""
+
+    def __post_init__(self) -> None:
+        if self.encoder not in ENCODERS:
+            raise ConfigError(f"encoder={self.encoder!r} is unknown: use one of {', '.join(ENCODERS)}")
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}: change one")
+        z = self.mem_tokens * self.d_model
+        if self.mem_size is None:
+            self.mem_size = z
+        elif self.mem_size != z:
+            raise ConfigError(
+                f"mem_size={self.mem_size} != mem_tokens*d_model={self.mem_tokens}*{self.d_model}={z}: "
+                "set mem_size to K*d or change K/d_model")
+        if self.vocab_size < 2:
+            raise ConfigError(f"vocab_size={self.vocab_size} must be >= 2")
+        if self.window is not None and self.window < 1:
+            raise ConfigError(f"window={self.window} must be >= 1 or None")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class MemoryDecoder(nn.Module):
+    """Causal decoder over [K memory tokens ; embedded future inputs] with an output projection.
+
+    Also the readout g of a recurrent student: `readout(m)` is the first prediction, from memory alone.
+    """
+
+    def __init__(self, vocab_size: int, d_model: int, depth: int, n_heads: int, mem_tokens: int):
+        super().__init__()
+        self.K, self.d = mem_tokens, d_model
+        self.embed = nn.Embedding(vocab_size, d_model)
+        self.body = Transformer(d_model, depth, n_heads)
+        self.to_logits = nn.Linear(d_model, vocab_size)
+
+    def forward(self, m: torch.Tensor, x_fut: torch.Tensor | None = None) -> torch.Tensor:
+        """m: (B, Z); x_fut: (B, Tf) or None. Returns logits (B, Tf+1, V) predicting y_{t-1} .. y_{t+Tf-1}."""
+        B = m.shape[0]
+        h = m.view(B, self.K, self.d)
+        if x_fut is not None and x_fut.shape[1] > 0:
+            h = torch.cat([h, self.embed(x_fut.clamp(min=0))], dim=1)
+        L = h.shape[1]
+        out = self.body(h, mask=causal_mask(L, h.device))
+        return self.to_logits(out[:, self.K - 1:])
+
+    def readout(self, m: torch.Tensor) -> torch.Tensor:
+        """Logits (B, V) of the next target from memory alone."""
+        return self.forward(m)[:, 0]
+
+
+class Teacher(nn.Module):
+    def __init__(self, cfg: TeacherConfig):
+        super().__init__()
+        self.cfg = cfg
+        d, K = cfg.d_model, cfg.mem_tokens
+        self.embed = nn.Embedding(cfg.vocab_size, d)
+        self.encoder = Transformer(d, cfg.encoder_depth, cfg.n_heads)
+        if cfg.encoder == "register":
+            self.registers = nn.Parameter(torch.randn(K, d) * 0.02)
+        else:
+            self.start = nn.Parameter(torch.randn(d) * 0.02)
+            self.to_mem = nn.Linear(d, K * d)
+        self.decoder = MemoryDecoder(cfg.vocab_size, d, cfg.decoder_depth, cfg.n_heads, K)
+
+    @property
+    def mem_size(self) -> int:
+        return int(self.cfg.mem_size)
+
+    # ---- encoders -------------------------------------------------------------------------------
+    def encode(self, x_ctx: torch.Tensor) -> torch.Tensor:
+        """Memory of a (left-padded) context: (B, Tc) -> (B, Z). Tc may be 0."""
+        if self.cfg.encoder == "causal":
+            return self.encode_all(x_ctx)[:, -1]
+        B, Tc = x_ctx.shape
+        K, d = self.cfg.mem_tokens, self.cfg.d_model
+        valid = x_ctx != -1
+        h = torch.cat([self.embed(x_ctx.clamp(min=0)), self.registers.expand(B, K, d).to(self.embed.weight.dtype)], 1)
+        keys = torch.cat([valid, torch.ones(B, K, dtype=torch.bool, device=x_ctx.device)], 1)
+        # positions count real tokens only, so left padding changes nothing for the real tokens
+        pos = torch.cumsum(keys.long(), 1) - 1
+        out = self.encoder(h, pos=pos, mask=keys[:, None, None, :])
+        return rms_normalize(out[:, Tc:]).reshape(B, K * d)
+
+    def encode_all(self, x: torch.Tensor) -> torch.Tensor:
+        """Every memory m_0..m_T of a sequence: (B, T) -> (B, T+1, Z), m_t seeing x_<t only."""
+        if self.cfg.encoder == "register":
+            return self._encode_prefixes(x)
+        B, T = x.shape
+        valid = torch.cat([torch.ones(B, 1, dtype=torch.bool, device=x.device), x != -1], 1)
+        h = torch.cat([self.start.expand(B, 1, -1).to(self.embed.weight.dtype), self.embed(x.clamp(min=0))], 1)
+        pos = torch.cumsum(valid.long(), 1) - 1
+        mask = causal_mask(T + 1, x.device, self.cfg.window)[None, None] & valid[:, None, None, :]
+        out = self.encoder(h, pos=pos, mask=mask)
+        K, d = self.cfg.mem_tokens, self.cfg.d_model
+        return rms_normalize(self.to_mem(out).view(B, T + 1, K, d)).view(B, T + 1, K * d)
+
+    def _encode_prefixes(self, x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+        # One register pass per prefix: the reference cost model (used for labeling and evaluation).
+        B, T = x.shape
+        ctx = torch.full((T + 1, B, T), -1, dtype=x.dtype, device=x.device)
+        for t in range(1, T + 1):
+            ctx[t, :, T - t:] = x[:, :t]
+        flat = ctx.reshape((T + 1) * B, T)
+        mems = torch.cat([self.encode(flat[i:i + chunk]) for i in range(0, flat.shape[0], chunk)])
+        return mems.view(T + 1, B, -1).transpose(0, 1)
+
+    def memories_at(self, x: torch.Tensor, t: torch.Tensor, window: int | None = None) -> torch.Tensor:
+        """m_t for one position per row: x (B, T), t (B,) in [0, T] -> (B, Z).
+
+        The register encoder reads the context x[max(0, t - window):t]; the causal one its own window."""
+        B, T = x.shape
+        if self.cfg.encoder == "causal":
+            return self.encode_all(x)[torch.arange(B, device=x.device), t]
+        Tc = window or T
+        idx = t[:, None] - Tc + torch.arange(Tc, device=x.device)[None]  # (B, Tc), positions of the context
+        ctx = torch.where(idx >= 0, torch.gather(x, 1, idx.clamp(min=0)), torch.full_like(idx, -1))
+        return self.encode(ctx)
+
+    # ---- decoder ------------------------------------------------------------------------------
+    def decode(self, m: torch.Tensor, x_fut: torch.Tensor | None = None) -> torch.Tensor:
+        return self.decoder(m, x_fut)
+
+    def readout(self, m: torch.Tensor) -> torch.Tensor:
+        return self.decoder.readout(m)

@@ -1,0 +1,117 @@
+"""The BPTT baseline: the same updater architectures trained end to end through time.
+
+The student has its own readout (a fresh memory decoder of the teacher's shape) and a learned,
+RMS-normalised initial memory. Full BPTT keeps the graph over the whole sequence; truncated BPTT
+(`truncate=k`) detaches the state every k steps. The readout is applied only where a target exists.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.checkpoint import save_student
+from models.student import Student
+from models.teacher import TeacherConfig
+from models.updaters import UpdaterConfig
+from trainers.common import MetricsLog, OptimConfig, autocast, clip_and_step, pick_device, write_json
+from trainers.evaluate import evaluate_student
+from trainers.losses import masked_ce
+from trainers.pretrain import eval_batch, matched_updater
+
+
+@dataclass(kw_only=True)
+class BPTTConfig:
+    updater: UpdaterConfig = field(default_factory=UpdaterConfig)
+    """Updater architecture (K, d, vocab from `shape`)."""
+    shape: TeacherConfig = field(default_factory=TeacherConfig)
+    """Memory shape (K, d) and readout depth, matched to the SMT teacher for a fair comparison."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimiser."""
+    steps: int = 2000
+    """Maximum steps."""
+    seconds: float | None = None
+    """Wall-clock budget."""
+    batch_size: int = 32
+    """Sequences per step."""
+    truncate: int | None = None
+    """Truncated BPTT: detach the state every k steps (None = full BPTT)."""
+    eval_every: int = 50
+    """Evaluate every N steps."""
+    eval_size: int = 256
+    """Held-out sequences."""
+    stop_at_acc: float | None = None
+    """Stop once the rolled-out accuracy reaches this."""
+    seed: int = 0
+    """Random seed."""
+    device: str = "auto"
+    """'auto', 'cpu' or 'cuda'."""
+
+
+def bptt_loss(student: Student, x: torch.Tensor, y: torch.Tensor, truncate: int | None = None) -> torch.Tensor:
+    B, T = x.shape
+    m = student.start(B)
+    kept, targets = [], []
+    for t in range(T):
+        if truncate and t % truncate == 0:
+            m = m.detach()
+        m = student.step(m, x[:, t])
+        if bool((y[:, t] != -1).any()):
+            kept.append(m)
+            targets.append(y[:, t])
+    if not kept:
+        return m.sum() * 0.0
+    S = torch.stack(kept, 1)
+    logits = student.readout(S.reshape(-1, S.shape[-1])).view(B, len(kept), -1)
+    return masked_ce(logits, torch.stack(targets, 1))
+
+
+def train_bptt(corpus, cfg: BPTTConfig, out: str | Path | None = None, quiet: bool = False, on_eval=None) -> dict:
+    torch.manual_seed(cfg.seed)
+    dev = pick_device(cfg.device)
+    shape = TeacherConfig(**{**asdict(cfg.shape), "vocab_size": corpus.vocab_size})
+    student = Student(matched_updater(shape, cfg.updater), shape).to(dev)
+    params = list(student.parameters())
+    opt, sched = cfg.optim.build(params, cfg.steps)
+    rng = np.random.default_rng([cfg.seed, 0xB977])
+    ex, ey = (t.to(dev) for t in eval_batch(corpus, cfg.eval_size, cfg.seed))
+    out = Path(out) if out else None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", {"stage": "bptt", "corpus": corpus.spec, "config": asdict(cfg)})
+    log = MetricsLog(out / "metrics.jsonl" if out else None, cfg.steps, "bptt", quiet)
+    t0 = time.perf_counter()
+
+    def evaluate() -> dict:
+        student.eval()
+        r = evaluate_student(student, ex, ey)
+        student.train()
+        return {"bptt_acc": r["acc"], "bptt_loss": r["loss"]}
+
+    final: dict = {}
+    step = 0
+    for step in range(1, cfg.steps + 1):
+        x, y = (torch.as_tensor(a, dtype=torch.long, device=dev) for a in corpus.sample(cfg.batch_size, rng))
+        with autocast(dev):
+            loss = bptt_loss(student, x, y, cfg.truncate)
+        loss.backward()
+        gn = clip_and_step(params, opt, sched, cfg.optim.grad_clip)
+        log.advance()
+        done = (cfg.seconds is not None and time.perf_counter() - t0 >= cfg.seconds) or step == cfg.steps
+        if step % cfg.eval_every == 0 or done:
+            final = log.log(step, loss=loss, grad_norm=gn, **evaluate())
+            if on_eval:
+                on_eval(final)
+            if cfg.stop_at_acc is not None and final["bptt_acc"] >= cfg.stop_at_acc:
+                done = True
+        if done:
+            break
+    log.close()
+    student.eval()
+    if out:
+        save_student(str(out / "student"), student, None, {"corpus": corpus.spec, "trained_by": "bptt", "steps": step})
+    return {"student": student, "history": log.history, "final": final, "seconds": time.perf_counter() - t0,
+            "steps": step}

@@ -1,0 +1,115 @@
+"""Shared training plumbing: device choice, bf16 autocast, optimiser + schedule, metrics log, progress."""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on GPU; a no-op on CPU (tests and this project's laptops run in float32)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    lr: float = 3e-4
+    """Peak learning rate (AdamW)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    beta1: float = 0.9
+    """AdamW beta1."""
+    beta2: float = 0.95
+    """AdamW beta2."""
+    warmup_frac: float = 0.01
+    """Fraction of steps of linear warm-up."""
+    schedule: str = "constant"
+    """After warm-up: 'constant' or 'cosine' (to 10% of lr)."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0 = off)."""
+
+    def build(self, params, total_steps: int):
+        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, betas=(self.beta1, self.beta2))
+        warm = max(1, int(self.warmup_frac * total_steps))
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            if self.schedule == "cosine":
+                p = min(1.0, (step - warm) / max(1, total_steps - warm))
+                return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p))
+            return 1.0
+
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def clip_and_step(params, opt, sched, clip: float) -> float:
+    gn = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    return float(gn)
+
+
+class MetricsLog:
+    """Appends one JSON object per line to `path` (if given) and shows a progress bar."""
+
+    def __init__(self, path: str | Path | None, total: int, desc: str, quiet: bool = False):
+        self.path = Path(path) if path else None
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.bar = tqdm(total=total, desc=desc, disable=quiet, dynamic_ncols=True, leave=False)
+        self.t0 = time.perf_counter()
+        self.history: list[dict[str, Any]] = []
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def log(self, step: int, **metrics: Any) -> dict:
+        row = {"step": step, "time": round(self.elapsed(), 3), **{k: _num(v) for k, v in metrics.items()}}
+        self.history.append(row)
+        if self.path:
+            with self.path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+        self.bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if isinstance(v, float) and k != "time"},
+                             refresh=False)
+        return row
+
+    def advance(self, n: int = 1) -> None:
+        self.bar.update(n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _num(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return float(v.detach().float().item())
+    return v
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_jsonable))
+
+
+def _jsonable(o: Any) -> Any:
+    if hasattr(o, "__dataclass_fields__"):
+        return asdict(o)
+    return str(o)

@@ -1,0 +1,80 @@
+"""Evaluation: teacher readout, and the updater rolled out alone with teacher-forced inputs.
+
+Reported figures (all over targets y != -1):
+- `acc`: answer accuracy (argmax of the readout of m_{t+1} against y_t);
+- `loss`, `bits_per_token`: mean cross-entropy in nats and in bits;
+- `loss_by_pos`: mean loss per position t (NaN-free: positions without targets are omitted -> None);
+- `drift_by_pos`: MSE(m_hat_t, m_t) between the rolled-out memory and the teacher's, per t.
+Prefix-mode corpora roll out from m_0; stream corpora from the teacher memory of a prompt of `prompt` tokens.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from trainers.losses import per_position_ce
+
+
+def _summary(logits: torch.Tensor, y: torch.Tensor) -> dict:
+    mask = y != -1
+    n = int(mask.sum())
+    ce = per_position_ce(logits, y)
+    acc = float(((logits.argmax(-1) == y) & mask).sum()) / max(1, n)
+    loss = float(ce.sum()) / max(1, n)
+    per_pos = ce.sum(0) / mask.sum(0).clamp(min=1)
+    return {"acc": acc, "loss": loss, "bits_per_token": loss / math.log(2), "targets": n,
+            "loss_by_pos": [float(v) if c else None for v, c in zip(per_pos, mask.sum(0))]}
+
+
+@torch.no_grad()
+def teacher_memories(teacher, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    return torch.cat([teacher.encode_all(x[i:i + batch]) for i in range(0, x.shape[0], batch)])
+
+
+@torch.no_grad()
+def evaluate_teacher(teacher, x: torch.Tensor, y: torch.Tensor, prompt: int = 0) -> dict:
+    M = teacher_memories(teacher, x)
+    B, T1, Z = M.shape
+    logits = teacher.readout(M[:, 1:].reshape(-1, Z)).view(B, T1 - 1, -1)
+    y = y.clone()
+    y[:, :prompt] = -1
+    return _summary(logits, y)
+
+
+@torch.no_grad()
+def evaluate_student(student, x: torch.Tensor, y: torch.Tensor, teacher=None, prompt: int = 0) -> dict:
+    """Roll the student's updater out alone over x (from m_0, or from the teacher memory after `prompt`
+    tokens) and score its readout; with a teacher, also the drift against the teacher's memories."""
+    M = teacher_memories(teacher, x) if teacher is not None else None
+    if prompt:
+        if M is None:
+            raise ValueError("a stream-mode rollout (prompt > 0) needs the teacher for the prompt's memory")
+        m_hat = student.rollout(x[:, prompt:], M[:, prompt])
+    else:
+        m_hat = student.rollout(x)
+    B, T1, Z = m_hat.shape
+    logits = student.readout(m_hat[:, 1:].reshape(-1, Z)).view(B, T1 - 1, -1)
+    out = _summary(logits, y[:, prompt:])
+    if M is not None:
+        drift = (m_hat - M[:, prompt:]).pow(2).mean(dim=(0, 2))
+        out["drift_by_pos"] = [float(v) for v in drift]
+        out["drift_final"] = float(drift[-1])
+    return out
+
+
+@torch.no_grad()
+def generate(student, prompt: torch.Tensor, steps: int, temperature: float = 1.0,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    """Sample `steps` tokens after `prompt` (B, P) from the student alone; returns (B, steps)."""
+    m = student.rollout(prompt)[:, -1] if prompt.shape[1] else student.start(prompt.shape[0])
+    out = []
+    for _ in range(steps):
+        logits = student.readout(m).float()
+        if temperature <= 0:
+            tok = logits.argmax(-1)
+        else:
+            tok = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator)[:, 0]
+        out.append(tok)
+        m = student.step(m, tok)
+    return torch.stack(out, 1)

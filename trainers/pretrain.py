@@ -1,0 +1,127 @@
+"""Stage 1: joint SMT pretraining of the teacher and a reference updater, with evaluation hooks.
+
+Writes `<out>/teacher` (the teacher checkpoint whose fingerprint names its target shards),
+`<out>/student` (the reference updater with the teacher's readout), `<out>/metrics.jsonl` and
+`<out>/config.json`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.checkpoint import save_student, save_teacher
+from models.student import Student
+from models.teacher import Teacher, TeacherConfig
+from models.updaters import UpdaterConfig
+from trainers.common import MetricsLog, OptimConfig, autocast, clip_and_step, pick_device, write_json
+from trainers.evaluate import evaluate_student, evaluate_teacher
+from trainers.smt import SMTConfig, smt_losses
+
+
+@dataclass(kw_only=True)
+class PretrainConfig:
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    """Teacher architecture (vocab_size is taken from the corpus)."""
+    updater: UpdaterConfig = field(default_factory=UpdaterConfig)
+    """Reference updater trained jointly (K, d and vocab are taken from the teacher)."""
+    smt: SMTConfig = field(default_factory=SMTConfig)
+    """Loss weights and position sampling."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimiser."""
+    steps: int = 2000
+    """Maximum optimiser steps."""
+    seconds: float | None = None
+    """Wall-clock budget; stops early when spent."""
+    batch_size: int = 32
+    """Sequences per step."""
+    eval_every: int = 50
+    """Evaluate (teacher and rolled-out updater) every N steps."""
+    eval_size: int = 256
+    """Held-out sequences for evaluation."""
+    stop_at_acc: float | None = None
+    """Stop once the teacher's answer accuracy reaches this (None = never)."""
+    seed: int = 0
+    """Random seed (model init, batches, positions)."""
+    device: str = "auto"
+    """'auto' (GPU when present), 'cpu' or 'cuda'."""
+
+
+def matched_updater(teacher_cfg: TeacherConfig, updater: UpdaterConfig) -> UpdaterConfig:
+    """The updater config with K, d and vocab taken from the teacher."""
+    return UpdaterConfig(**{**asdict(updater), "vocab_size": teacher_cfg.vocab_size,
+                            "mem_tokens": teacher_cfg.mem_tokens, "d_model": teacher_cfg.d_model})
+
+
+def eval_batch(corpus, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed held-out batch (drawn from a generator disjoint from training's)."""
+    x, y = corpus.sample(n, np.random.default_rng([seed, 0xE7A1]))
+    return torch.as_tensor(x, dtype=torch.long), torch.as_tensor(y, dtype=torch.long)
+
+
+def pretrain(corpus, cfg: PretrainConfig, out: str | Path | None = None, quiet: bool = False,
+             on_eval=None) -> dict:
+    """Train; returns {"teacher", "student", "history", "final", "seconds", "fingerprint"}."""
+    torch.manual_seed(cfg.seed)
+    dev = pick_device(cfg.device)
+    tcfg = TeacherConfig(**{**asdict(cfg.teacher), "vocab_size": corpus.vocab_size})
+    cfg.smt.check_length(corpus.seq_len)
+    teacher = Teacher(tcfg).to(dev)
+    ucfg = matched_updater(tcfg, cfg.updater)
+    student = Student.from_teacher(teacher, ucfg).to(dev)
+    params = list(teacher.parameters()) + list(student.updater.parameters())
+    opt, sched = cfg.optim.build(params, cfg.steps)
+    rng = np.random.default_rng(cfg.seed)
+    g = torch.Generator().manual_seed(cfg.seed)
+    ex, ey = (t.to(dev) for t in eval_batch(corpus, cfg.eval_size, cfg.seed))
+    prompt = cfg.smt.Tc if cfg.smt.mode == "stream" else 0
+    out = Path(out) if out else None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", {"stage": "pretrain", "corpus": corpus.spec, "config": asdict(cfg)})
+    log = MetricsLog(out / "metrics.jsonl" if out else None, cfg.steps, "pretrain", quiet)
+    final: dict = {}
+    step = 0
+    t0 = time.perf_counter()
+
+    def evaluate() -> dict:
+        teacher.eval()
+        student.readout_net.load_state_dict(teacher.decoder.state_dict())
+        with torch.no_grad():
+            student.m0.copy_(teacher.encode(ex[:1, :0])[0])
+        te = evaluate_teacher(teacher, ex, ey, prompt)
+        st = evaluate_student(student, ex, ey, teacher, prompt)
+        teacher.train()
+        return {"teacher_acc": te["acc"], "teacher_loss": te["loss"], "smt_acc": st["acc"],
+                "smt_loss": st["loss"], "drift_final": st.get("drift_final")}
+
+    for step in range(1, cfg.steps + 1):
+        x, y = (torch.as_tensor(a, dtype=torch.long, device=dev) for a in corpus.sample(cfg.batch_size, rng))
+        with autocast(dev):
+            losses = smt_losses(teacher, student.updater, x, y, cfg.smt, g)
+        losses["loss"].backward()
+        gn = clip_and_step(params, opt, sched, cfg.optim.grad_clip)
+        log.advance()
+        done = (cfg.seconds is not None and time.perf_counter() - t0 >= cfg.seconds) or step == cfg.steps
+        if step % cfg.eval_every == 0 or done:
+            final = log.log(step, **losses, grad_norm=gn, lr=sched.get_last_lr()[0], **evaluate())
+            if on_eval:
+                on_eval(final)
+            if cfg.stop_at_acc is not None and final["teacher_acc"] >= cfg.stop_at_acc:
+                done = True
+        if done:
+            break
+    log.close()
+    evaluate()  # leaves readout and m0 synced with the final teacher
+    teacher.eval()
+    student.eval()
+    result = {"teacher": teacher, "student": student, "history": log.history, "final": final,
+              "seconds": time.perf_counter() - t0, "steps": step}
+    if out:
+        result["fingerprint"] = save_teacher(str(out / "teacher"), teacher, {"corpus": corpus.spec, "steps": step})
+        save_student(str(out / "student"), student, result["fingerprint"],
+                     {"corpus": corpus.spec, "trained_by": "smt", "steps": step})
+    return result

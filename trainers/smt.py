@@ -1,0 +1,138 @@
+"""Joint SMT pretraining of a teacher and a reference updater (the paper's stage 1).
+
+Per batch of sequences x, y (B, T):
+- memories: the causal teacher yields m_0..m_T in one pass; the register teacher encodes one context
+  per sampled position (the reference design);
+- L_dec: decode m_t with the future inputs x_t.. and predict y_{t-1}, y_t, ... (Tf steps; default the whole
+  remaining future, so memories far from a sparse target still get signal);
+- L_dyn: MSE(f(m_t, x_t), m_{t+1}), on every consecutive pair (causal) or the sampled pairs (register);
+  nothing is detached unless `detach` is set, so the dynamics loss also shapes the teacher;
+- L_unif: uniformity of the memory tokens.
+L = w_dec L_dec + w_dyn L_dyn + w_unif L_unif (reference weights 1, 0.1, 0.001).
+
+Positions: prefix mode samples t in [0, T] inclusive (the final memory is always decoded) and
+oversamples positions whose first prediction is a target; stream mode uses positions t >= Tc only,
+each memory seeing a context of at most Tc tokens.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from trainers.losses import masked_ce, uniformity
+
+
+@dataclass(kw_only=True)
+class SMTConfig:
+    mode: str = "prefix"
+    """'prefix' (sequences start at t=0: every prefix is a memory) or 'stream' (sliding Tc windows)."""
+    Tc: int | None = None
+    """Stream mode: context length of each memory (required there)."""
+    Tf: int | None = None
+    """Future steps decoded per memory; None = the whole remaining sequence."""
+    dec_positions: int = 4
+    """Memories decoded per sequence (the final one is always among them in prefix mode)."""
+    dyn_pairs: int = 4
+    """Register teacher: transitions per sequence (the causal teacher uses every consecutive pair)."""
+    target_frac: float = 0.5
+    """Fraction of sampled positions drawn from those whose first prediction is a target."""
+    w_dec: float = 1.0
+    """Weight of the predictive-state (decoder) loss."""
+    w_dyn: float = 0.1
+    """Weight of the dynamics loss."""
+    w_unif: float = 0.001
+    """Weight of the uniformity loss."""
+    gamma: float = 1.0
+    """Per-step decay of the decoder loss over the future (1 = none)."""
+    detach: bool = False
+    """Stop the dynamics gradient at the teacher (teacher trained by L_dec only)."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("prefix", "stream"):
+            raise ValueError(f"mode={self.mode!r} is unknown: use 'prefix' or 'stream'")
+        if self.mode == "stream" and not self.Tc:
+            raise ValueError("mode='stream' needs Tc (the context length of a memory): pass --smt.Tc N")
+
+    def check_length(self, T: int) -> None:
+        if self.mode == "stream" and self.Tc + (self.Tf or 1) > T:
+            raise ValueError(f"Tc+Tf={self.Tc}+{self.Tf or 1} > T={T}: use shorter Tc/Tf or longer windows")
+
+
+def _sample_positions(y: torch.Tensor, n: int, lo: int, hi: int, frac: float, g: torch.Generator,
+                      force_last: bool) -> torch.Tensor:
+    """(B, n) positions t in [lo, hi]; a `frac` share drawn from positions whose first prediction
+    (y_{t-1}) is a target, when a row has any."""
+    B, T = y.shape
+    dev = y.device
+    t_all = torch.arange(lo, hi + 1, device=dev)
+    prev = torch.where(t_all > 0, y[:, (t_all - 1).clamp(min=0)], torch.full((B, len(t_all)), -1, device=dev))
+    tgt = (prev != -1).float()
+    uni = torch.ones_like(tgt)
+    has = tgt.sum(1, keepdim=True) > 0
+    pick_t = torch.rand(B, n, generator=g).to(dev) < frac
+    w_t = torch.where(has, tgt, uni)
+    a = torch.multinomial(w_t, n, replacement=True, generator=g) if dev.type == "cpu" else \
+        torch.multinomial(w_t.cpu(), n, replacement=True, generator=g).to(dev)
+    b = torch.randint(0, len(t_all), (B, n), generator=g).to(dev)
+    idx = torch.where(pick_t, a, b)
+    if force_last:
+        idx[:, 0] = len(t_all) - 1
+    return t_all[idx]
+
+
+def _futures(x: torch.Tensor, y: torch.Tensor, t: torch.Tensor, Tf: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For positions t (B, n): future inputs x[t : t+Tf] (B, n, Tf) and targets y[t-1 : t+Tf] (B, n, Tf+1),
+    padded with -1 past the end (and y_{-1} = -1)."""
+    B, T = x.shape
+    xi = t[..., None] + torch.arange(Tf, device=x.device)
+    yi = t[..., None] - 1 + torch.arange(Tf + 1, device=x.device)
+    rows = torch.arange(B, device=x.device)[:, None, None]
+    xf = torch.where(xi < T, x[rows, xi.clamp(max=T - 1)], -1)
+    yf = torch.where((yi >= 0) & (yi < T), y[rows, yi.clamp(0, T - 1)], -1)
+    return xf, yf
+
+
+def smt_losses(teacher, updater, x: torch.Tensor, y: torch.Tensor, cfg: SMTConfig, g: torch.Generator) -> dict:
+    B, T = x.shape
+    Z = teacher.mem_size
+    K, d = teacher.cfg.mem_tokens, teacher.cfg.d_model
+    lo = cfg.Tc if cfg.mode == "stream" else 0
+    Tf = cfg.Tf or (T - lo)
+    rows = torch.arange(B, device=x.device)[:, None]
+    t_dec = _sample_positions(y, cfg.dec_positions, lo, T, cfg.target_frac, g, force_last=cfg.mode == "prefix")
+
+    if teacher.cfg.encoder == "causal":
+        M = teacher.encode_all(x)  # (B, T+1, Z), windowed by the teacher's own config in stream mode
+        m_dec = M[rows, t_dec]  # (B, n, Z)
+        m_in, m_out, tok = M[:, lo:T], M[:, lo + 1:T + 1], x[:, lo:T]
+    else:
+        t_dyn = _sample_positions(y, cfg.dyn_pairs, lo, T - 1, cfg.target_frac, g, force_last=False)
+        window = cfg.Tc if cfg.mode == "stream" else None
+        both = torch.cat([t_dyn, t_dyn + 1, t_dec], 1)  # one batched encoder call
+        xx = x[:, None].expand(B, both.shape[1], T).reshape(-1, T)
+        mems = teacher.memories_at(xx, both.reshape(-1), window).view(B, -1, Z)
+        n = t_dyn.shape[1]
+        m_in, m_out, m_dec = mems[:, :n], mems[:, n:2 * n], mems[:, 2 * n:]
+        tok = x[rows, t_dyn]
+
+    xf, yf = _futures(x, y, t_dec, Tf)
+    logits = teacher.decode(m_dec.reshape(-1, Z), xf.reshape(-1, Tf))  # (B*n, Tf+1, V)
+    yf = yf.reshape(-1, Tf + 1)
+    if cfg.gamma != 1.0:
+        w = cfg.gamma ** torch.arange(Tf + 1, device=x.device, dtype=torch.float32)
+        ce = F.cross_entropy(logits.float().flatten(0, 1), yf.clamp(min=0).flatten(), reduction="none")
+        mask = (yf != -1).flatten().float()
+        l_dec = (ce * mask * w.repeat(yf.shape[0])).sum() / mask.sum().clamp(min=1)
+    else:
+        l_dec = masked_ce(logits, yf)
+    l_dec0 = masked_ce(logits[:, 0], yf[:, 0])
+
+    m_src = m_in.detach() if cfg.detach else m_in
+    m_tgt = m_out.detach() if cfg.detach else m_out
+    pred = updater(m_src.reshape(-1, Z), tok.reshape(-1))
+    l_dyn = F.mse_loss(pred.float(), m_tgt.reshape(-1, Z).float())
+    l_unif = uniformity(m_dec.reshape(-1, K, d), generator=g)
+    loss = cfg.w_dec * l_dec + cfg.w_dyn * l_dyn + cfg.w_unif * l_unif
+    return {"loss": loss, "loss_decoder": l_dec, "loss_decoder0": l_dec0, "loss_dyn": l_dyn, "loss_unif": l_unif}
