@@ -18,6 +18,7 @@ Token convention: data tokens are 0..V-1, special tokens follow them, `vocab_siz
 Targets y are int64 with -1 meaning "no target". Stream corpora cut windows of `T` tokens every `stride`
 tokens from one token stream; y[t] = x[t+1], and the last y is -1 unless the stream continues.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -50,6 +51,7 @@ class CorpusError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------- base
+
 
 class Corpus:
     """Base class. Subclasses set the attributes in __init__ and implement `get`, `sample`, `_data_digest`."""
@@ -87,9 +89,17 @@ class Corpus:
 
     def describe(self) -> dict:
         """Everything a manifest needs: spec, id, shapes, chance and the parameters."""
-        return {"spec": self.spec, "corpus_id": self.corpus_id, "kind": self.kind, "vocab_size": self.vocab_size,
-                    "seq_len": self.seq_len, "mode": self.mode, "num_sequences": self.num_sequences,
-                    "chance": self.chance, "params": self.params()}
+        return {
+            "spec": self.spec,
+            "corpus_id": self.corpus_id,
+            "kind": self.kind,
+            "vocab_size": self.vocab_size,
+            "seq_len": self.seq_len,
+            "mode": self.mode,
+            "num_sequences": self.num_sequences,
+            "chance": self.chance,
+            "params": self.params(),
+        }
 
     def __len__(self) -> int:
         return self.num_sequences
@@ -114,11 +124,15 @@ _LIST_VALUED = ("data_files",)
 def parse_spec(spec: str) -> tuple[str, str | None, dict[str, str]]:
     """Split a spec into (name, location or None, raw params). See the module docstring for the syntax."""
     if not isinstance(spec, str) or not spec.strip():
-        raise CorpusError("corpus spec is empty: give e.g. 'retrieval:T=64,vocab=8' or 'text:/data/*.txt|T=256'")
+        raise CorpusError(
+            "corpus spec is empty: give e.g. 'retrieval:T=64,vocab=8' or 'text:/data/*.txt|T=256'"
+        )
     spec = spec.strip()
     m = re.match(r"^([A-Za-z_][A-Za-z0-9_]*)([:|]?)(.*)$", spec, re.DOTALL)
     if not m:
-        raise CorpusError(f"bad corpus spec {spec!r}: expected 'name:key=value,...' or 'name:<location>|key=value'")
+        raise CorpusError(
+            f"bad corpus spec {spec!r}: expected 'name:key=value,...' or 'name:<location>|key=value'"
+        )
     name, sep, rest = m.group(1).lower(), m.group(2), m.group(3)
     location = None
     if sep == ":" and name in _LOCATED:
@@ -128,7 +142,9 @@ def parse_spec(spec: str) -> tuple[str, str | None, dict[str, str]]:
             location, rest = rest, ""
         if not location:
             if name != "mnist":
-                raise CorpusError(f"{name}: missing location in {spec!r}: write '{name}:<path or url>|key=value'")
+                raise CorpusError(
+                    f"{name}: missing location in {spec!r}: write '{name}:<path or url>|key=value'"
+                )
             location = None
     elif sep == "" and rest:
         raise CorpusError(f"bad corpus spec {spec!r}: separate the name from its parameters with ':'")
@@ -170,13 +186,16 @@ class Params:
             try:
                 v = conv(s)
             except (TypeError, ValueError):
-                raise CorpusError(f"{self.kind}: {key}={s!r} is not {typename}: give e.g. {key}={default}") from None
+                raise CorpusError(
+                    f"{self.kind}: {key}={s!r} is not {typename}: give e.g. {key}={default}"
+                ) from None
         else:
             v = default
         return v
 
-    def int(self, key: str, default: int | None, lo: int | None = None, hi: int | None = None,
-            why: str = "") -> int | None:
+    def int(
+        self, key: str, default: int | None, lo: int | None = None, hi: int | None = None, why: str = ""
+    ) -> int | None:
         v = self._get(key, default, _to_int, "an integer")
         if v is not None:
             if lo is not None and v < lo:
@@ -213,7 +232,10 @@ def _to_int(s: str) -> int:
 
 # ------------------------------------------------------------------------------------------ streams
 
-def _windows(kind: str, data: np.ndarray, T: int, stride: int, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+
+def _windows(
+    kind: str, data: np.ndarray, T: int, stride: int, starts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """x = data[s:s+T], y = data[s+1:s+T+1] (int64), -1 past the end of the stream."""
     n = data.shape[0]
     pos = starts[:, None] + np.arange(T + 1, dtype=np.int64)[None, :]
@@ -227,7 +249,8 @@ class StreamCorpus(Corpus):
     """Windows of T tokens every `stride` tokens of one token stream `data` (a 1-D integer array).
 
     Window i starts at i*stride; only full windows are indexed: num_sequences = (N - T) // stride + 1.
-    `sample` draws random window indices. y[t] = x[t+1]; the last y is the next stream token, or -1 at the end.
+    `sample` draws random window indices. y[t] = x[t+1]; the last y is the next stream token, or -1 at
+    the very end of the stream.
     """
 
     mode = "stream"
@@ -239,7 +262,9 @@ class StreamCorpus(Corpus):
         if n == 0:
             raise CorpusError(f"{self.kind}: {what} is empty (0 tokens): point the spec at non-empty data")
         if T > n:
-            raise CorpusError(f"{self.kind}: T={T} longer than the data ({n} tokens in {what}): lower T or add data")
+            raise CorpusError(
+                f"{self.kind}: T={T} longer than the data ({n} tokens in {what}): lower T or add data"
+            )
         self.data = data
         self.seq_len = T
         self.stride = stride
@@ -271,7 +296,7 @@ def _join_docs(kind: str, docs: Sequence[bytes], sep: int) -> np.ndarray:
 
 
 class TextCorpus(StreamCorpus):
-    """`text:<fsspec glob>|T=256,stride=T,sep=0`: the bytes of every matching file (sorted by path), vocab 256.
+    """`text:<fsspec glob>|T=256,stride=T,sep=0`: the bytes of all matching files (sorted by path), vocab 256.
 
     Files are joined with the separator byte `sep` (default 0x00; sep=-1 joins with nothing).
     """
@@ -288,7 +313,9 @@ class TextCorpus(StreamCorpus):
         try:
             fs, _, paths = fsspec.core.get_fs_token_paths(location, storage_options=storage_options or {})
         except Exception as e:  # noqa: BLE001 - report any filesystem failure in one line
-            raise CorpusError(f"text: cannot open {location!r} ({type(e).__name__}: {e}): check the URL") from None
+            raise CorpusError(
+                f"text: cannot open {location!r} ({type(e).__name__}: {e}): check the URL"
+            ) from None
         paths = sorted(pth for pth in paths if fs.isfile(pth))
         if not paths:
             raise CorpusError(f"text: no files match {location!r}: check the path or glob")
@@ -298,7 +325,9 @@ class TextCorpus(StreamCorpus):
                 docs.append(f.read())
         self.files = paths
         self.location = location
-        self._init_stream(_join_docs(self.kind, docs, sep), T, stride, 256, f"{len(paths)} file(s) {location!r}")
+        self._init_stream(
+            _join_docs(self.kind, docs, sep), T, stride, 256, f"{len(paths)} file(s) {location!r}"
+        )
         self._p = p.values
         self.spec = f"text:{location}|{p.canonical()}"
 
@@ -317,8 +346,13 @@ class HFTextCorpus(StreamCorpus):
 
     kind = "hf"
 
-    def __init__(self, location: str, raw: dict[str, str], cache_dir: str | None = None,
-                 storage_options: dict | None = None):
+    def __init__(
+        self,
+        location: str,
+        raw: dict[str, str],
+        cache_dir: str | None = None,
+        storage_options: dict | None = None,
+    ):
         p = Params(self.kind, raw)
         split = p.str("split", "train")
         field = p.str("field", "text")
@@ -329,13 +363,17 @@ class HFTextCorpus(StreamCorpus):
         p.finish()
         ds = _hf_load(self.kind, location, name, split, data_files, cache_dir, storage_options)
         if field not in ds.column_names:
-            raise CorpusError(f"hf: no column field={field!r} in {location!r} (columns: {ds.column_names}): "
-                              f"set field=<column>")
+            raise CorpusError(
+                f"hf: no column field={field!r} in {location!r} (columns: {ds.column_names}): "
+                f"set field=<column>"
+            )
         docs: list[bytes] = []
         for batch in ds.select_columns([field]).iter(batch_size=10_000):
             docs.extend(s.encode("utf-8") for s in batch[field] if s is not None)
         if not docs:
-            raise CorpusError(f"hf: {location!r} split={split} has 0 rows: choose another split or data_files")
+            raise CorpusError(
+                f"hf: {location!r} split={split} has 0 rows: choose another split or data_files"
+            )
         self.location = location
         self.num_rows = len(docs)
         self._init_stream(_join_docs(self.kind, docs, sep), T, stride, 256, f"{location!r} split={split}")
@@ -354,12 +392,15 @@ def _hf_load(kind, path, name, split, data_files, cache_dir, storage_options):
         files = data_files.split(",") if "," in data_files else data_files
         kw["data_files"] = {split: files}
     try:
-        ds = datasets.load_dataset(path, name, split=split, cache_dir=cache_dir,
-                                   storage_options=storage_options, **kw)
+        ds = datasets.load_dataset(
+            path, name, split=split, cache_dir=cache_dir, storage_options=storage_options, **kw
+        )
     except Exception as e:  # noqa: BLE001 - one-line message for hub/network/file errors
         msg = str(e).splitlines()[0] if str(e) else ""
-        raise CorpusError(f"{kind}: cannot load dataset {path!r} split={split} ({type(e).__name__}: {msg}): "
-                          f"check the name/split, or pass local files with data_files=") from None
+        raise CorpusError(
+            f"{kind}: cannot load dataset {path!r} split={split} ({type(e).__name__}: {msg}): "
+            f"check the name/split, or pass local files with data_files="
+        ) from None
     return ds
 
 
@@ -388,8 +429,10 @@ class TokensCorpus(StreamCorpus):
                 vocab = hi + 1
                 p.values["vocab"] = vocab
             elif hi >= vocab:
-                raise CorpusError(f"tokens: token {hi} outside vocab={vocab} in {location!r}: raise vocab to "
-                                  f">= {hi + 1} or drop the param")
+                raise CorpusError(
+                    f"tokens: token {hi} outside vocab={vocab} in {location!r}: raise vocab to "
+                    f">= {hi + 1} or drop the param"
+                )
         self.location = location
         self._init_stream(data, T, stride, vocab or 1, repr(location))
         self._p = p.values
@@ -410,23 +453,30 @@ class TokensCorpus(StreamCorpus):
                 keys = sorted(node.array_keys())
                 if key is None:
                     if len(keys) != 1:
-                        raise CorpusError(f"tokens: {location!r} is a Zarr group with arrays {keys}: set key=<name>")
+                        raise CorpusError(
+                            f"tokens: {location!r} is a Zarr group with arrays {keys}: set key=<name>"
+                        )
                     key = keys[0]
                 if key not in keys:
-                    raise CorpusError(f"tokens: key={key!r} not in Zarr group {location!r} (arrays {keys}): fix key")
+                    raise CorpusError(
+                        f"tokens: key={key!r} not in Zarr group {location!r} (arrays {keys}): fix key"
+                    )
                 node = node[key]
             return np.asarray(node[...])
         except CorpusError:
             raise
         except Exception as e:  # noqa: BLE001
-            raise CorpusError(f"tokens: cannot read {location!r} ({type(e).__name__}: {e}): give a 1-D .npy "
-                              f"file or a Zarr array URL") from None
+            raise CorpusError(
+                f"tokens: cannot read {location!r} ({type(e).__name__}: {e}): give a 1-D .npy "
+                f"file or a Zarr array URL"
+            ) from None
 
     def params(self):
         return dict(kind=self.kind, location=self.location, **self._p)
 
 
 # ------------------------------------------------------------------------------------------- images
+
 
 class ImageCorpus(Corpus):
     """Prefix-mode pixel corpus: image i is `images[i]` flattened in raster order (one token per pixel).
@@ -502,8 +552,13 @@ class MnistCorpus(ImageCorpus):
 
     kind = "mnist"
 
-    def __init__(self, location: str | None, raw: dict[str, str], cache_dir: str | None = None,
-                 storage_options: dict | None = None):
+    def __init__(
+        self,
+        location: str | None,
+        raw: dict[str, str],
+        cache_dir: str | None = None,
+        storage_options: dict | None = None,
+    ):
         p = Params(self.kind, raw)
         split = p.str("split", "train")
         p.finish()
@@ -513,8 +568,10 @@ class MnistCorpus(ImageCorpus):
             ds = _hf_load(self.kind, "parquet", None, split, location, cache_dir, storage_options)
         for col in ("image", "label"):
             if col not in ds.column_names:
-                raise CorpusError(f"mnist: column {col!r} missing (columns: {ds.column_names}): "
-                                  f"use the ylecun/mnist layout (image, label)")
+                raise CorpusError(
+                    f"mnist: column {col!r} missing (columns: {ds.column_names}): "
+                    f"use the ylecun/mnist layout (image, label)"
+                )
         import datasets
         from PIL import Image
 
@@ -537,6 +594,7 @@ class MnistCorpus(ImageCorpus):
 
 
 # ----------------------------------------------------------------------------------------- load_corpus
+
 
 def load_corpus(spec: str, *, storage_options: dict | None = None, cache_dir: str | None = None) -> Corpus:
     """Build the corpus a spec names. `storage_options` (fsspec) and `cache_dir` (datasets) are not part of

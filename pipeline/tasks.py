@@ -12,6 +12,7 @@ fresh sequences from the caller's rng with the same vectorised generator.
 Targets y are -1 wherever there is nothing to predict. `chance` is the answer accuracy of the best
 input-independent (but position-aware) guess, averaged over target positions.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -152,9 +153,9 @@ class Copy(SyntheticTask):
         full = np.full((B, max(T, 2 * L + 1)), self.PAD, dtype=np.int64)
         full[:, :L] = s
         full[:, L] = self.SEP
-        full[:, L + 1:2 * L + 1] = o
+        full[:, L + 1 : 2 * L + 1] = o
         y = np.full((B, T), -1, dtype=np.int64)
-        y[:, L:2 * L] = o
+        y[:, L : 2 * L] = o
         return full[:, :T].copy(), y
 
 
@@ -224,8 +225,8 @@ class KeyValue(SyntheticTask):
         r = np.arange(B)
         x = np.full((B, T), self.PAD, dtype=np.int64)
         s = T - 2 * P - 2
-        x[:, s:s + 2 * P:2] = keys
-        x[:, s + 1:s + 2 * P:2] = vals
+        x[:, s : s + 2 * P : 2] = keys
+        x[:, s + 1 : s + 2 * P : 2] = vals
         x[:, T - 2] = self.QUERY
         x[:, T - 1] = keys[r, q]
         y = np.full((B, T), -1, dtype=np.int64)
@@ -255,7 +256,9 @@ class ModArith(SyntheticTask):
         V = self._vocab(p, 7)
         ops = p.str("ops", "+")
         if not ops or any(c not in _OPS for c in ops) or len(set(ops)) != len(ops):
-            raise CorpusError(f"modarith: ops={ops!r} invalid: use distinct characters from '+-*', e.g. ops=+-")
+            raise CorpusError(
+                f"modarith: ops={ops!r} invalid: use distinct characters from '+-*', e.g. ops=+-"
+            )
         self.ops = "".join(c for c in _OPS if c in ops)
         p.values["ops"] = self.ops
         self.dense = p.int("dense", 0, lo=0, hi=1)
@@ -338,12 +341,12 @@ class Parity(SyntheticTask):
     def _generate(self, rng, B):
         T = self.T
         x = np.empty((B, T), dtype=np.int64)
-        x[:, :T - 1] = rng.integers(0, 2, size=(B, T - 1))
+        x[:, : T - 1] = rng.integers(0, 2, size=(B, T - 1))
         x[:, T - 1] = self.QUERY
         y = np.full((B, T), -1, dtype=np.int64)
-        run = np.cumsum(x[:, :T - 1], axis=1) % 2
+        run = np.cumsum(x[:, : T - 1], axis=1) % 2
         if self.dense:
-            y[:, :T - 1] = run
+            y[:, : T - 1] = run
         y[:, T - 1] = run[:, -1]
         return x, y
 

@@ -1,4 +1,5 @@
 """Synthetic tasks: parameters honoured, deterministic indexing, targets checked against slow references."""
+
 from __future__ import annotations
 
 import time
@@ -67,6 +68,7 @@ def test_params_and_out_of_range():
 
 # --------------------------------------------------------------------------------- slow references
 
+
 def test_retrieval_reference():
     c = load_corpus("retrieval:T=64,vocab=8")
     assert c.vocab_size == 10 and c.chance == pytest.approx(1 / 8)
@@ -90,12 +92,12 @@ def test_copy_reference(reverse):
         assert xi[L] == V
         want_y = [-1] * L + out + [-1] * (T - 2 * L)
         assert list(yi) == want_y
-        assert list(xi[L + 1:2 * L + 1]) == out and (xi[2 * L + 1:] == V + 1).all()
+        assert list(xi[L + 1 : 2 * L + 1]) == out and (xi[2 * L + 1 :] == V + 1).all()
     # the flag really reverses: same seed, same strings, mirrored targets
     x0, y0 = load_corpus(f"copy:T={T},vocab={V},L={L},reverse=0").get(range(30))
     x1, y1 = load_corpus(f"copy:T={T},vocab={V},L={L},reverse=1").get(range(30))
     assert np.array_equal(x0[:, :L], x1[:, :L])
-    assert np.array_equal(y0[:, L:2 * L], y1[:, L:2 * L][:, ::-1])
+    assert np.array_equal(y0[:, L : 2 * L], y1[:, L : 2 * L][:, ::-1])
     assert not np.array_equal(y0, y1)
 
 
@@ -132,7 +134,7 @@ def test_kv_reference():
     for xi, yi in zip(x, y):
         s = 24 - 2 * P - 2
         assert (xi[:s] == V + 1).all()
-        keys, vals = list(xi[s:s + 2 * P:2]), list(xi[s + 1:s + 2 * P:2])
+        keys, vals = list(xi[s : s + 2 * P : 2]), list(xi[s + 1 : s + 2 * P : 2])
         assert len(set(keys)) == P and max(keys + vals) < V
         assert xi[22] == V
         assert yi[23] == dict(zip(keys, vals))[xi[23]]
@@ -174,12 +176,13 @@ def test_parity_reference():
     for xi, yi in zip(x, y):
         assert xi[-1] == 2
         assert yi[-1] == sum(xi[:-1]) % 2
-        assert all(yi[t] == sum(xi[:t + 1]) % 2 for t in range(15))
+        assert all(yi[t] == sum(xi[: t + 1]) % 2 for t in range(15))
     y0 = load_corpus("parity:T=16").get(range(30))[1]
     assert (y0[:, :-1] == -1).all() and np.array_equal(y0[:, -1], y[:, -1])
 
 
 # ------------------------------------------------------------------------------------------- chance
+
 
 @pytest.mark.parametrize("spec", SPECS + ["modarith:T=8,vocab=6,ops=*"])
 def test_chance_matches_best_constant_guess(spec):
@@ -206,24 +209,28 @@ def test_chance_values():
 
 # ------------------------------------------------------------------------------------------- errors
 
-@pytest.mark.parametrize("spec,needle", [
-    ("retrieval:T=3", "T=3 too short: need T >= 4"),
-    ("retrieval:vocab=1", "vocab"),
-    ("retrieval:T=64,colour=3", "colour"),
-    ("retrieval:T=abc", "T="),
-    ("retrieval:T=64,T=32", "T given twice"),
-    ("retrieval:T", "bad parameter"),
-    ("copy:T=10,L=6", "L=6"),
-    ("copy:reverse=2", "reverse"),
-    ("stack:depth=0", "depth"),
-    ("kv:T=10,vocab=8,pairs=5", "pairs=5"),
-    ("kv:vocab=4,pairs=5", "pairs=5"),
-    ("modarith:ops=/", "ops"),
-    ("parity:vocab=4", "vocab is fixed"),
-    ("retrieval:seed=-1", "seed"),
-    ("nosuchtask:T=4", "unknown corpus"),
-    ("", "empty"),
-])
+
+@pytest.mark.parametrize(
+    "spec,needle",
+    [
+        ("retrieval:T=3", "T=3 too short: need T >= 4"),
+        ("retrieval:vocab=1", "vocab"),
+        ("retrieval:T=64,colour=3", "colour"),
+        ("retrieval:T=abc", "T="),
+        ("retrieval:T=64,T=32", "T given twice"),
+        ("retrieval:T", "bad parameter"),
+        ("copy:T=10,L=6", "L=6"),
+        ("copy:reverse=2", "reverse"),
+        ("stack:depth=0", "depth"),
+        ("kv:T=10,vocab=8,pairs=5", "pairs=5"),
+        ("kv:vocab=4,pairs=5", "pairs=5"),
+        ("modarith:ops=/", "ops"),
+        ("parity:vocab=4", "vocab is fixed"),
+        ("retrieval:seed=-1", "seed"),
+        ("nosuchtask:T=4", "unknown corpus"),
+        ("", "empty"),
+    ],
+)
 def test_bad_specs(spec, needle):
     with pytest.raises(CorpusError) as e:
         load_corpus(spec)
