@@ -186,9 +186,8 @@ class Params:
             try:
                 v = conv(s)
             except (TypeError, ValueError):
-                raise CorpusError(
-                    f"{self.kind}: {key}={s!r} is not {typename}: give e.g. {key}={default}"
-                ) from None
+                example = f": give e.g. {key}={default}" if default is not None else f": fix {key}"
+                raise CorpusError(f"{self.kind}: {key}={s!r} is not {typename}{example}") from None
         else:
             v = default
         return v
@@ -292,7 +291,8 @@ def _stream_params(p: Params, T_default: int = 256) -> tuple[int, int]:
 
 def _join_docs(kind: str, docs: Sequence[bytes], sep: int) -> np.ndarray:
     joiner = b"" if sep < 0 else bytes([sep])
-    return np.frombuffer(joiner.join(docs), dtype=np.uint8).copy()
+    # read-only view of the joined bytes: no second copy of a large corpus
+    return np.frombuffer(joiner.join(docs), dtype=np.uint8)
 
 
 class TextCorpus(StreamCorpus):
