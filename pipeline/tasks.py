@@ -1,0 +1,356 @@
+"""Synthetic probe tasks (prefix mode: every sequence starts at t = 0).
+
+Spec: "<task>:T=..,vocab=..,<difficulty params>,seed=0,n=4096". Common parameters:
+  T      sequence length
+  vocab  number of data tokens 0..vocab-1; special tokens (markers, separators, padding) come after them,
+         and `vocab_size` = vocab + number of specials
+  seed   dataset seed (>= 0); n: number of indexable sequences (get(i) for 0 <= i < n)
+
+Determinism: sequences are generated in fixed blocks of BLOCK = 256 rows; block b uses a numpy Generator
+seeded from (seed, b, task name), so sequence i depends only on (spec, i). `sample(batch, rng)` draws
+fresh sequences from the caller's rng with the same vectorised generator.
+Targets y are -1 wherever there is nothing to predict. `chance` is the answer accuracy of the best
+input-independent (but position-aware) guess, averaged over target positions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+
+import numpy as np
+
+from pipeline.corpora import Corpus, CorpusError, Params
+
+BLOCK = 256
+
+__all__ = ["BLOCK", "TASKS", "Copy", "KeyValue", "ModArith", "Parity", "Retrieval", "Stack", "SyntheticTask"]
+
+
+class SyntheticTask(Corpus):
+    """Base: subclasses define `kind`, `T_default`, `T_min`, `_setup(p)` and `_generate(rng, B)`."""
+
+    mode = "prefix"
+    T_default = 64
+    T_min = 2
+    n_special = 0
+
+    def __init__(self, raw: dict[str, str]):
+        p = Params(self.kind, raw)
+        T = p.int("T", self.T_default)
+        if T < self.T_min:
+            raise CorpusError(f"{self.kind}: T={T} too short: need T >= {self.T_min}")
+        self.seq_len = self.T = T
+        self._setup(p)
+        self.seed = p.int("seed", 0, lo=0)
+        self.num_sequences = p.int("n", 4096, lo=1)
+        self._p = p.finish()
+        self.spec = f"{self.kind}:{p.canonical()}"
+        self._name_code = zlib.crc32(self.kind.encode())
+
+    # -- to implement
+    def _setup(self, p: Params) -> None:
+        raise NotImplementedError
+
+    def _generate(self, rng: np.random.Generator, B: int) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    # -- interface
+    def _block(self, b: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng([self.seed, b, self._name_code])
+        return self._generate(rng, BLOCK)
+
+    def get(self, indices):
+        idx = self._check_indices(indices)
+        x = np.empty((idx.size, self.T), dtype=np.int64)
+        y = np.empty((idx.size, self.T), dtype=np.int64)
+        blocks = idx // BLOCK
+        for b in np.unique(blocks):
+            sel = blocks == b
+            bx, by = self._block(int(b))
+            x[sel] = bx[idx[sel] % BLOCK]
+            y[sel] = by[idx[sel] % BLOCK]
+        return x, y
+
+    def sample(self, batch_size, rng):
+        return self._generate(rng, int(batch_size))
+
+    def params(self):
+        return dict(kind=self.kind, **self._p)
+
+    def _data_digest(self) -> bytes:
+        x, y = self.get(np.arange(min(self.num_sequences, 8)))
+        return hashlib.sha256(x.tobytes() + y.tobytes()).digest()
+
+    def _vocab(self, p: Params, default: int, lo: int = 2) -> int:
+        V = p.int("vocab", default, lo=lo)
+        self.vocab = V
+        self.vocab_size = V + self.n_special
+        return V
+
+
+def _blank(B: int, T: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.zeros((B, T), dtype=np.int64), np.full((B, T), -1, dtype=np.int64)
+
+
+class Retrieval(SyntheticTask):
+    """Needle retrieval. `retrieval:T=64,vocab=8`.
+
+    Layout: x is uniform random data tokens, except MARK (= vocab) at a uniform position p in [0, T-3],
+    the needle value (a data token) at p+1, and QUERY (= vocab+1) at T-1. Target: y[T-1] = needle; all
+    other y = -1. vocab_size = vocab + 2. Chance = 1/vocab.
+    """
+
+    kind = "retrieval"
+    T_min = 4  # at least two possible MARK positions
+    n_special = 2
+
+    def _setup(self, p):
+        V = self._vocab(p, 8)
+        self.MARK, self.QUERY = V, V + 1
+        self.chance = 1.0 / V
+
+    def _generate(self, rng, B):
+        T, V = self.T, self.vocab
+        x = rng.integers(0, V, size=(B, T))
+        pos = rng.integers(0, T - 2, size=B)
+        needle = rng.integers(0, V, size=B)
+        r = np.arange(B)
+        x[r, pos] = self.MARK
+        x[r, pos + 1] = needle
+        x[:, T - 1] = self.QUERY
+        y = np.full((B, T), -1, dtype=np.int64)
+        y[:, T - 1] = needle
+        return x.astype(np.int64), y
+
+
+class Copy(SyntheticTask):
+    """String copy. `copy:T=64,vocab=8,L=32,reverse=0`.
+
+    Layout: x[0:L] = string s (uniform data tokens), x[L] = SEP (= vocab), then the output o = s (or s
+    reversed when reverse=1) fed back one step late (teacher forcing): x[L+1+k] = o[k]. Targets: y[L+k] =
+    o[k] for k in 0..L-1, else -1. Positions past 2L+1 hold PAD (= vocab+1). Needs 2L <= T (default
+    L = T // 2). vocab_size = vocab + 2. Chance = 1/vocab.
+    """
+
+    kind = "copy"
+    n_special = 2
+
+    def _setup(self, p):
+        V = self._vocab(p, 8)
+        L = p.int("L", self.T // 2, lo=1)
+        if 2 * L > self.T:
+            raise CorpusError(f"copy: L={L} too long for T={self.T}: need 2*L <= T (lower L or raise T)")
+        self.L = L
+        self.reverse = p.int("reverse", 0, lo=0, hi=1)
+        self.SEP, self.PAD = V, V + 1
+        self.chance = 1.0 / V
+
+    def _generate(self, rng, B):
+        T, L = self.T, self.L
+        s = rng.integers(0, self.vocab, size=(B, L))
+        o = s[:, ::-1] if self.reverse else s
+        full = np.full((B, max(T, 2 * L + 1)), self.PAD, dtype=np.int64)
+        full[:, :L] = s
+        full[:, L] = self.SEP
+        full[:, L + 1 : 2 * L + 1] = o
+        y = np.full((B, T), -1, dtype=np.int64)
+        y[:, L : 2 * L] = o
+        return full[:, :T].copy(), y
+
+
+class Stack(SyntheticTask):
+    """Stack push/pop. `stack:T=64,vocab=8,depth=8`.
+
+    Layout: each step is a push of a data token v (x[t] = v, y[t] = -1) or a pop (x[t] = POP = vocab,
+    y[t] = the popped value). The stack starts empty; an empty stack forces a push, a full one (depth
+    items) forces a pop, otherwise push or pop with probability 1/2. vocab_size = vocab + 1.
+    Chance = 1/vocab (pushed values are uniform and independent of the pop pattern).
+    """
+
+    kind = "stack"
+    n_special = 1
+
+    def _setup(self, p):
+        V = self._vocab(p, 8)
+        self.depth = p.int("depth", 8, lo=1)
+        self.POP = V
+        self.chance = 1.0 / V
+
+    def _generate(self, rng, B):
+        T, D = self.T, self.depth
+        vals = rng.integers(0, self.vocab, size=(B, T))
+        coin = rng.random((B, T)) < 0.5
+        x, y = _blank(B, T)
+        stack = np.zeros((B, D), dtype=np.int64)
+        size = np.zeros(B, dtype=np.int64)
+        r = np.arange(B)
+        for t in range(T):
+            push = (size == 0) | ((size < D) & coin[:, t])
+            top = stack[r, np.clip(size - 1, 0, D - 1)]
+            stack[r[push], size[push]] = vals[push, t]
+            x[:, t] = np.where(push, vals[:, t], self.POP)
+            y[:, t] = np.where(push, -1, top)
+            size += np.where(push, 1, -1)
+        return x, y
+
+
+class KeyValue(SyntheticTask):
+    """Key-value associative recall. `kv:T=64,vocab=16,pairs=<min(vocab,(T-2)//2)>`.
+
+    Layout: left padding PAD (= vocab+1) up to T - 2*pairs - 2, then `pairs` pairs (key, value) with
+    distinct keys and uniform values (both data tokens 0..vocab-1), then QUERY (= vocab) and a query key
+    drawn from the pairs. Target: y[T-1] = that key's value; all other y = -1. vocab_size = vocab + 2.
+    Chance = 1/vocab.
+    """
+
+    kind = "kv"
+    T_min = 4
+    n_special = 2
+
+    def _setup(self, p):
+        V = self._vocab(p, 16)
+        P = p.int("pairs", min(V, (self.T - 2) // 2), lo=1, hi=V, why=" (keys are distinct data tokens)")
+        if 2 * P + 2 > self.T:
+            raise CorpusError(f"kv: pairs={P} too many for T={self.T}: need 2*pairs + 2 <= T")
+        self.pairs = P
+        self.QUERY, self.PAD = V, V + 1
+        self.chance = 1.0 / V
+
+    def _generate(self, rng, B):
+        T, V, P = self.T, self.vocab, self.pairs
+        keys = np.argsort(rng.random((B, V)), axis=1)[:, :P]
+        vals = rng.integers(0, V, size=(B, P))
+        q = rng.integers(0, P, size=B)
+        r = np.arange(B)
+        x = np.full((B, T), self.PAD, dtype=np.int64)
+        s = T - 2 * P - 2
+        x[:, s : s + 2 * P : 2] = keys
+        x[:, s + 1 : s + 2 * P : 2] = vals
+        x[:, T - 2] = self.QUERY
+        x[:, T - 1] = keys[r, q]
+        y = np.full((B, T), -1, dtype=np.int64)
+        y[:, T - 1] = vals[r, q]
+        return x, y
+
+
+_OPS = "+-*"
+
+
+class ModArith(SyntheticTask):
+    """In-context modular arithmetic. `modarith:T=64,vocab=7,ops=+,dense=0` (vocab = the modulus p).
+
+    Layout: k = T // 2 operands a_j (uniform 0..p-1) as `a_0 op_1 a_1 ... op_{k-1} a_{k-1} EQ`, evaluated
+    left to right mod p (no precedence); op tokens PLUS = p+2, MINUS = p+3, TIMES = p+4 drawn uniformly from
+    `ops` (a subset of "+-*"); EQ = p; odd T starts with one PAD = p+1. Target: y[T-1] (at EQ) = the
+    result. dense=1 also targets the running result at every operand position j >= 1. vocab_size = p + 5.
+    Chance: 1/p whenever the last op is + or - (e.g. ops=+ or ops=+-); with * it is the largest
+    probability of the result's exact distribution (a Markov chain over Z_p), computed in `_chance`.
+    """
+
+    kind = "modarith"
+    T_min = 4
+    n_special = 5
+
+    def _setup(self, p):
+        V = self._vocab(p, 7)
+        ops = p.str("ops", "+")
+        if not ops or any(c not in _OPS for c in ops) or len(set(ops)) != len(ops):
+            raise CorpusError(
+                f"modarith: ops={ops!r} invalid: use distinct characters from '+-*', e.g. ops=+-"
+            )
+        self.ops = "".join(c for c in _OPS if c in ops)
+        p.values["ops"] = self.ops
+        self.dense = p.int("dense", 0, lo=0, hi=1)
+        self.EQ, self.PAD = V, V + 1
+        self.OP_TOK = {c: V + 2 + i for i, c in enumerate(_OPS)}
+        self.k = self.T // 2
+        self.chance = self._chance()
+
+    def _chance(self) -> float:
+        V = self.vocab
+        if "*" not in self.ops:
+            return 1.0 / V  # a uniform operand added or subtracted makes the result uniform
+        a = np.arange(V)
+        M = np.zeros((V, V))
+        for c in self.ops:
+            for r in range(V):
+                res = _apply(c, np.full(V, r), a, V)
+                np.add.at(M[r], res, 1.0 / (V * len(self.ops)))
+        d = np.full(V, 1.0 / V)
+        per_step = []
+        for _ in range(1, self.k):
+            d = d @ M
+            per_step.append(d.max())
+        if self.dense:
+            return float(np.mean(per_step + [per_step[-1]]))
+        return float(per_step[-1])
+
+    def _generate(self, rng, B):
+        T, V, k = self.T, self.vocab, self.k
+        a = rng.integers(0, V, size=(B, k))
+        opi = rng.integers(0, len(self.ops), size=(B, k))
+        tok = np.array([self.OP_TOK[c] for c in self.ops])
+        x, y = _blank(B, T)
+        off = T % 2
+        if off:
+            x[:, 0] = self.PAD
+        run = a[:, 0].copy()
+        x[:, off] = a[:, 0]
+        for j in range(1, k):
+            new = np.zeros_like(run)
+            for i, c in enumerate(self.ops):
+                m = opi[:, j] == i
+                new[m] = _apply(c, run[m], a[m, j], V)
+            run = new
+            x[:, off + 2 * j - 1] = tok[opi[:, j]]
+            x[:, off + 2 * j] = a[:, j]
+            if self.dense:
+                y[:, off + 2 * j] = run
+        x[:, T - 1] = self.EQ
+        y[:, T - 1] = run
+        return x, y
+
+
+def _apply(op: str, r: np.ndarray, a: np.ndarray, p: int) -> np.ndarray:
+    if op == "+":
+        return (r + a) % p
+    if op == "-":
+        return (r - a) % p
+    return (r * a) % p
+
+
+class Parity(SyntheticTask):
+    """Parity. `parity:T=64,dense=0` (vocab is fixed: bits 0/1).
+
+    Layout: x[0:T-1] uniform bits, x[T-1] = QUERY (= 2). Target: y[T-1] = sum of the bits mod 2; dense=1
+    also targets the running parity y[t] = sum(x[0..t]) mod 2 for t < T-1. vocab_size = 3. Chance = 0.5.
+    """
+
+    kind = "parity"
+    n_special = 1
+
+    def _setup(self, p):
+        if "vocab" in p.raw:
+            raise CorpusError("parity: vocab is fixed at 2 (bits): drop the vocab parameter")
+        self.vocab, self.vocab_size = 2, 3
+        self.dense = p.int("dense", 0, lo=0, hi=1)
+        self.QUERY = 2
+        self.chance = 0.5
+
+    def _generate(self, rng, B):
+        T = self.T
+        x = np.empty((B, T), dtype=np.int64)
+        x[:, : T - 1] = rng.integers(0, 2, size=(B, T - 1))
+        x[:, T - 1] = self.QUERY
+        y = np.full((B, T), -1, dtype=np.int64)
+        run = np.cumsum(x[:, : T - 1], axis=1) % 2
+        if self.dense:
+            y[:, : T - 1] = run
+        y[:, T - 1] = run[:, -1]
+        return x, y
+
+
+TASKS: dict[str, type[SyntheticTask]] = {
+    c.kind: c for c in (Retrieval, Copy, Stack, KeyValue, ModArith, Parity)
+}
