@@ -6,6 +6,7 @@ Writes `<out>/teacher` (the teacher checkpoint whose fingerprint names its targe
 """
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,7 +44,12 @@ class PretrainConfig:
     eval_size: int = 256
     """Held-out sequences for evaluation."""
     stop_at_acc: float | None = None
-    """Stop once the teacher's answer accuracy reaches this (None = never)."""
+    """Stop once the teacher's answer accuracy reaches this at the full length (None = never)."""
+    curriculum: tuple[int, ...] = ()
+    """Length curriculum: train at these sequence lengths first (ascending, each < T), moving on once the
+    teacher's accuracy reaches `curriculum_acc`; then at the corpus length. Synthetic tasks only."""
+    curriculum_acc: float = 0.95
+    """Teacher accuracy that ends a curriculum stage."""
     seed: int = 0
     """Random seed (model init, batches, positions)."""
     device: str = "auto"
@@ -54,6 +60,17 @@ def matched_updater(teacher_cfg: TeacherConfig, updater: UpdaterConfig) -> Updat
     """The updater config with K, d and vocab taken from the teacher."""
     return UpdaterConfig(**{**asdict(updater), "vocab_size": teacher_cfg.vocab_size,
                             "mem_tokens": teacher_cfg.mem_tokens, "d_model": teacher_cfg.d_model})
+
+
+def with_length(corpus, T: int):
+    """The same synthetic task at another sequence length (for the length curriculum)."""
+    from pipeline.corpora import load_corpus
+
+    if corpus.mode != "prefix" or f"T={corpus.seq_len}" not in corpus.spec:
+        raise ValueError(f"curriculum needs a synthetic task with a T parameter, not {corpus.spec!r}: drop --curriculum")
+    if not 1 <= T < corpus.seq_len:
+        raise ValueError(f"curriculum length {T} must be below the corpus length T={corpus.seq_len}")
+    return load_corpus(re.sub(r"(?<=[:,])T=\d+", f"T={T}", corpus.spec, count=1))
 
 
 def eval_batch(corpus, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,7 +93,10 @@ def pretrain(corpus, cfg: PretrainConfig, out: str | Path | None = None, quiet: 
     opt, sched = cfg.optim.build(params, cfg.steps)
     rng = np.random.default_rng(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
-    ex, ey = (t.to(dev) for t in eval_batch(corpus, cfg.eval_size, cfg.seed))
+    stages = [with_length(corpus, T) for T in cfg.curriculum] + [corpus]
+    stage = 0
+    cur = stages[0]
+    ex, ey = (t.to(dev) for t in eval_batch(cur, cfg.eval_size, cfg.seed))
     prompt = cfg.smt.Tc if cfg.smt.mode == "stream" else 0
     out = Path(out) if out else None
     if out:
@@ -99,7 +119,7 @@ def pretrain(corpus, cfg: PretrainConfig, out: str | Path | None = None, quiet: 
                 "smt_loss": st["loss"], "drift_final": st.get("drift_final")}
 
     for step in range(1, cfg.steps + 1):
-        x, y = (torch.as_tensor(a, dtype=torch.long, device=dev) for a in corpus.sample(cfg.batch_size, rng))
+        x, y = (torch.as_tensor(a, dtype=torch.long, device=dev) for a in cur.sample(cfg.batch_size, rng))
         with autocast(dev):
             losses = smt_losses(teacher, student.updater, x, y, cfg.smt, g)
         losses["loss"].backward()
@@ -107,10 +127,14 @@ def pretrain(corpus, cfg: PretrainConfig, out: str | Path | None = None, quiet: 
         log.advance()
         done = (cfg.seconds is not None and time.perf_counter() - t0 >= cfg.seconds) or step == cfg.steps
         if step % cfg.eval_every == 0 or done:
-            final = log.log(step, **losses, grad_norm=gn, lr=sched.get_last_lr()[0], **evaluate())
+            final = log.log(step, **losses, grad_norm=gn, lr=sched.get_last_lr()[0], T=cur.seq_len, **evaluate())
             if on_eval:
                 on_eval(final)
-            if cfg.stop_at_acc is not None and final["teacher_acc"] >= cfg.stop_at_acc:
+            if stage < len(stages) - 1 and final["teacher_acc"] >= cfg.curriculum_acc:
+                stage += 1
+                cur = stages[stage]
+                ex, ey = (t.to(dev) for t in eval_batch(cur, cfg.eval_size, cfg.seed))
+            elif stage == len(stages) - 1 and cfg.stop_at_acc is not None and final["teacher_acc"] >= cfg.stop_at_acc:
                 done = True
         if done:
             break
