@@ -33,7 +33,8 @@ def encode_states(x: np.ndarray, dtype: str, name: str) -> dict[str, np.ndarray]
     if dtype == "float32":
         out = {name: np.ascontiguousarray(x, dtype=np.float32)}
     elif dtype == "float16":
-        h = np.ascontiguousarray(x, dtype=np.float16)
+        with np.errstate(over="ignore"):  # overflow is reported below, with the fix
+            h = np.ascontiguousarray(x, dtype=np.float16)
         if not np.isfinite(h).all():
             raise ValueError(f"{name} overflows float16 (|x| > 65504); store it as bfloat16 or float32")
         out = {name: h}
