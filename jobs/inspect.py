@@ -67,8 +67,8 @@ def _text(s: dict) -> str:
     lines = [f"{s['url']}",
              f"  generation {s['generation']} (newest {s['newest_generation']}, created {s['created']})",
              f"  teacher fingerprint {s['fingerprint']}  corpus {s['corpus_id']}",
-             f"  {s['shards']} shards, {s['records']} records, {s['bytes'] / 1e6:.2f} MB; dtype {s['dtypes']}, "
-             f"format {s['formats']}, layout {s['layouts']}, Z {s['z']}"]
+             (f"  {s['shards']} shards, {s['records']} records, {s['bytes'] / 1e6:.2f} MB; "
+              f"dtype {s['dtypes']}, format {s['formats']}, layout {s['layouts']}, Z {s['z']}")]
     for r, v in s["rounds"].items():
         lines.append(f"  round {int(r):3d}: {v['shards']} shards, {v['records']} records, {v['bytes'] / 1e6:.2f} MB")
     if "verify" in s:

@@ -129,7 +129,7 @@ class Bucket:
             except _PERMANENT as e:
                 raise BucketError(f"cannot {action} {self._where(rel)}: {type(e).__name__}: "
                                   f"{one_line(e)}") from e
-            except Exception as e:  # noqa: BLE001 - anything else is treated as transient
+            except Exception as e:
                 if attempt >= self.retries:
                     raise BucketError(
                         f"cannot {action} {self._where(rel)} after {attempt + 1} attempts: "

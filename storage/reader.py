@@ -95,7 +95,7 @@ class TargetSet:
                 cols, header = decode_tar(files[""])
             else:
                 cols, header = decode_zarr(files, zarr_columns(files))
-        except Exception as e:  # noqa: BLE001 - any decoder failure means the bytes are bad
+        except Exception as e:
             raise ShardError(f"shard {where} is corrupt or unreadable: {type(e).__name__}: "
                              f"{one_line(e)}; rewrite it (verify with `smt inspect --verify`)") from e
         self._check_header(entry, header, where)

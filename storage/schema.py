@@ -96,11 +96,11 @@ class Segments:
         return int(self.states.shape[0])
 
     @property
-    def S(self) -> int:  # noqa: N802 - the paper's name
+    def S(self) -> int:
         return int(self.states.shape[1]) - 1
 
     @property
-    def Z(self) -> int:  # noqa: N802
+    def Z(self) -> int:
         return int(self.states.shape[2])
 
     @property
@@ -156,11 +156,11 @@ class Pairs:
         return int(self.state_in.shape[0])
 
     @property
-    def S(self) -> int:  # noqa: N802 - pairs have no segment length
+    def S(self) -> int:
         return 0
 
     @property
-    def Z(self) -> int:  # noqa: N802
+    def Z(self) -> int:
         return int(self.state_in.shape[1])
 
     @property

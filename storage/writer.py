@@ -134,7 +134,7 @@ class TargetSetWriter:
                                  corpus_params=self.corpus_params)
         return self.generation
 
-    def __enter__(self) -> TargetSetWriter:
+    def __enter__(self) -> TargetSetWriter:  # noqa: PYI034 - Self needs Python 3.11
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

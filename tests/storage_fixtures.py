@@ -51,7 +51,7 @@ def make_pairs(n: int = 10, Z: int = 16, dtype=np.float16, seed: int = 0, drift:
 
 
 def writer_kwargs(**over) -> dict:
-    kw = dict(teacher_fingerprint=FP, teacher_config={"d_model": 16, "layers": 2}, corpus_id=CORPUS,
-              corpus_params={"seq_len": 5})
+    kw = {"teacher_fingerprint": FP, "teacher_config": {"d_model": 16, "layers": 2}, "corpus_id": CORPUS,
+          "corpus_params": {"seq_len": 5}}
     kw.update(over)
     return kw

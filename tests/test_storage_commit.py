@@ -9,7 +9,9 @@ from storage.errors import FingerprintMismatch, ManifestError, ShardError
 from storage.manifest import LATEST, commit, gen_path, newest_generation, read_generation
 from storage.reader import TargetSet
 from storage.writer import TargetSetWriter, write_shard
-from tests.storage_fixtures import FP, make_pairs, make_segments, root_bucket, target, writer_kwargs  # noqa: F401
+from tests.storage_fixtures import FP, make_pairs, make_segments, writer_kwargs
+
+pytest_plugins = ["tests.storage_fixtures"]  # the root_bucket and target fixtures
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -44,10 +46,9 @@ def test_concurrent_commits_all_land(target):
 def test_exception_in_body_commits_nothing(target):
     with TargetSetWriter(target, **writer_kwargs()) as w:
         w.write_segments(0, make_segments())
-    with pytest.raises(RuntimeError, match="labeler crashed"):
-        with TargetSetWriter(target, **writer_kwargs()) as w:
-            entry = w.write_segments(1, make_segments(seed=1))
-            raise RuntimeError("labeler crashed")
+    with pytest.raises(RuntimeError, match="labeler crashed"), TargetSetWriter(target, **writer_kwargs()) as w:
+        entry = w.write_segments(1, make_segments(seed=1))
+        raise RuntimeError("labeler crashed")
     assert target.exists(f"{entry.path}/zarr.json")  # the orphan shard is there but invisible
     assert newest_generation(target) == 1
     assert [e.path for e in TargetSet.open(target, FP).shards] == ["round-000/shard-00000.zarr"]
@@ -107,13 +108,12 @@ def test_latest_hint_is_advisory(target):
 def test_commit_refuses_other_teacher_or_corpus(target):
     with TargetSetWriter(target, **writer_kwargs()) as w:
         w.write_segments(0, make_segments())
-    with pytest.raises(FingerprintMismatch, match="other-teacher"):
-        with TargetSetWriter(target, **writer_kwargs(teacher_fingerprint="other-teacher")) as w:
-            w.write_segments(1, make_segments())
-    with pytest.raises(ManifestError, match="corpus"):
-        with TargetSetWriter(target, **writer_kwargs(corpus_id="other-corpus")) as w:
-            w.write_segments(2, make_segments())
-    with pytest.raises(ManifestError, match="nothing to commit"):
-        with TargetSetWriter(target, **writer_kwargs()):
-            pass
+    other_teacher = TargetSetWriter(target, **writer_kwargs(teacher_fingerprint="other-teacher"))
+    with pytest.raises(FingerprintMismatch, match="other-teacher"), other_teacher as w:
+        w.write_segments(1, make_segments())
+    other_corpus = TargetSetWriter(target, **writer_kwargs(corpus_id="other-corpus"))
+    with pytest.raises(ManifestError, match="corpus"), other_corpus as w:
+        w.write_segments(2, make_segments())
+    with pytest.raises(ManifestError, match="nothing to commit"), TargetSetWriter(target, **writer_kwargs()):
+        pass
     assert newest_generation(target) == 1 and not target.exists(gen_path(2))

@@ -8,7 +8,9 @@ from storage.bucket import Bucket
 from storage.errors import ObjectNotFound
 from storage.reader import TargetSet
 from storage.writer import TargetSetWriter
-from tests.storage_fixtures import FP, make_pairs, make_segments, root_bucket, target, writer_kwargs  # noqa: F401
+from tests.storage_fixtures import FP, make_pairs, make_segments, writer_kwargs
+
+pytest_plugins = ["tests.storage_fixtures"]  # the root_bucket and target fixtures
 
 pytestmark = pytest.mark.timeout(60)
 
