@@ -1,17 +1,13 @@
-"""Fixtures and data builders shared by the storage tests (imported by tests/test_storage_*.py)."""
+"""Bucket fixtures for the storage tests; loaded with `pytest_plugins`, never imported directly."""
 from __future__ import annotations
 
 import uuid
 
-import numpy as np
 import pytest
 
 from storage.bucket import Bucket
 from storage.manifest import target_set_path
-from storage.schema import Pairs, Segments
-
-FP = "teacher-abc123"
-CORPUS = "tiny-corpus"
+from tests.storage_data import CORPUS, FP
 
 
 @pytest.fixture(params=["local", "memory", "s3"])
@@ -33,25 +29,3 @@ def root_bucket(request, tmp_path) -> Bucket:
 def target(root_bucket) -> Bucket:
     """A bucket rooted at targets/<FP>/<CORPUS>."""
     return root_bucket.child(target_set_path(FP, CORPUS))
-
-
-def make_segments(n: int = 3, S: int = 4, Z: int = 16, dtype=np.float16, seed: int = 0) -> Segments:
-    rng = np.random.default_rng(seed)
-    return Segments(states=rng.standard_normal((n, S + 1, Z)).astype(dtype),
-                    tokens=rng.integers(0, 1000, (n, S)), y=rng.integers(-1, 1000, (n, S)),
-                    seq=np.arange(n) + 100 * seed, pos0=rng.integers(0, 50, n))
-
-
-def make_pairs(n: int = 10, Z: int = 16, dtype=np.float16, seed: int = 0, drift: bool = True) -> Pairs:
-    rng = np.random.default_rng(seed)
-    return Pairs(state_in=rng.standard_normal((n, Z)).astype(dtype), tokens=rng.integers(0, 1000, n),
-                 state_out=rng.standard_normal((n, Z)).astype(dtype), y=rng.integers(-1, 1000, n),
-                 seq=np.arange(n), pos=rng.integers(0, 99, n),
-                 drift=rng.random(n).astype(np.float32) if drift else None)
-
-
-def writer_kwargs(**over) -> dict:
-    kw = {"teacher_fingerprint": FP, "teacher_config": {"d_model": 16, "layers": 2}, "corpus_id": CORPUS,
-          "corpus_params": {"seq_len": 5}}
-    kw.update(over)
-    return kw

@@ -19,7 +19,7 @@ from storage.formats import shard_sha256
 from storage.manifest import ShardEntry, commit, gen_path
 from storage.reader import TargetSet
 from storage.writer import TargetSetWriter
-from tests.storage_fixtures import FP, make_segments, writer_kwargs
+from tests.storage_data import FP, make_segments, writer_kwargs
 
 pytest_plugins = ["tests.storage_fixtures"]  # the root_bucket and target fixtures
 

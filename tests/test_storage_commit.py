@@ -9,7 +9,7 @@ from storage.errors import FingerprintMismatch, ManifestError, ShardError
 from storage.manifest import LATEST, commit, gen_path, newest_generation, read_generation
 from storage.reader import TargetSet
 from storage.writer import TargetSetWriter, write_shard
-from tests.storage_fixtures import FP, make_pairs, make_segments, writer_kwargs
+from tests.storage_data import FP, make_pairs, make_segments, writer_kwargs
 
 pytest_plugins = ["tests.storage_fixtures"]  # the root_bucket and target fixtures
 

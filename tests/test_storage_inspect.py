@@ -9,7 +9,7 @@ from jobs.inspect import main
 from storage.bucket import Bucket
 from storage.manifest import target_set_path
 from storage.writer import TargetSetWriter
-from tests.storage_fixtures import CORPUS, FP, make_pairs, make_segments, writer_kwargs
+from tests.storage_data import CORPUS, FP, make_pairs, make_segments, writer_kwargs
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -8,7 +8,7 @@ from storage.bucket import Bucket
 from storage.errors import ObjectNotFound
 from storage.reader import TargetSet
 from storage.writer import TargetSetWriter
-from tests.storage_fixtures import FP, make_pairs, make_segments, writer_kwargs
+from tests.storage_data import FP, make_pairs, make_segments, writer_kwargs
 
 pytest_plugins = ["tests.storage_fixtures"]  # the root_bucket and target fixtures
 
