@@ -1,0 +1,301 @@
+"""One fsspec-rooted bucket object: every byte this package moves goes through a `Bucket`.
+
+A bucket is a filesystem plus a root folder, built from a URL (a local path, `file://`, `memory://`,
+`s3://`). Paths given to its methods are relative, '/'-separated and may not escape the root. Calls that
+fail transiently are retried with exponential backoff; after the retries (or at once, for errors that a
+retry cannot fix) they raise `BucketError` naming the object and a fix. Nothing on the read path lists:
+reads, sizes and existence checks are single-object requests (HEAD/GET on S3).
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import IO, Any, TypeVar
+
+import fsspec
+from fsspec.asyn import sync
+
+from storage.errors import BucketError, ObjectNotFound, one_line
+
+T = TypeVar("T")
+_PERMANENT = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, ValueError,
+              TypeError, KeyError)
+_MEMORY_LOCK = threading.Lock()  # memory:// has no atomic create; one process owns it, so a lock is enough
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def check_relpath(rel: str, what: str = "path") -> str:
+    """Return `rel` if it is a safe relative path under a root; raise ValueError otherwise."""
+    if not isinstance(rel, str) or not rel:
+        raise ValueError(f"{what} must be a non-empty relative path, got {rel!r}")
+    if _SCHEME.match(rel) or "://" in rel:
+        raise ValueError(f"{what} {rel!r} is a URL; only paths relative to the target set are allowed")
+    if rel.startswith(("/", "\\")) or "\\" in rel:
+        raise ValueError(f"{what} {rel!r} is absolute or uses backslashes; use a relative '/'-path")
+    parts = rel.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"{what} {rel!r} has an empty, '.' or '..' component; it must stay under the root")
+    return rel
+
+
+class Bucket:
+    """A filesystem rooted at a folder; all paths are relative to `root`."""
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, root: str, *, protocol: str,
+                 endpoint_url: str | None = None, retries: int = 4) -> None:
+        self.fs = fs
+        self.root = root.rstrip("/") if root != "/" else root
+        self.protocol = protocol
+        self.endpoint_url = endpoint_url
+        self.retries = max(0, int(retries))
+
+    # ---- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_url(cls, url: str, *, endpoint_url: str | None = None, retries: int = 4) -> Bucket:
+        """Build a bucket from a local path, `file://`, `memory://` or `s3://` URL."""
+        if not isinstance(url, str) or not url:
+            raise BucketError(f"bucket URL must be a non-empty string, got {url!r}")
+        if "://" not in url:
+            url = "file://" + os.path.abspath(os.path.expanduser(url))
+        protocol, _, rest = url.partition("://")
+        protocol = protocol.lower()
+        if protocol in ("file", "local"):
+            fs = fsspec.filesystem("file")
+            return cls(fs, os.path.abspath("/" + rest.lstrip("/")), protocol="file", retries=retries)
+        if protocol == "memory":
+            fs = fsspec.filesystem("memory")
+            return cls(fs, "/" + rest.strip("/"), protocol="memory", retries=retries)
+        if protocol in ("s3", "s3a"):
+            try:
+                import s3fs  # noqa: F401
+            except ImportError as e:  # optional dependency: say how to get it
+                raise BucketError(f"cannot open {url}: s3fs is not installed; pip install s3fs") from e
+            endpoint = (endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3")
+                        or os.environ.get("AWS_ENDPOINT_URL") or None)
+            fs = fsspec.filesystem(
+                "s3", endpoint_url=endpoint, use_listings_cache=False,
+                config_kwargs={"connect_timeout": 5, "read_timeout": 60,
+                               "retries": {"total_max_attempts": 2, "mode": "standard"}})
+            fs.retries = 1  # s3fs's own retry loop would multiply ours; we retry with backoff below
+            root = rest.strip("/")
+            if not root:
+                raise BucketError(f"S3 URL {url!r} names no bucket; use s3://<bucket>[/<prefix>]")
+            return cls(fs, root, protocol="s3", endpoint_url=endpoint, retries=retries)
+        raise BucketError(f"unsupported bucket URL scheme {protocol!r} in {url!r}; "
+                          "use a local path, file://, memory:// or s3://")
+
+    def child(self, rel: str) -> Bucket:
+        """A bucket rooted at `rel` under this one (same filesystem and settings)."""
+        return Bucket(self.fs, self._path(rel), protocol=self.protocol, endpoint_url=self.endpoint_url,
+                      retries=self.retries)
+
+    # ---- naming -------------------------------------------------------------------------------
+    def _path(self, rel: str) -> str:
+        check_relpath(rel)
+        return f"{self.root}/{rel}" if self.root != "/" else f"/{rel}"
+
+    def url(self, rel: str | None = None) -> str:
+        """Full URL of `rel` (or of the root)."""
+        path = self.root if rel is None else self._path(rel)
+        return f"{self.protocol}://{path}"
+
+    def _where(self, rel: str | None) -> str:
+        where = self.url(rel)
+        return f"{where} (endpoint {self.endpoint_url})" if self.endpoint_url else where
+
+    def __repr__(self) -> str:
+        return f"Bucket({self._where(None)!r})"
+
+    # ---- retry core ---------------------------------------------------------------------------
+    def _call(self, action: str, rel: str | None, fn: Callable[[], T], *,
+              passthrough: tuple[type[BaseException], ...] = ()) -> T:
+        """Run `fn` with retries; let `passthrough` errors out unchanged, wrap the rest in BucketError."""
+        delay = 0.05
+        for attempt in range(self.retries + 1):
+            try:
+                return fn()
+            except passthrough:
+                raise
+            except PermissionError as e:
+                raise BucketError(f"cannot {action} {self._where(rel)}: access denied ({one_line(e)}); "
+                                  "check the credentials (AWS_* env or ~/.aws) and bucket policy") from e
+            except FileNotFoundError as e:
+                raise ObjectNotFound(f"cannot {action} {self._where(rel)}: no such object") from e
+            except _PERMANENT as e:
+                raise BucketError(f"cannot {action} {self._where(rel)}: {type(e).__name__}: "
+                                  f"{one_line(e)}") from e
+            except Exception as e:
+                if attempt >= self.retries:
+                    raise BucketError(
+                        f"cannot {action} {self._where(rel)} after {attempt + 1} attempts: "
+                        f"{type(e).__name__}: {one_line(e)}; check that the endpoint is reachable "
+                        "(--endpoint-url / AWS_ENDPOINT_URL) and retry") from e
+                time.sleep(delay * (1 + random.random()))
+                delay = min(delay * 2, 2.0)
+        raise AssertionError("unreachable")
+
+    # ---- reads (single-object requests only) --------------------------------------------------
+    def read_bytes(self, rel: str) -> bytes:
+        """The whole object; FileNotFoundError-style absence raises BucketError."""
+        path = self._path(rel)
+        return self._call("read", rel, lambda: self.fs.cat_file(path))
+
+    def read_many(self, rels: Iterable[str]) -> dict[str, bytes]:
+        """Several whole objects at once (concurrent GETs on S3); keys are the given relative paths."""
+        rels = list(rels)
+        paths = [self._path(r) for r in rels]
+        if self.protocol != "s3" or len(rels) < 2:
+            return {r: self.read_bytes(r) for r in rels}
+        out = self._call("read", rels[0] + f" (+{len(rels) - 1} more)",
+                         lambda: self.fs.cat(paths, on_error="raise"))
+        return {r: out[p] for r, p in zip(rels, paths)}
+
+    def _head(self, path: str) -> dict[str, Any]:
+        # HEAD only: s3fs.info() falls back to a LIST when the key is absent (to spot "folders").
+        bucket, key, _ = self.fs.split_path(path)
+        return sync(self.fs.loop, self.fs._call_s3, "head_object", Bucket=bucket, Key=key)
+
+    def exists(self, rel: str) -> bool:
+        """Whether the object exists (a HEAD on S3, never a LIST)."""
+        path = self._path(rel)
+
+        def probe() -> bool:
+            if self.protocol != "s3":
+                return self.fs.exists(path)
+            try:
+                self._head(path)
+                return True
+            except FileNotFoundError:
+                return False
+
+        return self._call("check", rel, probe)
+
+    def size(self, rel: str) -> int:
+        """Size of the object in bytes."""
+        path = self._path(rel)
+        if self.protocol == "s3":
+            return int(self._call("stat", rel, lambda: self._head(path))["ContentLength"])
+        return int(self._call("stat", rel, lambda: self.fs.size(path)))
+
+    def open(self, rel: str, mode: str = "rb") -> IO[bytes]:
+        """A file object (not atomic for writes; prefer write_bytes/create_exclusive)."""
+        path = self._path(rel)
+        if self.protocol == "file" and any(c in mode for c in "wax"):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        return self._call("open", rel, lambda: self.fs.open(path, mode))
+
+    # ---- writes -------------------------------------------------------------------------------
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Write (replace) an object; atomic on a local folder (temp file + rename)."""
+        path = self._path(rel)
+        if self.protocol == "file":
+            self._call("write", rel, lambda: _local_atomic_write(path, data))
+        else:
+            self._call("write", rel, lambda: self.fs.pipe_file(path, data))
+
+    def create_exclusive(self, rel: str, data: bytes) -> bool:
+        """Create the object only if absent; False if it already exists (S3 If-None-Match: *)."""
+        path = self._path(rel)
+
+        def create() -> bool:
+            if self.protocol == "file":
+                return _local_exclusive_write(path, data)
+            if self.protocol == "memory":
+                with _MEMORY_LOCK:
+                    if self.fs.exists(path):
+                        return False
+                    self.fs.pipe_file(path, data)
+                    return True
+            try:
+                with self.fs.open(path, "xb") as f:
+                    f.write(data)
+                return True
+            except FileExistsError:
+                return False
+
+        return self._call("create", rel, create)
+
+    def write_tree(self, rel: str, files: dict[str, bytes]) -> bool:
+        """Write a folder of files. Local: temp folder + rename, False if the folder already exists.
+
+        Object stores have no folders: each object is written (each put is atomic) and True returned.
+        """
+        for name in files:
+            check_relpath(name, "file name")
+        if self.protocol != "file":
+            for name, data in sorted(files.items()):
+                self.write_bytes(f"{rel}/{name}", data)
+            return True
+        final = self._path(rel)
+        parent, base = os.path.split(final)
+        tmp = os.path.join(parent, f".{base}.tmp-{uuid.uuid4().hex[:12]}")
+
+        def publish() -> bool:
+            for name, data in files.items():
+                p = os.path.join(tmp, *name.split("/"))
+                os.makedirs(os.path.dirname(p), exist_ok=True)
+                with open(p, "wb") as f:
+                    f.write(data)
+            if os.path.exists(final):
+                return False
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                if os.path.exists(final):  # lost a race to an identical retry
+                    return False
+                raise
+            return True
+
+        try:
+            return self._call("write", rel, publish)
+        finally:
+            if os.path.exists(tmp):
+                import shutil
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def remove(self, rel: str, recursive: bool = False) -> None:
+        """Delete an object (or folder); used by tests and admin tools only."""
+        path = self._path(rel)
+        self._call("remove", rel, lambda: self.fs.rm(path, recursive=recursive))
+
+    def glob(self, pattern: str) -> list[str]:
+        """Relative paths matching `pattern`. LISTS: for admin tools (inspect) only, never the read path."""
+        base = self.root.rstrip("/")
+        hits = self._call("list", pattern, lambda: self.fs.glob(f"{base}/{pattern}"))
+        prefix = base.lstrip("/") + "/"
+        return sorted(h.lstrip("/")[len(prefix):] for h in hits if h.lstrip("/").startswith(prefix))
+
+
+def _local_atomic_write(path: str, data: bytes) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _local_exclusive_write(path: str, data: bytes) -> bool:
+    # Write the full content under a temp name, then hard-link it into place: link() fails if the
+    # target exists, so readers never see a half-written file and only one creator wins.
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

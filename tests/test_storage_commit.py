@@ -1,0 +1,119 @@
+"""Commit semantics: concurrent writers, failed writers, retried writers, and finding the newest generation."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from storage.errors import FingerprintMismatch, ManifestError, ShardError
+from storage.manifest import LATEST, commit, gen_path, newest_generation, read_generation
+from storage.reader import TargetSet
+from storage.writer import TargetSetWriter, write_shard
+from tests.storage_data import FP, make_pairs, make_segments, writer_kwargs
+
+pytest_plugins = ["tests.storage_fixtures"]  # the root_bucket and target fixtures
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_concurrent_commits_all_land(target):
+    n_writers = 3
+    barrier = threading.Barrier(n_writers)
+    errors, gens = [], []
+
+    def work(i: int) -> None:
+        try:
+            w = TargetSetWriter(target, fmt="wds", **writer_kwargs())
+            w.write_segments(i, make_segments(seed=i))
+            barrier.wait(timeout=20)  # all commit at once: they race for the same generation number
+            gens.append(w.commit().number)
+        except Exception as e:  # noqa: BLE001 - surfaced by the assert below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n_writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert sorted(gens) == [1, 2, 3]
+    ts = TargetSet.open(target, FP)
+    assert ts.generation == 3
+    assert sorted(e.path for e in ts.shards) == [f"round-000/shard-0000{i}.tar" for i in range(n_writers)]
+    assert read_generation(target, 3).parent == 2
+
+
+def test_exception_in_body_commits_nothing(target):
+    with TargetSetWriter(target, **writer_kwargs()) as w:
+        w.write_segments(0, make_segments())
+    with pytest.raises(RuntimeError, match="labeler crashed"), TargetSetWriter(target, **writer_kwargs()) as w:
+        entry = w.write_segments(1, make_segments(seed=1))
+        raise RuntimeError("labeler crashed")
+    assert target.exists(f"{entry.path}/zarr.json")  # the orphan shard is there but invisible
+    assert newest_generation(target) == 1
+    assert [e.path for e in TargetSet.open(target, FP).shards] == ["round-000/shard-00000.zarr"]
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "wds"])
+def test_retry_is_deterministic_and_idempotent(target, fmt):
+    seg = make_segments(n=4, S=8)
+    with TargetSetWriter(target, fmt=fmt, round=3, **writer_kwargs()) as w:
+        first = w.write_segments(7, seg)
+    assert first.path == f"round-003/shard-00007.{'zarr' if fmt == 'zarr' else 'tar'}"
+    # a retried writer (same data) produces the same checksum, skips the existing shard, and its
+    # commit does not list the shard twice
+    with TargetSetWriter(target, fmt=fmt, round=3, **writer_kwargs()) as w:
+        again = w.write_segments(7, make_segments(n=4, S=8))
+    assert again == first
+    ts = TargetSet.open(target, FP)
+    assert ts.generation == 2 and [e.path for e in ts.shards] == [first.path]
+    ts.verify_shard(ts.shards[0])
+    with pytest.raises(ShardError, match="write-once"):  # different data at the same name is refused
+        write_shard(target, make_segments(n=4, S=8, seed=9), index=7, round=3, fmt=fmt, dtype="float16",
+                    teacher_fingerprint=FP)
+
+
+def test_retry_same_checksum_across_buckets(tmp_path):
+    from storage.bucket import Bucket
+    seg = make_segments(n=5, S=6, Z=32)
+    for fmt in ("zarr", "wds"):
+        a = write_shard(Bucket.from_url(str(tmp_path / "a")), seg, index=1, round=0, fmt=fmt, dtype="int8",
+                        teacher_fingerprint=FP)
+        b = write_shard(Bucket.from_url("memory://retry-b"), seg, index=1, round=0, fmt=fmt, dtype="int8",
+                        teacher_fingerprint=FP)
+        assert a.sha256 == b.sha256 and a.bytes == b.bytes
+
+
+def test_driver_commits_worker_shards(target):
+    entries = [write_shard(target, make_pairs(seed=i), index=i, round=1, fmt="zarr", dtype="float32",
+                           teacher_fingerprint=FP) for i in range(2)]
+    gen = commit(target, entries, **writer_kwargs())
+    assert gen.number == 1 and gen.num_records == 20
+    assert TargetSet.open(target, FP).rounds == [1]
+
+
+def test_latest_hint_is_advisory(target):
+    for i in range(5):
+        with TargetSetWriter(target, fmt="wds", **writer_kwargs()) as w:
+            w.write_pairs(i, make_pairs(n=2, seed=i))
+    assert target.read_bytes(LATEST) == b"5"
+    for hint in (b"2", b"garbage", b"99"):
+        target.write_bytes(LATEST, hint)
+        assert newest_generation(target) == 5
+    target.remove(LATEST)
+    assert newest_generation(target) == 5 and TargetSet.open(target, FP, generation=3).generation == 3
+    assert len(TargetSet.open(target, FP).shards) == 5
+
+
+def test_commit_refuses_other_teacher_or_corpus(target):
+    with TargetSetWriter(target, **writer_kwargs()) as w:
+        w.write_segments(0, make_segments())
+    other_teacher = TargetSetWriter(target, **writer_kwargs(teacher_fingerprint="other-teacher"))
+    with pytest.raises(FingerprintMismatch, match="other-teacher"), other_teacher as w:
+        w.write_segments(1, make_segments())
+    other_corpus = TargetSetWriter(target, **writer_kwargs(corpus_id="other-corpus"))
+    with pytest.raises(ManifestError, match="corpus"), other_corpus as w:
+        w.write_segments(2, make_segments())
+    with pytest.raises(ManifestError, match="nothing to commit"), TargetSetWriter(target, **writer_kwargs()):
+        pass
+    assert newest_generation(target) == 1 and not target.exists(gen_path(2))
