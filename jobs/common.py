@@ -25,8 +25,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
 def parse(cls: type[T], argv: list[str] | None, prog: str, description: str | None = None) -> T:
     import tyro
 
-    return tyro.cli(cls, args=argv, prog=f"smt {prog}", description=description,
-                    config=(tyro.conf.FlagConversionOff,))
+    return tyro.cli(cls, args=argv, prog=f"smt {prog}", description=description)
 
 
 def run(prog: str, fn: Callable[[], int | None]) -> int:

@@ -6,7 +6,8 @@ Two encoders share one interface:
   attention; one encoder pass per memory.
 - `causal` (all-position): a causal Transformer over [start ; x_0 .. x_{T-1}] whose hidden state at
   position t is projected into the K memory tokens, so one pass yields every memory m_0..m_T. With
-  `window` set, attention is limited to the last `window` positions (a sliding context).
+  `window` set, each layer attends to the last `window` positions, so a memory's receptive field is
+  encoder_depth*(window-1)+1 positions (a sliding context).
 
 Convention everywhere in this project: m_t is the memory after seeing x_0..x_{t-1}; the readout of
 m_t predicts y_{t-1}; decoding m_t with future inputs x_t.. predicts y_{t-1}, y_t, ...
@@ -24,8 +25,11 @@ from models.layers import Transformer, causal_mask, rms_normalize
 ENCODERS = ("causal", "register")
 
 
-class ConfigError(ValueError):
-    """A model configuration that cannot work; the message names the field and the fix."""
+class ConfigError(Exception):
+    """A configuration that cannot work; the message names the field and the fix.
+
+    Deliberately not a ValueError: argument parsers (tyro) would swallow it into a multi-line box,
+    while the jobs print it as one line."""
 
 
 @dataclass(kw_only=True)
@@ -47,7 +51,8 @@ class TeacherConfig:
     encoder: str = "causal"
     """'causal' (every memory in one pass) or 'register' (reference: one pass per memory)."""
     window: int | None = None
-    """Causal encoder only: attend to at most this many previous positions (None = whole prefix)."""
+    """Causal encoder only: each layer attends to at most this many positions (itself included), so m_t
+    depends on the last encoder_depth*(window-1)+1 positions (None = the whole prefix)."""
 
     def __post_init__(self) -> None:
         if self.encoder not in ENCODERS:
@@ -120,7 +125,10 @@ class Teacher(nn.Module):
     def encode(self, x_ctx: torch.Tensor) -> torch.Tensor:
         """Memory of a (left-padded) context: (B, Tc) -> (B, Z). Tc may be 0."""
         if self.cfg.encoder == "causal":
-            return self.encode_all(x_ctx)[:, -1]
+            # the memory after the last real token (contexts are left-padded); all-padding -> m_empty
+            M = self.encode_all(x_ctx)
+            trailing = torch.flip(x_ctx == -1, [1]).long().cumprod(1).sum(1)
+            return M[torch.arange(M.shape[0], device=M.device), x_ctx.shape[1] - trailing]
         B, Tc = x_ctx.shape
         K, d = self.cfg.mem_tokens, self.cfg.d_model
         valid = x_ctx != -1

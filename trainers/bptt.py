@@ -81,7 +81,7 @@ def train_bptt(corpus, cfg: BPTTConfig, out: str | Path | None = None, quiet: bo
     out = Path(out) if out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "config.json", {"stage": "bptt", "corpus": corpus.spec, "config": asdict(cfg)})
+        write_json(out / "run.json", {"stage": "bptt", "corpus": corpus.spec, "config": asdict(cfg)})
     log = MetricsLog(out / "metrics.jsonl" if out else None, cfg.steps, "bptt", quiet)
     t0 = time.perf_counter()
 

@@ -38,6 +38,8 @@ class OptimConfig:
     """AdamW beta2."""
     warmup_frac: float = 0.01
     """Fraction of steps of linear warm-up."""
+    warmup_steps: int | None = None
+    """Warm-up length in steps; overrides warmup_frac (use it with wall-clock budgets)."""
     schedule: str = "constant"
     """After warm-up: 'constant' or 'cosine' (to 10% of lr)."""
     grad_clip: float = 1.0
@@ -45,7 +47,7 @@ class OptimConfig:
 
     def build(self, params, total_steps: int):
         opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, betas=(self.beta1, self.beta2))
-        warm = max(1, int(self.warmup_frac * total_steps))
+        warm = max(1, self.warmup_steps if self.warmup_steps is not None else int(self.warmup_frac * total_steps))
 
         def factor(step: int) -> float:
             if step < warm:

@@ -96,7 +96,7 @@ def dmt_online(student, teacher, corpus, cfg: DMTConfig, out: str | Path | None 
     out = Path(out) if out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "config.json", {"stage": "dmt", "corpus": corpus.spec, "config": asdict(cfg)})
+        write_json(out / "run.json", {"stage": "dmt", "corpus": corpus.spec, "config": asdict(cfg)})
     log = MetricsLog(out / "metrics.jsonl" if out else None, cfg.steps, "dmt", quiet)
     t0 = time.perf_counter()
 

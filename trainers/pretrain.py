@@ -2,7 +2,7 @@
 
 Writes `<out>/teacher` (the teacher checkpoint whose fingerprint names its target shards),
 `<out>/student` (the reference updater with the teacher's readout), `<out>/metrics.jsonl` and
-`<out>/config.json`.
+`<out>/run.json` (the resolved config).
 """
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def pretrain(corpus, cfg: PretrainConfig, out: str | Path | None = None, quiet: 
     out = Path(out) if out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "config.json", {"stage": "pretrain", "corpus": corpus.spec, "config": asdict(cfg)})
+        write_json(out / "run.json", {"stage": "pretrain", "corpus": corpus.spec, "config": asdict(cfg)})
     log = MetricsLog(out / "metrics.jsonl" if out else None, cfg.steps, "pretrain", quiet)
     final: dict = {}
     step = 0

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from models.teacher import ConfigError
 from trainers.losses import masked_ce, uniformity
 
 
@@ -51,13 +52,13 @@ class SMTConfig:
 
     def __post_init__(self) -> None:
         if self.mode not in ("prefix", "stream"):
-            raise ValueError(f"mode={self.mode!r} is unknown: use 'prefix' or 'stream'")
+            raise ConfigError(f"mode={self.mode!r} is unknown: use 'prefix' or 'stream'")
         if self.mode == "stream" and not self.Tc:
-            raise ValueError("mode='stream' needs Tc (the context length of a memory): pass --smt.Tc N")
+            raise ConfigError("mode='stream' needs Tc (the context length of a memory): pass --smt.Tc N")
 
     def check_length(self, T: int) -> None:
         if self.mode == "stream" and self.Tc + (self.Tf or 1) > T:
-            raise ValueError(f"Tc+Tf={self.Tc}+{self.Tf or 1} > T={T}: use shorter Tc/Tf or longer windows")
+            raise ConfigError(f"Tc+Tf={self.Tc}+{self.Tf or 1} > T={T}: use shorter Tc/Tf or longer windows")
 
 
 def _sample_positions(y: torch.Tensor, n: int, lo: int, hi: int, frac: float, g: torch.Generator,
