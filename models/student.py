@@ -16,15 +16,15 @@ from models.updaters import UpdaterConfig, build_updater
 class Student(nn.Module):
     def __init__(self, updater_cfg: UpdaterConfig, teacher_cfg: TeacherConfig):
         super().__init__()
-        if updater_cfg.mem_size != teacher_cfg.mem_size or updater_cfg.vocab_size != teacher_cfg.vocab_size:
+        if updater_cfg.mem_size != teacher_cfg.Z or updater_cfg.vocab_size != teacher_cfg.vocab_size:
             raise ValueError(
                 f"updater (Z={updater_cfg.mem_size}, vocab={updater_cfg.vocab_size}) does not match the teacher "
-                f"(Z={teacher_cfg.mem_size}, vocab={teacher_cfg.vocab_size}): use the teacher's K, d and vocab")
+                f"(Z={teacher_cfg.Z}, vocab={teacher_cfg.vocab_size}): use the teacher's K, d and vocab")
         self.updater_cfg, self.teacher_cfg = updater_cfg, teacher_cfg
         self.updater = build_updater(updater_cfg)
         self.readout_net = MemoryDecoder(teacher_cfg.vocab_size, teacher_cfg.d_model, teacher_cfg.decoder_depth,
                                          teacher_cfg.n_heads, teacher_cfg.mem_tokens)
-        self.m0 = nn.Parameter(torch.randn(teacher_cfg.mem_size) * 0.02)
+        self.m0 = nn.Parameter(torch.randn(teacher_cfg.Z) * 0.02)
 
     @classmethod
     def from_teacher(cls, teacher: Teacher, updater_cfg: UpdaterConfig) -> "Student":

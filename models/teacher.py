@@ -47,7 +47,7 @@ class TeacherConfig:
     mem_tokens: int = 4
     """K: memory tokens. The memory has Z = K * d_model floats."""
     mem_size: int | None = None
-    """Z; optional, validated against K * d_model when given."""
+    """Z; optional, only validated against K * d_model (the `Z` property is the size in use)."""
     encoder: str = "causal"
     """'causal' (every memory in one pass) or 'register' (reference: one pass per memory)."""
     window: int | None = None
@@ -60,9 +60,7 @@ class TeacherConfig:
         if self.d_model % self.n_heads:
             raise ConfigError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}: change one")
         z = self.mem_tokens * self.d_model
-        if self.mem_size is None:
-            self.mem_size = z
-        elif self.mem_size != z:
+        if self.mem_size is not None and self.mem_size != z:
             raise ConfigError(
                 f"mem_size={self.mem_size} != mem_tokens*d_model={self.mem_tokens}*{self.d_model}={z}: "
                 "set mem_size to K*d or change K/d_model")
@@ -70,6 +68,11 @@ class TeacherConfig:
             raise ConfigError(f"vocab_size={self.vocab_size} must be >= 2")
         if self.window is not None and self.window < 1:
             raise ConfigError(f"window={self.window} must be >= 1 or None")
+
+    @property
+    def Z(self) -> int:
+        """Flat memory size K * d."""
+        return self.mem_tokens * self.d_model
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -119,7 +122,7 @@ class Teacher(nn.Module):
 
     @property
     def mem_size(self) -> int:
-        return int(self.cfg.mem_size)
+        return self.cfg.Z
 
     # ---- encoders -------------------------------------------------------------------------------
     def encode(self, x_ctx: torch.Tensor) -> torch.Tensor:

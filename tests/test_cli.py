@@ -1,0 +1,77 @@
+"""Two-step smoke tests of every foundation command, and one-line user errors."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from jobs.cli import main as smt
+
+TASK = "retrieval:T=8,vocab=4"
+TINY = ["--teacher.d-model", "16", "--teacher.n-heads", "2", "--teacher.encoder-depth", "1",
+        "--teacher.decoder-depth", "1", "--teacher.mem-tokens", "2"]
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "pt"
+    assert smt(["pretrain", "--corpus", TASK, "--out", str(out), "--steps", "2", "--eval-every", "1",
+                "--eval-size", "8", "--batch-size", "4", "--quiet", *TINY]) == 0
+    return out
+
+
+def test_pretrain_eval_dmt_bptt_smoke(pretrained, tmp_path, capsys):
+    assert (pretrained / "teacher" / "config.json").exists() and (pretrained / "metrics.jsonl").exists()
+    assert smt(["eval", "--run", str(pretrained), "--corpus", TASK, "--size", "8", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert set(res) >= {"teacher", "student"} and 0 <= res["student"]["acc"] <= 1
+    assert smt(["dmt-online", "--run", str(pretrained), "--corpus", TASK, "--out", str(tmp_path / "dmt"),
+                "--steps", "2", "--eval-every", "1", "--eval-size", "8", "--batch-size", "4", "--quiet"]) == 0
+    assert smt(["eval", "--run", str(tmp_path / "dmt" / "student"), "--teacher", str(pretrained / "teacher"),
+                "--corpus", TASK, "--size", "8"]) == 0
+    assert smt(["bptt", "--corpus", TASK, "--student", "gru", "--out", str(tmp_path / "bptt"), "--steps", "2",
+                "--eval-every", "1", "--eval-size", "8", "--batch-size", "4", "--quiet",
+                "--shape.d-model", "16", "--shape.n-heads", "2", "--shape.mem-tokens", "2"]) == 0
+    assert smt(["eval", "--run", str(tmp_path / "bptt"), "--corpus", TASK, "--size", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "student" in out and "bptt" in out
+
+
+def test_demo_smoke(tmp_path, capsys):
+    rc = smt(["demo", "--out", str(tmp_path / "d"), "--corpus", TASK, "--pretrain-seconds", "1",
+              "--dmt-seconds", "1", "--curriculum", "--quiet", "--teacher.d-model", "16",
+              "--teacher.n-heads", "2", "--teacher.mem-tokens", "2", "--teacher.encoder-depth", "1"])
+    assert rc == 0
+    res = json.loads((tmp_path / "d" / "results.json").read_text())
+    for k in ("task", "teacher_acc", "smt_acc", "dmt_acc", "bptt_acc", "seconds"):
+        assert k in res
+    png = tmp_path / "d" / "accuracy_vs_time.png"
+    assert png.stat().st_size > 5000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "accuracy_vs_time.png" in (tmp_path / "d" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["pretrain", "--corpus", "retrieval:T=2", "--out", "x"], "T=2 too short"),
+    (["pretrain", "--corpus", "nosuchtask:T=8", "--out", "x"], "nosuchtask"),
+    (["pretrain", "--corpus", TASK, "--out", "x", "--teacher.mem-size", "100"], "mem_size=100"),
+    (["pretrain", "--corpus", TASK, "--out", "x", "--updater.arch", "lstm"], "arch='lstm' is unknown"),
+    (["pretrain", "--corpus", TASK, "--out", "x", "--smt.mode", "stream"], "needs Tc"),
+    (["bptt", "--corpus", TASK, "--student", "lstm", "--out", "x"], "arch='lstm' is unknown"),
+    (["eval", "--run", "/nonexistent/run", "--corpus", TASK], "no teacher or student checkpoint"),
+    (["nosuchstage"], "unknown stage"),
+])
+def test_user_errors_are_one_line_without_traceback(argv, needle, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    p = subprocess.run([sys.executable, "-m", "jobs.cli", *argv], capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path, env={**__import__("os").environ, "PYTHONPATH": str(__import__("pathlib").Path(__file__).parents[1])})
+    assert p.returncode == 2, p.stderr
+    lines = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in p.stderr, p.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_help_lists_every_stage(capsys):
+    assert smt(["--help"]) == 0
+    out = capsys.readouterr().out
+    for stage in ("demo", "pretrain", "label", "train", "dmt", "bptt", "eval", "inspect"):
+        assert f"  {stage} " in out
