@@ -27,7 +27,7 @@ class Student(nn.Module):
         self.m0 = nn.Parameter(torch.randn(teacher_cfg.Z) * 0.02)
 
     @classmethod
-    def from_teacher(cls, teacher: Teacher, updater_cfg: UpdaterConfig) -> "Student":
+    def from_teacher(cls, teacher: Teacher, updater_cfg: UpdaterConfig) -> Student:
         s = cls(updater_cfg, teacher.cfg)
         s.readout_net.load_state_dict(teacher.decoder.state_dict())
         with torch.no_grad():

@@ -6,8 +6,8 @@ A student architecture is a name in `UPDATERS` plus an `UpdaterConfig`.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import torch
 from torch import nn

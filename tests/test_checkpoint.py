@@ -15,7 +15,7 @@ from models.student import Student
 from models.teacher import Teacher, TeacherConfig
 from models.updaters import UpdaterConfig
 
-CFG = dict(vocab_size=7, d_model=16, n_heads=2, encoder_depth=1, decoder_depth=1, mem_tokens=2)
+CFG = {"vocab_size": 7, "d_model": 16, "n_heads": 2, "encoder_depth": 1, "decoder_depth": 1, "mem_tokens": 2}
 
 
 def test_teacher_round_trip_is_bit_exact_and_fingerprint_stable(tmp_path):

@@ -1,7 +1,9 @@
 """Two-step smoke tests of every foundation command, and one-line user errors."""
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -62,8 +64,9 @@ def test_demo_smoke(tmp_path, capsys):
 ])
 def test_user_errors_are_one_line_without_traceback(argv, needle, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     p = subprocess.run([sys.executable, "-m", "jobs.cli", *argv], capture_output=True, text=True, timeout=120,
-                       cwd=tmp_path, env={**__import__("os").environ, "PYTHONPATH": str(__import__("pathlib").Path(__file__).parents[1])})
+                       cwd=tmp_path, env=env, check=False)
     assert p.returncode == 2, p.stderr
     lines = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in p.stderr, p.stderr

@@ -13,7 +13,7 @@ from trainers.pretrain import PretrainConfig, pretrain
 from trainers.smt import SMTConfig, smt_losses
 
 SPEC = "retrieval:T=12,vocab=4"
-SMALL = dict(d_model=32, n_heads=2, encoder_depth=1, decoder_depth=1, mem_tokens=2)
+SMALL = {"d_model": 32, "n_heads": 2, "encoder_depth": 1, "decoder_depth": 1, "mem_tokens": 2}
 
 
 def setup(encoder="causal", arch="mlp"):

@@ -6,7 +6,6 @@ RMS-normalised initial memory. Full BPTT keeps the graph over the whole sequence
 """
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -83,9 +82,12 @@ def train_bptt(corpus, cfg: BPTTConfig, out: str | Path | None = None, quiet: bo
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "run.json", {"stage": "bptt", "corpus": corpus.spec, "config": asdict(cfg)})
     log = MetricsLog(out / "metrics.jsonl" if out else None, cfg.steps, "bptt", quiet)
-    t0 = time.perf_counter()
 
     def evaluate() -> dict:
+        with log.paused():
+            return _evaluate()
+
+    def _evaluate() -> dict:
         student.eval()
         r = evaluate_student(student, ex, ey)
         student.train()
@@ -100,7 +102,7 @@ def train_bptt(corpus, cfg: BPTTConfig, out: str | Path | None = None, quiet: bo
         loss.backward()
         gn = clip_and_step(params, opt, sched, cfg.optim.grad_clip)
         log.advance()
-        done = (cfg.seconds is not None and time.perf_counter() - t0 >= cfg.seconds) or step == cfg.steps
+        done = (cfg.seconds is not None and log.elapsed() >= cfg.seconds) or step == cfg.steps
         if step % cfg.eval_every == 0 or done:
             final = log.log(step, loss=loss, grad_norm=gn, **evaluate())
             if on_eval:
@@ -113,5 +115,5 @@ def train_bptt(corpus, cfg: BPTTConfig, out: str | Path | None = None, quiet: bo
     student.eval()
     if out:
         save_student(str(out / "student"), student, None, {"corpus": corpus.spec, "trained_by": "bptt", "steps": step})
-    return {"student": student, "history": log.history, "final": final, "seconds": time.perf_counter() - t0,
+    return {"student": student, "history": log.history, "final": final, "seconds": log.elapsed(),
             "steps": step}

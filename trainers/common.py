@@ -77,10 +77,20 @@ class MetricsLog:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self.bar = tqdm(total=total, desc=desc, disable=quiet, dynamic_ncols=True, leave=False)
         self.t0 = time.perf_counter()
+        self.paused_for = 0.0
         self.history: list[dict[str, Any]] = []
 
     def elapsed(self) -> float:
-        return time.perf_counter() - self.t0
+        """Training seconds so far: wall-clock minus the time spent inside `paused()` (evaluation)."""
+        return time.perf_counter() - self.t0 - self.paused_for
+
+    @contextlib.contextmanager
+    def paused(self):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.paused_for += time.perf_counter() - t
 
     def log(self, step: int, **metrics: Any) -> dict:
         row = {"step": step, "time": round(self.elapsed(), 3), **{k: _num(v) for k, v in metrics.items()}}

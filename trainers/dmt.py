@@ -9,7 +9,6 @@ The offline twin (roll out, record, relabel, train on the union) is `pipeline/` 
 """
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -98,9 +97,12 @@ def dmt_online(student, teacher, corpus, cfg: DMTConfig, out: str | Path | None 
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "run.json", {"stage": "dmt", "corpus": corpus.spec, "config": asdict(cfg)})
     log = MetricsLog(out / "metrics.jsonl" if out else None, cfg.steps, "dmt", quiet)
-    t0 = time.perf_counter()
 
     def evaluate() -> dict:
+        with log.paused():
+            return _evaluate()
+
+    def _evaluate() -> dict:
         student.eval()
         r = evaluate_student(student, ex, ey, teacher, cfg.prompt)
         student.train()
@@ -119,7 +121,7 @@ def dmt_online(student, teacher, corpus, cfg: DMTConfig, out: str | Path | None 
         losses["loss"].backward()
         gn = clip_and_step(params, opt, sched, cfg.optim.grad_clip)
         log.advance()
-        done = (cfg.seconds is not None and time.perf_counter() - t0 >= cfg.seconds) or step == cfg.steps
+        done = (cfg.seconds is not None and log.elapsed() >= cfg.seconds) or step == cfg.steps
         if step % cfg.eval_every == 0 or done:
             final = log.log(step, **losses, grad_norm=gn, **evaluate())
             if on_eval:
@@ -133,5 +135,5 @@ def dmt_online(student, teacher, corpus, cfg: DMTConfig, out: str | Path | None 
     if out:
         save_student(str(out / "student"), student, teacher_fingerprint,
                      {"corpus": corpus.spec, "trained_by": "smt+dmt", "dmt_steps": step})
-    return {"student": student, "history": log.history, "final": final, "seconds": time.perf_counter() - t0,
+    return {"student": student, "history": log.history, "final": final, "seconds": log.elapsed(),
             "steps": step}

@@ -34,12 +34,24 @@ def teacher_memories(teacher, x: torch.Tensor, batch: int = 256) -> torch.Tensor
 
 @torch.no_grad()
 def evaluate_teacher(teacher, x: torch.Tensor, y: torch.Tensor, prompt: int = 0) -> dict:
-    M = teacher_memories(teacher, x)
-    B, T1, Z = M.shape
-    logits = teacher.readout(M[:, 1:].reshape(-1, Z)).view(B, T1 - 1, -1)
+    """Readout of the teacher's own memories. The register teacher encodes only the memories whose
+    readout has a target (one encoder pass each), the causal one all of them in one pass."""
     y = y.clone()
     y[:, :prompt] = -1
-    return _summary(logits, y)
+    B, T = x.shape
+    if teacher.cfg.encoder == "causal":
+        M = teacher_memories(teacher, x)[:, 1:]
+        cols = torch.arange(T)
+    else:
+        cols = torch.nonzero((y != -1).any(0)).flatten()
+        M = torch.stack([teacher.memories_at(x, torch.full((B,), int(c) + 1, device=x.device)) for c in cols], 1) \
+            if len(cols) else torch.zeros(B, 0, teacher.mem_size, device=x.device)
+    if M.shape[1] == 0:
+        return _summary(torch.zeros(B, T, teacher.cfg.vocab_size), y)
+    logits = teacher.readout(M.reshape(-1, M.shape[-1])).view(B, M.shape[1], -1)
+    full = torch.zeros(B, T, logits.shape[-1], device=logits.device, dtype=logits.dtype)
+    full[:, cols.to(logits.device)] = logits
+    return _summary(full, y)
 
 
 @torch.no_grad()

@@ -7,7 +7,6 @@ Writes `<out>/teacher` (the teacher checkpoint whose fingerprint names its targe
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -105,18 +104,22 @@ def pretrain(corpus, cfg: PretrainConfig, out: str | Path | None = None, quiet: 
     log = MetricsLog(out / "metrics.jsonl" if out else None, cfg.steps, "pretrain", quiet)
     final: dict = {}
     step = 0
-    t0 = time.perf_counter()
 
     def evaluate() -> dict:
+        with log.paused():
+            return _evaluate()
+
+    def _evaluate() -> dict:
         teacher.eval()
         student.readout_net.load_state_dict(teacher.decoder.state_dict())
         with torch.no_grad():
             student.m0.copy_(teacher.encode(ex[:1, :0])[0])
         te = evaluate_teacher(teacher, ex, ey, prompt)
-        st = evaluate_student(student, ex, ey, teacher, prompt)
+        # drift needs every teacher memory: cheap for the causal encoder, one pass per prefix for register
+        st = evaluate_student(student, ex, ey, teacher if (tcfg.encoder == "causal" or prompt) else None, prompt)
         teacher.train()
         return {"teacher_acc": te["acc"], "teacher_loss": te["loss"], "smt_acc": st["acc"],
-                "smt_loss": st["loss"], "drift_final": st.get("drift_final")}
+                "smt_loss": st["loss"], **({"drift_final": st["drift_final"]} if "drift_final" in st else {})}
 
     for step in range(1, cfg.steps + 1):
         x, y = (torch.as_tensor(a, dtype=torch.long, device=dev) for a in cur.sample(cfg.batch_size, rng))
@@ -125,7 +128,7 @@ def pretrain(corpus, cfg: PretrainConfig, out: str | Path | None = None, quiet: 
         losses["loss"].backward()
         gn = clip_and_step(params, opt, sched, cfg.optim.grad_clip)
         log.advance()
-        done = (cfg.seconds is not None and time.perf_counter() - t0 >= cfg.seconds) or step == cfg.steps
+        done = (cfg.seconds is not None and log.elapsed() >= cfg.seconds) or step == cfg.steps
         if step % cfg.eval_every == 0 or done:
             final = log.log(step, **losses, grad_norm=gn, lr=sched.get_last_lr()[0], T=cur.seq_len, **evaluate())
             if on_eval:
@@ -143,7 +146,7 @@ def pretrain(corpus, cfg: PretrainConfig, out: str | Path | None = None, quiet: 
     teacher.eval()
     student.eval()
     result = {"teacher": teacher, "student": student, "history": log.history, "final": final,
-              "seconds": time.perf_counter() - t0, "steps": step}
+              "seconds": log.elapsed(), "steps": step}
     if out:
         result["fingerprint"] = save_teacher(str(out / "teacher"), teacher, {"corpus": corpus.spec, "steps": step})
         save_student(str(out / "student"), student, result["fingerprint"],
