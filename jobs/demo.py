@@ -94,7 +94,7 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     x, y = eval_batch(corpus, 512, cfg.seed + 1)
     res = {
-        "task": corpus.spec, "chance": corpus.chance, "teacher_encoder": cfg.teacher.encoder,
+        "task": corpus.spec, "chance": corpus.chance, "T": corpus.seq_len, "curriculum": list(cfg.curriculum), "teacher_encoder": cfg.teacher.encoder,
         "student": cfg.student, "teacher_fingerprint": fp,
         "teacher_acc": evaluate_teacher(teacher, x, y)["acc"],
         "smt_acc": pt["final"]["smt_acc"],
@@ -138,8 +138,9 @@ steps: {json.dumps(res['steps'])}.
 
 ![accuracy against wall-clock]({png.name})
 
-*Answer accuracy against wall-clock: teacher and SMT updater during pretraining, then DMT (shifted by the
-pretraining time), and BPTT from its own start.*
+*Answer accuracy against training seconds (evaluation excluded): the teacher and the SMT updater during
+pretraining (measured at the current curriculum length, {' -> '.join(map(str, res['curriculum'] + [res['T']]))}),
+then DMT (shifted by the pretraining time), and BPTT from its own start.*
 """
     (out / "report.md").write_text(md)
     return str(out / "report.md")

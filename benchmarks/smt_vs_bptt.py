@@ -1,0 +1,195 @@
+"""SMT->DMT against BPTT on the retrieval task, the same updater, equal wall-clock budgets, one run.
+
+For each sequence length T, updater architecture and seed, every method gets the same training budget
+(evaluation excluded) on this machine:
+- `smt-causal-curr`: all-position causal teacher with a length curriculum (16, 32, .. T/2), then DMT;
+- `smt-causal`: the causal teacher without curriculum, then DMT;
+- `smt-register-curr`: the reference register teacher with the curriculum, then DMT;
+- `bptt`: full BPTT of the same updater with its own readout and a learned initial memory.
+The figure of merit is the accuracy of the updater rolled out ALONE from m_0 (teacher-forced inputs) on
+held-out sequences, and the training time at which it first reaches 95%. Step times against T are
+measured separately for each method. Methods are interleaved per (T, arch, seed) so that background load
+hits them alike.
+
+Usage: python benchmarks/smt_vs_bptt.py [--T 64 128 256] [--archs mlp gru] [--seeds 0 1] [--budget 60]
+Writes benchmarks/results/smt_vs_bptt.{json,md,png}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models.student import Student  # noqa: E402
+from models.teacher import Teacher, TeacherConfig  # noqa: E402
+from models.updaters import UpdaterConfig  # noqa: E402
+from pipeline.corpora import load_corpus  # noqa: E402
+from trainers.bptt import BPTTConfig, bptt_loss, train_bptt  # noqa: E402
+from trainers.common import OptimConfig  # noqa: E402
+from trainers.dmt import DMTConfig, dmt_online  # noqa: E402
+from trainers.pretrain import PretrainConfig, matched_updater, pretrain  # noqa: E402
+from trainers.report import markdown_table, plot_curves  # noqa: E402
+from trainers.smt import SMTConfig, smt_losses  # noqa: E402
+
+METHODS = ("smt-causal-curr", "smt-causal", "smt-register-curr", "bptt")
+TEACHER = dict(d_model=64, n_heads=4, encoder_depth=2, decoder_depth=2, mem_tokens=4)
+LR, DMT_LR, BATCH, EVAL = 1e-3, 3e-4, 32, 128
+
+
+def curriculum(T: int) -> tuple[int, ...]:
+    out, L = [], 16
+    while L < T:
+        out.append(L)
+        L *= 2
+    return tuple(out)
+
+
+def t_reach(timeline: list[tuple[float, float]], level: float = 0.95) -> float | None:
+    return next((t for t, a in timeline if a >= level), None)
+
+
+def run_smt(corpus, arch: str, encoder: str, curr: bool, budget: float, seed: int) -> dict:
+    teacher = TeacherConfig(encoder=encoder, **TEACHER)
+    pt = pretrain(corpus, PretrainConfig(
+        teacher=teacher, updater=UpdaterConfig(arch=arch), optim=OptimConfig(lr=LR, warmup_steps=20),
+        steps=10**6, seconds=0.75 * budget, batch_size=BATCH, curriculum=curriculum(corpus.seq_len) if curr else (),
+        stop_at_acc=0.99, eval_every=25, eval_size=EVAL, seed=seed), quiet=True)
+    # only the final-length evaluations count as the updater's accuracy on this task
+    tl = [(r["time"], r["smt_acc"] if r["T"] == corpus.seq_len else 0.0) for r in pt["history"]]
+    left = budget - pt["seconds"]
+    dmt_steps = 0
+    if left > 1 and pt["final"].get("T") == corpus.seq_len:
+        dm = dmt_online(pt["student"], pt["teacher"], corpus, DMTConfig(
+            optim=OptimConfig(lr=DMT_LR, schedule="cosine", warmup_steps=10), steps=400, seconds=left,
+            batch_size=BATCH, stop_at_acc=0.99, eval_every=10, eval_size=EVAL, seed=seed), quiet=True)
+        tl += [(pt["seconds"] + r["time"], r["dmt_acc"]) for r in dm["history"][1:]]
+        dmt_steps = dm["steps"]
+    return {"timeline": tl, "teacher_acc": pt["final"].get("teacher_acc"), "teacher_T": pt["final"].get("T"),
+            "pretrain_seconds": pt["seconds"], "pretrain_steps": pt["steps"], "dmt_steps": dmt_steps}
+
+
+def run_bptt(corpus, arch: str, budget: float, seed: int) -> dict:
+    b = train_bptt(corpus, BPTTConfig(updater=UpdaterConfig(arch=arch), shape=TeacherConfig(**TEACHER),
+                                      optim=OptimConfig(lr=LR, warmup_steps=20), steps=10**6, seconds=budget,
+                                      batch_size=BATCH, eval_every=25, eval_size=EVAL, seed=seed), quiet=True)
+    return {"timeline": [(r["time"], r["bptt_acc"]) for r in b["history"]], "steps": b["steps"]}
+
+
+def step_times(T: int, arch: str, reps: int = 3) -> dict:
+    """Seconds per optimiser step (forward + backward) for each method at length T."""
+    corpus = load_corpus(f"retrieval:T={T},vocab=8")
+    x, y = (torch.as_tensor(a) for a in corpus.sample(BATCH, np.random.default_rng(0)))
+    out = {}
+    for enc in ("causal", "register"):
+        t = Teacher(TeacherConfig(vocab_size=corpus.vocab_size, encoder=enc, **TEACHER))
+        s = Student.from_teacher(t, matched_updater(t.cfg, UpdaterConfig(arch=arch)))
+        g = torch.Generator().manual_seed(0)
+        out[f"smt-{enc}"] = _time(lambda: smt_losses(t, s.updater, x, y, SMTConfig(), g)["loss"].backward(), reps)
+    s = Student(matched_updater(TeacherConfig(vocab_size=corpus.vocab_size, **TEACHER), UpdaterConfig(arch=arch)),
+                TeacherConfig(vocab_size=corpus.vocab_size, **TEACHER))
+    out["bptt"] = _time(lambda: bptt_loss(s, x, y).backward(), reps)
+    return out
+
+
+def _time(fn, reps: int) -> float:
+    fn()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - t0) / reps
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--T", type=int, nargs="+", default=[64, 128, 256])
+    ap.add_argument("--archs", nargs="+", default=["mlp", "gru"])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--budget", type=float, default=60.0, help="training seconds per run (evaluation excluded)")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "smt_vs_bptt"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    runs = []
+    for T in args.T:
+        corpus = load_corpus(f"retrieval:T={T},vocab=8")
+        for arch in args.archs:
+            for seed in args.seeds:
+                for m in args.methods:
+                    t0 = time.perf_counter()
+                    if m == "bptt":
+                        r = run_bptt(corpus, arch, args.budget, seed)
+                    else:
+                        r = run_smt(corpus, arch, m.split("-")[1], m.endswith("-curr"), args.budget, seed)
+                    r.update(T=T, arch=arch, seed=seed, method=m, t95=t_reach(r["timeline"]),
+                             final_acc=r["timeline"][-1][1] if r["timeline"] else 0.0,
+                             best_acc=max((a for _, a in r["timeline"]), default=0.0),
+                             wall=time.perf_counter() - t0)
+                    runs.append(r)
+                    print(f"T={T} {arch} seed={seed} {m:<18} t95={r['t95']} final={r['final_acc']:.3f} "
+                          f"best={r['best_acc']:.3f}", flush=True)
+    steps = {f"{T}/{arch}": step_times(T, arch) for T in args.T for arch in args.archs}
+    summary = summarise(runs, args)
+    res = {"budget_seconds": args.budget, "machine": {"cpus": torch.get_num_threads(), "python": platform.python_version(),
+                                                      "torch": torch.__version__},
+           "task": "retrieval vocab=8", "teacher": TEACHER, "batch_size": BATCH, "summary": summary,
+           "step_seconds": steps, "runs": runs}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(res, indent=1))
+    write_md(out, res, args)
+    return 0
+
+
+def summarise(runs: list[dict], args) -> list[dict]:
+    rows = []
+    for T in args.T:
+        for arch in args.archs:
+            for m in args.methods:
+                rs = [r for r in runs if r["T"] == T and r["arch"] == arch and r["method"] == m]
+                reached = [r["t95"] for r in rs if r["t95"] is not None]
+                rows.append({"T": T, "arch": arch, "method": m, "reached_95": f"{len(reached)}/{len(rs)}",
+                             "median_t95_s": round(statistics.median(reached), 1) if reached else "-",
+                             "final_acc_mean": round(statistics.mean(r["final_acc"] for r in rs), 3),
+                             "best_acc_mean": round(statistics.mean(r["best_acc"] for r in rs), 3)})
+    return rows
+
+
+def write_md(out: Path, res: dict, args) -> None:
+    curves = {}
+    for r in res["runs"]:
+        if r["seed"] == args.seeds[0]:
+            curves[f"T={r['T']} {r['arch']} {r['method']}"] = ([t for t, _ in r["timeline"]], [a for _, a in r["timeline"]])
+    plot_curves(out.with_suffix(".png"), curves, xlabel="training seconds (evaluation excluded)",
+                ylabel="rolled-out answer accuracy", title=f"retrieval: SMT->DMT vs BPTT (seed {args.seeds[0]})",
+                hline=1 / 8)
+    st = [{"T/arch": k, **{m: round(v * 1000, 1) for m, v in d.items()}} for k, d in res["step_seconds"].items()]
+    md = f"""# SMT->DMT vs BPTT on retrieval (vocabulary 8)
+
+Command: `python benchmarks/smt_vs_bptt.py --T {' '.join(map(str, args.T))} --archs {' '.join(args.archs)} \
+--seeds {' '.join(map(str, args.seeds))} --budget {args.budget:g}`. Each run: {args.budget:g} s of training
+(evaluation excluded) on this machine ({res['machine']['cpus']} threads), batch {BATCH}, teacher d=64, K=4,
+2+2 layers. Accuracy = the updater rolled out alone from m_0 on {EVAL} held-out sequences; chance 0.125.
+`median_t95_s`: median training seconds to first reach 95% over the seeds that reached it.
+
+{markdown_table(res['summary'], ['T', 'arch', 'method', 'reached_95', 'median_t95_s', 'final_acc_mean', 'best_acc_mean'])}
+
+Step time (ms per optimiser step, batch {BATCH}; SMT = one joint teacher+updater step):
+
+{markdown_table(st, ['T/arch', 'smt-causal', 'smt-register', 'bptt'])}
+
+![accuracy against training time]({out.with_suffix('.png').name})
+"""
+    out.with_suffix(".md").write_text(md)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
