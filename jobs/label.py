@@ -71,7 +71,7 @@ def build(args: LabelArgs):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse(LabelArgs, argv, "label", description=__doc__.splitlines()[0])
+    args = parse(LabelArgs, argv, "label", description=__doc__.splitlines()[0], flags=True)
 
     def body() -> int:
         from pipeline.label import label

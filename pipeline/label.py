@@ -35,8 +35,15 @@ from storage.bucket import Bucket
 from storage.codec import check_dtype
 from storage.errors import ObjectNotFound, StorageError
 from storage.formats import FORMATS, shard_sha256
-from storage.manifest import (Generation, ShardEntry, commit, newest_generation, read_generation,
-                              shard_path, target_set_path)
+from storage.manifest import (
+    Generation,
+    ShardEntry,
+    commit,
+    newest_generation,
+    read_generation,
+    shard_path,
+    target_set_path,
+)
 from storage.schema import Segments
 from storage.writer import write_shard
 

@@ -55,7 +55,7 @@ class Stage(ABC):
     name: str = "stage"
     resources: Resources = Resources()
 
-    def setup(self) -> None:  # noqa: B027 - optional hook, a no-op by default
+    def setup(self) -> None:
         """Called once per worker before the first `run` (and again after a worker restarts)."""
 
     @abstractmethod
