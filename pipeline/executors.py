@@ -13,6 +13,7 @@ crash mid-write gives the same bytes.
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -84,6 +85,12 @@ class _StageHost:
     def run(self, item: Any) -> dict:
         return self.stage.run(item)
 
+    def ready(self) -> bool:
+        return True
+
+
+_PING = object()  # marks an in-flight readiness probe (not a work item)
+
 
 @dataclass(kw_only=True)
 class RayActorPool:
@@ -99,6 +106,8 @@ class RayActorPool:
     """CPUs per actor (default: the stage's declared resources)."""
     num_gpus: float | None = None
     """GPUs per actor (default: the stage's declared resources)."""
+    restart_timeout_s: float = 120.0
+    """How long a restarting actor may take (setup included) before the pool gives it up."""
 
     def __post_init__(self) -> None:
         if self.num_actors < 1:
@@ -113,7 +122,7 @@ class RayActorPool:
     def map(self, stage: Stage, items: Sequence[Any], *, total_records: int | None = None,
             quiet: bool = False) -> Iterator[dict]:
         ray = init_ray()
-        from ray.exceptions import RayActorError, RayTaskError
+        from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
         actor_cls = ray.remote(_StageHost).options(**self.actor_options(stage))
         actors = [actor_cls.remote(stage) for _ in range(min(self.num_actors, max(1, len(items))))]
@@ -121,6 +130,7 @@ class RayActorPool:
         inflight: dict[Any, tuple[int, Any]] = {}
         alive = set(range(len(actors)))
         deaths: Counter = Counter()
+        waiting: dict[int, float] = {}  # actor -> deadline for its restart
         attempts: Counter = Counter()
         done = 0
         self.stats = {"actor_deaths": 0, "retried_items": 0}
@@ -140,6 +150,9 @@ class RayActorPool:
             self.stats["retried_items"] += 1
             pending.appendleft(item)
 
+        def ping(a: int) -> None:  # a restarted actor gets work again once its setup() has finished
+            inflight[actors[a].ready.remote()] = (a, _PING)
+
         try:
             with _progress(total_records, quiet, f"{stage.name} x{len(actors)}") as bar:
                 for a in sorted(alive):
@@ -150,20 +163,31 @@ class RayActorPool:
                     a, item = inflight.pop(ref)
                     try:
                         res = ray.get(ref)
-                    except RayActorError as e:  # the actor died (and may be restarting)
-                        deaths[a] += 1
-                        self.stats["actor_deaths"] += 1
-                        if deaths[a] > self.max_restarts:
-                            alive.discard(a)
-                        retry(item, e)
+                    except RayActorError as e:
+                        if item is _PING:
+                            if isinstance(e, ActorUnavailableError) and time.monotonic() < waiting[a]:
+                                time.sleep(0.2)  # still restarting
+                                ping(a)
+                            else:
+                                alive.discard(a)  # gone for good (or never came back)
+                        else:  # the actor died under this item: Ray restarts it, the item goes back
+                            deaths[a] += 1
+                            self.stats["actor_deaths"] += 1
+                            retry(item, e)
+                            if deaths[a] > self.max_restarts:
+                                alive.discard(a)
+                            else:
+                                waiting[a] = time.monotonic() + self.restart_timeout_s
+                                ping(a)
                     except RayTaskError as e:  # the stage raised
                         retry(item, e)
                     else:
-                        done += 1
-                        bar.update(stage.records(res))
-                        bar.set_postfix_str(f"shards {done}/{len(items)} restarts {sum(deaths.values())}",
-                                            refresh=False)
-                        yield res
+                        if item is not _PING:
+                            done += 1
+                            bar.update(stage.records(res))
+                            bar.set_postfix_str(f"shards {done}/{len(items)} actor deaths "
+                                                f"{self.stats['actor_deaths']}", refresh=False)
+                            yield res
                     if not alive:
                         raise ExecutorError(f"{stage.name}: all {len(actors)} actors died; "
                                             f"{len(pending) + len(inflight)} items left: see the actor logs")

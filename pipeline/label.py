@@ -33,7 +33,7 @@ from pipeline.corpora import Corpus, CorpusError, load_corpus
 from pipeline.stage import Resources, ShardRange, Stage, shard_ranges
 from storage.bucket import Bucket
 from storage.codec import check_dtype
-from storage.errors import ObjectNotFound, StorageError
+from storage.errors import BucketError, ObjectNotFound, StorageError
 from storage.formats import FORMATS, shard_sha256
 from storage.manifest import (
     Generation,
@@ -183,7 +183,10 @@ def prepare(cfg: LabelConfig) -> LabelPlan:
     Tc = resolve_Tc(corpus, tcfg, cfg.Tc)
     root = Bucket.from_url(cfg.out, endpoint_url=cfg.endpoint_url)
     target = root.child(target_set_path(fp, corpus.corpus_id))
-    target.exists("manifest/LATEST")  # reachability: raises BucketError naming the URL if unreachable
+    try:  # reachability, before any compute
+        target.exists("manifest/LATEST")
+    except BucketError as e:
+        raise BucketError(f"output bucket {cfg.out} is unreachable: {e}") from None
     stage = LabelStage(teacher=cfg.teacher, corpus=corpus.spec, target=target.url(),
                        endpoint_url=cfg.endpoint_url, fingerprint=fp, fmt=cfg.fmt, dtype=cfg.dtype,
                        Tc=Tc, batch_size=cfg.batch_size, device=cfg.device, resources=cfg.resources,

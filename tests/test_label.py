@@ -77,12 +77,12 @@ BAD = {
     "missing teacher": ("missing_teacher", "no checkpoint"),
     "corrupt teacher": ("corrupt_teacher", "weights.safetensors|fingerprint"),
     "windows shorter than Tc": ("short_windows", "Tc=8"),
-    "unreachable bucket": ("unreachable", "reachable"),
+    "unreachable bucket": ("unreachable", "unreachable.*127.0.0.1"),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD))
-def test_bad_input_one_line_exit_2(case, teachers, tmp_path, capsys):
+def test_bad_input_one_line_exit_2(case, teachers, tmp_path, capsys, monkeypatch):
     kind, pattern = BAD[case]
     reg = teachers["register"][0]
     out = str(tmp_path / "out")
@@ -102,6 +102,8 @@ def test_bad_input_one_line_exit_2(case, teachers, tmp_path, capsys):
         np.save(tmp_path / "s.npy", np.arange(40, dtype=np.int32) % VOCAB)
         spec, extra = f"tokens:{tmp_path / 's.npy'}|T=8", ["--Tc", "8"]
     elif kind == "unreachable":
+        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # so the closed port is what fails
+            monkeypatch.setenv(k, "testing")
         out, extra = "s3://nowhere", ["--endpoint-url", f"http://127.0.0.1:{_closed_port()}"]
     rc = main(_argv(teacher, spec, out, *extra))
     err = capsys.readouterr().err.strip()
