@@ -130,6 +130,8 @@ class LabelReport:
     records: int
     states: int
     seconds: float
+    busy_seconds: float = 0.0
+    """Largest per-worker sum of item times: wall time minus start-up and scheduling gaps."""
 
     def summary(self) -> str:
         rate = self.states / self.seconds if self.seconds > 0 else float("inf")
@@ -218,7 +220,14 @@ def label(cfg: LabelConfig, executor, *, quiet: bool = False) -> LabelReport:
                        shards=len(entries), skipped=sum(bool(r["skipped"]) for r in results.values()),
                        records=sum(e.records for e in entries),
                        states=sum(r["states"] for r in results.values()),
-                       seconds=time.perf_counter() - t0)
+                       seconds=time.perf_counter() - t0, busy_seconds=_busy(results.values()))
+
+
+def _busy(results) -> float:
+    per: dict = {}
+    for r in results:
+        per[r.get("worker")] = per.get(r.get("worker"), 0.0) + float(r.get("seconds", 0.0))
+    return max(per.values(), default=0.0)
 
 
 def commit_once(plan: LabelPlan, entries: list[ShardEntry], *, Tc: int | None) -> tuple[Generation, bool]:
@@ -347,7 +356,7 @@ class LabelStage(Stage):
         # "states" counts teacher states computed by this call (0 for a skipped shard): the throughput unit
         return {"index": item.index, "entry": entry.to_json(), "records": entry.records,
                 "states": 0 if skipped else item.size * states_per_seq, "skipped": skipped,
-                "seconds": round(time.perf_counter() - t0, 4)}
+                "seconds": round(time.perf_counter() - t0, 4), "worker": os.getpid()}
 
     def _maybe_die(self) -> None:
         f = self.fault
