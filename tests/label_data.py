@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import torch
 
 from models.teacher import Teacher, TeacherConfig
@@ -38,3 +39,26 @@ def shard_table(target_url: str, endpoint_url: str | None = None) -> list[tuple[
     b = Bucket.from_url(target_url, endpoint_url=endpoint_url)
     gen = read_generation(b, newest_generation(b))
     return [(e.path, e.sha256, e.records) for e in gen.shards]
+
+
+def expected_states(teacher: Teacher, x: np.ndarray, Tc: int | None) -> np.ndarray:
+    """Teacher states recomputed directly (float32, CPU): encode_all for prefix corpora; for stream
+    corpora m_Tc..m_T, each from at most Tc tokens (causal: its window; register: memories_at)."""
+    with torch.no_grad():
+        xt = torch.from_numpy(x)
+        if Tc is None:
+            return teacher.encode_all(xt).numpy()
+        if teacher.cfg.encoder == "causal":
+            return teacher.encode_all(xt)[:, Tc:].numpy()
+        return torch.stack([teacher.memories_at(xt, torch.full((len(x),), t), Tc)
+                            for t in range(Tc, x.shape[1] + 1)], 1).numpy()
+
+
+def read_segments(target_url: str, fingerprint: str):
+    """(states float32, tokens, y, seq, pos0) concatenated over the shards of the newest generation."""
+    from storage.reader import TargetSet
+
+    ts = TargetSet.open(target_url, fingerprint)
+    segs = [ts.read_shard_raw(e) for e in ts.shards]
+    return (np.concatenate([s.states for s in segs]).astype(np.float32),
+            *(np.concatenate([getattr(s, k) for s in segs]) for k in ("tokens", "y", "seq", "pos0")))

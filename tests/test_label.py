@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from jobs.label import main
 from models.checkpoint import load_teacher
@@ -18,7 +17,15 @@ from pipeline.corpora import load_corpus
 from pipeline.executors import SerialExecutor
 from pipeline.label import EXIT_AFTER_ENV, LabelConfig, label
 from storage.reader import TargetSet
-from tests.label_data import PREFIX_SPEC, STREAM_TC, VOCAB, corrupt_copy, shard_table
+from tests.label_data import (
+    PREFIX_SPEC,
+    STREAM_TC,
+    VOCAB,
+    corrupt_copy,
+    expected_states,
+    read_segments,
+    shard_table,
+)
 
 pytest_plugins = ["tests.label_fixtures"]
 pytestmark = pytest.mark.timeout(60)
@@ -33,30 +40,16 @@ def test_states_equal_teacher(teachers, stream_spec, tmp_path, encoder, mode):
     cfg = LabelConfig(teacher=path, corpus=spec, out=str(tmp_path), Tc=Tc, shard_sequences=4, batch_size=3)
     rep = label(cfg, SerialExecutor(), quiet=True)
     corpus = load_corpus(spec)
-    ts = TargetSet.open(rep.target_url, fp)
-    assert rep.shards == len(ts.shards) == -(-corpus.num_sequences // 4)
-    segs = [ts.read_shard_raw(e) for e in ts.shards]
-    states = np.concatenate([s.states for s in segs]).astype(np.float32)
-    seq = np.concatenate([s.seq for s in segs])
+    assert rep.shards == -(-corpus.num_sequences // 4)
+    states, tokens, y_got, seq, pos0 = read_segments(rep.target_url, fp)
     assert list(seq) == list(range(corpus.num_sequences))
     x, y = corpus.get(seq)
-    teacher, _, _ = load_teacher(path)
-    with torch.no_grad():
-        xt = torch.from_numpy(x)
-        if mode == "prefix":
-            want = teacher.encode_all(xt)
-        elif encoder == "causal":
-            want = teacher.encode_all(xt)[:, STREAM_TC:]
-        else:  # the register teacher reads x[t-Tc:t] for each t in [Tc, T]
-            T = x.shape[1]
-            want = torch.stack([teacher.memories_at(xt, torch.full((len(x),), t), STREAM_TC)
-                                for t in range(STREAM_TC, T + 1)], 1)
-    np.testing.assert_allclose(states, want.numpy(), rtol=2e-3, atol=2e-3)  # stored as float16
+    want = expected_states(load_teacher(path)[0], x, Tc)
+    np.testing.assert_allclose(states, want, rtol=2e-3, atol=2e-3)  # stored as float16
     p0 = Tc or 0
-    assert np.array_equal(np.concatenate([s.tokens for s in segs]), x[:, p0:])
-    assert np.array_equal(np.concatenate([s.y for s in segs]), y[:, p0:])
-    assert set(np.concatenate([s.pos0 for s in segs])) == {p0}
-    assert ts.num_records == corpus.num_sequences * (x.shape[1] - p0)
+    assert np.array_equal(tokens, x[:, p0:]) and np.array_equal(y_got, y[:, p0:])
+    assert set(pos0) == {p0}
+    assert rep.records == corpus.num_sequences * (x.shape[1] - p0)
 
 
 def _argv(teacher: str, spec: str, out: str, *extra: str) -> list[str]:
