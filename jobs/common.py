@@ -23,7 +23,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (CheckpointError, ConfigError, CorpusError, StorageError, ValueError, FileNotFoundError)
 
 
-def parse(cls: type[T], argv: list[str] | None, prog: str, description: str | None = None) -> T:
+def parse(cls: type[T], argv: list[str] | None, prog: str, description: str | None = None,
+          flags: bool = False) -> T:
+    """Parse argv into `cls` (tyro). Booleans are flags: `--x` / `--no-x` (`flags` is kept for callers)."""
     import tyro
 
     return tyro.cli(cls, args=argv, prog=f"smt {prog}", description=description)

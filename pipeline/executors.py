@@ -1,0 +1,207 @@
+"""Executors: where a stage runs. `SerialExecutor` runs it in-process; `RayActorPool` on N Ray actors.
+
+Both have `map(stage, items, *, total_records=None, quiet=False) -> iterator of results` (results in
+completion order; callers key them by item) and show a tqdm bar with records/s and ETA. Only this
+module (and jobs/) imports `ray`, lazily, so the serial path works without a cluster.
+
+Fault model of the pool: each actor calls `stage.setup()` once in its constructor (Ray re-runs it when
+it restarts the actor, up to `max_restarts` times). Ray's own task retries are off: a failed item goes
+back on the driver's queue and is handed to the next free live actor, at most `task_retries` times.
+Stages are idempotent (deterministic output names, write-once shards), so a retried item after a
+crash mid-write gives the same bytes.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter, deque
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.stage import Stage
+
+REPO_ROOT = str(Path(__file__).resolve().parents[1])
+
+
+class ExecutorError(RuntimeError):
+    """A work item failed after its retries, or no worker is left; names the item and the cause."""
+
+
+@contextmanager
+def _progress(total: int | None, quiet: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, unit="rec", unit_scale=True, desc=desc, disable=quiet, dynamic_ncols=True,
+               smoothing=0.2)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+class SerialExecutor:
+    """Runs a stage in this process, items in order: the reference twin of the Ray pool."""
+
+    def map(self, stage: Stage, items: Sequence[Any], *, total_records: int | None = None,
+            quiet: bool = False) -> Iterator[dict]:
+        import torch
+
+        threads = torch.get_num_threads()  # setup() may pin threads to the stage's num_cpus; restore them
+        try:
+            stage.setup()
+            with _progress(total_records, quiet, stage.name) as bar:
+                for i, item in enumerate(items):
+                    res = stage.run(item)
+                    bar.update(stage.records(res))
+                    bar.set_postfix_str(f"shards {i + 1}/{len(items)}", refresh=False)
+                    yield res
+        finally:
+            torch.set_num_threads(threads)
+
+
+def init_ray():
+    """Connect to the cluster of a Ray job (RAY_ADDRESS set) or start a local instance; returns `ray`."""
+    import ray
+
+    if not ray.is_initialized():
+        if os.environ.get("RAY_ADDRESS") or os.environ.get("RAY_JOB_ID"):
+            ray.init()  # inside `ray job submit`: the job's runtime_env (working_dir) already applies
+        else:
+            path = os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p)
+            ray.init(include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+    return ray
+
+
+class _StageHost:
+    """The actor body: holds one stage, set up once per (re)start."""
+
+    def __init__(self, stage: Stage) -> None:
+        self.stage = stage
+        stage.setup()
+
+    def run(self, item: Any) -> dict:
+        return self.stage.run(item)
+
+    def ready(self) -> bool:
+        return True
+
+
+_PING = object()  # marks an in-flight readiness probe (not a work item)
+
+
+@dataclass(kw_only=True)
+class RayActorPool:
+    """A pool of `num_actors` actors running one stage, with a driver-side work queue."""
+
+    num_actors: int = 2
+    """Actors (workers)."""
+    max_restarts: int = 3
+    """Times Ray restarts a dead actor (re-running setup) before the pool gives it up."""
+    task_retries: int = 3
+    """Times a failed item is resubmitted (to any live actor) before the run fails."""
+    num_cpus: float | None = None
+    """CPUs per actor (default: the stage's declared resources)."""
+    num_gpus: float | None = None
+    """GPUs per actor (default: the stage's declared resources)."""
+    restart_timeout_s: float = 120.0
+    """How long a restarting actor may take (setup included) before the pool gives it up."""
+
+    def __post_init__(self) -> None:
+        if self.num_actors < 1:
+            raise ValueError(f"num_actors={self.num_actors} must be >= 1 (use SerialExecutor for 0)")
+
+    def actor_options(self, stage: Stage) -> dict:
+        res = stage.resources
+        return {"num_cpus": res.num_cpus if self.num_cpus is None else self.num_cpus,
+                "num_gpus": res.num_gpus if self.num_gpus is None else self.num_gpus,
+                "max_restarts": self.max_restarts, "max_task_retries": 0}
+
+    def map(self, stage: Stage, items: Sequence[Any], *, total_records: int | None = None,
+            quiet: bool = False) -> Iterator[dict]:
+        ray = init_ray()
+        from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
+
+        actor_cls = ray.remote(_StageHost).options(**self.actor_options(stage))
+        actors = [actor_cls.remote(stage) for _ in range(min(self.num_actors, max(1, len(items))))]
+        pending: deque = deque(items)
+        inflight: dict[Any, tuple[int, Any]] = {}
+        alive = set(range(len(actors)))
+        deaths: Counter = Counter()
+        waiting: dict[int, float] = {}  # actor -> deadline for its restart
+        attempts: Counter = Counter()
+        done = 0
+        self.stats = {"actor_deaths": 0, "retried_items": 0}
+
+        def submit(a: int) -> None:
+            item = pending.popleft()
+            inflight[actors[a].run.remote(item)] = (a, item)
+
+        def retry(item: Any, err: BaseException) -> None:
+            attempts[item] += 1
+            if attempts[item] > self.task_retries:
+                cause = getattr(err, "cause", None)
+                if isinstance(err, RayTaskError) and isinstance(cause, Exception):
+                    raise cause  # the stage's own (typed, one-line) error
+                raise ExecutorError(f"{stage.name}: item {item} failed {attempts[item]} times; last error: "
+                                    f"{' '.join(str(err).split())[:300]}")
+            self.stats["retried_items"] += 1
+            pending.appendleft(item)
+
+        def ping(a: int) -> None:  # a restarted actor gets work again once its setup() has finished
+            inflight[actors[a].ready.remote()] = (a, _PING)
+
+        try:
+            with _progress(total_records, quiet, f"{stage.name} x{len(actors)}") as bar:
+                for a in sorted(alive):
+                    if pending:
+                        submit(a)
+                while inflight:
+                    [ref], _ = ray.wait(list(inflight), num_returns=1)
+                    a, item = inflight.pop(ref)
+                    try:
+                        res = ray.get(ref)
+                    except RayActorError as e:
+                        if item is _PING:
+                            if isinstance(e, ActorUnavailableError) and time.monotonic() < waiting[a]:
+                                time.sleep(0.2)  # still restarting
+                                ping(a)
+                            else:
+                                alive.discard(a)  # gone for good (or never came back)
+                        else:  # the actor died under this item: Ray restarts it, the item goes back
+                            deaths[a] += 1
+                            self.stats["actor_deaths"] += 1
+                            retry(item, e)
+                            if deaths[a] > self.max_restarts:
+                                alive.discard(a)
+                            else:
+                                waiting[a] = time.monotonic() + self.restart_timeout_s
+                                ping(a)
+                    except RayTaskError as e:  # the stage raised
+                        retry(item, e)
+                    else:
+                        if item is not _PING:
+                            done += 1
+                            bar.update(stage.records(res))
+                            bar.set_postfix_str(f"shards {done}/{len(items)} actor deaths "
+                                                f"{self.stats['actor_deaths']}", refresh=False)
+                            yield res
+                    if not alive:
+                        raise ExecutorError(f"{stage.name}: all {len(actors)} actors died; "
+                                            f"{len(pending) + len(inflight)} items left: see the actor logs")
+                    busy = {x for x, _ in inflight.values()}
+                    for b in sorted(alive - busy):
+                        if pending:
+                            submit(b)
+        finally:
+            for actor in actors:
+                ray.kill(actor, no_restart=True)
+
+
+def make_executor(workers: int, **pool_options: Any):
+    """workers == 0: the serial executor; otherwise a Ray actor pool of that size."""
+    if workers < 0:
+        raise ValueError(f"--workers={workers} must be >= 0 (0 = serial, in-process)")
+    return SerialExecutor() if workers == 0 else RayActorPool(num_actors=workers, **pool_options)

@@ -1,0 +1,373 @@
+"""The `label` stage: run a frozen teacher over a corpus and write round-0 target shards.
+
+Flow (driver side, `label(cfg, executor)`):
+ 1. `prepare(cfg)` validates everything cheap before any compute, raising one-line errors that name the
+    thing and the fix: the corpus (non-empty, tokens inside the teacher's vocabulary, windows longer
+    than Tc), the teacher checkpoint (present, not corrupt) and the bucket (reachable).
+ 2. The corpus is cut into `ShardRange`s of `shard_sequences` sequences; range i -> shard i of round 0.
+ 3. The executor runs `LabelStage.run` on each range (serially or on a Ray actor pool).
+ 4. The driver commits ONE manifest generation holding every shard; nothing is visible before that.
+
+Worker side (`LabelStage.run`): teacher memories for a batch of sequences under `torch.inference_mode()`
+(bf16 autocast on GPU, states stored from float32), written once as trajectory segments:
+ - prefix corpora: m_0..m_T of each sequence, one segment per sequence (S = T, pos0 = 0);
+ - stream corpora: m_Tc..m_T, each seeing at most Tc tokens (S = T - Tc, pos0 = Tc). A causal teacher
+   gets this from one pass with its sliding window (which must equal Tc); a register teacher runs one
+   pass per window x[t-Tc:t].
+After writing a shard the worker leaves a receipt (`receipts/round-000/shard-XXXXX.json`, invisible
+to readers, which only read manifests). A rerun skips a range whose receipt names a shard that still
+verifies (sha256 of its files), so a crashed driver resumes without recomputing finished shards.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from models.checkpoint import CheckpointError, load_teacher
+from pipeline.corpora import Corpus, CorpusError, load_corpus
+from pipeline.stage import Resources, ShardRange, Stage, shard_ranges
+from storage.bucket import Bucket
+from storage.codec import check_dtype
+from storage.errors import BucketError, ObjectNotFound, StorageError
+from storage.formats import FORMATS, shard_sha256
+from storage.manifest import (
+    Generation,
+    ShardEntry,
+    commit,
+    newest_generation,
+    read_generation,
+    shard_path,
+    target_set_path,
+)
+from storage.schema import Segments
+from storage.writer import write_shard
+
+ROUND = 0
+# Test hook: the driver exits (as if killed) after this many shards are written, before the commit.
+EXIT_AFTER_ENV = "SMT_LABEL_TEST_EXIT_AFTER"
+
+
+class LabelError(ValueError):
+    """Input the label stage cannot use; one line naming the thing and the fix."""
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    """Test-only: the first worker to reach `exit_after` finished items dies (os._exit) once.
+
+    The marker file makes it happen once across restarts and processes."""
+
+    exit_after: int
+    marker: str
+
+
+@dataclass(kw_only=True)
+class LabelConfig:
+    teacher: str
+    """Teacher checkpoint folder or URL (holding weights.safetensors and config.json)."""
+    corpus: str
+    """Corpus spec, e.g. 'retrieval:T=64,vocab=8' or 'tokens:/d/ids.npy|T=320'."""
+    out: str
+    """Bucket root URL; shards go to <out>/targets/<fingerprint>/<corpus-id>/."""
+    fmt: str = "zarr"
+    """Shard format: zarr or wds."""
+    dtype: str = "float16"
+    """Stored state dtype: float32, float16, bfloat16 or int8."""
+    shard_sequences: int = 256
+    """Corpus sequences per shard (one work item each)."""
+    Tc: int | None = None
+    """Stream corpora: context length of each memory (default: the causal teacher's window)."""
+    batch_size: int = 32
+    """Sequences per teacher forward pass."""
+    device: str = "auto"
+    """Torch device for the teacher ('auto': cuda if available, else cpu)."""
+    endpoint_url: str | None = None
+    """S3 endpoint for the bucket (default: AWS_ENDPOINT_URL)."""
+    resources: Resources = field(default_factory=Resources)
+    """Per-worker CPUs/GPUs."""
+    fault: FaultPlan | None = None
+    """Test-only fault injection; None in real runs."""
+
+    def __post_init__(self) -> None:
+        if self.fmt not in FORMATS:
+            raise LabelError(f"format={self.fmt!r} is unknown: use one of {', '.join(FORMATS)}")
+        try:
+            check_dtype(self.dtype)
+        except ValueError as e:
+            raise LabelError(f"dtype={self.dtype!r}: {e}") from None
+        for name in ("shard_sequences", "batch_size"):
+            if getattr(self, name) < 1:
+                raise LabelError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.Tc is not None and self.Tc < 1:
+            raise LabelError(f"Tc={self.Tc} must be >= 1 (or leave it unset)")
+
+
+@dataclass
+class LabelPlan:
+    """Everything the driver checked and decided before any compute."""
+
+    stage: LabelStage
+    items: list[ShardRange]
+    target: Bucket
+    fingerprint: str
+    teacher_config: dict
+    corpus: Corpus
+    states_per_seq: int
+
+
+@dataclass
+class LabelReport:
+    target_url: str
+    generation: int
+    committed: bool
+    shards: int
+    skipped: int
+    records: int
+    states: int
+    seconds: float
+    busy_seconds: float = 0.0
+    """Largest per-worker sum of item times: wall time minus start-up and scheduling gaps."""
+
+    def summary(self) -> str:
+        rate = self.states / self.seconds if self.seconds > 0 else float("inf")
+        return (f"labeled {self.records} records in {self.shards} shards ({self.skipped} skipped: already "
+                f"written) in {self.seconds:.1f} s: {self.states} teacher states computed, {rate:,.0f} states/s; "
+                f"generation {self.generation}{'' if self.committed else ' (unchanged)'}")
+
+
+# --------------------------------------------------------------------------------------------- driver
+def _load_teacher(url: str, device: str | torch.device = "cpu"):
+    try:
+        return load_teacher(url, device)
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"cannot load teacher {url} ({type(e).__name__}: {e}): check the path") from None
+
+
+def resolve_Tc(corpus: Corpus, teacher_cfg, Tc: int | None) -> int | None:
+    """Context length for stream corpora (None for prefix corpora); raises LabelError if unusable."""
+    if corpus.mode != "stream":
+        if Tc is not None:
+            raise LabelError(f"--Tc={Tc} applies to stream corpora only; {corpus.spec!r} is a prefix corpus: "
+                             "drop --Tc")
+        return None
+    window = teacher_cfg.window if teacher_cfg.encoder == "causal" else None
+    if Tc is None:
+        if window is None:
+            raise LabelError(f"stream corpus {corpus.spec!r} needs a context length: pass --Tc N "
+                             "(or use a causal teacher with a window)")
+        Tc = window
+    if teacher_cfg.encoder == "causal" and window != Tc:
+        raise LabelError(f"causal teacher has window={window} but Tc={Tc}: its memories see `window` tokens, "
+                         f"so pass --Tc {window} or use a teacher trained with window={Tc}")
+    if corpus.seq_len <= Tc:
+        raise LabelError(f"corpus {corpus.spec!r} has windows of T={corpus.seq_len} tokens, not longer than "
+                         f"Tc={Tc}: use T > Tc in the corpus spec or lower --Tc")
+    return Tc
+
+
+def prepare(cfg: LabelConfig) -> LabelPlan:
+    """Validate corpus, teacher and bucket (in that order of cost); no teacher compute happens here."""
+    corpus = load_corpus(cfg.corpus)
+    if corpus.num_sequences < 1:
+        raise CorpusError(f"corpus {corpus.spec!r} has no sequences: point it at non-empty data")
+    teacher, fp, ckpt = _load_teacher(cfg.teacher, "cpu")
+    tcfg = teacher.cfg
+    if corpus.vocab_size > tcfg.vocab_size:
+        raise LabelError(f"corpus {corpus.spec!r} has tokens up to {corpus.vocab_size - 1} but the teacher's "
+                         f"vocabulary is {tcfg.vocab_size}: use a teacher trained on this corpus's vocabulary")
+    Tc = resolve_Tc(corpus, tcfg, cfg.Tc)
+    root = Bucket.from_url(cfg.out, endpoint_url=cfg.endpoint_url)
+    target = root.child(target_set_path(fp, corpus.corpus_id))
+    try:  # reachability, before any compute
+        target.exists("manifest/LATEST")
+    except BucketError as e:
+        raise BucketError(f"output bucket {cfg.out} is unreachable: {e}") from None
+    stage = LabelStage(teacher=cfg.teacher, corpus=corpus.spec, target=target.url(),
+                       endpoint_url=cfg.endpoint_url, fingerprint=fp, fmt=cfg.fmt, dtype=cfg.dtype,
+                       Tc=Tc, batch_size=cfg.batch_size, device=cfg.device, resources=cfg.resources,
+                       fault=cfg.fault)
+    T = corpus.seq_len
+    return LabelPlan(stage=stage, items=shard_ranges(corpus.num_sequences, cfg.shard_sequences), target=target,
+                     fingerprint=fp, teacher_config=ckpt["model"]["teacher"], corpus=corpus,
+                     states_per_seq=T + 1 if Tc is None else T - Tc + 1)
+
+
+def label(cfg: LabelConfig, executor, *, quiet: bool = False) -> LabelReport:
+    """Label a corpus with `executor` (anything with `map(stage, items, total_records=, quiet=)`)."""
+    plan = prepare(cfg)
+    t0 = time.perf_counter()
+    exit_after = int(os.environ.get(EXIT_AFTER_ENV, "0") or 0)
+    total = sum(it.size for it in plan.items) * (plan.states_per_seq - 1)
+    results: dict[int, dict] = {}
+    for res in executor.map(plan.stage, plan.items, total_records=total, quiet=quiet):
+        results[res["index"]] = res
+        if exit_after and len(results) >= exit_after:
+            os._exit(3)  # simulate a driver killed after some shards, before the commit
+    missing = [it.index for it in plan.items if it.index not in results]
+    if missing:
+        raise StorageError(f"{len(missing)} work items returned no result (first: shard {missing[0]}); "
+                           "rerun the same command to finish them")
+    entries = [ShardEntry.from_json(results[i]["entry"], plan.target.url()) for i in sorted(results)]
+    gen, committed = commit_once(plan, entries, Tc=plan.stage.Tc)
+    return LabelReport(target_url=plan.target.url(), generation=gen.number, committed=committed,
+                       shards=len(entries), skipped=sum(bool(r["skipped"]) for r in results.values()),
+                       records=sum(e.records for e in entries),
+                       states=sum(r["states"] for r in results.values()),
+                       seconds=time.perf_counter() - t0, busy_seconds=_busy(results.values()))
+
+
+def _busy(results) -> float:
+    per: dict = {}
+    for r in results:
+        per[r.get("worker")] = per.get(r.get("worker"), 0.0) + float(r.get("seconds", 0.0))
+    return max(per.values(), default=0.0)
+
+
+def commit_once(plan: LabelPlan, entries: list[ShardEntry], *, Tc: int | None) -> tuple[Generation, bool]:
+    """Commit the entries as one new generation, unless the newest generation already holds exactly them."""
+    n = newest_generation(plan.target)
+    if n:
+        prev = read_generation(plan.target, n)
+        have = {e.path: e.sha256 for e in prev.shards}
+        if all(have.get(e.path) == e.sha256 for e in entries) and prev.teacher_fingerprint == plan.fingerprint:
+            return prev, False
+    params = {**plan.corpus.describe(), "label": {"Tc": Tc, "pos0": Tc or 0, "round": ROUND}}
+    gen = commit(plan.target, entries, teacher_fingerprint=plan.fingerprint,
+                 teacher_config=plan.teacher_config, corpus_id=plan.corpus.corpus_id, corpus_params=params)
+    return gen, True
+
+
+# --------------------------------------------------------------------------------------------- worker
+def receipt_path(index: int) -> str:
+    return f"receipts/round-{ROUND:03d}/shard-{int(index):05d}.json"
+
+
+@dataclass
+class LabelStage(Stage):
+    """Teacher memories of corpus ranges -> one segments shard per range. Picklable: config only."""
+
+    teacher: str
+    corpus: str
+    target: str
+    fingerprint: str
+    fmt: str = "zarr"
+    dtype: str = "float16"
+    Tc: int | None = None
+    batch_size: int = 32
+    device: str = "auto"
+    endpoint_url: str | None = None
+    resources: Resources = field(default_factory=Resources)
+    fault: FaultPlan | None = None
+    name: str = "label"
+
+    def setup(self) -> None:
+        from trainers.common import pick_device
+
+        if self.resources.num_cpus >= 1 and self.resources.num_gpus == 0:
+            torch.set_num_threads(int(self.resources.num_cpus))
+        self._device = pick_device(self.device)
+        self._model, fp, _ = _load_teacher(self.teacher, self._device)
+        if fp != self.fingerprint:
+            raise CheckpointError(f"teacher {self.teacher} changed during labeling (fingerprint {fp[:12]} != "
+                                  f"{self.fingerprint[:12]}): rerun")
+        self._corpus = load_corpus(self.corpus)
+        self._bucket = Bucket.from_url(self.target, endpoint_url=self.endpoint_url)
+        self._done = 0
+
+    # -- the work
+    def run(self, item: ShardRange) -> dict:
+        self._maybe_die()
+        t0 = time.perf_counter()
+        states_per_seq = self._corpus.seq_len + 1 - (self.Tc or 0)
+        found = self._existing(item)
+        if found is not None:
+            res = self._result(item, found, states_per_seq, skipped=True, t0=t0)
+        else:
+            x, y = self._corpus.get(np.arange(item.start, item.stop))
+            states = self.memories(x)
+            p0 = self.Tc or 0
+            segs = Segments(states=states, tokens=x[:, p0:], y=y[:, p0:],
+                            seq=np.arange(item.start, item.stop, dtype=np.int64),
+                            pos0=np.full(item.size, p0, dtype=np.int64))
+            entry = write_shard(self._bucket, segs, index=item.index, round=ROUND, fmt=self.fmt,
+                                dtype=self.dtype, teacher_fingerprint=self.fingerprint)
+            receipt = {"entry": entry.to_json(), "start": item.start, "stop": item.stop}
+            self._bucket.write_bytes(receipt_path(item.index), json.dumps(receipt, sort_keys=True).encode())
+            res = self._result(item, entry, states_per_seq, skipped=False, t0=t0)
+        self._done += 1
+        return res
+
+    def memories(self, x: np.ndarray) -> np.ndarray:
+        """Teacher states (n, S+1, Z) float32 for token rows x (n, T), batched."""
+        m = self._model
+        if x.size and (x.min() < 0 or x.max() >= m.cfg.vocab_size):
+            raise LabelError(f"tokens outside the teacher's vocabulary 0..{m.cfg.vocab_size - 1} in corpus "
+                             f"{self.corpus!r}: use a teacher trained on this vocabulary")
+        out = []
+        with torch.inference_mode(), _autocast(self._device):
+            for i in range(0, x.shape[0], self.batch_size):
+                xb = torch.from_numpy(x[i:i + self.batch_size]).to(self._device)
+                out.append(self._memories(xb).float().cpu().numpy())
+        return np.concatenate(out)
+
+    def _memories(self, x: torch.Tensor) -> torch.Tensor:
+        m, Tc = self._model, self.Tc
+        if Tc is None:
+            return m.encode_all(x)
+        if m.cfg.encoder == "causal":  # the sliding window (== Tc, checked by the driver) does the cut
+            return m.encode_all(x)[:, Tc:]
+        B, T = x.shape
+        ctx = x.unfold(1, Tc, 1).reshape(-1, Tc)  # window s = x[s:s+Tc] is the context of m_{s+Tc}
+        chunk = 4096
+        mems = torch.cat([m.encode(ctx[i:i + chunk]) for i in range(0, ctx.shape[0], chunk)])
+        return mems.view(B, T - Tc + 1, -1)
+
+    # -- idempotency
+    def _existing(self, item: ShardRange) -> ShardEntry | None:
+        """The entry of this item's shard if a receipt says it was written with these settings and its
+        files still match the recorded sha256; else None (recompute)."""
+        try:
+            receipt = json.loads(self._bucket.read_bytes(receipt_path(item.index)))
+            entry = ShardEntry.from_json(receipt["entry"], self._bucket.url(receipt_path(item.index)))
+        except (ObjectNotFound, ValueError, KeyError, TypeError, StorageError):
+            return None
+        if (receipt.get("start"), receipt.get("stop")) != (item.start, item.stop) or entry.dtype != self.dtype \
+                or entry.path != shard_path(ROUND, item.index, self.fmt):
+            return None
+        try:
+            if entry.format == "wds":
+                files = {"": self._bucket.read_bytes(entry.path)}
+            else:
+                got = self._bucket.read_many(f"{entry.path}/{n}" for n in entry.files)
+                files = {k[len(entry.path) + 1:]: v for k, v in got.items()}
+        except (ObjectNotFound, StorageError):
+            return None
+        return entry if shard_sha256(files) == entry.sha256 else None
+
+    def _result(self, item: ShardRange, entry: ShardEntry, states_per_seq: int, *, skipped: bool,
+                t0: float) -> dict:
+        # "states" counts teacher states computed by this call (0 for a skipped shard): the throughput unit
+        return {"index": item.index, "entry": entry.to_json(), "records": entry.records,
+                "states": 0 if skipped else item.size * states_per_seq, "skipped": skipped,
+                "seconds": round(time.perf_counter() - t0, 4), "worker": os.getpid()}
+
+    def _maybe_die(self) -> None:
+        f = self.fault
+        if f is not None and self._done >= f.exit_after and not os.path.exists(f.marker):
+            with open(f.marker, "w") as fh:
+                fh.write(str(os.getpid()))
+            os._exit(1)
+
+
+def _autocast(device: torch.device):
+    from trainers.common import autocast
+
+    return autocast(device)
+
