@@ -8,10 +8,20 @@ so that training on these pairs is exactly the one-step DMT loss, computed offli
 """
 from __future__ import annotations
 
+import json
+import time
+from dataclasses import dataclass, field
+
 import numpy as np
 import torch
 
+from models.checkpoint import CheckpointError, load_student, load_teacher
+from pipeline.corpora import load_corpus
+from pipeline.stage import Resources, ShardRange, Stage
+from storage.bucket import Bucket
+from storage.manifest import ShardEntry, commit, newest_generation, read_generation
 from storage.schema import Pairs
+from storage.writer import write_shard
 
 
 @torch.inference_mode()
@@ -46,3 +56,147 @@ def relabel_batch(student, teacher, x: np.ndarray, y: np.ndarray, seq_ids: np.nd
         drift=drift[:, :-1].reshape(-1).cpu().numpy(),
     )
     return pairs, drift.mean(0).cpu().numpy()
+
+
+# ------------------------------------------------------------------------------------------ the stage
+
+
+class RelabelError(ValueError):
+    """Input the relabel stage cannot use; one line naming the thing and the fix."""
+
+
+@dataclass
+class RelabelStage(Stage):
+    """Student rollouts over corpus ranges -> one pairs shard per range, as round `round`. Config only."""
+
+    teacher: str
+    student: str
+    corpus: str
+    target: str
+    fingerprint: str
+    round: int
+    start: int = 0
+    Td: int | None = None
+    fmt: str = "zarr"
+    dtype: str = "float16"
+    batch_size: int = 64
+    device: str = "auto"
+    endpoint_url: str | None = None
+    resources: Resources = field(default_factory=Resources)
+    name: str = "relabel"
+
+    def setup(self) -> None:
+        from trainers.common import pick_device
+
+        if self.resources.num_cpus >= 1 and self.resources.num_gpus == 0:
+            torch.set_num_threads(int(self.resources.num_cpus))
+        self._device = pick_device(self.device)
+        self._teacher, fp, _ = load_teacher(self.teacher, self._device)
+        if fp != self.fingerprint:
+            raise CheckpointError(f"teacher {self.teacher} has fingerprint {fp[:16]}, the target set "
+                                  f"{self.fingerprint[:16]}: pass the teacher that labeled it")
+        self._student, sfp, _ = load_student(self.student, self._device)
+        if sfp != self.fingerprint:
+            raise CheckpointError(f"student {self.student} was trained against teacher {str(sfp)[:16]}, the target "
+                                  f"set is labeled by {self.fingerprint[:16]}: relabel with a matching student")
+        self._corpus = load_corpus(self.corpus)
+        self._bucket = Bucket.from_url(self.target, endpoint_url=self.endpoint_url)
+
+    def run(self, item: ShardRange) -> dict:
+        t0 = time.perf_counter()
+        x, y = self._corpus.get(np.arange(item.start, item.stop))
+        parts, drift_sum = [], None
+        for i in range(0, x.shape[0], self.batch_size):
+            sl = slice(i, i + self.batch_size)
+            seq = np.arange(item.start + i, item.start + i + x[sl].shape[0])
+            p, d = relabel_batch(self._student, self._teacher, x[sl], y[sl], seq, self.start, self.Td, self._device)
+            parts.append(p)
+            drift_sum = d * len(seq) if drift_sum is None else drift_sum + d * len(seq)
+        pairs = Pairs(**{k: np.concatenate([getattr(p, k) for p in parts])
+                         for k in ("state_in", "tokens", "state_out", "y", "seq", "pos", "drift")})
+        entry = write_shard(self._bucket, pairs, index=item.index, round=self.round, fmt=self.fmt, dtype=self.dtype,
+                            teacher_fingerprint=self.fingerprint)
+        return {"index": item.index, "entry": entry.to_json(), "records": entry.records, "sequences": item.size,
+                "drift_sum": [float(v) for v in drift_sum], "seconds": time.perf_counter() - t0}
+
+
+@dataclass(kw_only=True)
+class RelabelConfig:
+    targets: str
+    """Target set URL (the folder holding manifest/)."""
+    teacher: str
+    """Teacher checkpoint that labeled the target set."""
+    student: str
+    """Student checkpoint to roll out."""
+    corpus: str
+    """Corpus spec (the one the target set was labeled from)."""
+    round: int
+    """DMT round number (>= 1; round 0 is the teacher's own labels)."""
+    sequences: int = 512
+    """Sequences rolled out in this round (a window of the corpus that moves with the round)."""
+    shard_sequences: int = 128
+    """Sequences per shard (one work item each)."""
+    start: int = 0
+    """Rollout start position (0 in prefix mode; Tc in stream mode)."""
+    Td: int | None = None
+    """Rollout steps (None = to the end of each sequence)."""
+    fmt: str = "zarr"
+    """Shard format."""
+    dtype: str = "float16"
+    """Stored state dtype."""
+    device: str = "auto"
+    """Torch device."""
+    endpoint_url: str | None = None
+    """S3 endpoint."""
+    resources: Resources = field(default_factory=Resources)
+    """Per-worker resources."""
+
+
+def round_items(num_sequences: int, round: int, sequences: int, per_shard: int) -> list[ShardRange]:
+    """Round r rolls out sequences [(r-1)*n, r*n) (mod the corpus), so successive rounds see new data."""
+    if round < 1:
+        raise RelabelError(f"round={round} must be >= 1 (round 0 holds the teacher's labels)")
+    n = min(sequences, num_sequences)
+    first = ((round - 1) * n) % num_sequences
+    items = []
+    for idx, s in enumerate(range(0, n, per_shard)):
+        a = (first + s) % num_sequences
+        items.append(ShardRange(idx, a, min(a + min(per_shard, n - s), num_sequences)))  # no wrap inside a shard
+    return items
+
+
+def relabel(cfg: RelabelConfig, executor, quiet: bool = False) -> dict:
+    """Roll out, write round `cfg.round` as pair shards, commit one generation. Idempotent: a round that is
+    already in the newest generation is not written again."""
+    target = Bucket.from_url(cfg.targets, endpoint_url=cfg.endpoint_url)
+    n = newest_generation(target)
+    if not n:
+        raise RelabelError(f"no target set at {cfg.targets} (no manifest generation): run `smt label` first")
+    gen = read_generation(target, n)
+    if any(e.round == cfg.round for e in gen.shards):
+        return {"round": cfg.round, "generation": n, "committed": False, "records": 0, "drift_by_step": None,
+                "note": "round already committed"}
+    corpus = load_corpus(cfg.corpus)
+    if corpus.corpus_id != gen.corpus_id:
+        raise RelabelError(f"corpus {corpus.spec!r} (id {corpus.corpus_id}) is not the one the target set was "
+                           f"labeled from (id {gen.corpus_id}): pass the same --corpus as `smt label`")
+    stage = RelabelStage(teacher=cfg.teacher, student=cfg.student, corpus=corpus.spec, target=target.url(),
+                         fingerprint=gen.teacher_fingerprint, round=cfg.round, start=cfg.start, Td=cfg.Td,
+                         fmt=cfg.fmt, dtype=cfg.dtype, device=cfg.device, endpoint_url=cfg.endpoint_url,
+                         resources=cfg.resources)
+    items = round_items(corpus.num_sequences, cfg.round, cfg.sequences, cfg.shard_sequences)
+    Td = cfg.Td if cfg.Td is not None else corpus.seq_len - cfg.start
+    t0 = time.perf_counter()
+    results = {r["index"]: r for r in executor.map(stage, items, total_records=sum(i.size for i in items) * Td,
+                                                   quiet=quiet)}
+    entries = [ShardEntry.from_json(results[i.index]["entry"], target.url()) for i in items]
+    new = commit(target, entries, teacher_fingerprint=gen.teacher_fingerprint, teacher_config=gen.teacher_config,
+                 corpus_id=gen.corpus_id, corpus_params=gen.corpus_params)
+    seqs = sum(r["sequences"] for r in results.values())
+    drift = np.sum([r["drift_sum"] for r in results.values()], axis=0) / max(1, seqs)
+    report = {"round": cfg.round, "generation": new.number, "committed": True, "student": cfg.student,
+              "records": sum(e.records for e in entries), "shards": len(entries),
+              "seconds": time.perf_counter() - t0, "drift_by_step": [float(v) for v in drift]}
+    report["states_per_second"] = report["records"] / max(report["seconds"], 1e-9)
+    target.write_bytes(f"dmt/round-{cfg.round:03d}.json", json.dumps(report, indent=1).encode())
+    return report
