@@ -8,7 +8,6 @@ so that training on these pairs is exactly the one-step DMT loss, computed offli
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 
@@ -26,10 +25,10 @@ from storage.writer import write_shard
 
 @torch.inference_mode()
 def relabel_batch(student, teacher, x: np.ndarray, y: np.ndarray, seq_ids: np.ndarray, start: int = 0,
-                  Td: int | None = None, device: torch.device | str = "cpu") -> tuple[Pairs, np.ndarray]:
-    """Returns (pairs, drift_by_step [Td+1]) for x, y (B, T) int arrays whose sequence ids are `seq_ids`.
-
-    drift_by_step[k] is the mean MSE between the student's state and the teacher's after k steps."""
+                  Td: int | None = None, device: torch.device | str = "cpu") -> tuple[Pairs, np.ndarray, tuple]:
+    """Returns (pairs, drift_by_step [Td+1], (correct, targets)) for x, y (B, T) int arrays whose sequence
+    ids are `seq_ids`. drift_by_step[k] is the mean MSE between the student's state and the teacher's after
+    k steps; (correct, targets) counts the student's readout of its own states against y."""
     dev = torch.device(device)
     xt = torch.as_tensor(x, dtype=torch.long, device=dev)
     B, T = xt.shape
@@ -45,6 +44,13 @@ def relabel_batch(student, teacher, x: np.ndarray, y: np.ndarray, seq_ids: np.nd
     S = torch.stack(states, 1)  # m_hat_start .. m_hat_{start+Td}
     drift = (S - M[:, start:start + Td + 1]).pow(2).mean(-1)  # (B, Td+1)
     Z = S.shape[-1]
+    yt = torch.as_tensor(y[:, start:start + Td], dtype=torch.long, device=dev)
+    cols = torch.nonzero((yt != -1).any(0)).flatten()
+    correct = targets = 0
+    if len(cols):
+        logits = student.readout(S[:, 1:][:, cols].reshape(-1, Z)).view(B, len(cols), -1)
+        mask = yt[:, cols] != -1
+        correct, targets = int(((logits.argmax(-1) == yt[:, cols]) & mask).sum()), int(mask.sum())
     pos = np.arange(start, start + Td)
     pairs = Pairs(
         state_in=S[:, :-1].reshape(-1, Z).cpu().numpy(),
@@ -55,7 +61,7 @@ def relabel_batch(student, teacher, x: np.ndarray, y: np.ndarray, seq_ids: np.nd
         pos=np.tile(pos, B),
         drift=drift[:, :-1].reshape(-1).cpu().numpy(),
     )
-    return pairs, drift.mean(0).cpu().numpy()
+    return pairs, drift.mean(0).cpu().numpy(), (correct, targets)
 
 
 # ------------------------------------------------------------------------------------------ the stage
@@ -105,19 +111,21 @@ class RelabelStage(Stage):
     def run(self, item: ShardRange) -> dict:
         t0 = time.perf_counter()
         x, y = self._corpus.get(np.arange(item.start, item.stop))
-        parts, drift_sum = [], None
+        parts, drift_sum, correct, targets = [], None, 0, 0
         for i in range(0, x.shape[0], self.batch_size):
             sl = slice(i, i + self.batch_size)
             seq = np.arange(item.start + i, item.start + i + x[sl].shape[0])
-            p, d = relabel_batch(self._student, self._teacher, x[sl], y[sl], seq, self.start, self.Td, self._device)
+            p, d, (c, n) = relabel_batch(self._student, self._teacher, x[sl], y[sl], seq, self.start, self.Td,
+                                         self._device)
             parts.append(p)
+            correct, targets = correct + c, targets + n
             drift_sum = d * len(seq) if drift_sum is None else drift_sum + d * len(seq)
         pairs = Pairs(**{k: np.concatenate([getattr(p, k) for p in parts])
                          for k in ("state_in", "tokens", "state_out", "y", "seq", "pos", "drift")})
         entry = write_shard(self._bucket, pairs, index=item.index, round=self.round, fmt=self.fmt, dtype=self.dtype,
                             teacher_fingerprint=self.fingerprint)
         return {"index": item.index, "entry": entry.to_json(), "records": entry.records, "sequences": item.size,
-                "drift_sum": [float(v) for v in drift_sum], "seconds": time.perf_counter() - t0}
+                "drift_sum": [float(v) for v in drift_sum], "correct": correct, "targets": targets, "seconds": time.perf_counter() - t0}
 
 
 @dataclass(kw_only=True)
@@ -198,5 +206,6 @@ def relabel(cfg: RelabelConfig, executor, quiet: bool = False) -> dict:
               "records": sum(e.records for e in entries), "shards": len(entries),
               "seconds": time.perf_counter() - t0, "drift_by_step": [float(v) for v in drift]}
     report["states_per_second"] = report["records"] / max(report["seconds"], 1e-9)
-    target.write_bytes(f"dmt/round-{cfg.round:03d}.json", json.dumps(report, indent=1).encode())
+    n_t = sum(r["targets"] for r in results.values())
+    report["rollout_acc"] = sum(r["correct"] for r in results.values()) / n_t if n_t else None
     return report

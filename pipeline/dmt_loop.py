@@ -1,0 +1,152 @@
+"""The DMT actor's loop: watch a student run, relabel after each new checkpoint, append rounds.
+
+1. Read the target set's newest generation: rounds already committed are done (idempotent restarts).
+2. For round r, wait until the run's `checkpoints/latest.json` names a step >= (step used by round r-1,
+   0 for round 1) + `every_steps`.
+3. Pin that checkpoint for round r with an exclusive-create intent file `dmt/intent-r.json`: a restarted
+   actor re-reads the pin, so it redoes round r from the same student and writes the same bytes.
+4. Relabel (pipeline/relabel.py): roll the student out, write round r as pair shards, commit ONE new
+   generation, and record the round's drift against t and rollout accuracy in `dmt/round-r.json`.
+Trainers that follow generations (`--stream.follow epoch|steps`) pick the new round up and mix it in by
+their round weights. This module is plain Python; `jobs/dmt.py` runs it inside a Ray actor.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+
+from pipeline.relabel import RelabelConfig, relabel
+from pipeline.stage import Resources
+from storage.bucket import Bucket
+from storage.errors import ObjectNotFound
+from storage.manifest import newest_generation, read_generation
+
+LATEST = "checkpoints/latest.json"
+
+
+class DMTTimeout(RuntimeError):
+    """The run produced no new checkpoint in time."""
+
+
+@dataclass(kw_only=True)
+class DMTLoopConfig:
+    targets: str
+    """Target set URL (the folder holding manifest/)."""
+    run: str
+    """Student run URL (written by `smt train`; holds checkpoints/latest.json)."""
+    corpus: str
+    """Corpus spec the target set was labeled from."""
+    teacher: str
+    """Teacher checkpoint URL."""
+    rounds: int = 3
+    """Total DMT rounds to reach (rounds already committed count)."""
+    every_steps: int = 100
+    """Relabel once the student has advanced this many steps since the previous round's checkpoint."""
+    sequences: int = 512
+    """Sequences rolled out per round."""
+    shard_sequences: int = 128
+    """Sequences per shard."""
+    start: int = 0
+    """Rollout start (0 in prefix mode, Tc in stream mode)."""
+    Td: int | None = None
+    """Rollout steps (None = to the end)."""
+    fmt: str = "zarr"
+    """Shard format."""
+    dtype: str = "float16"
+    """Stored state dtype."""
+    poll_seconds: float = 1.0
+    """How often to look for a new checkpoint."""
+    timeout_seconds: float = 3600.0
+    """Give up when no suitable checkpoint appears for this long."""
+    device: str = "auto"
+    """Torch device for rollouts."""
+    endpoint_url: str | None = None
+    """S3 endpoint."""
+    resources: Resources = field(default_factory=Resources)
+    """Resources of the relabel work (the actor's own)."""
+
+
+class DMTLoop:
+    def __init__(self, cfg: DMTLoopConfig, executor=None):
+        from pipeline.executors import SerialExecutor
+
+        self.cfg = cfg
+        self.executor = executor or SerialExecutor()
+        self.targets = Bucket.from_url(cfg.targets, endpoint_url=cfg.endpoint_url)
+        self.run_dir = Bucket.from_url(cfg.run, endpoint_url=cfg.endpoint_url)
+
+    def committed_rounds(self) -> set[int]:
+        n = newest_generation(self.targets)
+        return {e.round for e in read_generation(self.targets, n).shards} if n else set()
+
+    def latest_checkpoint(self) -> dict | None:
+        try:
+            return json.loads(self.run_dir.read_bytes(LATEST))
+        except ObjectNotFound:
+            return None
+
+    def _pin(self, r: int, pointer: dict) -> dict:
+        """The checkpoint round r uses: created once, then re-read by any restart."""
+        rel = f"dmt/intent-{r:03d}.json"
+        self.targets.create_exclusive(rel, json.dumps(pointer, sort_keys=True).encode())
+        return json.loads(self.targets.read_bytes(rel))
+
+    def _round_step(self, r: int) -> int:
+        try:
+            return int(json.loads(self.targets.read_bytes(f"dmt/intent-{r:03d}.json"))["step"])
+        except ObjectNotFound:
+            return 0
+
+    def wait_for(self, min_step: int) -> dict:
+        deadline = time.monotonic() + self.cfg.timeout_seconds
+        while True:
+            p = self.latest_checkpoint()
+            if p is not None and int(p["step"]) >= min_step:
+                return p
+            if time.monotonic() > deadline:
+                raise DMTTimeout(f"no checkpoint at step >= {min_step} in {self.cfg.run} after "
+                                 f"{self.cfg.timeout_seconds:.0f} s: is `smt train` running?")
+            time.sleep(self.cfg.poll_seconds)
+
+    def run_round(self, r: int, pointer: dict, quiet: bool = True) -> dict:
+        pointer = self._pin(r, pointer)
+        c = self.cfg
+        rep = relabel(RelabelConfig(
+            targets=c.targets, teacher=c.teacher, student=self.run_dir.url(f"{pointer['path']}/student"),
+            corpus=c.corpus, round=r, sequences=c.sequences, shard_sequences=c.shard_sequences, start=c.start,
+            Td=c.Td, fmt=c.fmt, dtype=c.dtype, device=c.device, endpoint_url=c.endpoint_url,
+            resources=c.resources), self.executor, quiet=quiet)
+        rep["student_step"] = int(pointer["step"])
+        if rep.get("committed"):
+            self.targets.write_bytes(f"dmt/round-{r:03d}.json", json.dumps(rep, indent=1).encode())
+        return rep
+
+    def run(self, quiet: bool = True, on_round=None) -> list[dict]:
+        """Relabel until `rounds` rounds are committed; returns this call's round reports."""
+        reports = []
+        done = self.committed_rounds() - {0}
+        for r in range(1, self.cfg.rounds + 1):
+            if r in done:
+                continue
+            pointer = self.wait_for(self._round_step(r - 1) + self.cfg.every_steps)
+            rep = self.run_round(r, pointer, quiet)
+            reports.append(rep)
+            if on_round:
+                on_round(rep)
+        return reports
+
+    def config(self) -> dict:
+        return asdict(self.cfg)
+
+
+def round_reports(targets: str, endpoint_url: str | None = None) -> list[dict]:
+    """The per-round reports (drift against t, rollout accuracy) recorded so far, in round order."""
+    b = Bucket.from_url(targets, endpoint_url=endpoint_url)
+    out, r = [], 1
+    while True:
+        try:
+            out.append(json.loads(b.read_bytes(f"dmt/round-{r:03d}.json")))
+        except ObjectNotFound:
+            return out
+        r += 1
