@@ -41,7 +41,7 @@ class LabelArgs:
     cpus_per_worker: float = 1.0
     """CPU cores reserved per Ray actor (and its torch threads)."""
     gpus_per_worker: float | None = None
-    """GPUs per Ray actor (default: 1 if this machine has CUDA, else 0)."""
+    """GPUs per Ray actor (default: this machine's GPUs shared among the workers, at most 1 each; 0 without CUDA)."""
     max_restarts: int = 3
     """Times a dead Ray actor is restarted."""
     task_retries: int = 3
@@ -61,7 +61,9 @@ def build(args: LabelArgs):
     if gpus is None:
         import torch
 
-        gpus = 1.0 if (args.workers and torch.cuda.is_available()) else 0.0
+        # a guess from the driver's machine: more GPUs asked for than the cluster has would never schedule
+        n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        gpus = min(1.0, n_gpus / args.workers) if (args.workers and n_gpus) else 0.0
     cfg = LabelConfig(teacher=args.teacher, corpus=args.corpus, out=args.out, fmt=args.format,
                       dtype=args.dtype, shard_sequences=args.shard_sequences, Tc=args.Tc,
                       batch_size=args.batch_size, device=args.device, endpoint_url=args.endpoint_url,
