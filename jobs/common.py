@@ -22,11 +22,13 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (CheckpointError, ConfigError, CorpusError, StorageError, ValueError, FileNotFoundError)
 
 
-def parse(cls: type[T], argv: list[str] | None, prog: str, description: str | None = None) -> T:
+def parse(cls: type[T], argv: list[str] | None, prog: str, description: str | None = None, *,
+          bool_flags: bool = False) -> T:
+    """Parse argv into `cls`; with bool_flags, booleans are `--flag/--no-flag` instead of `--flag True`."""
     import tyro
 
     return tyro.cli(cls, args=argv, prog=f"smt {prog}", description=description,
-                    config=(tyro.conf.FlagConversionOff,))
+                    config=() if bool_flags else (tyro.conf.FlagConversionOff,))
 
 
 def run(prog: str, fn: Callable[[], int | None]) -> int:
