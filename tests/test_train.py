@@ -15,13 +15,13 @@ import torch
 
 from jobs.train import main
 from models.checkpoint import load_student
+from models.updaters import UpdaterConfig
 from storage.errors import FingerprintMismatch
+from storage.stream import StreamConfig
+from tests.train_fixtures import make_target_set
 from trainers.evaluate import evaluate_student
 from trainers.run_dir import LATEST
 from trainers.student import StudentTrainConfig, run_training
-from storage.stream import StreamConfig
-from models.updaters import UpdaterConfig
-from tests.train_fixtures import make_target_set
 
 pytestmark = pytest.mark.timeout(120)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,8 +33,14 @@ def two_sets(tmp_path_factory):
     return make_target_set(root, seed=0), make_target_set(root, seed=1), root
 
 
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
 def losses(path):
-    rows = [json.loads(line) for line in open(path) if line.strip()]
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
     return {r["step"]: r["loss"] for r in rows}
 
 
@@ -53,16 +59,16 @@ def test_kill_and_resume_equals_uninterrupted(two_sets, tmp_path):
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert p.returncode == -signal.SIGKILL, p.stderr.read().decode()
-    first = json.load(open(pointer))["step"]
+    first = read_json(pointer)["step"]
     assert 0 < first < 30
 
-    assert subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True).returncode == 0   # the same command
+    assert subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True).returncode == 0   # the same command
     assert main([*args, "--out", str(tmp_path / "straight")]) == 0
     resumed, straight = losses(os.path.join(run, "metrics.jsonl")), losses(tmp_path / "straight" / "metrics.jsonl")
     assert sorted(resumed) == sorted(straight) == list(range(1, 31))
     np.testing.assert_allclose([resumed[s] for s in range(first + 1, 31)],
                                [straight[s] for s in range(first + 1, 31)], rtol=0, atol=1e-6)
-    assert json.load(open(pointer))["step"] == 30
+    assert read_json(pointer)["step"] == 30
 
 
 def test_one_target_set_serves_every_updater(two_sets, tmp_path):
@@ -98,8 +104,8 @@ def test_smt_train_smoke_and_default_teacher(two_sets, tmp_path, capsys):
     a, _, root = two_sets
     assert main(["--targets", a["targets"], "--student", "gru", "--out", str(tmp_path / "run"), "--steps", "2",
                  "--batch-size", "16", "--checkpoint-every", "1", "--quiet"]) == 0   # teacher found by fingerprint
-    assert json.load(open(tmp_path / "run" / LATEST))["step"] == 2
-    student, fp, _ = load_student(str(tmp_path / "run" / "checkpoints" / "step-00000002" / "student"))
+    assert read_json(tmp_path / "run" / LATEST)["step"] == 2
+    _, fp, _ = load_student(str(tmp_path / "run" / "checkpoints" / "step-00000002" / "student"))
     assert fp == a["fp"]
     moved = tmp_path / "elsewhere"
     os.rename(root + f"/teachers/{a['fp']}", moved)

@@ -15,6 +15,11 @@ from trainers.student import StudentTrainConfig
 pytestmark = pytest.mark.timeout(180)
 
 
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
 def test_two_ray_workers_train_and_checkpoint(ray_local, tmp_path):
     from trainers.distributed import train_with_ray
 
@@ -23,10 +28,10 @@ def test_two_ray_workers_train_and_checkpoint(ray_local, tmp_path):
                              stream=StreamConfig(batch_size=32), steps=3, checkpoint_every=2, device="cpu")
     run = tmp_path / "run"
     train_with_ray(ts["targets"], ts["teacher"], str(run), cfg, workers=2, quiet=True)
-    pointer = json.load(open(run / LATEST))
+    pointer = read_json(run / LATEST)
     assert pointer["step"] == 3
-    student, fp, _ = load_student(str(run / pointer["path"] / "student"))
+    _, fp, _ = load_student(str(run / pointer["path"] / "student"))
     assert fp == ts["fp"]
-    state = json.load(open(run / pointer["path"] / "state.json"))
+    state = read_json(run / pointer["path"] / "state.json")
     assert state["stream"]["layout"]["world_size"] == 2 and state["stream"]["rank"] == 0
     assert state["stream"]["position"] == 3 * 32          # each rank consumed its own split in lockstep

@@ -12,8 +12,9 @@ Distributed use (DDP) only needs `rank`/`world_size`/`agree` and a process group
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -177,9 +178,8 @@ def train(state: TrainState, run: RunDir, *, rank: int = 0, quiet: bool = False,
             if lead:
                 row = log.log(state.step, **out, grad_norm=gn, lr=state.sched.get_last_lr()[0],
                               generation=state.stream.state_dict()["generation"])
-            if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
-                if lead:
-                    save(state, run)
+            if lead and (state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps):
+                save(state, run)
     finally:
         log.close()
         state.stream.close()
