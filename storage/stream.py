@@ -7,7 +7,8 @@
 
 One epoch, for a generation and a seed, is a pure function of (seed, epoch):
 1. the shards are permuted, then each record gets a count (1, or drawn by `round_weights`), and the
-   records are laid out shard after shard: the epoch *plan* of E records;
+   records are laid out group after group of `mix_shards` shards, each group interleaved in chunks
+   (chunk 0 of every shard, chunk 1, ...): the epoch *plan* of E records;
 2. rank r takes plan positions [r*L, (r+1)*L) with L = E // world_size (so every rank has the same
    length and DDP ranks step in lockstep; E mod world_size < world_size records are dropped, at most
    one per rank), and its data-loader worker w the w-th of num_workers near-equal contiguous pieces;
@@ -63,15 +64,17 @@ class StreamConfig:
     """Switch to a newer manifest generation: 'never', at each 'epoch' boundary, or every N 'steps'."""
     follow_every: int = 0
     """With follow='steps': probe for a newer generation every this many batches."""
-    cache_shards: int = 8
+    mix_shards: int = 8
+    """Shards interleaved in each shuffle window (better mixing; the cache should hold ~2x this)."""
+    cache_shards: int = 16
     """Decoded shards kept in the LRU cache."""
     prefetch: bool = True
     """Build the next window in a background thread."""
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.shuffle_buffer < 1 or self.cache_shards < 1:
-            raise ValueError(f"batch_size={self.batch_size}, shuffle_buffer={self.shuffle_buffer} and "
-                             f"cache_shards={self.cache_shards} must all be >= 1")
+        if min(self.batch_size, self.shuffle_buffer, self.cache_shards, self.mix_shards) < 1:
+            raise ValueError(f"batch_size={self.batch_size}, shuffle_buffer={self.shuffle_buffer}, mix_shards="
+                             f"{self.mix_shards} and cache_shards={self.cache_shards} must all be >= 1")
         if self.follow not in FOLLOW:
             raise ValueError(f"follow={self.follow!r} is unknown: use one of {', '.join(FOLLOW)}")
         if (self.follow == "steps") != (self.follow_every > 0):
@@ -105,13 +108,15 @@ def round_group(r: int, weights: dict[str, float]) -> str | None:
 
 
 def epoch_plan(shards: tuple[ShardEntry, ...], seed: int, epoch: int,
-               round_weights: dict[str, float] | None) -> tuple[np.ndarray, np.ndarray]:
+               round_weights: dict[str, float] | None, mix_shards: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """(shard index, record index) for every position of one epoch, before the window shuffle.
 
     Without weights every record appears once. With weights, the epoch still has E records, E = the
     records of all groups with a positive weight; group g gets q_g = E * w_g / sum(w) of them
     (largest remainder rounding); each of its n_g records appears q_g // n_g times, and a seeded
     random q_g mod n_g of them once more. Groups: a round's own key, else 'dmt' for rounds >= 1.
+    Consecutive groups of `mix_shards` shards (in permuted order) are interleaved: chunk j of each
+    shard of the group, for j = 0..mix_shards-1, so a shuffle window holds records of ~mix_shards shards.
     """
     rng = np.random.default_rng([seed, epoch, 1])
     order = rng.permutation(len(shards))
@@ -138,11 +143,15 @@ def epoch_plan(shards: tuple[ShardEntry, ...], seed: int, epoch: int,
             c[rng.choice(n_g, int(q % n_g), replace=False)] += 1
             for i, part in zip(idx, np.split(c, np.cumsum([sizes[i] for i in idx])[:-1])):
                 counts[i] = part
-    shard = np.concatenate([np.full(int(counts[i].sum()), i, dtype=np.int32) for i in order] or
-                           [np.zeros(0, np.int32)])
-    rec = np.concatenate([np.repeat(np.arange(sizes[i], dtype=np.int64), counts[i]) for i in order] or
-                         [np.zeros(0, np.int64)])
-    return shard, rec
+    pieces: list[tuple[np.ndarray, np.ndarray]] = []
+    for g in range(0, len(order), mix_shards):  # interleave each group of mix_shards shards in chunks
+        group = [(i, np.repeat(np.arange(sizes[i], dtype=np.int64), counts[i])) for i in order[g:g + mix_shards]]
+        chunks = [(i, np.array_split(recs, len(group))) for i, recs in group]
+        for j in range(len(group)):
+            pieces += [(np.full(len(parts[j]), i, dtype=np.int32), parts[j]) for i, parts in chunks]
+    if not pieces:
+        return np.zeros(0, np.int32), np.zeros(0, np.int64)
+    return np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces])
 
 
 def split_range(length: int, rank: int, world_size: int, worker: int, num_workers: int) -> tuple[int, int]:
@@ -216,7 +225,8 @@ class ShardStream(torch.utils.data.IterableDataset):
     def layout(self) -> dict[str, Any]:
         c = self.cfg
         return {"world_size": self.world_size, "num_workers": self.num_workers, "seed": c.seed,
-                "shuffle_buffer": c.shuffle_buffer, "round_weights": c.round_weights}
+                "shuffle_buffer": c.shuffle_buffer, "mix_shards": c.mix_shards,
+                "round_weights": c.round_weights}
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-able state; (generation, epoch, position) are those of the split that goes next."""
@@ -282,7 +292,8 @@ class ShardStream(torch.utils.data.IterableDataset):
         with self._lock:
             if key in self._plans:
                 return self._plans[key]
-        p = epoch_plan(self._target_set(generation).shards, self.cfg.seed, epoch, self.cfg.round_weights)
+        p = epoch_plan(self._target_set(generation).shards, self.cfg.seed, epoch, self.cfg.round_weights,
+                       self.cfg.mix_shards)
         with self._lock:
             self._plans[key] = p
             while len(self._plans) > 2:
