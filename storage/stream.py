@@ -20,8 +20,8 @@ One epoch, for a generation and a seed, is a pure function of (seed, epoch):
    (generation, epoch, position, batches); with several workers the batches are taken round-robin
    (worker 0, 1, ..., exactly as a torch DataLoader with `in_order=True` does), so the state also
    records which worker is next.
-Decoded shards live in a small LRU cache; a background thread builds the next window while the
-current one is consumed. Nothing here lists the bucket: a newer generation is found by existence
+Decoded shards live in a small LRU cache; a background thread builds the next windows while the
+current one is consumed, fetching each window's shards concurrently. Nothing here lists the bucket: a newer generation is found by existence
 probes of manifest/gen-<n+1>.json.
 """
 from __future__ import annotations
@@ -68,11 +68,13 @@ class StreamConfig:
     """Shards interleaved in each shuffle window (better mixing; the cache should hold ~2x this)."""
     cache_shards: int = 16
     """Decoded shards kept in the LRU cache."""
-    prefetch: bool = True
-    """Build the next window in a background thread."""
+    prefetch: int = 2
+    """Windows built ahead in a background thread (0 = none)."""
+    io_threads: int = 4
+    """Threads fetching and decoding the shards of a window concurrently."""
 
     def __post_init__(self) -> None:
-        if min(self.batch_size, self.shuffle_buffer, self.cache_shards, self.mix_shards) < 1:
+        if min(self.batch_size, self.shuffle_buffer, self.cache_shards, self.mix_shards, self.io_threads) < 1:
             raise ValueError(f"batch_size={self.batch_size}, shuffle_buffer={self.shuffle_buffer}, mix_shards="
                              f"{self.mix_shards} and cache_shards={self.cache_shards} must all be >= 1")
         if self.follow not in FOLLOW:
@@ -219,6 +221,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         self._plans: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        self._io_pool: ThreadPoolExecutor | None = None
         self._shift = 0  # DataLoader worker id -> logical worker (set by load_state_dict)
 
     # ---- state -----------------------------------------------------------------------------------
@@ -318,8 +321,12 @@ class ShardStream(torch.utils.data.IterableDataset):
         perm = np.random.default_rng([self.cfg.seed, epoch, 2, a]).permutation(b - a)
         s, r = s[perm], r[perm]
         ts = self._target_set(generation)
+        needed = np.unique(s)
+        if len(needed) > 1:  # fetch + decode the window's shards concurrently (I/O and zarr release the GIL)
+            for f in [self._io().submit(self.cache.get, ts, ts.shards[i]) for i in needed]:
+                f.result()
         out: dict[str, np.ndarray] = {}
-        for i in np.unique(s):
+        for i in needed:
             tr = self.cache.get(ts, ts.shards[i])
             m = s == i
             for f in _FIELDS:
@@ -335,23 +342,33 @@ class ShardStream(torch.utils.data.IterableDataset):
         """(window, offset) pairs from the cursor on, following the configured generation switches."""
         buf = self.cfg.shuffle_buffer
         pending: dict[tuple, Future] = {}
+
+        def after(key: tuple) -> tuple:
+            g, e, k = key
+            lo, hi = self.split(g, e, worker)
+            return (g, e, k + 1) if lo + (k + 1) * buf < hi else (g, e + 1, 0)
+
         while True:
-            lo, hi = self.split(cur.generation, cur.epoch, worker)
             k = cur.position // buf
             key = (cur.generation, cur.epoch, k)
             fut = pending.pop(key, None)
             win = fut.result() if fut is not None else self.window(*key[:2], worker, k)
-            pending.clear()
-            if self.cfg.prefetch:  # guess the next window (same generation); a switch discards it
-                nk = (cur.generation, cur.epoch, k + 1) if lo + (k + 1) * buf < hi else \
-                     (cur.generation, cur.epoch + 1, 0)
-                pending[nk] = self._executor().submit(self.window, nk[0], nk[1], worker, nk[2])
+            ahead, nk = {}, key
+            for _ in range(self.cfg.prefetch):  # guess the next windows (same generation); a switch drops them
+                nk = after(nk)
+                ahead[nk] = pending.pop(nk, None) or self._executor().submit(self.window, nk[0], nk[1], worker, nk[2])
+            pending = ahead
             yield win, cur.position - k * buf
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="stream-prefetch")
         return self._pool
+
+    def _io(self) -> ThreadPoolExecutor:
+        if self._io_pool is None:
+            self._io_pool = ThreadPoolExecutor(self.cfg.io_threads, thread_name_prefix="stream-io")
+        return self._io_pool
 
     def split_batches(self, worker: int) -> Iterator[dict[str, np.ndarray]]:
         """Batches of one split; advances self.cursors[worker] as each batch is handed out."""
@@ -421,13 +438,14 @@ class ShardStream(torch.utils.data.IterableDataset):
             yield self.observe(batch)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        for pool in (self._pool, self._io_pool):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = self._io_pool = None
 
     def __getstate__(self) -> dict:  # DataLoader workers get a copy without the thread pool/locks
         d = dict(self.__dict__)
-        d["_pool"], d["_lock"], d["cache"] = None, None, None
+        d["_pool"], d["_io_pool"], d["_lock"], d["cache"] = None, None, None, None
         return d
 
     def __setstate__(self, d: dict) -> None:

@@ -102,7 +102,7 @@ def test_resume_at_any_position_is_exact(tmp_path, workers):
 def test_dataloader_workers_match_in_process_and_resume(tmp_path):
     _write(str(tmp_path))
     ts = TargetSet.open(str(tmp_path), FP)
-    cfg = StreamConfig(batch_size=5, shuffle_buffer=10, prefetch=False)
+    cfg = StreamConfig(batch_size=5, shuffle_buffer=10, prefetch=0)
     ref = records(take(iter(ShardStream(ts, cfg, num_workers=2)), 12))
     s = ShardStream(ts, cfg, num_workers=2)
     it = s.loader()
