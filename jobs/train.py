@@ -99,14 +99,14 @@ def train_job(job: TrainJob) -> int:
 
         train_with_ray(job.targets, job.teacher, job.out, cfg, workers=job.workers, endpoint_url=job.endpoint_url,
                        generation=job.generation, quiet=job.quiet)
-        step = cfg.steps
-    else:
-        from trainers.student import run_training
+        print(f"smt train: {job.workers} workers trained a {job.student} student to step {cfg.steps}: {job.out}")
+        return 0
+    from trainers.student import run_training
 
-        step = run_training(job.targets, job.teacher, job.out, cfg, endpoint_url=job.endpoint_url,
-                            generation=job.generation, quiet=job.quiet)["step"]
-    if not job.quiet:
-        print(f"smt train: {job.student} student at step {step}: {job.out}")
+    out = run_training(job.targets, job.teacher, job.out, cfg, endpoint_url=job.endpoint_url,
+                       generation=job.generation, quiet=job.quiet)
+    how = f"resumed from step {out['resumed_from']}, " if out["resumed_from"] is not None else ""
+    print(f"smt train: {how}{job.student} student at step {out['step']}: {out['run']}")
     return 0
 
 

@@ -62,10 +62,14 @@ def test_kill_and_resume_equals_uninterrupted(two_sets, tmp_path):
     first = read_json(pointer)["step"]
     assert 0 < first < 30
 
-    assert subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True).returncode == 0   # the same command
+    again = subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True)  # the same command
+    assert again.returncode == 0, again.stderr
+    assert f"resumed from step {first}," in again.stdout
     assert main([*args, "--out", str(tmp_path / "straight")]) == 0
     resumed, straight = losses(os.path.join(run, "metrics.jsonl")), losses(tmp_path / "straight" / "metrics.jsonl")
     assert sorted(resumed) == sorted(straight) == list(range(1, 31))
+    with open(os.path.join(run, "metrics.jsonl")) as f:
+        assert len(f.readlines()) == 30            # rows past the checkpoint from the killed attempt were dropped
     np.testing.assert_allclose([resumed[s] for s in range(first + 1, 31)],
                                [straight[s] for s in range(first + 1, 31)], rtol=0, atol=1e-6)
     assert read_json(pointer)["step"] == 30

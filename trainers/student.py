@@ -91,6 +91,7 @@ class TrainState:
         self.params = [p for p in student.parameters() if p.requires_grad]
         self.opt, self.sched = cfg.optim.build(self.params, cfg.steps)
         self.step = 0
+        self.resumed_from: int | None = None  # the checkpoint step this process resumed from
         self.device = device
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -147,6 +148,7 @@ def build_state(targets: TargetSet, teacher, teacher_fp: str, cfg: StudentTrainC
                          f"this command asks for {asdict(want)}: use the run's settings or a new --out")
     state = TrainState(student.to(dev).train(), cfg, stream, teacher_fp, dev)
     state.load_state_dict(tensors, meta)
+    state.resumed_from = state.step
     return state
 
 
@@ -235,5 +237,7 @@ def run_training(targets_url: str, teacher_url: str | None, out: str, cfg: Stude
     check_teacher(teacher_fp, targets.fingerprint, teacher_url, targets.bucket.url())
     run = RunDir(out, endpoint_url=endpoint_url)
     state = build_state(targets, teacher, teacher_fp, cfg, run, rank=rank, world_size=world_size, agree=agree)
+    resumed_from = state.resumed_from
     row = train(state, run, rank=rank, quiet=quiet, wrap=wrap)
-    return {"step": state.step, "run": run.url, "teacher_fingerprint": teacher_fp, "last": row}
+    return {"step": state.step, "run": run.url, "teacher_fingerprint": teacher_fp, "last": row,
+            "resumed_from": resumed_from}
