@@ -2,7 +2,7 @@
 
     python benchmarks/streaming.py [--shards 16] [--segments-per-shard 256] [--batches 300]
 
-For a target set of demo-size states (d=64, K=4: Z=256, float16 zarr, segments S=16) on a local folder
+For a target set of demo-size states (d=64, K=4: Z=256, float16, segments S=16), in both shard formats (zarr, wds), on a local folder
 and on a moto S3 endpoint it starts on 127.0.0.1 (its own process), measures in one run:
 - records/s delivered by ShardStream (batch 256, default shuffle settings, prefetch on) and the time
   from opening the target set to the first batch;
@@ -44,11 +44,13 @@ K, D, S, BATCH = 4, 64, 16, 256
 Z = K * D
 FP, CORPUS = "bench-teacher", "bench-corpus"
 OUT = Path(__file__).resolve().parent / "results"
+FORMATS = ("zarr", "wds")
+SOURCES = tuple(f"{w}/{f}" for w in ("local", "moto_s3") for f in FORMATS)
 
 
-def write_set(bucket: Bucket, shards: int, n: int) -> None:
+def write_set(bucket: Bucket, shards: int, n: int, fmt: str) -> None:
     with TargetSetWriter(bucket, teacher_fingerprint=FP, teacher_config={"bench": True}, corpus_id=CORPUS,
-                         fmt="zarr", dtype="float16") as w:
+                         fmt=fmt, dtype="float16") as w:
         for i in range(shards):
             rng = np.random.default_rng(i)
             w.write_segments(i, Segments(states=rng.standard_normal((n, S + 1, Z), dtype=np.float32),
@@ -83,6 +85,15 @@ class ListCounter:
             self.calls.append(name)
             return fn(*a, **k)
         return inner
+
+
+def fetch_ceiling(bucket: Bucket) -> float:
+    """Records/s of fetching every shard's bytes one after another, no decoding: what the endpoint serves."""
+    ts = TargetSet.open(bucket, FP, verify="never")
+    t = time.perf_counter()
+    for e in ts.shards:
+        ts._fetch(e)
+    return round(ts.num_records / (time.perf_counter() - t))
 
 
 def stream_rate(bucket: Bucket, batches: int, shards: int) -> dict:
@@ -155,15 +166,17 @@ def main() -> None:
     args = ap.parse_args()
     t_all = time.perf_counter()
     results: dict = {"config": {"Z": Z, "K": K, "d": D, "S": S, "batch": BATCH, "shards": args.shards,
-                                "records_per_shard": args.segments_per_shard * S, "dtype": "float16", "fmt": "zarr",
+                                "records_per_shard": args.segments_per_shard * S, "dtype": "float16",
                                 "stream": StreamConfig().__dict__, "batches": args.batches},
                      "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                  "torch": torch.__version__}}
     first_step = step_rate()
     with tempfile.TemporaryDirectory() as tmp:
         local = Bucket.from_url(os.path.join(tmp, "targets"))
-        write_set(local, args.shards, args.segments_per_shard)
-        results["local"] = stream_rate(local, args.batches, args.shards)
+        for fmt in FORMATS:
+            b = local.child(fmt)
+            write_set(b, args.shards, args.segments_per_shard, fmt)
+            results[f"local/{fmt}"] = {**stream_rate(b, args.batches, args.shards), "fetch_only": fetch_ceiling(b)}
     import subprocess
 
     import boto3
@@ -182,9 +195,10 @@ def main() -> None:
                 break
             except Exception:  # noqa: BLE001 - the server is still starting: any error means "not yet"
                 time.sleep(0.1)
-        s3 = Bucket.from_url("s3://bench/targets", endpoint_url=endpoint)
-        write_set(s3, args.shards, args.segments_per_shard)
-        results["moto_s3"] = stream_rate(s3, args.batches, args.shards)
+        for fmt in FORMATS:
+            s3 = Bucket.from_url(f"s3://bench/{fmt}", endpoint_url=endpoint)
+            write_set(s3, args.shards, args.segments_per_shard, fmt)
+            results[f"moto_s3/{fmt}"] = {**stream_rate(s3, args.batches, args.shards), "fetch_only": fetch_ceiling(s3)}
     finally:
         server.terminate()
         server.wait()
@@ -193,7 +207,7 @@ def main() -> None:
     results["student_step"] = {**min(first_step, last_step, key=lambda r: r["step_s"]),
                                "step_s_before_after": [first_step["step_s"], last_step["step_s"]]}
     step = results["student_step"]["records_per_s"]
-    for where in ("local", "moto_s3"):
+    for where in SOURCES:
         r = results[where]
         r["stream_over_step"] = round(r["records_per_s"] / step, 2)
         r["targets_met"] = {"stream>=5x_step": r["stream_over_step"] >= 5, "first_batch<=5s": r["first_batch_s"] <= 5,
@@ -208,7 +222,7 @@ def main() -> None:
 def report(r: dict) -> str:
     c = r["config"]
     lines = ["# Streaming benchmark", "",
-             (f"Demo-size states Z={c['Z']} (K={c['K']}, d={c['d']}), float16 zarr segments S={c['S']}, "
+             (f"Demo-size states Z={c['Z']} (K={c['K']}, d={c['d']}), float16 segments S={c['S']}, "
              f"{c['shards']} shards x {c['records_per_shard']} records; batch {c['batch']}; default StreamConfig "
              f"(shuffle_buffer {c['stream']['shuffle_buffer']}, mix_shards {c['stream']['mix_shards']}); "
              f"{r['machine']['cpus']} CPUs, {r['seconds']} s total. Command: `python benchmarks/streaming.py`."), "",
@@ -216,17 +230,19 @@ def report(r: dict) -> str:
              f"= **{r['student_step']['records_per_s']} records/s** consumed (the faster of two timings, before and "
              f"after the streams: {r['student_step']['step_s_before_after']} s)."), "",
              ("| source | stream records/s | stream / step | first batch s | LIST calls | same-shard neighbours | "
-             "ideal (1/shards) | shards decoded |"), "|---|---|---|---|---|---|---|---|"]
-    for where in ("local", "moto_s3"):
+             "ideal (1/shards) | shards decoded | fetch-only records/s |"), "|---|---|---|---|---|---|---|---|---|"]
+    for where in SOURCES:
         x = r[where]
         lines.append(f"| {where} | {x['records_per_s']} | {x['stream_over_step']}x | {x['first_batch_s']} | "
                      f"{x['list_calls']} | {x['same_shard_neighbours']} | {x['ideal_same_shard']} | "
-                     f"{x['shards_decoded']} |")
+                     f"{x['shards_decoded']} | {x['fetch_only']} |")
     lines += ["", ("Targets: stream >= 5x a step, first batch <= 5 s, 0 LIST calls. LIST calls are counted on the "
               "filesystem object the reader uses (every S3 request s3fs sends passes `_call_s3`; list_* are "
               "counted; a deliberate `ls` after the run checks that the counter sees listings). Same-shard neighbours: share of adjacent records in a batch from one shard; a window "
               "shuffle over interleaved groups of `mix_shards` shards gives about 1/mix_shards, a perfect "
-              "shuffle 1/shards."), ""]
+              "shuffle 1/shards. Fetch-only: the shards' bytes fetched one after another without decoding, i.e. "
+              "what the source serves (moto serves each small object from one Python process; a zarr shard is "
+              "~11 objects, a wds shard one)."), ""]
     return "\n".join(lines)
 
 
