@@ -24,8 +24,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 
 def parse(cls: type[T], argv: list[str] | None, prog: str, description: str | None = None,
-          flags: bool = False) -> T:
-    """Parse argv into `cls` (tyro). Booleans are flags: `--x` / `--no-x` (`flags` is kept for callers)."""
+          flags: bool = True, bool_flags: bool = True) -> T:
+    """Parse argv into `cls` (tyro). Booleans are flags everywhere: `--x` / `--no-x` (the keyword arguments
+    are accepted for callers written when that was optional)."""
     import tyro
 
     return tyro.cli(cls, args=argv, prog=f"smt {prog}", description=description)

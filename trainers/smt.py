@@ -65,7 +65,7 @@ def _sample_positions(y: torch.Tensor, n: int, lo: int, hi: int, frac: float, g:
                       force_last: bool) -> torch.Tensor:
     """(B, n) positions t in [lo, hi]; a `frac` share drawn from positions whose first prediction
     (y_{t-1}) is a target, when a row has any."""
-    B, _T = y.shape
+    B = y.shape[0]
     dev = y.device
     t_all = torch.arange(lo, hi + 1, device=dev)
     prev = torch.where(t_all > 0, y[:, (t_all - 1).clamp(min=0)], torch.full((B, len(t_all)), -1, device=dev))

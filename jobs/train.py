@@ -1,0 +1,119 @@
+"""`smt train`: train a student updater by SMT from target shards (stateless workers, resumable).
+
+    smt train --targets BUCKET/targets/<fp>/<corpus> --teacher TEACHER_URL --student mlp --out RUN_URL \
+              [--workers N] [--steps N] [--batch-size N] [--checkpoint-every N] [--quiet]
+
+Without --teacher the teacher is looked up at `<bucket root>/teachers/<fingerprint>/`, where the target
+set is `<bucket root>/targets/<fingerprint>/<corpus-id>`. A teacher whose fingerprint differs from the
+target set's is refused. An --out that already holds a checkpoint resumes from it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Literal
+
+from jobs.common import parse, run
+from models.updaters import UpdaterConfig
+from storage.stream import StreamConfig
+from trainers.common import OptimConfig
+from trainers.student import StudentTrainConfig
+
+
+@dataclass(kw_only=True)
+class TrainJob:
+    targets: str
+    """Target set URL: <bucket>/targets/<fingerprint>/<corpus-id> (local path, file://, s3://, memory://)."""
+    out: str
+    """Run URL for checkpoints, config and metrics; resumes if it already holds a checkpoint."""
+    teacher: str | None = None
+    """Teacher checkpoint URL (default: <bucket root>/teachers/<fingerprint>/)."""
+    student: Literal["transformer", "mlp", "gru"] = "mlp"
+    """Updater architecture of the student."""
+    workers: int = 1
+    """Ray Train workers (DDP); 1 runs in-process without Ray."""
+    steps: int = 1000
+    """Total optimiser steps."""
+    batch_size: int = 256
+    """Transitions per step per worker."""
+    checkpoint_every: int = 100
+    """Checkpoint every this many steps (and at the end)."""
+    depth: int = 2
+    """Updater blocks (transformer, mlp)."""
+    hidden: int = 512
+    """Hidden width of the mlp updater."""
+    n_heads: int = 4
+    """Attention heads of the transformer updater."""
+    lr: float = 3e-4
+    """Peak learning rate (AdamW)."""
+    schedule: Literal["constant", "cosine"] = "constant"
+    """Learning-rate schedule after warm-up."""
+    readout_weight: float = 0.0
+    """Weight of the readout cross-entropy through the teacher decoder (0 = pure MSE)."""
+    train_readout: bool = False
+    """Also train the readout (teacher decoder); frozen by default."""
+    round_weights: str | None = None
+    """JSON of per-round sampling weights, e.g. '{"0": 1, "dmt": 1}' (default: every record once)."""
+    follow: Literal["never", "epoch", "steps"] = "never"
+    """Switch to a newer manifest generation: never, at epoch boundaries, or every --follow-every steps."""
+    follow_every: int = 0
+    """With --follow steps: probe for a newer generation every N steps."""
+    shuffle_buffer: int = 8192
+    """Records per shuffle window."""
+    seed: int = 0
+    """Seed of the student initialisation and the stream order."""
+    generation: int | None = None
+    """Manifest generation to start from (default: the newest)."""
+    endpoint_url: str | None = None
+    """S3 endpoint (default: AWS_ENDPOINT_URL)."""
+    device: str = "auto"
+    """'auto', 'cpu' or 'cuda'."""
+    quiet: bool = False
+    """No progress bar."""
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"--workers {self.workers} must be >= 1")
+
+    def config(self) -> StudentTrainConfig:
+        weights = None
+        if self.round_weights:
+            try:
+                weights = json.loads(self.round_weights)
+            except ValueError as e:
+                raise ValueError(f"--round-weights {self.round_weights!r} is not JSON ({e}); "
+                                 "e.g. '{\"0\": 1, \"dmt\": 1}'") from None
+        return StudentTrainConfig(
+            updater=UpdaterConfig(arch=self.student, depth=self.depth, hidden=self.hidden, n_heads=self.n_heads),
+            optim=OptimConfig(lr=self.lr, schedule=self.schedule),
+            stream=StreamConfig(batch_size=self.batch_size, seed=self.seed, shuffle_buffer=self.shuffle_buffer,
+                                round_weights=weights, follow=self.follow, follow_every=self.follow_every),
+            steps=self.steps, checkpoint_every=self.checkpoint_every, readout_weight=self.readout_weight,
+            train_readout=self.train_readout, seed=self.seed, device=self.device)
+
+
+def train_job(job: TrainJob) -> int:
+    cfg = job.config()
+    if job.workers > 1:
+        from trainers.distributed import train_with_ray
+
+        train_with_ray(job.targets, job.teacher, job.out, cfg, workers=job.workers, endpoint_url=job.endpoint_url,
+                       generation=job.generation, quiet=job.quiet)
+        print(f"smt train: {job.workers} workers trained a {job.student} student to step {cfg.steps}: {job.out}")
+        return 0
+    from trainers.student import run_training
+
+    out = run_training(job.targets, job.teacher, job.out, cfg, endpoint_url=job.endpoint_url,
+                       generation=job.generation, quiet=job.quiet)
+    how = f"resumed from step {out['resumed_from']}, " if out["resumed_from"] is not None else ""
+    print(f"smt train: {how}{job.student} student at step {out['step']}: {out['run']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run("train", lambda: train_job(parse(TrainJob, argv, "train", __doc__.splitlines()[0],
+                                                bool_flags=True)))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,463 @@
+"""The shard stream: shuffled, split, resumable batches of transitions from one manifest generation.
+
+    stream = ShardStream(TargetSet.open(url, fp), StreamConfig(batch_size=256, seed=0), rank=r, world_size=R)
+    for batch in stream:            # {"state_in", "token", "state_out", "y", "round", "shard", "index"}
+        ...
+    ckpt["stream"] = stream.state_dict()     # resume on exactly the next record: load_state_dict(...)
+
+One epoch, for a generation and a seed, is a pure function of (seed, epoch):
+1. the shards are permuted, then each record gets a count (1, or drawn by `round_weights`), and the
+   records are laid out group after group of `mix_shards` shards, each group interleaved in chunks
+   (chunk 0 of every shard, chunk 1, ...): the epoch *plan* of E records;
+2. rank r takes plan positions [r*L, (r+1)*L) with L = E // world_size (so every rank has the same
+   length and DDP ranks step in lockstep; E mod world_size < world_size records are dropped, at most
+   one per rank), and its data-loader worker w the w-th of num_workers near-equal contiguous pieces;
+3. each piece is cut into windows of `shuffle_buffer` records and every window is permuted with a
+   seed derived from (seed, epoch, window start): a bounded shuffle buffer that can be re-entered at
+   any position without replaying the epoch. A window only touches the few shards it spans, so a split
+   reads ~1/num_splits of the data;
+4. batches are consecutive records of that sequence and may straddle epochs. The state of a split is
+   (generation, epoch, position, batches); with several workers the batches are taken round-robin
+   (worker 0, 1, ..., exactly as a torch DataLoader with `in_order=True` does), so the state also
+   records which worker is next.
+Decoded shards live in a small LRU cache; a background thread builds the next windows while the
+current one is consumed, fetching each window's shards concurrently. Nothing here lists the bucket: a newer generation is found by existence
+probes of manifest/gen-<n+1>.json.
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from storage.errors import StorageError
+from storage.manifest import ShardEntry, gen_path, newest_generation, read_generation
+from storage.reader import TargetSet
+from storage.schema import Transitions
+
+STATE_VERSION = 1
+FOLLOW = ("never", "epoch", "steps")
+_FIELDS = ("state_in", "token", "state_out", "y", "round")
+
+
+class StreamStateError(StorageError):
+    """A stream state that cannot be resumed by this stream (other layout, seed or version)."""
+
+
+@dataclass(kw_only=True)
+class StreamConfig:
+    batch_size: int = 256
+    """Records per batch (per rank)."""
+    seed: int = 0
+    """Seed of the shard order, the window shuffles and the round sampling."""
+    shuffle_buffer: int = 8192
+    """Records per shuffle window (the bounded shuffle buffer)."""
+    round_weights: dict[str, float] | None = None
+    """Per-epoch sampling weights by round group: keys '0' (base labels), 'dmt' (rounds >= 1) or 'N'."""
+    follow: str = "never"
+    """Switch to a newer manifest generation: 'never', at each 'epoch' boundary, or every N 'steps'."""
+    follow_every: int = 0
+    """With follow='steps': probe for a newer generation every this many batches."""
+    mix_shards: int = 8
+    """Shards interleaved in each shuffle window (better mixing; the cache should hold ~2x this)."""
+    cache_shards: int = 16
+    """Decoded shards kept in the LRU cache."""
+    prefetch: int = 2
+    """Windows built ahead in a background thread (0 = none)."""
+    io_threads: int = 4
+    """Threads fetching and decoding the shards of a window concurrently."""
+
+    def __post_init__(self) -> None:
+        if min(self.batch_size, self.shuffle_buffer, self.cache_shards, self.mix_shards, self.io_threads) < 1:
+            raise ValueError(f"batch_size={self.batch_size}, shuffle_buffer={self.shuffle_buffer}, mix_shards="
+                             f"{self.mix_shards} and cache_shards={self.cache_shards} must all be >= 1")
+        if self.follow not in FOLLOW:
+            raise ValueError(f"follow={self.follow!r} is unknown: use one of {', '.join(FOLLOW)}")
+        if (self.follow == "steps") != (self.follow_every > 0):
+            raise ValueError(f"follow={self.follow!r} with follow_every={self.follow_every}: "
+                             "follow='steps' needs follow_every >= 1, other modes need follow_every=0")
+        if self.round_weights is not None:
+            self.round_weights = {str(k): float(v) for k, v in self.round_weights.items()}
+            for k, v in self.round_weights.items():
+                if not (k == "dmt" or k.isdigit()) or v < 0:
+                    raise ValueError(f"round_weights entry {k!r}: {v}: keys are '0', 'dmt' or a round "
+                                     "number, weights >= 0")
+            if not any(v > 0 for v in self.round_weights.values()):
+                raise ValueError(f"round_weights={self.round_weights} has no positive weight")
+
+
+@dataclass
+class Cursor:
+    """Where one split stands: the next record is `position` of epoch `epoch` of `generation`."""
+
+    generation: int
+    epoch: int = 0
+    position: int = 0
+    batches: int = 0
+
+
+def round_group(r: int, weights: dict[str, float]) -> str | None:
+    """The key of `round_weights` that governs round r (None: the round is not sampled)."""
+    if str(r) in weights:
+        return str(r)
+    return "dmt" if r >= 1 and "dmt" in weights else None
+
+
+def epoch_plan(shards: tuple[ShardEntry, ...], seed: int, epoch: int,
+               round_weights: dict[str, float] | None, mix_shards: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(shard index, record index) for every position of one epoch, before the window shuffle.
+
+    Without weights every record appears once. With weights, the epoch still has E records, E = the
+    records of all groups with a positive weight; group g gets q_g = E * w_g / sum(w) of them
+    (largest remainder rounding); each of its n_g records appears q_g // n_g times, and a seeded
+    random q_g mod n_g of them once more. Groups: a round's own key, else 'dmt' for rounds >= 1.
+    Consecutive groups of `mix_shards` shards (in permuted order) are interleaved: chunk j of each
+    shard of the group, for j = 0..mix_shards-1, so a shuffle window holds records of ~mix_shards shards.
+    """
+    rng = np.random.default_rng([seed, epoch, 1])
+    order = rng.permutation(len(shards))
+    sizes = np.array([e.records for e in shards], dtype=np.int64)
+    counts = [np.ones(n, dtype=np.int64) for n in sizes]
+    if round_weights is not None:
+        groups: dict[str, list[int]] = {}
+        for i, e in enumerate(shards):
+            g = round_group(e.round, round_weights)
+            groups.setdefault(g if g is not None and round_weights[g] > 0 else "", []).append(i)
+        for i in groups.pop("", []):
+            counts[i][:] = 0
+        names = sorted(groups)
+        total = int(sum(sizes[i] for g in names for i in groups[g]))
+        w = np.array([round_weights[g] for g in names])
+        exact = total * w / w.sum()
+        quota = np.floor(exact).astype(np.int64)
+        for j in np.argsort(-(exact - quota), kind="stable")[: total - int(quota.sum())]:
+            quota[j] += 1
+        for g, q in zip(names, quota):
+            idx = groups[g]
+            n_g = int(sum(sizes[i] for i in idx))
+            c = np.full(n_g, q // n_g, dtype=np.int64)
+            c[rng.choice(n_g, int(q % n_g), replace=False)] += 1
+            for i, part in zip(idx, np.split(c, np.cumsum([sizes[i] for i in idx])[:-1])):
+                counts[i] = part
+    pieces: list[tuple[np.ndarray, np.ndarray]] = []
+    for g in range(0, len(order), mix_shards):  # interleave each group of mix_shards shards in chunks
+        group = [(i, np.repeat(np.arange(sizes[i], dtype=np.int64), counts[i])) for i in order[g:g + mix_shards]]
+        chunks = [(i, np.array_split(recs, len(group))) for i, recs in group]
+        for j in range(len(group)):
+            pieces += [(np.full(len(parts[j]), i, dtype=np.int32), parts[j]) for i, parts in chunks]
+    if not pieces:
+        return np.zeros(0, np.int32), np.zeros(0, np.int64)
+    return np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces])
+
+
+def split_range(length: int, rank: int, world_size: int, worker: int, num_workers: int) -> tuple[int, int]:
+    """Plan positions [lo, hi) of (rank, worker): equal per rank, near-equal per worker."""
+    per_rank = length // world_size
+    base = rank * per_rank
+    return base + worker * per_rank // num_workers, base + (worker + 1) * per_rank // num_workers
+
+
+class ShardCache:
+    """LRU of decoded shards keyed by path; concurrent requests for one shard decode it once."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[str, Transitions] = OrderedDict()
+        self._loading: dict[str, Future] = {}
+        self._lock = threading.Lock()
+        self.decoded = 0
+
+    def get(self, ts: TargetSet, entry: ShardEntry) -> Transitions:
+        with self._lock:
+            if entry.path in self._items:
+                self._items.move_to_end(entry.path)
+                return self._items[entry.path]
+            fut = self._loading.get(entry.path)
+            owner = fut is None
+            if owner:
+                fut = self._loading[entry.path] = Future()
+        if not owner:
+            return fut.result()
+        try:
+            tr = ts.read_shard(entry)
+        except BaseException as e:
+            with self._lock:
+                del self._loading[entry.path]
+            fut.set_exception(e)
+            raise
+        with self._lock:
+            del self._loading[entry.path]
+            self._items[entry.path] = tr
+            self.decoded += 1
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+        fut.set_result(tr)
+        return tr
+
+
+class ShardStream(torch.utils.data.IterableDataset):
+    """Infinite batches of one (rank, worker) split; see the module docstring for the order."""
+
+    def __init__(self, target_set: TargetSet, cfg: StreamConfig | None = None, *, rank: int = 0,
+                 world_size: int = 1, num_workers: int = 1,
+                 agree: Callable[[int], int] | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg or StreamConfig()
+        if not 0 <= rank < world_size or num_workers < 1:
+            raise ValueError(f"rank={rank} must be in [0, world_size={world_size}) and num_workers={num_workers} >= 1")
+        self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
+        self.agree = agree  # DDP: maps this rank's newest generation to one all ranks agree on (min)
+        self.cache = ShardCache(self.cfg.cache_shards)
+        self._sets = {target_set.generation: target_set}
+        self.fingerprint = target_set.fingerprint
+        self.cursors = [Cursor(target_set.generation) for _ in range(num_workers)]
+        self.next_worker = 0
+        self._plans: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._io_pool: ThreadPoolExecutor | None = None
+        self._shift = 0  # DataLoader worker id -> logical worker (set by load_state_dict)
+
+    # ---- state -----------------------------------------------------------------------------------
+    def layout(self) -> dict[str, Any]:
+        c = self.cfg
+        return {"world_size": self.world_size, "num_workers": self.num_workers, "seed": c.seed,
+                "shuffle_buffer": c.shuffle_buffer, "mix_shards": c.mix_shards,
+                "round_weights": c.round_weights}
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able state; (generation, epoch, position) are those of the split that goes next."""
+        nxt = self.cursors[self.next_worker]
+        return {"version": STATE_VERSION, "generation": nxt.generation, "epoch": nxt.epoch,
+                "position": nxt.position, "rank": self.rank, "next_worker": self.next_worker,
+                "workers": [asdict(c) for c in self.cursors], "layout": self.layout()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume on exactly the next record. Another world size, worker count, seed, shuffle buffer or
+        round weights would give another order, so they are refused (StreamStateError)."""
+        if state.get("version") != STATE_VERSION:
+            raise StreamStateError(f"stream state version {state.get('version')!r} is not {STATE_VERSION}")
+        mine, theirs = self.layout(), dict(state.get("layout", {}))
+        diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
+        if diff:
+            what = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
+            raise StreamStateError(
+                f"cannot resume the stream of rank {self.rank}: {what}. The record order depends on these; "
+                "resume with the saved values (e.g. the same --workers), or start a new run")
+        self.cursors = [Cursor(**c) for c in state["workers"]]
+        self.next_worker = int(state["next_worker"])
+        self._shift = self.next_worker
+        for c in self.cursors:
+            self._target_set(c.generation)
+
+    # ---- generations -----------------------------------------------------------------------------
+    @property
+    def base(self) -> TargetSet:
+        return next(iter(self._sets.values()))
+
+    def _target_set(self, n: int) -> TargetSet:
+        with self._lock:
+            ts = self._sets.get(n)
+        if ts is None:
+            base = self.base
+            ts = TargetSet(base.bucket, read_generation(base.bucket, n), base.verify)
+            if ts.fingerprint != self.fingerprint:
+                raise StreamStateError(f"generation {n} at {base.bucket.url(gen_path(n))} has teacher "
+                                       f"{ts.fingerprint!r}, the stream was opened on {self.fingerprint!r}")
+            with self._lock:
+                self._sets[n] = ts
+        return ts
+
+    def _maybe_switch(self, cur: Cursor) -> None:
+        """Move `cur` to the newest generation if one exists (probes only); a mid-epoch switch starts a
+        new epoch on the new generation."""
+        bucket = self.base.bucket
+        newest = cur.generation
+        if bucket.exists(gen_path(cur.generation + 1)):
+            newest = newest_generation(bucket, start=cur.generation + 1)
+        if self.agree is not None:
+            newest = int(self.agree(newest))
+        if newest > cur.generation:
+            self._target_set(newest)
+            if cur.position:
+                cur.epoch, cur.position = cur.epoch + 1, 0
+            cur.generation = newest
+
+    # ---- the order -------------------------------------------------------------------------------
+    def plan(self, generation: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        key = (generation, epoch)
+        with self._lock:
+            if key in self._plans:
+                return self._plans[key]
+        p = epoch_plan(self._target_set(generation).shards, self.cfg.seed, epoch, self.cfg.round_weights,
+                       self.cfg.mix_shards)
+        with self._lock:
+            self._plans[key] = p
+            while len(self._plans) > 2:
+                self._plans.popitem(last=False)
+        return p
+
+    def split(self, generation: int, epoch: int, worker: int) -> tuple[int, int]:
+        n = len(self.plan(generation, epoch)[0])
+        lo, hi = split_range(n, self.rank, self.world_size, worker, self.num_workers)
+        if hi <= lo:
+            raise StreamStateError(
+                f"generation {generation} has {n} records in epoch {epoch}: too few for world_size="
+                f"{self.world_size} x num_workers={self.num_workers} splits; label more or use fewer workers")
+        return lo, hi
+
+    def window(self, generation: int, epoch: int, worker: int, k: int) -> dict[str, np.ndarray]:
+        """Window k of a split: its records, permuted (a pure function of the arguments)."""
+        shard, rec = self.plan(generation, epoch)
+        lo, hi = self.split(generation, epoch, worker)
+        a, b = lo + k * self.cfg.shuffle_buffer, min(hi, lo + (k + 1) * self.cfg.shuffle_buffer)
+        s, r = shard[a:b], rec[a:b]
+        perm = np.random.default_rng([self.cfg.seed, epoch, 2, a]).permutation(b - a)
+        s, r = s[perm], r[perm]
+        ts = self._target_set(generation)
+        needed = np.unique(s)
+        if len(needed) > 1:  # fetch + decode the window's shards concurrently (I/O and zarr release the GIL)
+            for f in [self._io().submit(self.cache.get, ts, ts.shards[i]) for i in needed]:
+                f.result()
+        out: dict[str, np.ndarray] = {}
+        for i in needed:
+            tr = self.cache.get(ts, ts.shards[i])
+            m = s == i
+            for f in _FIELDS:
+                col = getattr(tr, f)
+                if f not in out:
+                    out[f] = np.empty((b - a, *col.shape[1:]), dtype=col.dtype)
+                out[f][m] = col[r[m]]
+        out["shard"], out["index"] = s.astype(np.int64), r
+        return out
+
+    # ---- iteration -------------------------------------------------------------------------------
+    def _windows(self, worker: int, cur: Cursor) -> Iterator[tuple[dict[str, np.ndarray], int]]:
+        """(window, offset) pairs from the cursor on, following the configured generation switches."""
+        buf = self.cfg.shuffle_buffer
+        pending: dict[tuple, Future] = {}
+
+        def after(key: tuple) -> tuple:
+            g, e, k = key
+            lo, hi = self.split(g, e, worker)
+            return (g, e, k + 1) if lo + (k + 1) * buf < hi else (g, e + 1, 0)
+
+        while True:
+            k = cur.position // buf
+            key = (cur.generation, cur.epoch, k)
+            fut = pending.pop(key, None)
+            win = fut.result() if fut is not None else self.window(*key[:2], worker, k)
+            ahead, nk = {}, key
+            for _ in range(self.cfg.prefetch):  # guess the next windows (same generation); a switch drops them
+                nk = after(nk)
+                ahead[nk] = pending.pop(nk, None) or self._executor().submit(self.window, nk[0], nk[1], worker, nk[2])
+            pending = ahead
+            yield win, cur.position - k * buf
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="stream-prefetch")
+        return self._pool
+
+    def _io(self) -> ThreadPoolExecutor:
+        if self._io_pool is None:
+            self._io_pool = ThreadPoolExecutor(self.cfg.io_threads, thread_name_prefix="stream-io")
+        return self._io_pool
+
+    def split_batches(self, worker: int) -> Iterator[dict[str, np.ndarray]]:
+        """Batches of one split; advances self.cursors[worker] as each batch is handed out."""
+        cur = self.cursors[worker]
+        bs, follow = self.cfg.batch_size, self.cfg.follow
+        windows = self._windows(worker, cur)
+        win, off = next(windows)
+        while True:
+            if follow == "steps" and cur.batches and cur.batches % self.cfg.follow_every == 0:
+                g = cur.generation
+                self._maybe_switch(cur)
+                if cur.generation != g:
+                    windows = self._windows(worker, cur)
+                    win, off = next(windows)
+            parts, need = [], bs
+            while need:
+                take = min(need, len(win["token"]) - off)
+                parts.append({f: v[off:off + take] for f, v in win.items()})
+                need -= take
+                off += take
+                cur.position += take
+                if off == len(win["token"]):
+                    lo, hi = self.split(cur.generation, cur.epoch, worker)
+                    if lo + cur.position >= hi:
+                        cur.epoch, cur.position = cur.epoch + 1, 0
+                        if follow == "epoch":
+                            g = cur.generation
+                            self._maybe_switch(cur)
+                            if cur.generation != g:
+                                windows = self._windows(worker, cur)
+                    win, off = next(windows)
+            cur.batches += 1
+            yield {f: np.concatenate([p[f] for p in parts]) for f in parts[0]}
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = torch.utils.data.get_worker_info()
+        if info is not None:  # inside a DataLoader worker: one logical split, batches tagged for observe()
+            if info.num_workers != self.num_workers:
+                raise StreamStateError(f"stream was built for num_workers={self.num_workers}, the DataLoader "
+                                       f"has {info.num_workers}")
+            w = (info.id + self._shift) % self.num_workers
+            for b in self.split_batches(w):
+                c = self.cursors[w]
+                yield {**to_torch(b), "_cursor": torch.tensor([w, c.generation, c.epoch, c.position, c.batches])}
+            return
+        its = [self.split_batches(w) for w in range(self.num_workers)]
+        while True:  # in-process: the same round-robin a DataLoader with num_workers workers gives
+            w = self.next_worker
+            b = next(its[w])
+            self.next_worker = (w + 1) % self.num_workers
+            yield to_torch(b)
+
+    def observe(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """DataLoader use: record the cursor a worker batch carries, return the batch without it."""
+        w, g, e, p, n = (int(v) for v in batch.pop("_cursor"))
+        self.cursors[w] = Cursor(g, e, p, n)
+        self.next_worker = (w + 1) % self.num_workers
+        return batch
+
+    def loader(self, **kwargs: Any) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches through a torch DataLoader with num_workers processes, state tracked in this process."""
+        if self.num_workers == 1 and not kwargs.get("num_workers"):
+            yield from self
+            return
+        dl = torch.utils.data.DataLoader(self, batch_size=None, num_workers=self.num_workers, **kwargs)
+        for batch in dl:
+            yield self.observe(batch)
+
+    def close(self) -> None:
+        for pool in (self._pool, self._io_pool):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = self._io_pool = None
+
+    def __getstate__(self) -> dict:  # DataLoader workers get a copy without the thread pool/locks
+        d = dict(self.__dict__)
+        d["_pool"], d["_io_pool"], d["_lock"], d["cache"] = None, None, None, None
+        return d
+
+    def __setstate__(self, d: dict) -> None:
+        self.__dict__.update(d)
+        self._lock = threading.Lock()
+        self.cache = ShardCache(self.cfg.cache_shards)
+
+
+def to_torch(b: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """A numpy batch as torch tensors: float32 states, int64 tokens/targets/provenance."""
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) if v.dtype == np.float32 else
+            torch.from_numpy(v.astype(np.int64)) for k, v in b.items()}
+
+
+__all__ = ["Cursor", "ShardStream", "StreamConfig", "StreamStateError", "epoch_plan", "split_range"]

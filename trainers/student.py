@@ -1,0 +1,243 @@
+"""SMT student training from target shards: regress f(m_t, x_t) onto m_{t+1}, fully parallel in time.
+
+Loss per batch of streamed transitions (state_in, token, state_out, y):
+    L = MSE(f(m_t, x_t), m_{t+1}) + readout_weight * CE(g(f(m_t, x_t)), y_t)
+where g is the teacher's decoder readout (frozen unless `train_readout`) and y_t the readout target of
+the target state m_{t+1}. Any updater of the registry works. Everything resumable (weights, AdamW,
+schedule, RNG, stream position, step) is in one `TrainState`; checkpoints go to the run URL
+(`trainers/run_dir.py`) and a run URL that holds one resumes from it, on exactly the next record.
+The student records the teacher fingerprint of its target set, and a resume under another refuses.
+Distributed use (DDP) only needs `rank`/`world_size`/`agree` and a process group: see
+`trainers/distributed.py`.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.checkpoint import load_student, save_student
+from models.student import Student
+from models.updaters import UpdaterConfig
+from storage.errors import FingerprintMismatch
+from storage.reader import TargetSet
+from storage.stream import ShardStream, StreamConfig
+from trainers.common import MetricsLog, OptimConfig, autocast, clip_and_step, pick_device
+from trainers.pretrain import matched_updater
+from trainers.run_dir import RunDir, flatten_optimizer, unflatten_optimizer
+
+
+@dataclass(kw_only=True)
+class StudentTrainConfig:
+    updater: UpdaterConfig = field(default_factory=UpdaterConfig)
+    """Student updater (K, d and vocab are taken from the teacher)."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimiser and schedule."""
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    """Shard stream: batch size, shuffle, round weights, generation following."""
+    steps: int = 1000
+    """Total optimiser steps (a resumed run continues up to this)."""
+    checkpoint_every: int = 100
+    """Write a checkpoint every this many steps (and at the end)."""
+    readout_weight: float = 0.0
+    """Weight of the readout cross-entropy through the teacher decoder (0 = pure MSE)."""
+    train_readout: bool = False
+    """Train the readout (the teacher decoder) too; frozen by default."""
+    seed: int = 0
+    """Seed of the student's initialisation (the stream has its own)."""
+    device: str = "auto"
+    """'auto', 'cpu' or 'cuda'."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.checkpoint_every < 1:
+            raise ValueError(f"steps={self.steps} and checkpoint_every={self.checkpoint_every} must be >= 1")
+        if self.readout_weight < 0:
+            raise ValueError(f"readout_weight={self.readout_weight} must be >= 0")
+
+
+class SMTObjective(nn.Module):
+    """The loss as a module, so DDP can wrap it (its forward is what synchronises gradients)."""
+
+    def __init__(self, student: Student, readout_weight: float) -> None:
+        super().__init__()
+        self.student, self.readout_weight = student, readout_weight
+
+    def forward(self, state_in: torch.Tensor, token: torch.Tensor, state_out: torch.Tensor,
+                y: torch.Tensor) -> dict[str, torch.Tensor]:
+        pred = self.student.step(state_in, token)
+        mse = F.mse_loss(pred.float(), state_out.float())
+        out = {"loss": mse, "mse": mse}
+        if self.readout_weight > 0:
+            mask = y != -1
+            ce = (F.cross_entropy(self.student.readout(pred[mask]).float(), y[mask]) if bool(mask.any())
+                  else pred.sum() * 0.0)
+            out["ce"], out["loss"] = ce, mse + self.readout_weight * ce
+        return out
+
+
+class TrainState:
+    """Everything a resume needs: model, optimizer, schedule, RNG, stream position, step."""
+
+    def __init__(self, student: Student, cfg: StudentTrainConfig, stream: ShardStream, teacher_fp: str,
+                 device: torch.device) -> None:
+        self.student, self.cfg, self.stream, self.teacher_fp = student, cfg, stream, teacher_fp
+        student.m0.requires_grad_(False)  # the teacher's empty-context memory, not learned by SMT
+        student.readout_net.requires_grad_(cfg.train_readout)
+        self.params = [p for p in student.parameters() if p.requires_grad]
+        self.opt, self.sched = cfg.optim.build(self.params, cfg.steps)
+        self.step = 0
+        self.resumed_from: int | None = None  # the checkpoint step this process resumed from
+        self.device = device
+
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """(tensors for safetensors, JSON) — weights travel separately via save_student."""
+        tensors, opt_meta = flatten_optimizer(self.opt.state_dict())
+        tensors["rng.torch"] = torch.get_rng_state()
+        meta = {"step": self.step, "teacher_fingerprint": self.teacher_fp, "optimizer": opt_meta,
+                "scheduler": self.sched.state_dict(), "stream": self.stream.state_dict(),
+                "rng_numpy": _np_rng_state(), "config": asdict(self.cfg)}
+        return tensors, meta
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        if meta["teacher_fingerprint"] != self.teacher_fp:
+            raise FingerprintMismatch(self.teacher_fp, meta["teacher_fingerprint"], "the run's checkpoint")
+        self.opt.load_state_dict(unflatten_optimizer(tensors, meta["optimizer"]))
+        self.sched.load_state_dict(meta["scheduler"])
+        self.stream.load_state_dict(meta["stream"])
+        torch.set_rng_state(tensors["rng.torch"])
+        np.random.set_state(tuple(meta["rng_numpy"]))
+        self.step = int(meta["step"])
+
+
+def _np_rng_state() -> list:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)]
+
+
+def check_teacher(teacher_fp: str, targets_fp: str, teacher_where: str, targets_where: str) -> None:
+    """Refuse a teacher that did not label the target set, naming both fingerprints."""
+    if teacher_fp != targets_fp:
+        raise FingerprintMismatch(targets_fp, teacher_fp, f"teacher {teacher_where} (target set "
+                                  f"{targets_where} was labelled by {targets_fp!r})")
+
+
+def build_state(targets: TargetSet, teacher, teacher_fp: str, cfg: StudentTrainConfig, run: RunDir, *,
+                rank: int = 0, world_size: int = 1, agree: Callable[[int], int] | None = None) -> TrainState:
+    """A fresh train state, or the one the run's newest checkpoint holds (resume)."""
+    check_teacher(teacher_fp, targets.fingerprint, "given", targets.bucket.url())
+    dev = pick_device(cfg.device)
+    stream = ShardStream(targets, cfg.stream, rank=rank, world_size=world_size, agree=agree)
+    pointer = run.latest()
+    if pointer is None:
+        torch.manual_seed(cfg.seed)
+        student = Student.from_teacher(teacher, matched_updater(teacher.cfg, cfg.updater))
+        return TrainState(student.to(dev).train(), cfg, stream, teacher_fp, dev)
+    student_url, tensors, meta = run.load(pointer)
+    student, stored_fp, _ = load_student(student_url)
+    if stored_fp != teacher_fp:
+        raise FingerprintMismatch(teacher_fp, str(stored_fp), f"run {run.url} (its student was trained "
+                                  f"against {stored_fp!r}, the target set/teacher is {teacher_fp!r})")
+    want = matched_updater(teacher.cfg, cfg.updater)
+    if student.updater_cfg != want:
+        raise ValueError(f"run {run.url} holds a {student.updater_cfg.arch} student {asdict(student.updater_cfg)}, "
+                         f"this command asks for {asdict(want)}: use the run's settings or a new --out")
+    state = TrainState(student.to(dev).train(), cfg, stream, teacher_fp, dev)
+    state.load_state_dict(tensors, meta)
+    state.resumed_from = state.step
+    return state
+
+
+def train(state: TrainState, run: RunDir, *, rank: int = 0, quiet: bool = False,
+          wrap: Callable[[nn.Module], nn.Module] | None = None) -> dict:
+    """Train up to cfg.steps from state.step; rank 0 logs and checkpoints. Returns the last metrics row."""
+    cfg, dev = state.cfg, state.device
+    objective = SMTObjective(state.student, cfg.readout_weight)
+    model = wrap(objective) if wrap else objective
+    lead = rank == 0
+    if lead and state.step == 0:
+        run.write_json("config.json", {"stage": "train", "config": asdict(cfg), "teacher_fingerprint": state.teacher_fp})
+    metrics_path = run.local_path("metrics.jsonl") if lead else None
+    if metrics_path and state.step:
+        _truncate_metrics(metrics_path, state.step)  # rows past the checkpoint belong to the lost attempt
+    log = MetricsLog(metrics_path, cfg.steps, "train", quiet or not lead)
+    log.advance(state.step)
+    batches = iter(state.stream)
+    row: dict = {}
+    try:
+        while state.step < cfg.steps:
+            b = {k: v.to(dev, non_blocking=True) for k, v in next(batches).items()}
+            with autocast(dev):
+                out = model(b["state_in"], b["token"], b["state_out"], b["y"])
+            out["loss"].backward()
+            gn = clip_and_step(state.params, state.opt, state.sched, cfg.optim.grad_clip)
+            state.step += 1
+            log.advance()
+            if lead:
+                row = log.log(state.step, **out, grad_norm=gn, lr=state.sched.get_last_lr()[0],
+                              generation=state.stream.state_dict()["generation"])
+            if lead and (state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps):
+                save(state, run)
+    finally:
+        log.close()
+        state.stream.close()
+    return row
+
+
+def save(state: TrainState, run: RunDir) -> str:
+    tensors, meta = state.state_dict()
+    student = state.student
+    return run.save(state.step, lambda url: save_student(url, student, state.teacher_fp,
+                                                          {"trained_by": "smt", "step": state.step}),
+                    tensors, meta)
+
+
+def _truncate_metrics(path: str, step: int) -> None:
+    import json
+    import os
+
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+    with open(path + ".tmp", "w") as f:
+        f.writelines(keep)
+    os.replace(path + ".tmp", path)
+
+
+def teacher_url_for(targets: TargetSet) -> str:
+    """The default teacher of a target set: `<bucket root>/teachers/<fingerprint>/`, where the target set
+    lives at `<bucket root>/targets/<fingerprint>/<corpus-id>`."""
+    url = targets.bucket.url().rstrip("/")
+    parts = url.split("/")
+    if len(parts) < 4 or parts[-3] != "targets" or parts[-2] != targets.fingerprint:
+        raise ValueError(f"cannot find the teacher of {url}: it is not at <bucket>/targets/<fingerprint>/"
+                         "<corpus-id>; pass --teacher URL")
+    return "/".join(parts[:-3] + ["teachers", targets.fingerprint])
+
+
+def run_training(targets_url: str, teacher_url: str | None, out: str, cfg: StudentTrainConfig, *,
+                 endpoint_url: str | None = None, generation: int | None = None, rank: int = 0,
+                 world_size: int = 1, agree: Callable[[int], int] | None = None,
+                 wrap: Callable[[nn.Module], nn.Module] | None = None, quiet: bool = False) -> dict:
+    """Open the target set and its teacher, build or resume the train state, train. One worker's body."""
+    from models.checkpoint import CheckpointError, has_checkpoint, load_teacher
+
+    targets = TargetSet.open(targets_url, None, generation, endpoint_url=endpoint_url)
+    if teacher_url is None:
+        teacher_url = teacher_url_for(targets)
+        if not has_checkpoint(teacher_url):
+            raise CheckpointError(f"no teacher at {teacher_url} (the default for target set "
+                                  f"{targets.bucket.url()}, fingerprint {targets.fingerprint}); pass --teacher URL")
+    teacher, teacher_fp, _ = load_teacher(teacher_url)
+    check_teacher(teacher_fp, targets.fingerprint, teacher_url, targets.bucket.url())
+    run = RunDir(out, endpoint_url=endpoint_url)
+    state = build_state(targets, teacher, teacher_fp, cfg, run, rank=rank, world_size=world_size, agree=agree)
+    resumed_from = state.resumed_from
+    row = train(state, run, rank=rank, quiet=quiet, wrap=wrap)
+    return {"step": state.step, "run": run.url, "teacher_fingerprint": teacher_fp, "last": row,
+            "resumed_from": resumed_from}
