@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -29,19 +30,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.student import Student  # noqa: E402
-from models.teacher import Teacher, TeacherConfig  # noqa: E402
-from models.updaters import UpdaterConfig  # noqa: E402
-from pipeline.corpora import load_corpus  # noqa: E402
-from trainers.bptt import BPTTConfig, bptt_loss, train_bptt  # noqa: E402
-from trainers.common import OptimConfig  # noqa: E402
-from trainers.dmt import DMTConfig, dmt_online  # noqa: E402
-from trainers.pretrain import PretrainConfig, matched_updater, pretrain  # noqa: E402
-from trainers.report import markdown_table, plot_curves  # noqa: E402
-from trainers.smt import SMTConfig, smt_losses  # noqa: E402
+from models.student import Student
+from models.teacher import Teacher, TeacherConfig
+from models.updaters import UpdaterConfig
+from pipeline.corpora import load_corpus
+from trainers.bptt import BPTTConfig, bptt_loss, train_bptt
+from trainers.common import OptimConfig
+from trainers.dmt import DMTConfig, dmt_online
+from trainers.pretrain import PretrainConfig, matched_updater, pretrain
+from trainers.report import markdown_table, plot_curves
+from trainers.smt import SMTConfig, smt_losses
 
 METHODS = ("smt-causal-curr", "smt-causal", "smt-register-curr", "bptt")
-TEACHER = dict(d_model=64, n_heads=4, encoder_depth=2, decoder_depth=2, mem_tokens=4)
+TEACHER = {"d_model": 64, "n_heads": 4, "encoder_depth": 2, "decoder_depth": 2, "mem_tokens": 4}
 LR, DMT_LR, BATCH, EVAL = 1e-3, 3e-4, 32, 128
 
 
@@ -93,7 +94,8 @@ def step_times(T: int, arch: str, reps: int = 3) -> dict:
         t = Teacher(TeacherConfig(vocab_size=corpus.vocab_size, encoder=enc, **TEACHER))
         s = Student.from_teacher(t, matched_updater(t.cfg, UpdaterConfig(arch=arch)))
         g = torch.Generator().manual_seed(0)
-        out[f"smt-{enc}"] = _time(lambda: smt_losses(t, s.updater, x, y, SMTConfig(), g)["loss"].backward(), reps)
+        out[f"smt-{enc}"] = _time(lambda t=t, s=s, g=g: smt_losses(t, s.updater, x, y, SMTConfig(), g)["loss"].backward(),
+                                  reps)
     s = Student(matched_updater(TeacherConfig(vocab_size=corpus.vocab_size, **TEACHER), UpdaterConfig(arch=arch)),
                 TeacherConfig(vocab_size=corpus.vocab_size, **TEACHER))
     out["bptt"] = _time(lambda: bptt_loss(s, x, y).backward(), reps)
@@ -108,6 +110,63 @@ def _time(fn, reps: int) -> float:
     return (time.perf_counter() - t0) / reps
 
 
+def run_task(task: dict) -> dict:
+    """One benchmark cell: a training run {"T", "arch", "seed", "method"} or a step-time cell {"T", "arch"}."""
+    T, arch = task["T"], task["arch"]
+    if "method" not in task:
+        return {**task, "step_seconds": step_times(T, arch)}
+    corpus = load_corpus(f"retrieval:T={T},vocab=8")
+    m, seed, budget = task["method"], task["seed"], task["budget"]
+    t0 = time.perf_counter()
+    if m == "bptt":
+        r = run_bptt(corpus, arch, budget, seed)
+    else:
+        r = run_smt(corpus, arch, m.split("-")[1], m.endswith("-curr"), budget, seed)
+    r.update(T=T, arch=arch, seed=seed, method=m, t95=t_reach(r["timeline"]),
+             final_acc=r["timeline"][-1][1] if r["timeline"] else 0.0,
+             best_acc=max((a for _, a in r["timeline"]), default=0.0), wall=time.perf_counter() - t0)
+    return r
+
+
+def run_parallel(tasks: list[dict], jobs: int, cores_per_job: int) -> list[dict]:
+    """Run tasks in `jobs` subprocesses at a time, each pinned to its own `cores_per_job` cores, so every
+    run sees the same 2-core machine whatever the host has."""
+    import subprocess
+    import tempfile
+
+    ncpu = os.cpu_count() or 1
+    slots = [list(range(i * cores_per_job, (i + 1) * cores_per_job)) for i in range(min(jobs, ncpu // cores_per_job))]
+    free, running, results = list(range(len(slots))), {}, [None] * len(tasks)
+    tmp = Path(tempfile.mkdtemp(prefix="svb"))
+    queue = list(enumerate(tasks))
+    while queue or running:
+        while queue and free:
+            i, task = queue.pop(0)
+            slot = free.pop(0)
+            out = tmp / f"{i}.json"
+            cmd = [sys.executable, __file__, "--one", json.dumps(task), "--one-out", str(out),
+                   "--cpus", ",".join(map(str, slots[slot]))]
+            running[i] = (subprocess.Popen(cmd), slot, out)
+        for i, (proc, slot, out) in list(running.items()):
+            if proc.poll() is not None:
+                del running[i]
+                free.append(slot)
+                results[i] = json.loads(out.read_text()) if proc.returncode == 0 and out.exists() else \
+                    {**tasks[i], "error": f"exit {proc.returncode}"}
+                print(f"[{sum(r is not None for r in results)}/{len(tasks)}] {_line(results[i])}", flush=True)
+        time.sleep(0.5)
+    return results
+
+
+def _line(r: dict) -> str:
+    if "step_seconds" in r:
+        return f"step times T={r['T']} {r['arch']}: " + ", ".join(f"{k}={v * 1000:.0f}ms" for k, v in r["step_seconds"].items())
+    if "error" in r:
+        return f"T={r['T']} {r['arch']} seed={r.get('seed')} {r.get('method')}: {r['error']}"
+    return (f"T={r['T']} {r['arch']} seed={r['seed']} {r['method']:<18} t95={r['t95']} final={r['final_acc']:.3f} "
+            f"best={r['best_acc']:.3f}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--T", type=int, nargs="+", default=[64, 128, 256])
@@ -115,33 +174,40 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--budget", type=float, default=60.0, help="training seconds per run (evaluation excluded)")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at a time, each pinned to --cores-per-job cores")
+    ap.add_argument("--cores-per-job", type=int, default=2)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "smt_vs_bptt"))
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--one-out", help=argparse.SUPPRESS)
+    ap.add_argument("--cpus", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    runs = []
-    for T in args.T:
-        corpus = load_corpus(f"retrieval:T={T},vocab=8")
-        for arch in args.archs:
-            for seed in args.seeds:
-                for m in args.methods:
-                    t0 = time.perf_counter()
-                    if m == "bptt":
-                        r = run_bptt(corpus, arch, args.budget, seed)
-                    else:
-                        r = run_smt(corpus, arch, m.split("-")[1], m.endswith("-curr"), args.budget, seed)
-                    r.update(T=T, arch=arch, seed=seed, method=m, t95=t_reach(r["timeline"]),
-                             final_acc=r["timeline"][-1][1] if r["timeline"] else 0.0,
-                             best_acc=max((a for _, a in r["timeline"]), default=0.0),
-                             wall=time.perf_counter() - t0)
-                    runs.append(r)
-                    print(f"T={T} {arch} seed={seed} {m:<18} t95={r['t95']} final={r['final_acc']:.3f} "
-                          f"best={r['best_acc']:.3f}", flush=True)
-    steps = {f"{T}/{arch}": step_times(T, arch) for T in args.T for arch in args.archs}
+    if args.one:  # a child process: one pinned cell
+        if args.cpus:
+            cpus = [int(c) for c in args.cpus.split(",")]
+            os.sched_setaffinity(0, cpus)
+            torch.set_num_threads(len(cpus))
+        Path(args.one_out).write_text(json.dumps(run_task(json.loads(args.one))))
+        return 0
+    tasks = [{"T": T, "arch": arch, "seed": seed, "method": m, "budget": args.budget}
+             for T in args.T for arch in args.archs for seed in args.seeds for m in args.methods]
+    tasks += [{"T": T, "arch": arch} for T in args.T for arch in args.archs]
+    if args.jobs > 1:
+        results = run_parallel(tasks, args.jobs, args.cores_per_job)
+        threads = args.cores_per_job
+    else:
+        results = []
+        for t in tasks:
+            results.append(run_task(t))
+            print(_line(results[-1]), flush=True)
+        threads = torch.get_num_threads()
+    runs = [r for r in results if "method" in r and "error" not in r]
+    steps = {f"{r['T']}/{r['arch']}": r["step_seconds"] for r in results if "step_seconds" in r}
     summary = summarise(runs, args)
-    res = {"budget_seconds": args.budget, "machine": {"cpus": torch.get_num_threads(), "python": platform.python_version(),
-                                                      "torch": torch.__version__},
+    res = {"budget_seconds": args.budget, "machine": {"threads_per_run": threads, "cpu_count": os.cpu_count(),
+                                                      "parallel_runs": args.jobs, "platform": platform.platform(),
+                                                      "python": platform.python_version(), "torch": torch.__version__},
            "task": "retrieval vocab=8", "teacher": TEACHER, "batch_size": BATCH, "summary": summary,
-           "step_seconds": steps, "runs": runs}
+           "step_seconds": steps, "runs": runs, "errors": [r for r in results if "error" in r]}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(res, indent=1))
@@ -175,8 +241,9 @@ def write_md(out: Path, res: dict, args) -> None:
     md = f"""# SMT->DMT vs BPTT on retrieval (vocabulary 8)
 
 Command: `python benchmarks/smt_vs_bptt.py --T {' '.join(map(str, args.T))} --archs {' '.join(args.archs)} \
---seeds {' '.join(map(str, args.seeds))} --budget {args.budget:g}`. Each run: {args.budget:g} s of training
-(evaluation excluded) on this machine ({res['machine']['cpus']} threads), batch {BATCH}, teacher d=64, K=4,
+--seeds {' '.join(map(str, args.seeds))} --budget {args.budget:g} --jobs {args.jobs}`. Each run: {args.budget:g} s of training
+(evaluation excluded), {res['machine']['threads_per_run']} threads per run ({res['machine']['parallel_runs']} runs in
+parallel, each pinned to its own cores, on a {res['machine']['cpu_count']}-CPU host), batch {BATCH}, teacher d=64, K=4,
 2+2 layers. Accuracy = the updater rolled out alone from m_0 on {EVAL} held-out sequences; chance 0.125.
 `median_t95_s`: median training seconds to first reach 95% over the seeds that reached it.
 
