@@ -58,12 +58,12 @@ def t_reach(timeline: list[tuple[float, float]], level: float = 0.95) -> float |
     return next((t for t, a in timeline if a >= level), None)
 
 
-def run_smt(corpus, arch: str, encoder: str, curr: bool, budget: float, seed: int) -> dict:
+def run_smt(corpus, arch: str, encoder: str, curr: bool, budget: float, seed: int, clock: str = "wall") -> dict:
     teacher = TeacherConfig(encoder=encoder, **TEACHER)
     pt = pretrain(corpus, PretrainConfig(
         teacher=teacher, updater=UpdaterConfig(arch=arch), optim=OptimConfig(lr=LR, warmup_steps=20),
         steps=10**6, seconds=0.75 * budget, batch_size=BATCH, curriculum=curriculum(corpus.seq_len) if curr else (),
-        stop_at_acc=0.99, eval_every=25, eval_size=EVAL, seed=seed), quiet=True)
+        stop_at_acc=0.99, eval_every=25, eval_size=EVAL, seed=seed, clock=clock), quiet=True)
     # only the final-length evaluations count as the updater's accuracy on this task
     tl = [(r["time"], r["smt_acc"] if r["T"] == corpus.seq_len else 0.0) for r in pt["history"]]
     left = budget - pt["seconds"]
@@ -71,17 +71,18 @@ def run_smt(corpus, arch: str, encoder: str, curr: bool, budget: float, seed: in
     if left > 1 and pt["final"].get("T") == corpus.seq_len:
         dm = dmt_online(pt["student"], pt["teacher"], corpus, DMTConfig(
             optim=OptimConfig(lr=DMT_LR, schedule="cosine", warmup_steps=10), steps=400, seconds=left,
-            batch_size=BATCH, stop_at_acc=0.99, eval_every=10, eval_size=EVAL, seed=seed), quiet=True)
+            batch_size=BATCH, stop_at_acc=0.99, eval_every=10, eval_size=EVAL, seed=seed, clock=clock), quiet=True)
         tl += [(pt["seconds"] + r["time"], r["dmt_acc"]) for r in dm["history"][1:]]
         dmt_steps = dm["steps"]
     return {"timeline": tl, "teacher_acc": pt["final"].get("teacher_acc"), "teacher_T": pt["final"].get("T"),
             "pretrain_seconds": pt["seconds"], "pretrain_steps": pt["steps"], "dmt_steps": dmt_steps}
 
 
-def run_bptt(corpus, arch: str, budget: float, seed: int) -> dict:
+def run_bptt(corpus, arch: str, budget: float, seed: int, clock: str = "wall") -> dict:
     b = train_bptt(corpus, BPTTConfig(updater=UpdaterConfig(arch=arch), shape=TeacherConfig(**TEACHER),
                                       optim=OptimConfig(lr=LR, warmup_steps=20), steps=10**6, seconds=budget,
-                                      batch_size=BATCH, eval_every=25, eval_size=EVAL, seed=seed), quiet=True)
+                                      batch_size=BATCH, eval_every=25, eval_size=EVAL, seed=seed, clock=clock),
+                   quiet=True)
     return {"timeline": [(r["time"], r["bptt_acc"]) for r in b["history"]], "steps": b["steps"]}
 
 
@@ -116,26 +117,29 @@ def run_task(task: dict) -> dict:
     if "method" not in task:
         return {**task, "step_seconds": step_times(T, arch)}
     corpus = load_corpus(f"retrieval:T={T},vocab=8")
-    m, seed, budget = task["method"], task["seed"], task["budget"]
+    m, seed, budget, clock = task["method"], task["seed"], task["budget"], task.get("clock", "wall")
     t0 = time.perf_counter()
     if m == "bptt":
-        r = run_bptt(corpus, arch, budget, seed)
+        r = run_bptt(corpus, arch, budget, seed, clock)
     else:
-        r = run_smt(corpus, arch, m.split("-")[1], m.endswith("-curr"), budget, seed)
+        r = run_smt(corpus, arch, m.split("-")[1], m.endswith("-curr"), budget, seed, clock)
     r.update(T=T, arch=arch, seed=seed, method=m, t95=t_reach(r["timeline"]),
              final_acc=r["timeline"][-1][1] if r["timeline"] else 0.0,
              best_acc=max((a for _, a in r["timeline"]), default=0.0), wall=time.perf_counter() - t0)
     return r
 
 
-def run_parallel(tasks: list[dict], jobs: int, cores_per_job: int) -> list[dict]:
+def run_parallel(tasks: list[dict], jobs: int, cores_per_job: int, partial: Path | None = None,
+                 first_core: int = 0) -> list[dict]:
     """Run tasks in `jobs` subprocesses at a time, each pinned to its own `cores_per_job` cores, so every
     run sees the same 2-core machine whatever the host has."""
     import subprocess
     import tempfile
 
     ncpu = os.cpu_count() or 1
-    slots = [list(range(i * cores_per_job, (i + 1) * cores_per_job)) for i in range(min(jobs, ncpu // cores_per_job))]
+    c0 = first_core
+    slots = [list(range(c0 + i * cores_per_job, c0 + (i + 1) * cores_per_job))
+             for i in range(min(jobs, (ncpu - c0) // cores_per_job))]
     free, running, results = list(range(len(slots))), {}, [None] * len(tasks)
     tmp = Path(tempfile.mkdtemp(prefix="svb"))
     queue = list(enumerate(tasks))
@@ -154,6 +158,9 @@ def run_parallel(tasks: list[dict], jobs: int, cores_per_job: int) -> list[dict]
                 results[i] = json.loads(out.read_text()) if proc.returncode == 0 and out.exists() else \
                     {**tasks[i], "error": f"exit {proc.returncode}"}
                 print(f"[{sum(r is not None for r in results)}/{len(tasks)}] {_line(results[i])}", flush=True)
+                if partial:  # survives a run that is cut short
+                    with partial.open("a") as f:
+                        f.write(json.dumps(results[i]) + "\n")
         time.sleep(0.5)
     return results
 
@@ -174,8 +181,12 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--budget", type=float, default=60.0, help="training seconds per run (evaluation excluded)")
+    ap.add_argument("--clock", choices=["wall", "process"], default="wall",
+                    help="budget clock: wall seconds, or CPU seconds of the run's process (robust to other load)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per run (sequential mode)")
     ap.add_argument("--jobs", type=int, default=1, help="runs at a time, each pinned to --cores-per-job cores")
     ap.add_argument("--cores-per-job", type=int, default=2)
+    ap.add_argument("--first-core", type=int, default=0, help="leave cores below this to other work")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "smt_vs_bptt"))
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--one-out", help=argparse.SUPPRESS)
@@ -188,11 +199,16 @@ def main(argv=None) -> int:
             torch.set_num_threads(len(cpus))
         Path(args.one_out).write_text(json.dumps(run_task(json.loads(args.one))))
         return 0
-    tasks = [{"T": T, "arch": arch, "seed": seed, "method": m, "budget": args.budget}
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tasks = [{"T": T, "arch": arch, "seed": seed, "method": m, "budget": args.budget, "clock": args.clock}
              for T in args.T for arch in args.archs for seed in args.seeds for m in args.methods]
     tasks += [{"T": T, "arch": arch} for T in args.T for arch in args.archs]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     if args.jobs > 1:
-        results = run_parallel(tasks, args.jobs, args.cores_per_job)
+        results = run_parallel(tasks, args.jobs, args.cores_per_job, out.with_suffix(".partial.jsonl"),
+                               args.first_core)
         threads = args.cores_per_job
     else:
         results = []
@@ -203,13 +219,11 @@ def main(argv=None) -> int:
     runs = [r for r in results if "method" in r and "error" not in r]
     steps = {f"{r['T']}/{r['arch']}": r["step_seconds"] for r in results if "step_seconds" in r}
     summary = summarise(runs, args)
-    res = {"budget_seconds": args.budget, "machine": {"threads_per_run": threads, "cpu_count": os.cpu_count(),
+    res = {"budget_seconds": args.budget, "clock": args.clock, "machine": {"threads_per_run": threads, "cpu_count": os.cpu_count(),
                                                       "parallel_runs": args.jobs, "platform": platform.platform(),
                                                       "python": platform.python_version(), "torch": torch.__version__},
            "task": "retrieval vocab=8", "teacher": TEACHER, "batch_size": BATCH, "summary": summary,
            "step_seconds": steps, "runs": runs, "errors": [r for r in results if "error" in r]}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(res, indent=1))
     write_md(out, res, args)
     return 0
@@ -234,15 +248,15 @@ def write_md(out: Path, res: dict, args) -> None:
     for r in res["runs"]:
         if r["seed"] == args.seeds[0]:
             curves[f"T={r['T']} {r['arch']} {r['method']}"] = ([t for t, _ in r["timeline"]], [a for _, a in r["timeline"]])
-    plot_curves(out.with_suffix(".png"), curves, xlabel="training seconds (evaluation excluded)",
+    plot_curves(out.with_suffix(".png"), curves, xlabel=f"training seconds, {args.clock} clock (evaluation excluded)",
                 ylabel="rolled-out answer accuracy", title=f"retrieval: SMT->DMT vs BPTT (seed {args.seeds[0]})",
                 hline=1 / 8)
     st = [{"T/arch": k, **{m: round(v * 1000, 1) for m, v in d.items()}} for k, d in res["step_seconds"].items()]
     md = f"""# SMT->DMT vs BPTT on retrieval (vocabulary 8)
 
-Command: `python benchmarks/smt_vs_bptt.py --T {' '.join(map(str, args.T))} --archs {' '.join(args.archs)} \
---seeds {' '.join(map(str, args.seeds))} --budget {args.budget:g} --jobs {args.jobs}`. Each run: {args.budget:g} s of training
-(evaluation excluded), {res['machine']['threads_per_run']} threads per run ({res['machine']['parallel_runs']} runs in
+Command: `python benchmarks/smt_vs_bptt.py {' '.join(sys.argv[1:])}`. Each run: {args.budget:g} s of training on the
+`{args.clock}` clock (evaluation excluded; `process` = the run's own CPU seconds, so other load on the shared
+machine does not eat the budget), {res['machine']['threads_per_run']} threads per run ({res['machine']['parallel_runs']} runs in
 parallel, each pinned to its own cores, on a {res['machine']['cpu_count']}-CPU host), batch {BATCH}, teacher d=64, K=4,
 2+2 layers. Accuracy = the updater rolled out alone from m_0 on {EVAL} held-out sequences; chance 0.125.
 `median_t95_s`: median training seconds to first reach 95% over the seeds that reached it.

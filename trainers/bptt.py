@@ -33,7 +33,7 @@ class BPTTConfig:
     steps: int = 2000
     """Maximum steps."""
     seconds: float | None = None
-    """Wall-clock budget."""
+    """Training budget in seconds of `clock` (evaluation excluded)."""
     batch_size: int = 32
     """Sequences per step."""
     truncate: int | None = None
@@ -46,6 +46,8 @@ class BPTTConfig:
     """Stop once the rolled-out accuracy reaches this."""
     seed: int = 0
     """Random seed."""
+    clock: str = "wall"
+    """Clock of `seconds` and of logged times: 'wall', or 'process' (this process's CPU seconds)."""
     device: str = "auto"
     """'auto', 'cpu' or 'cuda'."""
 
@@ -81,7 +83,7 @@ def train_bptt(corpus, cfg: BPTTConfig, out: str | Path | None = None, quiet: bo
     if out:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "run.json", {"stage": "bptt", "corpus": corpus.spec, "config": asdict(cfg)})
-    log = MetricsLog(out / "metrics.jsonl" if out else None, cfg.steps, "bptt", quiet)
+    log = MetricsLog(out / "metrics.jsonl" if out else None, cfg.steps, "bptt", quiet, cfg.clock)
 
     def evaluate() -> dict:
         with log.paused():

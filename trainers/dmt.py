@@ -30,7 +30,7 @@ class DMTConfig:
     steps: int = 1500
     """Maximum steps."""
     seconds: float | None = None
-    """Wall-clock budget."""
+    """Training budget in seconds of `clock` (evaluation excluded)."""
     batch_size: int = 32
     """Sequences per step."""
     Td: int | None = None
@@ -51,6 +51,8 @@ class DMTConfig:
     """Stop once the rolled-out accuracy reaches this."""
     seed: int = 0
     """Random seed."""
+    clock: str = "wall"
+    """Clock of `seconds` and of logged times: 'wall', or 'process' (this process's CPU seconds)."""
     device: str = "auto"
     """'auto', 'cpu' or 'cuda'."""
 
@@ -96,7 +98,7 @@ def dmt_online(student, teacher, corpus, cfg: DMTConfig, out: str | Path | None 
     if out:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "run.json", {"stage": "dmt", "corpus": corpus.spec, "config": asdict(cfg)})
-    log = MetricsLog(out / "metrics.jsonl" if out else None, cfg.steps, "dmt", quiet)
+    log = MetricsLog(out / "metrics.jsonl" if out else None, cfg.steps, "dmt", quiet, cfg.clock)
 
     def evaluate() -> dict:
         with log.paused():

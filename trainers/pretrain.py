@@ -35,7 +35,7 @@ class PretrainConfig:
     steps: int = 2000
     """Maximum optimiser steps."""
     seconds: float | None = None
-    """Wall-clock budget; stops early when spent."""
+    """Training budget in seconds of `clock` (evaluation excluded); stops early when spent."""
     batch_size: int = 32
     """Sequences per step."""
     eval_every: int = 50
@@ -51,6 +51,8 @@ class PretrainConfig:
     """Teacher accuracy that ends a curriculum stage."""
     seed: int = 0
     """Random seed (model init, batches, positions)."""
+    clock: str = "wall"
+    """Clock of `seconds` and of logged times: 'wall', or 'process' (this process's CPU seconds)."""
     device: str = "auto"
     """'auto' (GPU when present), 'cpu' or 'cuda'."""
 
@@ -101,7 +103,7 @@ def pretrain(corpus, cfg: PretrainConfig, out: str | Path | None = None, quiet: 
     if out:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "run.json", {"stage": "pretrain", "corpus": corpus.spec, "config": asdict(cfg)})
-    log = MetricsLog(out / "metrics.jsonl" if out else None, cfg.steps, "pretrain", quiet)
+    log = MetricsLog(out / "metrics.jsonl" if out else None, cfg.steps, "pretrain", quiet, cfg.clock)
     final: dict = {}
     step = 0
 
