@@ -39,17 +39,41 @@ def test_pretrain_eval_dmt_bptt_smoke(pretrained, tmp_path, capsys):
     assert "student" in out and "bptt" in out
 
 
-def test_demo_smoke(tmp_path, capsys):
-    rc = smt(["demo", "--out", str(tmp_path / "d"), "--corpus", TASK, "--pretrain-seconds", "1",
-              "--dmt-seconds", "1", "--curriculum", "--quiet", "--teacher.d-model", "16",
-              "--teacher.n-heads", "2", "--teacher.mem-tokens", "2", "--teacher.encoder-depth", "1"])
+TINY_RECIPE = ["pretrain.teacher.d_model=16", "pretrain.teacher.n_heads=2", "pretrain.teacher.mem_tokens=2",
+               "pretrain.teacher.encoder_depth=1", "pretrain.teacher.decoder_depth=1", "pretrain.steps=2",
+               "pretrain.eval_every=1", "pretrain.eval_size=8", "pretrain.curriculum=[]", "student.steps=2",
+               "student.batch_size=16", "dmt.rounds=2", "dmt.sequences=8", "dmt.steps_per_round=1",
+               "dmt.batch_size=4", "eval_size=8", "label.shard_sequences=16", "label.workers=0",
+               "bptt_max_seconds=1"]
+
+
+def test_demo_smoke_runs_every_stage(tmp_path, ray_local, capsys):
+    rc = smt(["demo", "--out", str(tmp_path / "d"), "--quiet", "--set", "corpus=retrieval:T=8,vocab=4,n=32",
+              "pretrain.seconds=1", *TINY_RECIPE])
     assert rc == 0
     res = json.loads((tmp_path / "d" / "results.json").read_text())
-    for k in ("task", "teacher_acc", "smt_acc", "dmt_acc", "bptt_acc", "seconds"):
-        assert k in res
-    png = tmp_path / "d" / "accuracy_vs_time.png"
-    assert png.stat().st_size > 5000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "accuracy_vs_time.png" in (tmp_path / "d" / "report.md").read_text()
+    for k in ("task", "teacher_acc", "smt_acc", "dmt_acc", "bptt_acc", "seconds", "bucket", "student"):
+        assert k in res, k
+    assert [p["stage"] for p in res["timeline"]] == ["pretrain", "label", "student-smt", "dmt-1", "dmt-2"]
+    # the bucket holds the teacher, the labels (round 0) and one relabeled round per DMT round
+    from storage.reader import TargetSet
+
+    ts = TargetSet.open(res["targets"], res["teacher_fingerprint"], verify="always")
+    assert ts.rounds == [0, 1, 2] and ts.generation == 3
+    for png in ("accuracy_vs_time.png", "loss_curves.png", "dmt_drift.png"):
+        data = (tmp_path / "d" / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, png
+        assert png in (tmp_path / "d" / "report.md").read_text()
+    assert "bucket:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("recipe", ["mnist-pixels-tiny", "tinystories-bytes-tiny"])
+def test_tiny_recipes_run_offline(recipe, tmp_path, ray_local, monkeypatch):
+    monkeypatch.chdir(Path(__file__).parents[1])  # the tiny text recipe reads this repository's READMEs
+    assert smt(["pipeline", "--recipe", recipe, "--out", str(tmp_path / recipe), "--quiet",
+                "--set", *TINY_RECIPE, "pretrain.seconds=1"]) == 0
+    res = json.loads((tmp_path / recipe / "results.json").read_text())
+    assert res["recipe"] == recipe and res["bptt_acc"] is None and len(res["dmt_rounds"]) == 2
 
 
 @pytest.mark.parametrize("argv, needle", [

@@ -79,7 +79,10 @@ def dmt_losses(student, M: torch.Tensor, x: torch.Tensor, y: torch.Tensor, start
 
 
 def dmt_online(student, teacher, corpus, cfg: DMTConfig, out: str | Path | None = None,
-               teacher_fingerprint: str | None = None, quiet: bool = False, on_eval=None) -> dict:
+               teacher_fingerprint: str | None = None, quiet: bool = False, on_eval=None,
+               carry: dict | None = None, stop_step: int | None = None) -> dict:
+    """Train `student` by online DMT. With `stop_step`, stop there and return a `carry` (optimiser, schedule,
+    data RNG, step) that a later call continues from, so one cosine schedule spans several DMT rounds."""
     dev = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     teacher = teacher.to(dev).eval()
@@ -87,8 +90,12 @@ def dmt_online(student, teacher, corpus, cfg: DMTConfig, out: str | Path | None 
         p.requires_grad_(False)
     student = student.to(dev).train()
     params = list(student.updater.parameters()) + (list(student.readout_net.parameters()) if cfg.train_readout else [])
-    opt, sched = cfg.optim.build(params, cfg.steps)
-    rng = np.random.default_rng([cfg.seed, 0xD317])
+    if carry is None:
+        opt, sched = cfg.optim.build(params, cfg.steps)
+        rng, step0 = np.random.default_rng([cfg.seed, 0xD317]), 0
+    else:
+        opt, sched, rng, step0 = carry["opt"], carry["sched"], carry["rng"], carry["step"]
+    last = min(cfg.steps, stop_step or cfg.steps)
     ex, ey = (t.to(dev) for t in eval_batch(corpus, cfg.eval_size, cfg.seed))
     T = corpus.seq_len
     Td = cfg.Td or (T - cfg.prompt)
@@ -110,11 +117,13 @@ def dmt_online(student, teacher, corpus, cfg: DMTConfig, out: str | Path | None 
         student.train()
         return {"dmt_acc": r["acc"], "dmt_loss": r["loss"], "drift_final": r["drift_final"]}
 
-    final = log.log(0, **evaluate())
-    if on_eval:
-        on_eval(final)
-    step = 0
-    for step in range(1, cfg.steps + 1):
+    final: dict = {}
+    if carry is None:
+        final = log.log(0, **evaluate())
+        if on_eval:
+            on_eval(final)
+    step = step0
+    for step in range(step0 + 1, last + 1):
         x, y = (torch.as_tensor(a, dtype=torch.long, device=dev) for a in corpus.sample(cfg.batch_size, rng))
         with torch.no_grad(), autocast(dev):
             M = teacher.encode_all(x)
@@ -123,7 +132,7 @@ def dmt_online(student, teacher, corpus, cfg: DMTConfig, out: str | Path | None 
         losses["loss"].backward()
         gn = clip_and_step(params, opt, sched, cfg.optim.grad_clip)
         log.advance()
-        done = (cfg.seconds is not None and log.elapsed() >= cfg.seconds) or step == cfg.steps
+        done = (cfg.seconds is not None and log.elapsed() >= cfg.seconds) or step == last
         if step % cfg.eval_every == 0 or done:
             final = log.log(step, **losses, grad_norm=gn, **evaluate())
             if on_eval:
@@ -138,4 +147,4 @@ def dmt_online(student, teacher, corpus, cfg: DMTConfig, out: str | Path | None 
         save_student(str(out / "student"), student, teacher_fingerprint,
                      {"corpus": corpus.spec, "trained_by": "smt+dmt", "dmt_steps": step})
     return {"student": student, "history": log.history, "final": final, "seconds": log.elapsed(),
-            "steps": step}
+            "steps": step, "carry": {"opt": opt, "sched": sched, "rng": rng, "step": step}}

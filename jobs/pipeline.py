@@ -1,0 +1,188 @@
+"""`smt pipeline`: the whole flow from a recipe, on embedded defaults or a cluster.
+
+    corpus -> teacher pretraining (joint SMT) -> labeling by Ray actors -> student SMT from the shards
+    -> DMT rounds (the DMT actor relabels the latest student; the trainer resumes on the union)
+    -> evaluation (+ the BPTT baseline with the same updater and the same wall-clock)
+
+Example: smt pipeline --recipe mnist-pixels-tiny --out runs/mnist --set student.steps=300
+Writes OUT/results.json, OUT/report.md with PNG plots, OUT/pipeline.log, and the bucket (default
+OUT/bucket: teachers/, targets/) plus the student run (OUT/student).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jobs.common import parse, run
+
+
+@dataclass(kw_only=True)
+class PipelineJob:
+    recipe: str = "retrieval-demo"
+    """Named recipe (retrieval-demo, tinystories-bytes[-tiny], mnist-pixels[-tiny]) or a JSON/YAML file."""
+    out: str = "runs/pipeline"
+    """Local output folder (results, report, logs, student run)."""
+    bucket: str | None = None
+    """Bucket URL for teachers/ and targets/ (default: OUT/bucket); s3://... on a cluster."""
+    set: list[str] = field(default_factory=list)
+    """Overrides, key.sub=value (JSON values), e.g. --set student.steps=100 dmt.rounds=2."""
+    quiet: bool = False
+    """No progress bars."""
+
+
+def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, say=None) -> dict:
+    import torch
+
+    from models.checkpoint import load_student, save_teacher
+    from models.updaters import UpdaterConfig
+    from pipeline.corpora import load_corpus
+    from pipeline.dmt_loop import DMTLoop, DMTLoopConfig
+    from pipeline.executors import init_ray, make_executor
+    from pipeline.label import LabelConfig, label
+    from pipeline.stage import Resources
+    from storage.stream import StreamConfig
+    from trainers.common import OptimConfig
+    from trainers.evaluate import evaluate_student, evaluate_teacher
+    from trainers.pretrain import eval_batch, pretrain
+    from trainers.run_dir import RunDir
+    from trainers.student import StudentTrainConfig, run_training
+
+    say = say or (lambda *a: print(*a, flush=True))
+    out.mkdir(parents=True, exist_ok=True)
+    bucket = bucket or str((out / "bucket").resolve())
+    corpus = load_corpus(rc.corpus)
+    stream_mode = corpus.mode == "stream"
+    prompt = rc.pretrain.smt.Tc if stream_mode else 0
+    x, y = eval_batch(corpus, rc.eval_size, 12345)
+    t0 = time.perf_counter()
+    timeline: list[dict] = []  # pipeline seconds -> accuracy of the updater rolled out alone
+
+    def mark(stage: str, acc: float | None = None, **kw) -> None:
+        timeline.append({"seconds": round(time.perf_counter() - t0, 2), "stage": stage, "acc": acc, **kw})
+
+    say(f"[1/5] pretraining the teacher on {corpus.spec}")
+    pt = pretrain(corpus, rc.pretrain, out=out / "pretrain", quiet=quiet)
+    fp = pt["fingerprint"]
+    teacher_url = f"{bucket.rstrip('/')}/teachers/{fp}"
+    save_teacher(teacher_url, pt["teacher"], {"corpus": corpus.spec})
+    teacher = pt["teacher"].cpu()
+    te = evaluate_teacher(teacher, x, y, prompt)
+    mark("pretrain", pt["final"].get("smt_acc"), teacher_acc=te["acc"])
+    say(f"      teacher {fp[:12]}: acc={te['acc']:.3f} bits/token={te['bits_per_token']:.3f} ({pt['seconds']:.0f} s)")
+
+    say(f"[2/5] labeling with {rc.label.workers or 'no'} Ray actors -> {bucket}")
+    gpus = rc.label.gpus_per_worker if torch.cuda.is_available() else 0.0
+    rep = label(LabelConfig(teacher=teacher_url, corpus=corpus.spec, out=bucket, fmt=rc.label.fmt,
+                            dtype=rc.label.dtype, shard_sequences=rc.label.shard_sequences, Tc=prompt or None,
+                            resources=Resources(num_cpus=1, num_gpus=gpus)),
+                make_executor(rc.label.workers), quiet=quiet)
+    targets = rep.target_url
+    mark("label")
+    say(f"      {rep.summary()}")
+
+    run_url = str((out / "student").resolve())
+    st = rc.student
+    cfg = StudentTrainConfig(updater=UpdaterConfig(arch=st.arch, depth=st.depth),
+                             optim=OptimConfig(lr=st.lr, warmup_steps=20), stream=StreamConfig(batch_size=st.batch_size),
+                             steps=st.steps, checkpoint_every=st.steps)
+
+    def student_acc() -> dict:
+        ptr = RunDir(run_url).latest()
+        s, _, _ = load_student(f"{run_url}/{ptr['path']}/student")
+        return evaluate_student(s, x, y, teacher, prompt)
+
+    say(f"[3/5] student SMT from the shards: {st.arch} updater, {st.steps} steps")
+    run_training(targets, teacher_url, run_url, cfg, quiet=quiet)
+    r0 = student_acc()
+    mark("student-smt", r0["acc"], drift_final=r0.get("drift_final"))
+    say(f"      rolled out alone: acc={r0['acc']:.3f} drift_T={r0.get('drift_final', float('nan')):.4f}")
+
+    say(f"[4/5] DMT: {rc.dmt.rounds} rounds; each: the DMT actor relabels the latest student into a new round "
+        f"of shards, then {rc.dmt.steps_per_round} on-policy DMT steps")
+    from models.checkpoint import save_student
+    from trainers.dmt import DMTConfig, dmt_online
+
+    ray = init_ray()
+    loop_cfg = DMTLoopConfig(targets=targets, run=run_url, corpus=corpus.spec, teacher=teacher_url,
+                             rounds=rc.dmt.rounds, every_steps=rc.dmt.steps_per_round, sequences=rc.dmt.sequences,
+                             shard_sequences=max(1, rc.dmt.sequences // 4), start=prompt, fmt=rc.label.fmt,
+                             dtype=rc.label.dtype)
+    actor = ray.remote(num_cpus=1, num_gpus=gpus)(DMTLoop).remote(loop_cfg)
+    ptr = RunDir(run_url).latest()
+    student, _, _ = load_student(f"{run_url}/{ptr['path']}/student")
+    total = rc.dmt.rounds * rc.dmt.steps_per_round
+    dcfg = DMTConfig(optim=OptimConfig(lr=rc.dmt.lr, schedule="cosine", warmup_steps=10), steps=total,
+                     batch_size=rc.dmt.batch_size, prompt=prompt, eval_every=10**9, eval_size=64)
+    rounds, carry = [], None
+    for r in range(1, rc.dmt.rounds + 1):
+        rr = ray.get(actor.run_round.remote(r, ptr, True))  # relabel the student the next steps start from
+        d = dmt_online(student, teacher, corpus, dcfg, quiet=True, teacher_fingerprint=fp, carry=carry,
+                       stop_step=r * rc.dmt.steps_per_round)
+        student, carry = d["student"], d["carry"]
+        step = st.steps + r * rc.dmt.steps_per_round
+        ptr = {"step": step, "path": f"checkpoints/dmt-{step:08d}"}
+        save_student(f"{run_url}/{ptr['path']}/student", student, fp, {"trained_by": "smt+dmt", "dmt_round": r})
+        ev = evaluate_student(student, x, y, teacher, prompt)
+        rounds.append({"round": r, "student_step_rolled_out": rr.get("student_step"),
+                       "rollout_acc_before": rr.get("rollout_acc"), "drift_by_step": rr.get("drift_by_step"),
+                       "records": rr.get("records"), "acc_after": ev["acc"], "drift_final_after": ev.get("drift_final")})
+        mark(f"dmt-{r}", ev["acc"], drift_final=ev.get("drift_final"))
+        say(f"      round {r}: relabeled {rr.get('records')} states of step {rr.get('student_step')} (drift_T "
+            f"{rr['drift_by_step'][-1]:.4f}); after {rc.dmt.steps_per_round} DMT steps: acc={ev['acc']:.3f} "
+            f"drift_T={ev.get('drift_final', float('nan')):.4f}")
+    ray.kill(actor)
+    final_url = f"{run_url}/{ptr['path']}/student"
+    smt_seconds = time.perf_counter() - t0
+
+    bptt = None
+    if rc.bptt:
+        from trainers.bptt import BPTTConfig, train_bptt
+
+        budget = min(smt_seconds, rc.bptt_max_seconds or smt_seconds)
+        say(f"[5/5] BPTT baseline: {st.arch} updater, {budget:.0f} s (the SMT pipeline took {smt_seconds:.0f} s)")
+        bp = train_bptt(corpus, BPTTConfig(updater=UpdaterConfig(arch=st.arch, depth=st.depth),
+                                           shape=rc.pretrain.teacher, optim=OptimConfig(lr=1e-3, warmup_steps=20),
+                                           steps=10**7, seconds=budget, eval_every=25,
+                                           batch_size=rc.pretrain.batch_size),
+                        out=out / "bptt", quiet=quiet)
+        bptt = {"acc": evaluate_student(bp["student"].cpu(), x, y)["acc"], "history": bp["history"],
+                "seconds": bp["seconds"], "steps": bp["steps"]}
+    final = timeline[-1]
+    metrics = [json.loads(ln) for ln in (out / "student" / "metrics.jsonl").read_text().splitlines() if ln.strip()] \
+        if (out / "student" / "metrics.jsonl").exists() else []
+    res = {"task": corpus.spec, "recipe": rc.name, "chance": corpus.chance, "bucket": bucket, "targets": targets,
+           "teacher_fingerprint": fp, "teacher_encoder": rc.pretrain.teacher.encoder, "student": st.arch,
+           "student_checkpoint": final_url,
+           "teacher_acc": te["acc"], "teacher_bits_per_token": te["bits_per_token"],
+           "smt_acc": r0["acc"], "dmt_acc": final["acc"], "bptt_acc": bptt["acc"] if bptt else None,
+           "seconds": time.perf_counter() - t0, "smt_pipeline_seconds": smt_seconds,
+           "stage_seconds": {"pretrain": pt["seconds"]}, "timeline": timeline, "dmt_rounds": rounds,
+           "pretrain_history": pt["history"], "student_metrics": metrics[-2000:],
+           "bptt_history": bptt["history"] if bptt else [], "label": {"states_per_s": rep.states / rep.seconds,
+                                                                       "records": rep.records}}
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    def body() -> int:
+        from jobs.recipes import load_recipe
+        from jobs.report import print_table, write_report
+
+        job = parse(PipelineJob, argv, "pipeline", __doc__)
+        rc = load_recipe(job.recipe, job.set)
+        out = Path(job.out)
+        out.mkdir(parents=True, exist_ok=True)
+        logging.basicConfig(filename=out / "pipeline.log", level=logging.INFO)
+        res = run_pipeline(rc, out, job.bucket, job.quiet)
+        write_report(out, res)
+        print_table(res)
+        return 0
+
+    return run("pipeline", body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,194 @@
+"""Named pipeline recipes: one corpus, one teacher, and the settings of every stage.
+
+A recipe is a `Recipe` tree of dataclasses. `smt pipeline --recipe NAME` runs a named one; `--recipe
+FILE.json|yaml` loads a file holding the same tree (only the fields to change from `--base`, default the
+first recipe below); `--set key.sub=value` overrides single fields. The `-tiny` recipes run on a laptop
+from offline corpora; the others are at the reference scale of the method (GPU clusters).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from models.teacher import ConfigError, TeacherConfig
+from trainers.common import OptimConfig
+from trainers.pretrain import PretrainConfig
+from trainers.smt import SMTConfig
+
+
+@dataclass(kw_only=True)
+class LabelStep:
+    workers: int = 2
+    """Ray actors labeling (0 = in-process)."""
+    fmt: str = "zarr"
+    """Shard format: zarr or wds."""
+    dtype: str = "float16"
+    """Stored state dtype."""
+    shard_sequences: int = 256
+    """Sequences per shard."""
+    gpus_per_worker: float = 0.0
+    """GPUs per labeling actor (set >0 on GPU clusters)."""
+
+
+@dataclass(kw_only=True)
+class StudentStep:
+    arch: str = "mlp"
+    """Student updater architecture (transformer, mlp, gru)."""
+    depth: int = 2
+    """Updater blocks."""
+    steps: int = 400
+    """SMT steps from the teacher's labels before the first DMT round."""
+    batch_size: int = 512
+    """Transitions per step."""
+    lr: float = 1e-3
+    """Learning rate (AdamW, 20 warm-up steps, constant)."""
+
+
+@dataclass(kw_only=True)
+class DMTStep:
+    rounds: int = 3
+    """DMT rounds: the DMT actor relabels the latest student into a new round of shards, then the student
+    takes `steps_per_round` on-policy DMT steps."""
+    sequences: int = 512
+    """Sequences rolled out (and relabeled) per round by the actor."""
+    steps_per_round: int = 60
+    """On-policy DMT steps of the student after each round."""
+    lr: float = 3e-4
+    """DMT learning rate (cosine over all rounds)."""
+    batch_size: int = 32
+    """Sequences per DMT step."""
+
+
+@dataclass(kw_only=True)
+class Recipe:
+    name: str = "retrieval-demo"
+    """Recipe name."""
+    corpus: str = "retrieval:T=64,vocab=8,n=2048"
+    """Corpus spec."""
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    """Teacher pretraining (joint SMT)."""
+    label: LabelStep = field(default_factory=LabelStep)
+    """Labeling."""
+    student: StudentStep = field(default_factory=StudentStep)
+    """Student SMT from shards."""
+    dmt: DMTStep = field(default_factory=DMTStep)
+    """DMT actor rounds."""
+    bptt: bool = True
+    """Also train the BPTT baseline (same updater, same wall-clock as the SMT pipeline)."""
+    bptt_max_seconds: float | None = None
+    """Cap on the BPTT baseline's budget (None: exactly the SMT pipeline's wall-clock)."""
+    eval_size: int = 512
+    """Held-out sequences for the final evaluation."""
+
+
+def _tiny_teacher(**kw) -> TeacherConfig:
+    return TeacherConfig(d_model=64, n_heads=4, encoder_depth=2, decoder_depth=2, mem_tokens=4, **kw)
+
+
+def _reference_teacher(**kw) -> TeacherConfig:
+    # the paper's released configuration: d 256, 8 heads, encoder 8, decoder 4, K 16 (Z = 4096)
+    return TeacherConfig(d_model=256, n_heads=8, encoder_depth=8, decoder_depth=4, mem_tokens=16, **kw)
+
+
+def _reference_pretrain(teacher: TeacherConfig, smt: SMTConfig) -> PretrainConfig:
+    return PretrainConfig(teacher=teacher, smt=smt, steps=150_000, batch_size=128, eval_every=1000,
+                          optim=OptimConfig(lr=3e-4, warmup_frac=0.01), updater=_updater("transformer", 8))
+
+
+def _updater(arch: str, depth: int):
+    from models.updaters import UpdaterConfig
+
+    return UpdaterConfig(arch=arch, depth=depth)
+
+
+RECIPES: dict[str, Recipe] = {
+    "retrieval-demo": Recipe(
+        pretrain=PretrainConfig(teacher=_tiny_teacher(encoder="causal"), updater=_updater("mlp", 2),
+                                optim=OptimConfig(lr=1e-3, warmup_steps=20), steps=5000, seconds=300,
+                                curriculum=(16, 32), stop_at_acc=0.99, eval_every=25)),
+    "tinystories-bytes": Recipe(
+        name="tinystories-bytes", corpus="hf:roneneldan/TinyStories|T=320,stride=320",
+        pretrain=_reference_pretrain(_reference_teacher(encoder="causal", window=256),
+                                     SMTConfig(mode="stream", Tc=256, Tf=64)),
+        label=LabelStep(workers=8, shard_sequences=1024, gpus_per_worker=1.0),
+        student=StudentStep(arch="transformer", depth=8, steps=150_000, batch_size=4096, lr=3e-4),
+        dmt=DMTStep(rounds=5, sequences=8192, steps_per_round=300, lr=3e-5), bptt=False),
+    "tinystories-bytes-tiny": Recipe(
+        name="tinystories-bytes-tiny", corpus="text:*/README.md|T=96,stride=48",
+        pretrain=PretrainConfig(teacher=_tiny_teacher(encoder="causal", window=64), updater=_updater("mlp", 2),
+                                smt=SMTConfig(mode="stream", Tc=64, Tf=32), optim=OptimConfig(lr=1e-3, warmup_steps=20),
+                                steps=400, seconds=120, eval_every=50),
+        label=LabelStep(shard_sequences=64), student=StudentStep(steps=200),
+        dmt=DMTStep(rounds=2, sequences=128, steps_per_round=30), bptt=False, eval_size=64),
+    "mnist-pixels": Recipe(
+        name="mnist-pixels", corpus="mnist|split=train",
+        pretrain=_reference_pretrain(_reference_teacher(encoder="causal"), SMTConfig(dec_positions=8, Tf=64)),
+        label=LabelStep(workers=8, shard_sequences=512, gpus_per_worker=1.0),
+        student=StudentStep(arch="transformer", depth=8, steps=150_000, batch_size=4096, lr=3e-4),
+        dmt=DMTStep(rounds=5, sequences=8192, steps_per_round=300, lr=3e-5), bptt=False),
+    "mnist-pixels-tiny": Recipe(
+        name="mnist-pixels-tiny", corpus="digits:split=train",
+        pretrain=PretrainConfig(teacher=_tiny_teacher(encoder="causal"), updater=_updater("mlp", 2),
+                                smt=SMTConfig(Tf=16), optim=OptimConfig(lr=1e-3, warmup_steps=20), steps=400,
+                                seconds=120, eval_every=50),
+        label=LabelStep(shard_sequences=256), student=StudentStep(steps=200),
+        dmt=DMTStep(rounds=2, sequences=256, steps_per_round=30), bptt=False, eval_size=128),
+}
+
+
+def load_recipe(name_or_file: str, overrides: list[str] = ()) -> Recipe:
+    if name_or_file in RECIPES:
+        rc = RECIPES[name_or_file]
+        rc = dataclasses.replace(rc)  # a shallow copy; `_apply` rebuilds what it changes
+    else:
+        p = Path(name_or_file)
+        if not p.exists():
+            raise ConfigError(f"recipe {name_or_file!r} is neither a named recipe ({', '.join(RECIPES)}) nor a file")
+        text = p.read_text()
+        if p.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+        base = RECIPES[data.pop("base", "retrieval-demo")]
+        rc = _apply(base, data, name_or_file)
+    for ov in overrides:
+        if "=" not in ov:
+            raise ConfigError(f"override {ov!r} is not key.sub=value: e.g. --set student.steps=100")
+        key, value = ov.split("=", 1)
+        tree: dict[str, Any] = {}
+        node = tree
+        parts = key.split(".")
+        for k in parts[:-1]:
+            node = node.setdefault(k, {})
+        try:
+            node[parts[-1]] = json.loads(value)
+        except json.JSONDecodeError:
+            node[parts[-1]] = value  # a bare string, e.g. student.arch=gru
+        rc = _apply(rc, tree, f"--set {ov}")
+    return rc
+
+
+def _apply(obj, changes: dict, where: str):
+    """A copy of dataclass `obj` with nested `changes` applied; unknown fields name the path and the fix."""
+    kw = {}
+    names = {f.name: f for f in dataclasses.fields(obj)}
+    for k, v in changes.items():
+        if k not in names:
+            raise ConfigError(f"{where}: unknown field {k!r} of {type(obj).__name__}: use one of {', '.join(names)}")
+        cur = getattr(obj, k)
+        if dataclasses.is_dataclass(cur) and isinstance(v, dict):
+            kw[k] = _apply(cur, v, where)
+        elif isinstance(cur, tuple) and isinstance(v, list):
+            kw[k] = tuple(v)
+        else:
+            kw[k] = v
+    return dataclasses.replace(obj, **kw)
+
+
+def to_dict(rc: Recipe) -> dict:
+    return dataclasses.asdict(rc)

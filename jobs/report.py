@@ -1,0 +1,70 @@
+"""Results table, results.json and report.md with PNG plots for `smt demo` / `smt pipeline`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def print_table(res: dict) -> None:
+    def f(v):
+        return f"{v:.3f}" if isinstance(v, (int, float)) else "-"
+
+    print()
+    print(f"{'task':<34} {'student':>7} {'teacher':>8} {'smt':>6} {'dmt':>6} {'bptt':>6} {'seconds':>8}")
+    print(f"{res['task'][:34]:<34} {res['student']:>7} {f(res['teacher_acc']):>8} {f(res['smt_acc']):>6} "
+          f"{f(res['dmt_acc']):>6} {f(res.get('bptt_acc')):>6} {res['seconds']:>8.0f}")
+    print(f"bucket: {res['bucket']}")
+    if res.get("report"):
+        print(f"report: {res['report']}")
+
+
+def write_report(out: Path, res: dict) -> str:
+    from trainers.report import markdown_table, plot_curves
+
+    out = Path(out)
+    ph, sm, bh = res.get("pretrain_history", []), res.get("student_metrics", []), res.get("bptt_history", [])
+    loss_png = plot_curves(out / "loss_curves.png", {
+        "teacher decoder loss (pretraining)": ([r["step"] for r in ph], [r["loss_decoder"] for r in ph]),
+        "dynamics loss (pretraining)": ([r["step"] for r in ph], [r["loss_dyn"] for r in ph]),
+        "student SMT loss from shards": ([r["step"] for r in sm], [r["loss"] for r in sm if "loss" in r][:len(sm)]),
+    }, xlabel="step", ylabel="loss", title="training losses", logy=True)
+    tl = res["timeline"]
+    curves = {
+        "teacher (own memories, pretraining)": ([r["time"] for r in ph], [r.get("teacher_acc") for r in ph]),
+        "updater alone, joint SMT (pretraining)": ([r["time"] for r in ph], [r.get("smt_acc") for r in ph]),
+        "student alone: SMT from shards, then DMT rounds": ([p["seconds"] for p in tl if p["acc"] is not None
+                                                             and p["stage"] != "pretrain"],
+                                                            [p["acc"] for p in tl if p["acc"] is not None
+                                                             and p["stage"] != "pretrain"]),
+    }
+    if bh:
+        curves[f"BPTT ({res['student']} updater)"] = ([r["time"] for r in bh], [r["bptt_acc"] for r in bh])
+    acc_png = plot_curves(out / "accuracy_vs_time.png", curves, xlabel="seconds since the pipeline started",
+                          ylabel="answer accuracy (held-out)", title=f"{res['task']}: SMT->DMT vs BPTT",
+                          hline=res.get("chance"))
+    rounds = res.get("dmt_rounds", [])
+    drift_png = plot_curves(out / "dmt_drift.png", {
+        f"round {r['round']} (student before it)": (list(range(len(r["drift_by_step"] or []))), r["drift_by_step"] or [])
+        for r in rounds}, xlabel="rollout step t", ylabel="drift MSE(m_hat_t, m*_t)",
+        title="student drift measured by each DMT round") if rounds else None
+    rows = [{"stage": p["stage"], "seconds": p["seconds"], "acc": p["acc"] if p["acc"] is not None else "-",
+             "drift_T": p.get("drift_final", "-")} for p in tl]
+    md = [f"# {res['recipe']}: {res['task']}", "",
+          (f"Teacher: {res['teacher_encoder']} encoder, fingerprint `{res['teacher_fingerprint'][:16]}`; student "
+           f"updater `{res['student']}`; bucket `{res['bucket']}`. Accuracies: answer accuracy on held-out sequences, "
+           "the student updater rolled out alone (teacher-forced inputs, teacher readout)."), "",
+          markdown_table([res], ["teacher_acc", "smt_acc", "dmt_acc", "bptt_acc", "seconds"]), "",
+          markdown_table(rows, ["stage", "seconds", "acc", "drift_T"]), "",
+          f"![accuracy against wall-clock]({acc_png.name})", "",
+          ("*Accuracy against seconds since the pipeline started: the teacher and the jointly trained updater during "
+           "pretraining (at the current curriculum length), then the student trained from the shards and after each "
+           "DMT round; BPTT with the same updater from its own start, for the same total time.*"), "",
+          f"![losses]({loss_png.name})", "", "*Training losses against steps (log scale).*", ""]
+    if drift_png:
+        md += [f"![drift]({drift_png.name})", "",
+               ("*Drift between the student's rolled-out memory and the teacher's, against t, as measured by each "
+                "DMT round on the student it relabeled (round 1 = the SMT-only student).*"), ""]
+    (out / "report.md").write_text("\n".join(md))
+    res["report"] = str(out / "report.md")
+    (out / "results.json").write_text(json.dumps(res, indent=1, default=str))
+    return res["report"]
