@@ -38,7 +38,7 @@ from trainers.bptt import BPTTConfig, bptt_loss, train_bptt
 from trainers.common import OptimConfig
 from trainers.dmt import DMTConfig, dmt_online
 from trainers.pretrain import PretrainConfig, matched_updater, pretrain
-from trainers.report import markdown_table, plot_curves
+from trainers.report import markdown_table
 from trainers.smt import SMTConfig, smt_losses
 
 METHODS = ("smt-causal-curr", "smt-causal", "smt-register-curr", "bptt")
@@ -86,7 +86,7 @@ def run_bptt(corpus, arch: str, budget: float, seed: int, clock: str = "wall") -
     return {"timeline": [(r["time"], r["bptt_acc"]) for r in b["history"]], "steps": b["steps"]}
 
 
-def step_times(T: int, arch: str, reps: int = 3) -> dict:
+def step_times(T: int, arch: str, reps: int = 3, clock: str = "wall") -> dict:
     """Seconds per optimiser step (forward + backward) for each method at length T."""
     corpus = load_corpus(f"retrieval:T={T},vocab=8")
     x, y = (torch.as_tensor(a) for a in corpus.sample(BATCH, np.random.default_rng(0)))
@@ -96,26 +96,27 @@ def step_times(T: int, arch: str, reps: int = 3) -> dict:
         s = Student.from_teacher(t, matched_updater(t.cfg, UpdaterConfig(arch=arch)))
         g = torch.Generator().manual_seed(0)
         out[f"smt-{enc}"] = _time(lambda t=t, s=s, g=g: smt_losses(t, s.updater, x, y, SMTConfig(), g)["loss"].backward(),
-                                  reps)
+                                  reps, clock)
     s = Student(matched_updater(TeacherConfig(vocab_size=corpus.vocab_size, **TEACHER), UpdaterConfig(arch=arch)),
                 TeacherConfig(vocab_size=corpus.vocab_size, **TEACHER))
-    out["bptt"] = _time(lambda: bptt_loss(s, x, y).backward(), reps)
+    out["bptt"] = _time(lambda: bptt_loss(s, x, y).backward(), reps, clock)
     return out
 
 
-def _time(fn, reps: int) -> float:
+def _time(fn, reps: int, clock: str = "wall") -> float:
+    now = time.process_time if clock == "process" else time.perf_counter
     fn()
-    t0 = time.perf_counter()
+    t0 = now()
     for _ in range(reps):
         fn()
-    return (time.perf_counter() - t0) / reps
+    return (now() - t0) / reps
 
 
 def run_task(task: dict) -> dict:
     """One benchmark cell: a training run {"T", "arch", "seed", "method"} or a step-time cell {"T", "arch"}."""
     T, arch = task["T"], task["arch"]
     if "method" not in task:
-        return {**task, "step_seconds": step_times(T, arch)}
+        return {**task, "step_seconds": step_times(T, arch, clock=task.get("clock", "wall"))}
     corpus = load_corpus(f"retrieval:T={T},vocab=8")
     m, seed, budget, clock = task["method"], task["seed"], task["budget"], task.get("clock", "wall")
     t0 = time.perf_counter()
@@ -188,6 +189,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cores-per-job", type=int, default=2)
     ap.add_argument("--first-core", type=int, default=0, help="leave cores below this to other work")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "smt_vs_bptt"))
+    ap.add_argument("--step-times-only", action="store_true", help="only the step-time cells")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--one-out", help=argparse.SUPPRESS)
     ap.add_argument("--cpus", help=argparse.SUPPRESS)
@@ -203,7 +205,9 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     tasks = [{"T": T, "arch": arch, "seed": seed, "method": m, "budget": args.budget, "clock": args.clock}
              for T in args.T for arch in args.archs for seed in args.seeds for m in args.methods]
-    tasks += [{"T": T, "arch": arch} for T in args.T for arch in args.archs]
+    tasks += [{"T": T, "arch": arch, "clock": args.clock} for T in args.T for arch in args.archs]
+    if args.step_times_only:
+        tasks = [t for t in tasks if "method" not in t]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.jobs > 1:
@@ -243,14 +247,38 @@ def summarise(runs: list[dict], args) -> list[dict]:
     return rows
 
 
+def plot_runs(path: Path, res: dict, seed: int, clock: str) -> None:
+    """One panel per T: rolled-out accuracy against training time, one line per (method, arch)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    Ts = sorted({r["T"] for r in res["runs"]})
+    fig, axes = plt.subplots(1, len(Ts), figsize=(4.2 * len(Ts), 3.6), dpi=110, squeeze=False, sharey=True)
+    colors = {"smt-causal-curr": "tab:blue", "smt-causal": "tab:cyan", "smt-register-curr": "tab:green",
+              "bptt": "tab:red"}
+    for ax, T in zip(axes[0], Ts):
+        for r in res["runs"]:
+            if r["T"] == T and r["seed"] == seed:
+                ts, accs = zip(*r["timeline"]) if r["timeline"] else ((), ())
+                ax.plot(ts, accs, color=colors.get(r["method"], "k"), linestyle="-" if r["arch"] == "mlp" else "--",
+                        linewidth=1.4, label=f"{r['method']} / {r['arch']}")
+        ax.axhline(1 / 8, color="grey", linestyle=":", linewidth=1)
+        ax.set_title(f"T = {T}")
+        ax.set_xlabel(f"training seconds ({clock} clock)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("rolled-out answer accuracy")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"retrieval, vocabulary 8: SMT->DMT vs BPTT (seed {seed}; solid mlp, dashed gru; dotted = chance)",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def write_md(out: Path, res: dict, args) -> None:
-    curves = {}
-    for r in res["runs"]:
-        if r["seed"] == args.seeds[0]:
-            curves[f"T={r['T']} {r['arch']} {r['method']}"] = ([t for t, _ in r["timeline"]], [a for _, a in r["timeline"]])
-    plot_curves(out.with_suffix(".png"), curves, xlabel=f"training seconds, {args.clock} clock (evaluation excluded)",
-                ylabel="rolled-out answer accuracy", title=f"retrieval: SMT->DMT vs BPTT (seed {args.seeds[0]})",
-                hline=1 / 8)
+    plot_runs(out.with_suffix(".png"), res, args.seeds[0], args.clock)
     st = [{"T/arch": k, **{m: round(v * 1000, 1) for m, v in d.items()}} for k, d in res["step_seconds"].items()]
     md = f"""# SMT->DMT vs BPTT on retrieval (vocabulary 8)
 
@@ -263,7 +291,7 @@ parallel, each pinned to its own cores, on a {res['machine']['cpu_count']}-CPU h
 
 {markdown_table(res['summary'], ['T', 'arch', 'method', 'reached_95', 'median_t95_s', 'final_acc_mean', 'best_acc_mean'])}
 
-Step time (ms per optimiser step, batch {BATCH}; SMT = one joint teacher+updater step):
+Step time (ms per optimiser step on the `{args.clock}` clock, batch {BATCH}; SMT = one joint teacher+updater step):
 
 {markdown_table(st, ['T/arch', 'smt-causal', 'smt-register', 'bptt'])}
 
