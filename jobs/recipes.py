@@ -66,7 +66,7 @@ class DMTStep:
 class Recipe:
     name: str = "retrieval-demo"
     """Recipe name."""
-    corpus: str = "retrieval:T=64,vocab=8,n=2048"
+    corpus: str = "retrieval:T=64,vocab=8,n=1024"
     """Corpus spec."""
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     """Teacher pretraining (joint SMT)."""
