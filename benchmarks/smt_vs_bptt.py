@@ -239,6 +239,8 @@ def summarise(runs: list[dict], args) -> list[dict]:
         for arch in args.archs:
             for m in args.methods:
                 rs = [r for r in runs if r["T"] == T and r["arch"] == arch and r["method"] == m]
+                if not rs:
+                    continue
                 reached = [r["t95"] for r in rs if r["t95"] is not None]
                 rows.append({"T": T, "arch": arch, "method": m, "reached_95": f"{len(reached)}/{len(rs)}",
                              "median_t95_s": round(statistics.median(reached), 1) if reached else "-",
