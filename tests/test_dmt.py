@@ -317,3 +317,20 @@ def test_ray_actor_loop(ray_local, labeled, tmp_path):
     reps = ray_local.get(actor.run.remote(True), timeout=120)
     ray_local.kill(actor)
     assert [r["round"] for r in reps] == [1] and newest_generation(Bucket.from_url(d["targets"])) == 2
+
+
+# ------------------------------------------------------------------------------------------ end to end
+
+
+@pytest.mark.slow
+def test_end_to_end_dmt_on_ray(tmp_path):
+    """Pretrained causal teacher on retrieval:T=64, 2-actor labeling, trainer and DMT loop as Ray actors:
+    the rolled-out answer accuracy rises from the SMT-only value to >= 95%. (Minutes on 2 CPU cores.)"""
+    from benchmarks.dmt import E2EConfig, run
+
+    res = run(E2EConfig(root=str(tmp_path), teacher=os.environ.get("SMT_DMT_E2E_TEACHER"), online=False))
+    print(json.dumps({k: res[k] for k in ("smt", "after_rounds", "rounds", "dmt")}, indent=1))
+    accs = [a["acc"] for a in res["after_rounds"]]
+    assert res["teacher_acc"] >= 0.99
+    assert accs[-1] >= 0.95 and accs[-1] > accs[0], accs
+    assert [r["round"] for r in res["rounds"]] == [1, 2, 3]
