@@ -39,6 +39,12 @@ class DMTArgs:
     """Rollout steps (default: to the end of each sequence)."""
     timeout_seconds: float = 3600.0
     """Give up when the run writes no new checkpoint for this long."""
+    poll_seconds: float = 1.0
+    """How often to look for a new checkpoint."""
+    dtype: str = "float16"
+    """Stored state dtype of the relabeled pairs."""
+    device: str = "auto"
+    """Torch device for the rollouts."""
     actor: bool = True
     """Run the loop inside a Ray actor (False: in this process)."""
     cpus: float = 1.0
@@ -97,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = DMTLoopConfig(targets=args.targets, run=args.run, corpus=args.corpus, teacher=teacher,
                             rounds=args.rounds, every_steps=args.every_steps, sequences=args.sequences,
                             shard_sequences=args.shard_sequences, start=args.start, Td=args.Td,
-                            timeout_seconds=args.timeout_seconds, endpoint_url=args.endpoint_url,
+                            timeout_seconds=args.timeout_seconds, poll_seconds=args.poll_seconds,
+                            dtype=args.dtype, device=args.device, endpoint_url=args.endpoint_url,
                             resources=Resources(num_cpus=args.cpus, num_gpus=gpus))
 
         def say(rep: dict) -> None:

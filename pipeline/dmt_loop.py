@@ -4,9 +4,12 @@
 2. For round r, wait until the run's `checkpoints/latest.json` names a step >= (step used by round r-1,
    0 for round 1) + `every_steps`.
 3. Pin that checkpoint for round r with an exclusive-create intent file `dmt/intent-r.json`: a restarted
-   actor re-reads the pin, so it redoes round r from the same student and writes the same bytes.
-4. Relabel (pipeline/relabel.py): roll the student out, write round r as pair shards, commit ONE new
-   generation, and record the round's drift against t and rollout accuracy in `dmt/round-r.json`.
+   actor re-reads the pin (without waiting for the trainer again), so it redoes round r from the same
+   student and writes the same bytes.
+4. Relabel (pipeline/relabel.py): roll the student out, write round r as pair shards, save the round's
+   report as `dmt/pending-r.json`, commit ONE new generation, then publish the report (drift against t,
+   rollout accuracy, generation) as `dmt/round-r.json`. A crash between the commit and the report is
+   repaired on restart from the pending file, so every committed round has its report.
 Trainers that follow generations (`--stream.follow epoch|steps`) pick the new round up and mix it in by
 their round weights. This module is plain Python; `jobs/dmt.py` runs it inside a Ray actor.
 """
@@ -92,11 +95,39 @@ class DMTLoop:
         self.targets.create_exclusive(rel, json.dumps(pointer, sort_keys=True).encode())
         return json.loads(self.targets.read_bytes(rel))
 
-    def _round_step(self, r: int) -> int:
+    def pinned(self, r: int) -> dict | None:
+        """The checkpoint pointer pinned for round r, or None."""
         try:
-            return int(json.loads(self.targets.read_bytes(f"dmt/intent-{r:03d}.json"))["step"])
+            return json.loads(self.targets.read_bytes(f"dmt/intent-{r:03d}.json"))
         except ObjectNotFound:
-            return 0
+            return None
+
+    def _round_step(self, r: int) -> int:
+        p = self.pinned(r) if r >= 1 else None
+        return int(p["step"]) if p else 0
+
+    def _first_generation_with(self, r: int) -> int | None:
+        n = newest_generation(self.targets)
+        found = None
+        while n:  # walk back while round r is present: the oldest such generation committed it
+            gen = read_generation(self.targets, n)
+            if not any(e.round == r for e in gen.shards):
+                break
+            found, n = n, gen.parent or 0
+        return found
+
+    def _repair_report(self, r: int) -> None:
+        """Round r is committed but its report may be missing (crash after the commit): publish it."""
+        rel = f"dmt/round-{r:03d}.json"
+        if self.targets.exists(rel):
+            return
+        try:
+            rep = json.loads(self.targets.read_bytes(f"dmt/pending-{r:03d}.json"))
+        except ObjectNotFound:  # committed by something other than this loop: a minimal report
+            p = self.pinned(r) or {}
+            rep = {"round": r, "student_step": p.get("step"), "drift_by_step": None, "note": "no report"}
+        rep.update(generation=self._first_generation_with(r), committed=True)
+        self.targets.write_bytes(rel, json.dumps(rep, indent=1).encode())
 
     def wait_for(self, min_step: int) -> dict:
         deadline = time.monotonic() + self.cfg.timeout_seconds
@@ -112,14 +143,21 @@ class DMTLoop:
     def run_round(self, r: int, pointer: dict, quiet: bool = True) -> dict:
         pointer = self._pin(r, pointer)
         c = self.cfg
+
+        def save_pending(rep: dict) -> None:
+            rep["student_step"] = int(pointer["step"])
+            self.targets.write_bytes(f"dmt/pending-{r:03d}.json", json.dumps(rep, indent=1).encode())
+
         rep = relabel(RelabelConfig(
             targets=c.targets, teacher=c.teacher, student=self.run_dir.url(f"{pointer['path']}/student"),
             corpus=c.corpus, round=r, sequences=c.sequences, shard_sequences=c.shard_sequences, start=c.start,
             Td=c.Td, fmt=c.fmt, dtype=c.dtype, device=c.device, endpoint_url=c.endpoint_url,
-            resources=c.resources), self.executor, quiet=quiet)
+            resources=c.resources), self.executor, quiet=quiet, before_commit=save_pending)
         rep["student_step"] = int(pointer["step"])
         if rep.get("committed"):
             self.targets.write_bytes(f"dmt/round-{r:03d}.json", json.dumps(rep, indent=1).encode())
+        else:
+            self._repair_report(r)
         return rep
 
     def run(self, quiet: bool = True, on_round=None) -> list[dict]:
@@ -128,8 +166,9 @@ class DMTLoop:
         done = self.committed_rounds() - {0}
         for r in range(1, self.cfg.rounds + 1):
             if r in done:
+                self._repair_report(r)
                 continue
-            pointer = self.wait_for(self._round_step(r - 1) + self.cfg.every_steps)
+            pointer = self.pinned(r) or self.wait_for(self._round_step(r - 1) + self.cfg.every_steps)
             rep = self.run_round(r, pointer, quiet)
             reports.append(rep)
             if on_round:

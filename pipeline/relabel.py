@@ -8,6 +8,8 @@ so that training on these pairs is exactly the one-step DMT loss, computed offli
 """
 from __future__ import annotations
 
+import os
+import signal
 import time
 from dataclasses import dataclass, field
 
@@ -21,6 +23,9 @@ from storage.bucket import Bucket
 from storage.manifest import ShardEntry, commit, newest_generation, read_generation
 from storage.schema import Pairs
 from storage.writer import write_shard
+
+# Test hook: the driver SIGKILLs itself after this many shards of a round are written, before the commit.
+KILL_AFTER_ENV = "SMT_DMT_TEST_KILL_AFTER"
 
 
 @torch.inference_mode()
@@ -161,21 +166,30 @@ class RelabelConfig:
 
 
 def round_items(num_sequences: int, round: int, sequences: int, per_shard: int) -> list[ShardRange]:
-    """Round r rolls out sequences [(r-1)*n, r*n) (mod the corpus), so successive rounds see new data."""
+    """Round r rolls out sequences [(r-1)*n, r*n) (mod the corpus), so successive rounds see new data.
+    A window that wraps past the corpus end continues at sequence 0 in a new shard (a shard is one
+    contiguous range), so every round holds exactly n sequences."""
     if round < 1:
         raise RelabelError(f"round={round} must be >= 1 (round 0 holds the teacher's labels)")
+    if per_shard < 1 or sequences < 1:
+        raise RelabelError(f"sequences={sequences} and shard_sequences={per_shard} must be >= 1")
     n = min(sequences, num_sequences)
     first = ((round - 1) * n) % num_sequences
-    items = []
-    for idx, s in enumerate(range(0, n, per_shard)):
-        a = (first + s) % num_sequences
-        items.append(ShardRange(idx, a, min(a + min(per_shard, n - s), num_sequences)))  # no wrap inside a shard
+    items: list[ShardRange] = []
+    for s in range(0, n, per_shard):
+        a, size = (first + s) % num_sequences, min(per_shard, n - s)
+        while size:  # split at the corpus end instead of dropping the wrapped sequences
+            take = min(size, num_sequences - a)
+            items.append(ShardRange(len(items), a, a + take))
+            a, size = 0, size - take
     return items
 
 
-def relabel(cfg: RelabelConfig, executor, quiet: bool = False) -> dict:
+def relabel(cfg: RelabelConfig, executor, quiet: bool = False, before_commit=None) -> dict:
     """Roll out, write round `cfg.round` as pair shards, commit one generation. Idempotent: a round that is
-    already in the newest generation is not written again."""
+    already in the newest generation is not written again, and a rerun after a crash before the commit
+    rewrites the same bytes (write-once shards skip). `before_commit(report)` gets the round's report
+    (without its generation) after every shard is written and before the commit."""
     target = Bucket.from_url(cfg.targets, endpoint_url=cfg.endpoint_url)
     n = newest_generation(target)
     if not n:
@@ -188,24 +202,37 @@ def relabel(cfg: RelabelConfig, executor, quiet: bool = False) -> dict:
     if corpus.corpus_id != gen.corpus_id:
         raise RelabelError(f"corpus {corpus.spec!r} (id {corpus.corpus_id}) is not the one the target set was "
                            f"labeled from (id {gen.corpus_id}): pass the same --corpus as `smt label`")
+    if cfg.start > 0 and (gen.teacher_config or {}).get("encoder", "causal") != "causal":
+        raise RelabelError("stream-mode relabeling (start > 0) needs a causal teacher with window=Tc: the "
+                           "rollout's targets come from one encode_all pass")
+    Td = cfg.Td if cfg.Td is not None else corpus.seq_len - cfg.start
+    if cfg.start < 0 or Td < 1 or cfg.start + Td > corpus.seq_len:
+        raise RelabelError(f"start={cfg.start}, Td={Td} does not fit sequences of length {corpus.seq_len}: "
+                           "shorten --Td or --start")
     stage = RelabelStage(teacher=cfg.teacher, student=cfg.student, corpus=corpus.spec, target=target.url(),
                          fingerprint=gen.teacher_fingerprint, round=cfg.round, start=cfg.start, Td=cfg.Td,
                          fmt=cfg.fmt, dtype=cfg.dtype, device=cfg.device, endpoint_url=cfg.endpoint_url,
                          resources=cfg.resources)
     items = round_items(corpus.num_sequences, cfg.round, cfg.sequences, cfg.shard_sequences)
-    Td = cfg.Td if cfg.Td is not None else corpus.seq_len - cfg.start
     t0 = time.perf_counter()
-    results = {r["index"]: r for r in executor.map(stage, items, total_records=sum(i.size for i in items) * Td,
-                                                   quiet=quiet)}
+    kill_after = int(os.environ.get(KILL_AFTER_ENV, "0") or 0)
+    results = {}
+    for res in executor.map(stage, items, total_records=sum(i.size for i in items) * Td, quiet=quiet):
+        results[res["index"]] = res
+        if kill_after and len(results) >= kill_after and len(results) < len(items):
+            os.kill(os.getpid(), signal.SIGKILL)  # test-only: die like a killed actor, mid-round
     entries = [ShardEntry.from_json(results[i.index]["entry"], target.url()) for i in items]
-    new = commit(target, entries, teacher_fingerprint=gen.teacher_fingerprint, teacher_config=gen.teacher_config,
-                 corpus_id=gen.corpus_id, corpus_params=gen.corpus_params)
     seqs = sum(r["sequences"] for r in results.values())
     drift = np.sum([r["drift_sum"] for r in results.values()], axis=0) / max(1, seqs)
-    report = {"round": cfg.round, "generation": new.number, "committed": True, "student": cfg.student,
-              "records": sum(e.records for e in entries), "shards": len(entries),
-              "seconds": time.perf_counter() - t0, "drift_by_step": [float(v) for v in drift]}
-    report["states_per_second"] = report["records"] / max(report["seconds"], 1e-9)
     n_t = sum(r["targets"] for r in results.values())
-    report["rollout_acc"] = sum(r["correct"] for r in results.values()) / n_t if n_t else None
+    report = {"round": cfg.round, "generation": None, "committed": False, "student": cfg.student,
+              "records": sum(e.records for e in entries), "shards": len(entries), "sequences": seqs,
+              "seconds": time.perf_counter() - t0, "drift_by_step": [float(v) for v in drift],
+              "rollout_acc": sum(r["correct"] for r in results.values()) / n_t if n_t else None}
+    report["states_per_second"] = report["records"] / max(report["seconds"], 1e-9)
+    if before_commit is not None:
+        before_commit(dict(report))
+    new = commit(target, entries, teacher_fingerprint=gen.teacher_fingerprint, teacher_config=gen.teacher_config,
+                 corpus_id=gen.corpus_id, corpus_params=gen.corpus_params)
+    report.update(generation=new.number, committed=True)
     return report

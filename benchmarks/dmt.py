@@ -1,0 +1,212 @@
+"""DMT end to end on Ray, and what each round buys: drift at t = Td after 0..R rounds, states relabeled per
+second, answer accuracy, and the online DMT of trainers/dmt.py from the same SMT student at the same
+wall-clock budget.
+
+    python -m benchmarks.dmt [--teacher DIR] [--rounds 3] [--out benchmarks/results]
+
+Flow (every worker a Ray actor on a local instance):
+1. pretrain a causal teacher on retrieval:T=64,vocab=8 (or load --teacher), save it;
+2. `label` round 0 with a 2-actor pool;
+3. SMT: a trainer actor runs `run_training` for `smt_steps` (round 0 only) -> the SMT-only student;
+4. DMT: a trainer actor resumes the run (follow='steps', round weights) while `DMTLoop` runs in its own
+   actor and appends rounds 1..R, each from the newest checkpoint `every_steps` after the last pin;
+5. held-out evaluation (`evaluate_student` from m_0) of the SMT student, of each round's pinned student
+   and of the final one; then `dmt_online` from the SMT student for the DMT phase's wall-clock time.
+Writes <out>/dmt.json and <out>/dmt.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+CORPUS = "retrieval:T=64,vocab=8"
+
+
+@dataclass(kw_only=True)
+class E2EConfig:
+    root: str
+    """Scratch folder (bucket root, runs)."""
+    teacher: str | None = None
+    """A pretrained teacher folder to reuse (default: pretrain one)."""
+    corpus: str = CORPUS + ",n=2048"
+    """Corpus of the labeled target set."""
+    pretrain_seconds: float = 300.0
+    rounds: int = 3
+    smt_steps: int = 600
+    every_steps: int = 150
+    extra_steps: int = 150
+    """Steps trained after the last round's pin (on every round)."""
+    sequences: int = 512
+    shard_sequences: int = 128
+    lr: float = 1e-3
+    batch_size: int = 256
+    round_weights: dict = field(default_factory=lambda: {"0": 1.0, "dmt": 3.0})
+    follow_every: int = 10
+    eval_size: int = 256
+    online: bool = True
+    """Also run dmt_online for the same wall-clock time."""
+
+
+class _Trainer:
+    def train(self, targets, teacher, out, cfg):
+        from trainers.student import run_training
+
+        t0 = time.perf_counter()
+        res = run_training(targets, teacher, out, cfg, quiet=True)
+        return {**res, "seconds": time.perf_counter() - t0}
+
+
+def _pretrain(root: Path, seconds: float) -> tuple[str, float, float]:
+    from models.checkpoint import save_teacher
+    from models.teacher import TeacherConfig
+    from models.updaters import UpdaterConfig
+    from pipeline.corpora import load_corpus
+    from trainers.common import OptimConfig
+    from trainers.pretrain import PretrainConfig, pretrain
+
+    r = pretrain(load_corpus(CORPUS), PretrainConfig(
+        teacher=TeacherConfig(encoder="causal"), updater=UpdaterConfig(arch="mlp"),
+        optim=OptimConfig(lr=1e-3, warmup_steps=20), steps=3000, seconds=seconds, curriculum=(16, 32),
+        stop_at_acc=0.99, eval_every=25, device="cpu"), quiet=True)
+    path = str(root / "pretrained-teacher")
+    save_teacher(path, r["teacher"])
+    return path, float(r["final"]["teacher_acc"]), float(r["seconds"])
+
+
+def run(c: E2EConfig) -> dict:
+    import torch
+
+    from models.checkpoint import load_student, load_teacher
+    from models.updaters import UpdaterConfig
+    from pipeline.corpora import load_corpus
+    from pipeline.dmt_loop import DMTLoop, DMTLoopConfig, round_reports
+    from pipeline.executors import RayActorPool, init_ray
+    from pipeline.label import LabelConfig, label
+    from storage.stream import StreamConfig
+    from trainers.common import OptimConfig
+    from trainers.dmt import DMTConfig, dmt_online
+    from trainers.evaluate import evaluate_student, evaluate_teacher
+    from trainers.pretrain import eval_batch
+    from trainers.student import StudentTrainConfig
+
+    root = Path(c.root)
+    root.mkdir(parents=True, exist_ok=True)
+    out: dict = {"config": asdict(c)}
+    t0 = time.perf_counter()
+    if c.teacher is None:
+        c.teacher, acc, secs = _pretrain(root, c.pretrain_seconds)
+        out["pretrain"] = {"teacher_acc": acc, "seconds": secs}
+    teacher, fp, _ = load_teacher(c.teacher)
+    corpus = load_corpus(CORPUS)
+    ex, ey = eval_batch(corpus, c.eval_size, 0)  # the held-out set dmt_online evaluates on too
+    out["teacher_acc"] = evaluate_teacher(teacher, ex, ey)["acc"]
+
+    ray = init_ray()
+    t = time.perf_counter()
+    lab = label(LabelConfig(teacher=c.teacher, corpus=c.corpus, out=str(root / "bucket"), shard_sequences=256,
+                            device="cpu"), RayActorPool(num_actors=2), quiet=True)
+    out["label"] = {"seconds": time.perf_counter() - t, "records": lab.records, "shards": lab.shards}
+    targets, run_url = lab.target_url, str(root / "run")
+
+    def train_cfg(steps: int, follow: bool) -> StudentTrainConfig:
+        return StudentTrainConfig(
+            updater=UpdaterConfig(arch="mlp"), optim=OptimConfig(lr=c.lr, warmup_steps=20), steps=steps,
+            checkpoint_every=10, device="cpu",
+            stream=StreamConfig(batch_size=c.batch_size, seed=0, round_weights=c.round_weights if follow else None,
+                                follow="steps" if follow else "never", follow_every=c.follow_every if follow else 0))
+
+    trainer = ray.remote(num_cpus=1)(_Trainer)
+    t = time.perf_counter()
+    smt = ray.get(trainer.remote().train.remote(targets, c.teacher, run_url, train_cfg(c.smt_steps, False)))
+    out["smt"] = {"seconds": time.perf_counter() - t, "steps": smt["step"]}
+
+    def held_out(step: int) -> dict:
+        s, _, _ = load_student(f"{run_url}/checkpoints/step-{step:08d}/student")
+        with torch.no_grad():
+            r = evaluate_student(s.eval(), ex, ey, teacher)
+        return {"step": step, "acc": r["acc"], "drift_final": r["drift_final"]}
+
+    out["smt"].update(held_out(c.smt_steps))
+
+    total = c.smt_steps + c.rounds * c.every_steps + c.extra_steps
+    loop_cfg = DMTLoopConfig(targets=targets, run=run_url, corpus=c.corpus, teacher=c.teacher, rounds=c.rounds,
+                             every_steps=c.every_steps, sequences=c.sequences, shard_sequences=c.shard_sequences,
+                             device="cpu", poll_seconds=0.2, timeout_seconds=1800)
+    t = time.perf_counter()
+    tr = trainer.remote()
+    train_ref = tr.train.remote(targets, c.teacher, run_url, train_cfg(total, True))
+    dmt = ray.remote(num_cpus=1)(DMTLoop).remote(loop_cfg)
+    reps = ray.get(dmt.run.remote(True))
+    ray.get(train_ref)
+    dmt_seconds = time.perf_counter() - t
+    ray.kill(dmt)
+    ray.kill(tr)
+    stored = round_reports(targets)
+    out["rounds"] = [{k: r.get(k) for k in ("round", "student_step", "generation", "records", "seconds",
+                                            "states_per_second", "rollout_acc")}
+                     | {"drift_T": r["drift_by_step"][-1]} for r in stored]
+    # "after k rounds": the student pinned for round k+1 had rounds 1..k to train on; the final one all R
+    steps_after = [int(r["student_step"]) for r in stored[1:]] + [total]
+    out["after_rounds"] = [{"rounds": 0, **out["smt"]}] + [{"rounds": k + 1, **held_out(s)}
+                                                           for k, s in enumerate(steps_after)]
+    out["dmt"] = {"seconds": dmt_seconds, "final_acc": out["after_rounds"][-1]["acc"],
+                  "states_per_second": sum(r["records"] for r in stored) / max(1e-9, sum(r["seconds"] for r in stored)),
+                  "reports_this_call": len(reps)}
+    if c.online:
+        s, _, _ = load_student(f"{run_url}/checkpoints/step-{c.smt_steps:08d}/student")
+        t = time.perf_counter()
+        on = dmt_online(s, teacher, corpus, DMTConfig(steps=100000, seconds=dmt_seconds, device="cpu",
+                                                     eval_size=c.eval_size, eval_every=100), quiet=True)
+        final = on.get("final", {})
+        with torch.no_grad():
+            r = evaluate_student(s.eval(), ex, ey, teacher)
+        out["online"] = {"seconds": time.perf_counter() - t, "acc": r["acc"], "drift_final": r["drift_final"],
+                         "steps": final.get("step"), "reported": {k: final.get(k) for k in ("dmt_acc", "drift_final")}}
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def markdown(res: dict) -> str:
+    c = res["config"]
+    lines = ["# DMT: rounds of relabeled student rollouts (CPU, local Ray)", "",
+             f"Corpus `{c['corpus']}`, teacher acc {res['teacher_acc']:.3f}; SMT {c['smt_steps']} steps, then "
+             f"{c['rounds']} rounds of {c['sequences']} sequences every {c['every_steps']} steps, round weights "
+             f"{c['round_weights']}, lr {c['lr']}, batch {c['batch_size']}, follow every {c['follow_every']} steps.",
+             "", "| rounds trained on | student step | held-out acc | drift at t=Td |", "|---|---|---|---|"]
+    lines += [f"| {a['rounds']} | {a['step']} | {a['acc']:.3f} | {a['drift_final']:.4f} |" for a in res["after_rounds"]]
+    lines += ["", "| round | pinned step | records | seconds | states/s | rollout acc (train seqs) |",
+              "|---|---|---|---|---|---|"]
+    lines += [f"| {r['round']} | {r['student_step']} | {r['records']} | {r['seconds']:.2f} | "
+              f"{r['states_per_second']:.0f} | {r['rollout_acc']:.3f} |" for r in res["rounds"]]
+    lines += ["", f"Label {res['label']['seconds']:.1f} s; SMT phase {res['smt']['seconds']:.1f} s; DMT phase "
+              f"{res['dmt']['seconds']:.1f} s (trainer + DMT actor concurrently)."]
+    if "online" in res:
+        o = res["online"]
+        lines += [f"Online DMT (trainers/dmt.py) from the same SMT student for the same {res['dmt']['seconds']:.0f} s: "
+                  f"held-out acc {o['acc']:.3f}, drift at t=Td {o['drift_final']:.4f} (steps {o['steps']})."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--teacher", default=None)
+    ap.add_argument("--root", default="/tmp/smt-dmt-bench")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--smt-steps", type=int, default=600)
+    ap.add_argument("--every-steps", type=int, default=150)
+    ap.add_argument("--no-online", action="store_true")
+    a = ap.parse_args()
+    res = run(E2EConfig(root=a.root, teacher=a.teacher, rounds=a.rounds, smt_steps=a.smt_steps,
+                        every_steps=a.every_steps, extra_steps=a.every_steps, online=not a.no_online))
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    (Path(a.out) / "dmt.json").write_text(json.dumps(res, indent=1))
+    (Path(a.out) / "dmt.md").write_text(markdown(res))
+    print(markdown(res))
+
+
+if __name__ == "__main__":
+    main()
