@@ -50,8 +50,19 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
     from trainers.run_dir import RunDir
     from trainers.student import StudentTrainConfig, run_training
 
-    say = say or (lambda *a: print(*a, flush=True))
     out.mkdir(parents=True, exist_ok=True)
+    log = logging.getLogger("smt.pipeline")
+    if not log.handlers:
+        h = logging.FileHandler(out / "pipeline.log")
+        h.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        log.addHandler(h)
+        log.setLevel(logging.INFO)
+    show = say or (lambda *a: print(*a, flush=True))
+
+    def say(*a) -> None:  # the console and OUT/pipeline.log
+        show(*a)
+        log.info(" ".join(map(str, a)))
+
     bucket = bucket or str((out / "bucket").resolve())
     corpus = load_corpus(rc.corpus)
     stream_mode = corpus.mode == "stream"
@@ -175,7 +186,6 @@ def main(argv: list[str] | None = None) -> int:
         rc = load_recipe(job.recipe, job.set)
         out = Path(job.out)
         out.mkdir(parents=True, exist_ok=True)
-        logging.basicConfig(filename=out / "pipeline.log", level=logging.INFO)
         res = run_pipeline(rc, out, job.bucket, job.quiet)
         write_report(out, res)
         print_table(res)
