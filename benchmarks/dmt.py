@@ -36,12 +36,16 @@ class E2EConfig:
     pretrain_seconds: float = 300.0
     rounds: int = 3
     smt_steps: int = 600
-    every_steps: int = 150
-    extra_steps: int = 150
+    every_steps: int = 300
+    extra_steps: int = 300
     """Steps trained after the last round's pin (on every round)."""
-    sequences: int = 512
+    sequences: int = 1024
     shard_sequences: int = 128
     lr: float = 1e-3
+    schedule: str = "cosine"
+    """Each phase decays over its own length (the DMT phase resumes the SMT run's optimizer)."""
+    readout_weight: float = 1.0
+    """DMT phase: weight of the readout CE on the relabeled pairs (the SMT phase is pure MSE)."""
     batch_size: int = 256
     round_weights: dict = field(default_factory=lambda: {"0": 1.0, "dmt": 3.0})
     follow_every: int = 10
@@ -99,7 +103,7 @@ def run(c: E2EConfig) -> dict:
     if c.teacher is None:
         c.teacher, acc, secs = _pretrain(root, c.pretrain_seconds)
         out["pretrain"] = {"teacher_acc": acc, "seconds": secs}
-    teacher, fp, _ = load_teacher(c.teacher)
+    teacher, _, _ = load_teacher(c.teacher)
     corpus = load_corpus(CORPUS)
     ex, ey = eval_batch(corpus, c.eval_size, 0)  # the held-out set dmt_online evaluates on too
     out["teacher_acc"] = evaluate_teacher(teacher, ex, ey)["acc"]
@@ -111,16 +115,16 @@ def run(c: E2EConfig) -> dict:
     out["label"] = {"seconds": time.perf_counter() - t, "records": lab.records, "shards": lab.shards}
     targets, run_url = lab.target_url, str(root / "run")
 
-    def train_cfg(steps: int, follow: bool) -> StudentTrainConfig:
+    def train_cfg(steps: int, readout_weight: float = 0.0) -> StudentTrainConfig:  # one stream config: resumable
         return StudentTrainConfig(
-            updater=UpdaterConfig(arch="mlp"), optim=OptimConfig(lr=c.lr, warmup_steps=20), steps=steps,
-            checkpoint_every=10, device="cpu",
-            stream=StreamConfig(batch_size=c.batch_size, seed=0, round_weights=c.round_weights if follow else None,
-                                follow="steps" if follow else "never", follow_every=c.follow_every if follow else 0))
+            updater=UpdaterConfig(arch="mlp"), optim=OptimConfig(lr=c.lr, warmup_steps=20, schedule=c.schedule),
+            steps=steps, checkpoint_every=10, device="cpu", readout_weight=readout_weight,
+            stream=StreamConfig(batch_size=c.batch_size, seed=0, round_weights=c.round_weights, follow="steps",
+                                follow_every=c.follow_every))
 
     trainer = ray.remote(num_cpus=1)(_Trainer)
     t = time.perf_counter()
-    smt = ray.get(trainer.remote().train.remote(targets, c.teacher, run_url, train_cfg(c.smt_steps, False)))
+    smt = ray.get(trainer.remote().train.remote(targets, c.teacher, run_url, train_cfg(c.smt_steps)))
     out["smt"] = {"seconds": time.perf_counter() - t, "steps": smt["step"]}
 
     def held_out(step: int) -> dict:
@@ -134,12 +138,16 @@ def run(c: E2EConfig) -> dict:
     total = c.smt_steps + c.rounds * c.every_steps + c.extra_steps
     loop_cfg = DMTLoopConfig(targets=targets, run=run_url, corpus=c.corpus, teacher=c.teacher, rounds=c.rounds,
                              every_steps=c.every_steps, sequences=c.sequences, shard_sequences=c.shard_sequences,
-                             device="cpu", poll_seconds=0.2, timeout_seconds=1800)
+                             device="cpu", poll_seconds=0.2, timeout_seconds=300)
     t = time.perf_counter()
     tr = trainer.remote()
-    train_ref = tr.train.remote(targets, c.teacher, run_url, train_cfg(total, True))
+    train_ref = tr.train.remote(targets, c.teacher, run_url, train_cfg(total, c.readout_weight))
     dmt = ray.remote(num_cpus=1)(DMTLoop).remote(loop_cfg)
-    reps = ray.get(dmt.run.remote(True))
+    dmt_ref = dmt.run.remote(True)
+    done, _ = ray.wait([train_ref, dmt_ref], num_returns=1)
+    if done[0] == train_ref:
+        ray.get(train_ref)  # a failed trainer raises here instead of leaving the loop waiting
+    reps = ray.get(dmt_ref)
     ray.get(train_ref)
     dmt_seconds = time.perf_counter() - t
     ray.kill(dmt)
@@ -172,21 +180,21 @@ def run(c: E2EConfig) -> dict:
 def markdown(res: dict) -> str:
     c = res["config"]
     lines = ["# DMT: rounds of relabeled student rollouts (CPU, local Ray)", "",
-             f"Corpus `{c['corpus']}`, teacher acc {res['teacher_acc']:.3f}; SMT {c['smt_steps']} steps, then "
-             f"{c['rounds']} rounds of {c['sequences']} sequences every {c['every_steps']} steps, round weights "
-             f"{c['round_weights']}, lr {c['lr']}, batch {c['batch_size']}, follow every {c['follow_every']} steps.",
+             (f"Corpus `{c['corpus']}`, teacher acc {res['teacher_acc']:.3f}; SMT {c['smt_steps']} steps, then "
+              f"{c['rounds']} rounds of {c['sequences']} sequences every {c['every_steps']} steps, round weights "
+              f"{c['round_weights']}, lr {c['lr']} ({c['schedule']}), readout weight {c['readout_weight']}, batch {c['batch_size']}, follow every {c['follow_every']} steps."),
              "", "| rounds trained on | student step | held-out acc | drift at t=Td |", "|---|---|---|---|"]
     lines += [f"| {a['rounds']} | {a['step']} | {a['acc']:.3f} | {a['drift_final']:.4f} |" for a in res["after_rounds"]]
     lines += ["", "| round | pinned step | records | seconds | states/s | rollout acc (train seqs) |",
               "|---|---|---|---|---|---|"]
     lines += [f"| {r['round']} | {r['student_step']} | {r['records']} | {r['seconds']:.2f} | "
               f"{r['states_per_second']:.0f} | {r['rollout_acc']:.3f} |" for r in res["rounds"]]
-    lines += ["", f"Label {res['label']['seconds']:.1f} s; SMT phase {res['smt']['seconds']:.1f} s; DMT phase "
-              f"{res['dmt']['seconds']:.1f} s (trainer + DMT actor concurrently)."]
+    lines += ["", (f"Label {res['label']['seconds']:.1f} s; SMT phase {res['smt']['seconds']:.1f} s; DMT phase "
+                   f"{res['dmt']['seconds']:.1f} s (trainer + DMT actor concurrently).")]
     if "online" in res:
         o = res["online"]
-        lines += [f"Online DMT (trainers/dmt.py) from the same SMT student for the same {res['dmt']['seconds']:.0f} s: "
-                  f"held-out acc {o['acc']:.3f}, drift at t=Td {o['drift_final']:.4f} (steps {o['steps']})."]
+        lines += [(f"Online DMT (trainers/dmt.py) from the same SMT student for the same {res['dmt']['seconds']:.0f} s: "
+                   f"held-out acc {o['acc']:.3f}, drift at t=Td {o['drift_final']:.4f} (steps {o['steps']}).")]
     return "\n".join(lines) + "\n"
 
 
@@ -195,9 +203,9 @@ def main() -> None:
     ap.add_argument("--teacher", default=None)
     ap.add_argument("--root", default="/tmp/smt-dmt-bench")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--smt-steps", type=int, default=600)
-    ap.add_argument("--every-steps", type=int, default=150)
+    ap.add_argument("--rounds", type=int, default=E2EConfig.rounds)
+    ap.add_argument("--smt-steps", type=int, default=E2EConfig.smt_steps)
+    ap.add_argument("--every-steps", type=int, default=E2EConfig.every_steps)
     ap.add_argument("--no-online", action="store_true")
     a = ap.parse_args()
     res = run(E2EConfig(root=a.root, teacher=a.teacher, rounds=a.rounds, smt_steps=a.smt_steps,
