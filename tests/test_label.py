@@ -28,7 +28,7 @@ from tests.label_data import (
 )
 
 pytest_plugins = ["tests.label_fixtures"]
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(300)
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -13,7 +13,7 @@ from pipeline.label import LabelConfig, label
 from tests.label_data import PREFIX_SPEC, STREAM_TC, expected_states, read_segments, shard_table
 
 pytest_plugins = ["tests.label_fixtures"]
-pytestmark = [pytest.mark.timeout(120),
+pytestmark = [pytest.mark.timeout(300),
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 

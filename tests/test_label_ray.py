@@ -11,7 +11,7 @@ from storage.reader import TargetSet
 from tests.label_data import shard_table
 
 pytest_plugins = ["tests.label_fixtures"]
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(300)
 
 SPEC = "retrieval:T=12,vocab=8,n=18"  # 6 shards of 3 sequences
 

@@ -23,7 +23,7 @@ from tests.storage_data import FP, make_segments, writer_kwargs
 
 pytest_plugins = ["tests.storage_fixtures"]  # the root_bucket and target fixtures
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(300)
 
 
 def _write(target: Bucket, fmt: str) -> TargetSet:

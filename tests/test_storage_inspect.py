@@ -11,7 +11,7 @@ from storage.manifest import target_set_path
 from storage.writer import TargetSetWriter
 from tests.storage_data import CORPUS, FP, make_pairs, make_segments, writer_kwargs
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(300)
 
 
 def _populate(root: Bucket) -> Bucket:

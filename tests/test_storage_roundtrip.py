@@ -12,7 +12,7 @@ from tests.storage_data import FP, make_pairs, make_segments, writer_kwargs
 
 pytest_plugins = ["tests.storage_fixtures"]  # the root_bucket and target fixtures
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(300)
 
 
 def test_bucket_basics(root_bucket):

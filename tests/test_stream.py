@@ -11,7 +11,7 @@ from storage import Bucket, TargetSet, TargetSetWriter
 from storage.stream import ShardStream, StreamConfig, StreamStateError
 from tests.storage_data import FP, make_pairs, make_segments, writer_kwargs
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(300)
 
 
 def _write(bucket, n_shards=5, n=7, S=3, round=0, seed0=0):

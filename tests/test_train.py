@@ -23,7 +23,7 @@ from trainers.evaluate import evaluate_student
 from trainers.run_dir import LATEST
 from trainers.student import StudentTrainConfig, run_training
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(300)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -12,7 +12,7 @@ from tests.train_fixtures import make_target_set
 from trainers.run_dir import LATEST
 from trainers.student import StudentTrainConfig
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = pytest.mark.timeout(300)
 
 
 def read_json(path):
