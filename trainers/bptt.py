@@ -16,7 +16,7 @@ from models.checkpoint import save_student
 from models.student import Student
 from models.teacher import TeacherConfig
 from models.updaters import UpdaterConfig
-from trainers.common import MetricsLog, OptimConfig, autocast, clip_and_step, pick_device, write_json
+from trainers.common import OptimConfig, autocast, clip_and_step, open_run, pick_device
 from trainers.evaluate import evaluate_student
 from trainers.losses import masked_ce
 from trainers.pretrain import eval_batch, matched_updater
@@ -79,11 +79,7 @@ def train_bptt(corpus, cfg: BPTTConfig, out: str | Path | None = None, quiet: bo
     opt, sched = cfg.optim.build(params, cfg.steps)
     rng = np.random.default_rng([cfg.seed, 0xB977])
     ex, ey = (t.to(dev) for t in eval_batch(corpus, cfg.eval_size, cfg.seed))
-    out = Path(out) if out else None
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "run.json", {"stage": "bptt", "corpus": corpus.spec, "config": asdict(cfg)})
-    log = MetricsLog(out / "metrics.jsonl" if out else None, cfg.steps, "bptt", quiet, cfg.clock)
+    out, log = open_run(out, "bptt", corpus.spec, cfg, quiet)
 
     def evaluate() -> dict:
         with log.paused():

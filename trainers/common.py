@@ -117,6 +117,16 @@ class MetricsLog:
         self.bar.close()
 
 
+def open_run(out: str | Path | None, stage: str, corpus_spec: str, cfg: Any, quiet: bool) -> tuple[Path | None, MetricsLog]:
+    """A stage's output folder with its resolved config (`run.json`), and its metrics log (`metrics.jsonl`).
+    `cfg` needs `steps` and `clock`. Without `out`, nothing is written and the log only shows progress."""
+    path = Path(out) if out else None
+    if path:
+        path.mkdir(parents=True, exist_ok=True)
+        write_json(path / "run.json", {"stage": stage, "corpus": corpus_spec, "config": asdict(cfg)})
+    return path, MetricsLog(path / "metrics.jsonl" if path else None, cfg.steps, stage, quiet, cfg.clock)
+
+
 def _num(v: Any) -> Any:
     if isinstance(v, torch.Tensor):
         return float(v.detach().float().item())

@@ -9,7 +9,7 @@ The offline twin (roll out, record, relabel, train on the union) is `pipeline/` 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from models.checkpoint import save_student
-from trainers.common import MetricsLog, OptimConfig, autocast, clip_and_step, pick_device, write_json
+from trainers.common import OptimConfig, autocast, clip_and_step, open_run, pick_device
 from trainers.evaluate import evaluate_student
 from trainers.losses import masked_ce
 from trainers.pretrain import eval_batch
@@ -101,11 +101,7 @@ def dmt_online(student, teacher, corpus, cfg: DMTConfig, out: str | Path | None 
     Td = cfg.Td or (T - cfg.prompt)
     if cfg.prompt + Td > T:
         raise ValueError(f"prompt+Td={cfg.prompt}+{Td} > T={T}: shorten Td")
-    out = Path(out) if out else None
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "run.json", {"stage": "dmt", "corpus": corpus.spec, "config": asdict(cfg)})
-    log = MetricsLog(out / "metrics.jsonl" if out else None, cfg.steps, "dmt", quiet, cfg.clock)
+    out, log = open_run(out, "dmt", corpus.spec, cfg, quiet)
 
     def evaluate() -> dict:
         with log.paused():

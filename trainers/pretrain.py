@@ -17,7 +17,7 @@ from models.checkpoint import save_student, save_teacher
 from models.student import Student
 from models.teacher import Teacher, TeacherConfig
 from models.updaters import UpdaterConfig
-from trainers.common import MetricsLog, OptimConfig, autocast, clip_and_step, pick_device, write_json
+from trainers.common import OptimConfig, autocast, clip_and_step, open_run, pick_device
 from trainers.evaluate import evaluate_student, evaluate_teacher
 from trainers.smt import SMTConfig, smt_losses
 
@@ -99,11 +99,7 @@ def pretrain(corpus, cfg: PretrainConfig, out: str | Path | None = None, quiet: 
     cur = stages[0]
     ex, ey = (t.to(dev) for t in eval_batch(cur, cfg.eval_size, cfg.seed))
     prompt = cfg.smt.Tc if cfg.smt.mode == "stream" else 0
-    out = Path(out) if out else None
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "run.json", {"stage": "pretrain", "corpus": corpus.spec, "config": asdict(cfg)})
-    log = MetricsLog(out / "metrics.jsonl" if out else None, cfg.steps, "pretrain", quiet, cfg.clock)
+    out, log = open_run(out, "pretrain", corpus.spec, cfg, quiet)
     final: dict = {}
     step = 0
 
