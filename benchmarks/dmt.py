@@ -44,10 +44,14 @@ class E2EConfig:
     lr: float = 1e-3
     schedule: str = "cosine"
     """Each phase decays over its own length (the DMT phase resumes the SMT run's optimizer)."""
-    readout_weight: float = 1.0
-    """DMT phase: weight of the readout CE on the relabeled pairs (the SMT phase is pure MSE)."""
+    readout_weight: float = 0.1
+    """DMT phase: weight of the readout CE on the relabeled pairs (the SMT phase is pure MSE); 0.1 is
+    online DMT's w_readout / w_state."""
+    dmt_lr: float = 3e-5
+    """DMT phase peak lr: fine-tuning. The SMT checkpoint's saved base lr is rewritten to it before the
+    trainer resumes (run_training has no lr override for a resumed run)."""
     batch_size: int = 256
-    round_weights: dict = field(default_factory=lambda: {"0": 1.0, "dmt": 3.0})
+    round_weights: dict = field(default_factory=lambda: {"0": 1.0, "dmt": 1.0})
     follow_every: int = 10
     eval_size: int = 256
     online: bool = True
@@ -78,6 +82,19 @@ def _pretrain(root: Path, seconds: float) -> tuple[str, float, float]:
     path = str(root / "pretrained-teacher")
     save_teacher(path, r["teacher"])
     return path, float(r["final"]["teacher_acc"]), float(r["seconds"])
+
+
+def _set_base_lr(run_url: str, step: int, lr: float) -> None:
+    """Make a resume of checkpoint `step` continue at peak lr `lr` (scheduler base lr + optimizer group)."""
+    from storage.bucket import Bucket
+
+    b = Bucket.from_url(run_url)
+    rel = f"checkpoints/step-{step:08d}/state.json"
+    meta = json.loads(b.read_bytes(rel))
+    meta["scheduler"]["base_lrs"] = [lr for _ in meta["scheduler"]["base_lrs"]]
+    for g in meta["optimizer"]["param_groups"]:
+        g["initial_lr"] = lr
+    b.write_bytes(rel, json.dumps(meta, sort_keys=True).encode())
 
 
 def run(c: E2EConfig) -> dict:
@@ -135,6 +152,7 @@ def run(c: E2EConfig) -> dict:
 
     out["smt"].update(held_out(c.smt_steps))
 
+    _set_base_lr(run_url, c.smt_steps, c.dmt_lr)
     total = c.smt_steps + c.rounds * c.every_steps + c.extra_steps
     loop_cfg = DMTLoopConfig(targets=targets, run=run_url, corpus=c.corpus, teacher=c.teacher, rounds=c.rounds,
                              every_steps=c.every_steps, sequences=c.sequences, shard_sequences=c.shard_sequences,
@@ -182,7 +200,7 @@ def markdown(res: dict) -> str:
     lines = ["# DMT: rounds of relabeled student rollouts (CPU, local Ray)", "",
              (f"Corpus `{c['corpus']}`, teacher acc {res['teacher_acc']:.3f}; SMT {c['smt_steps']} steps, then "
               f"{c['rounds']} rounds of {c['sequences']} sequences every {c['every_steps']} steps, round weights "
-              f"{c['round_weights']}, lr {c['lr']} ({c['schedule']}), readout weight {c['readout_weight']}, batch {c['batch_size']}, follow every {c['follow_every']} steps."),
+              f"{c['round_weights']}, lr {c['lr']} ({c['schedule']}; DMT phase {c['dmt_lr']}), readout weight {c['readout_weight']}, batch {c['batch_size']}, follow every {c['follow_every']} steps."),
              "", "| rounds trained on | student step | held-out acc | drift at t=Td |", "|---|---|---|---|"]
     lines += [f"| {a['rounds']} | {a['step']} | {a['acc']:.3f} | {a['drift_final']:.4f} |" for a in res["after_rounds"]]
     lines += ["", "| round | pinned step | records | seconds | states/s | rollout acc (train seqs) |",
