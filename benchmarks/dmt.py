@@ -34,25 +34,27 @@ class E2EConfig:
     corpus: str = CORPUS + ",n=2048"
     """Corpus of the labeled target set."""
     pretrain_seconds: float = 300.0
-    rounds: int = 3
+    rounds: int = 16
     smt_steps: int = 600
-    every_steps: int = 300
-    extra_steps: int = 300
-    """Steps trained after the last round's pin (on every round)."""
-    sequences: int = 1024
-    shard_sequences: int = 128
+    every_steps: int = 10
+    """Lockstep DMT: the actor rolls out the checkpoint of every `every_steps`-th DMT-phase step; the trainer
+    never trains on relabels more than 2x this old (it waits for the actor instead)."""
+    extra_steps: int = 40
+    """Steps trained after the last round's boundary (on every round)."""
+    sequences: int = 320
+    """Sequences rolled out per round (320 = 10 steps x 32 sequences: online DMT's fresh-data rate)."""
+    shard_sequences: int = 160
     lr: float = 1e-3
-    schedule: str = "cosine"
-    """Each phase decays over its own length (the DMT phase resumes the SMT run's optimizer)."""
-    readout_weight: float = 0.1
-    """DMT phase: weight of the readout CE on the relabeled pairs (the SMT phase is pure MSE); 0.1 is
-    online DMT's w_readout / w_state."""
+    """SMT phase peak lr (cosine over the SMT phase)."""
+    readout_weight: float = 0.0
+    """DMT phase: weight of the readout CE on the relabeled pairs (the readout stays the teacher's)."""
     dmt_lr: float = 3e-5
-    """DMT phase peak lr: fine-tuning. The SMT checkpoint's saved base lr is rewritten to it before the
-    trainer resumes (run_training has no lr override for a resumed run)."""
+    """DMT phase peak lr (cosine over the DMT phase, restarted at the phase start: `phase_start`)."""
     batch_size: int = 256
-    round_weights: dict = field(default_factory=lambda: {"0": 1.0, "dmt": 1.0})
-    follow_every: int = 10
+    """SMT phase transitions per step."""
+    dmt_batch_size: int = 2048
+    """DMT phase transitions per step (online DMT's 32 sequences x 64 steps)."""
+    round_weights: dict = field(default_factory=lambda: {"0": 1.0, "dmt": 2.0})
     eval_size: int = 256
     online: bool = True
     """Also run dmt_online for the same wall-clock time."""
@@ -82,19 +84,6 @@ def _pretrain(root: Path, seconds: float) -> tuple[str, float, float]:
     path = str(root / "pretrained-teacher")
     save_teacher(path, r["teacher"])
     return path, float(r["final"]["teacher_acc"]), float(r["seconds"])
-
-
-def _set_base_lr(run_url: str, step: int, lr: float) -> None:
-    """Make a resume of checkpoint `step` continue at peak lr `lr` (scheduler base lr + optimizer group)."""
-    from storage.bucket import Bucket
-
-    b = Bucket.from_url(run_url)
-    rel = f"checkpoints/step-{step:08d}/state.json"
-    meta = json.loads(b.read_bytes(rel))
-    meta["scheduler"]["base_lrs"] = [lr for _ in meta["scheduler"]["base_lrs"]]
-    for g in meta["optimizer"]["param_groups"]:
-        g["initial_lr"] = lr
-    b.write_bytes(rel, json.dumps(meta, sort_keys=True).encode())
 
 
 def run(c: E2EConfig) -> dict:
@@ -132,12 +121,16 @@ def run(c: E2EConfig) -> dict:
     out["label"] = {"seconds": time.perf_counter() - t, "records": lab.records, "shards": lab.shards}
     targets, run_url = lab.target_url, str(root / "run")
 
-    def train_cfg(steps: int, readout_weight: float = 0.0) -> StudentTrainConfig:  # one stream config: resumable
+    def train_cfg(steps: int, dmt: bool = False) -> StudentTrainConfig:
+        if not dmt:
+            return StudentTrainConfig(
+                updater=UpdaterConfig(arch="mlp"), optim=OptimConfig(lr=c.lr, warmup_steps=20, schedule="cosine"),
+                steps=steps, checkpoint_every=100, device="cpu", stream=StreamConfig(batch_size=c.batch_size, seed=0))
         return StudentTrainConfig(
-            updater=UpdaterConfig(arch="mlp"), optim=OptimConfig(lr=c.lr, warmup_steps=20, schedule=c.schedule),
-            steps=steps, checkpoint_every=10, device="cpu", readout_weight=readout_weight,
-            stream=StreamConfig(batch_size=c.batch_size, seed=0, round_weights=c.round_weights, follow="steps",
-                                follow_every=c.follow_every))
+            updater=UpdaterConfig(arch="mlp"), optim=OptimConfig(lr=c.dmt_lr, warmup_steps=5, schedule="cosine"),
+            steps=steps, checkpoint_every=c.every_steps, device="cpu", readout_weight=c.readout_weight,
+            phase_start=c.smt_steps, dmt_every=c.every_steps, dmt_rounds=c.rounds, dmt_wait_seconds=300,
+            stream=StreamConfig(batch_size=c.dmt_batch_size, seed=0, round_weights=c.round_weights))
 
     trainer = ray.remote(num_cpus=1)(_Trainer)
     t = time.perf_counter()
@@ -152,14 +145,13 @@ def run(c: E2EConfig) -> dict:
 
     out["smt"].update(held_out(c.smt_steps))
 
-    _set_base_lr(run_url, c.smt_steps, c.dmt_lr)
     total = c.smt_steps + c.rounds * c.every_steps + c.extra_steps
     loop_cfg = DMTLoopConfig(targets=targets, run=run_url, corpus=c.corpus, teacher=c.teacher, rounds=c.rounds,
-                             every_steps=c.every_steps, sequences=c.sequences, shard_sequences=c.shard_sequences,
-                             device="cpu", poll_seconds=0.2, timeout_seconds=300)
+                             every_steps=c.every_steps, first_step=c.smt_steps, sequences=c.sequences,
+                             shard_sequences=c.shard_sequences, device="cpu", poll_seconds=0.1, timeout_seconds=300)
     t = time.perf_counter()
     tr = trainer.remote()
-    train_ref = tr.train.remote(targets, c.teacher, run_url, train_cfg(total, c.readout_weight))
+    train_ref = tr.train.remote(targets, c.teacher, run_url, train_cfg(total, dmt=True))
     dmt = ray.remote(num_cpus=1)(DMTLoop).remote(loop_cfg)
     dmt_ref = dmt.run.remote(True)
     done, _ = ray.wait([train_ref, dmt_ref], num_returns=1)
@@ -174,10 +166,11 @@ def run(c: E2EConfig) -> dict:
     out["rounds"] = [{k: r.get(k) for k in ("round", "student_step", "generation", "records", "seconds",
                                             "states_per_second", "rollout_acc")}
                      | {"drift_T": r["drift_by_step"][-1]} for r in stored]
-    # "after k rounds": the student pinned for round k+1 had rounds 1..k to train on; the final one all R
-    steps_after = [int(r["student_step"]) for r in stored[1:]] + [total]
-    out["after_rounds"] = [{"rounds": 0, **out["smt"]}] + [{"rounds": k + 1, **held_out(s)}
-                                                           for k, s in enumerate(steps_after)]
+    # the checkpoint at s0 + jE trained its last E steps on rounds up to max(1, j-1) (the first round is
+    # waited for; after that the actor relabels round j+1 while the trainer uses round j)
+    checkpoints = [c.smt_steps + j * c.every_steps for j in range(1, c.rounds + 1)] + [total]
+    out["after_rounds"] = [{"rounds": 0, **out["smt"]}] + [
+        {"rounds": min(max(1, (s - c.smt_steps - 1) // c.every_steps), c.rounds), **held_out(s)} for s in checkpoints]
     out["dmt"] = {"seconds": dmt_seconds, "final_acc": out["after_rounds"][-1]["acc"],
                   "states_per_second": sum(r["records"] for r in stored) / max(1e-9, sum(r["seconds"] for r in stored)),
                   "reports_this_call": len(reps)}

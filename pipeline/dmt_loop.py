@@ -24,6 +24,7 @@ from pipeline.stage import Resources
 from storage.bucket import Bucket
 from storage.errors import ObjectNotFound
 from storage.manifest import newest_generation, read_generation
+from trainers.run_dir import step_dir
 
 LATEST = "checkpoints/latest.json"
 
@@ -46,6 +47,10 @@ class DMTLoopConfig:
     """Total DMT rounds to reach (rounds already committed count)."""
     every_steps: int = 100
     """Relabel once the student has advanced this many steps since the previous round's checkpoint."""
+    first_step: int | None = None
+    """Lockstep: round r rolls out exactly the checkpoint of step first_step + (r-1) * every_steps (the
+    trainer's `phase_start`/`dmt_every` write them), so the round schedule is reproducible. None: round r
+    takes the newest checkpoint once the run is `every_steps` past the previous round's."""
     sequences: int = 512
     """Sequences rolled out per round."""
     shard_sequences: int = 128
@@ -140,6 +145,19 @@ class DMTLoop:
                                  f"{self.cfg.timeout_seconds:.0f} s: is `smt train` running?")
             time.sleep(self.cfg.poll_seconds)
 
+    def _next_pointer(self, r: int) -> dict:
+        """The checkpoint round r should roll out (waits for the trainer to get there)."""
+        c = self.cfg
+        if c.first_step is None:
+            return self.wait_for(self._round_step(r - 1) + c.every_steps)
+        step = c.first_step + (r - 1) * c.every_steps
+        self.wait_for(step)
+        rel = step_dir(step)
+        if not self.run_dir.exists(f"{rel}/state.json"):
+            raise DMTTimeout(f"run {c.run} has no checkpoint at step {step} ({rel}) for lockstep round {r}: train with "
+                             f"--phase-start {c.first_step} --dmt-every {c.every_steps} so the trainer writes it")
+        return {"step": step, "path": rel}
+
     def run_round(self, r: int, pointer: dict, quiet: bool = True) -> dict:
         pointer = self._pin(r, pointer)
         c = self.cfg
@@ -168,7 +186,7 @@ class DMTLoop:
             if r in done:
                 self._repair_report(r)
                 continue
-            pointer = self.pinned(r) or self.wait_for(self._round_step(r - 1) + self.cfg.every_steps)
+            pointer = self.pinned(r) or self._next_pointer(r)
             rep = self.run_round(r, pointer, quiet)
             reports.append(rep)
             if on_round:

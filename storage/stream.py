@@ -256,6 +256,18 @@ class ShardStream(torch.utils.data.IterableDataset):
         for c in self.cursors:
             self._target_set(c.generation)
 
+    def start_phase(self, state: dict[str, Any]) -> None:
+        """Continue a saved stream in a new training phase (other round weights, batch size, world size):
+        the order restarts at a fresh epoch of the saved generation, so nothing from the old layout is
+        needed and the new order is again a pure function of (seed, epoch)."""
+        if state.get("version") != STATE_VERSION:
+            raise StreamStateError(f"stream state version {state.get('version')!r} is not {STATE_VERSION}")
+        g = min(int(c["generation"]) for c in state["workers"])
+        e = max(int(c["epoch"]) for c in state["workers"]) + 1
+        self._target_set(g)
+        self.cursors = [Cursor(g, e) for _ in range(self.num_workers)]
+        self.next_worker, self._shift = 0, 0
+
     # ---- generations -----------------------------------------------------------------------------
     @property
     def base(self) -> TargetSet:
@@ -288,6 +300,29 @@ class ShardStream(torch.utils.data.IterableDataset):
             if cur.position:
                 cur.epoch, cur.position = cur.epoch + 1, 0
             cur.generation = newest
+
+    def first_generation_with_round(self, r: int) -> int | None:
+        """The oldest generation after the current one that holds round r (existence probes and manifest
+        reads only, no listing); None while no such generation is committed."""
+        bucket = self.base.bucket
+        n = min(c.generation for c in self.cursors)
+        if any(e.round == r for e in self._target_set(n).shards):
+            return n
+        while bucket.exists(gen_path(n + 1)):
+            n += 1
+            if any(e.round == r for e in read_generation(bucket, n).shards):
+                return n
+        return None
+
+    def switch(self, generation: int) -> None:
+        """Move every split to `generation` now (a batch boundary): a split in mid-epoch starts a new epoch on
+        it, exactly as a followed switch does. Re-create the iterator afterwards (`iter(stream)`)."""
+        self._target_set(generation)
+        for cur in self.cursors:
+            if generation > cur.generation:
+                if cur.position:
+                    cur.epoch, cur.position = cur.epoch + 1, 0
+                cur.generation = generation
 
     # ---- the order -------------------------------------------------------------------------------
     def plan(self, generation: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:

@@ -45,11 +45,15 @@ class OptimConfig:
     grad_clip: float = 1.0
     """Clip the global gradient norm to this (0 = off)."""
 
-    def build(self, params, total_steps: int):
+    def build(self, params, total_steps: int, start: int = 0):
+        """AdamW and its schedule. With `start`, the schedule (warm-up, then decay until `total_steps`) begins
+        at optimiser step `start`: a later phase of a resumed run (e.g. DMT after SMT)."""
         opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, betas=(self.beta1, self.beta2))
+        total_steps = max(1, total_steps - start)
         warm = max(1, self.warmup_steps if self.warmup_steps is not None else int(self.warmup_frac * total_steps))
 
         def factor(step: int) -> float:
+            step = max(0, step - start)
             if step < warm:
                 return (step + 1) / warm
             if self.schedule == "cosine":

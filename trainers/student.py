@@ -12,6 +12,7 @@ Distributed use (DDP) only needs `rank`/`world_size`/`agree` and a process group
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -52,12 +53,53 @@ class StudentTrainConfig:
     """Seed of the student's initialisation (the stream has its own)."""
     device: str = "auto"
     """'auto', 'cpu' or 'cuda'."""
+    phase_start: int = 0
+    """Step where this config's phase starts: resuming a run past it (e.g. DMT fine-tuning after SMT)
+    restarts warm-up and decay there at `optim.lr` (AdamW moments are kept)."""
+    dmt_every: int = 0
+    """Lockstep DMT (0 = off): from `phase_start`, checkpoint every this many steps for the DMT actor to
+    roll out, and never train on relabels older than 2x this many steps (wait for the actor instead)."""
+    dmt_rounds: int = 0
+    """Lockstep DMT: rounds the DMT actor will commit (after the last, train on all of them)."""
+    dmt_wait_seconds: float = 600.0
+    """Lockstep DMT: give up when the round the trainer needs is not committed within this time."""
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.checkpoint_every < 1:
             raise ValueError(f"steps={self.steps} and checkpoint_every={self.checkpoint_every} must be >= 1")
         if self.readout_weight < 0:
             raise ValueError(f"readout_weight={self.readout_weight} must be >= 0")
+        if not 0 <= self.phase_start < self.steps:
+            raise ValueError(f"phase_start={self.phase_start} must be in [0, steps={self.steps})")
+        if self.dmt_every < 0 or (self.dmt_every > 0) != (self.dmt_rounds > 0):
+            raise ValueError(f"dmt_every={self.dmt_every}, dmt_rounds={self.dmt_rounds}: lockstep DMT needs both "
+                             ">= 1 (or both 0 for off)")
+        if self.dmt_every and self.stream.follow != "never":
+            raise ValueError(f"lockstep DMT (dmt_every={self.dmt_every}) switches generations itself: use "
+                             f"stream.follow='never', not {self.stream.follow!r}")
+
+
+class DMTWaitTimeout(RuntimeError):
+    """Lockstep DMT: the round the trainer needs was not committed in time."""
+
+
+def dmt_round_due(cfg: StudentTrainConfig, done: int) -> int | None:
+    """Lockstep DMT: the round the trainer must hold before step done+1, or None (no boundary here).
+
+    With s0 = phase_start and E = dmt_every, round r (1..R) is rolled out from the checkpoint at step
+    s0 + (r-1)E. At the boundary done = s0 + kE the trainer switches to round max(1, k) (capped at R), so
+    steps (s0+kE, s0+(k+1)E] train on a student at most 2E steps old while the actor relabels round k+1."""
+    if not cfg.dmt_every or done < cfg.phase_start:
+        return None
+    k, rem = divmod(done - cfg.phase_start, cfg.dmt_every)
+    if rem or k > cfg.dmt_rounds:
+        return None
+    return min(max(1, k), cfg.dmt_rounds)
+
+
+def dmt_pin_steps(cfg: StudentTrainConfig) -> list[int]:
+    """Lockstep DMT: the checkpoint steps the DMT actor rolls out, round 1..R."""
+    return [cfg.phase_start + k * cfg.dmt_every for k in range(cfg.dmt_rounds)]
 
 
 class SMTObjective(nn.Module):
@@ -89,7 +131,7 @@ class TrainState:
         student.m0.requires_grad_(False)  # the teacher's empty-context memory, not learned by SMT
         student.readout_net.requires_grad_(cfg.train_readout)
         self.params = [p for p in student.parameters() if p.requires_grad]
-        self.opt, self.sched = cfg.optim.build(self.params, cfg.steps)
+        self.opt, self.sched = cfg.optim.build(self.params, cfg.steps, cfg.phase_start)
         self.step = 0
         self.resumed_from: int | None = None  # the checkpoint step this process resumed from
         self.device = device
@@ -108,7 +150,18 @@ class TrainState:
             raise FingerprintMismatch(self.teacher_fp, meta["teacher_fingerprint"], "the run's checkpoint")
         self.opt.load_state_dict(unflatten_optimizer(tensors, meta["optimizer"]))
         self.sched.load_state_dict(meta["scheduler"])
-        self.stream.load_state_dict(meta["stream"])
+        # this config's optimiser settings win (a new phase may change them); within one phase they are the
+        # checkpoint's own, so an exact resume is unchanged
+        o = self.cfg.optim
+        self.sched.base_lrs = [o.lr for _ in self.opt.param_groups]
+        for g, f in zip(self.opt.param_groups, self.sched.lr_lambdas):
+            g.update(initial_lr=o.lr, lr=o.lr * f(self.sched.last_epoch), weight_decay=o.weight_decay,
+                     betas=(o.beta1, o.beta2))
+        self.sched._last_lr = [g["lr"] for g in self.opt.param_groups]
+        if int(meta["step"]) == self.cfg.phase_start > 0:  # entering a new phase: its own record order
+            self.stream.start_phase(meta["stream"])
+        else:
+            self.stream.load_state_dict(meta["stream"])
         torch.set_rng_state(tensors["rng.torch"])
         np.random.set_state(tuple(meta["rng_numpy"]))
         self.step = int(meta["step"])
@@ -159,8 +212,9 @@ def train(state: TrainState, run: RunDir, *, rank: int = 0, quiet: bool = False,
     objective = SMTObjective(state.student, cfg.readout_weight)
     model = wrap(objective) if wrap else objective
     lead = rank == 0
-    if lead and state.step == 0:
-        run.write_json("config.json", {"stage": "train", "config": asdict(cfg), "teacher_fingerprint": state.teacher_fp})
+    if lead and state.step == cfg.phase_start:  # a later phase records its own config beside the first
+        name = f"config-phase-{cfg.phase_start:08d}.json" if cfg.phase_start else "config.json"
+        run.write_json(name, {"stage": "train", "config": asdict(cfg), "teacher_fingerprint": state.teacher_fp})
     metrics_path = run.local_path("metrics.jsonl") if lead else None
     if metrics_path and state.step:
         _truncate_metrics(metrics_path, state.step)  # rows past the checkpoint belong to the lost attempt
@@ -168,8 +222,20 @@ def train(state: TrainState, run: RunDir, *, rank: int = 0, quiet: bool = False,
     log.advance(state.step)
     batches = iter(state.stream)
     row: dict = {}
+    waited = 0.0
     try:
         while state.step < cfg.steps:
+            r = dmt_round_due(cfg, state.step)
+            if r is not None:
+                if lead and state.step in dmt_pin_steps(cfg) and (run.latest() or {}).get("step") != state.step:
+                    save(state, run)  # the student the DMT actor rolls out for the next round
+                with log.paused():
+                    t0 = time.monotonic()
+                    g = wait_for_round(state.stream, r, cfg.dmt_wait_seconds, run.url)
+                    waited += time.monotonic() - t0
+                if g != state.stream.state_dict()["generation"]:
+                    state.stream.switch(g)
+                    batches = iter(state.stream)
             b = {k: v.to(dev, non_blocking=True) for k, v in next(batches).items()}
             with autocast(dev):
                 out = model(b["state_in"], b["token"], b["state_out"], b["y"])
@@ -179,13 +245,28 @@ def train(state: TrainState, run: RunDir, *, rank: int = 0, quiet: bool = False,
             log.advance()
             if lead:
                 row = log.log(state.step, **out, grad_norm=gn, lr=state.sched.get_last_lr()[0],
-                              generation=state.stream.state_dict()["generation"])
+                              generation=state.stream.state_dict()["generation"],
+                              **({"dmt_wait_seconds": waited} if cfg.dmt_every else {}))
             if lead and (state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps):
                 save(state, run)
     finally:
         log.close()
         state.stream.close()
     return row
+
+
+def wait_for_round(stream: ShardStream, r: int, seconds: float, run_url: str, poll: float = 0.2) -> int:
+    """The oldest generation holding DMT round r, waiting up to `seconds` for the DMT actor to commit it."""
+    deadline = time.monotonic() + seconds
+    while True:
+        g = stream.first_generation_with_round(r)
+        if g is not None:
+            return g
+        if time.monotonic() > deadline:
+            raise DMTWaitTimeout(
+                f"DMT round {r} was not committed to {stream.base.bucket.url()} within {seconds:.0f} s: start the DMT "
+                f"actor on this run (`smt dmt --targets ... --run {run_url} ...`) or train without --dmt-every")
+        time.sleep(poll)
 
 
 def save(state: TrainState, run: RunDir) -> str:
