@@ -2,22 +2,25 @@
 second, answer accuracy, and the online DMT of trainers/dmt.py from the same SMT student at the same
 wall-clock budget.
 
-    python -m benchmarks.dmt [--teacher DIR] [--rounds 3] [--out benchmarks/results]
+    python -m benchmarks.dmt [--teacher DIR] [--rounds 16] [--every-steps 10] [--sequences 320] [--out benchmarks/results]
 
 Flow (every worker a Ray actor on a local instance):
 1. pretrain a causal teacher on retrieval:T=64,vocab=8 (or load --teacher), save it;
 2. `label` round 0 with a 2-actor pool;
 3. SMT: a trainer actor runs `run_training` for `smt_steps` (round 0 only) -> the SMT-only student;
-4. DMT: a trainer actor resumes the run (follow='steps', round weights) while `DMTLoop` runs in its own
-   actor and appends rounds 1..R, each from the newest checkpoint `every_steps` after the last pin;
-5. held-out evaluation (`evaluate_student` from m_0) of the SMT student, of each round's pinned student
-   and of the final one; then `dmt_online` from the SMT student for the DMT phase's wall-clock time.
+4. DMT, lockstep: a trainer actor resumes the run in a new phase (`phase_start`: lr restarts at `dmt_lr`),
+   checkpointing every `every_steps`; `DMTLoop` runs in its own actor and rolls out exactly those
+   checkpoints (`first_step`), one round each; the trainer switches to round max(1, k) at the k-th boundary
+   and waits when the actor is behind, so it never trains on a student more than 2 x every_steps old;
+5. held-out evaluation (`evaluate_student` from m_0) of the SMT student and of every boundary checkpoint;
+   then `dmt_online` from the SMT student for the DMT phase's wall-clock time.
 Writes <out>/dmt.json and <out>/dmt.md.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -103,6 +106,8 @@ def run(c: E2EConfig) -> dict:
     from trainers.student import StudentTrainConfig
 
     root = Path(c.root)
+    for scratch in ("bucket", "run"):  # a rerun starts from nothing (the bucket would hold old rounds)
+        shutil.rmtree(root / scratch, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
     out: dict = {"config": asdict(c)}
     t0 = time.perf_counter()
@@ -191,9 +196,11 @@ def run(c: E2EConfig) -> dict:
 def markdown(res: dict) -> str:
     c = res["config"]
     lines = ["# DMT: rounds of relabeled student rollouts (CPU, local Ray)", "",
-             (f"Corpus `{c['corpus']}`, teacher acc {res['teacher_acc']:.3f}; SMT {c['smt_steps']} steps, then "
-              f"{c['rounds']} rounds of {c['sequences']} sequences every {c['every_steps']} steps, round weights "
-              f"{c['round_weights']}, lr {c['lr']} ({c['schedule']}; DMT phase {c['dmt_lr']}), readout weight {c['readout_weight']}, batch {c['batch_size']}, follow every {c['follow_every']} steps."),
+             (f"Corpus `{c['corpus']}`, teacher acc {res['teacher_acc']:.3f}; SMT {c['smt_steps']} steps (lr {c['lr']}, "
+              f"cosine, batch {c['batch_size']}), then lockstep DMT: {c['rounds']} rounds of {c['sequences']} sequences, "
+              f"one per {c['every_steps']} trainer steps (policy lag <= {2 * c['every_steps']} steps), round weights "
+              f"{c['round_weights']}, lr {c['dmt_lr']} (cosine, restarted at the phase start), batch "
+              f"{c['dmt_batch_size']}, readout weight {c['readout_weight']}."),
              "", "| rounds trained on | student step | held-out acc | drift at t=Td |", "|---|---|---|---|"]
     lines += [f"| {a['rounds']} | {a['step']} | {a['acc']:.3f} | {a['drift_final']:.4f} |" for a in res["after_rounds"]]
     lines += ["", "| round | pinned step | records | seconds | states/s | rollout acc (train seqs) |",
@@ -217,10 +224,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=E2EConfig.rounds)
     ap.add_argument("--smt-steps", type=int, default=E2EConfig.smt_steps)
     ap.add_argument("--every-steps", type=int, default=E2EConfig.every_steps)
+    ap.add_argument("--extra-steps", type=int, default=E2EConfig.extra_steps)
+    ap.add_argument("--sequences", type=int, default=E2EConfig.sequences)
+    ap.add_argument("--dmt-lr", type=float, default=E2EConfig.dmt_lr)
     ap.add_argument("--no-online", action="store_true")
     a = ap.parse_args()
-    res = run(E2EConfig(root=a.root, teacher=a.teacher, rounds=a.rounds, smt_steps=a.smt_steps,
-                        every_steps=a.every_steps, extra_steps=a.every_steps, online=not a.no_online))
+    res = run(E2EConfig(root=a.root, teacher=a.teacher, rounds=a.rounds, smt_steps=a.smt_steps, every_steps=a.every_steps,
+                        extra_steps=a.extra_steps, sequences=a.sequences, shard_sequences=max(1, a.sequences // 2),
+                        dmt_lr=a.dmt_lr, online=not a.no_online))
     Path(a.out).mkdir(parents=True, exist_ok=True)
     (Path(a.out) / "dmt.json").write_text(json.dumps(res, indent=1))
     (Path(a.out) / "dmt.md").write_text(markdown(res))

@@ -7,6 +7,8 @@ The loop runs inside one Ray actor (`--actor`, the default; connects to the job'
 `ray job submit`, else starts a local instance) or in-process (`--no-actor`). Per round it prints the
 rollout accuracy and drift at t = Td, and writes `<report>/dmt_drift.png` (drift against t per round).
 Restarting after a crash completes the interrupted round exactly once (its checkpoint is pinned).
+With --first-step S (lockstep, paired with `smt train --phase-start S --dmt-every N`), round r rolls out
+exactly the checkpoint of step S + (r-1)N, so the whole run is reproducible; see `smt train --help`.
 """
 from __future__ import annotations
 
@@ -29,6 +31,9 @@ class DMTArgs:
     """Rounds to reach (already committed rounds count)."""
     every_steps: int = 100
     """Student steps between rounds."""
+    first_step: int | None = None
+    """Lockstep: round r rolls out exactly the checkpoint at step first_step + (r-1) * every_steps (pair it with
+    `smt train --phase-start S --dmt-every N --dmt-rounds R`); default: the newest checkpoint."""
     sequences: int = 512
     """Sequences rolled out per round."""
     shard_sequences: int = 128
@@ -101,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             gpus = 1.0 if (args.actor and torch.cuda.is_available()) else 0.0
         teacher = args.teacher or default_teacher(args.targets, args.endpoint_url)
         cfg = DMTLoopConfig(targets=args.targets, run=args.run, corpus=args.corpus, teacher=teacher,
-                            rounds=args.rounds, every_steps=args.every_steps, sequences=args.sequences,
+                            rounds=args.rounds, every_steps=args.every_steps, first_step=args.first_step,
+                            sequences=args.sequences,
                             shard_sequences=args.shard_sequences, start=args.start, Td=args.Td,
                             timeout_seconds=args.timeout_seconds, poll_seconds=args.poll_seconds,
                             dtype=args.dtype, device=args.device, endpoint_url=args.endpoint_url,

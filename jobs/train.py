@@ -6,6 +6,12 @@
 Without --teacher the teacher is looked up at `<bucket root>/teachers/<fingerprint>/`, where the target
 set is `<bucket root>/targets/<fingerprint>/<corpus-id>`. A teacher whose fingerprint differs from the
 target set's is refused. An --out that already holds a checkpoint resumes from it.
+
+DMT after SMT, lockstep (the trainer never uses relabels more than 2N steps old; it waits for the actor):
+    smt train ... --out RUN --steps 600                       # SMT phase
+    smt train ... --out RUN --steps 800 --phase-start 600 --dmt-every 10 --dmt-rounds 16 --lr 3e-5 \
+              --schedule cosine --batch-size 2048 --round-weights '{"0": 1, "dmt": 2}' &
+    smt dmt --targets ... --run RUN --corpus SPEC --first-step 600 --every-steps 10 --rounds 16
 """
 from __future__ import annotations
 
@@ -62,6 +68,18 @@ class TrainJob:
     """Records per shuffle window."""
     seed: int = 0
     """Seed of the student initialisation and the stream order."""
+    warmup_steps: int | None = None
+    """Warm-up steps of this phase (default: 1% of its steps)."""
+    phase_start: int = 0
+    """Start a new phase of a resumed run at this step: the lr schedule restarts at --lr and the record
+    order at a fresh epoch (e.g. DMT fine-tuning after SMT)."""
+    dmt_every: int = 0
+    """Lockstep DMT: checkpoint every N steps from --phase-start for `smt dmt --first-step S --every-steps N`,
+    and wait for its rounds so the relabels are never more than 2N steps old (0 = off)."""
+    dmt_rounds: int = 0
+    """Lockstep DMT: the rounds `smt dmt --rounds` will commit."""
+    dmt_wait_seconds: float = 600.0
+    """Lockstep DMT: fail when a needed round is not committed within this time."""
     generation: int | None = None
     """Manifest generation to start from (default: the newest)."""
     endpoint_url: str | None = None
@@ -85,11 +103,12 @@ class TrainJob:
                                  "e.g. '{\"0\": 1, \"dmt\": 1}'") from None
         return StudentTrainConfig(
             updater=UpdaterConfig(arch=self.student, depth=self.depth, hidden=self.hidden, n_heads=self.n_heads),
-            optim=OptimConfig(lr=self.lr, schedule=self.schedule),
+            optim=OptimConfig(lr=self.lr, schedule=self.schedule, warmup_steps=self.warmup_steps),
             stream=StreamConfig(batch_size=self.batch_size, seed=self.seed, shuffle_buffer=self.shuffle_buffer,
                                 round_weights=weights, follow=self.follow, follow_every=self.follow_every),
             steps=self.steps, checkpoint_every=self.checkpoint_every, readout_weight=self.readout_weight,
-            train_readout=self.train_readout, seed=self.seed, device=self.device)
+            train_readout=self.train_readout, seed=self.seed, device=self.device, phase_start=self.phase_start,
+            dmt_every=self.dmt_every, dmt_rounds=self.dmt_rounds, dmt_wait_seconds=self.dmt_wait_seconds)
 
 
 def train_job(job: TrainJob) -> int:

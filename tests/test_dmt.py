@@ -28,6 +28,7 @@ from storage.manifest import newest_generation, read_generation
 from storage.reader import TargetSet
 from storage.stream import ShardStream, StreamConfig
 from tests.label_data import tiny_teacher
+from trainers.common import OptimConfig
 from trainers.pretrain import matched_updater
 from trainers.student import StudentTrainConfig, run_training
 
@@ -250,6 +251,107 @@ def test_streaming_trainer_during_commits(labeled, tmp_path, monkeypatch):
     stream.close()
     assert [r["generation"] for r in rec2.rows] == gens
     assert _digest(rec2.rows) == _digest(rows)
+
+
+# ------------------------------------------------------------------------------------------ lockstep DMT
+
+
+def _dmt_phase_cfg(steps: int, start: int, every: int, rounds: int, **kw) -> StudentTrainConfig:
+    sc = StreamConfig(batch_size=32, shuffle_buffer=128, seed=3, prefetch=0, round_weights={"0": 1.0, "dmt": 2.0})
+    return StudentTrainConfig(updater=UpdaterConfig(arch="mlp"), stream=sc, steps=steps, checkpoint_every=every,
+                              device="cpu", optim=OptimConfig(lr=1e-4, warmup_steps=2, schedule="cosine"),
+                              phase_start=start, dmt_every=every, dmt_rounds=rounds, **kw)
+
+
+def _lockstep(d: dict, run: str, monkeypatch) -> tuple[list[dict], list[dict]]:
+    """SMT for 20 steps, then a DMT phase (rounds every 5 steps) beside a lockstep DMT loop. Both run in this
+    process, so torch uses one thread throughout (the relabel stage sets the thread count of the process,
+    which would otherwise change the trainer's float rounding mid-run; as actors they are separate processes)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    run_training(d["targets"], d["teacher"], run, _train_cfg(20), quiet=True)
+    rec = _Recorder()
+    rec.install(monkeypatch)
+    err: list[BaseException] = []
+
+    def trainer():
+        try:
+            run_training(d["targets"], d["teacher"], run, _dmt_phase_cfg(40, 20, 5, 3, dmt_wait_seconds=60), quiet=True)
+        except Exception as e:  # noqa: BLE001 - re-raised by the assertion below
+            err.append(e)
+
+    t = threading.Thread(target=trainer)
+    t.start()
+    try:
+        reps = DMTLoop(_loop_cfg(d, run, rounds=3, every_steps=5, first_step=20)).run()
+    finally:
+        t.join()
+        monkeypatch.undo()
+        torch.set_num_threads(threads)
+    assert not err, err
+    return reps, rec.rows
+
+
+def test_lockstep_dmt_bounds_policy_lag_and_replays_exactly(tmp_path, monkeypatch):
+    """The trainer waits for the round it needs, switches generation only at round boundaries, the actor
+    rolls out exactly the boundary checkpoints, and a second run from the same inputs is bit-identical."""
+    d = _label(tmp_path / "a")
+    run = str(tmp_path / "a" / "run")
+    reps, rows = _lockstep(d, run, monkeypatch)
+    assert [(r["round"], r["student_step"], r["generation"]) for r in reps] == [(1, 20, 2), (2, 25, 3), (3, 30, 4)]
+    metrics = {m["step"]: m for m in map(json.loads, Path(f"{run}/metrics.jsonl").read_text().splitlines())}
+    gens = [metrics[s]["generation"] for s in range(21, 41)]
+    # steps 21-30 train on round 1 (gen 2), 31-35 on round 2 (gen 3), 36-40 on round 3 (gen 4): a student at
+    # most 2 x 5 steps older than the one being trained
+    assert gens == [2] * 10 + [3] * 5 + [4] * 5, gens
+    assert all(m["generation"] == 1 for s, m in metrics.items() if s <= 20)
+    # the DMT phase restarts the schedule at its own lr (logged: the lr of the next step): warm-up, then cosine
+    assert metrics[20]["lr"] == pytest.approx(OptimConfig().lr) and metrics[21]["lr"] == pytest.approx(1e-4)
+    assert metrics[40]["lr"] == pytest.approx(1e-5)
+    assert json.loads(Path(f"{run}/config-phase-00000020.json").read_text())["config"]["dmt_every"] == 5
+    # the replay: the same labels, trainer and rounds give the same batches and the same student
+    d2 = _label(tmp_path / "b")
+    run2 = str(tmp_path / "b" / "run")
+    reps2, rows2 = _lockstep(d2, run2, monkeypatch)
+    assert [r["student_step"] for r in reps2] == [20, 25, 30]
+    assert _digest(rows2) == _digest(rows)
+    a, _, _ = load_student(f"{run}/checkpoints/step-00000040/student")
+    b, _, _ = load_student(f"{run2}/checkpoints/step-00000040/student")
+    for (k, v), (_, w) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(v, w), k
+
+
+def test_lockstep_trainer_without_actor_names_the_fix(labeled, tmp_path):
+    from trainers.student import DMTWaitTimeout
+
+    d = labeled
+    run = str(tmp_path / "run")
+    run_training(d["targets"], d["teacher"], run, _train_cfg(20), quiet=True)
+    with pytest.raises(DMTWaitTimeout, match=r"DMT round 1 was not committed .* \(smt dmt .*--first-step 20 --every-steps 5"):
+        run_training(d["targets"], d["teacher"], run, _dmt_phase_cfg(30, 20, 5, 2, dmt_wait_seconds=0.5), quiet=True)
+    # the wait happened after the round-1 checkpoint (step 20, already there): nothing trained, nothing lost
+    assert json.loads(Path(f"{run}/checkpoints/latest.json").read_text())["step"] == 20
+
+
+def test_lockstep_loop_refuses_a_run_without_the_boundary_checkpoint(labeled, tmp_path):
+    from pipeline.dmt_loop import DMTTimeout
+
+    d = labeled
+    run = str(tmp_path / "run")
+    run_training(d["targets"], d["teacher"], run, _train_cfg(30, every=10), quiet=True)
+    with pytest.raises(DMTTimeout, match=r"no checkpoint at step 25 .*--dmt-every 5"):
+        DMTLoop(_loop_cfg(d, run, rounds=1, every_steps=5, first_step=25)).run()
+    assert newest_generation(Bucket.from_url(d["targets"])) == 1
+
+
+def test_lockstep_config_is_validated():
+    with pytest.raises(ValueError, match="both"):
+        _dmt_phase_cfg(40, 20, 5, 0)
+    with pytest.raises(ValueError, match="follow='never'"):
+        StudentTrainConfig(stream=StreamConfig(follow="epoch"), steps=40, phase_start=20, dmt_every=5, dmt_rounds=2)
+    with pytest.raises(ValueError, match="phase_start"):
+        StudentTrainConfig(steps=10, phase_start=10)
 
 
 # ------------------------------------------------------------------------------------------ faults

@@ -231,7 +231,7 @@ def train(state: TrainState, run: RunDir, *, rank: int = 0, quiet: bool = False,
                     save(state, run)  # the student the DMT actor rolls out for the next round
                 with log.paused():
                     t0 = time.monotonic()
-                    g = wait_for_round(state.stream, r, cfg.dmt_wait_seconds, run.url)
+                    g = wait_for_round(state.stream, r, cfg, run.url)
                     waited += time.monotonic() - t0
                 if g != state.stream.state_dict()["generation"]:
                     state.stream.switch(g)
@@ -255,17 +255,19 @@ def train(state: TrainState, run: RunDir, *, rank: int = 0, quiet: bool = False,
     return row
 
 
-def wait_for_round(stream: ShardStream, r: int, seconds: float, run_url: str, poll: float = 0.2) -> int:
-    """The oldest generation holding DMT round r, waiting up to `seconds` for the DMT actor to commit it."""
-    deadline = time.monotonic() + seconds
+def wait_for_round(stream: ShardStream, r: int, cfg: StudentTrainConfig, run_url: str, poll: float = 0.2) -> int:
+    """The oldest generation holding DMT round r, waiting up to `cfg.dmt_wait_seconds` for the actor."""
+    deadline = time.monotonic() + cfg.dmt_wait_seconds
     while True:
         g = stream.first_generation_with_round(r)
         if g is not None:
             return g
         if time.monotonic() > deadline:
+            targets = stream.base.bucket.url()
             raise DMTWaitTimeout(
-                f"DMT round {r} was not committed to {stream.base.bucket.url()} within {seconds:.0f} s: start the DMT "
-                f"actor on this run (`smt dmt --targets ... --run {run_url} ...`) or train without --dmt-every")
+                f"DMT round {r} was not committed to {targets} within {cfg.dmt_wait_seconds:g} s: start the DMT actor "
+                f"on this run (smt dmt --targets {targets} --run {run_url} --first-step {cfg.phase_start} "
+                f"--every-steps {cfg.dmt_every} --rounds {cfg.dmt_rounds} ...) or train without --dmt-every")
         time.sleep(poll)
 
 
