@@ -2,7 +2,7 @@
 second, answer accuracy, and the online DMT of trainers/dmt.py from the same SMT student at the same
 wall-clock budget.
 
-    python -m benchmarks.dmt [--teacher DIR] [--rounds 16] [--every-steps 10] [--sequences 320] [--out benchmarks/results]
+    python -m benchmarks.dmt [--teacher DIR] [--rounds 40] [--every-steps 2] [--sequences 64] [--out benchmarks/results]
 
 Flow (every worker a Ray actor on a local instance):
 1. pretrain a causal teacher on retrieval:T=64,vocab=8 (or load --teacher), save it;
@@ -37,16 +37,16 @@ class E2EConfig:
     corpus: str = CORPUS + ",n=2048"
     """Corpus of the labeled target set."""
     pretrain_seconds: float = 300.0
-    rounds: int = 16
+    rounds: int = 40
     smt_steps: int = 600
-    every_steps: int = 10
+    every_steps: int = 2
     """Lockstep DMT: the actor rolls out the checkpoint of every `every_steps`-th DMT-phase step; the trainer
     never trains on relabels more than 2x this old (it waits for the actor instead)."""
-    extra_steps: int = 40
+    extra_steps: int = 20
     """Steps trained after the last round's boundary (on every round)."""
-    sequences: int = 320
-    """Sequences rolled out per round (320 = 10 steps x 32 sequences: online DMT's fresh-data rate)."""
-    shard_sequences: int = 160
+    sequences: int = 64
+    """Sequences rolled out per round (64 per 2 steps: online DMT's fresh-data rate of 32 per step)."""
+    shard_sequences: int = 64
     lr: float = 1e-3
     """SMT phase peak lr (cosine over the SMT phase)."""
     readout_weight: float = 0.0
@@ -58,6 +58,8 @@ class E2EConfig:
     dmt_batch_size: int = 2048
     """DMT phase transitions per step (online DMT's 32 sequences x 64 steps)."""
     round_weights: dict = field(default_factory=lambda: {"0": 1.0, "dmt": 2.0})
+    round_decay: float = 0.5
+    """Share of round r proportional to round_decay ** (newest - r): stale relabels hurt."""
     eval_size: int = 256
     online: bool = True
     """Also run dmt_online for the same wall-clock time."""
@@ -135,7 +137,8 @@ def run(c: E2EConfig) -> dict:
             updater=UpdaterConfig(arch="mlp"), optim=OptimConfig(lr=c.dmt_lr, warmup_steps=5, schedule="cosine"),
             steps=steps, checkpoint_every=c.every_steps, device="cpu", readout_weight=c.readout_weight,
             phase_start=c.smt_steps, dmt_every=c.every_steps, dmt_rounds=c.rounds, dmt_wait_seconds=300,
-            stream=StreamConfig(batch_size=c.dmt_batch_size, seed=0, round_weights=c.round_weights))
+            stream=StreamConfig(batch_size=c.dmt_batch_size, seed=0, round_weights=c.round_weights,
+                                round_decay=c.round_decay, mix_shards=256, cache_shards=128))
 
     trainer = ray.remote(num_cpus=1)(_Trainer)
     t = time.perf_counter()
@@ -199,7 +202,7 @@ def markdown(res: dict) -> str:
              (f"Corpus `{c['corpus']}`, teacher acc {res['teacher_acc']:.3f}; SMT {c['smt_steps']} steps (lr {c['lr']}, "
               f"cosine, batch {c['batch_size']}), then lockstep DMT: {c['rounds']} rounds of {c['sequences']} sequences, "
               f"one per {c['every_steps']} trainer steps (policy lag <= {2 * c['every_steps']} steps), round weights "
-              f"{c['round_weights']}, lr {c['dmt_lr']} (cosine, restarted at the phase start), batch "
+              f"{c['round_weights']} (decay {c['round_decay']} per round of age), lr {c['dmt_lr']} (cosine, restarted at the phase start), batch "
               f"{c['dmt_batch_size']}, readout weight {c['readout_weight']}."),
              "", "| rounds trained on | student step | held-out acc | drift at t=Td |", "|---|---|---|---|"]
     lines += [f"| {a['rounds']} | {a['step']} | {a['acc']:.3f} | {a['drift_final']:.4f} |" for a in res["after_rounds"]]
@@ -230,7 +233,7 @@ def main() -> None:
     ap.add_argument("--no-online", action="store_true")
     a = ap.parse_args()
     res = run(E2EConfig(root=a.root, teacher=a.teacher, rounds=a.rounds, smt_steps=a.smt_steps, every_steps=a.every_steps,
-                        extra_steps=a.extra_steps, sequences=a.sequences, shard_sequences=max(1, a.sequences // 2),
+                        extra_steps=a.extra_steps, sequences=a.sequences, shard_sequences=a.sequences,
                         dmt_lr=a.dmt_lr, online=not a.no_online))
     Path(a.out).mkdir(parents=True, exist_ok=True)
     (Path(a.out) / "dmt.json").write_text(json.dumps(res, indent=1))

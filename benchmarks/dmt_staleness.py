@@ -1,14 +1,15 @@
-"""How fresh must DMT relabels be? One-step DMT on relabeled pairs that are k optimiser steps stale.
+"""How fresh must DMT relabels be? One-step DMT on pairs rolled out by a student snapshot k steps old.
 
-The design's offline DMT (roll the student out, store (m_hat_t, x_t, m*_{t+1}) as a shard round, train on
-the union) trains on states of an older student. This measures what staleness costs, with everything
+The offline DMT of the pipeline (roll the student out, store (m_hat_t, x_t, m*_{t+1}) as a shard round,
+train on it) trains on the states of an older student. This measures what that lag costs, with everything
 else fixed: from one SMT student (joint pretraining on retrieval:T=64,vocab=8), run `steps` DMT updates
-(MSE(f(m_hat_t, x_t), m*_{t+1}), AdamW lr 1e-4, 32 sequences = 2,048 pairs per step) where the pairs are
-relabeled from the *current* student every k steps (k=1 is online DMT) and reused in between; plus the
-offline recipe: pairs of 1,024 sequences from the starting student, mixed 1:2 with the teacher's own
-transitions, sampled 512 at a time. Reports rolled-out accuracy and drift at t=T on 512 held-out sequences.
+(10 * MSE(f(m_hat_t, x_t), m*_{t+1}), AdamW, 32 fresh sequences = 2,048 pairs per step) where the pairs
+are rolled out by a snapshot of the student refreshed every k steps (k=1 is online DMT); every step sees
+new sequences, so only the policy lag differs. Plus the one-round offline recipe: pairs of 1,024 sequences
+from the starting student, mixed 2:1 with the teacher's own transitions. Reports rolled-out accuracy and
+drift at t=T on 512 held-out sequences, for each lr.
 
-Usage: python benchmarks/dmt_staleness.py [--steps 100] [--ks 1 5 20 100]
+Usage: python benchmarks/dmt_staleness.py [--steps 100] [--ks 1 5 20 60] [--lrs 1e-4 3e-5]
 Writes benchmarks/results/dmt_staleness.{json,md}.
 """
 from __future__ import annotations
@@ -54,7 +55,7 @@ def teacher_pairs(teacher, corpus, ids) -> dict:
 
 def step_on(student, opt, d: dict, idx=None) -> float:
     si, tok, so = (d[k] if idx is None else d[k][idx] for k in ("si", "tok", "so"))
-    loss = torch.nn.functional.mse_loss(student.step(si, tok), so)
+    loss = 10 * torch.nn.functional.mse_loss(student.step(si, tok), so)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(student.updater.parameters(), 1.0)
     opt.step()
@@ -62,30 +63,30 @@ def step_on(student, opt, d: dict, idx=None) -> float:
     return float(loss.detach())
 
 
-def run_k(student0, teacher, corpus, k: int, steps: int, lr: float) -> dict:
+def run_k(student0, teacher, corpus, k: int, steps: int, lr: float) -> torch.nn.Module:
     s = copy.deepcopy(student0).train()
     opt = torch.optim.AdamW(s.updater.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
-    d = None
+    snap = None
     for i in range(steps):
         if i % k == 0:
-            ids = (np.arange(32) + 32 * (i // k)) % corpus.num_sequences
-            d = pairs_of(s.eval(), teacher, corpus, ids)
-            s.train()
-        step_on(s, opt, d)
+            snap = copy.deepcopy(s).eval()
+        ids = (np.arange(32) + 32 * i) % corpus.num_sequences  # fresh sequences every step
+        step_on(s, opt, pairs_of(snap, teacher, corpus, ids))
     return s.eval()
 
 
 def run_offline(student0, teacher, corpus, steps: int, lr: float) -> torch.nn.Module:
     s = copy.deepcopy(student0).eval()
-    ids = np.arange(1024)
-    dmt = pairs_of(s, teacher, corpus, ids)
+    dmt = pairs_of(s, teacher, corpus, np.arange(1024))
     base = teacher_pairs(teacher, corpus, np.arange(1024, 2048))
     s.train()
     opt = torch.optim.AdamW(s.updater.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
     g = np.random.default_rng(0)
     for _ in range(steps):
-        parts = [{k: v[torch.as_tensor(g.integers(0, len(d["tok"]), n))] for k, v in d.items()}
-                 for d, n in ((base, 171), (dmt, 341))]
+        parts = []
+        for d, n in ((base, 683), (dmt, 1365)):
+            idx = torch.as_tensor(g.integers(0, len(d["tok"]), n))  # one index for all fields of a pair
+            parts.append({k: v[idx] for k, v in d.items()})
         step_on(s, opt, {k: torch.cat([p[k] for p in parts]) for k in parts[0]})
     return s.eval()
 
@@ -93,10 +94,11 @@ def run_offline(student0, teacher, corpus, steps: int, lr: float) -> torch.nn.Mo
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=100)
-    ap.add_argument("--ks", type=int, nargs="+", default=[1, 5, 20, 100])
-    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--ks", type=int, nargs="+", default=[1, 5, 20, 60])
+    ap.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 3e-5])
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "dmt_staleness"))
     args = ap.parse_args(argv)
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     corpus = load_corpus(SPEC)
     t0 = time.perf_counter()
@@ -110,28 +112,38 @@ def main(argv=None) -> int:
         r = evaluate_student(s, x, y, teacher)
         return {"acc": r["acc"], "drift_T": r["drift_final"]}
 
-    rows = [{"variant": "SMT student (start)", **score(student0)}]
+    start = score(student0)
+    rows = []
     for k in args.ks:
-        rows.append({"variant": f"relabel every {k} step(s)" + (" = online DMT" if k == 1 else ""),
-                     **score(run_k(student0, teacher, corpus, k, args.steps, args.lr))})
-        print(rows[-1], flush=True)
-    rows.append({"variant": "offline: one round from the start student, 2:1 with teacher labels",
-                 **score(run_offline(student0, teacher, corpus, args.steps * 2, args.lr))})
-    print(rows[-1], flush=True)
-    res = {"spec": SPEC, "steps": args.steps, "lr": args.lr, "pretrain_steps": pt["steps"], "rows": rows,
-           "seconds": time.perf_counter() - t0}
+        row = {"policy lag k": k}
+        for lr in args.lrs:
+            r = score(run_k(student0, teacher, corpus, k, args.steps, lr))
+            row[f"acc @ lr {lr:g}"], row[f"drift_T @ lr {lr:g}"] = r["acc"], r["drift_T"]
+        rows.append(row)
+        print(row, flush=True)
+    off = {"policy lag k": "offline, 1 round"}
+    for lr in args.lrs:
+        r = score(run_offline(student0, teacher, corpus, args.steps, lr))
+        off[f"acc @ lr {lr:g}"], off[f"drift_T @ lr {lr:g}"] = r["acc"], r["drift_T"]
+    rows.append(off)
+    print(off, flush=True)
+    res = {"spec": SPEC, "steps": args.steps, "lrs": args.lrs, "pretrain_steps": pt["steps"], "start": start,
+           "rows": rows, "seconds": time.perf_counter() - t0}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(res, indent=1))
+    cols = ["policy lag k"] + [f"{m} @ lr {lr:g}" for lr in args.lrs for m in ("acc", "drift_T")]
     out.with_suffix(".md").write_text(f"""# DMT: what stale relabels cost
 
-Command: `python benchmarks/dmt_staleness.py --steps {args.steps} --ks {' '.join(map(str, args.ks))}`. From one
-SMT student (joint pretraining of a causal teacher + mlp updater on {SPEC}, {pt['steps']} steps), {args.steps}
-DMT updates (lr {args.lr:g}, 2,048 pairs per step) on pairs relabeled from the current student every k steps;
-the offline row trains {2 * args.steps} steps on one round of 1,024 rolled-out sequences from the starting
-student mixed 2:1 with the teacher's own transitions (512 per step). Held-out: 512 sequences, chance 0.125.
+Command: `python benchmarks/dmt_staleness.py --steps {args.steps} --ks {' '.join(map(str, args.ks))} --lrs \
+{' '.join(f'{lr:g}' for lr in args.lrs)}` (1 thread). From one SMT student (joint pretraining of a causal
+teacher + mlp updater on {SPEC}, {pt['steps']} steps; held-out acc {start['acc']:.3f}, drift at t=T
+{start['drift_T']:.3f}), {args.steps} DMT updates (2,048 pairs of 32 fresh sequences per step) on pairs rolled
+out by a snapshot of the student refreshed every k steps (k = 1 is online DMT). "offline, 1 round": {args.steps}
+steps on one round of 1,024 sequences rolled out by the starting student, 2:1 with the teacher's own
+transitions. Held-out: 512 sequences, chance 0.125.
 
-{markdown_table(rows, ["variant", "acc", "drift_T"])}
+{markdown_table(rows, cols)}
 """)
     return 0
 

@@ -9,9 +9,10 @@ target set's is refused. An --out that already holds a checkpoint resumes from i
 
 DMT after SMT, lockstep (the trainer never uses relabels more than 2N steps old; it waits for the actor):
     smt train ... --out RUN --steps 600                       # SMT phase
-    smt train ... --out RUN --steps 800 --phase-start 600 --dmt-every 10 --dmt-rounds 16 --lr 3e-5 \
-              --schedule cosine --batch-size 2048 --round-weights '{"0": 1, "dmt": 2}' &
-    smt dmt --targets ... --run RUN --corpus SPEC --first-step 600 --every-steps 10 --rounds 16
+    smt train ... --out RUN --steps 700 --phase-start 600 --dmt-every 2 --dmt-rounds 40 --lr 3e-5 \
+              --schedule cosine --warmup-steps 5 --batch-size 2048 --round-weights '{"0": 1, "dmt": 2}' \
+              --round-decay 0.5 --mix-shards 256 &
+    smt dmt --targets ... --run RUN --corpus SPEC --first-step 600 --every-steps 2 --rounds 40 --sequences 64
 """
 from __future__ import annotations
 
@@ -60,6 +61,10 @@ class TrainJob:
     """Also train the readout (teacher decoder); frozen by default."""
     round_weights: str | None = None
     """JSON of per-round sampling weights, e.g. '{"0": 1, "dmt": 1}' (default: every record once)."""
+    round_decay: float = 1.0
+    """Share of DMT round r proportional to round_decay ** (newest - r) (lockstep DMT: 0.5)."""
+    mix_shards: int = 8
+    """Shards interleaved per shuffle window (>= the shard count: every window samples all of them)."""
     follow: Literal["never", "epoch", "steps"] = "never"
     """Switch to a newer manifest generation: never, at epoch boundaries, or every --follow-every steps."""
     follow_every: int = 0
@@ -105,7 +110,9 @@ class TrainJob:
             updater=UpdaterConfig(arch=self.student, depth=self.depth, hidden=self.hidden, n_heads=self.n_heads),
             optim=OptimConfig(lr=self.lr, schedule=self.schedule, warmup_steps=self.warmup_steps),
             stream=StreamConfig(batch_size=self.batch_size, seed=self.seed, shuffle_buffer=self.shuffle_buffer,
-                                round_weights=weights, follow=self.follow, follow_every=self.follow_every),
+                                round_weights=weights, round_decay=self.round_decay, mix_shards=self.mix_shards,
+                                cache_shards=max(16, 2 * self.mix_shards) if self.mix_shards > 8 else 16,
+                                follow=self.follow, follow_every=self.follow_every),
             steps=self.steps, checkpoint_every=self.checkpoint_every, readout_weight=self.readout_weight,
             train_readout=self.train_readout, seed=self.seed, device=self.device, phase_start=self.phase_start,
             dmt_every=self.dmt_every, dmt_rounds=self.dmt_rounds, dmt_wait_seconds=self.dmt_wait_seconds)

@@ -60,6 +60,9 @@ class StreamConfig:
     """Records per shuffle window (the bounded shuffle buffer)."""
     round_weights: dict[str, float] | None = None
     """Per-epoch sampling weights by round group: keys '0' (base labels), 'dmt' (rounds >= 1) or 'N'."""
+    round_decay: float = 1.0
+    """Recency within the 'dmt' group: round r gets a share proportional to round_decay ** (newest - r)
+    (1 = every DMT round alike; DMT relabels of an old student hurt, so lockstep DMT uses 0.5)."""
     follow: str = "never"
     """Switch to a newer manifest generation: 'never', at each 'epoch' boundary, or every N 'steps'."""
     follow_every: int = 0
@@ -90,6 +93,8 @@ class StreamConfig:
                                      "number, weights >= 0")
             if not any(v > 0 for v in self.round_weights.values()):
                 raise ValueError(f"round_weights={self.round_weights} has no positive weight")
+        if not 0 < self.round_decay <= 1:
+            raise ValueError(f"round_decay={self.round_decay} must be in (0, 1]")
 
 
 @dataclass
@@ -110,15 +115,19 @@ def round_group(r: int, weights: dict[str, float]) -> str | None:
 
 
 def epoch_plan(shards: tuple[ShardEntry, ...], seed: int, epoch: int,
-               round_weights: dict[str, float] | None, mix_shards: int = 1) -> tuple[np.ndarray, np.ndarray]:
+               round_weights: dict[str, float] | None, mix_shards: int = 1,
+               round_decay: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """(shard index, record index) for every position of one epoch, before the window shuffle.
 
     Without weights every record appears once. With weights, the epoch still has E records, E = the
     records of all groups with a positive weight; group g gets q_g = E * w_g / sum(w) of them
     (largest remainder rounding); each of its n_g records appears q_g // n_g times, and a seeded
-    random q_g mod n_g of them once more. Groups: a round's own key, else 'dmt' for rounds >= 1.
+    random q_g mod n_g of them once more. Groups: a round's own key, else 'dmt' for rounds >= 1; with
+    round_decay < 1 the 'dmt' weight is split over its rounds in proportion to round_decay ** (newest - r).
     Consecutive groups of `mix_shards` shards (in permuted order) are interleaved: chunk j of each
-    shard of the group, for j = 0..mix_shards-1, so a shuffle window holds records of ~mix_shards shards.
+    shard of the group (its records in a seeded random order), for j = 0..mix_shards-1, so a shuffle
+    window holds records of ~mix_shards shards; mix_shards >= the shard count makes every window a
+    proportional sample of the whole epoch (lockstep DMT switches generations every few steps).
     """
     rng = np.random.default_rng([seed, epoch, 1])
     order = rng.permutation(len(shards))
@@ -131,9 +140,18 @@ def epoch_plan(shards: tuple[ShardEntry, ...], seed: int, epoch: int,
             groups.setdefault(g if g is not None and round_weights[g] > 0 else "", []).append(i)
         for i in groups.pop("", []):
             counts[i][:] = 0
+        weights = dict(round_weights)
+        if round_decay < 1 and "dmt" in groups:
+            members = groups.pop("dmt")
+            newest = max(shards[i].round for i in members)
+            decay = {r: round_decay ** (newest - r) for r in {shards[i].round for i in members}}
+            for i in members:
+                groups.setdefault(f"dmt:{shards[i].round}", []).append(i)
+            for r, d in decay.items():
+                weights[f"dmt:{r}"] = round_weights["dmt"] * d / sum(decay.values())
         names = sorted(groups)
         total = int(sum(sizes[i] for g in names for i in groups[g]))
-        w = np.array([round_weights[g] for g in names])
+        w = np.array([weights[g] for g in names])
         exact = total * w / w.sum()
         quota = np.floor(exact).astype(np.int64)
         for j in np.argsort(-(exact - quota), kind="stable")[: total - int(quota.sum())]:
@@ -147,7 +165,10 @@ def epoch_plan(shards: tuple[ShardEntry, ...], seed: int, epoch: int,
                 counts[i] = part
     pieces: list[tuple[np.ndarray, np.ndarray]] = []
     for g in range(0, len(order), mix_shards):  # interleave each group of mix_shards shards in chunks
-        group = [(i, np.repeat(np.arange(sizes[i], dtype=np.int64), counts[i])) for i in order[g:g + mix_shards]]
+        # each shard's records in a seeded random order, so that any chunk of it (and so the first window of
+        # an epoch, which a generation switch may cut short) is a random sample of the shard, not its head
+        group = [(i, rng.permutation(np.repeat(np.arange(sizes[i], dtype=np.int64), counts[i])))
+                 for i in order[g:g + mix_shards]]
         chunks = [(i, np.array_split(recs, len(group))) for i, recs in group]
         for j in range(len(group)):
             pieces += [(np.full(len(parts[j]), i, dtype=np.int32), parts[j]) for i, parts in chunks]
@@ -229,7 +250,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         c = self.cfg
         return {"world_size": self.world_size, "num_workers": self.num_workers, "seed": c.seed,
                 "shuffle_buffer": c.shuffle_buffer, "mix_shards": c.mix_shards,
-                "round_weights": c.round_weights}
+                "round_weights": c.round_weights, "round_decay": c.round_decay}
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-able state; (generation, epoch, position) are those of the split that goes next."""
@@ -243,7 +264,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         round weights would give another order, so they are refused (StreamStateError)."""
         if state.get("version") != STATE_VERSION:
             raise StreamStateError(f"stream state version {state.get('version')!r} is not {STATE_VERSION}")
-        mine, theirs = self.layout(), dict(state.get("layout", {}))
+        mine, theirs = self.layout(), {"round_decay": 1.0, **state.get("layout", {})}  # older states: no decay
         diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
         if diff:
             what = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
@@ -331,7 +352,7 @@ class ShardStream(torch.utils.data.IterableDataset):
             if key in self._plans:
                 return self._plans[key]
         p = epoch_plan(self._target_set(generation).shards, self.cfg.seed, epoch, self.cfg.round_weights,
-                       self.cfg.mix_shards)
+                       self.cfg.mix_shards, self.cfg.round_decay)
         with self._lock:
             self._plans[key] = p
             while len(self._plans) > 2:

@@ -155,6 +155,28 @@ def test_round_weights(tmp_path):
     assert epoch_rounds(None)[0] == {0: 84, 1: 42}
 
 
+def test_round_decay_favours_the_newest_rounds(tmp_path):
+    _write(str(tmp_path), n_shards=2)                 # round 0: 42 records
+    for r in (1, 2, 3):
+        _write(str(tmp_path), n_shards=1, round=r, seed0=10 * r)   # 21 records each
+    ts = TargetSet.open(str(tmp_path), FP)
+    assert ts.num_records == 105
+
+    def epoch_rounds(decay):
+        s = ShardStream(ts, StreamConfig(batch_size=105, round_weights={"0": 1, "dmt": 4}, round_decay=decay))
+        return Counter(next(iter(s))["round"].tolist())
+
+    alike = epoch_rounds(1.0)                                     # 1/5 base; 84 over the rounds at random
+    assert alike[0] == 21 and sum(alike.values()) == 105 and all(21 <= alike[r] <= 42 for r in (1, 2, 3))
+    # decay 0.5: dmt's 84 split 1:2:4 over rounds 1, 2, 3
+    assert epoch_rounds(0.5) == {0: 21, 1: 12, 2: 24, 3: 48}
+    with pytest.raises(ValueError, match="round_decay"):
+        StreamConfig(round_decay=0.0)
+    saved = ShardStream(ts, StreamConfig(round_weights={"0": 1, "dmt": 4}, round_decay=0.5)).state_dict()
+    with pytest.raises(StreamStateError, match="round_decay"):
+        ShardStream(ts, StreamConfig(round_weights={"0": 1, "dmt": 4})).load_state_dict(saved)
+
+
 def test_generation_switch_only_where_configured(bucket):
     _write(bucket, n_shards=2, n=4, S=2)              # gen 1: 16 records, round 0
     ts = TargetSet.open(bucket, FP)
