@@ -39,7 +39,6 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
     from models.checkpoint import load_student, save_teacher
     from models.updaters import UpdaterConfig
     from pipeline.corpora import load_corpus
-    from pipeline.dmt_loop import DMTLoop, DMTLoopConfig
     from pipeline.executors import init_ray, make_executor
     from pipeline.label import LabelConfig, label
     from pipeline.stage import Resources
@@ -71,8 +70,9 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
     t0 = time.perf_counter()
     timeline: list[dict] = []  # pipeline seconds -> accuracy of the updater rolled out alone
 
-    def mark(stage: str, acc: float | None = None, **kw) -> None:
-        timeline.append({"seconds": round(time.perf_counter() - t0, 2), "stage": stage, "acc": acc, **kw})
+    def mark(stage: str, acc: float | None = None, at: float | None = None, **kw) -> None:
+        seconds = time.perf_counter() - t0 if at is None else at
+        timeline.append({"seconds": round(seconds, 2), "stage": stage, "acc": acc, **kw})
 
     say(f"[1/5] pretraining the teacher on {corpus.spec}")
     pt = pretrain(corpus, rc.pretrain, out=out / "pretrain", quiet=quiet)
@@ -111,40 +111,13 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
     mark("student-smt", r0["acc"], drift_final=r0.get("drift_final"))
     say(f"      rolled out alone: acc={r0['acc']:.3f} drift_T={r0.get('drift_final', float('nan')):.4f}")
 
-    say(f"[4/5] DMT: {rc.dmt.rounds} rounds; each: the DMT actor relabels the latest student into a new round "
-        f"of shards, then {rc.dmt.steps_per_round} on-policy DMT steps")
-    from models.checkpoint import save_student
-    from trainers.dmt import DMTConfig, dmt_online
-
     ray = init_ray()
-    loop_cfg = DMTLoopConfig(targets=targets, run=run_url, corpus=corpus.spec, teacher=teacher_url,
-                             rounds=rc.dmt.rounds, every_steps=rc.dmt.steps_per_round, sequences=rc.dmt.sequences,
-                             shard_sequences=max(1, rc.dmt.sequences // 4), start=prompt, fmt=rc.label.fmt,
-                             dtype=rc.label.dtype)
-    actor = ray.remote(num_cpus=1, num_gpus=gpus)(DMTLoop).remote(loop_cfg)
-    ptr = RunDir(run_url).latest()
-    student, _, _ = load_student(f"{run_url}/{ptr['path']}/student")
-    total = rc.dmt.rounds * rc.dmt.steps_per_round
-    dcfg = DMTConfig(optim=OptimConfig(lr=rc.dmt.lr, schedule="cosine", warmup_steps=10), steps=total,
-                     batch_size=rc.dmt.batch_size, prompt=prompt, eval_every=10**9, eval_size=64)
-    rounds, carry = [], None
-    for r in range(1, rc.dmt.rounds + 1):
-        rr = ray.get(actor.run_round.remote(r, ptr, True))  # relabel the student the next steps start from
-        d = dmt_online(student, teacher, corpus, dcfg, quiet=True, teacher_fingerprint=fp, carry=carry,
-                       stop_step=r * rc.dmt.steps_per_round)
-        student, carry = d["student"], d["carry"]
-        step = st.steps + r * rc.dmt.steps_per_round
-        ptr = {"step": step, "path": f"checkpoints/dmt-{step:08d}"}
-        save_student(f"{run_url}/{ptr['path']}/student", student, fp, {"trained_by": "smt+dmt", "dmt_round": r})
-        ev = evaluate_student(student, x, y, teacher, prompt)
-        rounds.append({"round": r, "student_step_rolled_out": rr.get("student_step"),
-                       "rollout_acc_before": rr.get("rollout_acc"), "drift_by_step": rr.get("drift_by_step"),
-                       "records": rr.get("records"), "acc_after": ev["acc"], "drift_final_after": ev.get("drift_final")})
-        mark(f"dmt-{r}", ev["acc"], drift_final=ev.get("drift_final"))
-        say(f"      round {r}: relabeled {rr.get('records')} states of step {rr.get('student_step')} (drift_T "
-            f"{rr['drift_by_step'][-1]:.4f}); after {rc.dmt.steps_per_round} DMT steps: acc={ev['acc']:.3f} "
-            f"drift_T={ev.get('drift_final', float('nan')):.4f}")
-    ray.kill(actor)
+    if rc.dmt.mode == "lockstep":
+        rounds, ptr = _dmt_lockstep(rc, ray, targets, teacher_url, run_url, corpus, prompt, gpus, say, mark, t0,
+                                    lambda s: evaluate_student(s, x, y, teacher, prompt))
+    else:
+        rounds, ptr = _dmt_online(rc, ray, targets, teacher_url, run_url, corpus, teacher, fp, prompt, gpus, say, mark,
+                                  lambda s: evaluate_student(s, x, y, teacher, prompt))
     final_url = f"{run_url}/{ptr['path']}/student"
     smt_seconds = time.perf_counter() - t0
 
@@ -175,6 +148,115 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
            "bptt_history": bptt["history"] if bptt else [], "label": {"states_per_s": rep.states / rep.seconds,
                                                                        "records": rep.records}}
     return res
+
+
+def _dmt_lockstep(rc, ray, targets, teacher_url, run_url, corpus, prompt, gpus, say, mark, t0, evaluate):
+    """Aggregated DMT as the design draws it: a trainer actor streams the target set while the DMT actor
+    appends one relabeled round per `steps_per_round` trainer steps (lockstep: the trainer waits rather than
+    train on relabels more than 2 x steps_per_round steps old)."""
+    import time
+
+    from models.checkpoint import load_student
+    from models.updaters import UpdaterConfig
+    from pipeline.dmt_loop import DMTLoop, DMTLoopConfig, round_reports
+    from storage.stream import StreamConfig
+    from trainers.common import OptimConfig
+    from trainers.run_dir import step_dir
+    from trainers.student import StudentTrainConfig
+
+    d, st = rc.dmt, rc.student
+    s0, E = st.steps, d.steps_per_round
+    total = s0 + d.rounds * E + d.extra_steps
+    Td = corpus.seq_len - prompt
+    say(f"[4/5] DMT, lockstep: {d.rounds} rounds of {d.sequences} sequences; the DMT actor relabels the student every "
+        f"{E} steps while a trainer actor streams the rounds ({d.batch_size} x {Td} transitions per step)")
+    cfg = StudentTrainConfig(
+        updater=UpdaterConfig(arch=st.arch, depth=st.depth), steps=total, checkpoint_every=E,
+        optim=OptimConfig(lr=d.lr, warmup_steps=5, schedule="cosine"), phase_start=s0, dmt_every=E,
+        dmt_rounds=d.rounds, dmt_wait_seconds=3600,
+        stream=StreamConfig(batch_size=d.batch_size * Td, round_weights={"0": 1.0, "dmt": d.dmt_weight},
+                            round_decay=d.round_decay, mix_shards=256, cache_shards=128))
+    loop_cfg = DMTLoopConfig(targets=targets, run=run_url, corpus=corpus.spec, teacher=teacher_url, rounds=d.rounds,
+                             every_steps=E, first_step=s0, sequences=d.sequences, shard_sequences=d.sequences,
+                             start=prompt, fmt=rc.label.fmt, dtype=rc.label.dtype, poll_seconds=0.05)
+    t_phase = time.perf_counter() - t0
+    trainer = ray.remote(num_cpus=1, num_gpus=gpus)(_train_remote).remote(targets, teacher_url, run_url, cfg)
+    actor = ray.remote(num_cpus=1, num_gpus=gpus)(DMTLoop).remote(loop_cfg)
+    loop_ref = actor.run.remote(True)
+    done, _ = ray.wait([trainer, loop_ref], num_returns=1)
+    if done[0] == trainer:
+        ray.get(trainer)  # a failed trainer raises here instead of leaving the loop waiting
+    ray.get(loop_ref)
+    ray.get(trainer)
+    ray.kill(actor)
+    times = {}
+    metrics = Path(run_url) / "metrics.jsonl"
+    for line in metrics.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            times[row["step"]] = row["time"]
+    rounds = []
+    for rep in round_reports(targets):
+        r = rep["round"]
+        step = min(s0 + (r + 1) * E, total)  # the checkpoint whose last E steps trained on round r
+        ev = evaluate(load_student(f"{run_url}/{step_dir(step)}/student")[0])
+        rounds.append({"round": r, "student_step_rolled_out": rep.get("student_step"),
+                       "rollout_acc_before": rep.get("rollout_acc"), "drift_by_step": rep.get("drift_by_step"),
+                       "records": rep.get("records"), "student_step_after": step, "acc_after": ev["acc"],
+                       "drift_final_after": ev.get("drift_final")})
+        mark(f"dmt-{r}", ev["acc"], drift_final=ev.get("drift_final"), at=t_phase + times.get(step, 0.0))
+    last = rounds[-1] if rounds else {}
+    say(f"      {len(rounds)} rounds; drift_T of the rolled-out student {rounds[0]['drift_by_step'][-1]:.4f} (round 1) -> "
+        f"{last.get('drift_final_after', float('nan')):.4f}; acc={last.get('acc_after', float('nan')):.3f}")
+    return rounds, {"step": total, "path": step_dir(total)}
+
+
+def _train_remote(targets, teacher_url, run_url, cfg):
+    from trainers.student import run_training
+
+    return run_training(targets, teacher_url, run_url, cfg, quiet=True)
+
+
+def _dmt_online(rc, ray, targets, teacher_url, run_url, corpus, teacher, fp, prompt, gpus, say, mark, evaluate):
+    """The DMT actor relabels each round for the record; the student takes on-policy DMT steps in between."""
+    from models.checkpoint import load_student, save_student
+    from pipeline.dmt_loop import DMTLoop, DMTLoopConfig
+    from trainers.common import OptimConfig
+    from trainers.dmt import DMTConfig, dmt_online
+    from trainers.run_dir import RunDir
+
+    d, st = rc.dmt, rc.student
+    say(f"[4/5] DMT, online: {d.rounds} rounds; each: the DMT actor relabels the latest student into a new round "
+        f"of shards, then {d.steps_per_round} on-policy DMT steps")
+    loop_cfg = DMTLoopConfig(targets=targets, run=run_url, corpus=corpus.spec, teacher=teacher_url,
+                             rounds=d.rounds, every_steps=d.steps_per_round, sequences=d.sequences,
+                             shard_sequences=max(1, d.sequences // 4), start=prompt, fmt=rc.label.fmt,
+                             dtype=rc.label.dtype)
+    actor = ray.remote(num_cpus=1, num_gpus=gpus)(DMTLoop).remote(loop_cfg)
+    ptr = RunDir(run_url).latest()
+    student, _, _ = load_student(f"{run_url}/{ptr['path']}/student")
+    total = d.rounds * d.steps_per_round
+    dcfg = DMTConfig(optim=OptimConfig(lr=d.lr, schedule="cosine", warmup_steps=10), steps=total,
+                     batch_size=d.batch_size, prompt=prompt, eval_every=10**9, eval_size=64)
+    rounds, carry = [], None
+    for r in range(1, d.rounds + 1):
+        rr = ray.get(actor.run_round.remote(r, ptr, True))  # relabel the student the next steps start from
+        o = dmt_online(student, teacher, corpus, dcfg, quiet=True, teacher_fingerprint=fp, carry=carry,
+                       stop_step=r * d.steps_per_round)
+        student, carry = o["student"], o["carry"]
+        step = st.steps + r * d.steps_per_round
+        ptr = {"step": step, "path": f"checkpoints/dmt-{step:08d}"}
+        save_student(f"{run_url}/{ptr['path']}/student", student, fp, {"trained_by": "smt+dmt", "dmt_round": r})
+        ev = evaluate(student)
+        rounds.append({"round": r, "student_step_rolled_out": rr.get("student_step"),
+                       "rollout_acc_before": rr.get("rollout_acc"), "drift_by_step": rr.get("drift_by_step"),
+                       "records": rr.get("records"), "acc_after": ev["acc"], "drift_final_after": ev.get("drift_final")})
+        mark(f"dmt-{r}", ev["acc"], drift_final=ev.get("drift_final"))
+        say(f"      round {r}: relabeled {rr.get('records')} states of step {rr.get('student_step')} (drift_T "
+            f"{rr['drift_by_step'][-1]:.4f}); after {d.steps_per_round} DMT steps: acc={ev['acc']:.3f} "
+            f"drift_T={ev.get('drift_final', float('nan')):.4f}")
+    ray.kill(actor)
+    return rounds, ptr
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,17 +49,30 @@ class StudentStep:
 
 @dataclass(kw_only=True)
 class DMTStep:
-    rounds: int = 3
-    """DMT rounds: the DMT actor relabels the latest student into a new round of shards, then the student
-    takes `steps_per_round` on-policy DMT steps."""
-    sequences: int = 512
+    mode: str = "lockstep"
+    """'lockstep': a trainer actor streams the rounds the DMT actor appends (aggregated DMT; it never trains
+    on relabels more than 2 x steps_per_round steps old); 'online': the actor relabels each round for the
+    record and the driver takes steps_per_round on-policy DMT steps (trainers/dmt.py)."""
+    rounds: int = 40
+    """DMT rounds: the DMT actor rolls the student out and appends the relabeled states as a round."""
+    sequences: int = 64
     """Sequences rolled out (and relabeled) per round by the actor."""
-    steps_per_round: int = 60
-    """On-policy DMT steps of the student after each round."""
-    lr: float = 3e-4
-    """DMT learning rate (cosine over all rounds)."""
+    steps_per_round: int = 2
+    """Student steps between rounds."""
+    extra_steps: int = 20
+    """lockstep: steps after the last round's boundary."""
+    lr: float = 3e-5
+    """DMT learning rate (fresh AdamW, cosine over the DMT phase)."""
     batch_size: int = 32
-    """Sequences per DMT step."""
+    """Sequences per DMT step (lockstep: their transitions, sequences x rollout length)."""
+    round_decay: float = 0.5
+    """lockstep: share of round r proportional to round_decay ** (newest - r)."""
+    dmt_weight: float = 2.0
+    """lockstep: weight of the relabeled rounds against the teacher's own labels (weight 1)."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("lockstep", "online"):
+            raise ValueError(f"dmt.mode={self.mode!r}: use 'lockstep' or 'online'")
 
 
 @dataclass(kw_only=True)
@@ -115,27 +128,27 @@ RECIPES: dict[str, Recipe] = {
                                      SMTConfig(mode="stream", Tc=256, Tf=64)),
         label=LabelStep(workers=8, shard_sequences=1024, gpus_per_worker=1.0),
         student=StudentStep(arch="transformer", depth=8, steps=150_000, batch_size=4096, lr=3e-4),
-        dmt=DMTStep(rounds=5, sequences=8192, steps_per_round=300, lr=3e-5), bptt=False),
+        dmt=DMTStep(rounds=150, sequences=320, steps_per_round=10, extra_steps=0), bptt=False),
     "tinystories-bytes-tiny": Recipe(
         name="tinystories-bytes-tiny", corpus="text:*/README.md|T=96,stride=48",
         pretrain=PretrainConfig(teacher=_tiny_teacher(encoder="causal", window=64), updater=_updater("mlp", 2),
                                 smt=SMTConfig(mode="stream", Tc=64, Tf=32), optim=OptimConfig(lr=1e-3, warmup_steps=20),
                                 steps=400, seconds=120, eval_every=50),
         label=LabelStep(shard_sequences=64), student=StudentStep(steps=200),
-        dmt=DMTStep(rounds=2, sequences=128, steps_per_round=30), bptt=False, eval_size=64),
+        dmt=DMTStep(rounds=10, sequences=64, steps_per_round=2), bptt=False, eval_size=64),
     "mnist-pixels": Recipe(
         name="mnist-pixels", corpus="mnist|split=train",
         pretrain=_reference_pretrain(_reference_teacher(encoder="causal"), SMTConfig(dec_positions=8, Tf=64)),
         label=LabelStep(workers=8, shard_sequences=512, gpus_per_worker=1.0),
         student=StudentStep(arch="transformer", depth=8, steps=150_000, batch_size=4096, lr=3e-4),
-        dmt=DMTStep(rounds=5, sequences=8192, steps_per_round=300, lr=3e-5), bptt=False),
+        dmt=DMTStep(rounds=150, sequences=320, steps_per_round=10, extra_steps=0), bptt=False),
     "mnist-pixels-tiny": Recipe(
         name="mnist-pixels-tiny", corpus="digits:split=train",
         pretrain=PretrainConfig(teacher=_tiny_teacher(encoder="causal"), updater=_updater("mlp", 2),
                                 smt=SMTConfig(Tf=16), optim=OptimConfig(lr=1e-3, warmup_steps=20), steps=400,
                                 seconds=120, eval_every=50),
         label=LabelStep(shard_sequences=256), student=StudentStep(steps=200),
-        dmt=DMTStep(rounds=2, sequences=256, steps_per_round=30), bptt=False, eval_size=128),
+        dmt=DMTStep(rounds=10, sequences=64, steps_per_round=2), bptt=False, eval_size=128),
 }
 
 

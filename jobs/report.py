@@ -51,6 +51,9 @@ def write_report(out: Path, res: dict) -> str:
                           ylabel="answer accuracy (held-out)", title=f"{res['task']}: SMT->DMT vs BPTT",
                           hline=res.get("chance"))
     rounds = res.get("dmt_rounds", [])
+    if len(rounds) > 6:  # a readable plot: the first round, the last, and four evenly spaced between
+        keep = sorted({round(i * (len(rounds) - 1) / 5) for i in range(6)})
+        rounds = [rounds[i] for i in keep]
     drift_png = plot_curves(out / "dmt_drift.png", {
         f"round {r['round']} (student before it)": (list(range(len(r["drift_by_step"] or []))), r["drift_by_step"] or [])
         for r in rounds}, xlabel="rollout step t", ylabel="drift MSE(m_hat_t, m*_t)",

@@ -76,8 +76,8 @@ class TrainJob:
     warmup_steps: int | None = None
     """Warm-up steps of this phase (default: 1% of its steps)."""
     phase_start: int = 0
-    """Start a new phase of a resumed run at this step: the lr schedule restarts at --lr and the record
-    order at a fresh epoch (e.g. DMT fine-tuning after SMT)."""
+    """Start a new phase of a resumed run at this step: fresh AdamW moments, the lr schedule restarts at
+    --lr and the record order at a fresh epoch (e.g. DMT fine-tuning after SMT)."""
     dmt_every: int = 0
     """Lockstep DMT: checkpoint every N steps from --phase-start for `smt dmt --first-step S --every-steps N`,
     and wait for its rounds so the relabels are never more than 2N steps old (0 = off)."""

@@ -310,6 +310,10 @@ def test_lockstep_dmt_bounds_policy_lag_and_replays_exactly(tmp_path, monkeypatc
     assert metrics[20]["lr"] == pytest.approx(OptimConfig().lr) and metrics[21]["lr"] == pytest.approx(1e-4)
     assert metrics[40]["lr"] == pytest.approx(1e-5)
     assert json.loads(Path(f"{run}/config-phase-00000020.json").read_text())["config"]["dmt_every"] == 5
+    from trainers.run_dir import RunDir, unflatten_optimizer
+    _, tensors, meta = RunDir(run).load({"step": 25, "path": "checkpoints/step-00000025"})
+    opt = unflatten_optimizer(tensors, meta["optimizer"])
+    assert {float(v["step"]) for v in opt["state"].values()} == {5.0}  # fresh AdamW moments at the phase start
     # the replay: the same labels, trainer and rounds give the same batches and the same student
     d2 = _label(tmp_path / "b")
     run2 = str(tmp_path / "b" / "run")
@@ -425,8 +429,6 @@ def test_ray_actor_loop(ray_local, labeled, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="offline DMT rounds do not yet beat the SMT-only student (0.93 -> 0.68-0.86 on 2 CPU "
-                          "cores; online DMT reaches 0.98): see benchmarks/results/dmt.md", strict=False)
 def test_end_to_end_dmt_on_ray(tmp_path):
     """Pretrained causal teacher on retrieval:T=64, 2-actor labeling, trainer and DMT loop as Ray actors:
     the rolled-out answer accuracy rises from the SMT-only value to >= 95%. (Minutes on 2 CPU cores.)"""
@@ -436,5 +438,7 @@ def test_end_to_end_dmt_on_ray(tmp_path):
     print(json.dumps({k: res[k] for k in ("smt", "after_rounds", "rounds", "dmt")}, indent=1))
     accs = [a["acc"] for a in res["after_rounds"]]
     assert res["teacher_acc"] >= 0.99
-    assert accs[-1] >= 0.95 and accs[-1] > accs[0], accs
-    assert [r["round"] for r in res["rounds"]] == [1, 2, 3]
+    assert accs[-1] >= 0.95 and accs[-1] >= accs[0], accs
+    assert res["after_rounds"][-1]["drift_final"] < res["after_rounds"][0]["drift_final"]
+    assert [r["round"] for r in res["rounds"]] == list(range(1, 41))
+    assert [r["student_step"] for r in res["rounds"]] == [600 + 2 * k for k in range(40)]  # lockstep pins

@@ -54,8 +54,8 @@ class StudentTrainConfig:
     device: str = "auto"
     """'auto', 'cpu' or 'cuda'."""
     phase_start: int = 0
-    """Step where this config's phase starts: resuming a run past it (e.g. DMT fine-tuning after SMT)
-    restarts warm-up and decay there at `optim.lr` (AdamW moments are kept)."""
+    """Step where this config's phase starts: resuming a run there (e.g. DMT fine-tuning after SMT) starts
+    fresh AdamW moments, warm-up and decay at `optim.lr`, and a new record order (other round weights)."""
     dmt_every: int = 0
     """Lockstep DMT (0 = off): from `phase_start`, checkpoint every this many steps for the DMT actor to
     roll out, and never train on relabels older than 2x this many steps (wait for the actor instead)."""
@@ -148,8 +148,12 @@ class TrainState:
     def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         if meta["teacher_fingerprint"] != self.teacher_fp:
             raise FingerprintMismatch(self.teacher_fp, meta["teacher_fingerprint"], "the run's checkpoint")
-        self.opt.load_state_dict(unflatten_optimizer(tensors, meta["optimizer"]))
-        self.sched.load_state_dict(meta["scheduler"])
+        new_phase = int(meta["step"]) == self.cfg.phase_start > 0
+        if new_phase:  # fresh AdamW moments: the previous phase's second moments would inflate the first steps
+            self.sched.last_epoch = int(meta["step"])
+        else:
+            self.opt.load_state_dict(unflatten_optimizer(tensors, meta["optimizer"]))
+            self.sched.load_state_dict(meta["scheduler"])
         # this config's optimiser settings win (a new phase may change them); within one phase they are the
         # checkpoint's own, so an exact resume is unchanged
         o = self.cfg.optim
@@ -158,7 +162,7 @@ class TrainState:
             g.update(initial_lr=o.lr, lr=o.lr * f(self.sched.last_epoch), weight_decay=o.weight_decay,
                      betas=(o.beta1, o.beta2))
         self.sched._last_lr = [g["lr"] for g in self.opt.param_groups]
-        if int(meta["step"]) == self.cfg.phase_start > 0:  # entering a new phase: its own record order
+        if new_phase:  # its own record order
             self.stream.start_phase(meta["stream"])
         else:
             self.stream.load_state_dict(meta["stream"])
