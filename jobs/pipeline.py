@@ -154,8 +154,6 @@ def _dmt_lockstep(rc, ray, targets, teacher_url, run_url, corpus, prompt, gpus, 
     """Aggregated DMT as the design draws it: a trainer actor streams the target set while the DMT actor
     appends one relabeled round per `steps_per_round` trainer steps (lockstep: the trainer waits rather than
     train on relabels more than 2 x steps_per_round steps old)."""
-    import time
-
     from models.checkpoint import load_student
     from models.updaters import UpdaterConfig
     from pipeline.dmt_loop import DMTLoop, DMTLoopConfig, round_reports
@@ -179,7 +177,7 @@ def _dmt_lockstep(rc, ray, targets, teacher_url, run_url, corpus, prompt, gpus, 
     loop_cfg = DMTLoopConfig(targets=targets, run=run_url, corpus=corpus.spec, teacher=teacher_url, rounds=d.rounds,
                              every_steps=E, first_step=s0, sequences=d.sequences, shard_sequences=d.sequences,
                              start=prompt, fmt=rc.label.fmt, dtype=rc.label.dtype, poll_seconds=0.05)
-    t_phase = time.perf_counter() - t0
+    wall0 = time.time() - (time.perf_counter() - t0)  # the pipeline's start on the wall clock
     trainer = ray.remote(num_cpus=1, num_gpus=gpus)(_train_remote).remote(targets, teacher_url, run_url, cfg)
     actor = ray.remote(num_cpus=1, num_gpus=gpus)(DMTLoop).remote(loop_cfg)
     loop_ref = actor.run.remote(True)
@@ -189,12 +187,6 @@ def _dmt_lockstep(rc, ray, targets, teacher_url, run_url, corpus, prompt, gpus, 
     ray.get(loop_ref)
     ray.get(trainer)
     ray.kill(actor)
-    times = {}
-    metrics = Path(run_url) / "metrics.jsonl"
-    for line in metrics.read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            times[row["step"]] = row["time"]
     rounds = []
     for rep in round_reports(targets):
         r = rep["round"]
@@ -204,10 +196,13 @@ def _dmt_lockstep(rc, ray, targets, teacher_url, run_url, corpus, prompt, gpus, 
                        "rollout_acc_before": rep.get("rollout_acc"), "drift_by_step": rep.get("drift_by_step"),
                        "records": rep.get("records"), "student_step_after": step, "acc_after": ev["acc"],
                        "drift_final_after": ev.get("drift_final")})
-        mark(f"dmt-{r}", ev["acc"], drift_final=ev.get("drift_final"), at=t_phase + times.get(step, 0.0))
+        written = (Path(run_url) / step_dir(step) / "state.json").stat().st_mtime  # when the trainer got there
+        mark(f"dmt-{r}", ev["acc"], drift_final=ev.get("drift_final"), at=written - wall0)
     last = rounds[-1] if rounds else {}
+    low = min(rounds, key=lambda r: r["acc_after"]) if rounds else {}
     say(f"      {len(rounds)} rounds; drift_T of the rolled-out student {rounds[0]['drift_by_step'][-1]:.4f} (round 1) -> "
-        f"{last.get('drift_final_after', float('nan')):.4f}; acc={last.get('acc_after', float('nan')):.3f}")
+        f"{last.get('drift_final_after', float('nan')):.4f}; acc={last.get('acc_after', float('nan')):.3f} (lowest "
+        f"{low.get('acc_after', float('nan')):.3f}, after round {low.get('round')})")
     return rounds, {"step": total, "path": step_dir(total)}
 
 
