@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 CORPUS = "retrieval:T=64,vocab=8"
+VARIANTS = {"refresh": (True, 0.1), "stored": (False, 0.5)}  # name -> (dmt_refresh, round_decay)
 
 
 @dataclass(kw_only=True)
@@ -58,8 +59,10 @@ class E2EConfig:
     dmt_batch_size: int = 2048
     """DMT phase transitions per step (online DMT's 32 sequences x 64 steps)."""
     round_weights: dict = field(default_factory=lambda: {"0": 1.0, "dmt": 2.0})
-    round_decay: float = 0.5
-    """Share of round r proportional to round_decay ** (newest - r): stale relabels hurt."""
+    variants: tuple = ("refresh", "stored")
+    """DMT-phase variants, each from a copy of the same SMT run and bucket: 'refresh' (the trainer re-rolls the
+    newest round with its current student, `dmt_refresh`, round decay 0.1) and 'stored' (the actor's stored
+    states, round decay 0.5). The first is the headline (top-level keys)."""
     eval_size: int = 256
     online: bool = True
     """Also run dmt_online for the same wall-clock time."""
@@ -108,7 +111,7 @@ def run(c: E2EConfig) -> dict:
     from trainers.student import StudentTrainConfig
 
     root = Path(c.root)
-    for scratch in ("bucket", "run"):  # a rerun starts from nothing (the bucket would hold old rounds)
+    for scratch in ("bucket", "run", *VARIANTS):  # a rerun starts from nothing (the bucket would hold old rounds)
         shutil.rmtree(root / scratch, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
     out: dict = {"config": asdict(c)}
@@ -128,7 +131,7 @@ def run(c: E2EConfig) -> dict:
     out["label"] = {"seconds": time.perf_counter() - t, "records": lab.records, "shards": lab.shards}
     targets, run_url = lab.target_url, str(root / "run")
 
-    def train_cfg(steps: int, dmt: bool = False) -> StudentTrainConfig:
+    def train_cfg(steps: int, dmt: bool = False, refresh: bool = False, decay: float = 1.0) -> StudentTrainConfig:
         if not dmt:
             return StudentTrainConfig(
                 updater=UpdaterConfig(arch="mlp"), optim=OptimConfig(lr=c.lr, warmup_steps=20, schedule="cosine"),
@@ -137,16 +140,16 @@ def run(c: E2EConfig) -> dict:
             updater=UpdaterConfig(arch="mlp"), optim=OptimConfig(lr=c.dmt_lr, warmup_steps=5, schedule="cosine"),
             steps=steps, checkpoint_every=c.every_steps, device="cpu", readout_weight=c.readout_weight,
             phase_start=c.smt_steps, dmt_every=c.every_steps, dmt_rounds=c.rounds, dmt_wait_seconds=300,
-            stream=StreamConfig(batch_size=c.dmt_batch_size, seed=0, round_weights=c.round_weights,
-                                round_decay=c.round_decay, mix_shards=256, cache_shards=128))
+            dmt_refresh=refresh, stream=StreamConfig(batch_size=c.dmt_batch_size, seed=0, round_weights=c.round_weights,
+                                                     round_decay=decay, mix_shards=256, cache_shards=128))
 
     trainer = ray.remote(num_cpus=1)(_Trainer)
     t = time.perf_counter()
     smt = ray.get(trainer.remote().train.remote(targets, c.teacher, run_url, train_cfg(c.smt_steps)))
     out["smt"] = {"seconds": time.perf_counter() - t, "steps": smt["step"]}
 
-    def held_out(step: int) -> dict:
-        s, _, _ = load_student(f"{run_url}/checkpoints/step-{step:08d}/student")
+    def held_out(step: int, run: str = run_url) -> dict:
+        s, _, _ = load_student(f"{run}/checkpoints/step-{step:08d}/student")
         with torch.no_grad():
             r = evaluate_student(s.eval(), ex, ey, teacher)
         return {"step": step, "acc": r["acc"], "drift_final": r["drift_final"]}
@@ -154,34 +157,56 @@ def run(c: E2EConfig) -> dict:
     out["smt"].update(held_out(c.smt_steps))
 
     total = c.smt_steps + c.rounds * c.every_steps + c.extra_steps
-    loop_cfg = DMTLoopConfig(targets=targets, run=run_url, corpus=c.corpus, teacher=c.teacher, rounds=c.rounds,
-                             every_steps=c.every_steps, first_step=c.smt_steps, sequences=c.sequences,
-                             shard_sequences=c.shard_sequences, device="cpu", poll_seconds=0.1, timeout_seconds=300)
-    t = time.perf_counter()
-    tr = trainer.remote()
-    train_ref = tr.train.remote(targets, c.teacher, run_url, train_cfg(total, dmt=True))
-    dmt = ray.remote(num_cpus=1)(DMTLoop).remote(loop_cfg)
-    dmt_ref = dmt.run.remote(True)
-    done, _ = ray.wait([train_ref, dmt_ref], num_returns=1)
-    if done[0] == train_ref:
-        ray.get(train_ref)  # a failed trainer raises here instead of leaving the loop waiting
-    reps = ray.get(dmt_ref)
-    ray.get(train_ref)
-    dmt_seconds = time.perf_counter() - t
-    ray.kill(dmt)
-    ray.kill(tr)
-    stored = round_reports(targets)
-    out["rounds"] = [{k: r.get(k) for k in ("round", "student_step", "generation", "records", "seconds",
-                                            "states_per_second", "rollout_acc")}
-                     | {"drift_T": r["drift_by_step"][-1]} for r in stored]
-    # the checkpoint at s0 + jE trained its last E steps on rounds up to max(1, j-1) (the first round is
-    # waited for; after that the actor relabels round j+1 while the trainer uses round j)
-    checkpoints = [c.smt_steps + j * c.every_steps for j in range(1, c.rounds + 1)] + [total]
-    out["after_rounds"] = [{"rounds": 0, **out["smt"]}] + [
-        {"rounds": min(max(1, (s - c.smt_steps - 1) // c.every_steps), c.rounds), **held_out(s)} for s in checkpoints]
-    out["dmt"] = {"seconds": dmt_seconds, "final_acc": out["after_rounds"][-1]["acc"],
-                  "states_per_second": sum(r["records"] for r in stored) / max(1e-9, sum(r["seconds"] for r in stored)),
-                  "reports_this_call": len(reps)}
+    base_targets, base_run = targets, run_url
+    out["variants"] = {}
+    for v in c.variants:
+        if v not in VARIANTS:
+            raise ValueError(f"variant {v!r}: use one of {', '.join(VARIANTS)}")
+        vroot = root / v  # a copy of the bucket and the SMT run: every variant starts from the same student
+        shutil.rmtree(vroot, ignore_errors=True)
+        shutil.copytree(root / "bucket", vroot / "bucket")
+        shutil.copytree(base_run, vroot / "run")
+        targets = str(vroot / "bucket") + base_targets.removeprefix(str(root / "bucket"))
+        run_url = str(vroot / "run")
+        refresh, decay = VARIANTS[v]
+        loop_cfg = DMTLoopConfig(targets=targets, run=run_url, corpus=c.corpus, teacher=c.teacher, rounds=c.rounds,
+                                 every_steps=c.every_steps, first_step=c.smt_steps, sequences=c.sequences,
+                                 shard_sequences=c.shard_sequences, device="cpu", poll_seconds=0.1,
+                                 timeout_seconds=300)
+        t = time.perf_counter()
+        tr = trainer.remote()
+        train_ref = tr.train.remote(targets, c.teacher, run_url, train_cfg(total, dmt=True, refresh=refresh,
+                                                                             decay=decay))
+        dmt = ray.remote(num_cpus=1)(DMTLoop).remote(loop_cfg)
+        dmt_ref = dmt.run.remote(True)
+        done, _ = ray.wait([train_ref, dmt_ref], num_returns=1)
+        if done[0] == train_ref:
+            ray.get(train_ref)  # a failed trainer raises here instead of leaving the loop waiting
+        reps = ray.get(dmt_ref)
+        ray.get(train_ref)
+        dmt_seconds = time.perf_counter() - t
+        ray.kill(dmt)
+        ray.kill(tr)
+        stored = round_reports(targets)
+        res: dict = {"refresh": refresh, "round_decay": decay}
+        res["rounds"] = [{k: r.get(k) for k in ("round", "student_step", "generation", "records", "seconds",
+                                                "states_per_second", "rollout_acc")}
+                         | {"drift_T": r["drift_by_step"][-1]} for r in stored]
+        # the checkpoint at s0 + jE trained its last E steps on rounds up to max(1, j-1) (the first round is
+        # waited for; after that the actor relabels round j+1 while the trainer uses round j)
+        checkpoints = [c.smt_steps + j * c.every_steps for j in range(1, c.rounds + 1)] + [total]
+        res["after_rounds"] = [{"rounds": 0, **out["smt"]}] + [
+            {"rounds": min(max(1, (s - c.smt_steps - 1) // c.every_steps), c.rounds), **held_out(s, run_url)}
+            for s in checkpoints]
+        accs = [a["acc"] for a in res["after_rounds"]]
+        res["dmt"] = {"seconds": dmt_seconds, "final_acc": accs[-1], "min_acc": min(accs),
+                      "states_per_second": sum(r["records"] for r in stored) / max(1e-9, sum(r["seconds"] for r in stored)),
+                      "reports_this_call": len(reps)}
+        out["variants"][v] = res
+        print(f"{v}: final acc {accs[-1]:.3f}, lowest {min(accs):.3f}, {dmt_seconds:.1f} s", flush=True)
+    out.update({k: out["variants"][c.variants[0]][k] for k in ("rounds", "after_rounds", "dmt")})
+    dmt_seconds = out["dmt"]["seconds"]
+    run_url = base_run
     if c.online:
         s, _, _ = load_student(f"{run_url}/checkpoints/step-{c.smt_steps:08d}/student")
         t = time.perf_counter()
@@ -197,25 +222,46 @@ def run(c: E2EConfig) -> dict:
 
 
 def markdown(res: dict) -> str:
-    c = res["config"]
+    c, V = res["config"], res["variants"]
+    names = list(V)
     lines = ["# DMT: rounds of relabeled student rollouts (CPU, local Ray)", "",
-             (f"Corpus `{c['corpus']}`, teacher acc {res['teacher_acc']:.3f}; SMT {c['smt_steps']} steps (lr {c['lr']}, "
-              f"cosine, batch {c['batch_size']}), then lockstep DMT: {c['rounds']} rounds of {c['sequences']} sequences, "
-              f"one per {c['every_steps']} trainer steps (policy lag <= {2 * c['every_steps']} steps), round weights "
-              f"{c['round_weights']} (decay {c['round_decay']} per round of age), lr {c['dmt_lr']} (cosine, restarted at the phase start), batch "
-              f"{c['dmt_batch_size']}, readout weight {c['readout_weight']}."),
-             "", "| rounds trained on | student step | held-out acc | drift at t=Td |", "|---|---|---|---|"]
-    lines += [f"| {a['rounds']} | {a['step']} | {a['acc']:.3f} | {a['drift_final']:.4f} |" for a in res["after_rounds"]]
-    lines += ["", "| round | pinned step | records | seconds | states/s | rollout acc (train seqs) |",
-              "|---|---|---|---|---|---|"]
-    lines += [f"| {r['round']} | {r['student_step']} | {r['records']} | {r['seconds']:.2f} | "
-              f"{r['states_per_second']:.0f} | {r['rollout_acc']:.3f} |" for r in res["rounds"]]
-    lines += ["", (f"Label {res['label']['seconds']:.1f} s; SMT phase {res['smt']['seconds']:.1f} s; DMT phase "
-                   f"{res['dmt']['seconds']:.1f} s (trainer + DMT actor concurrently).")]
+             (f"Command: `python -m benchmarks.dmt` (2 CPU cores). Corpus `{c['corpus']}`, teacher acc "
+              f"{res['teacher_acc']:.3f}; SMT {c['smt_steps']} steps from the labeled shards (lr {c['lr']}, cosine, batch "
+              f"{c['batch_size']}), then, from copies of that run and bucket, lockstep DMT per variant: a trainer actor "
+              f"and the DMT actor, {c['rounds']} rounds of {c['sequences']} sequences, one per {c['every_steps']} trainer "
+              f"steps (stored states at most {2 * c['every_steps']} steps old), round weights {c['round_weights']}, fresh "
+              f"AdamW lr {c['dmt_lr']} (cosine), batch {c['dmt_batch_size']} transitions. Variants: `refresh` = the "
+              "trainer re-rolls the newest round's sequences with its current student before every step (round "
+              "decay 0.1); `stored` = it trains on the states the actor stored (round decay 0.5). Online DMT "
+              "(trainers/dmt.py, no shards) runs from the same SMT student for the headline variant's DMT seconds."),
+             "", ("| variant | acc after 0 / 1 / 2 / 3 rounds | lowest acc | final acc | drift_T after 0 / 1 / 2 / 3 rounds "
+             "| final drift_T | DMT seconds | relabeled states/s |"), "|---|---|---|---|---|---|---|---|"]
+
+    def first4(v: dict, key: str, fmt: str) -> str:
+        rows = {}
+        for a in v["after_rounds"]:  # the last checkpoint trained on each round count
+            rows[a["rounds"]] = a[key]
+        return " / ".join(format(rows[k], fmt) for k in range(4) if k in rows)
+
+    for n in names:
+        v = V[n]
+        lines.append(f"| {n} | {first4(v, 'acc', '.3f')} | {v['dmt']['min_acc']:.3f} | {v['dmt']['final_acc']:.3f} | "
+                     f"{first4(v, 'drift_final', '.3f')} | {v['after_rounds'][-1]['drift_final']:.4f} | "
+                     f"{v['dmt']['seconds']:.1f} | {v['dmt']['states_per_second']:.0f} |")
     if "online" in res:
         o = res["online"]
-        lines += [(f"Online DMT (trainers/dmt.py) from the same SMT student for the same {res['dmt']['seconds']:.0f} s: "
-                   f"held-out acc {o['acc']:.3f}, drift at t=Td {o['drift_final']:.4f} (steps {o['steps']}).")]
+        lines.append(f"| online DMT ({o['steps']} steps) | - | - | {o['acc']:.3f} | - | {o['drift_final']:.4f} | "
+                     f"{o['seconds']:.1f} | - |")
+    lines += ["", "Held-out accuracy and drift at t=Td (256 sequences) at every round boundary:", "",
+              "| student step | rounds trained on | " + " | ".join(f"acc {n} | drift_T {n}" for n in names) + " |",
+              "|---|---|" + "---|---|" * len(names)]
+    for i, a in enumerate(V[names[0]]["after_rounds"]):
+        cells = " | ".join(f"{V[n]['after_rounds'][i]['acc']:.3f} | {V[n]['after_rounds'][i]['drift_final']:.4f}"
+                           for n in names)
+        lines.append(f"| {a['step']} | {a['rounds']} | {cells} |")
+    lines += ["", (f"Label {res['label']['seconds']:.1f} s (2 actors); SMT phase {res['smt']['seconds']:.1f} s. Each round "
+                   f"relabels {V[names[0]]['rounds'][0]['records']} states; per-round reports (pinned step, drift against "
+                   "t, rollout accuracy on the round's sequences) are in dmt.json.")]
     return "\n".join(lines) + "\n"
 
 

@@ -167,11 +167,12 @@ def _dmt_lockstep(rc, ray, targets, teacher_url, run_url, corpus, prompt, gpus, 
     total = s0 + d.rounds * E + d.extra_steps
     Td = corpus.seq_len - prompt
     say(f"[4/5] DMT, lockstep: {d.rounds} rounds of {d.sequences} sequences; the DMT actor relabels the student every "
-        f"{E} steps while a trainer actor streams the rounds ({d.batch_size} x {Td} transitions per step)")
+        f"{E} steps while a trainer actor streams the rounds ({d.batch_size} x {Td} transitions per step"
+        f"{', newest round re-rolled on-policy' if d.refresh else ''})")
     cfg = StudentTrainConfig(
         updater=UpdaterConfig(arch=st.arch, depth=st.depth), steps=total, checkpoint_every=E,
         optim=OptimConfig(lr=d.lr, warmup_steps=5, schedule="cosine"), phase_start=s0, dmt_every=E,
-        dmt_rounds=d.rounds, dmt_wait_seconds=3600,
+        dmt_rounds=d.rounds, dmt_wait_seconds=3600, dmt_refresh=d.refresh,
         stream=StreamConfig(batch_size=d.batch_size * Td, round_weights={"0": 1.0, "dmt": d.dmt_weight},
                             round_decay=d.round_decay, mix_shards=256, cache_shards=128))
     loop_cfg = DMTLoopConfig(targets=targets, run=run_url, corpus=corpus.spec, teacher=teacher_url, rounds=d.rounds,

@@ -65,8 +65,11 @@ class DMTStep:
     """DMT learning rate (fresh AdamW, cosine over the DMT phase)."""
     batch_size: int = 32
     """Sequences per DMT step (lockstep: their transitions, sequences x rollout length)."""
-    round_decay: float = 0.5
-    """lockstep: share of round r proportional to round_decay ** (newest - r)."""
+    refresh: bool = True
+    """lockstep: the trainer re-rolls the newest round's sequences with its current student before each step
+    (on-policy states, stored teacher targets); False trains on the states the actor stored."""
+    round_decay: float = 0.1
+    """lockstep: share of round r proportional to round_decay ** (newest - r) (0.5 suits refresh=False)."""
     dmt_weight: float = 2.0
     """lockstep: weight of the relabeled rounds against the teacher's own labels (weight 1)."""
 

@@ -11,7 +11,7 @@ DMT after SMT, lockstep (the trainer never uses relabels more than 2N steps old;
     smt train ... --out RUN --steps 600                       # SMT phase
     smt train ... --out RUN --steps 700 --phase-start 600 --dmt-every 2 --dmt-rounds 40 --lr 3e-5 \
               --schedule cosine --warmup-steps 5 --batch-size 2048 --round-weights '{"0": 1, "dmt": 2}' \
-              --round-decay 0.5 --mix-shards 256 &
+              --dmt-refresh --round-decay 0.1 --mix-shards 256 &
     smt dmt --targets ... --run RUN --corpus SPEC --first-step 600 --every-steps 2 --rounds 40 --sequences 64
 """
 from __future__ import annotations
@@ -85,6 +85,9 @@ class TrainJob:
     """Lockstep DMT: the rounds `smt dmt --rounds` will commit."""
     dmt_wait_seconds: float = 600.0
     """Lockstep DMT: fail when a needed round is not committed within this time."""
+    dmt_refresh: bool = False
+    """Lockstep DMT: re-roll the newest round's sequences with the current student before each step
+    (on-policy states, stored teacher targets); recommended with --round-decay 0.1."""
     generation: int | None = None
     """Manifest generation to start from (default: the newest)."""
     endpoint_url: str | None = None
@@ -115,7 +118,8 @@ class TrainJob:
                                 follow=self.follow, follow_every=self.follow_every),
             steps=self.steps, checkpoint_every=self.checkpoint_every, readout_weight=self.readout_weight,
             train_readout=self.train_readout, seed=self.seed, device=self.device, phase_start=self.phase_start,
-            dmt_every=self.dmt_every, dmt_rounds=self.dmt_rounds, dmt_wait_seconds=self.dmt_wait_seconds)
+            dmt_every=self.dmt_every, dmt_rounds=self.dmt_rounds, dmt_wait_seconds=self.dmt_wait_seconds,
+            dmt_refresh=self.dmt_refresh)
 
 
 def train_job(job: TrainJob) -> int:

@@ -294,6 +294,10 @@ class ShardStream(torch.utils.data.IterableDataset):
     def base(self) -> TargetSet:
         return next(iter(self._sets.values()))
 
+    def target_set(self, n: int) -> TargetSet:
+        """Generation n of the stream's target set (opened once, fingerprint-checked)."""
+        return self._target_set(n)
+
     def _target_set(self, n: int) -> TargetSet:
         with self._lock:
             ts = self._sets.get(n)

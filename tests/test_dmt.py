@@ -326,6 +326,60 @@ def test_lockstep_dmt_bounds_policy_lag_and_replays_exactly(tmp_path, monkeypatc
         assert torch.equal(v, w), k
 
 
+def test_fresh_round_replays_the_relabel_with_the_current_student(labeled, tmp_path):
+    """dmt_refresh: the newest round's stored states are replaced by the current student's own rollout."""
+    from trainers.refresh import FreshRound
+
+    d = labeled
+    a, b = _student(d, tmp_path / "a", seed=1), _student(d, tmp_path / "b", seed=2)
+    relabel(_rcfg(d, a, 1), SerialExecutor(), quiet=True)  # round 1 rolled out by student a
+    relabel(_rcfg(d, b, 2), SerialExecutor(), quiet=True)  # round 2 by student b (the reference for a refresh)
+    stream = ShardStream(TargetSet.open(d["targets"], d["fp"], 2), StreamConfig(batch_size=64, shuffle_buffer=64,
+                                                                              round_weights={"dmt": 1.0}))
+    fresh = FreshRound(stream, 2, 1, torch.device("cpu"))
+    assert fresh.Td == 12 and fresh.tokens.shape == (24, 12)
+    batch = next(iter(stream))
+    assert set(batch["round"].tolist()) == {1}
+    stored = batch["state_in"].clone()
+    sa, _, _ = load_student(a)
+    assert fresh.refresh(sa, batch) == 64
+    torch.testing.assert_close(batch["state_in"], stored)  # the same student: the same states
+    sb, _, _ = load_student(b)
+    fresh.refresh(sb, batch)
+    assert not torch.allclose(batch["state_in"], stored)
+    # student b's states on round 1's sequences are what relabeling them with b records
+    corpus = load_corpus(SPEC)
+    ts = TargetSet.open(d["targets"], d["fp"], 2)
+    seq = np.array([ts.read_shard(ts.shards[int(s)]).seq[int(i)] for s, i in zip(batch["shard"], batch["index"])])
+    pos = np.array([ts.read_shard(ts.shards[int(s)]).pos[int(i)] for s, i in zip(batch["shard"], batch["index"])])
+    x, y = corpus.get(np.unique(seq))
+    from models.checkpoint import load_teacher
+    p, _, _ = relabel_batch(sb, load_teacher(d["teacher"])[0], x, y, np.unique(seq))
+    want = {(int(q), int(t)): p.state_in[k] for k, (q, t) in enumerate(zip(p.seq, p.pos))}
+    np.testing.assert_allclose(batch["state_in"].numpy(), np.stack([want[(int(q), int(t))] for q, t in zip(seq, pos)]),
+                               rtol=1e-5, atol=1e-5)
+    stream.close()
+
+
+def test_lockstep_with_refresh_trains(labeled, tmp_path):
+    d = labeled
+    run = str(tmp_path / "run")
+    run_training(d["targets"], d["teacher"], run, _train_cfg(20), quiet=True)
+    t = threading.Thread(target=run_training, args=(d["targets"], d["teacher"], run,
+                                                    _dmt_phase_cfg(30, 20, 5, 2, dmt_refresh=True)),
+                         kwargs={"quiet": True})
+    t.start()
+    try:
+        reps = DMTLoop(_loop_cfg(d, run, rounds=2, every_steps=5, first_step=20)).run()
+    finally:
+        t.join()
+    assert [r["student_step"] for r in reps] == [20, 25]
+    metrics = [json.loads(line) for line in Path(f"{run}/metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["step"] == 30 and all(np.isfinite(m["loss"]) for m in metrics)
+    with pytest.raises(ValueError, match="dmt_refresh needs lockstep"):
+        StudentTrainConfig(dmt_refresh=True)
+
+
 def test_lockstep_trainer_without_actor_names_the_fix(labeled, tmp_path):
     from trainers.student import DMTWaitTimeout
 
@@ -399,6 +453,34 @@ def test_killed_dmt_driver_leaves_no_partial_round_and_resumes_once(tmp_path):
     assert _round_shards(ref["targets"], 2) == _round_shards(d["targets"], 2)
     assert [r["round"] for r in round_reports(d["targets"])] == [1, 2]
     assert round_reports(d["targets"])[1]["student_step"] == 40
+
+
+def test_lockstep_from_the_command_line(labeled, tmp_path):
+    """`smt train --phase-start --dmt-every --dmt-rounds --dmt-refresh` beside `smt dmt --first-step`."""
+    from jobs.train import main as train_main
+
+    d = labeled
+    run = str(tmp_path / "run")
+    common = ["--targets", d["targets"], "--teacher", d["teacher"], "--out", run, "--batch-size", "32",
+              "--shuffle-buffer", "128", "--device", "cpu", "--quiet"]
+    assert train_main([*common, "--steps", "20", "--checkpoint-every", "10"]) == 0
+    argv = ["--targets", d["targets"], "--run", run, "--corpus", SPEC, "--teacher", d["teacher"], "--rounds", "2",
+            "--every-steps", "5", "--first-step", "20", "--sequences", "12", "--shard-sequences", "6", "--dtype",
+            "float32", "--device", "cpu", "--poll-seconds", "0.05", "--timeout-seconds", "60", "--no-actor", "--quiet",
+            "--report", str(tmp_path / "report")]
+    actor = subprocess.Popen([sys.executable, "-m", "jobs.dmt", *argv], cwd=REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert train_main([*common, "--steps", "35", "--checkpoint-every", "5", "--phase-start", "20", "--dmt-every",
+                           "5", "--dmt-rounds", "2", "--dmt-refresh", "--round-decay", "0.1", "--lr", "1e-4",
+                           "--round-weights", '{"0": 1, "dmt": 2}', "--dmt-wait-seconds", "60"]) == 0
+        _, err = actor.communicate(timeout=120)
+    finally:
+        actor.kill()
+    assert actor.returncode == 0, err[-2000:]
+    assert [(r["round"], r["student_step"]) for r in round_reports(d["targets"])] == [(1, 20), (2, 25)]
+    metrics = [json.loads(line) for line in Path(f"{run}/metrics.jsonl").read_text().splitlines()]
+    assert [m["generation"] for m in metrics if m["step"] > 20] == [2] * 10 + [3] * 5  # round 2 from step 31
 
 
 def test_crash_after_commit_repairs_report(labeled, tmp_path):

@@ -30,6 +30,7 @@ from storage.reader import TargetSet
 from storage.stream import ShardStream, StreamConfig
 from trainers.common import MetricsLog, OptimConfig, autocast, clip_and_step, pick_device
 from trainers.pretrain import matched_updater
+from trainers.refresh import FreshRound
 from trainers.run_dir import RunDir, flatten_optimizer, unflatten_optimizer
 
 
@@ -63,6 +64,9 @@ class StudentTrainConfig:
     """Lockstep DMT: rounds the DMT actor will commit (after the last, train on all of them)."""
     dmt_wait_seconds: float = 600.0
     """Lockstep DMT: give up when the round the trainer needs is not committed within this time."""
+    dmt_refresh: bool = False
+    """Lockstep DMT: re-roll the newest round's sequences with the current student before every step and
+    train on those states (on-policy, the stored targets); older rounds keep their stored states."""
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.checkpoint_every < 1:
@@ -74,6 +78,8 @@ class StudentTrainConfig:
         if self.dmt_every < 0 or (self.dmt_every > 0) != (self.dmt_rounds > 0):
             raise ValueError(f"dmt_every={self.dmt_every}, dmt_rounds={self.dmt_rounds}: lockstep DMT needs both "
                              ">= 1 (or both 0 for off)")
+        if self.dmt_refresh and not self.dmt_every:
+            raise ValueError("dmt_refresh needs lockstep DMT (dmt_every >= 1)")
         if self.dmt_every and self.stream.follow != "never":
             raise ValueError(f"lockstep DMT (dmt_every={self.dmt_every}) switches generations itself: use "
                              f"stream.follow='never', not {self.stream.follow!r}")
@@ -227,6 +233,7 @@ def train(state: TrainState, run: RunDir, *, rank: int = 0, quiet: bool = False,
     batches = iter(state.stream)
     row: dict = {}
     waited = 0.0
+    fresh: FreshRound | None = None
     try:
         while state.step < cfg.steps:
             r = dmt_round_due(cfg, state.step)
@@ -241,6 +248,13 @@ def train(state: TrainState, run: RunDir, *, rank: int = 0, quiet: bool = False,
                     state.stream.switch(g)
                     batches = iter(state.stream)
             b = {k: v.to(dev, non_blocking=True) for k, v in next(batches).items()}
+            if cfg.dmt_refresh and state.step >= cfg.phase_start:
+                g = state.stream.state_dict()["generation"]
+                if fresh is None or fresh.generation != g:
+                    r_now = min(max(1, (state.step - cfg.phase_start) // cfg.dmt_every), cfg.dmt_rounds)
+                    fresh = FreshRound(state.stream, g, r_now, dev)
+                with autocast(dev):
+                    fresh.refresh(state.student, b)
             with autocast(dev):
                 out = model(b["state_in"], b["token"], b["state_out"], b["y"])
             out["loss"].backward()
