@@ -110,7 +110,7 @@ def run(c: E2EConfig) -> dict:
     from trainers.pretrain import eval_batch
     from trainers.student import StudentTrainConfig
 
-    root = Path(c.root)
+    root = Path(c.root).resolve()
     for scratch in ("bucket", "run", *VARIANTS):  # a rerun starts from nothing (the bucket would hold old rounds)
         shutil.rmtree(root / scratch, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
@@ -166,7 +166,8 @@ def run(c: E2EConfig) -> dict:
         shutil.rmtree(vroot, ignore_errors=True)
         shutil.copytree(root / "bucket", vroot / "bucket")
         shutil.copytree(base_run, vroot / "run")
-        targets = str(vroot / "bucket") + base_targets.removeprefix(str(root / "bucket"))
+        rel = base_targets[base_targets.index(str(root / "bucket")) + len(str(root / "bucket")):]
+        targets = str(vroot / "bucket") + rel
         run_url = str(vroot / "run")
         refresh, decay = VARIANTS[v]
         loop_cfg = DMTLoopConfig(targets=targets, run=run_url, corpus=c.corpus, teacher=c.teacher, rounds=c.rounds,
