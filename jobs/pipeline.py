@@ -189,18 +189,22 @@ def _dmt_lockstep(rc, ray, targets, teacher_url, run_url, corpus, prompt, gpus, 
     ray.get(trainer)
     ray.kill(actor)
     rounds = []
-    for rep in round_reports(targets):
+    reports = round_reports(targets)
+    # held-out evaluation after the first rounds, then about every tenth of them, and the last
+    scored = {1, 2, 3, 4, len(reports)} | {round(i * len(reports) / 10) for i in range(1, 10)}
+    for rep in reports:
         r = rep["round"]
-        step = min(s0 + (r + 1) * E, total)  # the checkpoint whose last E steps trained on round r
-        ev = evaluate(load_student(f"{run_url}/{step_dir(step)}/student")[0])
+        step = total if r == len(reports) else min(s0 + (r + 1) * E, total)  # last E steps trained on round r
+        ev = evaluate(load_student(f"{run_url}/{step_dir(step)}/student")[0]) if r in scored else {}
         rounds.append({"round": r, "student_step_rolled_out": rep.get("student_step"),
                        "rollout_acc_before": rep.get("rollout_acc"), "drift_by_step": rep.get("drift_by_step"),
-                       "records": rep.get("records"), "student_step_after": step, "acc_after": ev["acc"],
+                       "records": rep.get("records"), "student_step_after": step, "acc_after": ev.get("acc"),
                        "drift_final_after": ev.get("drift_final")})
-        written = (Path(run_url) / step_dir(step) / "state.json").stat().st_mtime  # when the trainer got there
-        mark(f"dmt-{r}", ev["acc"], drift_final=ev.get("drift_final"), at=written - wall0)
+        if ev:
+            written = (Path(run_url) / step_dir(step) / "state.json").stat().st_mtime  # when the trainer got there
+            mark(f"dmt-{r}", ev["acc"], drift_final=ev.get("drift_final"), at=written - wall0)
     last = rounds[-1] if rounds else {}
-    low = min(rounds, key=lambda r: r["acc_after"]) if rounds else {}
+    low = min((r for r in rounds if r["acc_after"] is not None), key=lambda r: r["acc_after"], default={})
     say(f"      {len(rounds)} rounds; drift_T of the rolled-out student {rounds[0]['drift_by_step'][-1]:.4f} (round 1) -> "
         f"{last.get('drift_final_after', float('nan')):.4f}; acc={last.get('acc_after', float('nan')):.3f} (lowest "
         f"{low.get('acc_after', float('nan')):.3f}, after round {low.get('round')})")
