@@ -142,7 +142,7 @@ def _train_cfg(steps: int, every: int = 10, follow_every: int = 0, **stream) -> 
 def _loop_cfg(d: dict, run: str, rounds: int, every_steps: int, **kw) -> DMTLoopConfig:
     return DMTLoopConfig(targets=d["targets"], run=run, corpus=SPEC, teacher=d["teacher"], rounds=rounds,
                          every_steps=every_steps, sequences=12, shard_sequences=6, dtype="float32", device="cpu",
-                         poll_seconds=0.05, timeout_seconds=30, **kw)
+                         poll_seconds=0.05, **{"timeout_seconds": 30, **kw})
 
 
 def test_loop_follows_a_real_training_run(labeled, tmp_path):
@@ -378,6 +378,29 @@ def test_lockstep_with_refresh_trains(labeled, tmp_path):
     assert metrics[-1]["step"] == 30 and all(np.isfinite(m["loss"]) for m in metrics)
     with pytest.raises(ValueError, match="dmt_refresh needs lockstep"):
         StudentTrainConfig(dmt_refresh=True)
+
+
+def test_lockstep_refresh_on_two_ddp_workers(ray_local, labeled, tmp_path):
+    """The DMT phase on 2 Ray Train workers (DDP, gloo) beside the loop: both ranks wait for and switch to the
+    same rounds, re-roll them, and the phase may change the world size of the SMT run it resumes."""
+    from trainers.distributed import train_with_ray
+
+    d = labeled
+    run = str(tmp_path / "run")
+    run_training(d["targets"], d["teacher"], run, _train_cfg(20), quiet=True)
+    box: dict = {}
+    loop = threading.Thread(target=lambda: box.setdefault(
+        "reps", DMTLoop(_loop_cfg(d, run, rounds=2, every_steps=5, first_step=20, timeout_seconds=120)).run()))
+    loop.start()
+    try:
+        train_with_ray(d["targets"], d["teacher"], run, _dmt_phase_cfg(35, 20, 5, 2, dmt_refresh=True,
+                                                                         dmt_wait_seconds=120), workers=2, quiet=True)
+    finally:
+        loop.join(timeout=180)
+    assert [r["student_step"] for r in box["reps"]] == [20, 25]
+    state = json.loads(Path(f"{run}/checkpoints/step-00000035/state.json").read_text())
+    assert state["stream"]["layout"]["world_size"] == 2 and state["stream"]["generation"] == 3
+    assert json.loads(Path(f"{run}/checkpoints/latest.json").read_text())["step"] == 35
 
 
 def test_lockstep_trainer_without_actor_names_the_fix(labeled, tmp_path):
