@@ -108,6 +108,7 @@ def run(c: E2EConfig) -> dict:
     from trainers.dmt import DMTConfig, dmt_online
     from trainers.evaluate import evaluate_student, evaluate_teacher
     from trainers.pretrain import eval_batch
+    from trainers.run_dir import RunDir
     from trainers.student import StudentTrainConfig
 
     root = Path(c.root).resolve()
@@ -138,7 +139,7 @@ def run(c: E2EConfig) -> dict:
                 steps=steps, checkpoint_every=100, device="cpu", stream=StreamConfig(batch_size=c.batch_size, seed=0))
         return StudentTrainConfig(
             updater=UpdaterConfig(arch="mlp"), optim=OptimConfig(lr=c.dmt_lr, warmup_steps=5, schedule="cosine"),
-            steps=steps, checkpoint_every=c.every_steps, device="cpu", readout_weight=c.readout_weight,
+            steps=steps, checkpoint_every=50, device="cpu", readout_weight=c.readout_weight,
             phase_start=c.smt_steps, dmt_every=c.every_steps, dmt_rounds=c.rounds, dmt_wait_seconds=300,
             dmt_refresh=refresh, stream=StreamConfig(batch_size=c.dmt_batch_size, seed=0, round_weights=c.round_weights,
                                                      round_decay=decay, mix_shards=256, cache_shards=128))
@@ -149,7 +150,7 @@ def run(c: E2EConfig) -> dict:
     out["smt"] = {"seconds": time.perf_counter() - t, "steps": smt["step"]}
 
     def held_out(step: int, run: str = run_url) -> dict:
-        s, _, _ = load_student(f"{run}/checkpoints/step-{step:08d}/student")
+        s, _, _ = load_student(RunDir(run).student_url(step))
         with torch.no_grad():
             r = evaluate_student(s.eval(), ex, ey, teacher)
         return {"step": step, "acc": r["acc"], "drift_final": r["drift_final"]}

@@ -159,7 +159,7 @@ def _dmt_lockstep(rc, ray, targets, teacher_url, run_url, corpus, prompt, gpus, 
     from pipeline.dmt_loop import DMTLoop, DMTLoopConfig, round_reports
     from storage.stream import StreamConfig
     from trainers.common import OptimConfig
-    from trainers.run_dir import step_dir
+    from trainers.run_dir import RunDir, step_dir
     from trainers.student import StudentTrainConfig
 
     d, st = rc.dmt, rc.student
@@ -170,7 +170,7 @@ def _dmt_lockstep(rc, ray, targets, teacher_url, run_url, corpus, prompt, gpus, 
         f"{E} steps while a trainer actor streams the rounds ({d.batch_size} x {Td} transitions per step"
         f"{', newest round re-rolled on-policy' if d.refresh else ''})")
     cfg = StudentTrainConfig(
-        updater=UpdaterConfig(arch=st.arch, depth=st.depth), steps=total, checkpoint_every=E,
+        updater=UpdaterConfig(arch=st.arch, depth=st.depth), steps=total, checkpoint_every=max(E, 50),
         optim=OptimConfig(lr=d.lr, warmup_steps=5, schedule="cosine"), phase_start=s0, dmt_every=E,
         dmt_rounds=d.rounds, dmt_wait_seconds=3600, dmt_refresh=d.refresh,
         stream=StreamConfig(batch_size=d.batch_size * Td, round_weights={"0": 1.0, "dmt": d.dmt_weight},
@@ -195,13 +195,14 @@ def _dmt_lockstep(rc, ray, targets, teacher_url, run_url, corpus, prompt, gpus, 
     for rep in reports:
         r = rep["round"]
         step = total if r == len(reports) else min(s0 + (r + 1) * E, total)  # last E steps trained on round r
-        ev = evaluate(load_student(f"{run_url}/{step_dir(step)}/student")[0]) if r in scored else {}
+        ev = evaluate(load_student(RunDir(run_url).student_url(step))[0]) if r in scored else {}
         rounds.append({"round": r, "student_step_rolled_out": rep.get("student_step"),
                        "rollout_acc_before": rep.get("rollout_acc"), "drift_by_step": rep.get("drift_by_step"),
                        "records": rep.get("records"), "student_step_after": step, "acc_after": ev.get("acc"),
                        "drift_final_after": ev.get("drift_final")})
         if ev:
-            written = (Path(run_url) / step_dir(step) / "state.json").stat().st_mtime  # when the trainer got there
+            url = RunDir(run_url).student_url(step).removeprefix("file://")
+            written = (Path(url) / "config.json").stat().st_mtime  # when the trainer got there
             mark(f"dmt-{r}", ev["acc"], drift_final=ev.get("drift_final"), at=written - wall0)
     last = rounds[-1] if rounds else {}
     low = min((r for r in rounds if r["acc_after"] is not None), key=lambda r: r["acc_after"], default={})

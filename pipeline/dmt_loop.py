@@ -24,7 +24,7 @@ from pipeline.stage import Resources
 from storage.bucket import Bucket
 from storage.errors import ObjectNotFound
 from storage.manifest import newest_generation, read_generation
-from trainers.run_dir import step_dir
+from trainers.run_dir import policy_dir, step_dir
 
 LATEST = "checkpoints/latest.json"
 
@@ -149,14 +149,22 @@ class DMTLoop:
         """The checkpoint round r should roll out (waits for the trainer to get there)."""
         c = self.cfg
         if c.first_step is None:
-            return self.wait_for(self._round_step(r - 1) + c.every_steps)
+            return self.wait_for(c.every_steps + self._round_step(r - 1))
         step = c.first_step + (r - 1) * c.every_steps
-        self.wait_for(step)
-        rel = step_dir(step)
-        if not self.run_dir.exists(f"{rel}/state.json"):
-            raise DMTTimeout(f"run {c.run} has no checkpoint at step {step} ({rel}) for lockstep round {r}: train with "
-                             f"--phase-start {c.first_step} --dmt-every {c.every_steps} so the trainer writes it")
-        return {"step": step, "path": rel}
+        deadline = time.monotonic() + c.timeout_seconds
+        while True:  # the trainer's weights-only snapshot of that step, or a full checkpoint there
+            for rel, marker in ((policy_dir(step), "done.json"), (step_dir(step), "state.json")):
+                if self.run_dir.exists(f"{rel}/{marker}"):
+                    return {"step": step, "path": rel}
+            p = self.latest_checkpoint()
+            if p is not None and int(p["step"]) >= step and not self.run_dir.exists(f"{policy_dir(step)}/done.json"):
+                raise DMTTimeout(f"run {c.run} has no checkpoint or policy snapshot at step {step} for lockstep round "
+                                 f"{r}: train with --phase-start {c.first_step} --dmt-every {c.every_steps} so the "
+                                 "trainer writes it")
+            if time.monotonic() > deadline:
+                raise DMTTimeout(f"no student of step {step} in {c.run} after {c.timeout_seconds:.0f} s: is `smt train "
+                                 f"--phase-start {c.first_step} --dmt-every {c.every_steps}` running?")
+            time.sleep(c.poll_seconds)
 
     def run_round(self, r: int, pointer: dict, quiet: bool = True) -> dict:
         pointer = self._pin(r, pointer)

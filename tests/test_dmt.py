@@ -258,7 +258,7 @@ def test_streaming_trainer_during_commits(labeled, tmp_path, monkeypatch):
 
 def _dmt_phase_cfg(steps: int, start: int, every: int, rounds: int, **kw) -> StudentTrainConfig:
     sc = StreamConfig(batch_size=32, shuffle_buffer=128, seed=3, prefetch=0, round_weights={"0": 1.0, "dmt": 2.0})
-    return StudentTrainConfig(updater=UpdaterConfig(arch="mlp"), stream=sc, steps=steps, checkpoint_every=every,
+    return StudentTrainConfig(updater=UpdaterConfig(arch="mlp"), stream=sc, steps=steps, checkpoint_every=2 * every,
                               device="cpu", optim=OptimConfig(lr=1e-4, warmup_steps=2, schedule="cosine"),
                               phase_start=start, dmt_every=every, dmt_rounds=rounds, **kw)
 
@@ -311,9 +311,14 @@ def test_lockstep_dmt_bounds_policy_lag_and_replays_exactly(tmp_path, monkeypatc
     assert metrics[40]["lr"] == pytest.approx(1e-5)
     assert json.loads(Path(f"{run}/config-phase-00000020.json").read_text())["config"]["dmt_every"] == 5
     from trainers.run_dir import RunDir, unflatten_optimizer
-    _, tensors, meta = RunDir(run).load({"step": 25, "path": "checkpoints/step-00000025"})
+    _, tensors, meta = RunDir(run).load({"step": 30, "path": "checkpoints/step-00000030"})
     opt = unflatten_optimizer(tensors, meta["optimizer"])
-    assert {float(v["step"]) for v in opt["state"].values()} == {5.0}  # fresh AdamW moments at the phase start
+    assert {float(v["step"]) for v in opt["state"].values()} == {10.0}  # fresh AdamW moments at the phase start
+    # round 2 rolled out the weights-only snapshot of step 25 (full checkpoints every 10 steps: 20, 30, 40)
+    pins = [json.loads(Path(d["targets"].removeprefix("file://"), f"dmt/intent-{r:03d}.json").read_text())["path"]
+            for r in (1, 2, 3)]
+    assert pins == ["checkpoints/step-00000020", "policy/step-00000025", "checkpoints/step-00000030"]
+    assert not Path(run, "checkpoints/step-00000025").exists()
     # the replay: the same labels, trainer and rounds give the same batches and the same student
     d2 = _label(tmp_path / "b")
     run2 = str(tmp_path / "b" / "run")
@@ -421,7 +426,7 @@ def test_lockstep_loop_refuses_a_run_without_the_boundary_checkpoint(labeled, tm
     d = labeled
     run = str(tmp_path / "run")
     run_training(d["targets"], d["teacher"], run, _train_cfg(30, every=10), quiet=True)
-    with pytest.raises(DMTTimeout, match=r"no checkpoint at step 25 .*--dmt-every 5"):
+    with pytest.raises(DMTTimeout, match=r"no checkpoint or policy snapshot at step 25 .*--dmt-every 5"):
         DMTLoop(_loop_cfg(d, run, rounds=1, every_steps=5, first_step=25)).run()
     assert newest_generation(Bucket.from_url(d["targets"])) == 1
 
@@ -494,7 +499,7 @@ def test_lockstep_from_the_command_line(labeled, tmp_path):
     actor = subprocess.Popen([sys.executable, "-m", "jobs.dmt", *argv], cwd=REPO, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
-        assert train_main([*common, "--steps", "35", "--checkpoint-every", "5", "--phase-start", "20", "--dmt-every",
+        assert train_main([*common, "--steps", "35", "--checkpoint-every", "10", "--phase-start", "20", "--dmt-every",
                            "5", "--dmt-rounds", "2", "--dmt-refresh", "--round-decay", "0.1", "--lr", "1e-4",
                            "--round-weights", '{"0": 1, "dmt": 2}', "--dmt-wait-seconds", "60"]) == 0
         _, err = actor.communicate(timeout=120)

@@ -5,6 +5,8 @@
     <run>/checkpoints/step-00000100/student/   save_student(): weights.safetensors + config.json
     <run>/checkpoints/step-00000100/state.safetensors, state.json   optimizer, RNG (tensors) + the rest
     <run>/checkpoints/latest.json              {"step": 100, "path": "checkpoints/step-00000100"}
+    <run>/policy/step-00000102/student/        weights only (lockstep DMT: what the DMT actor rolls out)
+    <run>/policy/step-00000102/done.json       written last: the snapshot is complete
 
 A checkpoint folder is complete before `latest.json` names it, and `latest.json` is replaced in one
 atomic write (temp + rename locally, one PUT on S3): a crash mid-write leaves the previous pointer, so
@@ -27,6 +29,11 @@ LATEST = "checkpoints/latest.json"
 
 def step_dir(step: int) -> str:
     return f"checkpoints/step-{step:08d}"
+
+
+def policy_dir(step: int) -> str:
+    """A weights-only snapshot of the student (no optimizer: a fraction of a checkpoint's bytes)."""
+    return f"policy/step-{step:08d}"
 
 
 def flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -83,6 +90,20 @@ class RunDir:
         self.bucket.write_bytes(f"{rel}/state.json", json.dumps(meta, sort_keys=True).encode())
         self.write_json(LATEST, {"step": step, "path": rel})  # last: the commit point
         return self.bucket.url(rel)
+
+    def save_policy(self, step: int, write_student) -> str:
+        """Write the student of `step` alone, then `done.json` (the commit marker the DMT actor waits for)."""
+        rel = policy_dir(step)
+        write_student(self.bucket.url(f"{rel}/student"))
+        self.write_json(f"{rel}/done.json", {"step": step, "path": rel})
+        return self.bucket.url(rel)
+
+    def student_url(self, step: int) -> str:
+        """The student of `step`: its full checkpoint, else its weights-only snapshot (ObjectNotFound if none)."""
+        for rel, marker in ((step_dir(step), "state.json"), (policy_dir(step), "done.json")):
+            if self.bucket.exists(f"{rel}/{marker}"):
+                return self.bucket.url(f"{rel}/student")
+        raise ObjectNotFound(f"run {self.url} has no checkpoint or policy snapshot of step {step}")
 
     def load(self, pointer: dict) -> tuple[str, dict[str, torch.Tensor], dict]:
         """(student URL, state tensors, state JSON) of the checkpoint `pointer` names."""

@@ -58,8 +58,9 @@ class StudentTrainConfig:
     """Step where this config's phase starts: resuming a run there (e.g. DMT fine-tuning after SMT) starts
     fresh AdamW moments, warm-up and decay at `optim.lr`, and a new record order (other round weights)."""
     dmt_every: int = 0
-    """Lockstep DMT (0 = off): from `phase_start`, checkpoint every this many steps for the DMT actor to
-    roll out, and never train on relabels older than 2x this many steps (wait for the actor instead)."""
+    """Lockstep DMT (0 = off): from `phase_start`, snapshot the student every this many steps for the DMT
+    actor to roll out (weights only, `policy/step-N`, unless a full checkpoint falls there), and never
+    train on relabels older than 2x this many steps (wait for the actor instead)."""
     dmt_rounds: int = 0
     """Lockstep DMT: rounds the DMT actor will commit (after the last, train on all of them)."""
     dmt_wait_seconds: float = 600.0
@@ -101,11 +102,6 @@ def dmt_round_due(cfg: StudentTrainConfig, done: int) -> int | None:
     if rem or k > cfg.dmt_rounds:
         return None
     return min(max(1, k), cfg.dmt_rounds)
-
-
-def dmt_pin_steps(cfg: StudentTrainConfig) -> list[int]:
-    """Lockstep DMT: the checkpoint steps the DMT actor rolls out, round 1..R."""
-    return [cfg.phase_start + k * cfg.dmt_every for k in range(cfg.dmt_rounds)]
 
 
 class SMTObjective(nn.Module):
@@ -238,8 +234,8 @@ def train(state: TrainState, run: RunDir, *, rank: int = 0, quiet: bool = False,
         while state.step < cfg.steps:
             r = dmt_round_due(cfg, state.step)
             if r is not None:
-                if lead and state.step in dmt_pin_steps(cfg) and (run.latest() or {}).get("step") != state.step:
-                    save(state, run)  # the student the DMT actor rolls out for the next round
+                if lead and (run.latest() or {}).get("step") != state.step:
+                    save_policy(state, run)  # the student the actor rolls out next (and the one to evaluate)
                 with log.paused():
                     t0 = time.monotonic()
                     g = wait_for_round(state.stream, r, cfg, run.url)
@@ -295,6 +291,12 @@ def save(state: TrainState, run: RunDir) -> str:
     return run.save(state.step, lambda url: save_student(url, student, state.teacher_fp,
                                                           {"trained_by": "smt", "step": state.step}),
                     tensors, meta)
+
+
+def save_policy(state: TrainState, run: RunDir) -> str:
+    student = state.student
+    return run.save_policy(state.step, lambda url: save_student(url, student, state.teacher_fp,
+                                                                {"trained_by": "smt+dmt", "step": state.step}))
 
 
 def _truncate_metrics(path: str, step: int) -> None:
