@@ -114,7 +114,7 @@ class TrainJob:
             optim=OptimConfig(lr=self.lr, schedule=self.schedule, warmup_steps=self.warmup_steps),
             stream=StreamConfig(batch_size=self.batch_size, seed=self.seed, shuffle_buffer=self.shuffle_buffer,
                                 round_weights=weights, round_decay=self.round_decay, mix_shards=self.mix_shards,
-                                cache_shards=max(16, 2 * self.mix_shards) if self.mix_shards > 8 else 16,
+                                cache_shards=max(16, 2 * self.mix_shards),
                                 follow=self.follow, follow_every=self.follow_every),
             steps=self.steps, checkpoint_every=self.checkpoint_every, readout_weight=self.readout_weight,
             train_readout=self.train_readout, seed=self.seed, device=self.device, phase_start=self.phase_start,

@@ -24,7 +24,7 @@ from pipeline.stage import Resources
 from storage.bucket import Bucket
 from storage.errors import ObjectNotFound
 from storage.manifest import newest_generation, read_generation
-from trainers.run_dir import policy_dir, step_dir
+from trainers.run_dir import RunDir
 
 LATEST = "checkpoints/latest.json"
 
@@ -151,13 +151,14 @@ class DMTLoop:
         if c.first_step is None:
             return self.wait_for(c.every_steps + self._round_step(r - 1))
         step = c.first_step + (r - 1) * c.every_steps
+        run = RunDir(c.run, endpoint_url=c.endpoint_url)
         deadline = time.monotonic() + c.timeout_seconds
         while True:  # the trainer's weights-only snapshot of that step, or a full checkpoint there
-            for rel, marker in ((policy_dir(step), "done.json"), (step_dir(step), "state.json")):
-                if self.run_dir.exists(f"{rel}/{marker}"):
-                    return {"step": step, "path": rel}
+            rel = run.student_dir(step)
+            if rel is not None:
+                return {"step": step, "path": rel}
             p = self.latest_checkpoint()
-            if p is not None and int(p["step"]) >= step and not self.run_dir.exists(f"{policy_dir(step)}/done.json"):
+            if p is not None and int(p["step"]) >= step and run.student_dir(step) is None:  # (not written since)
                 raise DMTTimeout(f"run {c.run} has no checkpoint or policy snapshot at step {step} for lockstep round "
                                  f"{r}: train with --phase-start {c.first_step} --dmt-every {c.every_steps} so the "
                                  "trainer writes it")

@@ -97,6 +97,11 @@ class StreamConfig:
             raise ValueError(f"round_decay={self.round_decay} must be in (0, 1]")
 
 
+def _check_version(state: dict[str, Any]) -> None:
+    if state.get("version") != STATE_VERSION:
+        raise StreamStateError(f"stream state version {state.get('version')!r} is not {STATE_VERSION}")
+
+
 @dataclass
 class Cursor:
     """Where one split stands: the next record is `position` of epoch `epoch` of `generation`."""
@@ -252,6 +257,11 @@ class ShardStream(torch.utils.data.IterableDataset):
                 "shuffle_buffer": c.shuffle_buffer, "mix_shards": c.mix_shards,
                 "round_weights": c.round_weights, "round_decay": c.round_decay}
 
+    @property
+    def generation(self) -> int:
+        """The generation of the split that goes next."""
+        return self.cursors[self.next_worker].generation
+
     def state_dict(self) -> dict[str, Any]:
         """JSON-able state; (generation, epoch, position) are those of the split that goes next."""
         nxt = self.cursors[self.next_worker]
@@ -262,8 +272,7 @@ class ShardStream(torch.utils.data.IterableDataset):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume on exactly the next record. Another world size, worker count, seed, shuffle buffer or
         round weights would give another order, so they are refused (StreamStateError)."""
-        if state.get("version") != STATE_VERSION:
-            raise StreamStateError(f"stream state version {state.get('version')!r} is not {STATE_VERSION}")
+        _check_version(state)
         mine, theirs = self.layout(), {"round_decay": 1.0, **state.get("layout", {})}  # older states: no decay
         diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
         if diff:
@@ -281,8 +290,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         """Continue a saved stream in a new training phase (other round weights, batch size, world size):
         the order restarts at a fresh epoch of the saved generation, so nothing from the old layout is
         needed and the new order is again a pure function of (seed, epoch)."""
-        if state.get("version") != STATE_VERSION:
-            raise StreamStateError(f"stream state version {state.get('version')!r} is not {STATE_VERSION}")
+        _check_version(state)
         g = min(int(c["generation"]) for c in state["workers"])
         e = max(int(c["epoch"]) for c in state["workers"]) + 1
         self._target_set(g)
@@ -320,11 +328,15 @@ class ShardStream(torch.utils.data.IterableDataset):
             newest = newest_generation(bucket, start=cur.generation + 1)
         if self.agree is not None:
             newest = int(self.agree(newest))
-        if newest > cur.generation:
-            self._target_set(newest)
+        self._move(cur, newest)
+
+    def _move(self, cur: Cursor, generation: int) -> None:
+        """Put `cur` on a newer `generation`; a split in mid-epoch starts a new epoch on it."""
+        if generation > cur.generation:
+            self._target_set(generation)
             if cur.position:
                 cur.epoch, cur.position = cur.epoch + 1, 0
-            cur.generation = newest
+            cur.generation = generation
 
     def first_generation_with_round(self, r: int) -> int | None:
         """The oldest generation after the current one that holds round r (existence probes and manifest
@@ -340,14 +352,10 @@ class ShardStream(torch.utils.data.IterableDataset):
         return None
 
     def switch(self, generation: int) -> None:
-        """Move every split to `generation` now (a batch boundary): a split in mid-epoch starts a new epoch on
-        it, exactly as a followed switch does. Re-create the iterator afterwards (`iter(stream)`)."""
-        self._target_set(generation)
+        """Move every split to `generation` now (a batch boundary), exactly as a followed switch does.
+        Re-create the iterator afterwards (`iter(stream)`)."""
         for cur in self.cursors:
-            if generation > cur.generation:
-                if cur.position:
-                    cur.epoch, cur.position = cur.epoch + 1, 0
-                cur.generation = generation
+            self._move(cur, generation)
 
     # ---- the order -------------------------------------------------------------------------------
     def plan(self, generation: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:

@@ -341,8 +341,8 @@ def test_fresh_round_replays_the_relabel_with_the_current_student(labeled, tmp_p
     relabel(_rcfg(d, b, 2), SerialExecutor(), quiet=True)  # round 2 by student b (the reference for a refresh)
     stream = ShardStream(TargetSet.open(d["targets"], d["fp"], 2), StreamConfig(batch_size=64, shuffle_buffer=64,
                                                                               round_weights={"dmt": 1.0}))
-    fresh = FreshRound(stream, 2, 1, torch.device("cpu"))
-    assert fresh.Td == 12 and fresh.tokens.shape == (24, 12)
+    fresh = FreshRound(stream, 2, torch.device("cpu"))  # generation 2: round 1 is its newest
+    assert fresh.round == 1 and fresh.Td == 12 and fresh.tokens.shape == (24, 12)
     batch = next(iter(stream))
     assert set(batch["round"].tolist()) == {1}
     stored = batch["state_in"].clone()

@@ -18,13 +18,15 @@ from storage.stream import ShardStream
 
 
 class FreshRound:
-    """The newest round of a generation laid out as (sequence, step) grids for on-policy refreshes."""
+    """The newest round of a generation laid out as (sequence, step) grids for on-policy refreshes. (A
+    lockstep trainer is always on the oldest generation holding the round it needs: its newest round.)"""
 
-    def __init__(self, stream: ShardStream, generation: int, r: int, device: torch.device) -> None:
+    def __init__(self, stream: ShardStream, generation: int, device: torch.device) -> None:
         ts = stream.target_set(generation)
+        r = max(e.round for e in ts.shards)
+        if r < 1:
+            raise ValueError(f"generation {generation} of {ts.bucket.url()} holds no DMT round to re-roll")
         shards = [i for i, e in enumerate(ts.shards) if e.round == r]
-        if not shards:
-            raise ValueError(f"generation {generation} of {ts.bucket.url()} holds no shard of round {r}")
         parts = {i: stream.cache.get(ts, ts.shards[i]) for i in shards}
         seq = np.concatenate([p.seq for p in parts.values()])
         pos = np.concatenate([p.pos for p in parts.values()])

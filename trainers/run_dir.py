@@ -98,12 +98,20 @@ class RunDir:
         self.write_json(f"{rel}/done.json", {"step": step, "path": rel})
         return self.bucket.url(rel)
 
-    def student_url(self, step: int) -> str:
-        """The student of `step`: its full checkpoint, else its weights-only snapshot (ObjectNotFound if none)."""
+    def student_dir(self, step: int) -> str | None:
+        """The folder (relative) whose student/ holds the weights of `step`: its complete full checkpoint,
+        else its complete weights-only snapshot; None while neither is written."""
         for rel, marker in ((step_dir(step), "state.json"), (policy_dir(step), "done.json")):
             if self.bucket.exists(f"{rel}/{marker}"):
-                return self.bucket.url(f"{rel}/student")
-        raise ObjectNotFound(f"run {self.url} has no checkpoint or policy snapshot of step {step}")
+                return rel
+        return None
+
+    def student_url(self, step: int) -> str:
+        """The student of `step` (ObjectNotFound if the run has neither a checkpoint nor a snapshot of it)."""
+        rel = self.student_dir(step)
+        if rel is None:
+            raise ObjectNotFound(f"run {self.url} has no checkpoint or policy snapshot of step {step}")
+        return self.bucket.url(f"{rel}/student")
 
     def load(self, pointer: dict) -> tuple[str, dict[str, torch.Tensor], dict]:
         """(student URL, state tensors, state JSON) of the checkpoint `pointer` names."""

@@ -240,15 +240,13 @@ def train(state: TrainState, run: RunDir, *, rank: int = 0, quiet: bool = False,
                     t0 = time.monotonic()
                     g = wait_for_round(state.stream, r, cfg, run.url)
                     waited += time.monotonic() - t0
-                if g != state.stream.state_dict()["generation"]:
+                if g != state.stream.generation:
                     state.stream.switch(g)
                     batches = iter(state.stream)
             b = {k: v.to(dev, non_blocking=True) for k, v in next(batches).items()}
             if cfg.dmt_refresh and state.step >= cfg.phase_start:
-                g = state.stream.state_dict()["generation"]
-                if fresh is None or fresh.generation != g:
-                    r_now = min(max(1, (state.step - cfg.phase_start) // cfg.dmt_every), cfg.dmt_rounds)
-                    fresh = FreshRound(state.stream, g, r_now, dev)
+                if fresh is None or fresh.generation != state.stream.generation:
+                    fresh = FreshRound(state.stream, state.stream.generation, dev)
                 with autocast(dev):
                     fresh.refresh(state.student, b)
             with autocast(dev):
@@ -259,7 +257,7 @@ def train(state: TrainState, run: RunDir, *, rank: int = 0, quiet: bool = False,
             log.advance()
             if lead:
                 row = log.log(state.step, **out, grad_norm=gn, lr=state.sched.get_last_lr()[0],
-                              generation=state.stream.state_dict()["generation"],
+                              generation=state.stream.generation,
                               **({"dmt_wait_seconds": waited} if cfg.dmt_every else {}))
             if lead and (state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps):
                 save(state, run)
