@@ -20,21 +20,13 @@ from trainers.losses import per_position_ce
 
 
 def heldout_indices(n_available: int, n: int) -> list[int]:
-    """`n` sequence indices spread evenly over a split of `n_available` (all of them when n >= n_available):
-    a fixed sample that covers the whole split, identical for every model scored on it."""
+    """`n` sequence indices spread evenly over a split of `n_available` (all of them when n >= n_available),
+    e.g. the test windows whose prompts the reports continue."""
     if n_available < 1:
         raise ValueError("the held-out split holds no sequences: use a larger corpus or shorter windows")
     if n >= n_available:
         return list(range(n_available))
     return sorted({round(i * (n_available - 1) / max(1, n - 1)) for i in range(n)})
-
-
-def heldout_batch(corpus, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """x, y of `heldout_indices(len(corpus), n)`: the fixed evaluation windows of a (test) split."""
-    import numpy as np
-
-    x, y = corpus.get(np.asarray(heldout_indices(len(corpus), n), dtype=np.int64))
-    return torch.as_tensor(x, dtype=torch.long), torch.as_tensor(y, dtype=torch.long)
 
 
 def _summary(logits: torch.Tensor, y: torch.Tensor) -> dict:

@@ -1,8 +1,9 @@
 """Held-out figures of one run on a test split: bits per token of every model on the same targets, and samples.
 
 Models: the teacher (readout of its own memories: the ceiling of its students), students trained from its
-memories (SMT, SMT->DMT) and the BPTT baseline. Every model is scored on the same windows (`heldout_batch`:
-a fixed, evenly spread sample of the split) and the same targets y[:, prompt:] (`trainers/evaluate.py`).
+memories (SMT, SMT->DMT) and the BPTT baseline. Every model is scored on the same sequences of the test split
+(`pipeline.corpora.held_out`: all of it, or a fixed sample of `n`) and the same targets y[:, prompt:]
+(`trainers/evaluate.py`).
 A student is rolled out in two ways on stream corpora: from the teacher's memory of the prompt (the paper's
 protocol) and from its own m_0 reading the prompt itself (a standalone RNN). On prefix corpora (no prompt)
 both start at m_0, so only `from_m0` is a measurement and `from_teacher_prompt` is null with the reason.
@@ -14,31 +15,52 @@ import math
 
 import torch
 
-from trainers.evaluate import (evaluate_student, evaluate_teacher, generate, generate_teacher, heldout_batch,
-                               heldout_indices)
+from trainers.evaluate import evaluate_student, evaluate_teacher, generate, generate_teacher, heldout_indices
+
+
+def token_unit(corpus) -> str:
+    """What one token is: a byte (byte-level text), a pixel (digits, MNIST) or a token."""
+    if corpus.kind in ("digits", "mnist"):
+        return "pixel"
+    return "byte" if corpus.kind in ("text", "hf") else "token"
 
 
 def scored_targets(corpus, prompt: int) -> str:
     """One sentence saying exactly which tokens are scored."""
     T = corpus.seq_len
-    unit = "byte" if corpus.vocab_size == 256 and corpus.mode == "stream" else "token"
+    unit = token_unit(corpus)
     if prompt:
         return (f"in each test window of {T} {unit}s, the {unit}s at positions {prompt + 1}..{T} of the window "
                 f"(targets y[{prompt}..{T - 1}], {T - prompt} per window, the last one the {unit} just after the "
                 f"window when the split continues), each predicted after reading at least {prompt} {unit}s "
                 f"of the window; bits = mean of -log2 p(target) over all scored targets")
-    return (f"in each test sequence of {T} tokens, tokens 2..{T} (targets y[0..{T - 2}]: the first token has no "
-            f"prediction, it is what every model starts from); bits = mean of -log2 p(target) over all of them")
+    return (f"in each test sequence of {T} {unit}s, {unit}s 2..{T} (targets y[0..{T - 2}]; the first {unit} has "
+            f"no prediction: every model reads it first); bits = mean of -log2 p(target) over all of them")
+
+
+def split_sizes(corpus) -> dict:
+    """Sequences and tokens of each split of `corpus` (tokens: the split's stream length, or sequences x T)."""
+    out = {}
+    for split in ("train", "valid", "test"):
+        c = corpus.with_split(split)
+        tokens = int(c.data.shape[0]) if corpus.mode == "stream" else len(c) * c.seq_len
+        out[split] = {"sequences": len(c), "tokens": tokens}
+    return out
 
 
 def _figure(r: dict) -> dict:
     return {"bits": r["bits_per_token"], "acc": r["acc"], "targets": r["targets"]}
 
 
-def score_models(corpus, n: int, prompt: int, teacher, students: dict, bptt=None) -> dict:
-    """Held-out figures on `corpus` (a test split): `students` maps a name (smt, dmt) to a Student or None."""
-    x, y = heldout_batch(corpus, n)
-    out: dict = {"corpus": corpus.spec, "sequences": int(x.shape[0]), "prompt": prompt,
+def score_models(corpus, n: int, prompt: int, teacher, students: dict, bptt=None, split: str = "test",
+                 seed: int = 0) -> dict:
+    """Figures on `split` of `corpus` (n sequences at most): `students` maps a name (smt, dmt) to a Student
+    or None (not trained)."""
+    from trainers.pretrain import eval_batch
+
+    x, y = eval_batch(corpus, n, seed, split)
+    corpus = corpus.with_split(split)
+    out: dict = {"corpus": corpus.spec, "split": split, "sequences": int(x.shape[0]), "prompt": prompt,
                  "scored": scored_targets(corpus, prompt), "missing": {}}
     out["teacher"] = _figure(evaluate_teacher(teacher, x, y, prompt))
     for name, s in students.items():
@@ -64,10 +86,12 @@ def score_models(corpus, n: int, prompt: int, teacher, students: dict, bptt=None
 
 def sample_models(corpus, prompt: int, teacher, students: dict, bptt=None, k: int = 4, steps: int = 96,
                   temperature: float = 0.8, seed: int = 0) -> dict:
-    """Samples for the report: (stream) `steps` tokens after the first `prompt` tokens of `k` test windows;
-    (prefix) whole sequences after the first token of `k` test sequences. Returns {name: (k, L) token ids},
-    with "real" the true continuation and one entry per rollout mode of each student."""
+    """Samples for the report: (stream) `steps` tokens after the first `prompt` tokens of `k` test windows
+    spread over the test split; (prefix) whole sequences after the first token of `k` test sequences. Returns
+    {name: (k, L) token ids}: "prompt", "real" (the true continuation), "teacher", one entry per rollout mode
+    of each student, and "bptt (own m_0)"."""
     gen = torch.Generator().manual_seed(seed)
+    corpus = corpus.with_split("test")
     start = max(1, prompt)
     steps = min(steps, corpus.seq_len - start) if prompt == 0 else steps
     idx = heldout_indices(len(corpus), k)
