@@ -70,7 +70,10 @@ def bptt_loss(student: Student, x: torch.Tensor, y: torch.Tensor, truncate: int 
     return masked_ce(logits, torch.stack(targets, 1))
 
 
-def train_bptt(corpus, cfg: BPTTConfig, out: str | Path | None = None, quiet: bool = False, on_eval=None) -> dict:
+def train_bptt(corpus, cfg: BPTTConfig, out: str | Path | None = None, quiet: bool = False, on_eval=None,
+               probe=None) -> dict:
+    """Train; `probe(student) -> dict` adds metrics to every evaluation, measured with the clock paused (e.g. the
+    test figures of a benchmark's bits-against-seconds curve)."""
     torch.manual_seed(cfg.seed)
     dev = pick_device(cfg.device)
     shape = TeacherConfig(**{**asdict(cfg.shape), "vocab_size": corpus.vocab_size})
@@ -88,8 +91,9 @@ def train_bptt(corpus, cfg: BPTTConfig, out: str | Path | None = None, quiet: bo
     def _evaluate() -> dict:
         student.eval()
         r = evaluate_student(student, ex, ey)
+        extra = probe(student) if probe else {}
         student.train()
-        return {"bptt_acc": r["acc"], "bptt_loss": r["loss"]}
+        return {"bptt_acc": r["acc"], "bptt_loss": r["loss"], **extra}
 
     final: dict = {}
     step = 0
