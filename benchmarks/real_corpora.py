@@ -7,7 +7,7 @@ every cost is CPU-seconds of that process (`time.process_time`), evaluations exc
 1. the teacher is pretrained (joint SMT) for `--teacher-seconds`;
 2. it labels the train split (serial executor, in process; its CPU cost is measured, its wall time noted);
 3. from that ONE target set, a student per updater (mlp, gru, transformer) is trained by SMT for
-   `--student-steps` steps, then by online DMT for `--dmt-seconds` (two halves, scored after each);
+   `--student-steps` steps (scored), then by online DMT for `--dmt-seconds` (scored);
 4. BPTT trains each updater with its own readout for the per-student budget: teacher + labeling + that
    student's SMT and DMT; its test bits are probed along the way (clock paused), so the same run also
    gives BPTT at the amortised budget, where the teacher and labels are shared by the three students.
@@ -46,7 +46,7 @@ class Budgets:
     student_steps: int
     """SMT steps of each student from the shards (batch 512 transitions)."""
     dmt_seconds: float
-    """Online DMT budget of each student, CPU-seconds (two halves)."""
+    """Online DMT budget of each student, CPU-seconds."""
     dmt_lr: float
     """Online DMT learning rate (constant after 5 warm-up steps)."""
     bptt_lr: float
@@ -112,15 +112,13 @@ def run_one(corpus_name: str, seed: int, archs: tuple[str, ...], b: Budgets) -> 
         smt_cost = cpu() - c0
         student = load_student(f"{run_url}/{RunDir(run_url).latest()['path']}/student")[0]
         points = [{"stage": "smt", "own_seconds": smt_cost, **_bits(score({"s": student})["s"])}]
-        dcfg = DMTConfig(optim=OptimConfig(lr=b.dmt_lr, warmup_steps=5), steps=10**6, seconds=b.dmt_seconds / 2,
+        dcfg = DMTConfig(optim=OptimConfig(lr=b.dmt_lr, warmup_steps=5), steps=10**6, seconds=b.dmt_seconds,
                          batch_size=rc.dmt.batch_size, prompt=prompt, eval_every=10**9, eval_size=16, seed=seed,
                          clock="process")
-        carry, own = None, smt_cost
-        for half in (1, 2):
-            d = dmt_online(student, teacher, corpus, dcfg, quiet=True, carry=carry)
-            student, carry, own = d["student"], d["carry"], own + d["seconds"]
-            points.append({"stage": f"dmt-{half}", "own_seconds": own, "dmt_steps": d["steps"],
-                           **_bits(score({"s": student})["s"])})
+        d = dmt_online(student, teacher, corpus, dcfg, quiet=True)
+        own = smt_cost + d["seconds"]
+        points.append({"stage": "dmt", "own_seconds": own, "dmt_steps": d["steps"],
+                       **_bits(score({"s": d["student"]})["s"])})
         out["students"][arch] = {"points": points, "own_seconds": own}
         budget = shared + own  # the per-student view: this student paid for the whole teacher and labels
         curve: list[dict] = []
@@ -311,7 +309,7 @@ def write_md(path: Path, res: dict) -> None:
     md += [f"- {line}" for line in wins(rows)] + [""]
     md += [f"![test bits against CPU-seconds]({res['png']})", "",
            "*Every seed: the teacher (star) at its pretraining cost; each SMT->DMT student (solid) after SMT and after "
-           "each DMT half, placed at teacher + labeling + its own cost (rolled out from the teacher's prompt memory "
+           "DMT, placed at teacher + labeling + its own cost (rolled out from the teacher's prompt memory "
            "on text, from m_0 on digits); BPTT (dashed) probed during its run.*", ""]
     if NOTES:
         md += ["## Reading", "", NOTES, ""]
@@ -343,13 +341,13 @@ def main(argv=None) -> int:
     ap.add_argument("--corpora", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     ap.add_argument("--archs", nargs="+", default=list(ARCHS), choices=list(ARCHS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--teacher-seconds", nargs=2, type=float, default=[50.0, 30.0], metavar=("TEXT", "DIGITS"))
-    ap.add_argument("--student-steps", type=int, default=200)
-    ap.add_argument("--dmt-seconds", type=float, default=10.0)
+    ap.add_argument("--teacher-seconds", nargs=2, type=float, default=[30.0, 20.0], metavar=("TEXT", "DIGITS"))
+    ap.add_argument("--student-steps", type=int, default=100)
+    ap.add_argument("--dmt-seconds", type=float, default=6.0)
     ap.add_argument("--dmt-lr", type=float, default=1e-4)
     ap.add_argument("--bptt-lr", type=float, default=1e-3)
     ap.add_argument("--eval-size", type=int, default=256)
-    ap.add_argument("--bptt-eval-every", type=int, default=25)
+    ap.add_argument("--bptt-eval-every", type=int, default=40)
     ap.add_argument("--jobs", type=int, default=2, help="(corpus, seed) runs in parallel, one torch thread each")
     ap.add_argument("--out", default=str(RESULTS / "real_corpora"), help="output stem (.json, .md, .png)")
     ap.add_argument("--fresh", action="store_true", help="ignore finished runs in the .partial.jsonl")

@@ -139,7 +139,7 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
     say(f"      held-out figures on the test split ({corpus.with_split('test').spec})")
     students = {"smt": smt_student, "dmt": load_student(final_url)[0]}
     test = score_models(corpus, rc.eval_size, prompt, teacher, students, bptt and bptt["student"])
-    samples = sample_models(corpus, prompt, teacher, students, bptt and bptt["student"])
+    samples = sample_models(corpus, prompt, teacher, students, bptt and bptt["student"], k=4 if prompt else 8)
     final = timeline[-1]
     metrics = [json.loads(ln) for ln in (out / "student" / "metrics.jsonl").read_text().splitlines() if ln.strip()] \
         if (out / "student" / "metrics.jsonl").exists() else []
