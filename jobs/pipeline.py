@@ -4,9 +4,11 @@
     -> DMT rounds (the DMT actor relabels the latest student; the trainer resumes on the union)
     -> evaluation (+ the BPTT baseline with the same updater and the same wall-clock)
 
-Example: smt pipeline --recipe mnist-pixels-tiny --out runs/mnist --set student.steps=300
+Example: smt pipeline --recipe text-bytes-tiny --out runs/text --set student.steps=300
 Writes OUT/results.json, OUT/report.md with PNG plots, OUT/pipeline.log, and the bucket (default
-OUT/bucket: teachers/, targets/) plus the student run (OUT/student).
+OUT/bucket: teachers/, targets/) plus the student run (OUT/student). Timelines read the valid split; the
+final figures (results.json `test`, `*_bits`) are bits per token on the test split for every model, on the
+same sequences and targets (`trainers/heldout.py`), with samples of each model in the report.
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ from jobs.common import parse, run
 @dataclass(kw_only=True)
 class PipelineJob:
     recipe: str = "retrieval-demo"
-    """Named recipe (retrieval-demo, tinystories-bytes[-tiny], mnist-pixels[-tiny]) or a JSON/YAML file."""
+    """Named recipe (retrieval-demo, text-bytes-tiny, digits-pixels-tiny, tinystories-bytes, mnist-pixels[-tiny])
+    or a JSON/YAML file."""
     out: str = "runs/pipeline"
     """Local output folder (results, report, logs, student run)."""
     bucket: str | None = None
