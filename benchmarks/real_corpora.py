@@ -43,6 +43,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 class Budgets:
     teacher_seconds: dict
     """Teacher pretraining budget per corpus, CPU-seconds."""
+    text_stride: int
+    """Window stride of the text corpus (the recipe's 48 doubles the labeling work for little at these budgets)."""
     student_steps: int
     """SMT steps of each student from the shards (batch 512 transitions)."""
     dmt_seconds: float
@@ -77,8 +79,10 @@ def run_one(corpus_name: str, seed: int, archs: tuple[str, ...], b: Budgets) -> 
     from trainers.run_dir import RunDir
     from trainers.student import StudentTrainConfig, run_training
 
+    from pipeline.corpora import spec_with
+
     rc = load_recipe(RECIPES[corpus_name])
-    corpus = load_corpus(rc.corpus)
+    corpus = load_corpus(spec_with(rc.corpus, stride=b.text_stride) if corpus_name == "text" else rc.corpus)
     prompt = rc.pretrain.smt.Tc if corpus.mode == "stream" else 0
     work = Path(tempfile.mkdtemp(prefix=f"real-{corpus_name}-{seed}-"))
     cpu = time.process_time
@@ -273,7 +277,7 @@ def write_md(path: Path, res: dict) -> None:
           "(`time.process_time`), evaluations excluded.", "",
           "**Budgets (tiny on purpose: a 2-core machine shared with other work).** Teacher pretraining: "
           + ", ".join(f"{c} {s:g} CPU-s" for c, s in b["teacher_seconds"].items())
-          + f"; labeling of the train split: as measured; each student: {b['student_steps']} SMT steps from the "
+          + f"; labeling of the train split (text windows every {b['text_stride']} bytes): as measured; each student: {b['student_steps']} SMT steps from the "
           f"shards (batch 512 transitions) then {b['dmt_seconds']:g} CPU-s of online DMT (lr {b['dmt_lr']:g}); "
           f"BPTT (lr {b['bptt_lr']:g}, batch 32 sequences): the per-student budget = teacher + labeling + that "
           "student's SMT and DMT, its test bits probed every "
@@ -341,14 +345,15 @@ def main(argv=None) -> int:
     ap.add_argument("--corpora", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     ap.add_argument("--archs", nargs="+", default=list(ARCHS), choices=list(ARCHS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--teacher-seconds", nargs=2, type=float, default=[30.0, 20.0], metavar=("TEXT", "DIGITS"))
-    ap.add_argument("--student-steps", type=int, default=100)
-    ap.add_argument("--dmt-seconds", type=float, default=6.0)
+    ap.add_argument("--teacher-seconds", nargs=2, type=float, default=[20.0, 12.0], metavar=("TEXT", "DIGITS"))
+    ap.add_argument("--student-steps", type=int, default=60)
+    ap.add_argument("--text-stride", type=int, default=96)
+    ap.add_argument("--dmt-seconds", type=float, default=4.0)
     ap.add_argument("--dmt-lr", type=float, default=1e-4)
     ap.add_argument("--bptt-lr", type=float, default=1e-3)
     ap.add_argument("--eval-size", type=int, default=256)
-    ap.add_argument("--bptt-eval-every", type=int, default=40)
-    ap.add_argument("--jobs", type=int, default=2, help="(corpus, seed) runs in parallel, one torch thread each")
+    ap.add_argument("--bptt-eval-every", type=int, default=30)
+    ap.add_argument("--jobs", type=int, default=3, help="(corpus, seed) runs in parallel, one torch thread each")
     ap.add_argument("--out", default=str(RESULTS / "real_corpora"), help="output stem (.json, .md, .png)")
     ap.add_argument("--fresh", action="store_true", help="ignore finished runs in the .partial.jsonl")
     ap.add_argument("--render", action="store_true", help="only rewrite .md/.png from the .json")
@@ -356,7 +361,8 @@ def main(argv=None) -> int:
     ap.add_argument("--one-out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     stem = Path(args.out)
-    b = Budgets(teacher_seconds=dict(zip(RECIPES, args.teacher_seconds)), student_steps=args.student_steps,
+    b = Budgets(teacher_seconds=dict(zip(RECIPES, args.teacher_seconds)), text_stride=args.text_stride,
+                student_steps=args.student_steps,
                 dmt_seconds=args.dmt_seconds, dmt_lr=args.dmt_lr, bptt_lr=args.bptt_lr, eval_size=args.eval_size,
                 bptt_eval_every=args.bptt_eval_every)
     if args.one:  # a child: one (corpus, seed)
@@ -384,6 +390,7 @@ def main(argv=None) -> int:
             f = Path(tempfile.mkstemp(suffix=".json")[1])
             cmd = [sys.executable, __file__, "--one", f"{c}:{s}", "--one-out", str(f), "--archs", *args.archs,
                    "--teacher-seconds", *map(str, args.teacher_seconds), "--student-steps", str(args.student_steps),
+                   "--text-stride", str(args.text_stride),
                    "--dmt-seconds", str(args.dmt_seconds), "--dmt-lr", str(args.dmt_lr), "--bptt-lr",
                    str(args.bptt_lr), "--eval-size", str(args.eval_size), "--bptt-eval-every",
                    str(args.bptt_eval_every)]
