@@ -18,7 +18,7 @@ from storage.formats import encode_zarr, shard_sha256, unzip_store, zarr_store
 from storage.manifest import ShardEntry, commit, gen_path
 from storage.reader import TargetSet
 from storage.schema import Pairs, Segments
-from storage.writer import TargetSetWriter
+from storage.writer import TargetSetWriter, write_shard
 from tests.storage_data import FP, make_pairs, make_segments, writer_kwargs
 
 # Written by the folder-layout writer (before shards became one zip); regenerating it needs that code.
@@ -149,3 +149,13 @@ def test_manifest_pairs_file_lists_with_layouts(tmp_path):
         doc["shards"] = [bad.to_json()]
         with pytest.raises(ManifestError, match="file list"):
             type(gen).from_json(doc, gen_path(1))
+
+
+def test_zip_shard_of_a_folder_shards_records_is_refused(tmp_path):
+    shutil.copytree(FOLDER_SET, tmp_path / "set")
+    bucket = Bucket.from_url(str(tmp_path / "set"))
+    again = write_shard(bucket, make_segments(n=3, S=4, Z=16, seed=0), index=0, round=0, fmt="zarr",
+                        dtype="float16", teacher_fingerprint=FP)
+    assert again.path == "round-000/shard-00000.zarr.zip"
+    with pytest.raises(ManifestError, match="duplicate the records of committed shard round-000/shard-00000.zarr "):
+        commit(bucket, [again], **writer_kwargs())
