@@ -59,8 +59,8 @@ def save_checkpoint(url: str, kind: str, model: dict, tensors: dict[str, torch.T
     return fp
 
 
-def load_checkpoint(url: str, kind: str | tuple[str, ...] | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Read and verify a checkpoint; returns (config, tensors)."""
+def read_config(url: str, kind: str | tuple[str, ...] | None = None) -> dict:
+    """The checkpoint's config JSON only (kind, model, fingerprint, meta): a cheap check before heavy work."""
     fs, path = fsspec.core.url_to_fs(url)
     try:
         with fs.open(_join(path, CONFIG), "rb") as f:
@@ -74,6 +74,13 @@ def load_checkpoint(url: str, kind: str | tuple[str, ...] | None = None) -> tupl
     if kinds and cfg.get("kind") not in kinds:
         raise CheckpointError(f"checkpoint {url} is a {cfg.get('kind')!r} checkpoint, expected {' or '.join(kinds)}: "
                               "pass the right path")
+    return cfg
+
+
+def load_checkpoint(url: str, kind: str | tuple[str, ...] | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Read and verify a checkpoint; returns (config, tensors)."""
+    cfg = read_config(url, kind)
+    fs, path = fsspec.core.url_to_fs(url)
     try:
         with fs.open(_join(path, WEIGHTS), "rb") as f:
             tensors = st_load(f.read())

@@ -19,7 +19,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 
-from pipeline.relabel import RelabelConfig, relabel
+from pipeline.relabel import RelabelConfig, check_relabel, relabel
 from pipeline.stage import Resources
 from storage.bucket import Bucket
 from storage.errors import ObjectNotFound
@@ -167,19 +167,24 @@ class DMTLoop:
                                  f"--phase-start {c.first_step} --dmt-every {c.every_steps}` running?")
             time.sleep(c.poll_seconds)
 
-    def run_round(self, r: int, pointer: dict, quiet: bool = True) -> dict:
-        pointer = self._pin(r, pointer)
+    def _relabel_config(self, r: int, pointer: dict) -> RelabelConfig:
         c = self.cfg
+        return RelabelConfig(
+            targets=c.targets, teacher=c.teacher, student=self.run_dir.url(f"{pointer['path']}/student"),
+            corpus=c.corpus, round=r, sequences=c.sequences, shard_sequences=c.shard_sequences, start=c.start,
+            Td=c.Td, fmt=c.fmt, dtype=c.dtype, device=c.device, endpoint_url=c.endpoint_url,
+            resources=c.resources)
+
+    def run_round(self, r: int, pointer: dict, quiet: bool = True) -> dict:
+        if self.pinned(r) is None:  # validate before pinning: a pin from a bad run would bind later runs
+            check_relabel(self._relabel_config(r, pointer))
+        pointer = self._pin(r, pointer)
 
         def save_pending(rep: dict) -> None:
             rep["student_step"] = int(pointer["step"])
             self.targets.write_bytes(f"dmt/pending-{r:03d}.json", json.dumps(rep, indent=1).encode())
 
-        rep = relabel(RelabelConfig(
-            targets=c.targets, teacher=c.teacher, student=self.run_dir.url(f"{pointer['path']}/student"),
-            corpus=c.corpus, round=r, sequences=c.sequences, shard_sequences=c.shard_sequences, start=c.start,
-            Td=c.Td, fmt=c.fmt, dtype=c.dtype, device=c.device, endpoint_url=c.endpoint_url,
-            resources=c.resources), self.executor, quiet=quiet, before_commit=save_pending)
+        rep = relabel(self._relabel_config(r, pointer), self.executor, quiet=quiet, before_commit=save_pending)
         rep["student_step"] = int(pointer["step"])
         if rep.get("committed"):
             self.targets.write_bytes(f"dmt/round-{r:03d}.json", json.dumps(rep, indent=1).encode())

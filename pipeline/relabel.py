@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from models.checkpoint import CheckpointError, load_student, load_teacher
+from models.checkpoint import CheckpointError, load_student, load_teacher, read_config
 from pipeline.corpora import load_corpus
 from pipeline.stage import Resources, ShardRange, Stage
 from storage.bucket import Bucket
-from storage.manifest import ShardEntry, commit, newest_generation, read_generation
+from storage.manifest import Generation, ShardEntry, commit, newest_generation, read_generation
 from storage.schema import Pairs
 from storage.writer import write_shard
 
@@ -185,19 +185,17 @@ def round_items(num_sequences: int, round: int, sequences: int, per_shard: int) 
     return items
 
 
-def relabel(cfg: RelabelConfig, executor, quiet: bool = False, before_commit=None) -> dict:
-    """Roll out, write round `cfg.round` as pair shards, commit one generation. Idempotent: a round that is
-    already in the newest generation is not written again, and a rerun after a crash before the commit
-    rewrites the same bytes (write-once shards skip). `before_commit(report)` gets the round's report
-    (without its generation) after every shard is written and before the commit."""
+def check_relabel(cfg: RelabelConfig) -> tuple[Generation, object, int] | None:
+    """Validate a round before any work or pin: the target set exists, the corpus is the labeled one, the
+    rollout fits, and the teacher and student match the set's fingerprint (config reads only). Returns
+    (newest generation, corpus, Td), or None when the round is already committed."""
     target = Bucket.from_url(cfg.targets, endpoint_url=cfg.endpoint_url)
     n = newest_generation(target)
     if not n:
         raise RelabelError(f"no target set at {cfg.targets} (no manifest generation): run `smt label` first")
     gen = read_generation(target, n)
     if any(e.round == cfg.round for e in gen.shards):
-        return {"round": cfg.round, "generation": n, "committed": False, "records": 0, "drift_by_step": None,
-                "note": "round already committed"}
+        return None
     corpus = load_corpus(cfg.corpus)
     if corpus.corpus_id != gen.corpus_id:
         raise RelabelError(f"corpus {corpus.spec!r} (id {corpus.corpus_id}) is not the one the target set was "
@@ -209,6 +207,29 @@ def relabel(cfg: RelabelConfig, executor, quiet: bool = False, before_commit=Non
     if cfg.start < 0 or Td < 1 or cfg.start + Td > corpus.seq_len:
         raise RelabelError(f"start={cfg.start}, Td={Td} does not fit sequences of length {corpus.seq_len}: "
                            "shorten --Td or --start")
+    fp = gen.teacher_fingerprint
+    tfp = read_config(cfg.teacher, "teacher").get("fingerprint")
+    if tfp != fp:
+        raise RelabelError(f"teacher {cfg.teacher} has fingerprint {str(tfp)[:16]}, the target set {fp[:16]}: "
+                           "pass the teacher that labeled it")
+    sfp = read_config(cfg.student, "student")["model"].get("teacher_fingerprint")
+    if sfp != fp:
+        raise RelabelError(f"student {cfg.student} was trained against teacher {str(sfp)[:16]}, the target set "
+                           f"is labeled by {fp[:16]}: pass the run trained on this target set")
+    return gen, corpus, Td
+
+
+def relabel(cfg: RelabelConfig, executor, quiet: bool = False, before_commit=None) -> dict:
+    """Roll out, write round `cfg.round` as pair shards, commit one generation. Idempotent: a round that is
+    already in the newest generation is not written again, and a rerun after a crash before the commit
+    rewrites the same bytes (write-once shards skip). `before_commit(report)` gets the round's report
+    (without its generation) after every shard is written and before the commit."""
+    target = Bucket.from_url(cfg.targets, endpoint_url=cfg.endpoint_url)
+    checked = check_relabel(cfg)
+    if checked is None:
+        return {"round": cfg.round, "generation": newest_generation(target), "committed": False, "records": 0,
+                "drift_by_step": None, "note": "round already committed"}
+    gen, corpus, Td = checked
     stage = RelabelStage(teacher=cfg.teacher, student=cfg.student, corpus=corpus.spec, target=target.url(),
                          fingerprint=gen.teacher_fingerprint, round=cfg.round, start=cfg.start, Td=cfg.Td,
                          fmt=cfg.fmt, dtype=cfg.dtype, device=cfg.device, endpoint_url=cfg.endpoint_url,

@@ -44,10 +44,10 @@ def one_thread():
 
 
 def config(**kw) -> PretrainConfig:
-    base = dict(teacher=TeacherConfig(d_model=16, n_heads=2, encoder_depth=1, decoder_depth=1, mem_tokens=2),
-                updater=UpdaterConfig(arch="mlp", depth=1, hidden=32), steps=20, eval_every=5, eval_size=16,
-                batch_size=8, checkpoint_every=4, curriculum=(6, 9), curriculum_acc=0.0, device="cpu")
-    return PretrainConfig(**{**base, **kw})
+    kw.setdefault("teacher", TeacherConfig(d_model=16, n_heads=2, encoder_depth=1, decoder_depth=1, mem_tokens=2))
+    return PretrainConfig(updater=UpdaterConfig(arch="mlp", depth=1, hidden=32), eval_every=5, eval_size=16,
+                          batch_size=8, checkpoint_every=4, curriculum=(6, 9), curriculum_acc=0.0, device="cpu",
+                          **{"steps": 20, **kw})
 
 
 def max_diff(a_url: str, b_url: str) -> float:

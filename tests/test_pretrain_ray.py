@@ -79,8 +79,8 @@ def test_two_workers_fail_resume_and_equal_an_uninterrupted_run(ray_local, tmp_p
     assert [r["T"] for r in b] == [6, 9, 12, 12]                    # two curriculum stage changes on the way
     for ra, rb in zip(a, b):
         assert abs(ra["loss"] - rb["loss"]) <= 1e-6
-    ta, fa, _ = load_teacher(str(oracle / "teacher"))
-    tb, fb, _ = load_teacher(str(run / "teacher"))
+    ta, _, _ = load_teacher(str(oracle / "teacher"))
+    tb, _, _ = load_teacher(str(run / "teacher"))
     diff = max((p - q).abs().max().item() for p, q in zip(ta.state_dict().values(), tb.state_dict().values()))
     assert diff <= 1e-6
     assert json.loads((run / "run.json").read_text())["world_size"] == 2

@@ -126,9 +126,14 @@ def save(state: PretrainState, run: RunDir) -> str:
     """One complete checkpoint of `state` (teacher, student, state files), then the latest pointer."""
     tensors, meta = state.state_dict()
     info = {"corpus": state.corpus_spec, "steps": state.step}
-    fp: list[str] = []
-    write_teacher = lambda url: fp.append(save_teacher(url, state.teacher, info))  # noqa: E731
-    write_student = lambda url: save_student(url, state.student, fp[0], {**info, "trained_by": "smt"})  # noqa: E731
+    fp: list[str] = []  # the teacher is written first; its fingerprint goes into the student's checkpoint
+
+    def write_teacher(url: str) -> None:
+        fp.append(save_teacher(url, state.teacher, info))
+
+    def write_student(url: str) -> None:
+        save_student(url, state.student, fp[0], {**info, "trained_by": "smt"})
+
     return run.save(state.step, write_student, tensors, meta, write_teacher=write_teacher)
 
 
