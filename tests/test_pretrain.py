@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from jobs.cli import main as smt
+from jobs.dmt import default_teacher
 from models.checkpoint import load_teacher
 from models.teacher import TeacherConfig
 from models.updaters import UpdaterConfig
@@ -161,6 +162,7 @@ def test_label_publishes_the_teacher_and_train_needs_no_teacher_flag(tmp_path, c
     targets = capsys.readouterr().out.strip().splitlines()[-1]
     fp = json.loads((pt / "teacher" / "config.json").read_text())["fingerprint"]
     assert (bucket / "teachers" / fp / "config.json").exists()
+    assert default_teacher(targets, None).endswith(f"/teachers/{fp}")   # smt dmt resolves it the same way
     assert smt(["train", "--targets", targets, "--out", str(tmp_path / "student"), "--steps", "2",
                 "--batch-size", "16", "--hidden", "32", "--depth", "1", "--quiet"]) == 0   # no --teacher
     assert json.loads((tmp_path / "student" / LATEST).read_text())["step"] == 2
