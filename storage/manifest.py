@@ -19,7 +19,7 @@ from typing import Any
 from storage.bucket import Bucket, check_relpath
 from storage.codec import STATE_DTYPES
 from storage.errors import BucketError, FingerprintMismatch, ManifestError, ObjectNotFound, one_line
-from storage.formats import FORMATS
+from storage.formats import FORMATS, SUFFIX
 from storage.schema import LAYOUTS, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
@@ -33,8 +33,7 @@ def gen_path(n: int) -> str:
 
 def shard_path(round: int, index: int, fmt: str) -> str:
     """Deterministic shard path inside a target set folder."""
-    suffix = {"zarr": ".zarr", "wds": ".tar"}[fmt]
-    return f"round-{int(round):03d}/shard-{int(index):05d}{suffix}"
+    return f"round-{int(round):03d}/shard-{int(index):05d}{SUFFIX[fmt]}"
 
 
 def target_set_path(fingerprint: str, corpus_id: str) -> str:
@@ -60,7 +59,8 @@ class ShardEntry:
     records: int       # transitions
     bytes: int
     sha256: str
-    files: dict[str, int] = field(default_factory=dict)  # zarr: file name -> size; tar: {}
+    files: dict[str, int] = field(default_factory=dict)  # {} (one object) or, for zarr folder shards
+    # written before the zip layout, file name -> size (read, never written)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,9 +83,19 @@ class ShardEntry:
         if e.format not in FORMATS or e.layout not in LAYOUTS or e.dtype not in STATE_DTYPES:
             raise ManifestError(f"{where}: shard {e.path} has unknown format/layout/dtype "
                                 f"{e.format}/{e.layout}/{e.dtype}")
-        if (e.format == "zarr") != bool(e.files):
-            raise ManifestError(f"{where}: shard {e.path}: zarr shards need a file list, tar shards none")
+        if bool(e.files) != (e.format == "zarr" and not e.path.endswith(SUFFIX["zarr"])):
+            raise ManifestError(f"{where}: shard {e.path}: zarr folder shards need a file list, one-object "
+                                "shards (.zarr.zip, .tar) none")
         return e
+
+
+def fetch_shard(bucket: Bucket, entry: ShardEntry) -> dict[str, bytes]:
+    """The shard's objects as `decode_shard` takes them: `{"": bytes}`, or a folder shard's listed files
+    (fetched by name, never listed). A missing object raises ObjectNotFound."""
+    if not entry.files:
+        return {"": bucket.read_bytes(entry.path)}
+    got = bucket.read_many(f"{entry.path}/{name}" for name in sorted(entry.files))
+    return {k[len(entry.path) + 1:]: v for k, v in got.items()}
 
 
 @dataclass(frozen=True)
@@ -99,6 +109,7 @@ class Generation:
     corpus_params: dict
     shards: tuple[ShardEntry, ...]
     schema_version: int = SCHEMA_VERSION
+    base: dict | None = None  # a run's rounds: {"generation": n, "url": ...} of the target set it builds on
 
     @property
     def num_records(self) -> int:
@@ -109,7 +120,8 @@ class Generation:
                 "created": self.created,
                 "teacher": {"fingerprint": self.teacher_fingerprint, "config": self.teacher_config},
                 "corpus": {"id": self.corpus_id, "params": self.corpus_params},
-                "records": self.num_records, "shards": [e.to_json() for e in self.shards]}
+                "records": self.num_records, "shards": [e.to_json() for e in self.shards],
+                **({"base": self.base} if self.base is not None else {})}
 
     @classmethod
     def from_json(cls, d: Any, where: str) -> Generation:
@@ -124,9 +136,18 @@ class Generation:
                        teacher_fingerprint=str(d["teacher"]["fingerprint"]),
                        teacher_config=dict(d["teacher"].get("config") or {}),
                        corpus_id=str(d["corpus"]["id"]), corpus_params=dict(d["corpus"].get("params") or {}),
-                       shards=tuple(ShardEntry.from_json(s, where) for s in d["shards"]))
+                       shards=tuple(ShardEntry.from_json(s, where) for s in d["shards"]),
+                       base=_base(d.get("base"), where))
         except (KeyError, TypeError, ValueError) as err:
             raise ManifestError(f"{where}: malformed generation ({err})") from err
+
+
+def _base(b: Any, where: str) -> dict | None:
+    if b is None:
+        return None
+    if not isinstance(b, dict) or not isinstance(b.get("generation"), int) or b["generation"] < 1:
+        raise ManifestError(f"{where}: malformed base pin {str(b)[:120]!r} (want {{'generation': n >= 1, ...}})")
+    return dict(b)
 
 
 class TornGeneration(ManifestError):
@@ -173,8 +194,9 @@ def newest_generation(bucket: Bucket, start: int = 0) -> int:
 
 
 def _stem(path: str) -> str:
-    """`round-000/shard-00042` for any format: one record range, whatever its encoding."""
-    return path.rsplit(".", 1)[0]
+    """`round-000/shard-00042` for any format (.tar, .zarr.zip, a .zarr folder): one record range."""
+    folder, _, name = path.rpartition("/")
+    return f"{folder}/{name.split('.', 1)[0]}"
 
 
 def _merge(prev: Generation | None, entries: list[ShardEntry], where: str) -> tuple[ShardEntry, ...]:
@@ -200,8 +222,9 @@ def _merge(prev: Generation | None, entries: list[ShardEntry], where: str) -> tu
 
 
 def commit(bucket: Bucket, entries: list[ShardEntry], *, teacher_fingerprint: str, teacher_config: dict,
-           corpus_id: str, corpus_params: dict, max_attempts: int = 64) -> Generation:
-    """Create the next generation = newest generation's shards + `entries`; returns it."""
+           corpus_id: str, corpus_params: dict, base: dict | None = None, max_attempts: int = 64) -> Generation:
+    """Create the next generation = newest generation's shards + `entries`; returns it. `base` pins the
+    target-set generation a run's rounds build on (storage/rounds.py); target sets have none."""
     n = newest_generation(bucket)
     for _ in range(max_attempts):
         prev = latest_readable(bucket, n)
@@ -216,7 +239,7 @@ def commit(bucket: Bucket, entries: list[ShardEntry], *, teacher_fingerprint: st
                          created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                          teacher_fingerprint=teacher_fingerprint, teacher_config=dict(teacher_config),
                          corpus_id=corpus_id, corpus_params=dict(corpus_params),
-                         shards=_merge(prev, entries, bucket.url(gen_path(n + 1))))
+                         shards=_merge(prev, entries, bucket.url(gen_path(n + 1))), base=base)
         data = json.dumps(gen.to_json(), indent=1, sort_keys=False).encode()
         if bucket.create_exclusive(gen_path(n + 1), data):
             _advance_hint(bucket, n + 1)
