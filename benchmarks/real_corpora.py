@@ -273,8 +273,9 @@ def write_md(path: Path, res: dict) -> None:
     unit = {"text": "byte", "digits": "pixel"}
     md = ["# SMT->DMT vs BPTT on real corpora (held-out bits against CPU-seconds)", "",
           f"Command: `{res['command']}`; {res['machine']}; torch threads 1 per process, {res['jobs']} processes in "
-          f"parallel; wall time {res['wall_minutes']:.0f} min. Every cost is CPU-seconds of one process "
-          "(`time.process_time`), evaluations excluded.", "",
+          f"parallel; wall time {res['wall_minutes']:.0f} min{'. ' + res['note'] if res.get('note') else ''}. Every "
+          "cost is CPU-seconds of one process (`time.process_time`), evaluations excluded, so the figures do not "
+          "depend on the machine's load.", "",
           "**Budgets (tiny on purpose: a 2-core machine shared with other work).** Teacher pretraining: "
           + ", ".join(f"{c} {s:g} CPU-s" for c, s in b["teacher_seconds"].items())
           + f"; labeling of the train split (text windows every {b['text_stride']} bytes): as measured; each student: {b['student_steps']} SMT steps from the "
@@ -357,6 +358,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(RESULTS / "real_corpora"), help="output stem (.json, .md, .png)")
     ap.add_argument("--fresh", action="store_true", help="ignore finished runs in the .partial.jsonl")
     ap.add_argument("--render", action="store_true", help="only rewrite .md/.png from the .json")
+    ap.add_argument("--wall-minutes", type=float, help="wall time to report when earlier invocations made the runs")
+    ap.add_argument("--note", default="", help="how the runs were made, when not by this one invocation")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--one-out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -411,7 +414,7 @@ def main(argv=None) -> int:
     archs = tuple(a for a in args.archs)
     res = {"command": "python benchmarks/real_corpora.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared)", "jobs": args.jobs,
-           "wall_minutes": (time.perf_counter() - t0) / 60, "budgets": dataclasses.asdict(b), "archs": archs,
+           "wall_minutes": args.wall_minutes or (time.perf_counter() - t0) / 60, "note": args.note, "budgets": dataclasses.asdict(b), "archs": archs,
            "scored": {r["corpus"]: r["scored"] for r in runs}, "summary": summarise(runs, archs),
            "totals": totals(runs), "png": stem.with_suffix(".png").name, "runs": runs}
     stem.with_suffix(".json").write_text(json.dumps(res, indent=1))
