@@ -3,7 +3,7 @@ endpoint, against a plain sequential read of the same bytes; bytes per transitio
 pairs and float16 vs int8 (with int8 reconstruction error). `zarr-folder` is the Zarr layout written
 before shards became one zip object (a folder of ~2 objects per column), read by the same reader.
 
-    python benchmarks/storage.py [--segments-per-shard 48] [--shards 12] [--s3-shards 3]
+    python3 benchmarks/storage.py [--segments-per-shard 48] [--shards 12] [--s3-shards 3]
 
 Writes benchmarks/results/storage.json and storage.md. States are Z=4096 Gaussian float16 (random data
 barely compresses, so the sizes are an upper bound for real teacher states).
@@ -196,7 +196,7 @@ def markdown(r: dict) -> str:
              (f"Z={c['Z']} float16, S={c['S']}, {c['segments_per_shard']} segments/shard "
               f"({c['shard_MB_raw']:.1f} MB of states), {c['shards']} local shards, {c['s3_shards']} moto-S3 "
               f"shards; {r['machine']['cpus']} CPUs, {r['elapsed_s']:.0f} s total. "
-              "Command: `python benchmarks/storage.py`."),
+              "Command: `python3 benchmarks/storage.py`."),
              "", ("| where/format | write MB/s | write rec/s | read raw MB/s | read raw+sha MB/s | "
                   "read Transitions rec/s | plain read MB/s | raw/plain | raw+sha/plain |"),
              "|---|---|---|---|---|---|---|---|---|"]
