@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                 say(rep)
         else:
             DMTLoop(cfg).run(quiet=args.quiet, on_round=say)
-        reps = round_reports(args.targets, args.endpoint_url)
+        reps = round_reports(args.run, args.endpoint_url)
         Path(args.report).mkdir(parents=True, exist_ok=True)
         (Path(args.report) / "dmt_rounds.json").write_text(json.dumps(reps, indent=1))
         png = plot_rounds(reps, args.report)

@@ -27,6 +27,7 @@ from models.student import Student
 from models.updaters import UpdaterConfig
 from storage.errors import FingerprintMismatch
 from storage.reader import TargetSet
+from storage.rounds import RunSource, rounds_bucket
 from storage.stream import ShardStream, StreamConfig
 from trainers.common import MetricsLog, OptimConfig, autocast, clip_and_step, pick_device
 from trainers.pretrain import matched_updater
@@ -190,7 +191,9 @@ def build_state(targets: TargetSet, teacher, teacher_fp: str, cfg: StudentTrainC
     """A fresh train state, or the one the run's newest checkpoint holds (resume)."""
     check_teacher(teacher_fp, targets.fingerprint, "given", targets.bucket.url())
     dev = pick_device(cfg.device)
-    stream = ShardStream(targets, cfg.stream, rank=rank, world_size=world_size, agree=agree)
+    # round 0 of the target set plus this run's own DMT rounds (never another run's)
+    source = RunSource(targets, rounds_bucket(run.bucket))
+    stream = ShardStream(source, cfg.stream, rank=rank, world_size=world_size, agree=agree)
     pointer = run.latest()
     if pointer is None:
         torch.manual_seed(cfg.seed)
@@ -275,10 +278,10 @@ def wait_for_round(stream: ShardStream, r: int, cfg: StudentTrainConfig, run_url
         if g is not None:
             return g
         if time.monotonic() > deadline:
-            targets = stream.base.bucket.url()
+            targets = stream.source.targets.bucket.url()
             raise DMTWaitTimeout(
-                f"DMT round {r} was not committed to {targets} within {cfg.dmt_wait_seconds:g} s: start the DMT actor "
-                f"on this run (smt dmt --targets {targets} --run {run_url} --first-step {cfg.phase_start} "
+                f"DMT round {r} was not committed to {stream.source.bucket.url()} within {cfg.dmt_wait_seconds:g} s: "
+                f"start the DMT actor on this run (smt dmt --targets {targets} --run {run_url} --first-step {cfg.phase_start} "
                 f"--every-steps {cfg.dmt_every} --rounds {cfg.dmt_rounds} ...) or train without --dmt-every")
         time.sleep(poll)
 
