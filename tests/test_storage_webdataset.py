@@ -3,15 +3,13 @@ of rows, keyed by column), and a shard written by its TarWriter with our member 
 from __future__ import annotations
 
 import numpy as np
-import pytest
+import webdataset as wds
 
 from storage.bucket import Bucket
 from storage.codec import to_columns
 from storage.formats import decode_tar
 from storage.writer import TargetSetWriter
 from tests.storage_data import FP, make_pairs, make_segments, writer_kwargs
-
-wds = pytest.importorskip("webdataset")
 
 
 def test_webdataset_reads_our_tar_shards(tmp_path):
