@@ -78,15 +78,11 @@ class DMTArgs:
 
 
 def default_teacher(targets_url: str, endpoint_url: str | None) -> str:
+    """The teacher published for the target set (`<bucket>/teachers/<fingerprint>/`), as `smt train` finds it."""
     from storage.reader import TargetSet
+    from trainers.student import resolve_teacher
 
-    url = targets_url.rstrip("/")
-    parts = url.split("/")
-    if len(parts) < 4 or parts[-3] != "targets":
-        raise ValueError(f"cannot find the teacher of {url}: it is not at <bucket>/targets/<fingerprint>/"
-                         "<corpus-id>; pass --teacher URL")
-    fp = TargetSet.open(url, None, endpoint_url=endpoint_url).fingerprint
-    return "/".join(parts[:-3] + ["teachers", fp])
+    return resolve_teacher(TargetSet.open(targets_url, None, endpoint_url=endpoint_url))
 
 
 def plot_rounds(reports: list[dict], folder: str) -> str | None:

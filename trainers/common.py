@@ -80,7 +80,8 @@ CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
 class MetricsLog:
     """Appends one JSON object per line to `path` (if given) and shows a progress bar."""
 
-    def __init__(self, path: str | Path | None, total: int, desc: str, quiet: bool = False, clock: str = "wall"):
+    def __init__(self, path: str | Path | None, total: int, desc: str, quiet: bool = False, clock: str = "wall",
+                 start: float = 0.0):
         self.path = Path(path) if path else None
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,7 +89,7 @@ class MetricsLog:
         if clock not in CLOCKS:
             raise ValueError(f"clock={clock!r} is unknown: use one of {', '.join(CLOCKS)}")
         self.now = CLOCKS[clock]
-        self.t0 = self.now()
+        self.t0 = self.now() - start  # `start`: seconds a resumed run had already spent
         self.paused_for = 0.0
         self.history: list[dict[str, Any]] = []
 

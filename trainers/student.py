@@ -228,8 +228,8 @@ def train(state: TrainState, run: RunDir, *, rank: int = 0, quiet: bool = False,
         name = f"config-phase-{cfg.phase_start:08d}.json" if cfg.phase_start else "config.json"
         run.write_json(name, {"stage": "train", "config": asdict(cfg), "teacher_fingerprint": state.teacher_fp})
     metrics_path = run.local_path("metrics.jsonl") if lead else None
-    if metrics_path and state.step:
-        _truncate_metrics(metrics_path, state.step)  # rows past the checkpoint belong to the lost attempt
+    if lead and state.step:
+        run.truncate_metrics(state.step)
     log = MetricsLog(metrics_path, cfg.steps, "train", quiet or not lead)
     log.advance(state.step)
     batches = iter(state.stream)
@@ -313,17 +313,6 @@ def save_policy(state: TrainState, run: RunDir) -> str:
                                                                 {"trained_by": "smt+dmt", "step": state.step}))
 
 
-def _truncate_metrics(path: str, step: int) -> None:
-    import os
-
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    with open(path + ".tmp", "w") as f:
-        f.writelines(keep)
-    os.replace(path + ".tmp", path)
-
 
 def teacher_url_for(targets: TargetSet) -> str:
     """The default teacher of a target set: `<bucket root>/teachers/<fingerprint>/`, where the target set
@@ -336,6 +325,22 @@ def teacher_url_for(targets: TargetSet) -> str:
     return "/".join(parts[:-3] + ["teachers", targets.fingerprint])
 
 
+def resolve_teacher(targets: TargetSet, teacher_url: str | None = None) -> str:
+    """The teacher of a target set: `teacher_url` when given, else the one `smt pretrain --bucket` or
+    `smt label` published at `<bucket root>/teachers/<fingerprint>/` (CheckpointError if there is none).
+    Every downstream stage (train, dmt) finds its teacher through this one rule."""
+    from models.checkpoint import CheckpointError, has_checkpoint
+
+    if teacher_url is not None:
+        return teacher_url
+    url = teacher_url_for(targets)
+    if not has_checkpoint(url):
+        raise CheckpointError(f"no teacher at {url} (the default for target set {targets.bucket.url()}, "
+                              f"fingerprint {targets.fingerprint}); pass --teacher URL, or label with "
+                              "`smt label`, which publishes its teacher there")
+    return url
+
+
 def run_training(targets_url: str, teacher_url: str | None, out: str, cfg: StudentTrainConfig, *,
                  endpoint_url: str | None = None, generation: int | None = None, rank: int = 0,
                  world_size: int = 1, agree: Callable[[int], int] | None = None,
@@ -344,14 +349,10 @@ def run_training(targets_url: str, teacher_url: str | None, out: str, cfg: Stude
     """Open the target set and its teacher, build or resume the train state, train. One worker's body.
     `stop_at`: stop (and checkpoint) at this step; `through_round`: first move the stream to the run's
     oldest rounds generation holding DMT round r (standalone DMT: train on round 0 + rounds 1..r)."""
-    from models.checkpoint import CheckpointError, has_checkpoint, load_teacher
+    from models.checkpoint import load_teacher
 
     targets = TargetSet.open(targets_url, None, generation, endpoint_url=endpoint_url)
-    if teacher_url is None:
-        teacher_url = teacher_url_for(targets)
-        if not has_checkpoint(teacher_url):
-            raise CheckpointError(f"no teacher at {teacher_url} (the default for target set "
-                                  f"{targets.bucket.url()}, fingerprint {targets.fingerprint}); pass --teacher URL")
+    teacher_url = resolve_teacher(targets, teacher_url)
     teacher, teacher_fp, _ = load_teacher(teacher_url)
     check_teacher(teacher_fp, targets.fingerprint, teacher_url, targets.bucket.url())
     run = RunDir(out, endpoint_url=endpoint_url)
