@@ -1,7 +1,7 @@
 """A run folder at any fsspec URL: crash-safe checkpoints of the full train state, and the pointer to them.
 
     <run>/config.json                          the resolved config of the newest start/resume
-    <run>/metrics.jsonl                        one JSON row per logged step (local runs)
+    <run>/metrics.jsonl                        one JSON row per logged step (through the Bucket: s3:// too)
     <run>/checkpoints/step-00000100/student/   save_student(): weights.safetensors + config.json
     <run>/checkpoints/step-00000100/state.safetensors, state.json   optimizer, RNG (tensors) + the rest
     <run>/checkpoints/latest.json              {"step": 100, "path": "checkpoints/step-00000100"}
@@ -66,10 +66,6 @@ class RunDir:
     def __init__(self, url: str, endpoint_url: str | None = None) -> None:
         self.bucket = Bucket.from_url(url, endpoint_url=endpoint_url)
         self.url = self.bucket.url()
-
-    def local_path(self, rel: str) -> str | None:
-        """A filesystem path for `rel` when the run is local (metrics are appended there)."""
-        return self.bucket._path(rel) if self.bucket.protocol == "file" else None
 
     def latest(self) -> dict | None:
         """The checkpoint pointer, or None for a fresh run."""

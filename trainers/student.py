@@ -28,7 +28,7 @@ from models.updaters import UpdaterConfig
 from storage.errors import FingerprintMismatch
 from storage.reader import TargetSet
 from storage.stream import ShardStream, StreamConfig
-from trainers.common import MetricsLog, OptimConfig, autocast, clip_and_step, pick_device
+from trainers.common import MetricsLog, OptimConfig, autocast, clip_and_step, pick_device, truncate_metrics
 from trainers.pretrain import matched_updater
 from trainers.refresh import FreshRound
 from trainers.run_dir import RunDir, flatten_optimizer, unflatten_optimizer
@@ -221,10 +221,9 @@ def train(state: TrainState, run: RunDir, *, rank: int = 0, quiet: bool = False,
     if lead and state.step == cfg.phase_start:  # a later phase records its own config beside the first
         name = f"config-phase-{cfg.phase_start:08d}.json" if cfg.phase_start else "config.json"
         run.write_json(name, {"stage": "train", "config": asdict(cfg), "teacher_fingerprint": state.teacher_fp})
-    metrics_path = run.local_path("metrics.jsonl") if lead else None
-    if metrics_path and state.step:
-        _truncate_metrics(metrics_path, state.step)  # rows past the checkpoint belong to the lost attempt
-    log = MetricsLog(metrics_path, cfg.steps, "train", quiet or not lead)
+    if lead and state.step:
+        truncate_metrics(run.bucket, "metrics.jsonl", state.step)  # rows past the checkpoint: the lost attempt
+    log = MetricsLog("metrics.jsonl" if lead else None, cfg.steps, "train", quiet or not lead, bucket=run.bucket)
     log.advance(state.step)
     batches = iter(state.stream)
     row: dict = {}
@@ -261,6 +260,7 @@ def train(state: TrainState, run: RunDir, *, rank: int = 0, quiet: bool = False,
                               **({"dmt_wait_seconds": waited} if cfg.dmt_every else {}))
             if lead and (state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps):
                 save(state, run)
+                log.flush()  # an object store's metrics reach the checkpoint too
     finally:
         log.close()
         state.stream.close()
@@ -295,50 +295,3 @@ def save_policy(state: TrainState, run: RunDir) -> str:
     student = state.student
     return run.save_policy(state.step, lambda url: save_student(url, student, state.teacher_fp,
                                                                 {"trained_by": "smt+dmt", "step": state.step}))
-
-
-def _truncate_metrics(path: str, step: int) -> None:
-    import json
-    import os
-
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    with open(path + ".tmp", "w") as f:
-        f.writelines(keep)
-    os.replace(path + ".tmp", path)
-
-
-def teacher_url_for(targets: TargetSet) -> str:
-    """The default teacher of a target set: `<bucket root>/teachers/<fingerprint>/`, where the target set
-    lives at `<bucket root>/targets/<fingerprint>/<corpus-id>`."""
-    url = targets.bucket.url().rstrip("/")
-    parts = url.split("/")
-    if len(parts) < 4 or parts[-3] != "targets" or parts[-2] != targets.fingerprint:
-        raise ValueError(f"cannot find the teacher of {url}: it is not at <bucket>/targets/<fingerprint>/"
-                         "<corpus-id>; pass --teacher URL")
-    return "/".join(parts[:-3] + ["teachers", targets.fingerprint])
-
-
-def run_training(targets_url: str, teacher_url: str | None, out: str, cfg: StudentTrainConfig, *,
-                 endpoint_url: str | None = None, generation: int | None = None, rank: int = 0,
-                 world_size: int = 1, agree: Callable[[int], int] | None = None,
-                 wrap: Callable[[nn.Module], nn.Module] | None = None, quiet: bool = False) -> dict:
-    """Open the target set and its teacher, build or resume the train state, train. One worker's body."""
-    from models.checkpoint import CheckpointError, has_checkpoint, load_teacher
-
-    targets = TargetSet.open(targets_url, None, generation, endpoint_url=endpoint_url)
-    if teacher_url is None:
-        teacher_url = teacher_url_for(targets)
-        if not has_checkpoint(teacher_url):
-            raise CheckpointError(f"no teacher at {teacher_url} (the default for target set "
-                                  f"{targets.bucket.url()}, fingerprint {targets.fingerprint}); pass --teacher URL")
-    teacher, teacher_fp, _ = load_teacher(teacher_url)
-    check_teacher(teacher_fp, targets.fingerprint, teacher_url, targets.bucket.url())
-    run = RunDir(out, endpoint_url=endpoint_url)
-    state = build_state(targets, teacher, teacher_fp, cfg, run, rank=rank, world_size=world_size, agree=agree)
-    resumed_from = state.resumed_from
-    row = train(state, run, rank=rank, quiet=quiet, wrap=wrap)
-    return {"step": state.step, "run": run.url, "teacher_fingerprint": teacher_fp, "last": row,
-            "resumed_from": resumed_from}
