@@ -22,8 +22,10 @@ class EvalJob:
     """Corpus spec to evaluate on."""
     teacher: str | None = None
     """Teacher checkpoint (default: RUN/teacher or RUN/../teacher when present)."""
+    split: str = "test"
+    """Split to evaluate on (test for reported figures, valid for model choice); overrides the spec's."""
     size: int = 512
-    """Held-out sequences."""
+    """Held-out sequences (the whole split when it has fewer)."""
     prompt: int = 0
     """Stream corpora: roll out from the teacher memory after this many tokens."""
     seed: int = 0
@@ -69,8 +71,9 @@ def evaluate_run(job: EvalJob) -> dict:
     corpus = load_corpus(job.corpus)
     t_url, s_url = resolve(job)
     teacher = fp = None
-    out: dict = {"corpus": corpus.spec, "run": job.run}
-    x, y = eval_batch(corpus, job.size, job.seed)
+    out: dict = {"corpus": corpus.with_split(job.split).spec, "split": job.split, "run": job.run}
+    x, y = eval_batch(corpus, job.size, job.seed, job.split)
+    out["sequences"] = int(x.shape[0])
     if t_url:
         teacher, fp, _ = load_teacher(t_url)
         _check_vocab(corpus, teacher.cfg.vocab_size, t_url)

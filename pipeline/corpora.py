@@ -14,6 +14,14 @@ location may contain ':' and ',' freely; a location that itself contains '|' mus
 '|' (possibly with no parameters). Parameters are `key=value` items separated by ','; only `data_files`
 may contain ',' in its value. Unknown or invalid parameters raise `CorpusError` naming the parameter.
 
+Splits: every spec takes `split=train|valid|test` (default train: labeling and training read train).
+Stream corpora hold out the tail of the stream: documents (files, rows) are assigned whole by where their
+first byte falls in [0, a) train / [a, b) valid / [b, N) test (a = (1-valid_frac-test_frac) N, b =
+(1-test_frac) N); when that leaves a split without a document (one file, a .npy array) the stream itself is
+cut at a and b. Each split is its own stream, so no window of one split holds a token of another. Synthetic
+tasks draw each split from its own seeds; digits and MNIST keep their test sets and hold every 10th
+training image out as valid. The split is in the canonical spec, hence in `corpus_id`.
+
 Token convention: data tokens are 0..V-1, special tokens follow them, `vocab_size` counts both.
 Targets y are int64 with -1 meaning "no target". Stream corpora cut windows of `T` tokens every `stride`
 tokens from one token stream; y[t] = x[t+1], and the last y is -1 unless the stream continues.
@@ -38,12 +46,19 @@ __all__ = [
     "ImageCorpus",
     "MnistCorpus",
     "Params",
+    "SPLITS",
     "StreamCorpus",
     "TextCorpus",
     "TokensCorpus",
+    "held_out",
     "load_corpus",
     "parse_spec",
+    "spec_with",
 ]
+
+SPLITS = ("train", "valid", "test")
+"""The splits every corpus spec accepts (`split=`): train for labeling and training, valid for every
+stopping rule and model choice, test for every reported figure."""
 
 
 class CorpusError(ValueError):
@@ -63,8 +78,10 @@ class Corpus:
     num_sequences: int
     chance: float | None = None
     kind: str = "corpus"
+    split: str = "train"
 
     _corpus_id: str | None = None
+    _reach: dict | None = None  # storage_options / cache_dir given to load_corpus (not part of the identity)
 
     def get(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
@@ -97,12 +114,19 @@ class Corpus:
             "seq_len": self.seq_len,
             "mode": self.mode,
             "num_sequences": self.num_sequences,
+            "split": self.split,
             "chance": self.chance,
             "params": self.params(),
         }
 
     def __len__(self) -> int:
         return self.num_sequences
+
+    def with_split(self, split: str) -> Corpus:
+        """The same corpus (same spec otherwise, same data source) restricted to another split."""
+        if split == self.split:
+            return self
+        return load_corpus(spec_with(self.spec, split=split), **(self._reach or {}))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.spec!r})"
@@ -172,6 +196,20 @@ def _parse_params(name: str, text: str) -> dict[str, str]:
     return out
 
 
+def spec_with(spec: str, **params: Any) -> str:
+    """`spec` with some parameters set (or replaced), e.g. spec_with(c.spec, split="test")."""
+    name, location, raw = parse_spec(spec)
+    raw.update({k: str(v) for k, v in params.items()})
+    body = ",".join(f"{k}={v}" for k, v in raw.items())
+    if name in _LOCATED:
+        return f"{name}:{location}|{body}" if location is not None else f"{name}|{body}"
+    return f"{name}:{body}" if body else name
+
+
+def _split_param(p: Params) -> str:
+    return p.str("split", "train", choices=SPLITS)
+
+
 class Params:
     """Reads raw string parameters with types, defaults and bounds; remembers the canonical order."""
 
@@ -208,6 +246,13 @@ class Params:
         v = self._get(key, default, str, "a string")
         if choices is not None and v not in choices:
             raise CorpusError(f"{self.kind}: {key}={v!r} not allowed: use one of {', '.join(choices)}")
+        self.values[key] = v
+        return v
+
+    def float(self, key: str, default: float, lo: float, hi: float) -> float:
+        v = self._get(key, default, float, "a number")
+        if not lo <= v <= hi:
+            raise CorpusError(f"{self.kind}: {key}={v} out of range: need {lo} <= {key} <= {hi}")
         self.values[key] = v
         return v
 
@@ -254,21 +299,23 @@ class StreamCorpus(Corpus):
 
     mode = "stream"
 
-    def _init_stream(self, data: np.ndarray, T: int, stride: int, vocab: int, what: str):
+    def _init_stream(self, data: np.ndarray, T: int, stride: int, vocab: int, what: str, info: dict | None = None):
         if data.ndim != 1:
             raise CorpusError(f"{self.kind}: {what} has shape {data.shape}: need a 1-D token array")
         n = int(data.shape[0])
         if n == 0:
             raise CorpusError(f"{self.kind}: {what} is empty (0 tokens): point the spec at non-empty data")
         if T > n:
+            fix = f", raise {self.split}_frac" if self.split != "train" else ""
             raise CorpusError(
-                f"{self.kind}: T={T} longer than the data ({n} tokens in {what}): lower T or add data"
+                f"{self.kind}: split={self.split} of {what} has {n} tokens, fewer than T={T}: lower T{fix} or add data"
             )
         self.data = data
         self.seq_len = T
         self.stride = stride
         self.vocab_size = vocab
         self.num_sequences = (n - T) // stride + 1
+        self.split_info = info or {}
 
     def get(self, indices):
         idx = self._check_indices(indices)
@@ -289,16 +336,61 @@ def _stream_params(p: Params, T_default: int = 256) -> tuple[int, int]:
     return T, stride
 
 
-def _join_docs(kind: str, docs: Sequence[bytes], sep: int) -> np.ndarray:
+def _split_params(p: Params) -> tuple[str, float, float]:
+    split = _split_param(p)
+    vf = p.float("valid_frac", 0.05, 0.0, 0.5)
+    tf = p.float("test_frac", 0.1, 0.0, 0.5)
+    if split != "train" and {"valid": vf, "test": tf}[split] == 0:
+        raise CorpusError(f"{p.kind}: split={split} is empty ({split}_frac=0): set {split}_frac > 0")
+    return split, vf, tf
+
+
+def _cuts(n: int, vf: float, tf: float) -> tuple[int, int]:
+    return int(n * (1.0 - vf - tf)), int(n * (1.0 - tf))
+
+
+def _split_stream(docs: Sequence[bytes], sep: int, split: str, vf: float, tf: float) -> tuple[np.ndarray, dict]:
+    """The token stream of `split` and how it was cut (see the module docstring): whole documents when
+    every non-empty split gets one, else contiguous byte ranges of the joined stream."""
+    gap = 0 if sep < 0 else 1
+    lengths = np.array([len(d) for d in docs], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths + gap)[:-1]])
+    n = int(lengths.sum() + gap * max(0, len(docs) - 1))
+    a, b = _cuts(n, vf, tf)
+    owner = np.where(starts < a, 0, np.where(starts < b, 1, 2))
+    wanted = [i for i, f in enumerate((1.0 - vf - tf, vf, tf)) if f > 0]
+    k = SPLITS.index(split)
+    if all((owner == i).any() for i in wanted):
+        sizes = {s: int(lengths[owner == i].sum() + gap * max(0, int((owner == i).sum()) - 1))
+                 for i, s in enumerate(SPLITS)}
+        info = {"split_by": "documents", "split_tokens": sizes,
+                "split_documents": {s: int((owner == i).sum()) for i, s in enumerate(SPLITS)}}
+        return _join_docs([d for d, o in zip(docs, owner) if o == k], sep), info
+    return _cut_stream(_join_docs(docs, sep), split, vf, tf)
+
+
+def _cut_stream(data: np.ndarray, split: str, vf: float, tf: float) -> tuple[np.ndarray, dict]:
+    """Contiguous ranges [0, a) train, [a, b) valid, [b, N) test of one token array."""
+    n = int(data.shape[0])
+    a, b = _cuts(n, vf, tf)
+    bounds = {"train": (0, a), "valid": (a, b), "test": (b, n)}
+    info = {"split_by": "bytes", "split_tokens": {s: hi - lo for s, (lo, hi) in bounds.items()}}
+    lo, hi = bounds[split]
+    return data[lo:hi], info
+
+
+def _join_docs(docs: Sequence[bytes], sep: int) -> np.ndarray:
     joiner = b"" if sep < 0 else bytes([sep])
     # read-only view of the joined bytes: no second copy of a large corpus
     return np.frombuffer(joiner.join(docs), dtype=np.uint8)
 
 
 class TextCorpus(StreamCorpus):
-    """`text:<fsspec glob>|T=256,stride=T,sep=0`: the bytes of all matching files (sorted by path), vocab 256.
+    """`text:<fsspec glob>|T=256,stride=T,sep=0,split=train,valid_frac=0.05,test_frac=0.1`: the bytes of all
+    matching files (sorted by path), vocab 256.
 
-    Files are joined with the separator byte `sep` (default 0x00; sep=-1 joins with nothing).
+    Files are joined with the separator byte `sep` (default 0x00; sep=-1 joins with nothing). The files are
+    the documents of the split (module docstring): one file is cut into contiguous byte ranges.
     """
 
     kind = "text"
@@ -309,6 +401,7 @@ class TextCorpus(StreamCorpus):
         p = Params(self.kind, raw)
         T, stride = _stream_params(p)
         sep = p.int("sep", 0, lo=-1, hi=255)
+        self.split, vf, tf = _split_params(p)
         p.finish()
         try:
             fs, _, paths = fsspec.core.get_fs_token_paths(location, storage_options=storage_options or {})
@@ -325,23 +418,24 @@ class TextCorpus(StreamCorpus):
                 docs.append(f.read())
         self.files = paths
         self.location = location
-        self._init_stream(
-            _join_docs(self.kind, docs, sep), T, stride, 256, f"{len(paths)} file(s) {location!r}"
-        )
+        data, info = _split_stream(docs, sep, self.split, vf, tf)
+        self._init_stream(data, T, stride, 256, f"{len(paths)} file(s) {location!r}", info)
         self._p = p.values
         self.spec = f"text:{location}|{p.canonical()}"
 
     def params(self):
-        return dict(kind=self.kind, location=self.location, num_files=len(self.files), **self._p)
+        return dict(kind=self.kind, location=self.location, num_files=len(self.files), **self.split_info, **self._p)
 
 
 class HFTextCorpus(StreamCorpus):
-    """`hf:<dataset>|split=train,field=text,T=256,stride=T,sep=0[,name=<config>][,data_files=<glob>]`.
+    """`hf:<dataset>|hf_split=train,field=text,T=256,stride=T,sep=0,split=train,valid_frac=0.05,test_frac=0.1
+    [,name=<config>][,data_files=<glob>]`.
 
-    Loads `datasets.load_dataset(<dataset>, name, split=split, data_files=...)` (the hub by default, e.g.
+    Loads `datasets.load_dataset(<dataset>, name, split=hf_split, data_files=...)` (the hub by default, e.g.
     hf:roneneldan/TinyStories; or a packaged builder with local files, e.g. hf:json|data_files=/d/*.jsonl),
     encodes each row's `field` as utf-8 bytes (vocab 256) and joins rows with the byte `sep` (default 0x00,
-    -1 = no separator; the reference joins TinyStories with nothing and drops non-ascii).
+    -1 = no separator; the reference joins TinyStories with nothing and drops non-ascii). The rows of
+    `hf_split` are the documents that `split` (train|valid|test) divides (module docstring).
     """
 
     kind = "hf"
@@ -354,12 +448,13 @@ class HFTextCorpus(StreamCorpus):
         storage_options: dict | None = None,
     ):
         p = Params(self.kind, raw)
-        split = p.str("split", "train")
+        split = p.str("hf_split", "train")
         field = p.str("field", "text")
         name = p.str("name", None)
         data_files = p.str("data_files", None)
         T, stride = _stream_params(p)
         sep = p.int("sep", 0, lo=-1, hi=255)
+        self.split, vf, tf = _split_params(p)
         p.finish()
         ds = _hf_load(self.kind, location, name, split, data_files, cache_dir, storage_options)
         if field not in ds.column_names:
@@ -372,16 +467,17 @@ class HFTextCorpus(StreamCorpus):
             docs.extend(s.encode("utf-8") for s in batch[field] if s is not None)
         if not docs:
             raise CorpusError(
-                f"hf: {location!r} split={split} has 0 rows: choose another split or data_files"
+                f"hf: {location!r} hf_split={split} has 0 rows: choose another hf_split or data_files"
             )
         self.location = location
         self.num_rows = len(docs)
-        self._init_stream(_join_docs(self.kind, docs, sep), T, stride, 256, f"{location!r} split={split}")
+        data, info = _split_stream(docs, sep, self.split, vf, tf)
+        self._init_stream(data, T, stride, 256, f"{location!r} hf_split={split}", info)
         self._p = p.values
         self.spec = f"hf:{location}|{p.canonical()}"
 
     def params(self):
-        return dict(kind=self.kind, location=self.location, num_rows=self.num_rows, **self._p)
+        return dict(kind=self.kind, location=self.location, num_rows=self.num_rows, **self.split_info, **self._p)
 
 
 def _hf_load(kind, path, name, split, data_files, cache_dir, storage_options):
@@ -405,9 +501,10 @@ def _hf_load(kind, path, name, split, data_files, cache_dir, storage_options):
 
 
 class TokensCorpus(StreamCorpus):
-    """`tokens:<fsspec url>|T=256,stride=T,vocab=<max+1>[,key=<array in a zarr group>]`.
+    """`tokens:<fsspec url>|T=256,stride=T,vocab=<max+1>[,key=<array in a zarr group>],split=train,...`.
 
     A url ending in .npy is read with numpy; anything else is opened as a Zarr (v2/v3) array or group.
+    One array is one document: the splits are contiguous token ranges (module docstring).
     """
 
     kind = "tokens"
@@ -417,6 +514,7 @@ class TokensCorpus(StreamCorpus):
         T, stride = _stream_params(p)
         vocab = p.int("vocab", None, lo=1)
         key = p.str("key", None)
+        self.split, vf, tf = _split_params(p)
         p.finish()
         data = self._read(location, key, storage_options or {})
         if not np.issubdtype(data.dtype, np.integer):
@@ -434,7 +532,11 @@ class TokensCorpus(StreamCorpus):
                     f">= {hi + 1} or drop the param"
                 )
         self.location = location
-        self._init_stream(data, T, stride, vocab or 1, repr(location))
+        if data.ndim == 1:
+            data, info = _cut_stream(data, self.split, vf, tf)
+        else:
+            info = {}
+        self._init_stream(data, T, stride, vocab or 1, repr(location), info)
         self._p = p.values
         self.spec = f"tokens:{location}|{p.canonical()}"
 
@@ -472,7 +574,7 @@ class TokensCorpus(StreamCorpus):
             ) from None
 
     def params(self):
-        return dict(kind=self.kind, location=self.location, **self._p)
+        return dict(kind=self.kind, location=self.location, **self.split_info, **self._p)
 
 
 # ------------------------------------------------------------------------------------------- images
@@ -506,6 +608,14 @@ class ImageCorpus(Corpus):
     def sample(self, batch_size, rng):
         return self.get(rng.integers(0, self.num_sequences, size=batch_size))
 
+    def _select(self, split: str, tokens: np.ndarray, labels: np.ndarray) -> tuple:
+        """Every 10th image of the training images is valid (deterministic, spread over the set)."""
+        self.split = split
+        if split == "test":  # the caller passes the test images
+            return tokens, labels
+        keep = (np.arange(tokens.shape[0]) % 10 == 9) == (split == "valid")
+        return tokens[keep], labels[keep]
+
     def _data_digest(self) -> bytes:
         h = hashlib.sha256(self.tokens.data)
         h.update(self.labels.data)
@@ -513,10 +623,11 @@ class ImageCorpus(Corpus):
 
 
 class DigitsCorpus(ImageCorpus):
-    """`digits:split=all,raw=0`: scikit-learn's bundled 8x8 digits (1797 images), 64 tokens, prefix mode.
+    """`digits:split=train,raw=0`: scikit-learn's bundled 8x8 digits (1797 images), 64 tokens, prefix mode.
 
     Grey levels 0..16 are scaled to 0..255 by round(v * 255 / 16), vocab 256 (raw=1 keeps 0..16, vocab 17).
-    split: all (1797), train (the first 1500) or test (the last 297).
+    The last 297 images are test; of the first 1500, every 10th (index % 10 == 9) is valid (150), the
+    other 1350 are train.
     """
 
     kind = "digits"
@@ -525,17 +636,17 @@ class DigitsCorpus(ImageCorpus):
         from sklearn.datasets import load_digits
 
         p = Params(self.kind, raw)
-        split = p.str("split", "all", choices=("all", "train", "test"))
+        split = _split_param(p)
         keep_raw = p.int("raw", 0, lo=0, hi=1)
         p.finish()
         d = load_digits()
         img = d.images.reshape(len(d.images), 64)
-        sl = {"all": slice(None), "train": slice(0, 1500), "test": slice(1500, None)}[split]
         if keep_raw:
             tok, vocab = img.astype(np.uint8), 17
         else:
             tok, vocab = np.rint(img * 255.0 / 16.0).astype(np.uint8), 256
-        self._init_images(tok[sl], d.target[sl], vocab)
+        sl = slice(1500, None) if split == "test" else slice(0, 1500)
+        self._init_images(*self._select(split, tok[sl], d.target[sl]), vocab)
         self._p = p.values
         self.spec = f"digits:{p.canonical()}"
 
@@ -547,7 +658,9 @@ class MnistCorpus(ImageCorpus):
     """`mnist[:<data_files>]|split=train`: 28x28 grey levels, 784 raster-order tokens, vocab 256, prefix mode.
 
     Read through Hugging Face `datasets`: the hub dataset ylecun/mnist by default, or parquet files with the
-    same columns (`image` as {bytes: PNG, path}, `label`) when a data_files location is given.
+    same columns (`image` as {bytes: PNG, path}, `label`) when a data_files location is given (then the
+    files of that split: the training files for train and valid, the test files for test). split=test is
+    MNIST's test set; every 10th training image (index % 10 == 9) is valid, the rest train.
     """
 
     kind = "mnist"
@@ -560,12 +673,13 @@ class MnistCorpus(ImageCorpus):
         storage_options: dict | None = None,
     ):
         p = Params(self.kind, raw)
-        split = p.str("split", "train")
+        split = _split_param(p)
         p.finish()
+        hf_split = "test" if split == "test" else "train"
         if location is None:
-            ds = _hf_load(self.kind, "ylecun/mnist", None, split, None, cache_dir, storage_options)
+            ds = _hf_load(self.kind, "ylecun/mnist", None, hf_split, None, cache_dir, storage_options)
         else:
-            ds = _hf_load(self.kind, "parquet", None, split, location, cache_dir, storage_options)
+            ds = _hf_load(self.kind, "parquet", None, hf_split, location, cache_dir, storage_options)
         for col in ("image", "label"):
             if col not in ds.column_names:
                 raise CorpusError(
@@ -585,7 +699,7 @@ class MnistCorpus(ImageCorpus):
                 raise CorpusError(f"mnist: image {i} has shape {a.shape}: need 28x28 grey images")
             tok[i] = a.reshape(-1)
         self.location = location
-        self._init_images(tok, np.asarray(ds["label"]), 256)
+        self._init_images(*self._select(split, tok, np.asarray(ds["label"])), 256)
         self._p = p.values
         self.spec = ("mnist" if location is None else f"mnist:{location}") + f"|{p.canonical()}"
 
@@ -602,20 +716,36 @@ def load_corpus(spec: str, *, storage_options: dict | None = None, cache_dir: st
     from pipeline import tasks
 
     name, location, raw = parse_spec(spec)
+    corpus: Corpus | None = None
     if name in tasks.TASKS:
-        return tasks.TASKS[name](raw)
-    if name == "text":
-        return TextCorpus(location, raw, storage_options)
-    if name == "hf":
-        return HFTextCorpus(location, raw, cache_dir, storage_options)
-    if name == "tokens":
-        return TokensCorpus(location, raw, storage_options)
-    if name == "mnist":
-        return MnistCorpus(location, raw, cache_dir, storage_options)
-    if name == "digits":
-        return DigitsCorpus(raw)
+        corpus = tasks.TASKS[name](raw)
+    elif name == "text":
+        corpus = TextCorpus(location, raw, storage_options)
+    elif name == "hf":
+        corpus = HFTextCorpus(location, raw, cache_dir, storage_options)
+    elif name == "tokens":
+        corpus = TokensCorpus(location, raw, storage_options)
+    elif name == "mnist":
+        corpus = MnistCorpus(location, raw, cache_dir, storage_options)
+    elif name == "digits":
+        corpus = DigitsCorpus(raw)
+    if corpus is not None:
+        corpus._reach = {"storage_options": storage_options, "cache_dir": cache_dir}
+        return corpus
     known = sorted(tasks.TASKS) + ["digits", "hf", "mnist", "text", "tokens"]
     raise CorpusError(f"unknown corpus {name!r}: use one of {', '.join(known)}")
+
+
+def held_out(corpus: Corpus, split: str, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed evaluation set of `split`: all of it when it has at most `n` sequences, else `n` distinct
+    sequences drawn once by `seed` (sorted). The same (spec, split, n, seed) always gives the same set."""
+    if split not in SPLITS:
+        raise CorpusError(f"{corpus.kind}: unknown split {split!r}: use one of {', '.join(SPLITS)}")
+    c = corpus.with_split(split)
+    if c.num_sequences <= n:
+        return c.get(np.arange(c.num_sequences))
+    idx = np.random.default_rng([seed, 0xE7A1]).choice(c.num_sequences, size=n, replace=False)
+    return c.get(np.sort(idx))
 
 
 def manifest_json(corpus: Corpus) -> str:

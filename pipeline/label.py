@@ -39,6 +39,7 @@ from storage.manifest import (
     Generation,
     ShardEntry,
     commit,
+    fetch_shard,
     latest_readable,
     newest_generation,
     read_generation,
@@ -363,11 +364,7 @@ class LabelStage(Stage):
                 or shard_key(entry.path) != shard_key(shard_path(ROUND, item.index, self.fmt)):
             return None
         try:
-            if entry.format == "wds":
-                files = {"": self._bucket.read_bytes(entry.path)}
-            else:
-                got = self._bucket.read_many(f"{entry.path}/{n}" for n in entry.files)
-                files = {k[len(entry.path) + 1:]: v for k, v in got.items()}
+            files = fetch_shard(self._bucket, entry)
         except (ObjectNotFound, StorageError):
             return None
         return entry if shard_sha256(files) == entry.sha256 else None

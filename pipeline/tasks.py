@@ -5,10 +5,13 @@ Spec: "<task>:T=..,vocab=..,<difficulty params>,seed=0,n=4096". Common parameter
   vocab  number of data tokens 0..vocab-1; special tokens (markers, separators, padding) come after them,
          and `vocab_size` = vocab + number of specials
   seed   dataset seed (>= 0); n: number of indexable sequences (get(i) for 0 <= i < n)
+  split  train (default), valid or test: each split is generated from its own seeds
 
 Determinism: sequences are generated in fixed blocks of BLOCK = 256 rows; block b uses a numpy Generator
-seeded from (seed, b, task name), so sequence i depends only on (spec, i). `sample(batch, rng)` draws
-fresh sequences from the caller's rng with the same vectorised generator.
+seeded from (seed, b, task name) for train and (seed, b, task name, 1 or 2) for valid or test, so sequence
+i depends only on (spec, i) and the splits never share a seed. `sample(batch, rng)` on train draws fresh
+sequences from the caller's rng (unlimited training data, seeded by the trainer); on valid and test it draws
+from the split's n fixed sequences, so a held-out split is a fixed, finite set.
 Targets y are -1 wherever there is nothing to predict. `chance` is the answer accuracy of the best
 input-independent (but position-aware) guess, averaged over target positions.
 """
@@ -20,7 +23,7 @@ import zlib
 
 import numpy as np
 
-from pipeline.corpora import Corpus, CorpusError, Params
+from pipeline.corpora import SPLITS, Corpus, CorpusError, Params, _split_param
 
 BLOCK = 256
 
@@ -44,6 +47,7 @@ class SyntheticTask(Corpus):
         self._setup(p)
         self.seed = p.int("seed", 0, lo=0)
         self.num_sequences = p.int("n", 4096, lo=1)
+        self.split = _split_param(p)
         self._p = p.finish()
         self.spec = f"{self.kind}:{p.canonical()}"
         self._name_code = zlib.crc32(self.kind.encode())
@@ -56,9 +60,13 @@ class SyntheticTask(Corpus):
         raise NotImplementedError
 
     # -- interface
+    def block_seed(self, b: int) -> list[int]:
+        """Seed material of block b: the split's code (none for train, 1 valid, 2 test) keeps splits apart."""
+        code = SPLITS.index(self.split)
+        return [self.seed, b, self._name_code] + ([code] if code else [])
+
     def _block(self, b: int) -> tuple[np.ndarray, np.ndarray]:
-        rng = np.random.default_rng([self.seed, b, self._name_code])
-        return self._generate(rng, BLOCK)
+        return self._generate(np.random.default_rng(self.block_seed(b)), BLOCK)
 
     def get(self, indices):
         idx = self._check_indices(indices)
@@ -73,6 +81,8 @@ class SyntheticTask(Corpus):
         return x, y
 
     def sample(self, batch_size, rng):
+        if self.split != "train":
+            return self.get(rng.integers(0, self.num_sequences, size=int(batch_size)))
         return self._generate(rng, int(batch_size))
 
     def params(self):

@@ -19,13 +19,13 @@ from typing import Any
 from storage.bucket import Bucket, check_relpath
 from storage.codec import STATE_DTYPES
 from storage.errors import BucketError, FingerprintMismatch, ManifestError, ObjectNotFound, one_line
-from storage.formats import FORMATS
+from storage.formats import FORMATS, SUFFIX
 from storage.schema import LAYOUTS, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
 LATEST = "manifest/LATEST"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_SHARD = re.compile(r"^(round-\d+/shard-\d+)(?:-[0-9a-f]{12})?\.[a-z]+$")
+_VARIANT = re.compile(r"-[0-9a-f]{12}$")
 
 
 def gen_path(n: int) -> str:
@@ -34,8 +34,7 @@ def gen_path(n: int) -> str:
 
 def shard_path(round: int, index: int, fmt: str) -> str:
     """Deterministic shard path inside a target set folder."""
-    suffix = {"zarr": ".zarr", "wds": ".tar"}[fmt]
-    return f"round-{int(round):03d}/shard-{int(index):05d}{suffix}"
+    return f"round-{int(round):03d}/shard-{int(index):05d}{SUFFIX[fmt]}"
 
 
 def target_set_path(fingerprint: str, corpus_id: str) -> str:
@@ -61,7 +60,8 @@ class ShardEntry:
     records: int       # transitions
     bytes: int
     sha256: str
-    files: dict[str, int] = field(default_factory=dict)  # zarr: file name -> size; tar: {}
+    files: dict[str, int] = field(default_factory=dict)  # {} (one object) or, for zarr folder shards
+    # written before the zip layout, file name -> size (read, never written)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,9 +84,19 @@ class ShardEntry:
         if e.format not in FORMATS or e.layout not in LAYOUTS or e.dtype not in STATE_DTYPES:
             raise ManifestError(f"{where}: shard {e.path} has unknown format/layout/dtype "
                                 f"{e.format}/{e.layout}/{e.dtype}")
-        if (e.format == "zarr") != bool(e.files):
-            raise ManifestError(f"{where}: shard {e.path}: zarr shards need a file list, tar shards none")
+        if bool(e.files) != (e.format == "zarr" and not e.path.endswith(SUFFIX["zarr"])):
+            raise ManifestError(f"{where}: shard {e.path}: zarr folder shards need a file list, one-object "
+                                "shards (.zarr.zip, .tar) none")
         return e
+
+
+def fetch_shard(bucket: Bucket, entry: ShardEntry) -> dict[str, bytes]:
+    """The shard's objects as `decode_shard` takes them: `{"": bytes}`, or a folder shard's listed files
+    (fetched by name, never listed). A missing object raises ObjectNotFound."""
+    if not entry.files:
+        return {"": bucket.read_bytes(entry.path)}
+    got = bucket.read_many(f"{entry.path}/{name}" for name in sorted(entry.files))
+    return {k[len(entry.path) + 1:]: v for k, v in got.items()}
 
 
 @dataclass(frozen=True)
@@ -174,9 +184,10 @@ def newest_generation(bucket: Bucket, start: int = 0) -> int:
 
 
 def shard_key(path: str) -> str:
-    """`round-000/shard-00042` for any format or content-named variant: one record range, one copy."""
-    m = _SHARD.match(path)
-    return m.group(1) if m else path
+    """`round-000/shard-00042` for any format (.tar, .zarr.zip, a .zarr folder) or content-named variant
+    (`shard-00042-<sha12>.tar`): one record range, which a target set holds once."""
+    folder, _, name = path.rpartition("/")
+    return f"{folder}/{_VARIANT.sub('', name.split('.', 1)[0])}"
 
 
 def _merge(prev: Generation | None, entries: list[ShardEntry], where: str) -> tuple[ShardEntry, ...]:

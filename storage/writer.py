@@ -2,14 +2,14 @@
 
     with TargetSetWriter(bucket, teacher_fingerprint=fp, teacher_config=cfg, corpus_id="c4-en",
                          corpus_params={...}, round=0, fmt="zarr", dtype="float16") as w:
-        w.write_segments(42, segs)        # -> round-000/shard-00042.zarr
+        w.write_segments(42, segs)        # -> round-000/shard-00042.zarr.zip
     # leaving the block normally commits manifest/gen-<n+1>.json; an exception commits nothing.
 
 Shard bytes are a pure function of (data, dtype, format), so a retried writer usually produces the same
 sha256, and if the shard already exists with it the write is skipped. A retry may still compute other
 bytes (another GPU, bf16 kernels) after an attempt that wrote its shard and died before reporting it:
 then the canonical name is taken by an uncommitted orphan, and the shard is written under a
-content-named variant (`shard-00042-<sha12>.zarr`) instead. Nothing is ever overwritten; the manifest
+content-named variant (`shard-00042-<sha12>.zarr.zip`) instead. Nothing is ever overwritten; the manifest
 entry names the copy that counts, and a commit refuses a second copy of the same (round, index).
 A distributed labeler calls `write_shard` in its workers and `commit` once in the driver.
 """
@@ -22,7 +22,7 @@ from storage.bucket import Bucket
 from storage.codec import check_dtype, to_columns
 from storage.errors import ManifestError, ObjectNotFound, ShardError
 from storage.formats import CHUNK_BYTES, FORMATS, encode_tar, encode_zarr, shard_sha256
-from storage.manifest import Generation, ShardEntry, commit, shard_path, target_set_path
+from storage.manifest import Generation, ShardEntry, commit, fetch_shard, shard_path, target_set_path
 from storage.schema import SCHEMA_VERSION, Pairs, Segments
 
 
@@ -43,10 +43,7 @@ def write_shard(bucket: Bucket, obj: Segments | Pairs, *, index: int, round: int
     header = {"schema_version": SCHEMA_VERSION, "teacher_fingerprint": teacher_fingerprint,
               "layout": obj.layout, "dtype": dtype, "z": obj.Z, "s": obj.S, "rows": obj.n,
               "round": int(round)}
-    if fmt == "zarr":
-        files = encode_zarr(cols, header, chunk_bytes)
-    else:
-        files = {"": encode_tar(cols, header, chunk_bytes)}
+    files = {"": (encode_zarr if fmt == "zarr" else encode_tar)(cols, header, chunk_bytes)}  # one object
     entry = ShardEntry(round=int(round), path=path, format=fmt, layout=obj.layout, dtype=dtype, z=obj.Z,
                        s=obj.S, rows=obj.n, records=obj.num_records, bytes=sum(map(len, files.values())),
                        sha256=shard_sha256(files), files={k: len(v) for k, v in files.items() if k})
@@ -54,8 +51,9 @@ def write_shard(bucket: Bucket, obj: Segments | Pairs, *, index: int, round: int
         return entry
     # The name holds other bytes (an earlier attempt's orphan): publish under the content-named variant,
     # which can only ever hold these bytes.
-    stem, suffix = path.rsplit(".", 1)
-    variant = replace(entry, path=f"{stem}-{entry.sha256[:12]}.{suffix}")
+    folder, _, name = path.rpartition("/")
+    base, _, suffix = name.partition(".")
+    variant = replace(entry, path=f"{folder}/{base}-{entry.sha256[:12]}.{suffix}")
     if not _publish(bucket, variant, files):
         raise ShardError(f"shard {bucket.url(variant.path)} is named by its sha256 but holds other bytes: "
                          "the bucket is corrupt; remove that object and rerun")
@@ -63,27 +61,16 @@ def write_shard(bucket: Bucket, obj: Segments | Pairs, *, index: int, round: int
 
 
 def _publish(bucket: Bucket, entry: ShardEntry, files: dict[str, bytes]) -> bool:
-    """Write the shard unless it exists; False if its name already holds other (or incomplete) bytes."""
-    if entry.format == "wds":
-        return bucket.create_exclusive(entry.path, files[""]) or _same_bytes(bucket, entry)
-    if bucket.protocol == "file":  # temp folder + rename; False: it already exists
-        return bucket.write_tree(entry.path, files) or _same_bytes(bucket, entry)
-    # Object stores: the root zarr.json sorts last among the files and is written last, so its
-    # presence marks a shard whose every file was written; without it a crashed write is redone.
-    if bucket.exists(f"{entry.path}/zarr.json"):
-        return _same_bytes(bucket, entry)
-    return bucket.write_tree(entry.path, files)
+    """Create-if-absent (local: exclusive link of a complete temp file; S3: If-None-Match: *), so a shard
+    is either absent or whole. False if its name already holds other (or incomplete) bytes."""
+    return bucket.create_exclusive(entry.path, files[""]) or _same_bytes(bucket, entry)
 
 
 def _same_bytes(bucket: Bucket, entry: ShardEntry) -> bool:
     try:
-        if entry.format == "wds":
-            found = {"": bucket.read_bytes(entry.path)}
-        else:
-            found = bucket.read_many(f"{entry.path}/{name}" for name in entry.files)
-            found = {k[len(entry.path) + 1:]: v for k, v in found.items()}
+        found = fetch_shard(bucket, entry)
     except ObjectNotFound:
-        return False  # incomplete, or another file set (another chunking): not these bytes
+        return False  # incomplete: not these bytes
     return shard_sha256(found) == entry.sha256
 
 

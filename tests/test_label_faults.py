@@ -59,17 +59,17 @@ def test_retry_with_different_bytes_completes(teachers, tmp_path):
     orphan = write_shard(plan.target, Segments(states=states, tokens=x, y=y, seq=np.arange(item.start, item.stop),
                                                pos0=np.zeros(item.size, dtype=np.int64)),
                          index=item.index, round=0, fmt="zarr", dtype="float16", teacher_fingerprint=fp)
-    assert orphan.path == "round-000/shard-00001.zarr" and not plan.target.exists(receipt_path(1))
+    assert orphan.path == "round-000/shard-00001.zarr.zip" and not plan.target.exists(receipt_path(1))
     assert main(_argv(path, str(tmp_path / "a"))) == 0
     clean = label(LabelConfig(teacher=path, corpus=PREFIX_SPEC, out=str(tmp_path / "b"), shard_sequences=4,
                               batch_size=4, device="cpu"), SerialExecutor(), quiet=True)
     got, want = shard_table(plan.target.url()), shard_table(clean.target_url)
     assert [sha for _, sha, _ in got] == [sha for _, sha, _ in want]  # the committed bytes are the right ones
-    assert got[1][0] == f"round-000/shard-00001-{want[1][1][:12]}.zarr"
+    assert got[1][0] == f"round-000/shard-00001-{want[1][1][:12]}.zarr.zip"
     ts = TargetSet.open(plan.target, fp)
     for e in ts.shards:
         ts.verify_shard(e)
-    assert plan.target.exists("round-000/shard-00001.zarr/zarr.json")  # the orphan was left alone, invisible
+    assert plan.target.exists("round-000/shard-00001.zarr.zip")  # the orphan was left alone, invisible
     assert main(_argv(path, str(tmp_path / "a"))) == 0 and newest_generation(plan.target) == 1  # idempotent
 
 

@@ -60,8 +60,8 @@ def test_shapes_ranges_and_determinism(spec):
 
 def test_params_and_out_of_range():
     c = load_corpus("copy:T=20,vocab=5,L=7,reverse=1,n=10")
-    assert c.params() == {"kind": "copy", "T": 20, "vocab": 5, "L": 7, "reverse": 1, "seed": 0, "n": 10}
-    assert c.spec == "copy:T=20,vocab=5,L=7,reverse=1,seed=0,n=10"
+    assert c.params() == {"kind": "copy", "T": 20, "vocab": 5, "L": 7, "reverse": 1, "seed": 0, "n": 10, "split": "train"}
+    assert c.spec == "copy:T=20,vocab=5,L=7,reverse=1,seed=0,n=10,split=train"
     with pytest.raises(CorpusError, match="index 10"):
         c.get([10])
 
@@ -181,6 +181,35 @@ def test_parity_reference():
     assert (y0[:, :-1] == -1).all() and np.array_equal(y0[:, -1], y[:, -1])
 
 
+# ------------------------------------------------------------------------------------------- splits
+
+
+@pytest.mark.parametrize("spec", ["retrieval:T=16,vocab=4", "parity:T=40", "copy:T=40,vocab=4,L=20"])
+def test_splits_use_disjoint_seeds_and_share_no_sequence(spec):
+    tr = load_corpus(spec + ",n=1024")
+    va, te = tr.with_split("valid"), tr.with_split("test")
+    assert (tr.split, va.split, te.split) == ("train", "valid", "test")
+    assert va.spec == tr.spec.replace("split=train", "split=valid") and len({tr.corpus_id, va.corpus_id, te.corpus_id}) == 3
+    # the seed material of every block differs between splits
+    seeds = [{tuple(c.block_seed(b)) for b in range(4)} for c in (tr, va, te)]
+    assert not (seeds[0] & seeds[1] or seeds[0] & seeds[2] or seeds[1] & seeds[2])
+    rows = {s: {r.tobytes() for r in c.get(np.arange(1024))[0]} for s, c in (("tr", tr), ("va", va), ("te", te))}
+    # training also draws fresh sequences from the trainer's rng: none of them is a test sequence either
+    fresh = {r.tobytes() for r in tr.sample(4096, np.random.default_rng(0))[0]}
+    # (each task here has >= 4^13 equally likely sequences, so a chance collision is very unlikely)
+    assert not rows["te"] & (rows["tr"] | rows["va"] | fresh)
+    assert not rows["va"] & (rows["tr"] | fresh)
+    # deterministic: reloading a split gives the same sequences
+    assert np.array_equal(load_corpus(te.spec).get(np.arange(300))[0], te.get(np.arange(300))[0])
+
+
+def test_held_out_splits_sample_their_fixed_set():
+    te = load_corpus("retrieval:T=16,vocab=4,n=300,split=test")
+    x, _ = te.sample(2000, np.random.default_rng(1))
+    fixed = {r.tobytes() for r in te.get(np.arange(300))[0]}
+    assert {r.tobytes() for r in x} <= fixed  # valid/test never grow beyond their n sequences
+
+
 # ------------------------------------------------------------------------------------------- chance
 
 
@@ -227,6 +256,7 @@ def test_chance_values():
         ("modarith:ops=/", "ops"),
         ("parity:vocab=4", "vocab is fixed"),
         ("retrieval:seed=-1", "seed"),
+        ("retrieval:split=val", "split='val' not allowed: use one of train, valid, test"),
         ("nosuchtask:T=4", "unknown corpus"),
         ("", "empty"),
     ],

@@ -41,12 +41,12 @@ class PretrainConfig:
     eval_every: int = 50
     """Evaluate (teacher and rolled-out updater) every N steps."""
     eval_size: int = 256
-    """Held-out sequences for evaluation."""
+    """Sequences of the valid split for the evaluations that drive the curriculum and `stop_at_acc`."""
     stop_at_acc: float | None = None
-    """Stop once the teacher's answer accuracy reaches this at the full length (None = never)."""
+    """Stop once the teacher's answer accuracy on the valid split reaches this at the full length (None = never)."""
     curriculum: tuple[int, ...] = ()
     """Length curriculum: train at these sequence lengths first (ascending, each < T), moving on once the
-    teacher's accuracy reaches `curriculum_acc`; then at the corpus length. Synthetic tasks only."""
+    teacher's accuracy on the valid split reaches `curriculum_acc`; then at the corpus length. Synthetic tasks only."""
     curriculum_acc: float = 0.95
     """Teacher accuracy that ends a curriculum stage."""
     seed: int = 0
@@ -74,9 +74,12 @@ def with_length(corpus, T: int):
     return load_corpus(re.sub(r"(?<=[:,])T=\d+", f"T={T}", corpus.spec, count=1))
 
 
-def eval_batch(corpus, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A fixed held-out batch (drawn from a generator disjoint from training's)."""
-    x, y = corpus.sample(n, np.random.default_rng([seed, 0xE7A1]))
+def eval_batch(corpus, n: int, seed: int, split: str = "valid") -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed evaluation set of the corpus's `split`: valid for stopping rules and model choice (the
+    default), test only for reported figures (see `pipeline.corpora.held_out`)."""
+    from pipeline.corpora import held_out
+
+    x, y = held_out(corpus, split, n, seed)
     return torch.as_tensor(x, dtype=torch.long), torch.as_tensor(y, dtype=torch.long)
 
 
