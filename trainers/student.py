@@ -295,3 +295,37 @@ def save_policy(state: TrainState, run: RunDir) -> str:
     student = state.student
     return run.save_policy(state.step, lambda url: save_student(url, student, state.teacher_fp,
                                                                 {"trained_by": "smt+dmt", "step": state.step}))
+
+
+def teacher_url_for(targets: TargetSet) -> str:
+    """The default teacher of a target set: `<bucket root>/teachers/<fingerprint>/`, where the target set
+    lives at `<bucket root>/targets/<fingerprint>/<corpus-id>`."""
+    url = targets.bucket.url().rstrip("/")
+    parts = url.split("/")
+    if len(parts) < 4 or parts[-3] != "targets" or parts[-2] != targets.fingerprint:
+        raise ValueError(f"cannot find the teacher of {url}: it is not at <bucket>/targets/<fingerprint>/"
+                         "<corpus-id>; pass --teacher URL")
+    return "/".join(parts[:-3] + ["teachers", targets.fingerprint])
+
+
+def run_training(targets_url: str, teacher_url: str | None, out: str, cfg: StudentTrainConfig, *,
+                 endpoint_url: str | None = None, generation: int | None = None, rank: int = 0,
+                 world_size: int = 1, agree: Callable[[int], int] | None = None,
+                 wrap: Callable[[nn.Module], nn.Module] | None = None, quiet: bool = False) -> dict:
+    """Open the target set and its teacher, build or resume the train state, train. One worker's body."""
+    from models.checkpoint import CheckpointError, has_checkpoint, load_teacher
+
+    targets = TargetSet.open(targets_url, None, generation, endpoint_url=endpoint_url)
+    if teacher_url is None:
+        teacher_url = teacher_url_for(targets)
+        if not has_checkpoint(teacher_url):
+            raise CheckpointError(f"no teacher at {teacher_url} (the default for target set "
+                                  f"{targets.bucket.url()}, fingerprint {targets.fingerprint}); pass --teacher URL")
+    teacher, teacher_fp, _ = load_teacher(teacher_url)
+    check_teacher(teacher_fp, targets.fingerprint, teacher_url, targets.bucket.url())
+    run = RunDir(out, endpoint_url=endpoint_url)
+    state = build_state(targets, teacher, teacher_fp, cfg, run, rank=rank, world_size=world_size, agree=agree)
+    resumed_from = state.resumed_from
+    row = train(state, run, rank=rank, quiet=quiet, wrap=wrap)
+    return {"step": state.step, "run": run.url, "teacher_fingerprint": teacher_fp, "last": row,
+            "resumed_from": resumed_from}
