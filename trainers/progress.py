@@ -80,7 +80,8 @@ class Progress:
         self.last = self.now()
         rate = self.count / self.elapsed if self.elapsed > 0 else 0.0
         if self.seconds is not None:
-            done = f"{self.elapsed:.0f}/{self.seconds:.0f} s ({100 * min(1.0, self.elapsed / self.seconds):.0f}%) " \
+            e = f"{self.elapsed:.1f}" if self.seconds < 100 else f"{self.elapsed:.0f}"
+            done = f"{e}/{self.seconds:g} s ({100 * min(1.0, self.elapsed / max(self.seconds, 1e-9)):.0f}%) " \
                    f"{self.unit} {self.count}"
         else:
             pct = f" ({100 * self.count / self.steps:.0f}%)" if self.steps else ""
