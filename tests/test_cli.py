@@ -65,6 +65,11 @@ def test_demo_smoke_runs_every_stage(tmp_path, ray_local, capsys):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, png
         assert png in (tmp_path / "d" / "report.md").read_text()
     assert "bucket:" in capsys.readouterr().out
+    # `smt eval --run OUT` evaluates the pipeline's newest student checkpoint, with its teacher
+    assert smt(["eval", "--run", str(tmp_path / "d"), "--corpus", "retrieval:T=8,vocab=4,n=32", "--size", "8",
+                "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["student"]["url"] == res["student_checkpoint"] and ev["teacher"]["fingerprint"] == res["teacher_fingerprint"]
 
 
 @pytest.mark.parametrize("recipe", ["mnist-pixels-tiny", "tinystories-bytes-tiny"])
