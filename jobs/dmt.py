@@ -65,15 +65,11 @@ class DMTArgs:
 
 
 def default_teacher(targets_url: str, endpoint_url: str | None) -> str:
+    """The teacher published for the target set (`<bucket>/teachers/<fingerprint>/`), as `smt train` finds it."""
     from storage.reader import TargetSet
+    from trainers.student import resolve_teacher
 
-    url = targets_url.rstrip("/")
-    parts = url.split("/")
-    if len(parts) < 4 or parts[-3] != "targets":
-        raise ValueError(f"cannot find the teacher of {url}: it is not at <bucket>/targets/<fingerprint>/"
-                         "<corpus-id>; pass --teacher URL")
-    fp = TargetSet.open(url, None, endpoint_url=endpoint_url).fingerprint
-    return "/".join(parts[:-3] + ["teachers", fp])
+    return resolve_teacher(TargetSet.open(targets_url, None, endpoint_url=endpoint_url))
 
 
 def plot_rounds(reports: list[dict], folder: str) -> str | None:
@@ -130,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                 say(rep)
         else:
             DMTLoop(cfg).run(quiet=args.quiet, on_round=say)
-        reps = round_reports(args.targets, args.endpoint_url)
+        reps = round_reports(args.run, args.endpoint_url)
         Path(args.report).mkdir(parents=True, exist_ok=True)
         (Path(args.report) / "dmt_rounds.json").write_text(json.dumps(reps, indent=1))
         png = plot_rounds(reps, args.report)

@@ -1,6 +1,8 @@
-"""The DMT actor's loop: watch a student run, relabel after each new checkpoint, append rounds.
+"""The DMT actor's loop: watch a student run, relabel after each new checkpoint, append rounds to the run.
 
-1. Read the target set's newest generation: rounds already committed are done (idempotent restarts).
+Rounds belong to the run (storage/rounds.py): `<run>/rounds/` holds its round shards, its rounds manifest
+and the loop's pins and reports (`<run>/rounds/dmt/`); the shared target set (round 0) is only read.
+1. Read the run's newest rounds generation: rounds already committed are done (idempotent restarts).
 2. For round r, wait until the run's `checkpoints/latest.json` names a step >= (step used by round r-1,
    0 for round 1) + `every_steps`.
 3. Pin that checkpoint for round r with an exclusive-create intent file `dmt/intent-r.json`: a restarted
@@ -24,6 +26,7 @@ from pipeline.stage import Resources
 from storage.bucket import Bucket
 from storage.errors import ObjectNotFound
 from storage.manifest import newest_generation, read_generation
+from storage.rounds import rounds_bucket
 from trainers.run_dir import RunDir
 
 LATEST = "checkpoints/latest.json"
@@ -36,9 +39,9 @@ class DMTTimeout(RuntimeError):
 @dataclass(kw_only=True)
 class DMTLoopConfig:
     targets: str
-    """Target set URL (the folder holding manifest/)."""
+    """Target set URL (the folder holding manifest/): round 0, shared and only read."""
     run: str
-    """Student run URL (written by `smt train`; holds checkpoints/latest.json)."""
+    """Student run URL (written by `smt train`; holds checkpoints/latest.json); its rounds go to <run>/rounds/."""
     corpus: str
     """Corpus spec the target set was labeled from."""
     teacher: str
@@ -81,12 +84,12 @@ class DMTLoop:
 
         self.cfg = cfg
         self.executor = executor or SerialExecutor()
-        self.targets = Bucket.from_url(cfg.targets, endpoint_url=cfg.endpoint_url)
         self.run_dir = Bucket.from_url(cfg.run, endpoint_url=cfg.endpoint_url)
+        self.rounds = rounds_bucket(self.run_dir)  # this run's rounds, pins and reports
 
     def committed_rounds(self) -> set[int]:
-        n = newest_generation(self.targets)
-        return {e.round for e in read_generation(self.targets, n).shards} if n else set()
+        n = newest_generation(self.rounds)
+        return {e.round for e in read_generation(self.rounds, n).shards} if n else set()
 
     def latest_checkpoint(self) -> dict | None:
         try:
@@ -97,13 +100,13 @@ class DMTLoop:
     def _pin(self, r: int, pointer: dict) -> dict:
         """The checkpoint round r uses: created once, then re-read by any restart."""
         rel = f"dmt/intent-{r:03d}.json"
-        self.targets.create_exclusive(rel, json.dumps(pointer, sort_keys=True).encode())
-        return json.loads(self.targets.read_bytes(rel))
+        self.rounds.create_exclusive(rel, json.dumps(pointer, sort_keys=True).encode())
+        return json.loads(self.rounds.read_bytes(rel))
 
     def pinned(self, r: int) -> dict | None:
         """The checkpoint pointer pinned for round r, or None."""
         try:
-            return json.loads(self.targets.read_bytes(f"dmt/intent-{r:03d}.json"))
+            return json.loads(self.rounds.read_bytes(f"dmt/intent-{r:03d}.json"))
         except ObjectNotFound:
             return None
 
@@ -112,10 +115,10 @@ class DMTLoop:
         return int(p["step"]) if p else 0
 
     def _first_generation_with(self, r: int) -> int | None:
-        n = newest_generation(self.targets)
+        n = newest_generation(self.rounds)
         found = None
         while n:  # walk back while round r is present: the oldest such generation committed it
-            gen = read_generation(self.targets, n)
+            gen = read_generation(self.rounds, n)
             if not any(e.round == r for e in gen.shards):
                 break
             found, n = n, gen.parent or 0
@@ -124,15 +127,15 @@ class DMTLoop:
     def _repair_report(self, r: int) -> None:
         """Round r is committed but its report may be missing (crash after the commit): publish it."""
         rel = f"dmt/round-{r:03d}.json"
-        if self.targets.exists(rel):
+        if self.rounds.exists(rel):
             return
         try:
-            rep = json.loads(self.targets.read_bytes(f"dmt/pending-{r:03d}.json"))
+            rep = json.loads(self.rounds.read_bytes(f"dmt/pending-{r:03d}.json"))
         except ObjectNotFound:  # committed by something other than this loop: a minimal report
             p = self.pinned(r) or {}
             rep = {"round": r, "student_step": p.get("step"), "drift_by_step": None, "note": "no report"}
         rep.update(generation=self._first_generation_with(r), committed=True)
-        self.targets.write_bytes(rel, json.dumps(rep, indent=1).encode())
+        self.rounds.write_bytes(rel, json.dumps(rep, indent=1).encode())
 
     def wait_for(self, min_step: int) -> dict:
         deadline = time.monotonic() + self.cfg.timeout_seconds
@@ -170,7 +173,7 @@ class DMTLoop:
     def _relabel_config(self, r: int, pointer: dict) -> RelabelConfig:
         c = self.cfg
         return RelabelConfig(
-            targets=c.targets, teacher=c.teacher, student=self.run_dir.url(f"{pointer['path']}/student"),
+            targets=c.targets, run=c.run, teacher=c.teacher, student=self.run_dir.url(f"{pointer['path']}/student"),
             corpus=c.corpus, round=r, sequences=c.sequences, shard_sequences=c.shard_sequences, start=c.start,
             Td=c.Td, fmt=c.fmt, dtype=c.dtype, device=c.device, endpoint_url=c.endpoint_url,
             resources=c.resources)
@@ -182,12 +185,12 @@ class DMTLoop:
 
         def save_pending(rep: dict) -> None:
             rep["student_step"] = int(pointer["step"])
-            self.targets.write_bytes(f"dmt/pending-{r:03d}.json", json.dumps(rep, indent=1).encode())
+            self.rounds.write_bytes(f"dmt/pending-{r:03d}.json", json.dumps(rep, indent=1).encode())
 
         rep = relabel(self._relabel_config(r, pointer), self.executor, quiet=quiet, before_commit=save_pending)
         rep["student_step"] = int(pointer["step"])
         if rep.get("committed"):
-            self.targets.write_bytes(f"dmt/round-{r:03d}.json", json.dumps(rep, indent=1).encode())
+            self.rounds.write_bytes(f"dmt/round-{r:03d}.json", json.dumps(rep, indent=1).encode())
         else:
             self._repair_report(r)
         return rep
@@ -211,9 +214,9 @@ class DMTLoop:
         return asdict(self.cfg)
 
 
-def round_reports(targets: str, endpoint_url: str | None = None) -> list[dict]:
-    """The per-round reports (drift against t, rollout accuracy) recorded so far, in round order."""
-    b = Bucket.from_url(targets, endpoint_url=endpoint_url)
+def round_reports(run: str, endpoint_url: str | None = None) -> list[dict]:
+    """The per-round reports (drift against t, rollout accuracy) of a run's DMT rounds so far, in round order."""
+    b = rounds_bucket(run, endpoint_url)
     out, r = [], 1
     while True:
         try:

@@ -88,7 +88,8 @@ class MetricsLog:
     `flush_s` seconds, at `flush()` (checkpoints) and on close. A run on `s3://` keeps its metrics."""
 
     def __init__(self, path: str | Path | None, total: int, desc: str, quiet: bool = False, clock: str = "wall",
-                 *, seconds: float | None = None, bucket: Bucket | None = None, flush_s: float = 30.0):
+                 start: float = 0.0, *, seconds: float | None = None, bucket: Bucket | None = None,
+                 flush_s: float = 30.0):
         if clock not in CLOCKS:
             raise ValueError(f"clock={clock!r} is unknown: use one of {', '.join(CLOCKS)}")
         self.path: Path | None = None
@@ -111,7 +112,7 @@ class MetricsLog:
         self.flush_s, self.flushed_at = flush_s, time.monotonic()
         self.progress = Progress(desc, steps=total, seconds=seconds, quiet=quiet)
         self.now = CLOCKS[clock]
-        self.t0 = self.now()
+        self.t0 = self.now() - start  # `start`: seconds a resumed run had already spent
         self.paused_for = 0.0
         self.history: list[dict[str, Any]] = []
 
@@ -153,16 +154,6 @@ class MetricsLog:
     def close(self) -> None:
         self.progress.close()
         self.flush()
-
-
-def truncate_metrics(bucket: Bucket, rel: str, step: int) -> None:
-    """Drop the rows past `step` (they belong to an attempt that died after its last checkpoint)."""
-    try:
-        lines = bucket.read_bytes(rel).decode().splitlines(keepends=True)
-    except ObjectNotFound:
-        return
-    keep = [ln for ln in lines if ln.strip() and json.loads(ln)["step"] <= step]
-    bucket.write_bytes(rel, "".join(keep).encode())
 
 
 def open_run(out: str | Path | None, stage: str, corpus_spec: str, cfg: Any, quiet: bool) -> tuple[Path | None, MetricsLog]:

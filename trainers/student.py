@@ -27,8 +27,9 @@ from models.student import Student
 from models.updaters import UpdaterConfig
 from storage.errors import FingerprintMismatch
 from storage.reader import TargetSet
+from storage.rounds import RunSource, rounds_bucket
 from storage.stream import ShardStream, StreamConfig
-from trainers.common import MetricsLog, OptimConfig, autocast, clip_and_step, pick_device, truncate_metrics
+from trainers.common import MetricsLog, OptimConfig, autocast, clip_and_step, pick_device
 from trainers.pretrain import matched_updater
 from trainers.refresh import FreshRound
 from trainers.run_dir import RunDir, flatten_optimizer, unflatten_optimizer
@@ -190,7 +191,9 @@ def build_state(targets: TargetSet, teacher, teacher_fp: str, cfg: StudentTrainC
     """A fresh train state, or the one the run's newest checkpoint holds (resume)."""
     check_teacher(teacher_fp, targets.fingerprint, "given", targets.bucket.url())
     dev = pick_device(cfg.device)
-    stream = ShardStream(targets, cfg.stream, rank=rank, world_size=world_size, agree=agree)
+    # round 0 of the target set plus this run's own DMT rounds (never another run's)
+    source = RunSource(targets, rounds_bucket(run.bucket))
+    stream = ShardStream(source, cfg.stream, rank=rank, world_size=world_size, agree=agree)
     pointer = run.latest()
     if pointer is None:
         torch.manual_seed(cfg.seed)
@@ -222,7 +225,7 @@ def train(state: TrainState, run: RunDir, *, rank: int = 0, quiet: bool = False,
         name = f"config-phase-{cfg.phase_start:08d}.json" if cfg.phase_start else "config.json"
         run.write_json(name, {"stage": "train", "config": asdict(cfg), "teacher_fingerprint": state.teacher_fp})
     if lead and state.step:
-        truncate_metrics(run.bucket, "metrics.jsonl", state.step)  # rows past the checkpoint: the lost attempt
+        run.truncate_metrics(state.step)  # rows past the checkpoint belong to the attempt that was killed
     log = MetricsLog("metrics.jsonl" if lead else None, cfg.steps, "train", quiet or not lead, bucket=run.bucket)
     log.advance(state.step)
     batches = iter(state.stream)
@@ -275,10 +278,10 @@ def wait_for_round(stream: ShardStream, r: int, cfg: StudentTrainConfig, run_url
         if g is not None:
             return g
         if time.monotonic() > deadline:
-            targets = stream.base.bucket.url()
+            targets = stream.source.targets.bucket.url()
             raise DMTWaitTimeout(
-                f"DMT round {r} was not committed to {targets} within {cfg.dmt_wait_seconds:g} s: start the DMT actor "
-                f"on this run (smt dmt --targets {targets} --run {run_url} --first-step {cfg.phase_start} "
+                f"DMT round {r} was not committed to {stream.source.bucket.url()} within {cfg.dmt_wait_seconds:g} s: "
+                f"start the DMT actor on this run (smt dmt --targets {targets} --run {run_url} --first-step {cfg.phase_start} "
                 f"--every-steps {cfg.dmt_every} --rounds {cfg.dmt_rounds} ...) or train without --dmt-every")
         time.sleep(poll)
 
@@ -297,6 +300,7 @@ def save_policy(state: TrainState, run: RunDir) -> str:
                                                                 {"trained_by": "smt+dmt", "step": state.step}))
 
 
+
 def teacher_url_for(targets: TargetSet) -> str:
     """The default teacher of a target set: `<bucket root>/teachers/<fingerprint>/`, where the target set
     lives at `<bucket root>/targets/<fingerprint>/<corpus-id>`."""
@@ -308,19 +312,31 @@ def teacher_url_for(targets: TargetSet) -> str:
     return "/".join(parts[:-3] + ["teachers", targets.fingerprint])
 
 
+def resolve_teacher(targets: TargetSet, teacher_url: str | None = None) -> str:
+    """The teacher of a target set: `teacher_url` when given, else the one `smt pretrain --bucket` or
+    `smt label` published at `<bucket root>/teachers/<fingerprint>/` (CheckpointError if there is none).
+    Every downstream stage (train, dmt) finds its teacher through this one rule."""
+    from models.checkpoint import CheckpointError, has_checkpoint
+
+    if teacher_url is not None:
+        return teacher_url
+    url = teacher_url_for(targets)
+    if not has_checkpoint(url):
+        raise CheckpointError(f"no teacher at {url} (the default for target set {targets.bucket.url()}, "
+                              f"fingerprint {targets.fingerprint}); pass --teacher URL, or label with "
+                              "`smt label`, which publishes its teacher there")
+    return url
+
+
 def run_training(targets_url: str, teacher_url: str | None, out: str, cfg: StudentTrainConfig, *,
                  endpoint_url: str | None = None, generation: int | None = None, rank: int = 0,
                  world_size: int = 1, agree: Callable[[int], int] | None = None,
                  wrap: Callable[[nn.Module], nn.Module] | None = None, quiet: bool = False) -> dict:
     """Open the target set and its teacher, build or resume the train state, train. One worker's body."""
-    from models.checkpoint import CheckpointError, has_checkpoint, load_teacher
+    from models.checkpoint import load_teacher
 
     targets = TargetSet.open(targets_url, None, generation, endpoint_url=endpoint_url)
-    if teacher_url is None:
-        teacher_url = teacher_url_for(targets)
-        if not has_checkpoint(teacher_url):
-            raise CheckpointError(f"no teacher at {teacher_url} (the default for target set "
-                                  f"{targets.bucket.url()}, fingerprint {targets.fingerprint}); pass --teacher URL")
+    teacher_url = resolve_teacher(targets, teacher_url)
     teacher, teacher_fp, _ = load_teacher(teacher_url)
     check_teacher(teacher_fp, targets.fingerprint, teacher_url, targets.bucket.url())
     run = RunDir(out, endpoint_url=endpoint_url)
