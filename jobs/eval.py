@@ -1,8 +1,8 @@
 """`smt eval`: evaluate a teacher, an SMT/DMT student or a BPTT run on a corpus.
 
 RUN is any folder an smt command writes, or a checkpoint folder (teacher or student):
-  smt pretrain / bptt / dmt-online OUT     OUT/teacher and/or OUT/student
-  smt train / smt dmt --run RUN            RUN/checkpoints/...: the newest checkpoint (or --step N)
+  smt pretrain / train / dmt --run RUN     RUN/checkpoints/...: the newest checkpoint (or --step N)
+  smt bptt / dmt-online OUT                OUT/student (and OUT/teacher when present)
   smt pipeline OUT                         OUT/student (a train run) with OUT/pretrain/teacher
   smt dmt --report FOLDER                  the run its rounds rolled out
 Students are rolled out alone with teacher-forced inputs; with a teacher (found beside the run, or
@@ -89,7 +89,7 @@ def resolve(job: EvalJob) -> tuple[str | None, str | None]:
 
     r = job.run.rstrip("/")
     parent = r.rsplit("/", 1)[0] if "/" in r else "."
-    no_steps = (f"--step applies to runs with checkpoints/ (smt train, smt dmt --run, smt pipeline); {job.run} "
+    no_steps = (f"--step applies to runs with checkpoints/ (smt pretrain, train, dmt --run, pipeline); {job.run} "
                 "keeps only its final model: drop --step")
     if _exists(r):  # a checkpoint folder
         if job.step is not None:
@@ -102,8 +102,8 @@ def resolve(job: EvalJob) -> tuple[str | None, str | None]:
                              (f"{r}/student", [f"{r}/pretrain/teacher", f"{r}/teacher"]),
                              *(((report, []),) if report else ())):
         if _train_run(folder):  # smt train / smt dmt --run / smt pipeline's student run
-            s = _run_student(folder, job.step)
-            return job.teacher or _teacher_beside(s, teachers), s
+            s = _run_student(folder, job.step)  # a pretrain checkpoint holds the teacher of its step beside it
+            return job.teacher or _teacher_beside(s, [f"{s.rsplit('/', 1)[0]}/teacher", *teachers]), s
     t = job.teacher or (f"{r}/teacher" if _exists(f"{r}/teacher") else None)
     s = f"{r}/student" if _exists(f"{r}/student") else None
     if t is None and s is None:

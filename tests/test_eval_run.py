@@ -36,9 +36,10 @@ def test_pretrain_bptt_and_dmt_online_folders(tmp_path, capsys):
     pt = tmp_path / "pt"
     assert smt(["pretrain", "--corpus", TASK, "--out", str(pt), "--steps", "2", "--eval-every", "1",
                 "--eval-size", "8", "--batch-size", "4", "--quiet", *TINY]) == 0
-    res = _eval(capsys, pt, TASK)
-    assert res["student"]["url"] == f"{pt}/student" and res["teacher"]["url"] == f"{pt}/teacher"
-    assert "--step applies to runs with checkpoints/" in _error(capsys, pt, TASK, "--step", "2")
+    res = _eval(capsys, pt, TASK)  # the newest checkpoint: the student and the teacher of that step
+    assert res["student"]["url"].endswith(f"{pt}/checkpoints/step-00000002/student")
+    assert res["teacher"]["url"].endswith(f"{pt}/checkpoints/step-00000002/teacher")
+    assert "has no checkpoint or policy snapshot of step 1" in _error(capsys, pt, TASK, "--step", "1")
     assert smt(["dmt-online", "--run", str(pt), "--corpus", TASK, "--out", str(tmp_path / "dmt"), "--steps", "2",
                 "--eval-every", "1", "--eval-size", "8", "--batch-size", "4", "--quiet"]) == 0
     res = _eval(capsys, tmp_path / "dmt", TASK, "--teacher", str(pt / "teacher"))
@@ -47,6 +48,7 @@ def test_pretrain_bptt_and_dmt_online_folders(tmp_path, capsys):
                 "--eval-every", "1", "--eval-size", "8", "--batch-size", "4", "--quiet",
                 "--shape.d-model", "16", "--shape.n-heads", "2", "--shape.mem-tokens", "2"]) == 0
     assert _eval(capsys, tmp_path / "bptt", TASK)["student"]["trained_by"] == "bptt"
+    assert "--step applies to runs with checkpoints/" in _error(capsys, tmp_path / "bptt", TASK, "--step", "2")
     assert "no teacher, student or checkpoints/" in _error(capsys, tmp_path / "nothing-here", TASK)
 
 
