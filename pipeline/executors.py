@@ -1,7 +1,7 @@
 """Executors: where a stage runs. `SerialExecutor` runs it in-process; `RayActorPool` on N Ray actors.
 
 Both have `map(stage, items, *, total_records=None, quiet=False) -> iterator of results` (results in
-completion order; callers key them by item) and show a tqdm bar with records/s and ETA. Only this
+completion order; callers key them by item) and show progress (trainers/progress.py) in records. Only this
 module (and jobs/) imports `ray`, lazily, so the serial path works without a cluster.
 
 Fault model of the pool: each actor calls `stage.setup()` once in its constructor (Ray re-runs it when
@@ -38,10 +38,9 @@ class ExecutorError(RuntimeError):
 
 @contextmanager
 def _progress(total: int | None, quiet: bool, desc: str):
-    from tqdm.auto import tqdm
+    from trainers.progress import Progress  # the trainers' display: plain lines when not on a terminal
 
-    bar = tqdm(total=total, unit="rec", unit_scale=True, desc=desc, disable=quiet, dynamic_ncols=True,
-               smoothing=0.2)
+    bar = Progress(desc, steps=total, quiet=quiet, unit="rec")
     try:
         yield bar
     finally:
@@ -61,8 +60,8 @@ class SerialExecutor:
             with _progress(total_records, quiet, stage.name) as bar:
                 for i, item in enumerate(items):
                     res = stage.run(item)
-                    bar.update(stage.records(res))
-                    bar.set_postfix_str(f"shards {i + 1}/{len(items)}", refresh=False)
+                    bar.advance(stage.records(res))
+                    bar.postfix(shards=i + 1)
                     yield res
         finally:
             torch.set_num_threads(threads)
@@ -243,9 +242,9 @@ class RayActorPool:
                     else:
                         if item is not _PING:
                             done += 1
-                            bar.update(stage.records(res))
-                            bar.set_postfix_str(f"shards {done}/{len(items)} actor deaths "
-                                                f"{self.stats['actor_deaths']}", refresh=False)
+                            bar.advance(stage.records(res))
+                            bar.postfix(shards=done, actor_deaths=self.stats["actor_deaths"],
+                                        hung=self.stats["hung_actors"])
                             yield res
                     if not alive:
                         raise ExecutorError(f"{stage.name}: all {len(actors)} actors died; "

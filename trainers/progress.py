@@ -84,8 +84,8 @@ class Progress:
             done = f"{e}/{self.seconds:g} s ({100 * min(1.0, self.elapsed / max(self.seconds, 1e-9)):.0f}%) " \
                    f"{self.unit} {self.count}"
         else:
-            pct = f" ({100 * self.count / self.steps:.0f}%)" if self.steps else ""
-            done = f"{self.unit} {self.count}/{self.steps}{pct} {self.elapsed:.0f} s"
+            of = f"/{self.steps} ({100 * self.count / self.steps:.0f}%)" if self.steps else ""
+            done = f"{self.unit} {self.count}{of} {self.elapsed:.0f} s"
         extra = self._fields(with_count=False)
         print(f"{self.desc}: {done} {rate:.3g} {self.unit}/s{' ' + extra if extra else ''}", file=self.file,
               flush=True)
