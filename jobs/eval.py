@@ -107,8 +107,8 @@ def resolve(job: EvalJob) -> tuple[str | None, str | None]:
     t = job.teacher or (f"{r}/teacher" if _exists(f"{r}/teacher") else None)
     s = f"{r}/student" if _exists(f"{r}/student") else None
     if t is None and s is None:
-        raise FileNotFoundError(f"no teacher, student or checkpoints/ in {job.run}: pass a folder written by smt "
-                                "pretrain/train/dmt/dmt-online/bptt/pipeline, or a checkpoint folder")
+        raise FileNotFoundError(f"no teacher or student checkpoint (nor checkpoints/) in {job.run}: pass a folder "
+                                "written by smt pretrain/train/dmt/dmt-online/bptt/pipeline, or a checkpoint folder")
     if job.step is not None:
         raise ValueError(no_steps)
     return t, s
