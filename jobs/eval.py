@@ -61,18 +61,15 @@ def _train_run(r: str) -> bool:
 
 def _run_student(r: str, step: int | None) -> str:
     """The student of `step` (default: the newest checkpoint) of a train run (checkpoints/latest.json)."""
-    from storage.errors import ObjectNotFound
     from trainers.run_dir import RunDir
 
     run = RunDir(r)
-    if step is None:
-        return run.bucket.url(f"{run.latest()['path']}/student")
-    try:
-        return run.student_url(step)
-    except ObjectNotFound:
+    rel = run.latest()["path"] if step is None else run.student_dir(step)
+    if rel is None:
         have = sorted({int(p.split("step-")[1].split("/")[0]) for p in run.bucket.glob("*/step-*/student/config.json")})
         raise FileNotFoundError(f"run {r} has no checkpoint or policy snapshot of step {step}; it has steps "
-                                f"{', '.join(map(str, have)) or 'none'}: pass one of them to --step") from None
+                                f"{', '.join(map(str, have)) or 'none'}: pass one of them to --step")
+    return f"{r}/{rel}/student"  # spelled like RUN, so the output names what the user passed
 
 
 def _teacher_beside(student: str, candidates: list[str]) -> str | None:

@@ -73,4 +73,4 @@ def test_dmt_run_and_report_folder(tmp_path, capsys):
     assert _dmt(d, run) == 0  # writes its report to tmp_path/rep, the round rolled out the run's student
     for folder in (run, tmp_path / "rep"):
         res = _eval(capsys, folder, SPEC)
-        assert res["student"]["url"].endswith(f"{run}/checkpoints/step-00000100/student")
+        assert res["student"]["url"].endswith(f"{run}/checkpoints/step-00000100/student")  # the report says file://
