@@ -13,7 +13,7 @@ import json
 import logging
 import re
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from storage.bucket import Bucket, check_relpath
@@ -238,7 +238,7 @@ def commit(bucket: Bucket, entries: list[ShardEntry], *, teacher_fingerprint: st
                 raise ManifestError(f"{bucket.url(gen_path(prev.number))} is corpus {prev.corpus_id!r}, writer has "
                                     f"{corpus_id!r}; write each corpus to its own target set folder")
         gen = Generation(number=n + 1, parent=prev.number if prev else None,
-                         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                         created=datetime.now(UTC).isoformat(timespec="seconds"),
                          teacher_fingerprint=teacher_fingerprint, teacher_config=dict(teacher_config),
                          corpus_id=corpus_id, corpus_params=dict(corpus_params),
                          shards=_merge(prev, entries, bucket.url(gen_path(n + 1))), base=base)

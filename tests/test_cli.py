@@ -64,7 +64,8 @@ def test_demo_smoke_runs_every_stage(tmp_path, ray_local, capsys):
     # the bucket holds the teacher, the labels (round 0) and one relabeled round per DMT round
     from storage.reader import TargetSet
 
-    ts = TargetSet.open(res["targets"], res["teacher_fingerprint"], verify="always")
+    assert res["targets"].startswith("bucket/targets/")  # relative to OUT: no machine path in results
+    ts = TargetSet.open(str(tmp_path / "d" / res["targets"]), res["teacher_fingerprint"], verify="always")
     assert ts.rounds == [0, 1, 2] and ts.generation == 3
     for png in ("accuracy_vs_time.png", "loss_curves.png", "dmt_drift.png"):
         data = (tmp_path / "d" / png).read_bytes()
