@@ -24,7 +24,7 @@ def _dmt(d: dict, run: str, *extra: str) -> int:
     return dmt_main(["--targets", d["targets"], "--run", run, "--corpus", SPEC, "--teacher", d["teacher"],
                      "--rounds", "1", "--every-steps", "100", "--sequences", "12", "--shard-sequences", "6",
                      "--dtype", "float32", "--device", "cpu", "--no-actor", "--quiet", "--poll-seconds", "0.05",
-                     "--timeout-seconds", "20", "--report", str(Path(run).parent / "rep"), *extra])
+                     "--timeout-seconds", "20", "--no-train", "--report", str(Path(run).parent / "rep"), *extra])
 
 
 @pytest.mark.parametrize("fault", ["other-teacher", "other-corpus", "Td-too-long"])

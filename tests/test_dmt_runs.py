@@ -1,9 +1,15 @@
 """DMT rounds belong to a student run: two students relabel and train on one shared target set at the same
-time and each sees only its own rounds (local folder and moto S3); `smt inspect` shows the set and each run."""
+time and each sees only its own rounds (local folder and moto S3); `smt inspect` shows the set and each run.
+`smt dmt` alone (no trainer attached) alternates relabeling and training itself, from the command line and
+in a Ray actor, printing each round as it happens."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,6 +29,7 @@ from trainers.common import OptimConfig
 from trainers.student import StudentTrainConfig, run_training
 
 pytestmark = pytest.mark.timeout(600)
+REPO = Path(__file__).resolve().parents[1]
 SPEC = "retrieval:T=12,vocab=8,n=48"
 
 
@@ -131,3 +138,99 @@ def test_two_students_dmt_on_one_target_set_each_on_its_own_rounds(where, tmp_pa
     out = capsys.readouterr().out
     assert "round   0:" in out and f"run {Bucket.from_url(runs['gru']).url()}: rounds generation 2 on target-set " \
         "generation 1" in out
+
+
+# ------------------------------------------------------------------------------------------ smt dmt alone
+
+
+def _cli(module: str, *argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *argv], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})}, check=False)
+
+
+def _smt_train(d: dict, run: str) -> None:
+    p = _cli("jobs.train", "--targets", d["targets"], "--teacher", d["teacher"], "--out", run, "--steps", "20",
+             "--batch-size", "32", "--shuffle-buffer", "128", "--checkpoint-every", "10", "--device", "cpu", "--quiet")
+    assert p.returncode == 0, p.stderr[-2000:]
+
+
+def _dmt_argv(d: dict, run: str, rounds: int, *extra: str) -> list[str]:
+    return ["--targets", d["targets"], "--run", run, "--corpus", SPEC, "--teacher", d["teacher"], "--rounds",
+            str(rounds), "--every-steps", "5", "--sequences", "12", "--shard-sequences", "6", "--dtype", "float32",
+            "--device", "cpu", "--report", str(Path(run).parent / "report"), *extra]
+
+
+def test_train_then_dmt_alone_from_the_command_line(tmp_path, capsys):
+    """The README's order as a new user runs it: `smt train` (finished), then `smt dmt --rounds 2` with no trainer
+    attached. It relabels, trains, relabels, trains, and ends: 2 rounds and a student 2 x 5 steps further, each
+    round printed as it happens. Stopping after round 1 and going on gives the same student as one call."""
+    d = _setup(str(tmp_path / "bucket"), tmp_path)
+    run, split = str(tmp_path / "runs" / "gru"), str(tmp_path / "runs" / "gru-split")
+    _smt_train(d, run)
+    p = _cli("jobs.dmt", *_dmt_argv(d, run, 2, "--no-actor"))
+    assert p.returncode == 0, p.stderr[-2000:]
+    lines = [line for line in p.stdout.splitlines() if line.startswith("round ")]
+    assert [line.split(":")[0] for line in lines] == ["round 1"] * 3 + ["round 2"] * 3, p.stdout
+    assert "student step 20 rollout_acc=" in lines[0] and "generation=1" in lines[0] and "records=144" in lines[0]
+    assert "training the student from step 20 to 25 on round 0 + rounds 1..1" in lines[1]
+    assert "student step 25" in lines[3] and "generation=2" in lines[3] and "to 30" in lines[4]
+    assert json.loads(Path(run, "checkpoints/latest.json").read_text())["step"] == 30
+    assert [(r["round"], r["student_step"]) for r in round_reports(run)] == [(1, 20), (2, 25)]
+    metrics = {m["step"]: m for m in map(json.loads, Path(run, "metrics.jsonl").read_text().splitlines())}
+    assert [metrics[s]["generation"] for s in range(16, 31)] == [0] * 5 + [1] * 5 + [2] * 5  # the aggregate grows
+    assert Path(run, "config-phase-00000020.json").exists()  # one new phase of the run, from round 1's step
+    from jobs.dmt import main as dmt_main
+    from jobs.train import main as train_main
+
+    capsys.readouterr()
+    assert dmt_main(_dmt_argv(d, run, 2, "--no-actor")) == 0  # finished: nothing to do, no waiting
+    assert not any(x.startswith("round ") for x in capsys.readouterr().out.splitlines())
+    assert json.loads(Path(run, "checkpoints/latest.json").read_text())["step"] == 30
+    # the same SMT run again (deterministic), then the same DMT job in two calls: the same student
+    assert train_main(["--targets", d["targets"], "--teacher", d["teacher"], "--out", split, "--steps", "20",
+                       "--batch-size", "32", "--shuffle-buffer", "128", "--checkpoint-every", "10", "--device", "cpu",
+                       "--quiet"]) == 0
+    for rounds in (1, 2):
+        assert dmt_main(_dmt_argv(d, split, rounds, "--no-actor", "--quiet")) == 0
+    a, b = _weights(run, 30), _weights(split, 30)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_dmt_alone_in_a_ray_actor_prints_each_round(ray_local, tmp_path, capsys):
+    """Actor mode (the default) streams each round's line and the training blocks to the driver in order."""
+    from jobs.dmt import main as dmt_main
+
+    d = _setup(str(tmp_path / "bucket"), tmp_path)
+    run = str(tmp_path / "runs" / "mlp")
+    run_training(d["targets"], d["teacher"], run, _cfg("mlp", 10), quiet=True)
+    capsys.readouterr()
+    assert dmt_main(_dmt_argv(d, run, 2, "--cpus", "1")) == 0
+    out = [line for line in capsys.readouterr().out.splitlines() if line.startswith("round ")]
+    assert [line.split(":")[0] for line in out] == ["round 1"] * 3 + ["round 2"] * 3, out
+    assert "student step 10 rollout_acc=" in out[0] and "trained to step 15" in out[2] and "to 20" in out[4]
+    assert json.loads(Path(run, "checkpoints/latest.json").read_text())["step"] == 20
+
+
+def test_dmt_alone_on_a_run_without_checkpoint_says_so(tmp_path, capsys):
+    from jobs.dmt import main as dmt_main
+
+    d = _setup(str(tmp_path / "bucket"), tmp_path)
+    assert dmt_main(_dmt_argv(d, str(tmp_path / "nothing"), 2, "--no-actor")) == 2
+    err = capsys.readouterr().err
+    assert "has no checkpoint: train it first (smt train --out" in err and err.count("\n") == 1
+
+
+def test_attached_dmt_says_what_it_waits_for(tmp_path):
+    """With a trainer attached (--no-train), a round that has to wait prints what for and the time limit, and a
+    trainer that never comes ends in a one-line error instead of hanging."""
+    d = _setup(str(tmp_path / "bucket"), tmp_path)
+    run = str(tmp_path / "runs" / "mlp")
+    run_training(d["targets"], d["teacher"], run, _cfg("mlp", 10), quiet=True)
+    p = _cli("jobs.dmt", *_dmt_argv(d, run, 2, "--no-actor", "--no-train", "--timeout-seconds", "1",
+                                    "--poll-seconds", "0.05"))
+    assert p.returncode == 2
+    assert "round 1: student step 10" in p.stdout
+    assert f"round 2: waiting up to 1 s for a checkpoint at step >= 15 in {run}" in p.stdout, p.stdout
+    last = p.stderr.strip().splitlines()[-1]  # (after the relabel progress bar)
+    assert last.startswith("smt dmt: error: round 2: waited 1 s for a checkpoint at step >= 15"), p.stderr
