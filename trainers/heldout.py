@@ -84,7 +84,7 @@ def score_models(corpus, n: int, prompt: int, teacher, students: dict, bptt=None
     return out
 
 
-def sample_models(corpus, prompt: int, teacher, students: dict, bptt=None, k: int = 4, steps: int = 96,
+def sample_models(corpus, prompt: int, teacher, students: dict, bptt=None, k: int = 4, steps: int = 64,
                   temperature: float = 0.8, seed: int = 0) -> dict:
     """Samples for the report: (stream) `steps` tokens after the first `prompt` tokens of `k` test windows
     spread over the test split; (prefix) whole sequences after the first token of `k` test sequences. Returns
