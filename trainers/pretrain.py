@@ -84,8 +84,10 @@ def eval_batch(corpus, n: int, seed: int, split: str = "valid") -> tuple[torch.T
 
 
 def pretrain(corpus, cfg: PretrainConfig, out: str | Path | None = None, quiet: bool = False,
-             on_eval=None) -> dict:
-    """Train; returns {"teacher", "student", "history", "final", "seconds", "fingerprint"}."""
+             on_eval=None, reporter=None) -> dict:
+    """Train; returns {"teacher", "student", "history", "final", "seconds", "fingerprint"}.
+    `reporter(student, row) -> dict`, when given, runs after each evaluation off the training clock and its
+    figures join the row (for reports, e.g. on the test split; the curriculum and stop rules never read them)."""
     torch.manual_seed(cfg.seed)
     dev = pick_device(cfg.device)
     tcfg = TeacherConfig(**{**asdict(cfg.teacher), "vocab_size": corpus.vocab_size})
@@ -132,8 +134,12 @@ def pretrain(corpus, cfg: PretrainConfig, out: str | Path | None = None, quiet: 
         done = (cfg.seconds is not None and log.elapsed() >= cfg.seconds) or step == cfg.steps
         if step % cfg.eval_every == 0 or done:
             final = log.log(step, **losses, grad_norm=gn, lr=sched.get_last_lr()[0], T=cur.seq_len, **evaluate())
+            if reporter:  # figures for the report (e.g. on the test split): never read by the rules below
+                with log.paused():
+                    final.update(reporter(student, final))
             if on_eval:
-                on_eval(final)
+                with log.paused():  # a caller's extra evaluation is not training time
+                    on_eval(final)
             if stage < len(stages) - 1 and final["teacher_acc"] >= cfg.curriculum_acc:
                 stage += 1
                 cur = stages[stage]
