@@ -249,6 +249,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cores-per-job", type=int, default=1)
     ap.add_argument("--first-core", type=int, default=0, help="leave cores below this to other work")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "smt_vs_bptt"))
+    ap.add_argument("--from-partial", help="write the results from a finished-cells file of a run cut short")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--one-out", help=argparse.SUPPRESS)
     ap.add_argument("--cpus", help=argparse.SUPPRESS)
@@ -269,7 +270,10 @@ def main(argv=None) -> int:
     tasks += [{"T": T, "arch": arch, "clock": args.clock, "encoders": encoders} for T in args.T for arch in args.archs]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if args.jobs > 1:
+    if args.from_partial:
+        results = [json.loads(ln) for ln in Path(args.from_partial).read_text().splitlines() if ln.strip()]
+        threads = args.cores_per_job if args.jobs > 1 else args.threads
+    elif args.jobs > 1:
         results = run_parallel(tasks, args.jobs, args.cores_per_job, args.first_core)
         threads = args.cores_per_job
     else:

@@ -126,3 +126,18 @@ def test_missing_benchmark_figures_are_null_and_print_as_na(tmp_path):
     md = svb.fmt_table(rows)
     assert "n/a (" in md and "0.000" not in md
     np.testing.assert_equal(next(r for r in rows if r["method"] == "bptt")["test_final_acc_median"], 0.97)
+
+
+def test_bptt_job_lr_sweep_chooses_on_valid(tmp_path, capsys):
+    from jobs.bptt import main
+
+    out = tmp_path / "bptt"
+    assert main(["--corpus", SPEC, "--out", str(out), "--steps", "3", "--eval-every", "1", "--eval-size", "8",
+                 "--batch-size", "4", "--quiet", "--shape.d-model", "32", "--shape.n-heads", "2",
+                 "--shape.mem-tokens", "2", "--curriculum", "6", "--curriculum-acc", "0", "--lrs", "3e-4", "3e-3"]) == 0
+    sel = json.loads((out / "selection.json").read_text())
+    assert [r["lr"] for r in sel["runs"]] == [3e-4, 3e-3] and "split=valid" in sel["chosen_on"]
+    best = max(sel["runs"], key=lambda r: (r["T"] == 12, r["valid_acc"], -r["valid_loss"]))
+    assert sel["chosen_lr"] == best["lr"]
+    assert (out / "student" / "config.json").exists() and (out / "lr-0.0003" / "student" / "config.json").exists()
+    assert "(split=valid; report with smt eval)" in capsys.readouterr().out
