@@ -294,7 +294,7 @@ def main(argv=None) -> int:
            "machine": {"threads_per_run": threads, "cpu_count": os.cpu_count(), "parallel_runs": args.jobs,
                        "platform": platform.platform(), "python": platform.python_version(),
                        "torch": torch.__version__},
-           "wall_seconds": round(time.perf_counter() - t_start, 1),
+           "wall_seconds": None if args.from_partial else round(time.perf_counter() - t_start, 1),
            "task": "retrieval vocab=8", "teacher": TEACHER, "batch_size": BATCH, "summary": summarise(runs),
            "step_seconds": steps, "runs": runs, "errors": [r for r in results if "error" in r]}
     out.with_suffix(".json").write_text(json.dumps(res, indent=1))
@@ -401,11 +401,12 @@ def write_md(out: Path, res: dict, args) -> None:
                "test acc": _fmt(r["test_final_acc"], r.get("missing")),
                "t95 s": _fmt(r["t95_s"], "not within the budget"), "trained s": round(r["seconds"], 1)}
               for r in sorted(res["runs"], key=lambda r: (r["T"], r["arch"], METHODS.index(r["method"]), r["seed"], r["lr"]))]
-    argv = " ".join(a for a in sys.argv[1:])
+    argv = " ".join(a for a in sys.argv[1:] if not (args.from_partial and a in (args.from_partial, "--from-partial")))
+    wall = ("wall time: n/a (written from the finished cells of a run cut short)" if res["wall_seconds"] is None
+            else f"{res['wall_seconds'] / 60:.0f} min wall")
     md = f"""# SMT->DMT vs BPTT on retrieval (vocabulary 8), held-out protocol
 
-Command: `python benchmarks/smt_vs_bptt.py {argv}` ({res['wall_seconds'] / 60:.0f} min wall on a shared 2-core
-machine). Protocol: train on the train split; every choice on the valid split ({VALID} sequences: the length
+Command: `python benchmarks/smt_vs_bptt.py {argv}` ({wall} on a shared 2-core machine). Protocol: train on the train split; every choice on the valid split ({VALID} sequences: the length
 curriculum steps at {CURR_ACC} and the stop at {STOP_AT} valid accuracy, the same rule for SMT and BPTT, and the lr
 from {', '.join(f'{x:g}' for x in res['lrs'])} for every method); every figure below on the test split
 ({TEST} fixed sequences, generated from seeds disjoint from train and valid). Accuracy = the updater rolled out
