@@ -39,6 +39,8 @@ from storage.manifest import (
     Generation,
     ShardEntry,
     commit,
+    fetch_shard,
+    latest_readable,
     newest_generation,
     read_generation,
     shard_path,
@@ -186,9 +188,10 @@ def prepare(cfg: LabelConfig) -> LabelPlan:
     root = Bucket.from_url(cfg.out, endpoint_url=cfg.endpoint_url)
     target = root.child(target_set_path(fp, corpus.corpus_id))
     try:  # reachability, before any compute
-        target.exists("manifest/LATEST")
+        n = newest_generation(target)
     except BucketError as e:
         raise BucketError(f"output bucket {cfg.out} is unreachable: {e}") from None
+    _check_same_encoding(latest_readable(target, n), target, cfg, Tc)
     stage = LabelStage(teacher=cfg.teacher, corpus=corpus.spec, target=target.url(),
                        endpoint_url=cfg.endpoint_url, fingerprint=fp, fmt=cfg.fmt, dtype=cfg.dtype,
                        Tc=Tc, batch_size=cfg.batch_size, device=cfg.device, resources=cfg.resources,
@@ -197,6 +200,23 @@ def prepare(cfg: LabelConfig) -> LabelPlan:
     return LabelPlan(stage=stage, items=shard_ranges(corpus.num_sequences, cfg.shard_sequences), target=target,
                      fingerprint=fp, teacher_config=ckpt["model"]["teacher"], corpus=corpus,
                      states_per_seq=T + 1 if Tc is None else T - Tc + 1)
+
+
+def _check_same_encoding(gen: Generation | None, target: Bucket, cfg: LabelConfig, Tc: int | None) -> None:
+    """A target set holds each record once. Relabeling it in another format, dtype or Tc would add a
+    second copy of every record (the set is named by teacher and corpus only), so it is refused here,
+    before any compute; the manifest refuses the same at commit time for any other writer."""
+    if gen is None:
+        return
+    have = {(e.format, e.dtype) for e in gen.shards if e.round == ROUND}
+    label_params = (gen.corpus_params or {}).get("label") or {}
+    old_Tc = label_params.get("Tc")
+    if not have or (have == {(cfg.fmt, cfg.dtype)} and old_Tc == Tc):
+        return
+    fmt, dtype = min(have)
+    raise LabelError(f"target set {target.url()} already holds this corpus labeled as {fmt}/{dtype} (Tc={old_Tc}); "
+                     f"labeling it again as {cfg.fmt}/{cfg.dtype} (Tc={Tc}) would store every record twice: reuse "
+                     f"it (--format {fmt} --dtype {dtype}) or label into another --out bucket")
 
 
 def label(cfg: LabelConfig, executor, *, quiet: bool = False) -> LabelReport:
@@ -342,11 +362,7 @@ class LabelStage(Stage):
                 or entry.path != shard_path(ROUND, item.index, self.fmt):
             return None
         try:
-            if entry.format == "wds":
-                files = {"": self._bucket.read_bytes(entry.path)}
-            else:
-                got = self._bucket.read_many(f"{entry.path}/{n}" for n in entry.files)
-                files = {k[len(entry.path) + 1:]: v for k, v in got.items()}
+            files = fetch_shard(self._bucket, entry)
         except (ObjectNotFound, StorageError):
             return None
         return entry if shard_sha256(files) == entry.sha256 else None

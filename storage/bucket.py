@@ -8,6 +8,7 @@ reads, sizes and existence checks are single-object requests (HEAD/GET on S3).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -26,6 +27,7 @@ T = TypeVar("T")
 _PERMANENT = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, ValueError,
               TypeError, KeyError)
 _MEMORY_LOCK = threading.Lock()  # memory:// has no atomic create; one process owns it, so a lock is enough
+_PROBE_LOCK = threading.Lock()  # one create-if-absent probe per S3 bucket and filesystem, even under threads
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 
 
@@ -218,7 +220,48 @@ class Bucket:
             except FileExistsError:
                 return False
 
+        if self.protocol == "s3":
+            self.check_exclusive_create()
         return self._call("create", rel, create)
+
+    def check_exclusive_create(self) -> None:
+        """Refuse (BucketError) if this S3 store ignores create-if-absent; probed once per S3 bucket.
+
+        Manifest commits rely on `If-None-Match: *`: a store (or an s3fs older than 2025.7.0) that drops
+        the condition lets racing commits overwrite each other's generation and lose it silently. The
+        probe creates one key twice with exclusive create; the second must fail."""
+        name = self.root.split("/", 1)[0]
+        verdicts = self.fs.__dict__.setdefault("_smt_exclusive_ok", {})  # lives with the (cached) filesystem
+        with _PROBE_LOCK:
+            if name not in verdicts:
+                verdicts[name] = self._probe_exclusive()
+        if verdicts[name] is not True:
+            raise BucketError(f"refusing to commit to {self._where(None)}: {verdicts[name]}")
+
+    def _probe_exclusive(self) -> bool | str:
+        path = f"{self.root}/.smt-probe/create-exclusive-{uuid.uuid4().hex}"
+
+        def create() -> bool:
+            try:
+                with self.fs.open(path, "xb") as f:
+                    f.write(b"probe")
+                return True
+            except FileExistsError:
+                return False
+
+        try:
+            first = self._call("probe", None, create)
+            second = first and self._call("probe", None, create)
+        finally:
+            with contextlib.suppress(Exception):  # a leftover probe key is harmless
+                self.fs.rm(path)
+        if not first:
+            return "a probe key with a fresh random name already existed: the store's create-if-absent is broken"
+        if second:
+            return ("the store ignores conditional puts (If-None-Match: *): a second exclusive create of a probe key "
+                    "succeeded, so concurrent manifest commits would overwrite each other; use s3fs>=2025.7.0 "
+                    "and a store with conditional writes (AWS S3, recent MinIO)")
+        return True
 
     def write_tree(self, rel: str, files: dict[str, bytes]) -> bool:
         """Write a folder of files. Local: temp folder + rename, False if the folder already exists.
@@ -236,11 +279,14 @@ class Bucket:
         tmp = os.path.join(parent, f".{base}.tmp-{uuid.uuid4().hex[:12]}")
 
         def publish() -> bool:
+            dirs = {tmp}
             for name, data in files.items():
                 p = os.path.join(tmp, *name.split("/"))
                 os.makedirs(os.path.dirname(p), exist_ok=True)
-                with open(p, "wb") as f:
-                    f.write(data)
+                dirs.add(os.path.dirname(p))
+                _write_synced(p, data)
+            for d in dirs:
+                _fsync_dir(d)
             if os.path.exists(final):
                 return False
             try:
@@ -249,6 +295,7 @@ class Bucket:
                 if os.path.exists(final):  # lost a race to an identical retry
                     return False
                 raise
+            _fsync_dir(parent)
             return True
 
         try:
@@ -271,13 +318,30 @@ class Bucket:
         return sorted(h.lstrip("/")[len(prefix):] for h in hits if h.lstrip("/").startswith(prefix))
 
 
+def _fsync_dir(path: str) -> None:
+    # A rename or link is durable only once its directory is: without this a power loss can drop a
+    # generation that was reported committed, or leave its name pointing at nothing.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_synced(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def _local_atomic_write(path: str, data: bytes) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
+        _write_synced(tmp, data)
         os.replace(tmp, path)
+        _fsync_dir(os.path.dirname(path))
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -285,16 +349,18 @@ def _local_atomic_write(path: str, data: bytes) -> None:
 
 def _local_exclusive_write(path: str, data: bytes) -> bool:
     # Write the full content under a temp name, then hard-link it into place: link() fails if the
-    # target exists, so readers never see a half-written file and only one creator wins.
+    # target exists, so readers never see a half-written file and only one creator wins. The file is
+    # fsynced before the link and the folder after it, so a create that returned True survives power loss.
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
+        _write_synced(tmp, data)
         try:
             os.link(tmp, path)
         except FileExistsError:
             return False
+        os.unlink(tmp)
+        _fsync_dir(os.path.dirname(path))
         return True
     finally:
         if os.path.exists(tmp):

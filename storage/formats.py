@@ -1,16 +1,21 @@
 """The two on-disk shard formats, both storing named numpy columns plus a small JSON header.
 
-* Zarr v3: one group per shard (`shard-00042.zarr/`), one array per column. Each array is a single
-  sharding-codec file (few, large objects: cheap on S3) whose inner chunks hold ~`chunk_bytes` of rows,
-  Blosc-lz4 compressed with byte shuffle (decodes several times faster than zstd; on Gaussian float16
-  zstd saved only ~8%, see benchmarks/storage.md). Metadata is plain JSON without timestamps, so the bytes are a function of the data.
-  The shard's file names and sizes go into the manifest, so a reader fetches exactly those objects and
-  never lists.
+* Zarr v3 (`shard-00042.zarr.zip`, one object): a Zarr v3 group with one array per column, stored as
+  a zip of the store's files (the layout `zarr.storage.ZipStore` reads). Each array is a single
+  sharding-codec file whose inner chunks hold ~`chunk_bytes` of rows, Blosc-lz4 compressed with byte
+  shuffle (decodes several times faster than zstd; on Gaussian float16 zstd saved only ~8%). The zip
+  is uncompressed (the chunks already are) with fixed member order, times and modes, so the bytes are
+  a function of the data. One object per shard: one GET on S3 instead of two per column.
+  Shards written before the zip layout are folders (`shard-00042.zarr/`) of the same files, listed
+  with their sizes in the manifest; they are still read (a reader never lists: it fetches the
+  listed files), never written.
 * WebDataset tar (`shard-00042.tar`): `_shard.json` first, then blocks of rows as
-  `<block:06d>.<column>.npy` entries. Members carry fixed mtime/uid/gid/mode. Reading accepts only
-  those names and loads them with `allow_pickle=False`; anything else refuses the shard.
+  `<block:06d>.<column>.npy` entries (a `webdataset.WebDataset` pipeline yields one sample per block,
+  keyed by column). Members carry fixed mtime/uid/gid/mode. Reading accepts only those names and
+  loads them with `allow_pickle=False`; anything else refuses the shard.
 
-Both produce `dict[relative file name, bytes]`; `shard_sha256` hashes that deterministically.
+Shards move as `dict[relative file name, bytes]`: one-object shards as `{"": bytes}`, folder shards
+as one entry per file; `shard_sha256` hashes that deterministically and `decode_shard` decodes it.
 """
 from __future__ import annotations
 
@@ -20,13 +25,16 @@ import io
 import json
 import re
 import tarfile
+import zipfile
 
 import numpy as np
 
 FORMATS = ("zarr", "wds")
-SUFFIX = {"zarr": ".zarr", "wds": ".tar"}
+SUFFIX = {"zarr": ".zarr.zip", "wds": ".tar"}
 CHUNK_BYTES = 16 << 20
 _TAR_MEMBER = re.compile(r"^(?:_shard\.json|(\d{6})\.([a-z0-9_]+)\.npy)$")
+_ZARR_MEMBER = re.compile(r"^(?:zarr\.json|[a-z0-9_]+/(?:zarr\.json|c(?:/\d+)+))$")
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip can hold: no clock in the bytes
 
 
 def _rows_per_chunk(a: np.ndarray, chunk_bytes: int) -> int:
@@ -37,7 +45,7 @@ def _rows_per_chunk(a: np.ndarray, chunk_bytes: int) -> int:
 
 
 def shard_sha256(files: dict[str, bytes]) -> str:
-    """sha256 over (name, length, bytes) of every file in name order; a tar shard is one file named ''."""
+    """sha256 over (name, length, bytes) of every file in name order; a one-object shard is named ''."""
     if set(files) == {""}:
         return hashlib.sha256(files[""]).hexdigest()
     h = hashlib.sha256()
@@ -48,8 +56,23 @@ def shard_sha256(files: dict[str, bytes]) -> str:
     return h.hexdigest()
 
 
+def decode_shard(fmt: str, files: dict[str, bytes]) -> tuple[dict[str, np.ndarray], dict]:
+    """(columns, header) of a shard given as `{"": bytes}` (zip or tar) or as folder files (old zarr)."""
+    if fmt == "wds":
+        return decode_tar(files[""])
+    if fmt != "zarr":
+        raise ValueError(f"unknown shard format {fmt!r}; expected one of {FORMATS}")
+    return decode_zarr(unzip_store(files[""]) if set(files) == {""} else files)
+
+
 # ---- Zarr ------------------------------------------------------------------------------------------
-def encode_zarr(cols: dict[str, np.ndarray], header: dict, chunk_bytes: int = CHUNK_BYTES) -> dict[str, bytes]:
+def encode_zarr(cols: dict[str, np.ndarray], header: dict, chunk_bytes: int = CHUNK_BYTES) -> bytes:
+    """The shard as one zip of a Zarr v3 store (see the module docstring)."""
+    return zip_store(zarr_store(cols, header, chunk_bytes))
+
+
+def zarr_store(cols: dict[str, np.ndarray], header: dict, chunk_bytes: int = CHUNK_BYTES) -> dict[str, bytes]:
+    """The Zarr v3 store's files {key: bytes}: a group with one sharded array per column."""
     import zarr
     from zarr.codecs import BloscCodec
     from zarr.storage import MemoryStore
@@ -69,21 +92,55 @@ def encode_zarr(cols: dict[str, np.ndarray], header: dict, chunk_bytes: int = CH
     return {key: buf.to_bytes() for key, buf in sorted(store.items())}
 
 
-def decode_zarr(files: dict[str, bytes], columns: list[str]) -> tuple[dict[str, np.ndarray], dict]:
-    """Decode the given shard files; `columns` are opened at their known paths (no listing)."""
+def zip_store(files: dict[str, bytes]) -> bytes:
+    """A deterministic, uncompressed zip of the store files (fixed order, time and mode)."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
+        for name in sorted(files):
+            info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
+            info.create_system, info.external_attr = 3, 0o644 << 16
+            z.writestr(info, files[name])
+    return out.getvalue()
+
+
+def unzip_store(data: bytes) -> dict[str, memoryview]:
+    """The store files of a zipped shard, as views into `data` (no copies); refuses anything but
+    uncompressed Zarr store keys. Member CRCs are not recomputed: the shard's sha256 is the checksum
+    (checked on first read by default), and a CRC pass costs as much as the decode."""
+    view = memoryview(data)
+    out: dict[str, memoryview] = {}
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        for i in z.infolist():
+            if i.compress_type != zipfile.ZIP_STORED or not _ZARR_MEMBER.match(i.filename) \
+                    or i.filename in out:
+                raise ValueError(f"unexpected zip member {i.filename!r} (compression {i.compress_type}); "
+                                 "only uncompressed Zarr v3 store keys, each once, are allowed")
+            h = i.header_offset  # local header: signature, ..., name length @26, extra length @28, name
+            name_len, extra_len = int.from_bytes(data[h + 26:h + 28], "little"), \
+                int.from_bytes(data[h + 28:h + 30], "little")
+            start = h + 30 + name_len + extra_len
+            if data[h:h + 4] != b"PK\x03\x04" or data[h + 30:h + 30 + name_len] != i.filename.encode() \
+                    or start + i.file_size > len(data):
+                raise ValueError(f"zip member {i.filename!r} has a damaged local header or is truncated")
+            out[i.filename] = view[start:start + i.file_size]
+    return out
+
+
+def decode_zarr(files: dict[str, bytes] | dict[str, memoryview]) -> tuple[dict[str, np.ndarray], dict]:
+    """Decode a Zarr v3 store given as files; every column is opened at its known path (no listing)."""
     import zarr
     import zarr.api.asynchronous
     from zarr.core.buffer import cpu
     from zarr.core.sync import sync
     from zarr.storage import MemoryStore
 
-    root = json.loads(files["zarr.json"])
+    if "zarr.json" not in files:
+        raise ValueError("the shard has no root zarr.json")
+    root = json.loads(bytes(files["zarr.json"]))
     if root.get("node_type") != "group" or root.get("zarr_format") != 3:
         raise ValueError("zarr.json is not a Zarr v3 group")
-    ms = MemoryStore({k: cpu.Buffer.from_bytes(v) for k, v in files.items()}, read_only=True)
-    for name in columns:
-        if f"{name}/zarr.json" not in files:
-            raise ValueError(f"column {name} is missing (no {name}/zarr.json)")
+    columns = zarr_columns(files)
+    ms = MemoryStore({k: cpu.Buffer.from_bytes(v) for k, v in files.items()}, read_only=True)  # no copy
 
     async def read_all() -> list:
         # One trip to zarr's event loop for all columns, decoded concurrently (codecs release the GIL).
@@ -96,7 +153,7 @@ def decode_zarr(files: dict[str, bytes], columns: list[str]) -> tuple[dict[str, 
 
 
 def zarr_columns(files: dict[str, bytes]) -> list[str]:
-    """Column names present in a shard's file list (from the manifest, not from a listing)."""
+    """Column names present in a store's file list (from the shard itself, not from a listing)."""
     return sorted({k.split("/")[0] for k in files if k.endswith("/zarr.json") and k.count("/") == 1})
 
 

@@ -18,8 +18,8 @@ from typing import Any
 
 from storage.bucket import Bucket, check_relpath
 from storage.codec import STATE_DTYPES
-from storage.errors import BucketError, FingerprintMismatch, ManifestError, ObjectNotFound
-from storage.formats import FORMATS
+from storage.errors import BucketError, FingerprintMismatch, ManifestError, ObjectNotFound, one_line
+from storage.formats import FORMATS, SUFFIX
 from storage.schema import LAYOUTS, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
@@ -33,8 +33,7 @@ def gen_path(n: int) -> str:
 
 def shard_path(round: int, index: int, fmt: str) -> str:
     """Deterministic shard path inside a target set folder."""
-    suffix = {"zarr": ".zarr", "wds": ".tar"}[fmt]
-    return f"round-{int(round):03d}/shard-{int(index):05d}{suffix}"
+    return f"round-{int(round):03d}/shard-{int(index):05d}{SUFFIX[fmt]}"
 
 
 def target_set_path(fingerprint: str, corpus_id: str) -> str:
@@ -60,7 +59,8 @@ class ShardEntry:
     records: int       # transitions
     bytes: int
     sha256: str
-    files: dict[str, int] = field(default_factory=dict)  # zarr: file name -> size; tar: {}
+    files: dict[str, int] = field(default_factory=dict)  # {} (one object) or, for zarr folder shards
+    # written before the zip layout, file name -> size (read, never written)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,9 +83,19 @@ class ShardEntry:
         if e.format not in FORMATS or e.layout not in LAYOUTS or e.dtype not in STATE_DTYPES:
             raise ManifestError(f"{where}: shard {e.path} has unknown format/layout/dtype "
                                 f"{e.format}/{e.layout}/{e.dtype}")
-        if (e.format == "zarr") != bool(e.files):
-            raise ManifestError(f"{where}: shard {e.path}: zarr shards need a file list, tar shards none")
+        if bool(e.files) != (e.format == "zarr" and not e.path.endswith(SUFFIX["zarr"])):
+            raise ManifestError(f"{where}: shard {e.path}: zarr folder shards need a file list, one-object "
+                                "shards (.zarr.zip, .tar) none")
         return e
+
+
+def fetch_shard(bucket: Bucket, entry: ShardEntry) -> dict[str, bytes]:
+    """The shard's objects as `decode_shard` takes them: `{"": bytes}`, or a folder shard's listed files
+    (fetched by name, never listed). A missing object raises ObjectNotFound."""
+    if not entry.files:
+        return {"": bucket.read_bytes(entry.path)}
+    got = bucket.read_many(f"{entry.path}/{name}" for name in sorted(entry.files))
+    return {k[len(entry.path) + 1:]: v for k, v in got.items()}
 
 
 @dataclass(frozen=True)
@@ -129,6 +139,10 @@ class Generation:
             raise ManifestError(f"{where}: malformed generation ({err})") from err
 
 
+class TornGeneration(ManifestError):
+    """A generation file that is empty or not JSON: torn by a crash (power loss) while it was written."""
+
+
 def read_generation(bucket: Bucket, n: int) -> Generation:
     """Read and validate generation `n`."""
     rel = gen_path(n)
@@ -140,7 +154,9 @@ def read_generation(bucket: Bucket, n: int) -> Generation:
     try:
         d = json.loads(raw)
     except ValueError as e:
-        raise ManifestError(f"{bucket.url(rel)}: not valid JSON ({e})") from e
+        raise TornGeneration(f"{bucket.url(rel)} is empty or truncated ({len(raw)} bytes, {one_line(e, 80)}): a "
+                             f"crash while writing it? The next commit skips it; meanwhile read generation "
+                             f"{n - 1}") from e
     g = Generation.from_json(d, bucket.url(rel))
     if g.number != n:
         raise ManifestError(f"{bucket.url(rel)} says it is generation {g.number}")
@@ -166,10 +182,22 @@ def newest_generation(bucket: Bucket, start: int = 0) -> int:
     return lo
 
 
+def _stem(path: str) -> str:
+    """`round-000/shard-00042` for any format (.tar, .zarr.zip, a .zarr folder): one record range."""
+    folder, _, name = path.rpartition("/")
+    return f"{folder}/{name.split('.', 1)[0]}"
+
+
 def _merge(prev: Generation | None, entries: list[ShardEntry], where: str) -> tuple[ShardEntry, ...]:
     merged = {e.path: e for e in (prev.shards if prev else ())}
+    stems = {_stem(e.path): e for e in merged.values()}
     out = list(prev.shards) if prev else []
     for e in entries:
+        twin = stems.get(_stem(e.path))
+        if twin is not None and twin.path != e.path:  # the same records in another format: two copies
+            raise ManifestError(f"{where}: shard {e.path} would duplicate the records of committed shard "
+                                f"{twin.path} ({twin.format}/{twin.dtype}); a target set holds each record once: "
+                                "keep its format and dtype, or write to another bucket")
         old = merged.get(e.path)
         if old is not None:
             if old.sha256 != e.sha256:
@@ -177,7 +205,7 @@ def _merge(prev: Generation | None, entries: list[ShardEntry], where: str) -> tu
                                     f"{old.sha256[:12]}, new entry has {e.sha256[:12]}; shards are "
                                     "write-once: use a new round or shard index")
             continue  # an idempotent retry of a committed shard
-        merged[e.path] = e
+        merged[e.path] = stems[_stem(e.path)] = e
         out.append(e)
     return tuple(out)
 
@@ -187,14 +215,15 @@ def commit(bucket: Bucket, entries: list[ShardEntry], *, teacher_fingerprint: st
     """Create the next generation = newest generation's shards + `entries`; returns it."""
     n = newest_generation(bucket)
     for _ in range(max_attempts):
-        prev = read_generation(bucket, n) if n else None
+        prev = latest_readable(bucket, n)
         if prev is not None:
             if prev.teacher_fingerprint != teacher_fingerprint:
-                raise FingerprintMismatch(teacher_fingerprint, prev.teacher_fingerprint, bucket.url(gen_path(n)))
+                raise FingerprintMismatch(teacher_fingerprint, prev.teacher_fingerprint,
+                                          bucket.url(gen_path(prev.number)))
             if prev.corpus_id != corpus_id:
-                raise ManifestError(f"{bucket.url(gen_path(n))} is corpus {prev.corpus_id!r}, writer has "
+                raise ManifestError(f"{bucket.url(gen_path(prev.number))} is corpus {prev.corpus_id!r}, writer has "
                                     f"{corpus_id!r}; write each corpus to its own target set folder")
-        gen = Generation(number=n + 1, parent=n or None,
+        gen = Generation(number=n + 1, parent=prev.number if prev else None,
                          created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                          teacher_fingerprint=teacher_fingerprint, teacher_config=dict(teacher_config),
                          corpus_id=corpus_id, corpus_params=dict(corpus_params),
@@ -206,6 +235,20 @@ def commit(bucket: Bucket, entries: list[ShardEntry], *, teacher_fingerprint: st
         n = newest_generation(bucket, start=n + 1)  # lost the race: build on the winner's generation
     raise ManifestError(f"could not commit to {bucket.url('manifest')} after {max_attempts} attempts "
                         "(too many concurrent writers?); retry the commit")
+
+
+def latest_readable(bucket: Bucket, n: int) -> Generation | None:
+    """Generation n, or the newest one below it when the newest are torn (a file left empty or cut short
+    by a power loss before it was synced): a torn generation was never durably committed, so later
+    commits build on the last readable one (keeping the torn number, which stays taken) instead of
+    failing forever."""
+    while n:
+        try:
+            return read_generation(bucket, n)
+        except TornGeneration as e:
+            log.warning("skipping torn generation: %s", e)
+            n -= 1
+    return None
 
 
 def _advance_hint(bucket: Bucket, n: int) -> None:

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from storage.bucket import Bucket, check_relpath
 from storage.codec import check_columns, from_columns
 from storage.errors import FingerprintMismatch, ManifestError, ObjectNotFound, ShardError, one_line
-from storage.formats import decode_tar, decode_zarr, shard_sha256, zarr_columns
-from storage.manifest import Generation, ShardEntry, gen_path, newest_generation, read_generation
+from storage.formats import decode_shard, shard_sha256
+from storage.manifest import Generation, ShardEntry, fetch_shard, gen_path, newest_generation, read_generation
 from storage.schema import SCHEMA_VERSION, Pairs, Segments, Transitions
 
 VERIFY_MODES = ("always", "first", "never")
@@ -91,10 +91,7 @@ class TargetSet:
         if self._should_verify(entry):
             self._check_sha(entry, files)
         try:
-            if entry.format == "wds":
-                cols, header = decode_tar(files[""])
-            else:
-                cols, header = decode_zarr(files, zarr_columns(files))
+            cols, header = decode_shard(entry.format, files)
         except Exception as e:
             raise ShardError(f"shard {where} is corrupt or unreadable: {type(e).__name__}: "
                              f"{one_line(e)}; rewrite it (verify with `smt inspect --verify`)") from e
@@ -125,13 +122,8 @@ class TargetSet:
             raise ShardError(f"refusing to open shard: {e}") from e
         where = self._where(entry)
         try:
-            if entry.format == "wds":
-                files = {"": self.bucket.read_bytes(entry.path)}
-                expected = {"": entry.bytes}
-            else:
-                got = self.bucket.read_many(f"{entry.path}/{name}" for name in sorted(entry.files))
-                files = {k[len(entry.path) + 1:]: v for k, v in got.items()}
-                expected = entry.files
+            files = fetch_shard(self.bucket, entry)
+            expected = entry.files or {"": entry.bytes}
         except ObjectNotFound as e:
             raise ShardError(f"shard {where} is missing a file: {one_line(e)}; rewrite the shard") from e
         for name, size in expected.items():

@@ -2,7 +2,7 @@
 
     with TargetSetWriter(bucket, teacher_fingerprint=fp, teacher_config=cfg, corpus_id="c4-en",
                          corpus_params={...}, round=0, fmt="zarr", dtype="float16") as w:
-        w.write_segments(42, segs)        # -> round-000/shard-00042.zarr
+        w.write_segments(42, segs)        # -> round-000/shard-00042.zarr.zip
     # leaving the block normally commits manifest/gen-<n+1>.json; an exception commits nothing.
 
 Shard bytes are a pure function of (data, dtype, format), so a retried writer produces the same sha256;
@@ -17,7 +17,7 @@ from storage.bucket import Bucket
 from storage.codec import check_dtype, to_columns
 from storage.errors import ManifestError, ObjectNotFound, ShardError
 from storage.formats import CHUNK_BYTES, FORMATS, encode_tar, encode_zarr, shard_sha256
-from storage.manifest import Generation, ShardEntry, commit, shard_path, target_set_path
+from storage.manifest import Generation, ShardEntry, commit, fetch_shard, shard_path, target_set_path
 from storage.schema import SCHEMA_VERSION, Pairs, Segments
 
 
@@ -38,10 +38,7 @@ def write_shard(bucket: Bucket, obj: Segments | Pairs, *, index: int, round: int
     header = {"schema_version": SCHEMA_VERSION, "teacher_fingerprint": teacher_fingerprint,
               "layout": obj.layout, "dtype": dtype, "z": obj.Z, "s": obj.S, "rows": obj.n,
               "round": int(round)}
-    if fmt == "zarr":
-        files = encode_zarr(cols, header, chunk_bytes)
-    else:
-        files = {"": encode_tar(cols, header, chunk_bytes)}
+    files = {"": (encode_zarr if fmt == "zarr" else encode_tar)(cols, header, chunk_bytes)}  # one object
     entry = ShardEntry(round=int(round), path=path, format=fmt, layout=obj.layout, dtype=dtype, z=obj.Z,
                        s=obj.S, rows=obj.n, records=obj.num_records, bytes=sum(map(len, files.values())),
                        sha256=shard_sha256(files), files={k: len(v) for k, v in files.items() if k})
@@ -50,30 +47,15 @@ def write_shard(bucket: Bucket, obj: Segments | Pairs, *, index: int, round: int
 
 
 def _publish(bucket: Bucket, entry: ShardEntry, files: dict[str, bytes]) -> None:
-    if entry.format == "wds":
-        if bucket.create_exclusive(entry.path, files[""]):
-            return
+    # Create-if-absent (local: exclusive link of a complete temp file; S3: If-None-Match: *), so a
+    # shard is either absent or whole; an existing one is accepted only with the same sha256.
+    if not bucket.create_exclusive(entry.path, files[""]):
         _check_existing(bucket, entry)
-        return
-    if bucket.protocol == "file":
-        if not bucket.write_tree(entry.path, files):  # temp folder + rename; False: it already exists
-            _check_existing(bucket, entry)
-        return
-    # Object stores: the root zarr.json sorts last among the files and is written last, so its
-    # presence marks a shard whose every file was written; without it a crashed write is redone.
-    if bucket.exists(f"{entry.path}/zarr.json"):
-        _check_existing(bucket, entry)
-        return
-    bucket.write_tree(entry.path, files)
 
 
 def _check_existing(bucket: Bucket, entry: ShardEntry) -> None:
     try:
-        if entry.format == "wds":
-            found = {"": bucket.read_bytes(entry.path)}
-        else:
-            found = bucket.read_many(f"{entry.path}/{name}" for name in entry.files)
-            found = {k[len(entry.path) + 1:]: v for k, v in found.items()}
+        found = fetch_shard(bucket, entry)
     except ObjectNotFound as e:
         raise ShardError(f"shard {bucket.url(entry.path)} exists but is incomplete ({e}); remove it "
                          "and rewrite") from e

@@ -116,7 +116,7 @@ def test_killed_driver_resumes(teachers, tmp_path, capsys):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 3, proc.stderr
     assert not list((tmp_path / "a").rglob("manifest")), "a killed driver leaves nothing visible"
-    assert len(list((tmp_path / "a").rglob("shard-*.zarr"))) == 2
+    assert len(list((tmp_path / "a").rglob("shard-*.zarr.zip"))) == 2
 
     assert main(argv) == 0
     cap = capsys.readouterr()

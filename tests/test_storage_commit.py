@@ -49,9 +49,9 @@ def test_exception_in_body_commits_nothing(target):
     with pytest.raises(RuntimeError, match="labeler crashed"), TargetSetWriter(target, **writer_kwargs()) as w:
         entry = w.write_segments(1, make_segments(seed=1))
         raise RuntimeError("labeler crashed")
-    assert target.exists(f"{entry.path}/zarr.json")  # the orphan shard is there but invisible
+    assert target.exists(entry.path)  # the orphan shard is there but invisible
     assert newest_generation(target) == 1
-    assert [e.path for e in TargetSet.open(target, FP).shards] == ["round-000/shard-00000.zarr"]
+    assert [e.path for e in TargetSet.open(target, FP).shards] == ["round-000/shard-00000.zarr.zip"]
 
 
 @pytest.mark.parametrize("fmt", ["zarr", "wds"])
@@ -59,7 +59,7 @@ def test_retry_is_deterministic_and_idempotent(target, fmt):
     seg = make_segments(n=4, S=8)
     with TargetSetWriter(target, fmt=fmt, round=3, **writer_kwargs()) as w:
         first = w.write_segments(7, seg)
-    assert first.path == f"round-003/shard-00007.{'zarr' if fmt == 'zarr' else 'tar'}"
+    assert first.path == f"round-003/shard-00007.{'zarr.zip' if fmt == 'zarr' else 'tar'}"
     # a retried writer (same data) produces the same checksum, skips the existing shard, and its
     # commit does not list the shard twice
     with TargetSetWriter(target, fmt=fmt, round=3, **writer_kwargs()) as w:
