@@ -272,6 +272,8 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.from_partial:
         results = [json.loads(ln) for ln in Path(args.from_partial).read_text().splitlines() if ln.strip()]
+        results = [r for r in results if r["T"] in args.T and r["arch"] in args.archs and  # the grid asked for
+                   ("method" not in r or (r["method"] in args.methods and r["lr"] in args.lrs))]
         threads = args.cores_per_job if args.jobs > 1 else args.threads
     elif args.jobs > 1:
         results = run_parallel(tasks, args.jobs, args.cores_per_job, args.first_core)
