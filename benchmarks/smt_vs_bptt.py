@@ -408,7 +408,8 @@ def write_md(out: Path, res: dict, args) -> None:
             else f"{res['wall_seconds'] / 60:.0f} min wall")
     md = f"""# SMT->DMT vs BPTT on retrieval (vocabulary 8), held-out protocol
 
-Command: `python benchmarks/smt_vs_bptt.py {argv}` ({wall} on a shared 2-core machine). Protocol: train on the train split; every choice on the valid split ({VALID} sequences: the length
+Command: `python benchmarks/smt_vs_bptt.py {argv}` ({wall} on a shared 2-core machine).
+Protocol: train on the train split; every choice on the valid split ({VALID} sequences: the length
 curriculum steps at {CURR_ACC} and the stop at {STOP_AT} valid accuracy, the same rule for SMT and BPTT, and the lr
 from {', '.join(f'{x:g}' for x in res['lrs'])} for every method); every figure below on the test split
 ({TEST} fixed sequences, generated from seeds disjoint from train and valid). Accuracy = the updater rolled out

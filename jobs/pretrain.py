@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from jobs.common import parse, run
+from jobs.common import figure, parse, run
 from trainers.pretrain import PretrainConfig
 
 
@@ -30,9 +30,8 @@ def main(argv: list[str] | None = None) -> int:
         corpus = load_corpus(job.corpus)
         r = pretrain(corpus, job, out=job.out, quiet=job.quiet)
         f = r["final"]
-        print(f"teacher {r['fingerprint'][:16]} -> {job.out}/teacher  steps={r['steps']} "
-              f"seconds={r['seconds']:.1f} teacher_acc={f.get('teacher_acc', float('nan')):.3f} "
-              f"smt_acc={f.get('smt_acc', float('nan')):.3f}")
+        print(f"teacher {r['fingerprint'][:16]} -> {job.out}/teacher  steps={r['steps']} seconds={r['seconds']:.1f} "
+              f"teacher_acc={figure(f, 'teacher_acc')} smt_acc={figure(f, 'smt_acc')} (split=valid; report with smt eval)")
         return 0
 
     return run("pretrain", body)

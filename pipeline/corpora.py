@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "SPLITS",
     "Corpus",
     "CorpusError",
     "DigitsCorpus",
@@ -46,7 +47,6 @@ __all__ = [
     "ImageCorpus",
     "MnistCorpus",
     "Params",
-    "SPLITS",
     "StreamCorpus",
     "TextCorpus",
     "TokensCorpus",
