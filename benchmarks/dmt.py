@@ -115,7 +115,9 @@ def run(c: E2EConfig) -> dict:
     for scratch in ("bucket", "run", *VARIANTS):  # a rerun starts from nothing (the bucket would hold old rounds)
         shutil.rmtree(root / scratch, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
-    out: dict = {"config": asdict(c)}
+    # the scratch folder and a reused teacher's folder are paths of this machine: recorded by name only
+    out: dict = {"config": {**asdict(c), "root": root.name,
+                            "teacher": None if c.teacher is None else Path(c.teacher).name}}
     t0 = time.perf_counter()
     if c.teacher is None:
         c.teacher, acc, secs = _pretrain(root, c.pretrain_seconds)
@@ -189,7 +191,7 @@ def run(c: E2EConfig) -> dict:
         dmt_seconds = time.perf_counter() - t
         ray.kill(dmt)
         ray.kill(tr)
-        stored = round_reports(targets)
+        stored = round_reports(run_url)
         res: dict = {"refresh": refresh, "round_decay": decay}
         res["rounds"] = [{k: r.get(k) for k in ("round", "student_step", "generation", "records", "seconds",
                                                 "states_per_second", "rollout_acc")}

@@ -2,8 +2,9 @@
 
     smt label --teacher ckpt/ --corpus 'retrieval:T=64,vocab=8' --out s3://bucket [--workers 2]
 
-Writes `<out>/targets/<fingerprint>/<corpus-id>/` (shards, then one manifest generation) and prints
-the target set URL on stdout. `--workers 0` runs in-process; N > 0 runs a Ray actor pool, connecting to
+Writes `<out>/targets/<fingerprint>/<corpus-id>/` (shards, then one manifest generation), publishes the
+teacher to `<out>/teachers/<fingerprint>/` (so `smt train`/`smt dmt` need no --teacher) and prints the
+target set URL on stdout. `--workers 0` runs in-process; N > 0 runs a Ray actor pool, connecting to
 the job's cluster under `ray job submit` (RAY_ADDRESS) or starting a local Ray instance. Rerunning the
 same command after a crash skips the shards already written.
 """

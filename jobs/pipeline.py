@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jobs.common import parse, run
+from jobs.report import relative_to_out
 
 
 @dataclass(kw_only=True)
@@ -89,7 +90,7 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
     mark("pretrain", s0["acc"], teacher_acc=te["acc"])
     say(f"      teacher {fp[:12]}: acc={te['acc']:.3f} bits/token={te['bits_per_token']:.3f} ({pt['seconds']:.0f} s)")
 
-    say(f"[2/5] labeling with {rc.label.workers or 'no'} Ray actors -> {bucket}")
+    say(f"[2/5] labeling with {rc.label.workers or 'no'} Ray actors -> {relative_to_out(bucket, out)}")
     gpus = rc.label.gpus_per_worker if torch.cuda.is_available() else 0.0
     rep = label(LabelConfig(teacher=teacher_url, corpus=corpus.spec, out=bucket, fmt=rc.label.fmt,
                             dtype=rc.label.dtype, shard_sequences=rc.label.shard_sequences, Tc=prompt or None,
@@ -195,7 +196,7 @@ def _dmt_lockstep(rc, ray, targets, teacher_url, run_url, corpus, prompt, gpus, 
     ray.get(trainer)
     ray.kill(actor)
     rounds = []
-    reports = round_reports(targets)
+    reports = round_reports(run_url)
     # held-out evaluation after the first rounds, then about every tenth of them, and the last
     scored = {1, 2, 3, 4, len(reports)} | {round(i * len(reports) / 10) for i in range(1, 10)}
     for rep in reports:

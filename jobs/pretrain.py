@@ -1,10 +1,18 @@
-"""`smt pretrain`: joint SMT pretraining of a teacher and a reference updater on a corpus.
+"""`smt pretrain`: joint SMT pretraining of a teacher and a reference updater on a corpus, as a resumable run.
 
-Example: smt pretrain --corpus retrieval:T=64,vocab=8 --out runs/teacher --curriculum 16 32
-Writes OUT/teacher (checkpoint + fingerprint), OUT/student, OUT/metrics.jsonl, OUT/run.json.
+    smt pretrain --corpus retrieval:T=64,vocab=8 --out runs/pt --curriculum 16 32
+    smt pretrain --corpus SPEC --out s3://bucket/runs/pt-1 --bucket s3://bucket --workers 4 --gpus-per-worker 1
+
+OUT (local folder, file://, s3://) gets checkpoints every --checkpoint-every steps and when the run stops
+(`OUT/checkpoints/`, `latest.json` last), OUT/metrics.jsonl (local runs), OUT/run.json and at the end
+OUT/teacher (checkpoint + fingerprint) and OUT/student. Rerunning the same command resumes from the newest
+checkpoint and ends exactly where an uninterrupted run would. With --bucket the finished teacher is also
+published to BUCKET/teachers/<fingerprint>/, where `smt train`/`smt dmt` look for it. --workers N > 1 trains
+with N Ray Train DDP workers (connecting to the job's cluster under `ray job submit`, else a local Ray).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from jobs.common import figure, parse, run
@@ -16,25 +24,55 @@ class PretrainJob(PretrainConfig):
     corpus: str
     """Corpus spec, e.g. retrieval:T=64,vocab=8 (see pipeline/README.md)."""
     out: str
-    """Output folder for the teacher checkpoint, metrics and config."""
+    """Run URL (local folder, file://, s3://): checkpoints, metrics, config, then teacher/ and student/."""
+    bucket: str | None = None
+    """Bucket root to publish the finished teacher to (<bucket>/teachers/<fingerprint>/); none by default."""
+    workers: int = 1
+    """Ray Train DDP workers; 1 trains in-process without Ray. --batch-size is per worker."""
+    gpus_per_worker: float | None = None
+    """GPUs per Ray Train worker (default: 1 when this machine has CUDA, else 0)."""
+    endpoint_url: str | None = None
+    """S3 endpoint for every URL of this job (default: AWS_ENDPOINT_URL)."""
     quiet: bool = False
     """No progress bar."""
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.workers < 1:
+            raise ValueError(f"--workers {self.workers} must be >= 1")
+
+
+def pretrain_job(job: PretrainJob) -> int:
+    from models.checkpoint import publish_teacher
+    from pipeline.corpora import load_corpus
+    from storage.bucket import Bucket
+    from trainers.pretrain import pretrain, run_summary
+
+    if job.endpoint_url:  # checkpoints are written through fsspec URLs too: one endpoint for the whole job
+        os.environ.setdefault("AWS_ENDPOINT_URL", job.endpoint_url)
+    corpus = load_corpus(job.corpus)  # validates the spec before any worker starts
+    cfg = PretrainConfig(**{k: getattr(job, k) for k in PretrainConfig.__dataclass_fields__})
+    if job.workers > 1:
+        from trainers.distributed import pretrain_with_ray
+
+        pretrain_with_ray(corpus.spec, cfg, job.out, workers=job.workers, endpoint_url=job.endpoint_url,
+                          gpus_per_worker=job.gpus_per_worker, quiet=job.quiet)
+    else:
+        pretrain(corpus, cfg, out=job.out, quiet=job.quiet, endpoint_url=job.endpoint_url)
+    s = run_summary(job.out, job.endpoint_url)
+    f = s["final"]
+    how = f"resumed at step {s['starts'][-1]}, " if len(s["starts"]) > 1 else ""
+    print(f"smt pretrain: {how}teacher {s['fingerprint'][:16]} -> {s['run']}/teacher  steps={s['steps']} "
+          f"seconds={s['seconds']:.1f} teacher_acc={figure(f, 'teacher_acc')} smt_acc={figure(f, 'smt_acc')} "
+          "(split=valid; report with smt eval)")
+    if job.bucket:
+        url = publish_teacher(s["teacher"], Bucket.from_url(job.bucket, endpoint_url=job.endpoint_url))
+        print(f"smt pretrain: published teacher -> {url}")
+    return 0
+
 
 def main(argv: list[str] | None = None) -> int:
-    def body() -> int:
-        from pipeline.corpora import load_corpus
-        from trainers.pretrain import pretrain
-
-        job = parse(PretrainJob, argv, "pretrain", __doc__)
-        corpus = load_corpus(job.corpus)
-        r = pretrain(corpus, job, out=job.out, quiet=job.quiet)
-        f = r["final"]
-        print(f"teacher {r['fingerprint'][:16]} -> {job.out}/teacher  steps={r['steps']} seconds={r['seconds']:.1f} "
-              f"teacher_acc={figure(f, 'teacher_acc')} smt_acc={figure(f, 'smt_acc')} (split=valid; report with smt eval)")
-        return 0
-
-    return run("pretrain", body)
+    return run("pretrain", lambda: pretrain_job(parse(PretrainJob, argv, "pretrain", __doc__.splitlines()[0])))
 
 
 if __name__ == "__main__":

@@ -140,3 +140,29 @@ def _load_state(module: torch.nn.Module, tensors: dict, url: str) -> None:
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
         raise CheckpointError(f"checkpoint {url} does not fit its recorded config ({first}): re-create it") from None
+
+
+
+# ---- publishing: where the pipeline looks for a target set's teacher ------------------------------------
+def teacher_home(fingerprint: str) -> str:
+    """`teachers/<fingerprint>`, relative to a bucket root: the teacher of its `targets/<fingerprint>/...`."""
+    return f"teachers/{fingerprint}"
+
+
+def publish_teacher(src: str, bucket) -> str:
+    """Copy the teacher checkpoint at `src` into `bucket` (a `storage.Bucket`: its endpoint and retries apply)
+    at `teacher_home(fp)`, weights first and config.json last, and return its URL, so that `smt train` and
+    `smt dmt` find it from a target set alone. `src` is verified first; a copy already there whose config
+    names the same fingerprint is kept, so publishing again (a rerun, a second labeling) is harmless."""
+    cfg, tensors = load_checkpoint(src, "teacher")
+    fp = cfg["fingerprint"]
+    home = teacher_home(fp)
+    if bucket.exists(f"{home}/{CONFIG}"):
+        try:
+            if json.loads(bucket.read_bytes(f"{home}/{CONFIG}")).get("fingerprint") == fp:
+                return bucket.url(home)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            pass  # a damaged copy: replace it
+    bucket.write_bytes(f"{home}/{WEIGHTS}", st_save({k: v.contiguous() for k, v in tensors.items()}))
+    bucket.write_bytes(f"{home}/{CONFIG}", json.dumps(cfg, indent=2, sort_keys=True).encode())
+    return bucket.url(home)

@@ -6,7 +6,8 @@ Flow (driver side, `label(cfg, executor)`):
     than Tc), the teacher checkpoint (present, not corrupt) and the bucket (reachable).
  2. The corpus is cut into `ShardRange`s of `shard_sequences` sequences; range i -> shard i of round 0.
  3. The executor runs `LabelStage.run` on each range (serially or on a Ray actor pool).
- 4. The driver commits ONE manifest generation holding every shard; nothing is visible before that.
+ 4. The driver publishes the teacher to `<out>/teachers/<fp>/` (where `smt train`/`smt dmt` look for it),
+    then commits ONE manifest generation holding every shard; nothing is visible before that.
 
 Worker side (`LabelStage.run`): teacher memories for a batch of sequences under `torch.inference_mode()`
 (bf16 autocast on GPU, states stored from float32), written once as trajectory segments:
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from models.checkpoint import CheckpointError, load_teacher
+from models.checkpoint import CheckpointError, load_teacher, publish_teacher
 from pipeline.corpora import Corpus, CorpusError, load_corpus
 from pipeline.stage import Resources, ShardRange, Stage, shard_ranges
 from storage.bucket import Bucket
@@ -43,6 +44,7 @@ from storage.manifest import (
     latest_readable,
     newest_generation,
     read_generation,
+    shard_key,
     shard_path,
     target_set_path,
 )
@@ -235,6 +237,8 @@ def label(cfg: LabelConfig, executor, *, quiet: bool = False) -> LabelReport:
         raise StorageError(f"{len(missing)} work items returned no result (first: shard {missing[0]}); "
                            "rerun the same command to finish them")
     entries = [ShardEntry.from_json(results[i]["entry"], plan.target.url()) for i in sorted(results)]
+    # the teacher goes where `smt train`/`smt dmt` look for it, before the target set becomes visible
+    publish_teacher(cfg.teacher, Bucket.from_url(cfg.out, endpoint_url=cfg.endpoint_url))
     gen, committed = commit_once(plan, entries, Tc=plan.stage.Tc)
     return LabelReport(target_url=plan.target.url(), generation=gen.number, committed=committed,
                        shards=len(entries), skipped=sum(bool(r["skipped"]) for r in results.values()),
@@ -359,7 +363,8 @@ class LabelStage(Stage):
         except (ObjectNotFound, ValueError, KeyError, TypeError, StorageError):
             return None
         if (receipt.get("start"), receipt.get("stop")) != (item.start, item.stop) or entry.dtype != self.dtype \
-                or entry.path != shard_path(ROUND, item.index, self.fmt):
+                or entry.format != self.fmt \
+                or shard_key(entry.path) != shard_key(shard_path(ROUND, item.index, self.fmt)):
             return None
         try:
             files = fetch_shard(self._bucket, entry)

@@ -13,7 +13,7 @@ import json
 import logging
 import re
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from storage.bucket import Bucket, check_relpath
@@ -25,6 +25,7 @@ from storage.schema import LAYOUTS, SCHEMA_VERSION
 log = logging.getLogger(__name__)
 LATEST = "manifest/LATEST"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_VARIANT = re.compile(r"-[0-9a-f]{12}$")
 
 
 def gen_path(n: int) -> str:
@@ -109,6 +110,7 @@ class Generation:
     corpus_params: dict
     shards: tuple[ShardEntry, ...]
     schema_version: int = SCHEMA_VERSION
+    base: dict | None = None  # a run's rounds: {"generation": n, "url": ...} of the target set it builds on
 
     @property
     def num_records(self) -> int:
@@ -119,7 +121,8 @@ class Generation:
                 "created": self.created,
                 "teacher": {"fingerprint": self.teacher_fingerprint, "config": self.teacher_config},
                 "corpus": {"id": self.corpus_id, "params": self.corpus_params},
-                "records": self.num_records, "shards": [e.to_json() for e in self.shards]}
+                "records": self.num_records, "shards": [e.to_json() for e in self.shards],
+                **({"base": self.base} if self.base is not None else {})}
 
     @classmethod
     def from_json(cls, d: Any, where: str) -> Generation:
@@ -134,9 +137,18 @@ class Generation:
                        teacher_fingerprint=str(d["teacher"]["fingerprint"]),
                        teacher_config=dict(d["teacher"].get("config") or {}),
                        corpus_id=str(d["corpus"]["id"]), corpus_params=dict(d["corpus"].get("params") or {}),
-                       shards=tuple(ShardEntry.from_json(s, where) for s in d["shards"]))
+                       shards=tuple(ShardEntry.from_json(s, where) for s in d["shards"]),
+                       base=_base(d.get("base"), where))
         except (KeyError, TypeError, ValueError) as err:
             raise ManifestError(f"{where}: malformed generation ({err})") from err
+
+
+def _base(b: Any, where: str) -> dict | None:
+    if b is None:
+        return None
+    if not isinstance(b, dict) or not isinstance(b.get("generation"), int) or b["generation"] < 1:
+        raise ManifestError(f"{where}: malformed base pin {str(b)[:120]!r} (want {{'generation': n >= 1, ...}})")
+    return dict(b)
 
 
 class TornGeneration(ManifestError):
@@ -182,19 +194,20 @@ def newest_generation(bucket: Bucket, start: int = 0) -> int:
     return lo
 
 
-def _stem(path: str) -> str:
-    """`round-000/shard-00042` for any format (.tar, .zarr.zip, a .zarr folder): one record range."""
+def shard_key(path: str) -> str:
+    """`round-000/shard-00042` for any format (.tar, .zarr.zip, a .zarr folder) or content-named variant
+    (`shard-00042-<sha12>.tar`): one record range, which a target set holds once."""
     folder, _, name = path.rpartition("/")
-    return f"{folder}/{name.split('.', 1)[0]}"
+    return f"{folder}/{_VARIANT.sub('', name.split('.', 1)[0])}"
 
 
 def _merge(prev: Generation | None, entries: list[ShardEntry], where: str) -> tuple[ShardEntry, ...]:
     merged = {e.path: e for e in (prev.shards if prev else ())}
-    stems = {_stem(e.path): e for e in merged.values()}
+    stems = {shard_key(e.path): e for e in merged.values()}
     out = list(prev.shards) if prev else []
     for e in entries:
-        twin = stems.get(_stem(e.path))
-        if twin is not None and twin.path != e.path:  # the same records in another format: two copies
+        twin = stems.get(shard_key(e.path))
+        if twin is not None and twin.path != e.path:  # the same records in another format or attempt
             raise ManifestError(f"{where}: shard {e.path} would duplicate the records of committed shard "
                                 f"{twin.path} ({twin.format}/{twin.dtype}); a target set holds each record once: "
                                 "keep its format and dtype, or write to another bucket")
@@ -205,14 +218,15 @@ def _merge(prev: Generation | None, entries: list[ShardEntry], where: str) -> tu
                                     f"{old.sha256[:12]}, new entry has {e.sha256[:12]}; shards are "
                                     "write-once: use a new round or shard index")
             continue  # an idempotent retry of a committed shard
-        merged[e.path] = stems[_stem(e.path)] = e
+        merged[e.path] = stems[shard_key(e.path)] = e
         out.append(e)
     return tuple(out)
 
 
 def commit(bucket: Bucket, entries: list[ShardEntry], *, teacher_fingerprint: str, teacher_config: dict,
-           corpus_id: str, corpus_params: dict, max_attempts: int = 64) -> Generation:
-    """Create the next generation = newest generation's shards + `entries`; returns it."""
+           corpus_id: str, corpus_params: dict, base: dict | None = None, max_attempts: int = 64) -> Generation:
+    """Create the next generation = newest generation's shards + `entries`; returns it. `base` pins the
+    target-set generation a run's rounds build on (storage/rounds.py); target sets have none."""
     n = newest_generation(bucket)
     for _ in range(max_attempts):
         prev = latest_readable(bucket, n)
@@ -224,10 +238,10 @@ def commit(bucket: Bucket, entries: list[ShardEntry], *, teacher_fingerprint: st
                 raise ManifestError(f"{bucket.url(gen_path(prev.number))} is corpus {prev.corpus_id!r}, writer has "
                                     f"{corpus_id!r}; write each corpus to its own target set folder")
         gen = Generation(number=n + 1, parent=prev.number if prev else None,
-                         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                         created=datetime.now(UTC).isoformat(timespec="seconds"),
                          teacher_fingerprint=teacher_fingerprint, teacher_config=dict(teacher_config),
                          corpus_id=corpus_id, corpus_params=dict(corpus_params),
-                         shards=_merge(prev, entries, bucket.url(gen_path(n + 1))))
+                         shards=_merge(prev, entries, bucket.url(gen_path(n + 1))), base=base)
         data = json.dumps(gen.to_json(), indent=1, sort_keys=False).encode()
         if bucket.create_exclusive(gen_path(n + 1), data):
             _advance_hint(bucket, n + 1)

@@ -1,14 +1,19 @@
-"""Stateless student workers on Ray Train: N TorchTrainer workers, DDP, each streaming its own split.
+"""Ray Train workers for both training runs: N TorchTrainer workers, DDP, each on its own share of the data.
 
-Each worker runs `trainers.student.run_training` with rank = its world rank: it opens the target set,
-streams split `rank` of `world_size`, and DDP averages gradients (gloo on CPU, NCCL with GPUs). All
-state lives in our own run URL (rank 0 writes checkpoints); Ray's checkpoint mechanism is not used,
-and Ray's storage path is a throwaway local folder. This and `jobs/` are the only modules that import ray.
+- Student training (`train_with_ray`): each worker runs `trainers.student.run_training` with rank = its
+  world rank: it opens the target set and streams split `rank` of `world_size`.
+- Teacher pretraining (`pretrain_with_ray`): each worker runs `trainers.pretrain.pretrain` on its rows of
+  every global batch; rank 0 evaluates and broadcasts the curriculum and stopping decisions.
+DDP averages gradients (gloo on CPU, NCCL with GPUs). All state lives in our own run URL (rank 0 writes
+checkpoints; a rerun resumes from them); Ray's checkpoint mechanism is not used, and Ray's storage path is
+a throwaway local folder. This and `jobs/` are the only modules that import ray.
 """
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,52 +21,116 @@ import torch
 from trainers.student import StudentTrainConfig, run_training
 
 
-def _worker(config: dict[str, Any]) -> None:
-    import ray.train
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
+@dataclass
+class Worker:
+    """What a worker body needs from its Ray Train context: rank, world size, device, and collectives."""
 
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    cuda = torch.cuda.is_available() and config["use_gpu"]
-    device = torch.device("cuda", ctx.get_local_rank()) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
+    rank: int
+    world: int
+    device: torch.device
+    cuda: bool
 
-    def agree(n: int) -> int:  # every rank switches to the same (oldest seen) newest generation
-        t = torch.tensor([n], dtype=torch.long, device=device)
+    def agree(self, n: int) -> int:
+        """The smallest `n` over all workers (e.g. every rank switches to the oldest newest generation)."""
+        import torch.distributed as dist
+
+        t = torch.tensor([n], dtype=torch.long, device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MIN)
         return int(t.item())
 
-    def wrap(module: torch.nn.Module) -> torch.nn.Module:
-        return DistributedDataParallel(module, device_ids=[device.index] if cuda else None)
+    def sync(self, values: list[int]) -> list[int]:
+        """Rank 0's `values` on every worker (its evaluation decides the curriculum and stopping)."""
+        import torch.distributed as dist
 
-    cfg: StudentTrainConfig = config["cfg"]
+        t = torch.tensor(values, dtype=torch.long, device=self.device)
+        dist.broadcast(t, src=0)
+        return [int(v) for v in t.tolist()]
+
+    def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(module, device_ids=[self.device.index] if self.cuda else None)
+
+
+def _worker(use_gpu: bool) -> Worker:
+    import ray.train
+
+    ctx = ray.train.get_context()
+    cuda = torch.cuda.is_available() and use_gpu
+    device = torch.device("cuda", ctx.get_local_rank()) if cuda else torch.device("cpu")
     if cuda:
-        cfg.device = str(device)
+        torch.cuda.set_device(device)
+    return Worker(ctx.get_world_rank(), ctx.get_world_size(), device, cuda)
+
+
+def _student_worker(config: dict[str, Any]) -> None:
+    w = _worker(config["use_gpu"])
+    cfg: StudentTrainConfig = config["cfg"]
+    if w.cuda:
+        cfg.device = str(w.device)
     run_training(config["targets"], config["teacher"], config["out"], cfg, endpoint_url=config["endpoint_url"],
-                 generation=config["generation"], rank=rank, world_size=world, agree=agree, wrap=wrap,
+                 generation=config["generation"], rank=w.rank, world_size=w.world, agree=w.agree, wrap=w.wrap,
                  quiet=config["quiet"])
 
 
-def train_with_ray(targets: str, teacher: str | None, out: str, cfg: StudentTrainConfig, *, workers: int,
-                   endpoint_url: str | None = None, generation: int | None = None, quiet: bool = False) -> None:
-    """Run `workers` Ray Train workers (starting a local Ray instance if none is running)."""
+def _pretrain_worker(config: dict[str, Any]) -> None:
+    from pipeline.corpora import load_corpus
+    from trainers.pretrain import pretrain
+
+    w = _worker(config["use_gpu"])
+    cfg = config["cfg"]
+    if w.cuda:
+        cfg.device = str(w.device)
+    pretrain(load_corpus(config["corpus"]), cfg, out=config["out"], quiet=config["quiet"],
+             on_eval=config.get("on_eval"), endpoint_url=config["endpoint_url"], rank=w.rank,
+             world_size=w.world, sync=w.sync, wrap=w.wrap)
+
+
+def fit(body: Callable[[dict[str, Any]], None], config: dict[str, Any], *, workers: int, device: str,
+        gpus_per_worker: float | None, name: str, quiet: bool, max_failures: int = 0) -> None:
+    """Run `body(config)` on `workers` Ray Train workers (starting a local Ray instance if none is running).
+    GPUs: `gpus_per_worker` (default 1 when this machine has CUDA and `device` allows it, else 0). After a
+    worker failure (a preempted node, a crash) Ray Train restarts the whole group up to `max_failures` times;
+    the body resumes from the run URL's newest checkpoint."""
     import ray
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    if workers < 1:
+        raise ValueError(f"workers={workers} must be >= 1")
     if not ray.is_initialized():
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = {} if os.environ.get("RAY_ADDRESS") else {"runtime_env": {"env_vars": {"PYTHONPATH": root}}}
         ray.init(include_dashboard=False, log_to_driver=not quiet, **env)
-    use_gpu = torch.cuda.is_available() and cfg.device != "cpu"
+    if gpus_per_worker is None:
+        gpus_per_worker = 1.0 if (torch.cuda.is_available() and device != "cpu") else 0.0
+    use_gpu = gpus_per_worker > 0
+    scaling = ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                            resources_per_worker={"CPU": 1, "GPU": gpus_per_worker} if use_gpu else None)
     trainer = TorchTrainer(
-        _worker,
-        train_loop_config={"targets": targets, "teacher": teacher, "out": out, "cfg": cfg, "quiet": quiet,
-                           "endpoint_url": endpoint_url, "generation": generation, "use_gpu": use_gpu},
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
-        run_config=RunConfig(storage_path=tempfile.mkdtemp(prefix="smt-ray-train-"), name="smt-train"),
+        body, train_loop_config={**config, "use_gpu": use_gpu, "quiet": quiet},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"), scaling_config=scaling,
+        run_config=RunConfig(storage_path=tempfile.mkdtemp(prefix="smt-ray-train-"), name=name,
+                             failure_config=FailureConfig(max_failures=max_failures)),
     )
     trainer.fit()
+
+
+def train_with_ray(targets: str, teacher: str | None, out: str, cfg: StudentTrainConfig, *, workers: int,
+                   endpoint_url: str | None = None, generation: int | None = None, quiet: bool = False,
+                   gpus_per_worker: float | None = None) -> None:
+    """Student SMT on `workers` DDP workers; rank r streams split r of the target set."""
+    fit(_student_worker, {"targets": targets, "teacher": teacher, "out": out, "cfg": cfg,
+                          "endpoint_url": endpoint_url, "generation": generation},
+        workers=workers, device=cfg.device, gpus_per_worker=gpus_per_worker, name="smt-train", quiet=quiet)
+
+
+def pretrain_with_ray(corpus: str, cfg, out: str, *, workers: int, endpoint_url: str | None = None,
+                      gpus_per_worker: float | None = None, quiet: bool = False, max_failures: int = 0,
+                      on_eval: Callable[[dict], None] | None = None) -> None:
+    """Teacher pretraining on `workers` DDP workers writing one run at `out` (resumes it if it has a checkpoint).
+    `corpus` is a spec: every worker opens it itself (stream corpora read their windows lazily)."""
+    fit(_pretrain_worker, {"corpus": corpus, "cfg": cfg, "out": out, "endpoint_url": endpoint_url,
+                           "on_eval": on_eval},
+        workers=workers, device=cfg.device, gpus_per_worker=gpus_per_worker, name="smt-pretrain", quiet=quiet,
+        max_failures=max_failures)

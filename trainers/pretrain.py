@@ -1,25 +1,34 @@
-"""Stage 1: joint SMT pretraining of the teacher and a reference updater, with evaluation hooks.
+"""Stage 1: joint SMT pretraining of the teacher and a reference updater, as a resumable run.
 
-Writes `<out>/teacher` (the teacher checkpoint whose fingerprint names its target shards),
-`<out>/student` (the reference updater with the teacher's readout), `<out>/metrics.jsonl` and
-`<out>/run.json` (the resolved config).
+The run URL `out` (local folder, file://, s3://; through the Bucket) holds:
+    run.json                       the resolved config of the newest start or resume
+    checkpoints/step-XXXXXXXX/     teacher/, student/, state.safetensors, state.json (`pretrain_state.py`)
+    checkpoints/latest.json        written last: the commit point of a checkpoint
+    metrics.jsonl                  one row per evaluation (local runs)
+    teacher/, student/             the finished teacher (its fingerprint names its target shards) and the
+                                   reference updater with the teacher's readout
+A checkpoint is written every `checkpoint_every` steps and when the run stops; rerunning the same command
+resumes from the newest one and ends exactly where an uninterrupted run would. With `rank`/`world_size`
+and a DDP `wrap` (see `trainers/distributed.py`) every worker trains on its own rows of each global batch;
+rank 0 evaluates, decides the curriculum and stopping, and writes checkpoints and outputs.
 """
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from models.checkpoint import save_student, save_teacher
-from models.student import Student
-from models.teacher import Teacher, TeacherConfig
+from models.teacher import TeacherConfig
 from models.updaters import UpdaterConfig
-from trainers.common import OptimConfig, autocast, clip_and_step, open_run, pick_device
+from trainers.common import MetricsLog, OptimConfig, autocast, clip_and_step, pick_device
 from trainers.evaluate import evaluate_student, evaluate_teacher
-from trainers.smt import SMTConfig, smt_losses
+from trainers.pretrain_state import JointObjective, batch_at, build_state, export, positions_generator, save
+from trainers.run_dir import RunDir
+from trainers.smt import SMTConfig
 
 
 @dataclass(kw_only=True)
@@ -35,13 +44,15 @@ class PretrainConfig:
     steps: int = 2000
     """Maximum optimiser steps."""
     seconds: float | None = None
-    """Training budget in seconds of `clock` (evaluation excluded); stops early when spent."""
+    """Training budget in seconds of `clock` (evaluation excluded, summed over resumes); stops early when spent."""
     batch_size: int = 32
-    """Sequences per step."""
+    """Sequences per step per worker."""
     eval_every: int = 50
     """Evaluate (teacher and rolled-out updater) every N steps."""
     eval_size: int = 256
     """Sequences of the valid split for the evaluations that drive the curriculum and `stop_at_acc`."""
+    checkpoint_every: int = 500
+    """Checkpoint the full train state to the run URL every N steps (and when the run stops)."""
     stop_at_acc: float | None = None
     """Stop once the teacher's answer accuracy on the valid split reaches this at the full length (None = never)."""
     curriculum: tuple[int, ...] = ()
@@ -55,6 +66,11 @@ class PretrainConfig:
     """Clock of `seconds` and of logged times: 'wall', or 'process' (this process's CPU seconds)."""
     device: str = "auto"
     """'auto' (GPU when present), 'cpu' or 'cuda'."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.eval_every < 1 or self.checkpoint_every < 1 or self.batch_size < 1:
+            raise ValueError(f"steps={self.steps}, eval_every={self.eval_every}, checkpoint_every="
+                             f"{self.checkpoint_every} and batch_size={self.batch_size} must all be >= 1")
 
 
 def matched_updater(teacher_cfg: TeacherConfig, updater: UpdaterConfig) -> UpdaterConfig:
@@ -84,78 +100,109 @@ def eval_batch(corpus, n: int, seed: int, split: str = "valid") -> tuple[torch.T
 
 
 def pretrain(corpus, cfg: PretrainConfig, out: str | Path | None = None, quiet: bool = False,
-             on_eval=None, reporter=None) -> dict:
-    """Train; returns {"teacher", "student", "history", "final", "seconds", "fingerprint"}.
+             on_eval: Callable[[dict], None] | None = None, *,
+             reporter: Callable[[torch.nn.Module, dict], dict] | None = None, endpoint_url: str | None = None, rank: int = 0,
+             world_size: int = 1, sync: Callable[[list[int]], list[int]] | None = None,
+             wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None) -> dict:
+    """Train (or resume the run at `out`); returns {"teacher", "student", "history", "final", "seconds",
+    "steps", "resumed_from", and with `out` "fingerprint", "run"}. Without `out` nothing is written.
+    `sync` broadcasts rank 0's list of ints to every worker (needed when world_size > 1).
     `reporter(student, row) -> dict`, when given, runs after each evaluation off the training clock and its
     figures join the row (for reports, e.g. on the test split; the curriculum and stop rules never read them)."""
-    torch.manual_seed(cfg.seed)
     dev = pick_device(cfg.device)
-    tcfg = TeacherConfig(**{**asdict(cfg.teacher), "vocab_size": corpus.vocab_size})
     cfg.smt.check_length(corpus.seq_len)
-    teacher = Teacher(tcfg).to(dev)
-    ucfg = matched_updater(tcfg, cfg.updater)
-    student = Student.from_teacher(teacher, ucfg).to(dev)
-    params = list(teacher.parameters()) + list(student.updater.parameters())
-    opt, sched = cfg.optim.build(params, cfg.steps)
-    rng = np.random.default_rng(cfg.seed)
-    g = torch.Generator().manual_seed(cfg.seed)
+    run = RunDir(str(out), endpoint_url=endpoint_url) if out else None
+    state = build_state(corpus, cfg, run, dev)
+    teacher, student, tcfg = state.teacher, state.student, state.teacher.cfg
+    lead, resumed_from = rank == 0, (state.step if state.starts else None)
+    state.starts.append(state.step)
     stages = [with_length(corpus, T) for T in cfg.curriculum] + [corpus]
-    stage = 0
-    cur = stages[0]
+    cur = stages[state.stage]
     ex, ey = (t.to(dev) for t in eval_batch(cur, cfg.eval_size, cfg.seed))
     prompt = cfg.smt.Tc if cfg.smt.mode == "stream" else 0
-    out, log = open_run(out, "pretrain", corpus.spec, cfg, quiet)
-    final: dict = {}
-    step = 0
+    if lead and run is not None:
+        run.write_json("run.json", {"stage": "pretrain", "corpus": corpus.spec, "config": asdict(cfg),
+                                    "world_size": world_size, "start_step": state.step})
+        run.truncate_metrics(state.step)  # rows past the checkpoint belong to the attempt that was killed
+    log = MetricsLog("metrics.jsonl" if lead and run else None, cfg.steps, "pretrain", quiet or not lead, cfg.clock,
+                     start=state.elapsed, seconds=cfg.seconds, bucket=run.bucket if run else None)
+    log.advance(state.step)
+    objective = JointObjective(teacher, student.updater, cfg.smt)
+    model = wrap(objective) if wrap else objective
+    if world_size > 1 and sync is None:
+        raise ValueError(f"world_size={world_size} needs `sync` (rank 0's decisions for every worker)")
+    share = sync if world_size > 1 else (lambda v: v)
 
     def evaluate() -> dict:
         with log.paused():
-            return _evaluate()
+            teacher.eval()
+            state.sync_readout()
+            te = evaluate_teacher(teacher, ex, ey, prompt)
+            # drift needs every teacher memory: cheap for the causal encoder, one pass per prefix for register
+            st = evaluate_student(student, ex, ey, teacher if (tcfg.encoder == "causal" or prompt) else None, prompt)
+            teacher.train()
+        return {"teacher_acc": te["acc"], "teacher_loss": te["loss"], "smt_acc": st["acc"], "smt_loss": st["loss"],
+                **({"drift_final": st["drift_final"]} if "drift_final" in st else {})}
 
-    def _evaluate() -> dict:
-        teacher.eval()
-        student.readout_net.load_state_dict(teacher.decoder.state_dict())
-        with torch.no_grad():
-            student.m0.copy_(teacher.encode(ex[:1, :0])[0])
-        te = evaluate_teacher(teacher, ex, ey, prompt)
-        # drift needs every teacher memory: cheap for the causal encoder, one pass per prefix for register
-        st = evaluate_student(student, ex, ey, teacher if (tcfg.encoder == "causal" or prompt) else None, prompt)
-        teacher.train()
-        return {"teacher_acc": te["acc"], "teacher_loss": te["loss"], "smt_acc": st["acc"],
-                "smt_loss": st["loss"], **({"drift_final": st["drift_final"]} if "drift_final" in st else {})}
-
-    for step in range(1, cfg.steps + 1):
-        x, y = (torch.as_tensor(a, dtype=torch.long, device=dev) for a in cur.sample(cfg.batch_size, rng))
+    done = state.finished or state.step >= cfg.steps
+    while not done:
+        step = state.step + 1
+        x, y = (torch.as_tensor(a, dtype=torch.long, device=dev)
+                for a in batch_at(cur, cfg.batch_size, cfg.seed, step, rank, world_size))
         with autocast(dev):
-            losses = smt_losses(teacher, student.updater, x, y, cfg.smt, g)
+            losses = model(x, y, positions_generator(cfg.seed, step, rank))
         losses["loss"].backward()
-        gn = clip_and_step(params, opt, sched, cfg.optim.grad_clip)
+        gn = clip_and_step(state.params, state.opt, state.sched, cfg.optim.grad_clip)
+        state.step = step
         log.advance()
-        done = (cfg.seconds is not None and log.elapsed() >= cfg.seconds) or step == cfg.steps
+        done = step >= cfg.steps or (cfg.seconds is not None and log.elapsed() >= cfg.seconds)
+        if cfg.seconds is not None:  # clocks differ between workers: rank 0's says when the budget is spent
+            done = bool(share([int(done)])[0])
         if step % cfg.eval_every == 0 or done:
-            final = log.log(step, **losses, grad_norm=gn, lr=sched.get_last_lr()[0], T=cur.seq_len, **evaluate())
-            if reporter:  # figures for the report (e.g. on the test split): never read by the rules below
-                with log.paused():
-                    final.update(reporter(student, final))
-            if on_eval:
-                with log.paused():  # a caller's extra evaluation is not training time
-                    on_eval(final)
-            if stage < len(stages) - 1 and final["teacher_acc"] >= cfg.curriculum_acc:
-                stage += 1
-                cur = stages[stage]
+            stage = state.stage
+            if lead:
+                state.last_eval = log.log(step, **losses, grad_norm=gn, lr=state.sched.get_last_lr()[0],
+                                          T=cur.seq_len, **evaluate())
+                if reporter:  # figures for the report (e.g. on the test split): never read by the rules below
+                    with log.paused():
+                        state.last_eval.update(reporter(student, state.last_eval))
+                if on_eval:
+                    with log.paused():  # a caller's extra evaluation is not training time
+                        on_eval(state.last_eval)
+                acc = state.last_eval["teacher_acc"]
+                if stage < len(stages) - 1 and acc >= cfg.curriculum_acc:
+                    stage += 1
+                elif stage == len(stages) - 1 and cfg.stop_at_acc is not None and acc >= cfg.stop_at_acc:
+                    done = True
+            stage, done = share([stage, int(done)])
+            done = bool(done)
+            if stage != state.stage:
+                state.stage, cur = stage, stages[stage]
                 ex, ey = (t.to(dev) for t in eval_batch(cur, cfg.eval_size, cfg.seed))
-            elif stage == len(stages) - 1 and cfg.stop_at_acc is not None and final["teacher_acc"] >= cfg.stop_at_acc:
-                done = True
-        if done:
-            break
+        if lead and run is not None and (step % cfg.checkpoint_every == 0 or done):
+            state.elapsed, state.finished = log.elapsed(), done
+            save(state, run)
     log.close()
-    evaluate()  # leaves readout and m0 synced with the final teacher
+    if lead:
+        state.sync_readout()  # also on a resume of a finished run: outputs carry the final teacher's readout
     teacher.eval()
     student.eval()
-    result = {"teacher": teacher, "student": student, "history": log.history, "final": final,
-              "seconds": log.elapsed(), "steps": step}
-    if out:
-        result["fingerprint"] = save_teacher(str(out / "teacher"), teacher, {"corpus": corpus.spec, "steps": step})
-        save_student(str(out / "student"), student, result["fingerprint"],
-                     {"corpus": corpus.spec, "trained_by": "smt", "steps": step})
+    result = {"teacher": teacher, "student": student, "history": log.history, "final": state.last_eval,
+              "seconds": log.elapsed(), "steps": state.step, "resumed_from": resumed_from}
+    if lead and run is not None:
+        result["fingerprint"], result["run"] = export(state, run), run.url
     return result
+
+
+def run_summary(out: str, endpoint_url: str | None = None) -> dict:
+    """What a pretraining run at `out` holds after `pretrain` (on any number of workers) returned: its
+    teacher URL and fingerprint, steps, training seconds, last evaluation and the step of every start."""
+    run = RunDir(out, endpoint_url=endpoint_url)
+    pointer = run.latest()
+    if pointer is None:
+        raise ValueError(f"run {run.url} has no checkpoint: run `smt pretrain --out {out}` first")
+    meta = json.loads(run.bucket.read_bytes(f"{pointer['path']}/state.json"))
+    fp = json.loads(run.bucket.read_bytes("teacher/config.json"))["fingerprint"]
+    return {"run": run.url, "teacher": run.bucket.url("teacher"), "fingerprint": fp, "steps": meta["step"],
+            "seconds": meta["elapsed"], "final": meta["last_eval"], "starts": meta["starts"],
+            "finished": meta["finished"]}

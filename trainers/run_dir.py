@@ -1,8 +1,9 @@
 """A run folder at any fsspec URL: crash-safe checkpoints of the full train state, and the pointer to them.
 
     <run>/config.json                          the resolved config of the newest start/resume
-    <run>/metrics.jsonl                        one JSON row per logged step (local runs)
+    <run>/metrics.jsonl                        one JSON row per logged step (through the Bucket: s3:// too)
     <run>/checkpoints/step-00000100/student/   save_student(): weights.safetensors + config.json
+    <run>/checkpoints/step-00000100/teacher/   pretraining runs only: save_teacher()
     <run>/checkpoints/step-00000100/state.safetensors, state.json   optimizer, RNG (tensors) + the rest
     <run>/checkpoints/latest.json              {"step": 100, "path": "checkpoints/step-00000100"}
     <run>/policy/step-00000102/student/        weights only (lockstep DMT: what the DMT actor rolls out)
@@ -81,9 +82,13 @@ class RunDir:
     def write_json(self, rel: str, obj: Any) -> None:
         self.bucket.write_bytes(rel, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
 
-    def save(self, step: int, write_student, tensors: dict[str, torch.Tensor], meta: dict) -> str:
-        """Write a complete step folder, then point latest.json at it; returns the folder's URL."""
+    def save(self, step: int, write_student, tensors: dict[str, torch.Tensor], meta: dict, *,
+             write_teacher=None) -> str:
+        """Write a complete step folder, then point latest.json at it; returns the folder's URL.
+        `write_teacher` (pretraining: the teacher is trained too) writes `<step>/teacher` first."""
         rel = step_dir(step)
+        if write_teacher is not None:
+            write_teacher(self.bucket.url(f"{rel}/teacher"))
         write_student(self.bucket.url(f"{rel}/student"))
         self.bucket.write_bytes(f"{rel}/state.safetensors",
                                 st_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
@@ -112,6 +117,15 @@ class RunDir:
         if rel is None:
             raise ObjectNotFound(f"run {self.url} has no checkpoint or policy snapshot of step {step}")
         return self.bucket.url(f"{rel}/student")
+
+    def truncate_metrics(self, step: int) -> None:
+        """Drop metrics rows past `step` (a resumed run: they belong to the attempt that was killed)."""
+        try:
+            lines = self.bucket.read_bytes("metrics.jsonl").decode().splitlines(keepends=True)
+        except ObjectNotFound:
+            return
+        keep = [ln for ln in lines if ln.strip() and json.loads(ln)["step"] <= step]
+        self.bucket.write_bytes("metrics.jsonl", "".join(keep).encode())  # atomic: temp + rename, or one PUT
 
     def load(self, pointer: dict) -> tuple[str, dict[str, torch.Tensor], dict]:
         """(student URL, state tensors, state JSON) of the checkpoint `pointer` names."""
