@@ -201,10 +201,10 @@ def _f(v, fmt: str, why: str = "not measured") -> str:
 
 def markdown(r: dict) -> str:
     c = r["checkpoint"]
-    lines = ["# Pretraining as a run (`benchmarks/pretrain.py`)", "", f"Machine: {r['machine']}; "
-             f"wall {r['wall_seconds']} s.", "",
-             f"## Checkpoint overhead (interval {c['interval']} steps, step {c['step_seconds'] * 1e3:.1f} ms, "
-             f"checkpoint {c['checkpoint_mb']:.2f} MB)", "",
+    lines = ["# Pretraining as a run (`benchmarks/pretrain.py`)", "",
+             f"Machine: {r['machine']}; wall {r['wall_seconds']} s.", "",
+             (f"## Checkpoint overhead (interval {c['interval']} steps, step {c['step_seconds'] * 1e3:.1f} ms, "
+              f"checkpoint {c['checkpoint_mb']:.2f} MB)"), "",
              "| target | checkpoint s | share of step time |", "|---|---|---|"]
     lines += [f"| {k} | {c[k]['checkpoint_seconds']:.3f} | {c[k]['overhead_share'] * 100:.2f}% |"
               for k in ("local", "moto_s3")]

@@ -56,10 +56,8 @@ def test_one_file_is_cut_into_contiguous_ranges_lazily(tmp_path):
 
 
 def test_memory_is_bounded_by_the_windows_not_the_corpus(tmp_path):
-    big = tmp_path / "big.txt"
-    with open(big, "wb") as f:                      # 24 MB of text, 8 files
-        for _ in range(8):
-            f.write(np.random.default_rng(2).integers(32, 127, size=3 << 20, dtype=np.uint8).tobytes())
+    big = tmp_path / "big.txt"                      # 24 MB of text
+    big.write_bytes(np.random.default_rng(2).integers(32, 127, size=24 << 20, dtype=np.uint8).tobytes())
     npy = tmp_path / "ids.npy"
     np.save(npy, np.arange(3 << 20, dtype=np.int32) % 1000)   # 12 MB of token ids
     tracemalloc.start()
