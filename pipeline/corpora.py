@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.lazy_tokens import ArrayDoc, FileDoc, LazyTokens, RowsSource, npy_doc
+from pipeline.lazy_tokens import ArrayDoc, FileDoc, LazyTokens, Rows, npy_doc
 
 __all__ = [
     "Corpus",
@@ -461,8 +461,8 @@ class HFTextCorpus(StreamCorpus):
                 f"hf: no column field={field!r} in {location!r} (columns: {ds.column_names}): "
                 f"set field=<column>"
             )
-        docs = RowsSource(ds, field).documents()  # rows stay in the memory-mapped Arrow cache
-        if not docs:
+        docs = Rows.scan(ds, field)  # rows stay in the memory-mapped Arrow cache
+        if not len(docs):
             raise CorpusError(
                 f"hf: {location!r} hf_split={split} has 0 rows: choose another hf_split or data_files"
             )

@@ -8,8 +8,9 @@ range `[lo, hi)` on demand from the documents that hold it:
   positioned reads (`seek` + `read`); remote files through fsspec's LRU block cache (1 MiB blocks, at most
   `MAX_BLOCKS` per file), so memory is bounded by the blocks in use, not the file size;
 - `ArrayDoc`: an array that slices lazily itself (a Zarr array);
-- `RowsDoc`: one text column of a Hugging Face dataset, whose Arrow cache is memory-mapped by `datasets`;
-  rows are encoded to utf-8 one at a time (lengths in one pass at open, a small LRU of recent rows).
+- `Rows`: the rows of a text column of a Hugging Face dataset, whose Arrow cache is memory-mapped by
+  `datasets`; rows are encoded to utf-8 one at a time (lengths in one pass at open, a small LRU of recent
+  rows), and held as two int64 arrays rather than one object per row.
 
 Slicing (`tokens[a:b]`) gives a view, `subset(docs)` the stream of some documents only (what the
 train/valid/test split of `pipeline/corpora.py` needs), `chunks()` a bounded-memory scan (digest, min/max).
@@ -17,6 +18,7 @@ train/valid/test split of `pipeline/corpora.py` needs), `chunks()` a bounded-mem
 """
 from __future__ import annotations
 
+from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 
@@ -72,36 +74,61 @@ class ArrayDoc:
         return np.asarray(self.array[lo:hi])
 
 
-class RowsDoc:
-    """Row `row` of a text column of a Hugging Face dataset, as utf-8 bytes of known `length`."""
+class DocList:
+    """Documents as a list of FileDoc/ArrayDoc objects (a few thousand files at most)."""
 
-    def __init__(self, rows: RowsSource, row: int, length: int) -> None:
-        self.rows, self.row, self.length, self.dtype = rows, int(row), int(length), np.dtype(np.uint8)
+    def __init__(self, items: Sequence) -> None:
+        self.items = list(items)
+        self.lengths = np.array([d.length for d in self.items], dtype=np.int64)
 
-    def read(self, lo: int, hi: int, handles: _LRU) -> np.ndarray:
-        return np.frombuffer(self.rows.encoded(self.row)[lo:hi], dtype=np.uint8)
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def read(self, i: int, lo: int, hi: int, handles: _LRU) -> np.ndarray:
+        return self.items[i].read(lo, hi, handles)
+
+    def subset(self, keep: Sequence[int]) -> DocList:
+        return DocList([self.items[i] for i in keep])
 
 
-class RowsSource:
-    """A text column of a `datasets.Dataset` (Arrow, memory-mapped by `datasets`): the documents of `hf:`."""
+class Rows:
+    """The non-null rows of a text column of a `datasets.Dataset` (Arrow, memory-mapped by `datasets`) as
+    utf-8 documents: two int64 arrays (row ids, byte lengths), not one object per row, so millions of rows
+    cost 16 bytes each."""
 
-    def __init__(self, ds, field: str) -> None:
-        self.ds, self.field = ds, field
-        self._cache = _LRU(256, lambda i: self.ds[i][self.field].encode("utf-8"))
+    def __init__(self, ds, field: str, rows: np.ndarray, lengths: np.ndarray, cache: _LRU | None = None) -> None:
+        self.ds, self.field, self.rows, self.lengths = ds, field, rows, lengths
+        self._cache = cache if cache is not None else _LRU(256, lambda r: self.ds[int(r)][self.field].encode("utf-8"))
 
-    def documents(self, batch_size: int = 10_000) -> list[RowsDoc]:
-        """One document per non-null row (lengths from one streaming pass over the column)."""
-        docs: list[RowsDoc] = []
+    @classmethod
+    def scan(cls, ds, field: str, batch_size: int = 10_000) -> Rows:
+        """Byte lengths of every non-null row, in one streaming pass over the column."""
+        rows, lengths = array("q"), array("q")
         row = 0
-        for batch in self.ds.select_columns([self.field]).iter(batch_size=batch_size):
-            for s in batch[self.field]:
+        for batch in ds.select_columns([field]).iter(batch_size=batch_size):
+            for s in batch[field]:
                 if s is not None:
-                    docs.append(RowsDoc(self, row, len(s.encode("utf-8"))))
+                    rows.append(row)
+                    lengths.append(len(s.encode("utf-8")))
                 row += 1
-        return docs
+        return cls(ds, field, np.frombuffer(rows, dtype=np.int64), np.frombuffer(lengths, dtype=np.int64))
 
-    def encoded(self, row: int) -> bytes:
-        return self._cache.get_or_make(row)
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def read(self, i: int, lo: int, hi: int, handles: _LRU) -> np.ndarray:
+        return np.frombuffer(self._cache.get_or_make(int(self.rows[i]))[lo:hi], dtype=np.uint8)
+
+    def subset(self, keep: Sequence[int]) -> Rows:
+        keep = np.asarray(keep, dtype=np.int64)
+        return Rows(self.ds, self.field, self.rows[keep], self.lengths[keep], self._cache)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_cache": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._cache = _LRU(256, lambda r: self.ds[int(r)][self.field].encode("utf-8"))
 
 
 class LazyTokens:
@@ -110,12 +137,12 @@ class LazyTokens:
 
     ndim = 1
 
-    def __init__(self, docs: Sequence, sep: int = -1, dtype=np.uint8, start: int = 0, stop: int | None = None,
-                 open_file: Callable | None = None) -> None:
-        self.docs, self.sep, self.dtype = list(docs), int(sep), np.dtype(dtype)
+    def __init__(self, docs: DocList | Rows | Sequence, sep: int = -1, dtype=np.uint8, start: int = 0,
+                 stop: int | None = None, open_file: Callable | None = None) -> None:
+        self.docs = docs if isinstance(docs, (DocList, Rows)) else DocList(docs)
+        self.sep, self.dtype = int(sep), np.dtype(dtype)
         self._gap = 0 if sep < 0 else 1
-        lengths = np.array([d.length for d in self.docs], dtype=np.int64)
-        self.lengths = lengths
+        lengths = self.lengths = self.docs.lengths
         self.starts = np.concatenate([[0], np.cumsum(lengths + self._gap)[:-1]]).astype(np.int64)
         total = int(lengths.sum() + self._gap * max(0, len(self.docs) - 1))
         self.start, self.stop = int(start), total if stop is None else int(stop)
@@ -145,7 +172,7 @@ class LazyTokens:
 
     def subset(self, keep: Sequence[int]) -> LazyTokens:
         """The stream of documents `keep` only (joined the same way)."""
-        return LazyTokens([self.docs[i] for i in keep], self.sep, self.dtype, open_file=self._open)
+        return LazyTokens(self.docs.subset(keep), self.sep, self.dtype, open_file=self._open)
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         out = self.read(0, self.size)
@@ -171,7 +198,7 @@ class LazyTokens:
             s, n = int(self.starts[i]), int(self.lengths[i])
             if pos < s + n:  # inside document i
                 b = min(hi, s + n)
-                out[pos - lo:b - lo] = self.docs[i].read(pos - s, b - s, self._handles)
+                out[pos - lo:b - lo] = self.docs.read(i, pos - s, b - s, self._handles)
                 pos = b
             if pos < hi and self._gap and pos == s + n:  # the separator after document i
                 out[pos - lo] = self.sep
