@@ -189,7 +189,7 @@ def run(c: E2EConfig) -> dict:
         dmt_seconds = time.perf_counter() - t
         ray.kill(dmt)
         ray.kill(tr)
-        stored = round_reports(targets)
+        stored = round_reports(run_url)
         res: dict = {"refresh": refresh, "round_decay": decay}
         res["rounds"] = [{k: r.get(k) for k in ("round", "student_step", "generation", "records", "seconds",
                                                 "states_per_second", "rollout_acc")}

@@ -1,17 +1,25 @@
-"""`smt dmt`: the DMT actor. Watches a student run, relabels its rolled-out states after each new
-checkpoint and appends rounds to the target set, which trainers following generations mix in.
+"""`smt dmt`: DAgger Memory Training on a student run: roll the student out, relabel its states with the
+teacher, append the round to the run (`<run>/rounds/`), and train the student on the aggregate.
 
-    smt dmt --targets BUCKET/targets/<fp>/<corpus-id> --run RUN_URL --corpus SPEC [--rounds 3] [--every-steps 100]
+    smt train --targets T --out RUN ...                       # SMT first
+    smt dmt --targets T --run RUN --corpus SPEC --rounds 3 --every-steps 100
 
-The loop runs inside one Ray actor (`--actor`, the default; connects to the job's cluster under
-`ray job submit`, else starts a local instance) or in-process (`--no-actor`). Per round it prints the
-rollout accuracy and drift at t = Td, and writes `<report>/dmt_drift.png` (drift against t per round).
-Restarting after a crash completes the interrupted round exactly once (its checkpoint is pinned).
-With --first-step S (lockstep, paired with `smt train --phase-start S --dmt-every N`), round r rolls out
-exactly the checkpoint of step S + (r-1)N, so the whole run is reproducible; see `smt train --help`.
+Alone (the default): round r rolls out the run's newest student, then `smt dmt` itself trains the run
+--every-steps steps on round 0 + rounds 1..r (one new training phase of the run, its own stream config,
+--lr to change the rate); it ends with --rounds rounds and a student trained on them (the run's newest
+checkpoint). With a trainer attached, it only relabels: lockstep (--first-step S, paired with `smt train
+--phase-start S --dmt-every N`: round r rolls out exactly the student of step S + (r-1)N, reproducible; see
+`smt train --help`) or following (--no-train beside `smt train --follow ...`: round r waits for a
+checkpoint --every-steps past round r-1's). Each round prints one line (rollout accuracy, drift at t = Td,
+records, generation) as it happens, every wait says what it waits for and for how long, and
+`<report>/dmt_drift.png` plots drift against t per round. The loop runs inside one Ray actor (`--actor`,
+the default; connects to the job's cluster under `ray job submit`, else starts a local instance) or
+in-process (`--no-actor`). Restarting after a crash completes the interrupted round exactly once (its
+checkpoint is pinned) and resumes a training block exactly.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 from jobs.common import parse, run
@@ -34,6 +42,11 @@ class DMTArgs:
     first_step: int | None = None
     """Lockstep: round r rolls out exactly the checkpoint at step first_step + (r-1) * every_steps (pair it with
     `smt train --phase-start S --dmt-every N --dmt-rounds R`); default: the newest checkpoint."""
+    train: bool = True
+    """Without --first-step: train the student --every-steps steps on round 0 + its rounds after each round
+    (--no-train: only relabel, waiting for a separately running `smt train --follow ...`)."""
+    lr: float | None = None
+    """Learning rate of the training phase `smt dmt` runs alone (default: the run's)."""
     sequences: int = 512
     """Sequences rolled out per round."""
     shard_sequences: int = 128
@@ -43,7 +56,7 @@ class DMTArgs:
     Td: int | None = None
     """Rollout steps (default: to the end of each sequence)."""
     timeout_seconds: float = 3600.0
-    """Give up when the run writes no new checkpoint for this long."""
+    """With a trainer attached: give up when it writes no suitable checkpoint for this long."""
     poll_seconds: float = 1.0
     """How often to look for a new checkpoint."""
     dtype: str = "float16"
@@ -94,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
 
         from pipeline.dmt_loop import DMTLoop, DMTLoopConfig, round_reports
         from pipeline.stage import Resources
+        from trainers.run_dir import RunDir
+        from trainers.student import AggregateTrainer, run_config
 
         gpus = args.gpus
         if gpus is None:
@@ -109,31 +124,54 @@ def main(argv: list[str] | None = None) -> int:
                             dtype=args.dtype, device=args.device, endpoint_url=args.endpoint_url,
                             resources=Resources(num_cpus=args.cpus, num_gpus=gpus))
 
-        def say(rep: dict) -> None:
+        trainer = None
+        if args.first_step is None and args.train:  # alone: the loop trains the run between rounds
+            tcfg = run_config(RunDir(args.run, endpoint_url=args.endpoint_url))
+            if args.lr is not None:
+                tcfg.optim.lr = args.lr
+            tcfg.device = args.device
+            trainer = AggregateTrainer(targets=args.targets, teacher=teacher, run=args.run, cfg=tcfg,
+                                       endpoint_url=args.endpoint_url)
             if not args.quiet:
-                d = rep.get("drift_by_step") or [float("nan")]
-                print(f"round {rep['round']}: student step {rep.get('student_step')} rollout_acc="
-                      f"{rep.get('rollout_acc')} drift_T={d[-1]:.4f} records={rep['records']} "
-                      f"generation={rep['generation']}", flush=True)
+                print(f"smt dmt: {args.rounds} rounds on {args.run}, each followed by {args.every_steps} training "
+                      "steps on round 0 + the run's rounds (no trainer attached)", flush=True)
+
+        def say(ev: dict) -> None:
+            if not args.quiet:
+                print(ev["text"], flush=True)
 
         if args.actor:
             from pipeline.executors import init_ray
 
             ray = init_ray()
             actor = ray.remote(num_cpus=args.cpus, num_gpus=gpus, max_restarts=2,
-                               max_task_retries=2)(DMTLoop).remote(cfg)
-            for rep in ray.get(actor.run.remote(True)):
-                say(rep)
+                               max_task_retries=2)(DMTLoop).remote(cfg, None, trainer)
+            # a streaming generator: each event reaches this process (and the log) as it happens
+            for ref in actor.events.options(num_returns="streaming").remote(True):
+                say(ray.get(ref))
+            ray.kill(actor)
         else:
-            DMTLoop(cfg).run(quiet=args.quiet, on_round=say)
-        reps = round_reports(args.targets, args.endpoint_url)
+            for ev in DMTLoop(cfg, trainer=trainer).events(quiet=args.quiet):
+                say(ev)
+        reps = round_reports(args.run, args.endpoint_url)
         Path(args.report).mkdir(parents=True, exist_ok=True)
         (Path(args.report) / "dmt_rounds.json").write_text(json.dumps(reps, indent=1))
         png = plot_rounds(reps, args.report)
-        print(f"{len(reps)} DMT rounds in {args.targets}; report: {png or args.report}")
+        latest = RunDir(args.run, endpoint_url=args.endpoint_url).latest() or {}
+        print(f"{len(reps)} DMT rounds in {args.run}; newest student: step {latest.get('step')}; "
+              f"report: {png or args.report}")
         return 0
 
-    return run("dmt", body)
+    def guarded() -> int:
+        from pipeline.dmt_loop import DMTTimeout
+
+        try:
+            return body()
+        except DMTTimeout as e:  # a trainer that never came: one line, like every user error
+            print(f"smt dmt: error: {e}", file=sys.stderr)
+            return 2
+
+    return run("dmt", guarded)
 
 
 if __name__ == "__main__":

@@ -189,7 +189,7 @@ def _dmt_lockstep(rc, ray, targets, teacher_url, run_url, corpus, prompt, gpus, 
     ray.get(trainer)
     ray.kill(actor)
     rounds = []
-    reports = round_reports(targets)
+    reports = round_reports(run_url)
     # held-out evaluation after the first rounds, then about every tenth of them, and the last
     scored = {1, 2, 3, 4, len(reports)} | {round(i * len(reports) / 10) for i in range(1, 10)}
     for rep in reports:

@@ -41,6 +41,7 @@ import numpy as np
 from pipeline.lazy_tokens import ArrayDoc, FileDoc, LazyTokens, Rows, npy_doc
 
 __all__ = [
+    "SPLITS",
     "Corpus",
     "CorpusError",
     "DigitsCorpus",
@@ -48,7 +49,6 @@ __all__ = [
     "ImageCorpus",
     "MnistCorpus",
     "Params",
-    "SPLITS",
     "StreamCorpus",
     "TextCorpus",
     "TokensCorpus",

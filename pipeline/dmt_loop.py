@@ -1,6 +1,8 @@
-"""The DMT actor's loop: watch a student run, relabel after each new checkpoint, append rounds.
+"""The DMT actor's loop: watch a student run, relabel after each new checkpoint, append rounds to the run.
 
-1. Read the target set's newest generation: rounds already committed are done (idempotent restarts).
+Rounds belong to the run (storage/rounds.py): `<run>/rounds/` holds its round shards, its rounds manifest
+and the loop's pins and reports (`<run>/rounds/dmt/`); the shared target set (round 0) is only read.
+1. Read the run's newest rounds generation: rounds already committed are done (idempotent restarts).
 2. For round r, wait until the run's `checkpoints/latest.json` names a step >= (step used by round r-1,
    0 for round 1) + `every_steps`.
 3. Pin that checkpoint for round r with an exclusive-create intent file `dmt/intent-r.json`: a restarted
@@ -10,13 +12,22 @@
    report as `dmt/pending-r.json`, commit ONE new generation, then publish the report (drift against t,
    rollout accuracy, generation) as `dmt/round-r.json`. A crash between the commit and the report is
    repaired on restart from the pending file, so every committed round has its report.
-Trainers that follow generations (`--stream.follow epoch|steps`) pick the new round up and mix it in by
-their round weights. This module is plain Python; `jobs/dmt.py` runs it inside a Ray actor.
+Who trains the student between rounds:
+- a trainer attached beside the loop: lockstep (`first_step`, `smt train --phase-start --dmt-every`) or
+  following (`smt train --follow ...`, `--no-train` here); the loop waits for its checkpoints, saying
+  what it waits for and for how long;
+- nobody (standalone, the README's `smt train` then `smt dmt`): the loop is given a `trainer` and after
+  round r trains the run itself on round 0 + rounds 1..r for `every_steps` steps (one new training phase
+  from round 1's step: `trainers.student.AggregateTrainer`); round r+1 rolls out that student.
+`events()` yields one line-sized event per wait, round and training block as it happens (a Ray actor
+streams them); `run()` returns the round reports. This module is plain Python; `jobs/dmt.py` runs it
+inside a Ray actor.
 """
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from pipeline.relabel import RelabelConfig, check_relabel, relabel
@@ -24,6 +35,7 @@ from pipeline.stage import Resources
 from storage.bucket import Bucket
 from storage.errors import ObjectNotFound
 from storage.manifest import newest_generation, read_generation
+from storage.rounds import rounds_bucket
 from trainers.run_dir import RunDir
 
 LATEST = "checkpoints/latest.json"
@@ -36,9 +48,9 @@ class DMTTimeout(RuntimeError):
 @dataclass(kw_only=True)
 class DMTLoopConfig:
     targets: str
-    """Target set URL (the folder holding manifest/)."""
+    """Target set URL (the folder holding manifest/): round 0, shared and only read."""
     run: str
-    """Student run URL (written by `smt train`; holds checkpoints/latest.json)."""
+    """Student run URL (written by `smt train`; holds checkpoints/latest.json); its rounds go to <run>/rounds/."""
     corpus: str
     """Corpus spec the target set was labeled from."""
     teacher: str
@@ -76,17 +88,23 @@ class DMTLoopConfig:
 
 
 class DMTLoop:
-    def __init__(self, cfg: DMTLoopConfig, executor=None):
+    def __init__(self, cfg: DMTLoopConfig, executor=None, trainer: Callable[..., dict] | None = None):
+        """`trainer` (standalone DMT, no trainer attached): called as trainer(round=r, phase_start=s0,
+        stop_at=s, phase_end=e) after round r, it trains the run on round 0 + rounds 1..r up to step s and
+        returns run_training's summary (`trainers.student.AggregateTrainer`)."""
         from pipeline.executors import SerialExecutor
 
+        if trainer is not None and cfg.first_step is not None:
+            raise ValueError("lockstep DMT (first_step) has its trainer attached: pass no standalone trainer")
         self.cfg = cfg
+        self.trainer = trainer
         self.executor = executor or SerialExecutor()
-        self.targets = Bucket.from_url(cfg.targets, endpoint_url=cfg.endpoint_url)
         self.run_dir = Bucket.from_url(cfg.run, endpoint_url=cfg.endpoint_url)
+        self.rounds = rounds_bucket(self.run_dir)  # this run's rounds, pins and reports
 
     def committed_rounds(self) -> set[int]:
-        n = newest_generation(self.targets)
-        return {e.round for e in read_generation(self.targets, n).shards} if n else set()
+        n = newest_generation(self.rounds)
+        return {e.round for e in read_generation(self.rounds, n).shards} if n else set()
 
     def latest_checkpoint(self) -> dict | None:
         try:
@@ -97,13 +115,13 @@ class DMTLoop:
     def _pin(self, r: int, pointer: dict) -> dict:
         """The checkpoint round r uses: created once, then re-read by any restart."""
         rel = f"dmt/intent-{r:03d}.json"
-        self.targets.create_exclusive(rel, json.dumps(pointer, sort_keys=True).encode())
-        return json.loads(self.targets.read_bytes(rel))
+        self.rounds.create_exclusive(rel, json.dumps(pointer, sort_keys=True).encode())
+        return json.loads(self.rounds.read_bytes(rel))
 
     def pinned(self, r: int) -> dict | None:
         """The checkpoint pointer pinned for round r, or None."""
         try:
-            return json.loads(self.targets.read_bytes(f"dmt/intent-{r:03d}.json"))
+            return json.loads(self.rounds.read_bytes(f"dmt/intent-{r:03d}.json"))
         except ObjectNotFound:
             return None
 
@@ -112,10 +130,10 @@ class DMTLoop:
         return int(p["step"]) if p else 0
 
     def _first_generation_with(self, r: int) -> int | None:
-        n = newest_generation(self.targets)
+        n = newest_generation(self.rounds)
         found = None
         while n:  # walk back while round r is present: the oldest such generation committed it
-            gen = read_generation(self.targets, n)
+            gen = read_generation(self.rounds, n)
             if not any(e.round == r for e in gen.shards):
                 break
             found, n = n, gen.parent or 0
@@ -124,53 +142,90 @@ class DMTLoop:
     def _repair_report(self, r: int) -> None:
         """Round r is committed but its report may be missing (crash after the commit): publish it."""
         rel = f"dmt/round-{r:03d}.json"
-        if self.targets.exists(rel):
+        if self.rounds.exists(rel):
             return
         try:
-            rep = json.loads(self.targets.read_bytes(f"dmt/pending-{r:03d}.json"))
+            rep = json.loads(self.rounds.read_bytes(f"dmt/pending-{r:03d}.json"))
         except ObjectNotFound:  # committed by something other than this loop: a minimal report
             p = self.pinned(r) or {}
             rep = {"round": r, "student_step": p.get("step"), "drift_by_step": None, "note": "no report"}
         rep.update(generation=self._first_generation_with(r), committed=True)
-        self.targets.write_bytes(rel, json.dumps(rep, indent=1).encode())
+        self.rounds.write_bytes(rel, json.dumps(rep, indent=1).encode())
 
-    def wait_for(self, min_step: int) -> dict:
-        deadline = time.monotonic() + self.cfg.timeout_seconds
-        while True:
-            p = self.latest_checkpoint()
-            if p is not None and int(p["step"]) >= min_step:
-                return p
-            if time.monotonic() > deadline:
-                raise DMTTimeout(f"no checkpoint at step >= {min_step} in {self.cfg.run} after "
-                                 f"{self.cfg.timeout_seconds:.0f} s: is `smt train` running?")
-            time.sleep(self.cfg.poll_seconds)
-
-    def _next_pointer(self, r: int) -> dict:
-        """The checkpoint round r should roll out (waits for the trainer to get there)."""
+    def _ready_pointer(self, r: int) -> dict | None:
+        """The checkpoint round r rolls out if the run already holds it, else None (no waiting)."""
         c = self.cfg
-        if c.first_step is None:
-            return self.wait_for(c.every_steps + self._round_step(r - 1))
+        if c.first_step is None:  # the newest checkpoint, once every_steps past round r-1's
+            p = self.latest_checkpoint()
+            return p if p is not None and int(p["step"]) >= c.every_steps + self._round_step(r - 1) else None
         step = c.first_step + (r - 1) * c.every_steps
         run = RunDir(c.run, endpoint_url=c.endpoint_url)
+        rel = run.student_dir(step)  # the trainer's weights-only snapshot of that step, or a full checkpoint there
+        if rel is not None:
+            return {"step": step, "path": rel}
+        p = self.latest_checkpoint()
+        if p is not None and int(p["step"]) >= step and run.student_dir(step) is None:  # (not written since)
+            raise DMTTimeout(f"run {c.run} has no checkpoint or policy snapshot at step {step} for lockstep round "
+                             f"{r}: train with --phase-start {c.first_step} --dmt-every {c.every_steps} so the "
+                             "trainer writes it")
+        return None
+
+    def _awaited(self, r: int) -> str:
+        """What round r waits for, in words."""
+        c = self.cfg
+        if c.first_step is None:
+            return (f"a checkpoint at step >= {c.every_steps + self._round_step(r - 1)} in {c.run} (from a running "
+                    "`smt train --follow ...`)")
+        step = c.first_step + (r - 1) * c.every_steps
+        return (f"the student of step {step} in {c.run} (from `smt train --phase-start {c.first_step} --dmt-every "
+                f"{c.every_steps}`)")
+
+    def _await_pointer(self, r: int) -> dict:
+        """The checkpoint round r rolls out, waiting up to `timeout_seconds` for the trainer to write it."""
+        c = self.cfg
         deadline = time.monotonic() + c.timeout_seconds
-        while True:  # the trainer's weights-only snapshot of that step, or a full checkpoint there
-            rel = run.student_dir(step)
-            if rel is not None:
-                return {"step": step, "path": rel}
-            p = self.latest_checkpoint()
-            if p is not None and int(p["step"]) >= step and run.student_dir(step) is None:  # (not written since)
-                raise DMTTimeout(f"run {c.run} has no checkpoint or policy snapshot at step {step} for lockstep round "
-                                 f"{r}: train with --phase-start {c.first_step} --dmt-every {c.every_steps} so the "
-                                 "trainer writes it")
+        while True:
+            p = self._ready_pointer(r)
+            if p is not None:
+                return p
             if time.monotonic() > deadline:
-                raise DMTTimeout(f"no student of step {step} in {c.run} after {c.timeout_seconds:.0f} s: is `smt train "
-                                 f"--phase-start {c.first_step} --dmt-every {c.every_steps}` running?")
+                raise DMTTimeout(f"round {r}: waited {c.timeout_seconds:.0f} s for {self._awaited(r)} in vain: is that "
+                                 "trainer running? (with no trainer, run `smt dmt` alone: no --first-step, no --no-train)")
             time.sleep(c.poll_seconds)
+
+    def _own_pointer(self, r: int) -> dict:
+        """Standalone: round 1 rolls out the run's newest checkpoint, round r > 1 the end of block r-1."""
+        p = self.latest_checkpoint()
+        if p is None:
+            raise DMTTimeout(f"run {self.cfg.run} has no checkpoint: train it first (`smt train --out {self.cfg.run}`)")
+        need = self._round_step(r - 1) + self.cfg.every_steps if r > 1 else 0
+        if int(p["step"]) < need:  # _train_block(r-1) always runs first, so this is a broken run folder
+            raise DMTTimeout(f"run {self.cfg.run} is at step {p['step']}, round {r} needs step {need}: was a "
+                             "checkpoint removed? resume with `smt dmt` on an intact run")
+        return p
+
+    def _train_block(self, r: int):
+        """Standalone: train the student on round 0 + rounds 1..r up to `every_steps` past round r's pin (one
+        phase starting at round 1's step); yields progress events. Already trained: nothing."""
+        c = self.cfg
+        start, pinned = self._round_step(1), self._round_step(r)
+        stop = pinned + c.every_steps
+        at = int((self.latest_checkpoint() or {"step": 0})["step"])
+        if at >= stop:
+            return
+        yield {"event": "train", "round": r, "text": f"round {r}: training the student from step {at} to {stop} on "
+               f"round 0 + rounds 1..{r}"}
+        t0 = time.monotonic()
+        out = self.trainer(round=r, phase_start=start, stop_at=stop, phase_end=start + c.rounds * c.every_steps)
+        loss = (out.get("last") or {}).get("loss")
+        yield {"event": "trained", "round": r, "step": out["step"], "loss": loss,
+               "text": f"round {r}: trained to step {out['step']} (loss {loss if loss is None else f'{loss:.4g}'}, "
+                       f"{time.monotonic() - t0:.1f} s)"}
 
     def _relabel_config(self, r: int, pointer: dict) -> RelabelConfig:
         c = self.cfg
         return RelabelConfig(
-            targets=c.targets, teacher=c.teacher, student=self.run_dir.url(f"{pointer['path']}/student"),
+            targets=c.targets, run=c.run, teacher=c.teacher, student=self.run_dir.url(f"{pointer['path']}/student"),
             corpus=c.corpus, round=r, sequences=c.sequences, shard_sequences=c.shard_sequences, start=c.start,
             Td=c.Td, fmt=c.fmt, dtype=c.dtype, device=c.device, endpoint_url=c.endpoint_url,
             resources=c.resources)
@@ -182,38 +237,67 @@ class DMTLoop:
 
         def save_pending(rep: dict) -> None:
             rep["student_step"] = int(pointer["step"])
-            self.targets.write_bytes(f"dmt/pending-{r:03d}.json", json.dumps(rep, indent=1).encode())
+            self.rounds.write_bytes(f"dmt/pending-{r:03d}.json", json.dumps(rep, indent=1).encode())
 
         rep = relabel(self._relabel_config(r, pointer), self.executor, quiet=quiet, before_commit=save_pending)
         rep["student_step"] = int(pointer["step"])
         if rep.get("committed"):
-            self.targets.write_bytes(f"dmt/round-{r:03d}.json", json.dumps(rep, indent=1).encode())
+            self.rounds.write_bytes(f"dmt/round-{r:03d}.json", json.dumps(rep, indent=1).encode())
         else:
             self._repair_report(r)
         return rep
 
-    def run(self, quiet: bool = True, on_round=None) -> list[dict]:
-        """Relabel until `rounds` rounds are committed; returns this call's round reports."""
-        reports = []
+    def events(self, quiet: bool = True):
+        """Run the loop, yielding one event (a dict with "event" and a one-line "text") as each thing happens:
+        "wait" before waiting for a trainer, "round" with each committed round's report, "train"/"trained"
+        around a standalone training block. A Ray actor streams them (`num_returns="streaming"`)."""
         done = self.committed_rounds() - {0}
-        for r in range(1, self.cfg.rounds + 1):
+        c = self.cfg
+        for r in range(1, c.rounds + 1):
             if r in done:
                 self._repair_report(r)
-                continue
-            pointer = self.pinned(r) or self._next_pointer(r)
-            rep = self.run_round(r, pointer, quiet)
-            reports.append(rep)
-            if on_round:
-                on_round(rep)
+            else:
+                pointer = self.pinned(r)
+                if pointer is None and self.trainer is not None:
+                    pointer = self._own_pointer(r)
+                if pointer is None:
+                    pointer = self._ready_pointer(r)
+                if pointer is None:
+                    yield {"event": "wait", "round": r, "text": f"round {r}: waiting up to {c.timeout_seconds:.0f} s "
+                           f"for {self._awaited(r)}"}
+                    pointer = self._await_pointer(r)
+                rep = self.run_round(r, pointer, quiet)
+                yield {"event": "round", "round": r, "report": rep, "text": round_line(rep)}
+            if self.trainer is not None:
+                yield from self._train_block(r)
+
+    def run(self, quiet: bool = True, on_round=None) -> list[dict]:
+        """Relabel (and standalone, train) until `rounds` rounds are committed; returns this call's round
+        reports. `on_round(report)` is called as each round is committed."""
+        reports = []
+        for ev in self.events(quiet):
+            if ev["event"] == "round":
+                reports.append(ev["report"])
+                if on_round:
+                    on_round(ev["report"])
         return reports
 
     def config(self) -> dict:
         return asdict(self.cfg)
 
 
-def round_reports(targets: str, endpoint_url: str | None = None) -> list[dict]:
-    """The per-round reports (drift against t, rollout accuracy) recorded so far, in round order."""
-    b = Bucket.from_url(targets, endpoint_url=endpoint_url)
+def round_line(rep: dict) -> str:
+    """One line per round: rollout accuracy, drift at t = Td, records, generation."""
+    d = rep.get("drift_by_step") or [float("nan")]
+    acc = rep.get("rollout_acc")
+    return (f"round {rep['round']}: student step {rep.get('student_step')} rollout_acc="
+            f"{'n/a' if acc is None else f'{acc:.3f}'} drift_T={d[-1]:.4f} records={rep.get('records')} "
+            f"generation={rep.get('generation')}" + ("" if rep.get("committed", True) else " (already committed)"))
+
+
+def round_reports(run: str, endpoint_url: str | None = None) -> list[dict]:
+    """The per-round reports (drift against t, rollout accuracy) of a run's DMT rounds so far, in round order."""
+    b = rounds_bucket(run, endpoint_url)
     out, r = [], 1
     while True:
         try:

@@ -5,6 +5,8 @@ m_Tc in stream mode) and runs Td steps on the true inputs. Each step becomes a p
     state_in = m_hat_t (the student's own state), token = x_t, state_out = m*_{t+1} (the teacher's),
     y = y_t, drift = MSE(m_hat_t, m*_t)
 so that training on these pairs is exactly the one-step DMT loss, computed offline (dataset aggregation).
+Rounds belong to the student's run: round r is written to `<run>/rounds/round-RRR/` and committed as a new
+generation of the run's rounds (storage/rounds.py); the shared target set (round 0) is only read.
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ from models.checkpoint import CheckpointError, load_student, load_teacher, read_
 from pipeline.corpora import load_corpus
 from pipeline.stage import Resources, ShardRange, Stage
 from storage.bucket import Bucket
-from storage.manifest import Generation, ShardEntry, commit, newest_generation, read_generation
+from storage.manifest import Generation, ShardEntry, newest_generation, read_generation
+from storage.rounds import commit_rounds, register_run, rounds_bucket
 from storage.schema import Pairs
 from storage.writer import write_shard
 
@@ -136,7 +139,9 @@ class RelabelStage(Stage):
 @dataclass(kw_only=True)
 class RelabelConfig:
     targets: str
-    """Target set URL (the folder holding manifest/)."""
+    """Target set URL (the folder holding manifest/): round 0, only read."""
+    run: str
+    """Student run URL: the round is written to and committed in <run>/rounds/."""
     teacher: str
     """Teacher checkpoint that labeled the target set."""
     student: str
@@ -194,7 +199,9 @@ def check_relabel(cfg: RelabelConfig) -> tuple[Generation, object, int] | None:
     if not n:
         raise RelabelError(f"no target set at {cfg.targets} (no manifest generation): run `smt label` first")
     gen = read_generation(target, n)
-    if any(e.round == cfg.round for e in gen.shards):
+    rounds = rounds_bucket(cfg.run, cfg.endpoint_url)
+    k = newest_generation(rounds)
+    if k and any(e.round == cfg.round for e in read_generation(rounds, k).shards):
         return None
     corpus = load_corpus(cfg.corpus)
     if corpus.corpus_id != gen.corpus_id:
@@ -220,17 +227,19 @@ def check_relabel(cfg: RelabelConfig) -> tuple[Generation, object, int] | None:
 
 
 def relabel(cfg: RelabelConfig, executor, quiet: bool = False, before_commit=None) -> dict:
-    """Roll out, write round `cfg.round` as pair shards, commit one generation. Idempotent: a round that is
-    already in the newest generation is not written again, and a rerun after a crash before the commit
-    rewrites the same bytes (write-once shards skip). `before_commit(report)` gets the round's report
-    (without its generation) after every shard is written and before the commit."""
+    """Roll out, write round `cfg.round` of the run as pair shards, commit one generation of the run's
+    rounds. Idempotent: a round already in the run's newest rounds generation is not written again, and
+    a rerun after a crash before the commit rewrites the same bytes (write-once shards skip).
+    `before_commit(report)` gets the round's report (without its generation) after every shard is written
+    and before the commit."""
     target = Bucket.from_url(cfg.targets, endpoint_url=cfg.endpoint_url)
+    rounds = rounds_bucket(cfg.run, cfg.endpoint_url)
     checked = check_relabel(cfg)
     if checked is None:
-        return {"round": cfg.round, "generation": newest_generation(target), "committed": False, "records": 0,
+        return {"round": cfg.round, "generation": newest_generation(rounds), "committed": False, "records": 0,
                 "drift_by_step": None, "note": "round already committed"}
     gen, corpus, Td = checked
-    stage = RelabelStage(teacher=cfg.teacher, student=cfg.student, corpus=corpus.spec, target=target.url(),
+    stage = RelabelStage(teacher=cfg.teacher, student=cfg.student, corpus=corpus.spec, target=rounds.url(),
                          fingerprint=gen.teacher_fingerprint, round=cfg.round, start=cfg.start, Td=cfg.Td,
                          fmt=cfg.fmt, dtype=cfg.dtype, device=cfg.device, endpoint_url=cfg.endpoint_url,
                          resources=cfg.resources)
@@ -242,7 +251,7 @@ def relabel(cfg: RelabelConfig, executor, quiet: bool = False, before_commit=Non
         results[res["index"]] = res
         if kill_after and len(results) >= kill_after and len(results) < len(items):
             os.kill(os.getpid(), signal.SIGKILL)  # test-only: die like a killed actor, mid-round
-    entries = [ShardEntry.from_json(results[i.index]["entry"], target.url()) for i in items]
+    entries = [ShardEntry.from_json(results[i.index]["entry"], rounds.url()) for i in items]
     seqs = sum(r["sequences"] for r in results.values())
     drift = np.sum([r["drift_sum"] for r in results.values()], axis=0) / max(1, seqs)
     n_t = sum(r["targets"] for r in results.values())
@@ -253,7 +262,7 @@ def relabel(cfg: RelabelConfig, executor, quiet: bool = False, before_commit=Non
     report["states_per_second"] = report["records"] / max(report["seconds"], 1e-9)
     if before_commit is not None:
         before_commit(dict(report))
-    new = commit(target, entries, teacher_fingerprint=gen.teacher_fingerprint, teacher_config=gen.teacher_config,
-                 corpus_id=gen.corpus_id, corpus_params=gen.corpus_params)
+    register_run(target, Bucket.from_url(cfg.run, endpoint_url=cfg.endpoint_url).url())
+    new = commit_rounds(rounds, entries, gen, target.url())
     report.update(generation=new.number, committed=True)
     return report

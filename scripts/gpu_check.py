@@ -135,7 +135,7 @@ def main() -> int:
         from pipeline.executors import SerialExecutor
         from pipeline.relabel import RelabelConfig, relabel
 
-        rep = relabel(RelabelConfig(targets=state["targets"], teacher=str(work / "pt" / "teacher"),
+        rep = relabel(RelabelConfig(targets=state["targets"], run=str(work / "run_relabel"), teacher=str(work / "pt" / "teacher"),
                                     student=state["student_url"], corpus=spec, round=1, sequences=512),
                       SerialExecutor(), quiet=True)
         return {k: rep[k] for k in ("records", "states_per_second", "rollout_acc")} | \

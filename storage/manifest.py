@@ -109,6 +109,7 @@ class Generation:
     corpus_params: dict
     shards: tuple[ShardEntry, ...]
     schema_version: int = SCHEMA_VERSION
+    base: dict | None = None  # a run's rounds: {"generation": n, "url": ...} of the target set it builds on
 
     @property
     def num_records(self) -> int:
@@ -119,7 +120,8 @@ class Generation:
                 "created": self.created,
                 "teacher": {"fingerprint": self.teacher_fingerprint, "config": self.teacher_config},
                 "corpus": {"id": self.corpus_id, "params": self.corpus_params},
-                "records": self.num_records, "shards": [e.to_json() for e in self.shards]}
+                "records": self.num_records, "shards": [e.to_json() for e in self.shards],
+                **({"base": self.base} if self.base is not None else {})}
 
     @classmethod
     def from_json(cls, d: Any, where: str) -> Generation:
@@ -134,9 +136,18 @@ class Generation:
                        teacher_fingerprint=str(d["teacher"]["fingerprint"]),
                        teacher_config=dict(d["teacher"].get("config") or {}),
                        corpus_id=str(d["corpus"]["id"]), corpus_params=dict(d["corpus"].get("params") or {}),
-                       shards=tuple(ShardEntry.from_json(s, where) for s in d["shards"]))
+                       shards=tuple(ShardEntry.from_json(s, where) for s in d["shards"]),
+                       base=_base(d.get("base"), where))
         except (KeyError, TypeError, ValueError) as err:
             raise ManifestError(f"{where}: malformed generation ({err})") from err
+
+
+def _base(b: Any, where: str) -> dict | None:
+    if b is None:
+        return None
+    if not isinstance(b, dict) or not isinstance(b.get("generation"), int) or b["generation"] < 1:
+        raise ManifestError(f"{where}: malformed base pin {str(b)[:120]!r} (want {{'generation': n >= 1, ...}})")
+    return dict(b)
 
 
 class TornGeneration(ManifestError):
@@ -211,8 +222,9 @@ def _merge(prev: Generation | None, entries: list[ShardEntry], where: str) -> tu
 
 
 def commit(bucket: Bucket, entries: list[ShardEntry], *, teacher_fingerprint: str, teacher_config: dict,
-           corpus_id: str, corpus_params: dict, max_attempts: int = 64) -> Generation:
-    """Create the next generation = newest generation's shards + `entries`; returns it."""
+           corpus_id: str, corpus_params: dict, base: dict | None = None, max_attempts: int = 64) -> Generation:
+    """Create the next generation = newest generation's shards + `entries`; returns it. `base` pins the
+    target-set generation a run's rounds build on (storage/rounds.py); target sets have none."""
     n = newest_generation(bucket)
     for _ in range(max_attempts):
         prev = latest_readable(bucket, n)
@@ -227,7 +239,7 @@ def commit(bucket: Bucket, entries: list[ShardEntry], *, teacher_fingerprint: st
                          created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                          teacher_fingerprint=teacher_fingerprint, teacher_config=dict(teacher_config),
                          corpus_id=corpus_id, corpus_params=dict(corpus_params),
-                         shards=_merge(prev, entries, bucket.url(gen_path(n + 1))))
+                         shards=_merge(prev, entries, bucket.url(gen_path(n + 1))), base=base)
         data = json.dumps(gen.to_json(), indent=1, sort_keys=False).encode()
         if bucket.create_exclusive(gen_path(n + 1), data):
             _advance_hint(bucket, n + 1)

@@ -21,8 +21,10 @@ One epoch, for a generation and a seed, is a pure function of (seed, epoch):
    (worker 0, 1, ..., exactly as a torch DataLoader with `in_order=True` does), so the state also
    records which worker is next.
 Decoded shards live in a small LRU cache; a background thread builds the next windows while the
-current one is consumed, fetching each window's shards concurrently. Nothing here lists the bucket: a newer generation is found by existence
-probes of manifest/gen-<n+1>.json.
+current one is consumed, fetching each window's shards concurrently. Nothing here lists the bucket: a newer
+generation is found by existence probes of manifest/gen-<n+1>.json. A student run's stream reads a
+`RunSource` (storage/rounds.py): round 0 of the target set plus that run's own DMT rounds, whose
+generations it follows the same way (generation numbers are then the run's rounds generations).
 """
 from __future__ import annotations
 
@@ -37,8 +39,9 @@ import numpy as np
 import torch
 
 from storage.errors import StorageError
-from storage.manifest import ShardEntry, gen_path, newest_generation, read_generation
+from storage.manifest import ShardEntry
 from storage.reader import TargetSet
+from storage.rounds import RunSource, RunView, TargetSetSource
 from storage.schema import Transitions
 
 STATE_VERSION = 1
@@ -230,9 +233,11 @@ class ShardCache:
 class ShardStream(torch.utils.data.IterableDataset):
     """Infinite batches of one (rank, worker) split; see the module docstring for the order."""
 
-    def __init__(self, target_set: TargetSet, cfg: StreamConfig | None = None, *, rank: int = 0,
+    def __init__(self, source: TargetSet | RunSource, cfg: StreamConfig | None = None, *, rank: int = 0,
                  world_size: int = 1, num_workers: int = 1,
                  agree: Callable[[int], int] | None = None) -> None:
+        """`source`: one generation of a target set (its newer generations are followed), or a run's
+        `RunSource` (round 0 + the run's own DMT rounds; generation numbers are the run's rounds generations)."""
         super().__init__()
         self.cfg = cfg or StreamConfig()
         if not 0 <= rank < world_size or num_workers < 1:
@@ -240,9 +245,11 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
         self.agree = agree  # DDP: maps this rank's newest generation to one all ranks agree on (min)
         self.cache = ShardCache(self.cfg.cache_shards)
-        self._sets = {target_set.generation: target_set}
-        self.fingerprint = target_set.fingerprint
-        self.cursors = [Cursor(target_set.generation) for _ in range(num_workers)]
+        self.source = TargetSetSource(source) if isinstance(source, TargetSet) else source
+        first = self.source.view(self.source.initial)
+        self._sets: dict[int, TargetSet | RunView] = {first.generation: first}
+        self.fingerprint = first.fingerprint
+        self.cursors = [Cursor(first.generation) for _ in range(num_workers)]
         self.next_worker = 0
         self._plans: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._lock = threading.Lock()
@@ -267,7 +274,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         nxt = self.cursors[self.next_worker]
         return {"version": STATE_VERSION, "generation": nxt.generation, "epoch": nxt.epoch,
                 "position": nxt.position, "rank": self.rank, "next_worker": self.next_worker,
-                "workers": [asdict(c) for c in self.cursors], "layout": self.layout()}
+                "workers": [asdict(c) for c in self.cursors], "layout": self.layout(), "source": self.source.state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume on exactly the next record. Another world size, worker count, seed, shuffle buffer or
@@ -280,7 +287,8 @@ class ShardStream(torch.utils.data.IterableDataset):
             raise StreamStateError(
                 f"cannot resume the stream of rank {self.rank}: {what}. The record order depends on these; "
                 "resume with the saved values (e.g. the same --workers), or start a new run")
-        self.cursors = [Cursor(**c) for c in state["workers"]]
+        views = self.source.resume(state.get("source"), [int(c["generation"]) for c in state["workers"]])
+        self.cursors = [Cursor(**{**c, "generation": v}) for c, v in zip(state["workers"], views)]
         self.next_worker = int(state["next_worker"])
         self._shift = self.next_worker
         for c in self.cursors:
@@ -291,29 +299,24 @@ class ShardStream(torch.utils.data.IterableDataset):
         the order restarts at a fresh epoch of the saved generation, so nothing from the old layout is
         needed and the new order is again a pure function of (seed, epoch)."""
         _check_version(state)
-        g = min(int(c["generation"]) for c in state["workers"])
+        g = self.source.start_from(state.get("source"), [int(c["generation"]) for c in state["workers"]])
         e = max(int(c["epoch"]) for c in state["workers"]) + 1
         self._target_set(g)
         self.cursors = [Cursor(g, e) for _ in range(self.num_workers)]
         self.next_worker, self._shift = 0, 0
 
     # ---- generations -----------------------------------------------------------------------------
-    @property
-    def base(self) -> TargetSet:
-        return next(iter(self._sets.values()))
-
-    def target_set(self, n: int) -> TargetSet:
-        """Generation n of the stream's target set (opened once, fingerprint-checked)."""
+    def target_set(self, n: int) -> TargetSet | RunView:
+        """Generation n of the stream's source (opened once, fingerprint-checked)."""
         return self._target_set(n)
 
-    def _target_set(self, n: int) -> TargetSet:
+    def _target_set(self, n: int) -> TargetSet | RunView:
         with self._lock:
             ts = self._sets.get(n)
         if ts is None:
-            base = self.base
-            ts = TargetSet(base.bucket, read_generation(base.bucket, n), base.verify)
+            ts = self.source.view(n)
             if ts.fingerprint != self.fingerprint:
-                raise StreamStateError(f"generation {n} at {base.bucket.url(gen_path(n))} has teacher "
+                raise StreamStateError(f"generation {n} of {self.source.bucket.url()} has teacher "
                                        f"{ts.fingerprint!r}, the stream was opened on {self.fingerprint!r}")
             with self._lock:
                 self._sets[n] = ts
@@ -322,10 +325,9 @@ class ShardStream(torch.utils.data.IterableDataset):
     def _maybe_switch(self, cur: Cursor) -> None:
         """Move `cur` to the newest generation if one exists (probes only); a mid-epoch switch starts a
         new epoch on the new generation."""
-        bucket = self.base.bucket
         newest = cur.generation
-        if bucket.exists(gen_path(cur.generation + 1)):
-            newest = newest_generation(bucket, start=cur.generation + 1)
+        if self.source.exists(cur.generation + 1):
+            newest = self.source.newest(cur.generation + 1)
         if self.agree is not None:
             newest = int(self.agree(newest))
         self._move(cur, newest)
@@ -341,13 +343,12 @@ class ShardStream(torch.utils.data.IterableDataset):
     def first_generation_with_round(self, r: int) -> int | None:
         """The oldest generation after the current one that holds round r (existence probes and manifest
         reads only, no listing); None while no such generation is committed."""
-        bucket = self.base.bucket
         n = min(c.generation for c in self.cursors)
         if any(e.round == r for e in self._target_set(n).shards):
             return n
-        while bucket.exists(gen_path(n + 1)):
+        while self.source.exists(n + 1):
             n += 1
-            if any(e.round == r for e in read_generation(bucket, n).shards):
+            if any(e.round == r for e in self._target_set(n).shards):
                 return n
         return None
 

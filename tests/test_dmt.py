@@ -26,6 +26,7 @@ from pipeline.relabel import KILL_AFTER_ENV, RelabelConfig, relabel, relabel_bat
 from storage.bucket import Bucket
 from storage.manifest import newest_generation, read_generation
 from storage.reader import TargetSet
+from storage.rounds import RunSource, rounds_bucket
 from storage.stream import ShardStream, StreamConfig
 from tests.label_data import tiny_teacher
 from trainers.common import OptimConfig
@@ -41,7 +42,8 @@ def _label(root: Path) -> dict:
     fp = save_teacher(str(root / "teacher"), teacher)
     rep = label(LabelConfig(teacher=str(root / "teacher"), corpus=SPEC, out=str(root), shard_sequences=12,
                             batch_size=12, device="cpu"), SerialExecutor(), quiet=True)
-    return {"targets": rep.target_url, "teacher": str(root / "teacher"), "fp": fp, "model": teacher}
+    return {"targets": rep.target_url, "teacher": str(root / "teacher"), "fp": fp, "model": teacher,
+            "run": str(root / "run")}
 
 
 def _student(d: dict, path: Path, seed: int = 1) -> str:
@@ -52,19 +54,20 @@ def _student(d: dict, path: Path, seed: int = 1) -> str:
 
 
 def _rcfg(d: dict, student: str, r: int, **kw) -> RelabelConfig:
-    return RelabelConfig(targets=d["targets"], teacher=d["teacher"], student=student, corpus=SPEC, round=r,
+    return RelabelConfig(targets=d["targets"], run=kw.pop("run", d["run"]), teacher=d["teacher"], student=student,
+                         corpus=SPEC, round=r,
                          sequences=kw.pop("sequences", 24), shard_sequences=kw.pop("shard_sequences", 8),
                          dtype="float32", device="cpu", **kw)
 
 
-def _round_shards(targets: str, r: int) -> list[tuple[str, str]]:
-    b = Bucket.from_url(targets)
+def _round_shards(run: str, r: int) -> list[tuple[str, str]]:
+    b = rounds_bucket(run)
     return sorted((e.path, e.sha256) for e in read_generation(b, newest_generation(b)).shards if e.round == r)
 
 
-def _round_transitions(d: dict, r: int):
+def _round_transitions(d: dict, r: int, run: str | None = None):
     from storage.schema import Transitions
-    ts = TargetSet.open(d["targets"], d["fp"])
+    ts = TargetSet.open(rounds_bucket(run or d["run"]), d["fp"])
     return Transitions.concat([ts.read_shard(e) for e in ts.shards if e.round == r])
 
 
@@ -87,7 +90,7 @@ def test_pairs_are_student_rollout_and_teacher_targets(labeled, tmp_path):
     d = labeled
     st = _student(d, tmp_path / "s")
     rep = relabel(_rcfg(d, st, 1), SerialExecutor(), quiet=True)
-    assert rep["committed"] and rep["generation"] == 2 and rep["records"] == 24 * 12
+    assert rep["committed"] and rep["generation"] == 1 and rep["records"] == 24 * 12
     assert rep["drift_by_step"][0] == 0.0 and len(rep["drift_by_step"]) == 13 and rep["drift_by_step"][-1] > 0
     tr = _round_transitions(d, 1)
     x, _ = load_corpus(SPEC).get(np.arange(24))
@@ -111,11 +114,11 @@ def test_committed_round_is_not_written_twice(labeled, tmp_path):
     d = labeled
     st = _student(d, tmp_path / "s")
     relabel(_rcfg(d, st, 1), SerialExecutor(), quiet=True)
-    before = _round_shards(d["targets"], 1)
+    before = _round_shards(d["run"], 1)
     again = relabel(_rcfg(d, _student(d, tmp_path / "other", seed=7), 1), SerialExecutor(), quiet=True)
-    b = Bucket.from_url(d["targets"])
-    assert again["committed"] is False and newest_generation(b) == 2
-    assert _round_shards(d["targets"], 1) == before
+    assert again["committed"] is False and newest_generation(rounds_bucket(d["run"])) == 1
+    assert _round_shards(d["run"], 1) == before
+    assert newest_generation(Bucket.from_url(d["targets"])) == 1  # the shared set is only read
 
 
 def test_serial_and_ray_pool_write_identical_rounds(ray_local, tmp_path):
@@ -125,7 +128,7 @@ def test_serial_and_ray_pool_write_identical_rounds(ray_local, tmp_path):
     relabel(_rcfg(serial, st, 1), SerialExecutor(), quiet=True)
     pool = RayActorPool(num_actors=2)
     relabel(_rcfg(pooled, st, 1), pool, quiet=True)
-    a, b = _round_shards(serial["targets"], 1), _round_shards(pooled["targets"], 1)
+    a, b = _round_shards(serial["run"], 1), _round_shards(pooled["run"], 1)
     assert len(a) == 3 and a == b
 
 
@@ -154,12 +157,12 @@ def test_loop_follows_a_real_training_run(labeled, tmp_path):
     loop = DMTLoop(_loop_cfg(d, run, rounds=2, every_steps=20))
     reps = loop.run()
     assert [r["round"] for r in reps] == [2] and reps[0]["committed"]
-    pins = [json.loads(Bucket.from_url(d["targets"]).read_bytes(f"dmt/intent-{r:03d}.json")) for r in (1, 2)]
+    pins = [json.loads(rounds_bucket(run).read_bytes(f"dmt/intent-{r:03d}.json")) for r in (1, 2)]
     assert pins == [{"step": 30, "path": "checkpoints/step-00000030"}, {"step": 50, "path": "checkpoints/step-00000050"}]
-    assert [(r["student_step"], r["generation"]) for r in round_reports(d["targets"])] == [(30, 2), (50, 3)]
+    assert [(r["student_step"], r["generation"]) for r in round_reports(run)] == [(30, 1), (50, 2)]
     assert load_student(f"{run}/checkpoints/step-00000050/student")[1] == d["fp"]
     assert loop.run() == []  # restart: nothing left to do
-    assert newest_generation(Bucket.from_url(d["targets"])) == 3
+    assert newest_generation(rounds_bucket(run)) == 2 and newest_generation(Bucket.from_url(d["targets"])) == 1
 
 
 def test_loop_rounds_pin_advancing_checkpoints(labeled, tmp_path):
@@ -177,7 +180,7 @@ def test_loop_rounds_pin_advancing_checkpoints(labeled, tmp_path):
     assert [r["round"] for r in reps] == [1, 2, 3]
     assert steps[0] >= 20 and all(b - a >= 20 for a, b in itertools.pairwise(steps))
     metrics = [json.loads(line) for line in Path(f"{run}/metrics.jsonl").read_text().splitlines()]
-    assert max(m["generation"] for m in metrics) > 1  # the trainer picked rounds up
+    assert max(m["generation"] for m in metrics) > 0  # the trainer picked the run's rounds up
 
 
 # ------------------------------------------------------------------------------------------ concurrency
@@ -223,16 +226,16 @@ def test_streaming_trainer_during_commits(labeled, tmp_path, monkeypatch):
     monkeypatch.undo()
     rows = rec.rows[:90]
     gens = [r["generation"] for r in rows]
-    assert gens[0] == 1 and len(set(gens)) >= 2, gens
+    assert gens[0] == 0 and len(set(gens)) >= 2, gens
     for k in range(1, len(rows)):  # batch k (0-based) may switch only when k batches were drawn, k % every == 0
         if gens[k] != gens[k - 1]:
             assert k % every == 0, (k, gens)
     # no partial shard: every record equals the committed shard's bytes read afterwards
-    b = Bucket.from_url(d["targets"])
-    ts = TargetSet.open(d["targets"], d["fp"])
+    source = RunSource(TargetSet.open(d["targets"], d["fp"]), rounds_bucket(run))
     cache = {}
     for r in rows:
-        shards = read_generation(b, r["generation"]).shards
+        ts = source.view(r["generation"])
+        shards = ts.shards
         for s in np.unique(r["shard"]):
             e = shards[int(s)]
             if e.path not in cache:
@@ -241,7 +244,7 @@ def test_streaming_trainer_during_commits(labeled, tmp_path, monkeypatch):
             np.testing.assert_array_equal(r["state_in"][m], cache[e.path][r["index"][m]])
     # the same generation schedule replays the same batches
     sched = {k: gens[k] for k in range(len(gens))}
-    stream = ShardStream(TargetSet.open(d["targets"], d["fp"], 1), cfg.stream,
+    stream = ShardStream(RunSource(TargetSet.open(d["targets"], d["fp"], 1), rounds_bucket(run), generation=0), cfg.stream,
                          agree=lambda newest: min(newest, sched[stream.cursors[0].batches]))
     rec2 = _Recorder()
     rec2.install(monkeypatch)
@@ -299,13 +302,13 @@ def test_lockstep_dmt_bounds_policy_lag_and_replays_exactly(tmp_path, monkeypatc
     d = _label(tmp_path / "a")
     run = str(tmp_path / "a" / "run")
     reps, rows = _lockstep(d, run, monkeypatch)
-    assert [(r["round"], r["student_step"], r["generation"]) for r in reps] == [(1, 20, 2), (2, 25, 3), (3, 30, 4)]
+    assert [(r["round"], r["student_step"], r["generation"]) for r in reps] == [(1, 20, 1), (2, 25, 2), (3, 30, 3)]
     metrics = {m["step"]: m for m in map(json.loads, Path(f"{run}/metrics.jsonl").read_text().splitlines())}
     gens = [metrics[s]["generation"] for s in range(21, 41)]
-    # steps 21-30 train on round 1 (gen 2), 31-35 on round 2 (gen 3), 36-40 on round 3 (gen 4): a student at
-    # most 2 x 5 steps older than the one being trained
-    assert gens == [2] * 10 + [3] * 5 + [4] * 5, gens
-    assert all(m["generation"] == 1 for s, m in metrics.items() if s <= 20)
+    # steps 21-30 train on round 1 (the run's rounds generation 1), 31-35 on round 2, 36-40 on round 3: a
+    # student at most 2 x 5 steps older than the one being trained
+    assert gens == [1] * 10 + [2] * 5 + [3] * 5, gens
+    assert all(m["generation"] == 0 for s, m in metrics.items() if s <= 20)  # round 0 alone
     # the DMT phase restarts the schedule at its own lr (logged: the lr of the next step): warm-up, then cosine
     assert metrics[20]["lr"] == pytest.approx(OptimConfig().lr) and metrics[21]["lr"] == pytest.approx(1e-4)
     assert metrics[40]["lr"] == pytest.approx(1e-5)
@@ -315,8 +318,7 @@ def test_lockstep_dmt_bounds_policy_lag_and_replays_exactly(tmp_path, monkeypatc
     opt = unflatten_optimizer(tensors, meta["optimizer"])
     assert {float(v["step"]) for v in opt["state"].values()} == {10.0}  # fresh AdamW moments at the phase start
     # round 2 rolled out the weights-only snapshot of step 25 (full checkpoints every 10 steps: 20, 30, 40)
-    pins = [json.loads(Path(d["targets"].removeprefix("file://"), f"dmt/intent-{r:03d}.json").read_text())["path"]
-            for r in (1, 2, 3)]
+    pins = [json.loads(rounds_bucket(run).read_bytes(f"dmt/intent-{r:03d}.json"))["path"] for r in (1, 2, 3)]
     assert pins == ["checkpoints/step-00000020", "policy/step-00000025", "checkpoints/step-00000030"]
     assert not Path(run, "checkpoints/step-00000025").exists()
     # the replay: the same labels, trainer and rounds give the same batches and the same student
@@ -339,9 +341,9 @@ def test_fresh_round_replays_the_relabel_with_the_current_student(labeled, tmp_p
     a, b = _student(d, tmp_path / "a", seed=1), _student(d, tmp_path / "b", seed=2)
     relabel(_rcfg(d, a, 1), SerialExecutor(), quiet=True)  # round 1 rolled out by student a
     relabel(_rcfg(d, b, 2), SerialExecutor(), quiet=True)  # round 2 by student b (the reference for a refresh)
-    stream = ShardStream(TargetSet.open(d["targets"], d["fp"], 2), StreamConfig(batch_size=64, shuffle_buffer=64,
-                                                                              round_weights={"dmt": 1.0}))
-    fresh = FreshRound(stream, 2, torch.device("cpu"))  # generation 2: round 1 is its newest
+    source = RunSource(TargetSet.open(d["targets"], d["fp"]), rounds_bucket(d["run"]), generation=1)
+    stream = ShardStream(source, StreamConfig(batch_size=64, shuffle_buffer=64, round_weights={"dmt": 1.0}))
+    fresh = FreshRound(stream, 1, torch.device("cpu"))  # the run's rounds generation 1: round 1 is its newest
     assert fresh.round == 1 and fresh.Td == 12 and fresh.tokens.shape == (24, 12)
     batch = next(iter(stream))
     assert set(batch["round"].tolist()) == {1}
@@ -354,7 +356,7 @@ def test_fresh_round_replays_the_relabel_with_the_current_student(labeled, tmp_p
     assert not torch.allclose(batch["state_in"], stored)
     # student b's states on round 1's sequences are what relabeling them with b records
     corpus = load_corpus(SPEC)
-    ts = TargetSet.open(d["targets"], d["fp"], 2)
+    ts = stream.target_set(1)
     seq = np.array([ts.read_shard(ts.shards[int(s)]).seq[int(i)] for s, i in zip(batch["shard"], batch["index"])])
     pos = np.array([ts.read_shard(ts.shards[int(s)]).pos[int(i)] for s, i in zip(batch["shard"], batch["index"])])
     x, y = corpus.get(np.unique(seq))
@@ -404,7 +406,7 @@ def test_lockstep_refresh_on_two_ddp_workers(ray_local, labeled, tmp_path):
         loop.join(timeout=180)
     assert [r["student_step"] for r in box["reps"]] == [20, 25]
     state = json.loads(Path(f"{run}/checkpoints/step-00000035/state.json").read_text())
-    assert state["stream"]["layout"]["world_size"] == 2 and state["stream"]["generation"] == 3
+    assert state["stream"]["layout"]["world_size"] == 2 and state["stream"]["generation"] == 2
     assert json.loads(Path(f"{run}/checkpoints/latest.json").read_text())["step"] == 35
 
 
@@ -428,7 +430,7 @@ def test_lockstep_loop_refuses_a_run_without_the_boundary_checkpoint(labeled, tm
     run_training(d["targets"], d["teacher"], run, _train_cfg(30, every=10), quiet=True)
     with pytest.raises(DMTTimeout, match=r"no checkpoint or policy snapshot at step 25 .*--dmt-every 5"):
         DMTLoop(_loop_cfg(d, run, rounds=1, every_steps=5, first_step=25)).run()
-    assert newest_generation(Bucket.from_url(d["targets"])) == 1
+    assert newest_generation(rounds_bucket(run)) == 0
 
 
 def test_lockstep_config_is_validated():
@@ -458,12 +460,12 @@ def test_killed_dmt_driver_leaves_no_partial_round_and_resumes_once(tmp_path):
     run_training(d["targets"], d["teacher"], run, _train_cfg(20), quiet=True)
     p = _dmt_cli(d, run, 1)  # round 1 completes
     assert p.returncode == 0, p.stderr
-    b = Bucket.from_url(d["targets"])
-    assert newest_generation(b) == 2
+    b = rounds_bucket(run)
+    assert newest_generation(b) == 1
     run_training(d["targets"], d["teacher"], run, _train_cfg(40), quiet=True)  # the student moves on
     p = _dmt_cli(d, run, 2, {KILL_AFTER_ENV: "2"})  # killed (SIGKILL) after 2 of round 2's 4 shards
     assert p.returncode == -9, (p.returncode, p.stderr[-2000:])
-    assert newest_generation(b) == 2  # the partial round is invisible
+    assert newest_generation(b) == 1  # the partial round is invisible
     written = sorted(x.name for x in Path(b.url("round-002").removeprefix("file://")).iterdir())
     assert len(written) == 2
     pin = json.loads(b.read_bytes("dmt/intent-002.json"))
@@ -471,16 +473,16 @@ def test_killed_dmt_driver_leaves_no_partial_round_and_resumes_once(tmp_path):
     run_training(d["targets"], d["teacher"], run, _train_cfg(60), quiet=True)  # newer checkpoint: not used
     p = _dmt_cli(d, run, 2)
     assert p.returncode == 0, p.stderr
-    assert newest_generation(b) == 3
-    tr = _round_transitions(d, 2)
+    assert newest_generation(b) == 2
+    tr = _round_transitions(d, 2, run)
     keys = tr.seq * 100 + tr.pos
     assert len(np.unique(keys)) == len(keys) == 24 * 12  # every (sequence, position) exactly once
     # an uninterrupted run from the same pinned checkpoint writes the same bytes
     st = f"{run}/{pin['path']}/student"
     relabel(_rcfg(ref, st, 2, shard_sequences=6), SerialExecutor(), quiet=True)
-    assert _round_shards(ref["targets"], 2) == _round_shards(d["targets"], 2)
-    assert [r["round"] for r in round_reports(d["targets"])] == [1, 2]
-    assert round_reports(d["targets"])[1]["student_step"] == 40
+    assert _round_shards(ref["run"], 2) == _round_shards(run, 2)
+    assert [r["round"] for r in round_reports(run)] == [1, 2]
+    assert round_reports(run)[1]["student_step"] == 40
 
 
 def test_lockstep_from_the_command_line(labeled, tmp_path):
@@ -506,9 +508,9 @@ def test_lockstep_from_the_command_line(labeled, tmp_path):
     finally:
         actor.kill()
     assert actor.returncode == 0, err[-2000:]
-    assert [(r["round"], r["student_step"]) for r in round_reports(d["targets"])] == [(1, 20), (2, 25)]
+    assert [(r["round"], r["student_step"]) for r in round_reports(run)] == [(1, 20), (2, 25)]
     metrics = [json.loads(line) for line in Path(f"{run}/metrics.jsonl").read_text().splitlines()]
-    assert [m["generation"] for m in metrics if m["step"] > 20] == [2] * 10 + [3] * 5  # round 2 from step 31
+    assert [m["generation"] for m in metrics if m["step"] > 20] == [1] * 10 + [2] * 5  # round 2 from step 31
 
 
 def test_crash_after_commit_repairs_report(labeled, tmp_path):
@@ -517,12 +519,12 @@ def test_crash_after_commit_repairs_report(labeled, tmp_path):
     run_training(d["targets"], d["teacher"], run, _train_cfg(20), quiet=True)
     loop = DMTLoop(_loop_cfg(d, run, rounds=1, every_steps=10))
     loop.run()
-    b = Bucket.from_url(d["targets"])
+    b = rounds_bucket(run)
     b.remove("dmt/round-001.json")
-    assert round_reports(d["targets"]) == []
+    assert round_reports(run) == []
     assert DMTLoop(loop.cfg).run() == []
-    rep = round_reports(d["targets"])
-    assert [r["round"] for r in rep] == [1] and rep[0]["generation"] == 2 and rep[0]["drift_by_step"][0] == 0
+    rep = round_reports(run)
+    assert [r["round"] for r in rep] == [1] and rep[0]["generation"] == 1 and rep[0]["drift_by_step"][0] == 0
 
 
 def test_ray_actor_loop(ray_local, labeled, tmp_path):
@@ -532,7 +534,7 @@ def test_ray_actor_loop(ray_local, labeled, tmp_path):
     actor = ray_local.remote(num_cpus=1)(DMTLoop).remote(_loop_cfg(d, run, rounds=1, every_steps=10))
     reps = ray_local.get(actor.run.remote(True), timeout=120)
     ray_local.kill(actor)
-    assert [r["round"] for r in reps] == [1] and newest_generation(Bucket.from_url(d["targets"])) == 2
+    assert [r["round"] for r in reps] == [1] and newest_generation(rounds_bucket(run)) == 1
 
 
 # ------------------------------------------------------------------------------------------ end to end

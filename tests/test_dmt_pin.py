@@ -1,4 +1,4 @@
-"""The DMT pin (`dmt/intent-R.json`) is written only after the round is validated: a failed `smt dmt`
+"""The DMT pin (`<run>/rounds/dmt/intent-R.json`) is written only after the round is validated: a failed `smt dmt`
 (a run trained against another teacher, another corpus, a rollout that does not fit) leaves no pin."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from jobs.dmt import main as dmt_main
-from storage.bucket import Bucket
+from storage.rounds import rounds_bucket
 from tests.test_dmt import SPEC, _label, _student
 
 
@@ -24,7 +24,7 @@ def _dmt(d: dict, run: str, *extra: str) -> int:
     return dmt_main(["--targets", d["targets"], "--run", run, "--corpus", SPEC, "--teacher", d["teacher"],
                      "--rounds", "1", "--every-steps", "100", "--sequences", "12", "--shard-sequences", "6",
                      "--dtype", "float32", "--device", "cpu", "--no-actor", "--quiet", "--poll-seconds", "0.05",
-                     "--timeout-seconds", "20", "--report", str(Path(run).parent / "rep"), *extra])
+                     "--timeout-seconds", "20", "--no-train", "--report", str(Path(run).parent / "rep"), *extra])
 
 
 @pytest.mark.parametrize("fault", ["other-teacher", "other-corpus", "Td-too-long"])
@@ -41,9 +41,8 @@ def test_failed_dmt_leaves_no_pin(tmp_path, capsys, fault):
     assert _dmt(d, run, *extra) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("smt dmt: error:") and "\n" not in err
-    targets = Bucket.from_url(d["targets"])
-    assert not targets.exists("dmt/intent-001.json")
+    assert not rounds_bucket(run).exists("dmt/intent-001.json")
     # the next, correct run is not bound by the failed one: it pins and relabels its own student
     assert _dmt(d, good) == 0
-    pin = json.loads(targets.read_bytes("dmt/intent-001.json"))
+    pin = json.loads(rounds_bucket(good).read_bytes("dmt/intent-001.json"))
     assert pin == {"step": 100, "path": "checkpoints/step-00000100"}

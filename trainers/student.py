@@ -12,9 +12,10 @@ Distributed use (DDP) only needs `rank`/`world_size`/`agree` and a process group
 """
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ from models.student import Student
 from models.updaters import UpdaterConfig
 from storage.errors import FingerprintMismatch
 from storage.reader import TargetSet
+from storage.rounds import RunSource, rounds_bucket
 from storage.stream import ShardStream, StreamConfig
 from trainers.common import MetricsLog, OptimConfig, autocast, clip_and_step, pick_device
 from trainers.pretrain import matched_updater
@@ -190,7 +192,9 @@ def build_state(targets: TargetSet, teacher, teacher_fp: str, cfg: StudentTrainC
     """A fresh train state, or the one the run's newest checkpoint holds (resume)."""
     check_teacher(teacher_fp, targets.fingerprint, "given", targets.bucket.url())
     dev = pick_device(cfg.device)
-    stream = ShardStream(targets, cfg.stream, rank=rank, world_size=world_size, agree=agree)
+    # round 0 of the target set plus this run's own DMT rounds (never another run's)
+    source = RunSource(targets, rounds_bucket(run.bucket))
+    stream = ShardStream(source, cfg.stream, rank=rank, world_size=world_size, agree=agree)
     pointer = run.latest()
     if pointer is None:
         torch.manual_seed(cfg.seed)
@@ -212,9 +216,11 @@ def build_state(targets: TargetSet, teacher, teacher_fp: str, cfg: StudentTrainC
 
 
 def train(state: TrainState, run: RunDir, *, rank: int = 0, quiet: bool = False,
-          wrap: Callable[[nn.Module], nn.Module] | None = None) -> dict:
-    """Train up to cfg.steps from state.step; rank 0 logs and checkpoints. Returns the last metrics row."""
+          wrap: Callable[[nn.Module], nn.Module] | None = None, stop_at: int | None = None) -> dict:
+    """Train up to cfg.steps (or `stop_at`, where it checkpoints too) from state.step; rank 0 logs and
+    checkpoints. Returns the last metrics row."""
     cfg, dev = state.cfg, state.device
+    stop = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
     objective = SMTObjective(state.student, cfg.readout_weight)
     model = wrap(objective) if wrap else objective
     lead = rank == 0
@@ -231,14 +237,14 @@ def train(state: TrainState, run: RunDir, *, rank: int = 0, quiet: bool = False,
     waited = 0.0
     fresh: FreshRound | None = None
     try:
-        while state.step < cfg.steps:
+        while state.step < stop:
             r = dmt_round_due(cfg, state.step)
             if r is not None:
                 if lead and (run.latest() or {}).get("step") != state.step:
                     save_policy(state, run)  # the student the actor rolls out next (and the one to evaluate)
                 with log.paused():
                     t0 = time.monotonic()
-                    g = wait_for_round(state.stream, r, cfg, run.url)
+                    g = wait_for_round(state.stream, r, cfg, run.url, say=None if quiet or not lead else print)
                     waited += time.monotonic() - t0
                 if g != state.stream.generation:
                     state.stream.switch(g)
@@ -259,7 +265,7 @@ def train(state: TrainState, run: RunDir, *, rank: int = 0, quiet: bool = False,
                 row = log.log(state.step, **out, grad_norm=gn, lr=state.sched.get_last_lr()[0],
                               generation=state.stream.generation,
                               **({"dmt_wait_seconds": waited} if cfg.dmt_every else {}))
-            if lead and (state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps):
+            if lead and (state.step % cfg.checkpoint_every == 0 or state.step == stop):
                 save(state, run)
     finally:
         log.close()
@@ -267,18 +273,28 @@ def train(state: TrainState, run: RunDir, *, rank: int = 0, quiet: bool = False,
     return row
 
 
-def wait_for_round(stream: ShardStream, r: int, cfg: StudentTrainConfig, run_url: str, poll: float = 0.2) -> int:
-    """The oldest generation holding DMT round r, waiting up to `cfg.dmt_wait_seconds` for the actor."""
-    deadline = time.monotonic() + cfg.dmt_wait_seconds
+def wait_for_round(stream: ShardStream, r: int, cfg: StudentTrainConfig, run_url: str, poll: float = 0.2,
+                   say: Callable[[str], None] | None = None) -> int:
+    """The oldest generation holding DMT round r, waiting up to `cfg.dmt_wait_seconds` for the actor (`say`
+    gets one line before a wait and one after it)."""
+    t0 = time.monotonic()
+    deadline = t0 + cfg.dmt_wait_seconds
+    announced = False
     while True:
         g = stream.first_generation_with_round(r)
         if g is not None:
+            if announced:
+                say(f"DMT round {r} arrived after {time.monotonic() - t0:.1f} s")
             return g
+        if say is not None and not announced:
+            say(f"waiting up to {cfg.dmt_wait_seconds:g} s for DMT round {r} in {stream.source.bucket.url()} "
+                "(from `smt dmt --first-step`)")
+            announced = True
         if time.monotonic() > deadline:
-            targets = stream.base.bucket.url()
+            targets = stream.source.targets.bucket.url()
             raise DMTWaitTimeout(
-                f"DMT round {r} was not committed to {targets} within {cfg.dmt_wait_seconds:g} s: start the DMT actor "
-                f"on this run (smt dmt --targets {targets} --run {run_url} --first-step {cfg.phase_start} "
+                f"DMT round {r} was not committed to {stream.source.bucket.url()} within {cfg.dmt_wait_seconds:g} s: "
+                f"start the DMT actor on this run (smt dmt --targets {targets} --run {run_url} --first-step {cfg.phase_start} "
                 f"--every-steps {cfg.dmt_every} --rounds {cfg.dmt_rounds} ...) or train without --dmt-every")
         time.sleep(poll)
 
@@ -328,8 +344,11 @@ def resolve_teacher(targets: TargetSet, teacher_url: str | None = None) -> str:
 def run_training(targets_url: str, teacher_url: str | None, out: str, cfg: StudentTrainConfig, *,
                  endpoint_url: str | None = None, generation: int | None = None, rank: int = 0,
                  world_size: int = 1, agree: Callable[[int], int] | None = None,
-                 wrap: Callable[[nn.Module], nn.Module] | None = None, quiet: bool = False) -> dict:
-    """Open the target set and its teacher, build or resume the train state, train. One worker's body."""
+                 wrap: Callable[[nn.Module], nn.Module] | None = None, quiet: bool = False,
+                 stop_at: int | None = None, through_round: int | None = None) -> dict:
+    """Open the target set and its teacher, build or resume the train state, train. One worker's body.
+    `stop_at`: stop (and checkpoint) at this step; `through_round`: first move the stream to the run's
+    oldest rounds generation holding DMT round r (standalone DMT: train on round 0 + rounds 1..r)."""
     from models.checkpoint import load_teacher
 
     targets = TargetSet.open(targets_url, None, generation, endpoint_url=endpoint_url)
@@ -339,6 +358,46 @@ def run_training(targets_url: str, teacher_url: str | None, out: str, cfg: Stude
     run = RunDir(out, endpoint_url=endpoint_url)
     state = build_state(targets, teacher, teacher_fp, cfg, run, rank=rank, world_size=world_size, agree=agree)
     resumed_from = state.resumed_from
-    row = train(state, run, rank=rank, quiet=quiet, wrap=wrap)
+    if through_round is not None:
+        g = state.stream.first_generation_with_round(through_round)
+        if g is None:
+            raise ValueError(f"run {run.url} has no DMT round {through_round} to train on: relabel it first (smt dmt)")
+        state.stream.switch(g)  # a no-op on a resume inside the block: the saved stream is already there
+    row = train(state, run, rank=rank, quiet=quiet, wrap=wrap, stop_at=stop_at)
     return {"step": state.step, "run": run.url, "teacher_fingerprint": teacher_fp, "last": row,
             "resumed_from": resumed_from}
+
+
+def run_config(run: RunDir) -> StudentTrainConfig:
+    """The config the run's newest checkpoint was trained with (ValueError naming the fix if it has none)."""
+    pointer = run.latest()
+    if pointer is None:
+        raise ValueError(f"run {run.url} has no checkpoint: train it first (smt train --out {run.url})")
+    d = json.loads(run.bucket.read_bytes(f"{pointer['path']}/state.json"))["config"]
+
+    def build(cls, values: dict):  # fields this version knows (a newer run's extra keys are not ours)
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
+
+    nested = {"updater": UpdaterConfig, "optim": OptimConfig, "stream": StreamConfig}
+    return build(StudentTrainConfig, {**d, **{k: build(c, d[k]) for k, c in nested.items() if k in d}})
+
+
+@dataclass
+class AggregateTrainer:
+    """Standalone DMT's student side (`DMTLoop(..., trainer=...)`): after round r, train the run on round 0
+    + its rounds 1..r up to step `stop_at`. All blocks form one training phase that starts where round 1 was
+    rolled out (fresh AdamW, this config's lr) and is resumed exactly from the run's checkpoints, with the
+    run's own stream config (generation switches only at block starts)."""
+
+    targets: str
+    teacher: str | None
+    run: str
+    cfg: StudentTrainConfig
+    endpoint_url: str | None = None
+    quiet: bool = True
+
+    def __call__(self, *, round: int, phase_start: int, stop_at: int, phase_end: int) -> dict:
+        cfg = replace(self.cfg, phase_start=phase_start, steps=phase_end, dmt_every=0, dmt_rounds=0,
+                      dmt_refresh=False, stream=replace(self.cfg.stream, follow="never", follow_every=0))
+        return run_training(self.targets, self.teacher, self.run, cfg, endpoint_url=self.endpoint_url,
+                            quiet=self.quiet, stop_at=stop_at, through_round=round)
