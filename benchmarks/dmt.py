@@ -115,7 +115,9 @@ def run(c: E2EConfig) -> dict:
     for scratch in ("bucket", "run", *VARIANTS):  # a rerun starts from nothing (the bucket would hold old rounds)
         shutil.rmtree(root / scratch, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
-    out: dict = {"config": asdict(c)}
+    # the scratch folder and a reused teacher's folder are paths of this machine: recorded by name only
+    out: dict = {"config": {**asdict(c), "root": root.name,
+                            "teacher": None if c.teacher is None else Path(c.teacher).name}}
     t0 = time.perf_counter()
     if c.teacher is None:
         c.teacher, acc, secs = _pretrain(root, c.pretrain_seconds)

@@ -21,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from jobs.report import resolve_in_out
 from models.checkpoint import load_student, load_teacher
 from pipeline.corpora import load_corpus
 from trainers.common import OptimConfig
@@ -39,7 +40,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     demo = Path(args.demo)
     res = json.loads((demo / "results.json").read_text())
-    teacher_url = f"{res['bucket'].rstrip('/')}/teachers/{res['teacher_fingerprint']}"
+    teacher_url = f"{resolve_in_out(res['bucket'], demo).rstrip('/')}/teachers/{res['teacher_fingerprint']}"
     student_url = str(demo / "student" / "checkpoints" / "step-00000400" / "student")
     corpus = load_corpus(res["task"])
     t0 = time.perf_counter()
@@ -59,7 +60,7 @@ def main(argv=None) -> int:
         print(rows[-1], flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"demo": str(demo), "steps": args.steps, "rows": rows,
+    out.with_suffix(".json").write_text(json.dumps({"demo_task": res["task"], "steps": args.steps, "rows": rows,
                                                     "curves": curves, "seconds": time.perf_counter() - t0}, indent=1))
     out.with_suffix(".md").write_text(f"""# Online DMT from a strong SMT student: the first steps
 

@@ -3,7 +3,7 @@ endpoint, against a plain sequential read of the same bytes; bytes per transitio
 pairs and float16 vs int8 (with int8 reconstruction error). `zarr-folder` is the Zarr layout written
 before shards became one zip object (a folder of ~2 objects per column), read by the same reader.
 
-    python benchmarks/storage.py [--segments-per-shard 48] [--shards 12] [--s3-shards 3]
+    python3 benchmarks/storage.py [--segments-per-shard 48] [--shards 12] [--s3-shards 3]
 
 Writes benchmarks/results/storage.json and storage.md. States are Z=4096 Gaussian float16 (random data
 barely compresses, so the sizes are an upper bound for real teacher states).
@@ -36,7 +36,7 @@ Z, S = 4096, 16
 FP, CORPUS = "bench-teacher", "bench-corpus"
 OUT = Path(__file__).resolve().parent / "results"
 BENCH_FORMATS = ("zarr", "wds", "zarr-folder")
-REPEATS = 3
+REPEATS = 5
 
 
 def segments(n: int, seed: int) -> Segments:
@@ -98,23 +98,43 @@ def run_format(bucket: Bucket, fmt: str, data: list[Segments], local_root: str |
         t_plain = time.perf_counter() - t0
         assert got == nbytes
         res["plain_read_MBps"] = nbytes / 1e6 / t_plain
-    for name, verify, fn in (("raw", "never", "read_shard_raw"), ("raw_verified", "always", "read_shard_raw"),
-                             ("transitions", "never", "read_shard")):
-        ts = TargetSet.open(bucket, FP, verify=verify)
-        getattr(ts, fn)(ts.shards[0])  # warm-up: imports and first-call set-up are not throughput
-        dt = float("inf")
-        for _ in range(REPEATS):  # the fastest pass: the machine is shared, slow passes are contention
-            ts = TargetSet.open(bucket, FP, verify=verify)
-            t0 = time.perf_counter()
-            for e in ts.shards:
-                getattr(ts, fn)(e)
-            dt = min(dt, time.perf_counter() - t0)
-        res[f"read_{name}_MBps"] = nbytes / 1e6 / dt
-        res[f"read_{name}_records_per_s"] = records / dt
-    if "plain_read_MBps" in res:
-        res["raw_read_vs_plain"] = res["read_raw_MBps"] / res["plain_read_MBps"]
-        res["verified_read_vs_plain"] = res["read_raw_verified_MBps"] / res["plain_read_MBps"]
     return res
+
+
+READS = (("raw", "never", "read_shard_raw"), ("raw_verified", "always", "read_shard_raw"),
+         ("transitions", "never", "read_shard"))
+
+
+def measure_reads(sets: dict[str, tuple[Bucket, dict]]) -> None:
+    """Read throughput of the target sets of one location, interleaved: each pass reads every format
+    once (in a rotating order), and a format's rate is its fastest pass, so contention from other jobs
+    on a shared machine hits the formats alike and the ratios compare like with like."""
+    names = list(sets)
+    for name, verify, fn in READS:
+        best = dict.fromkeys(names, float("inf"))
+        best_cpu = dict.fromkeys(names, float("inf"))
+        for rep in range(REPEATS):
+            for fmt in names[rep % len(names):] + names[:rep % len(names)]:
+                bucket, _ = sets[fmt]
+                ts = TargetSet.open(bucket, FP, verify=verify)
+                if rep == 0:
+                    getattr(ts, fn)(ts.shards[0])  # warm-up: imports and first-call set-up are not throughput
+                t0, c0 = time.perf_counter(), time.process_time()
+                for e in ts.shards:
+                    getattr(ts, fn)(e)
+                best[fmt] = min(best[fmt], time.perf_counter() - t0)
+                best_cpu[fmt] = min(best_cpu[fmt], time.process_time() - c0)
+        for fmt, dt in best.items():
+            res = sets[fmt][1]
+            res[f"read_{name}_MBps"] = res["stored_MB"] / dt
+            res[f"read_{name}_records_per_s"] = res["records"] / dt
+            # per CPU-second of this process (reader threads and, on S3, the in-process moto server):
+            # what other jobs on the machine cannot inflate
+            res[f"read_{name}_MB_per_cpu_s"] = res["stored_MB"] / best_cpu[fmt]
+    for _, res in sets.values():
+        if "plain_read_MBps" in res:
+            res["raw_read_vs_plain"] = res["read_raw_MBps"] / res["plain_read_MBps"]
+            res["verified_read_vs_plain"] = res["read_raw_verified_MBps"] / res["plain_read_MBps"]
 
 
 def sizes(tmp: str, seg: Segments) -> dict:
@@ -163,25 +183,37 @@ def main() -> int:
     results: dict = {"config": {"Z": Z, "S": S, "dtype": "float16", "segments_per_shard": args.segments_per_shard,
                                 "shards": args.shards, "s3_shards": args.s3_shards,
                                 "shard_MB_raw": data[0].states.nbytes / 1e6},
-                     "machine": {"python": platform.python_version(), "cpus": os.cpu_count()}}
+                     "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                                 "load_avg_1min_start": round(os.getloadavg()[0], 1)}}
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
+        local = {}
         for fmt in BENCH_FORMATS:
             root = os.path.join(tmp, f"local-{fmt}")
-            results[f"local/{fmt}"] = run_format(Bucket.from_url(root), fmt, data, root)
+            b = Bucket.from_url(root)
+            local[fmt] = (b, run_format(b, fmt, data, root))
+        measure_reads(local)
+        results.update({f"local/{fmt}": res for fmt, (_, res) in local.items()})
         server, endpoint = start_moto()
         try:
             import boto3
             boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="bench")
+            remote = {}
             for fmt in BENCH_FORMATS:
                 b = Bucket.from_url(f"s3://bench/{fmt}", endpoint_url=endpoint)
-                results[f"moto_s3/{fmt}"] = run_format(b, fmt, data[: args.s3_shards], None)
+                remote[fmt] = (b, run_format(b, fmt, data[: args.s3_shards], None))
+            measure_reads(remote)
+            results.update({f"moto_s3/{fmt}": res for fmt, (_, res) in remote.items()})
         finally:
             server.stop()
         results["bytes_per_transition"] = sizes(tmp, data[0])
-    rate = {k: v["read_raw_MBps"] for k, v in results.items() if k.startswith(("local/", "moto_s3/"))}
-    results["ratios"] = {"moto_s3_wds_over_zarr": rate["moto_s3/wds"] / rate["moto_s3/zarr"],
-                         "moto_s3_zarr_over_zarr_folder": rate["moto_s3/zarr"] / rate["moto_s3/zarr-folder"],
-                         "local_zarr_over_zarr_folder": rate["local/zarr"] / rate["local/zarr-folder"]}
+    results["ratios"] = {}
+    for clock, key in (("wall", "read_raw_MBps"), ("cpu", "read_raw_MB_per_cpu_s")):
+        rate = {k: v[key] for k, v in results.items() if k.startswith(("local/", "moto_s3/"))}
+        results["ratios"][clock] = {
+            "moto_s3_wds_over_zarr": rate["moto_s3/wds"] / rate["moto_s3/zarr"],
+            "moto_s3_zarr_over_zarr_folder": rate["moto_s3/zarr"] / rate["moto_s3/zarr-folder"],
+            "local_zarr_over_zarr_folder": rate["local/zarr"] / rate["local/zarr-folder"]}
+    results["machine"]["load_avg_1min_end"] = round(os.getloadavg()[0], 1)
     results["elapsed_s"] = time.perf_counter() - t_start
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "storage.json").write_text(json.dumps(results, indent=1))
@@ -195,16 +227,19 @@ def markdown(r: dict) -> str:
     lines = ["# Storage benchmark", "",
              (f"Z={c['Z']} float16, S={c['S']}, {c['segments_per_shard']} segments/shard "
               f"({c['shard_MB_raw']:.1f} MB of states), {c['shards']} local shards, {c['s3_shards']} moto-S3 "
-              f"shards; {r['machine']['cpus']} CPUs, {r['elapsed_s']:.0f} s total. "
-              "Command: `python benchmarks/storage.py`."),
-             "", ("| where/format | write MB/s | write rec/s | read raw MB/s | read raw+sha MB/s | "
+              f"shards; {r['machine']['cpus']} CPUs shared with other jobs (1-min load average "
+              f"{r['machine']['load_avg_1min_start']} at the start, {r['machine']['load_avg_1min_end']} at the end), "
+              f"{r['elapsed_s']:.0f} s total. "
+              "Command: `python3 benchmarks/storage.py`."),
+             "", ("| where/format | write MB/s | write rec/s | read raw MB/s | read raw MB/CPU-s | read raw+sha MB/s | "
                   "read Transitions rec/s | plain read MB/s | raw/plain | raw+sha/plain |"),
-             "|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for k, v in r.items():
         if not k.startswith(("local/", "moto_s3/")):
             continue
         plain = v.get("plain_read_MBps")
         lines.append(f"| {k} | {v['write_MBps']:.0f} | {v['write_records_per_s']:.0f} | {v['read_raw_MBps']:.0f} | "
+                     f"{v['read_raw_MB_per_cpu_s']:.0f} | "
                      f"{v['read_raw_verified_MBps']:.0f} | {v['read_transitions_records_per_s']:.0f} | "
                      + (f"{plain:.0f} | {v['raw_read_vs_plain']:.2f} | {v['verified_read_vs_plain']:.2f} |"
                         if plain else "- | - | - |"))
@@ -212,13 +247,16 @@ def markdown(r: dict) -> str:
                    "from the page cache at memory speed; the reader (fetch, lz4/zarr decode, checks, copies) is "
                    "CPU-bound well below that. `raw+sha` also hashes every byte (verify='always'). Transitions "
                    "= expanded to float32 state_in/state_out (4x the stored bytes). Reads are the fastest of "
-                   f"{REPEATS} passes, wall clock; this 2-core machine was shared with other jobs during the run, "
+                   f"{REPEATS} interleaved passes (each pass reads every format once), wall clock; this 2-core machine was shared with other jobs during the run, "
                    "so absolute rates are noisy: compare the ratios, measured side by side in this one run.")]
-    q = r["ratios"]
-    lines += ["", "| raw read ratio (same run) | value |", "|---|---|",
-              f"| moto S3: wds / zarr (target <= 1.5) | {q['moto_s3_wds_over_zarr']:.2f} |",
-              f"| moto S3: zarr (one zip object) / zarr-folder (old layout) | {q['moto_s3_zarr_over_zarr_folder']:.2f} |",
-              f"| local: zarr / zarr-folder (target >= 1) | {q['local_zarr_over_zarr_folder']:.2f} |"]
+    w, q = r["ratios"]["wall"], r["ratios"]["cpu"]
+    lines += ["", ("`MB/CPU-s` divides by this process's CPU time (reader threads and, on S3, the in-process moto "
+                   "server) instead of wall time: other jobs on the machine cannot inflate it."),
+              "", "| raw read ratio (same run) | wall clock | CPU time |", "|---|---|---|"]
+    for key, what in (("moto_s3_wds_over_zarr", "moto S3: wds / zarr (target <= 1.5)"),
+                      ("moto_s3_zarr_over_zarr_folder", "moto S3: zarr (one zip object) / zarr-folder (old layout)"),
+                      ("local_zarr_over_zarr_folder", "local: zarr / zarr-folder (target >= 1)")):
+        lines.append(f"| {what} | {w[key]:.2f} | {q[key]:.2f} |")
     b = r["bytes_per_transition"]
     lines += ["", "| bytes per transition | zarr | wds |", "|---|---|---|"]
     for key in ("float16/segments", "float16/pairs", "int8/segments", "int8/pairs"):

@@ -29,7 +29,52 @@ def parse(cls: type[T], argv: list[str] | None, prog: str, description: str | No
     are accepted for callers written when that was optional)."""
     import tyro
 
-    return tyro.cli(cls, args=argv, prog=f"smt {prog}", description=description)
+    if argv is None:
+        argv = sys.argv[1:]
+    return tyro.cli(cls, args=merge_repeated(list(argv), list_flags(cls)), prog=f"smt {prog}",
+                    description=description)
+
+
+def list_flags(cls: type) -> set[str]:
+    """The `--flag` spellings of `cls`'s top-level list fields (tyro accepts - and _ alike)."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    out: set[str] = set()
+    for f in dataclasses.fields(cls):
+        if typing.get_origin(hints.get(f.name)) in (list, tuple):
+            out |= {f"--{f.name}", f"--{f.name.replace('_', '-')}"}
+    return out
+
+
+def merge_repeated(argv: list[str], flags: set[str]) -> list[str]:
+    """`--set a=1 --set b=2` -> `--set a=1 b=2`: tyro keeps only the last occurrence of a repeated list
+    flag, which silently dropped every earlier one. Values run up to the next `--` token."""
+    values: dict[str, list[str]] = {}
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        flag, eq, val = argv[i].partition("=")
+        i += 1
+        if flag not in flags:
+            out.append(argv[i - 1])
+            continue
+        key = flag.replace("_", "-")
+        if key not in values:
+            values[key] = []
+            out.append(key)  # the merged values go in at the first occurrence
+        if eq:
+            values[key].append(val)
+        while i < len(argv) and not argv[i].startswith("--"):
+            values[key].append(argv[i])
+            i += 1
+    merged: list[str] = []
+    for tok in out:
+        merged.append(tok)
+        if tok in values:
+            merged.extend(values.pop(tok))
+    return merged
 
 
 def run(prog: str, fn: Callable[[], int | None]) -> int:

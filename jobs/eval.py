@@ -1,10 +1,14 @@
 """`smt eval`: evaluate a teacher, an SMT/DMT student or a BPTT run on a corpus.
 
-RUN is a checkpoint folder (teacher or student) or a run folder holding teacher/ and/or student/.
-Students are rolled out alone with teacher-forced inputs; with a teacher (found in the run folder or
+RUN is any folder an smt command writes, or a checkpoint folder (teacher or student):
+  smt pretrain / train / dmt --run RUN     RUN/checkpoints/...: the newest checkpoint (or --step N)
+  smt bptt / dmt-online OUT                OUT/student (and OUT/teacher when present)
+  smt pipeline OUT                         OUT/student (a train run) with OUT/pretrain/teacher
+  smt dmt --report FOLDER                  the run its rounds rolled out
+Students are rolled out alone with teacher-forced inputs; with a teacher (found beside the run, or
 given by --teacher) drift against the teacher's memories is reported too, after checking that the
 student was trained against that teacher.
-Example: smt eval --run runs/teacher --corpus retrieval:T=64,vocab=8 --json
+Example: smt eval --run runs/gru --corpus retrieval:T=64,vocab=8 [--step 600] --json
 """
 from __future__ import annotations
 
@@ -30,34 +34,93 @@ class EvalJob:
     """Stream corpora: roll out from the teacher memory after this many tokens."""
     seed: int = 0
     """Seed of the held-out batch (the same as training's evaluation batch by default)."""
+    step: int | None = None
+    """Runs with checkpoints (smt train, dmt, pipeline): evaluate the student of this step (default: newest)."""
     json: bool = False
     """Print JSON (with per-position curves) instead of a table."""
 
 
 def _exists(url: str) -> bool:
-    from models.checkpoint import has_checkpoint
+    """A teacher or student checkpoint (a train run's own config.json is not one)."""
+    from models.checkpoint import has_checkpoint, read_config
 
-    return has_checkpoint(url)
+    return has_checkpoint(url) and read_config(url).get("kind") in ("teacher", "student")
+
+
+def _fingerprint(url: str) -> str | None:
+    from models.checkpoint import read_config
+
+    return read_config(url).get("fingerprint")
+
+
+def _train_run(r: str) -> bool:
+    from storage.bucket import Bucket
+
+    return Bucket.from_url(r).exists("checkpoints/latest.json")
+
+
+def _run_student(r: str, step: int | None) -> str:
+    """The student of `step` (default: the newest checkpoint) of a train run (checkpoints/latest.json)."""
+    from trainers.run_dir import RunDir
+
+    run = RunDir(r)
+    rel = run.latest()["path"] if step is None else run.student_dir(step)
+    if rel is None:
+        have = sorted({int(p.split("step-")[1].split("/")[0]) for p in run.bucket.glob("*/step-*/student/config.json")})
+        raise FileNotFoundError(f"run {r} has no checkpoint or policy snapshot of step {step}; it has steps "
+                                f"{', '.join(map(str, have)) or 'none'}: pass one of them to --step")
+    return f"{r}/{rel}/student"  # spelled like RUN, so the output names what the user passed
+
+
+def _teacher_beside(student: str, candidates: list[str]) -> str | None:
+    """The first candidate teacher whose fingerprint the student was trained against."""
+    from models.checkpoint import read_config
+
+    want = read_config(student, "student")["model"].get("teacher_fingerprint")
+    return next((u for u in candidates if _exists(u) and _fingerprint(u) == want), None) if want else None
 
 
 def resolve(job: EvalJob) -> tuple[str | None, str | None]:
-    """(teacher_url, student_url) for a run or checkpoint folder."""
-    from models.checkpoint import load_checkpoint
+    """(teacher_url, student_url) for a checkpoint folder or any folder an smt command writes."""
+    from models.checkpoint import read_config
 
     r = job.run.rstrip("/")
-    if _exists(r):
-        kind = load_checkpoint(r)[0]["kind"]
-        if kind == "teacher":
+    parent = r.rsplit("/", 1)[0] if "/" in r else "."
+    no_steps = (f"--step applies to runs with checkpoints/ (smt pretrain, train, dmt --run, pipeline); {job.run} "
+                "keeps only its final model: drop --step")
+    if _exists(r):  # a checkpoint folder
+        if job.step is not None:
+            raise ValueError(no_steps)
+        if read_config(r)["kind"] == "teacher":
             return r, None
-        parent = r.rsplit("/", 1)[0] if "/" in r else "."
-        t = job.teacher or next((u for u in (f"{parent}/teacher", f"{parent}/../teacher") if _exists(u)), None)
-        return t, r
+        return job.teacher or _teacher_beside(r, [f"{parent}/teacher", f"{parent}/../teacher"]), r
+    report = _dmt_report_run(r)
+    for folder, teachers in ((r, [f"{r}/teacher", f"{parent}/teacher", f"{parent}/pretrain/teacher"]),
+                             (f"{r}/student", [f"{r}/pretrain/teacher", f"{r}/teacher"]),
+                             *(((report, []),) if report else ())):
+        if _train_run(folder):  # smt train / smt dmt --run / smt pipeline's student run
+            s = _run_student(folder, job.step)  # a pretrain checkpoint holds the teacher of its step beside it
+            return job.teacher or _teacher_beside(s, [f"{s.rsplit('/', 1)[0]}/teacher", *teachers]), s
     t = job.teacher or (f"{r}/teacher" if _exists(f"{r}/teacher") else None)
     s = f"{r}/student" if _exists(f"{r}/student") else None
     if t is None and s is None:
-        raise FileNotFoundError(f"no teacher or student checkpoint in {job.run}: pass a folder written by "
-                                "smt pretrain/dmt-online/bptt/train, or a checkpoint folder")
+        raise FileNotFoundError(f"no teacher or student checkpoint (nor checkpoints/) in {job.run}: pass a folder "
+                                "written by smt pretrain/train/dmt/dmt-online/bptt/pipeline, or a checkpoint folder")
+    if job.step is not None:
+        raise ValueError(no_steps)
     return t, s
+
+
+def _dmt_report_run(r: str) -> str | None:
+    """`smt dmt --report FOLDER`: the run whose students its newest round rolled out."""
+    from pathlib import Path
+
+    p = Path(r) / "dmt_rounds.json"
+    if "://" in r or not p.exists():
+        return None
+    rounds = [x for x in json.loads(p.read_text()) if x.get("student")]
+    # a round's student is <run>/checkpoints/step-N/student or <run>/policy/step-N/student
+    return rounds[-1]["student"].rsplit("/", 3)[0] if rounds else None
 
 
 def evaluate_run(job: EvalJob) -> dict:

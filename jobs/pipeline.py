@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jobs.common import parse, run
+from jobs.report import relative_to_out
 
 
 @dataclass(kw_only=True)
@@ -84,7 +85,7 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
     mark("pretrain", pt["final"].get("smt_acc"), teacher_acc=te["acc"])
     say(f"      teacher {fp[:12]}: acc={te['acc']:.3f} bits/token={te['bits_per_token']:.3f} ({pt['seconds']:.0f} s)")
 
-    say(f"[2/5] labeling with {rc.label.workers or 'no'} Ray actors -> {bucket}")
+    say(f"[2/5] labeling with {rc.label.workers or 'no'} Ray actors -> {relative_to_out(bucket, out)}")
     gpus = rc.label.gpus_per_worker if torch.cuda.is_available() else 0.0
     rep = label(LabelConfig(teacher=teacher_url, corpus=corpus.spec, out=bucket, fmt=rc.label.fmt,
                             dtype=rc.label.dtype, shard_sequences=rc.label.shard_sequences, Tc=prompt or None,

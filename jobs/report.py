@@ -13,6 +13,24 @@ TEACHER_CHOICE = (
     "(`benchmarks/results/labeling.md`).")
 
 
+PATH_KEYS = ("bucket", "targets", "student_checkpoint", "report")  # results.json fields that name files
+
+
+def relative_to_out(value: str, out: Path) -> str:
+    """A path or file:// URL inside OUT as a path relative to OUT, so result files name no folder of the
+    machine they ran on (and stay valid when OUT is moved or committed); anything else unchanged."""
+    try:
+        return Path(str(value).removeprefix("file://")).resolve().relative_to(out.resolve()).as_posix()
+    except ValueError:
+        return str(value)
+
+
+def resolve_in_out(value: str, out: Path) -> str:
+    """Inverse of `relative_to_out`: a relative results.json path as a path under OUT; URLs and absolute
+    paths (older results, buckets outside OUT) unchanged."""
+    return value if "://" in value or Path(value).is_absolute() else str(Path(out) / value)
+
+
 def print_table(res: dict) -> None:
     def f(v):
         return f"{v:.3f}" if isinstance(v, (int, float)) else "-"
@@ -62,7 +80,7 @@ def write_report(out: Path, res: dict) -> str:
              "drift_T": p.get("drift_final", "-")} for p in tl]
     md = [f"# {res['recipe']}: {res['task']}", "",
           (f"Teacher: {res['teacher_encoder']} encoder, fingerprint `{res['teacher_fingerprint'][:16]}`; student "
-           f"updater `{res['student']}`; bucket `{res['bucket']}`. Accuracies: answer accuracy on held-out sequences, "
+           f"updater `{res['student']}`; bucket `{relative_to_out(res['bucket'], out)}`. Accuracies: answer accuracy on held-out sequences, "
            "the student updater rolled out alone (teacher-forced inputs, teacher readout)."), "",
           markdown_table([res], ["teacher_acc", "smt_acc", "dmt_acc", "bptt_acc", "seconds"]), "",
           TEACHER_CHOICE, "",
@@ -78,5 +96,6 @@ def write_report(out: Path, res: dict) -> str:
                 "DMT round on the student it relabeled (round 1 = the SMT-only student).*"), ""]
     (out / "report.md").write_text("\n".join(md))
     res["report"] = str(out / "report.md")
-    (out / "results.json").write_text(json.dumps(res, indent=1, default=str))
+    stored = {**res, **{k: relative_to_out(res[k], out) for k in PATH_KEYS if isinstance(res.get(k), str)}}
+    (out / "results.json").write_text(json.dumps(stored, indent=1, default=str))
     return res["report"]

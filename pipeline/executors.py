@@ -1,14 +1,20 @@
 """Executors: where a stage runs. `SerialExecutor` runs it in-process; `RayActorPool` on N Ray actors.
 
 Both have `map(stage, items, *, total_records=None, quiet=False) -> iterator of results` (results in
-completion order; callers key them by item) and show a tqdm bar with records/s and ETA. Only this
+completion order; callers key them by item) and show progress (trainers/progress.py) in records. Only this
 module (and jobs/) imports `ray`, lazily, so the serial path works without a cluster.
 
 Fault model of the pool: each actor calls `stage.setup()` once in its constructor (Ray re-runs it when
 it restarts the actor, up to `max_restarts` times). Ray's own task retries are off: a failed item goes
 back on the driver's queue and is handed to the next free live actor, at most `task_retries` times.
 Stages are idempotent (deterministic output names, write-once shards), so a retried item after a
-crash mid-write gives the same bytes.
+crash mid-write gives the same bytes (or, if they differ, a content-named variant: storage/writer.py).
+
+A hung actor (stopped, deadlocked, stuck in I/O) is not dead to Ray, so the driver never waits
+unbounded: actors are threaded (one work item, plus heartbeats answered beside it). Every
+`heartbeat_s` a busy actor gets a heartbeat; one unanswered for `hang_timeout_s` (a stopped or
+wedged process), or an item running past `item_timeout_s` (a live but stuck stage), gets the actor
+killed; Ray restarts it and its item goes back on the queue like any actor death's.
 """
 from __future__ import annotations
 
@@ -32,10 +38,9 @@ class ExecutorError(RuntimeError):
 
 @contextmanager
 def _progress(total: int | None, quiet: bool, desc: str):
-    from tqdm.auto import tqdm
+    from trainers.progress import Progress  # the trainers' display: plain lines when not on a terminal
 
-    bar = tqdm(total=total, unit="rec", unit_scale=True, desc=desc, disable=quiet, dynamic_ncols=True,
-               smoothing=0.2)
+    bar = Progress(desc, steps=total, quiet=quiet, unit="rec")
     try:
         yield bar
     finally:
@@ -55,8 +60,8 @@ class SerialExecutor:
             with _progress(total_records, quiet, stage.name) as bar:
                 for i, item in enumerate(items):
                     res = stage.run(item)
-                    bar.update(stage.records(res))
-                    bar.set_postfix_str(f"shards {i + 1}/{len(items)}", refresh=False)
+                    bar.advance(stage.records(res))
+                    bar.postfix(shards=i + 1)
                     yield res
         finally:
             torch.set_num_threads(threads)
@@ -88,6 +93,10 @@ class _StageHost:
     def ready(self) -> bool:
         return True
 
+    def heartbeat(self) -> bool:
+        """Answered by a second thread while `run` works: the process is alive and scheduling."""
+        return True
+
 
 _PING = object()  # marks an in-flight readiness probe (not a work item)
 
@@ -108,6 +117,12 @@ class RayActorPool:
     """GPUs per actor (default: the stage's declared resources)."""
     restart_timeout_s: float = 120.0
     """How long a restarting actor may take (setup included) before the pool gives it up."""
+    heartbeat_s: float = 5.0
+    """How often a busy actor is asked for a heartbeat (also the driver's longest wait between checks)."""
+    hang_timeout_s: float = 120.0
+    """A heartbeat unanswered this long marks the actor hung: it is killed, restarted, its item re-queued."""
+    item_timeout_s: float | None = None
+    """Kill an actor whose item runs longer than this (a stage stuck while its process answers); None: off."""
 
     def __post_init__(self) -> None:
         if self.num_actors < 1:
@@ -117,7 +132,8 @@ class RayActorPool:
         res = stage.resources
         return {"num_cpus": res.num_cpus if self.num_cpus is None else self.num_cpus,
                 "num_gpus": res.num_gpus if self.num_gpus is None else self.num_gpus,
-                "max_restarts": self.max_restarts, "max_task_retries": 0}
+                "max_restarts": self.max_restarts, "max_task_retries": 0,
+                "max_concurrency": 2}  # the item's thread, and one for heartbeats beside it
 
     def map(self, stage: Stage, items: Sequence[Any], *, total_records: int | None = None,
             quiet: bool = False) -> Iterator[dict]:
@@ -133,11 +149,38 @@ class RayActorPool:
         waiting: dict[int, float] = {}  # actor -> deadline for its restart
         attempts: Counter = Counter()
         done = 0
-        self.stats = {"actor_deaths": 0, "retried_items": 0}
+        self.stats = {"actor_deaths": 0, "retried_items": 0, "hung_actors": 0}
+        started: dict[int, float] = {}  # actor -> when its current item was submitted
+        beats: dict[Any, tuple[int, float]] = {}  # heartbeat ref -> (actor, sent at)
+        last_beat: dict[int, float] = {}  # actor -> when it last answered (or got work)
+        killed: set[int] = set()  # hung actors killed, whose item's error has not come back yet
 
         def submit(a: int) -> None:
             item = pending.popleft()
             inflight[actors[a].run.remote(item)] = (a, item)
+            started[a] = last_beat[a] = time.monotonic()
+
+        def check_hung() -> None:
+            now = time.monotonic()
+            outstanding = {a: sent for a, sent in beats.values()}
+            for ref, (a, item) in list(inflight.items()):
+                if item is _PING:
+                    if now > waiting[a]:  # setup() never finished (hung or too slow): give the actor up
+                        del inflight[ref]
+                        alive.discard(a)
+                        ray.kill(actors[a], no_restart=True)
+                    continue
+                if a in killed:
+                    continue
+                late = outstanding.get(a)
+                hung = late is not None and now - late > self.hang_timeout_s
+                stuck = self.item_timeout_s is not None and now - started[a] > self.item_timeout_s
+                if hung or stuck:  # Ray sees a live process: kill it, the death path re-queues the item
+                    killed.add(a)
+                    self.stats["hung_actors"] += 1
+                    ray.kill(actors[a], no_restart=False)
+                elif late is None and now - last_beat[a] >= self.heartbeat_s:
+                    beats[actors[a].heartbeat.remote()] = (a, now)
 
         def retry(item: Any, err: BaseException) -> None:
             attempts[item] += 1
@@ -155,12 +198,27 @@ class RayActorPool:
 
         try:
             with _progress(total_records, quiet, f"{stage.name} x{len(actors)}") as bar:
-                for a in sorted(alive):
-                    if pending:
-                        submit(a)
+                for a in sorted(alive):  # work goes to an actor once its setup() is done: a slow setup
+                    waiting[a] = time.monotonic() + self.restart_timeout_s  # is not a hang
+                    ping(a)
                 while inflight:
-                    [ref], _ = ray.wait(list(inflight), num_returns=1)
+                    check_hung()
+                    if not alive:
+                        raise ExecutorError(f"{stage.name}: no actor finished its setup within "
+                                            f"{self.restart_timeout_s:.0f} s; see the actor logs")
+                    ready, _ = ray.wait(list(inflight) + list(beats), num_returns=1, timeout=self.heartbeat_s)
+                    if not ready:
+                        continue
+                    [ref] = ready
+                    if ref in beats:  # an answer (or the error of a dead actor, which its item reports too)
+                        a, _sent = beats.pop(ref)
+                        last_beat[a] = time.monotonic()
+                        continue
                     a, item = inflight.pop(ref)
+                    if item is not _PING:
+                        killed.discard(a)
+                        for r in [r for r, (b, _) in beats.items() if b == a]:
+                            del beats[r]  # this item is over: its heartbeats no longer matter
                     try:
                         res = ray.get(ref)
                     except RayActorError as e:
@@ -184,9 +242,9 @@ class RayActorPool:
                     else:
                         if item is not _PING:
                             done += 1
-                            bar.update(stage.records(res))
-                            bar.set_postfix_str(f"shards {done}/{len(items)} actor deaths "
-                                                f"{self.stats['actor_deaths']}", refresh=False)
+                            bar.advance(stage.records(res))
+                            bar.postfix(shards=done, actor_deaths=self.stats["actor_deaths"],
+                                        hung=self.stats["hung_actors"])
                             yield res
                     if not alive:
                         raise ExecutorError(f"{stage.name}: all {len(actors)} actors died; "
@@ -195,6 +253,8 @@ class RayActorPool:
                     for b in sorted(alive - busy):
                         if pending:
                             submit(b)
+                    if not pending and all(it is _PING for _, it in inflight.values()):
+                        break  # every item is done: do not wait for restarting actors
         finally:
             for actor in actors:
                 ray.kill(actor, no_restart=True)

@@ -44,6 +44,7 @@ from storage.manifest import (
     latest_readable,
     newest_generation,
     read_generation,
+    shard_key,
     shard_path,
     target_set_path,
 )
@@ -362,7 +363,8 @@ class LabelStage(Stage):
         except (ObjectNotFound, ValueError, KeyError, TypeError, StorageError):
             return None
         if (receipt.get("start"), receipt.get("stop")) != (item.start, item.stop) or entry.dtype != self.dtype \
-                or entry.path != shard_path(ROUND, item.index, self.fmt):
+                or entry.format != self.fmt \
+                or shard_key(entry.path) != shard_key(shard_path(ROUND, item.index, self.fmt)):
             return None
         try:
             files = fetch_shard(self._bucket, entry)

@@ -13,7 +13,7 @@ import json
 import logging
 import re
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from storage.bucket import Bucket, check_relpath
@@ -25,6 +25,7 @@ from storage.schema import LAYOUTS, SCHEMA_VERSION
 log = logging.getLogger(__name__)
 LATEST = "manifest/LATEST"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_VARIANT = re.compile(r"-[0-9a-f]{12}$")
 
 
 def gen_path(n: int) -> str:
@@ -193,19 +194,20 @@ def newest_generation(bucket: Bucket, start: int = 0) -> int:
     return lo
 
 
-def _stem(path: str) -> str:
-    """`round-000/shard-00042` for any format (.tar, .zarr.zip, a .zarr folder): one record range."""
+def shard_key(path: str) -> str:
+    """`round-000/shard-00042` for any format (.tar, .zarr.zip, a .zarr folder) or content-named variant
+    (`shard-00042-<sha12>.tar`): one record range, which a target set holds once."""
     folder, _, name = path.rpartition("/")
-    return f"{folder}/{name.split('.', 1)[0]}"
+    return f"{folder}/{_VARIANT.sub('', name.split('.', 1)[0])}"
 
 
 def _merge(prev: Generation | None, entries: list[ShardEntry], where: str) -> tuple[ShardEntry, ...]:
     merged = {e.path: e for e in (prev.shards if prev else ())}
-    stems = {_stem(e.path): e for e in merged.values()}
+    stems = {shard_key(e.path): e for e in merged.values()}
     out = list(prev.shards) if prev else []
     for e in entries:
-        twin = stems.get(_stem(e.path))
-        if twin is not None and twin.path != e.path:  # the same records in another format: two copies
+        twin = stems.get(shard_key(e.path))
+        if twin is not None and twin.path != e.path:  # the same records in another format or attempt
             raise ManifestError(f"{where}: shard {e.path} would duplicate the records of committed shard "
                                 f"{twin.path} ({twin.format}/{twin.dtype}); a target set holds each record once: "
                                 "keep its format and dtype, or write to another bucket")
@@ -216,7 +218,7 @@ def _merge(prev: Generation | None, entries: list[ShardEntry], where: str) -> tu
                                     f"{old.sha256[:12]}, new entry has {e.sha256[:12]}; shards are "
                                     "write-once: use a new round or shard index")
             continue  # an idempotent retry of a committed shard
-        merged[e.path] = stems[_stem(e.path)] = e
+        merged[e.path] = stems[shard_key(e.path)] = e
         out.append(e)
     return tuple(out)
 
@@ -236,7 +238,7 @@ def commit(bucket: Bucket, entries: list[ShardEntry], *, teacher_fingerprint: st
                 raise ManifestError(f"{bucket.url(gen_path(prev.number))} is corpus {prev.corpus_id!r}, writer has "
                                     f"{corpus_id!r}; write each corpus to its own target set folder")
         gen = Generation(number=n + 1, parent=prev.number if prev else None,
-                         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                         created=datetime.now(UTC).isoformat(timespec="seconds"),
                          teacher_fingerprint=teacher_fingerprint, teacher_config=dict(teacher_config),
                          corpus_id=corpus_id, corpus_params=dict(corpus_params),
                          shards=_merge(prev, entries, bucket.url(gen_path(n + 1))), base=base)

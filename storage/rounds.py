@@ -4,7 +4,7 @@
     <targets>/runs/<sha of run URL>.json      registry of the runs that relabel on it (for `smt inspect` only)
     <run>/rounds/manifest/gen-000003.json     generation 3 of this run's rounds; pins the target-set
                                                generation it builds on ("base")
-    <run>/rounds/round-003/shard-00007.zarr   this run's relabels of round 3 (write-once)
+    <run>/rounds/round-003/shard-00007.zarr.zip  this run's relabels of round 3 (write-once)
 
 DMT relabels are rollouts of one student, so they belong to its run: two students of one teacher share
 round 0 and never see each other's rounds. A rounds generation lists only the run's rounds >= 1 and is

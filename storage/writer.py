@@ -5,12 +5,17 @@
         w.write_segments(42, segs)        # -> round-000/shard-00042.zarr.zip
     # leaving the block normally commits manifest/gen-<n+1>.json; an exception commits nothing.
 
-Shard bytes are a pure function of (data, dtype, format), so a retried writer produces the same sha256;
-if the shard already exists with that sha256 the write is skipped, and with another one it is refused.
+Shard bytes are a pure function of (data, dtype, format), so a retried writer usually produces the same
+sha256, and if the shard already exists with it the write is skipped. A retry may still compute other
+bytes (another GPU, bf16 kernels) after an attempt that wrote its shard and died before reporting it:
+then the canonical name is taken by an uncommitted orphan, and the shard is written under a
+content-named variant (`shard-00042-<sha12>.zarr.zip`) instead. Nothing is ever overwritten; the manifest
+entry names the copy that counts, and a commit refuses a second copy of the same (round, index).
 A distributed labeler calls `write_shard` in its workers and `commit` once in the driver.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from types import TracebackType
 
 from storage.bucket import Bucket
@@ -42,28 +47,31 @@ def write_shard(bucket: Bucket, obj: Segments | Pairs, *, index: int, round: int
     entry = ShardEntry(round=int(round), path=path, format=fmt, layout=obj.layout, dtype=dtype, z=obj.Z,
                        s=obj.S, rows=obj.n, records=obj.num_records, bytes=sum(map(len, files.values())),
                        sha256=shard_sha256(files), files={k: len(v) for k, v in files.items() if k})
-    _publish(bucket, entry, files)
-    return entry
+    if _publish(bucket, entry, files):
+        return entry
+    # The name holds other bytes (an earlier attempt's orphan): publish under the content-named variant,
+    # which can only ever hold these bytes.
+    folder, _, name = path.rpartition("/")
+    base, _, suffix = name.partition(".")
+    variant = replace(entry, path=f"{folder}/{base}-{entry.sha256[:12]}.{suffix}")
+    if not _publish(bucket, variant, files):
+        raise ShardError(f"shard {bucket.url(variant.path)} is named by its sha256 but holds other bytes: "
+                         "the bucket is corrupt; remove that object and rerun")
+    return variant
 
 
-def _publish(bucket: Bucket, entry: ShardEntry, files: dict[str, bytes]) -> None:
-    # Create-if-absent (local: exclusive link of a complete temp file; S3: If-None-Match: *), so a
-    # shard is either absent or whole; an existing one is accepted only with the same sha256.
-    if not bucket.create_exclusive(entry.path, files[""]):
-        _check_existing(bucket, entry)
+def _publish(bucket: Bucket, entry: ShardEntry, files: dict[str, bytes]) -> bool:
+    """Create-if-absent (local: exclusive link of a complete temp file; S3: If-None-Match: *), so a shard
+    is either absent or whole. False if its name already holds other (or incomplete) bytes."""
+    return bucket.create_exclusive(entry.path, files[""]) or _same_bytes(bucket, entry)
 
 
-def _check_existing(bucket: Bucket, entry: ShardEntry) -> None:
+def _same_bytes(bucket: Bucket, entry: ShardEntry) -> bool:
     try:
         found = fetch_shard(bucket, entry)
-    except ObjectNotFound as e:
-        raise ShardError(f"shard {bucket.url(entry.path)} exists but is incomplete ({e}); remove it "
-                         "and rewrite") from e
-    sha = shard_sha256(found)
-    if sha != entry.sha256:
-        raise ShardError(f"shard {bucket.url(entry.path)} already exists with different content "
-                         f"(sha256 {sha[:12]} vs new {entry.sha256[:12]}); shards are write-once: "
-                         "write to a new round or shard index")
+    except ObjectNotFound:
+        return False  # incomplete: not these bytes
+    return shard_sha256(found) == entry.sha256
 
 
 class TargetSetWriter:

@@ -55,16 +55,23 @@ def test_demo_smoke_runs_every_stage(tmp_path, ray_local, capsys):
     for k in ("task", "teacher_acc", "smt_acc", "dmt_acc", "bptt_acc", "seconds", "bucket", "student"):
         assert k in res, k
     assert [p["stage"] for p in res["timeline"]] == ["pretrain", "label", "student-smt", "dmt-1", "dmt-2"]
+    demo_out = capsys.readouterr().out
+    # `smt eval --run OUT` evaluates the pipeline's newest student checkpoint, with its teacher
+    assert smt(["eval", "--run", str(tmp_path / "d"), "--corpus", "retrieval:T=8,vocab=4,n=32", "--size", "8",
+                "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["student"]["url"] == res["student_checkpoint"] and ev["teacher"]["fingerprint"] == res["teacher_fingerprint"]
     # the bucket holds the teacher, the labels (round 0) and one relabeled round per DMT round
     from storage.reader import TargetSet
 
-    ts = TargetSet.open(res["targets"], res["teacher_fingerprint"], verify="always")
+    assert res["targets"].startswith("bucket/targets/")  # relative to OUT: no machine path in results
+    ts = TargetSet.open(str(tmp_path / "d" / res["targets"]), res["teacher_fingerprint"], verify="always")
     assert ts.rounds == [0, 1, 2] and ts.generation == 3
     for png in ("accuracy_vs_time.png", "loss_curves.png", "dmt_drift.png"):
         data = (tmp_path / "d" / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, png
         assert png in (tmp_path / "d" / "report.md").read_text()
-    assert "bucket:" in capsys.readouterr().out
+    assert "bucket:" in demo_out
 
 
 @pytest.mark.parametrize("recipe", ["mnist-pixels-tiny", "tinystories-bytes-tiny"])

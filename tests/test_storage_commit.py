@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from storage.errors import FingerprintMismatch, ManifestError, ShardError
+from storage.errors import FingerprintMismatch, ManifestError
 from storage.manifest import LATEST, commit, gen_path, newest_generation, read_generation
 from storage.reader import TargetSet
 from storage.writer import TargetSetWriter, write_shard
@@ -68,9 +68,14 @@ def test_retry_is_deterministic_and_idempotent(target, fmt):
     ts = TargetSet.open(target, FP)
     assert ts.generation == 2 and [e.path for e in ts.shards] == [first.path]
     ts.verify_shard(ts.shards[0])
-    with pytest.raises(ShardError, match="write-once"):  # different data at the same name is refused
-        write_shard(target, make_segments(n=4, S=8, seed=9), index=7, round=3, fmt=fmt, dtype="float16",
-                    teacher_fingerprint=FP)
+    # different data for the same shard never overwrites it: it lands under a content-named variant,
+    # and the manifest refuses to commit it next to the committed copy
+    other = write_shard(target, make_segments(n=4, S=8, seed=9), index=7, round=3, fmt=fmt, dtype="float16",
+                        teacher_fingerprint=FP)
+    assert other.path == first.path.replace("shard-00007.", f"shard-00007-{other.sha256[:12]}.")
+    TargetSet.open(target, FP).verify_shard(first)  # the committed copy is untouched
+    with pytest.raises(ManifestError, match="duplicate the records"):
+        commit(target, [other], **writer_kwargs())
 
 
 def test_retry_same_checksum_across_buckets(tmp_path):

@@ -9,7 +9,14 @@ from s3fs import S3FileSystem
 
 from storage.bucket import Bucket
 from storage.errors import BucketError, ManifestError
-from storage.manifest import TornGeneration, commit, gen_path, newest_generation, read_generation, target_set_path
+from storage.manifest import (
+    TornGeneration,
+    commit,
+    gen_path,
+    newest_generation,
+    read_generation,
+    target_set_path,
+)
 from storage.reader import TargetSet
 from storage.writer import TargetSetWriter, write_shard
 from tests.storage_data import CORPUS, FP, make_segments, writer_kwargs

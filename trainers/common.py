@@ -10,7 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
+
+from storage.bucket import Bucket
+from storage.errors import ObjectNotFound
+from trainers.progress import Progress
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -78,16 +81,36 @@ CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
 
 
 class MetricsLog:
-    """Appends one JSON object per line to `path` (if given) and shows a progress bar."""
+    """Keeps one JSON row per logged step (`history`), writes them to `path`, and shows the progress.
+
+    `path` is a local file, or, with `bucket`, a path inside that bucket: on a local folder rows are
+    appended as they come; an object store has no append, so the whole log is re-put at most every
+    `flush_s` seconds, at `flush()` (checkpoints) and on close. A run on `s3://` keeps its metrics."""
 
     def __init__(self, path: str | Path | None, total: int, desc: str, quiet: bool = False, clock: str = "wall",
-                 start: float = 0.0):
-        self.path = Path(path) if path else None
-        if self.path:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.bar = tqdm(total=total, desc=desc, disable=quiet, dynamic_ncols=True, leave=False)
+                 start: float = 0.0, *, seconds: float | None = None, bucket: Bucket | None = None,
+                 flush_s: float = 30.0):
         if clock not in CLOCKS:
             raise ValueError(f"clock={clock!r} is unknown: use one of {', '.join(CLOCKS)}")
+        self.path: Path | None = None
+        self.bucket: Bucket | None = None
+        self.rel = str(path) if path else ""
+        if bucket is not None and path:
+            if bucket.protocol == "file":
+                self.path = Path(bucket._path(self.rel))
+            else:
+                self.bucket = bucket
+        elif path:
+            self.path = Path(path)
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.head = b""  # an object store's rows from before this process (a resumed run), kept in front
+        if self.bucket is not None:
+            with contextlib.suppress(ObjectNotFound):
+                self.head = self.bucket.read_bytes(self.rel)
+        self.pending = 0
+        self.flush_s, self.flushed_at = flush_s, time.monotonic()
+        self.progress = Progress(desc, steps=total, seconds=seconds, quiet=quiet)
         self.now = CLOCKS[clock]
         self.t0 = self.now() - start  # `start`: seconds a resumed run had already spent
         self.paused_for = 0.0
@@ -111,25 +134,38 @@ class MetricsLog:
         if self.path:
             with self.path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
-        self.bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if isinstance(v, float) and k != "time"},
-                             refresh=False)
+        elif self.bucket is not None:
+            self.pending += 1
+            if time.monotonic() - self.flushed_at >= self.flush_s:
+                self.flush()
+        self.progress.postfix(**{k: v for k, v in row.items() if isinstance(v, float) and k != "time"})
         return row
 
+    def flush(self) -> None:
+        """Put the whole log to the object store now (a no-op for local files, which are appended)."""
+        if self.bucket is not None and self.pending:
+            rows = "".join(json.dumps(r) + "\n" for r in self.history).encode()
+            self.bucket.write_bytes(self.rel, self.head + rows)
+            self.pending, self.flushed_at = 0, time.monotonic()
+
     def advance(self, n: int = 1) -> None:
-        self.bar.update(n)
+        self.progress.advance(n, elapsed=self.elapsed())
 
     def close(self) -> None:
-        self.bar.close()
+        self.progress.close()
+        self.flush()
 
 
 def open_run(out: str | Path | None, stage: str, corpus_spec: str, cfg: Any, quiet: bool) -> tuple[Path | None, MetricsLog]:
     """A stage's output folder with its resolved config (`run.json`), and its metrics log (`metrics.jsonl`).
-    `cfg` needs `steps` and `clock`. Without `out`, nothing is written and the log only shows progress."""
+    `cfg` needs `steps` and `clock` (and `seconds`, a time budget, if it has one). Without `out`, nothing is
+    written and the log only shows progress."""
     path = Path(out) if out else None
     if path:
         path.mkdir(parents=True, exist_ok=True)
         write_json(path / "run.json", {"stage": stage, "corpus": corpus_spec, "config": asdict(cfg)})
-    return path, MetricsLog(path / "metrics.jsonl" if path else None, cfg.steps, stage, quiet, cfg.clock)
+    return path, MetricsLog(path / "metrics.jsonl" if path else None, cfg.steps, stage, quiet, cfg.clock,
+                            seconds=getattr(cfg, "seconds", None))
 
 
 def _num(v: Any) -> Any:

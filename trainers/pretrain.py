@@ -121,8 +121,8 @@ def pretrain(corpus, cfg: PretrainConfig, out: str | Path | None = None, quiet: 
         run.write_json("run.json", {"stage": "pretrain", "corpus": corpus.spec, "config": asdict(cfg),
                                     "world_size": world_size, "start_step": state.step})
         run.truncate_metrics(state.step)  # rows past the checkpoint belong to the attempt that was killed
-    log = MetricsLog(run.local_path("metrics.jsonl") if lead and run else None, cfg.steps, "pretrain",
-                     quiet or not lead, cfg.clock, start=state.elapsed)
+    log = MetricsLog("metrics.jsonl" if lead and run else None, cfg.steps, "pretrain", quiet or not lead, cfg.clock,
+                     start=state.elapsed, seconds=cfg.seconds, bucket=run.bucket if run else None)
     log.advance(state.step)
     objective = JointObjective(teacher, student.updater, cfg.smt)
     model = wrap(objective) if wrap else objective

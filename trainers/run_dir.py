@@ -1,7 +1,7 @@
 """A run folder at any fsspec URL: crash-safe checkpoints of the full train state, and the pointer to them.
 
     <run>/config.json                          the resolved config of the newest start/resume
-    <run>/metrics.jsonl                        one JSON row per logged step (local runs)
+    <run>/metrics.jsonl                        one JSON row per logged step (through the Bucket: s3:// too)
     <run>/checkpoints/step-00000100/student/   save_student(): weights.safetensors + config.json
     <run>/checkpoints/step-00000100/teacher/   pretraining runs only: save_teacher()
     <run>/checkpoints/step-00000100/state.safetensors, state.json   optimizer, RNG (tensors) + the rest
@@ -16,7 +16,6 @@ a resume never picks up a half checkpoint. Tensors go to safetensors, everything
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import torch
@@ -121,14 +120,12 @@ class RunDir:
 
     def truncate_metrics(self, step: int) -> None:
         """Drop metrics rows past `step` (a resumed run: they belong to the attempt that was killed)."""
-        path = self.local_path("metrics.jsonl")
-        if path is None or not os.path.exists(path):
+        try:
+            lines = self.bucket.read_bytes("metrics.jsonl").decode().splitlines(keepends=True)
+        except ObjectNotFound:
             return
-        with open(path) as f:
-            keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-        with open(path + ".tmp", "w") as f:
-            f.writelines(keep)
-        os.replace(path + ".tmp", path)
+        keep = [ln for ln in lines if ln.strip() and json.loads(ln)["step"] <= step]
+        self.bucket.write_bytes("metrics.jsonl", "".join(keep).encode())  # atomic: temp + rename, or one PUT
 
     def load(self, pointer: dict) -> tuple[str, dict[str, torch.Tensor], dict]:
         """(student URL, state tensors, state JSON) of the checkpoint `pointer` names."""

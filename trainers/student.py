@@ -227,10 +227,9 @@ def train(state: TrainState, run: RunDir, *, rank: int = 0, quiet: bool = False,
     if lead and state.step == cfg.phase_start:  # a later phase records its own config beside the first
         name = f"config-phase-{cfg.phase_start:08d}.json" if cfg.phase_start else "config.json"
         run.write_json(name, {"stage": "train", "config": asdict(cfg), "teacher_fingerprint": state.teacher_fp})
-    metrics_path = run.local_path("metrics.jsonl") if lead else None
     if lead and state.step:
-        run.truncate_metrics(state.step)
-    log = MetricsLog(metrics_path, cfg.steps, "train", quiet or not lead)
+        run.truncate_metrics(state.step)  # rows past the checkpoint belong to the attempt that was killed
+    log = MetricsLog("metrics.jsonl" if lead else None, cfg.steps, "train", quiet or not lead, bucket=run.bucket)
     log.advance(state.step)
     batches = iter(state.stream)
     row: dict = {}
@@ -267,6 +266,7 @@ def train(state: TrainState, run: RunDir, *, rank: int = 0, quiet: bool = False,
                               **({"dmt_wait_seconds": waited} if cfg.dmt_every else {}))
             if lead and (state.step % cfg.checkpoint_every == 0 or state.step == stop):
                 save(state, run)
+                log.flush()  # an object store's metrics reach the checkpoint too
     finally:
         log.close()
         state.stream.close()
