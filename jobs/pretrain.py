@@ -31,6 +31,9 @@ class PretrainJob(PretrainConfig):
     """Ray Train DDP workers; 1 trains in-process without Ray. --batch-size is per worker."""
     gpus_per_worker: float | None = None
     """GPUs per Ray Train worker (default: 1 when this machine has CUDA, else 0)."""
+    max_failures: int = 0
+    """With --workers > 1: times Ray Train restarts the workers after a failure (e.g. a preempted node);
+    they resume from the newest checkpoint."""
     endpoint_url: str | None = None
     """S3 endpoint for every URL of this job (default: AWS_ENDPOINT_URL)."""
     quiet: bool = False
@@ -56,7 +59,7 @@ def pretrain_job(job: PretrainJob) -> int:
         from trainers.distributed import pretrain_with_ray
 
         pretrain_with_ray(corpus.spec, cfg, job.out, workers=job.workers, endpoint_url=job.endpoint_url,
-                          gpus_per_worker=job.gpus_per_worker, quiet=job.quiet)
+                          gpus_per_worker=job.gpus_per_worker, quiet=job.quiet, max_failures=job.max_failures)
     else:
         pretrain(corpus, cfg, out=job.out, quiet=job.quiet, endpoint_url=job.endpoint_url)
     s = run_summary(job.out, job.endpoint_url)
