@@ -285,6 +285,12 @@ def main(argv=None) -> int:
             print(_line(results[-1]), flush=True)
         threads = torch.get_num_threads()
     runs = [r for r in results if "method" in r and "error" not in r]
+    unfinished = []
+    if args.from_partial:  # an lr choice over part of the sweep is no choice: leave such groups out, say so
+        groups = _groups(runs)
+        unfinished = sorted(f"T={k[0]} {k[1]} seed={k[2]} {k[3]}" for k, g in groups.items()
+                            if {r["lr"] for r in g} != set(args.lrs))
+        runs = [r for k, g in groups.items() if {r["lr"] for r in g} == set(args.lrs) for r in g]
     for group in _groups(runs).values():
         pick = choose(group)
         for r in group:
@@ -298,7 +304,8 @@ def main(argv=None) -> int:
                        "torch": torch.__version__},
            "wall_seconds": None if args.from_partial else round(time.perf_counter() - t_start, 1),
            "task": "retrieval vocab=8", "teacher": TEACHER, "batch_size": BATCH, "summary": summarise(runs),
-           "step_seconds": steps, "runs": runs, "errors": [r for r in results if "error" in r]}
+           "step_seconds": steps, "runs": runs, "errors": [r for r in results if "error" in r],
+           "unfinished": unfinished}
     out.with_suffix(".json").write_text(json.dumps(res, indent=1))
     write_md(out, res, args)
     return 0
@@ -361,6 +368,13 @@ def fmt_table(rows: list[dict]) -> str:
     return markdown_table(view, list(view[0])) if view else "(no runs)"
 
 
+def _unfinished(res: dict) -> str:
+    if not res.get("unfinished"):
+        return ""
+    return ("\nNot finished when the run was stopped (their lr sweep is incomplete, so they are left out): "
+            + "; ".join(res["unfinished"]) + ".\n")
+
+
 def plot_runs(path: Path, res: dict, seed: int, clock: str) -> None:
     """One panel per T: test accuracy of the chosen runs against training time, one line per (method, arch)."""
     import matplotlib
@@ -418,6 +432,8 @@ clock (evaluation excluded), {res['machine']['threads_per_run']} torch thread(s)
 run(s) at a time; batch {BATCH}; teacher d=64, K=4, 2+2 layers; DMT lr {DMT_LR:g} in the last quarter of the SMT budget.
 `median t95 s`: training seconds at the first test evaluation >= 0.95 that lies inside the budget (a run stops
 at the first step that ends past the budget, so its last evaluation can lie just after it: that one does not count).
+SMT's split of the budget: pretraining gets 75% and DMT the rest; a curriculum that has not reached the full length
+when its 75% is spent stops there (no DMT; the last quarter goes unused: "trained s" shows it).
 
 Scope, plainly: sized to the shared machine, this run covers T = {', '.join(map(str, args.T))}, archs
 {', '.join(args.archs)}, seed(s) {', '.join(map(str, args.seeds))}, methods {', '.join(args.methods)}.
@@ -425,7 +441,7 @@ The earlier T = 128/256 cells, the 2-seed medians and the teacher comparison (sm
 were not rerun under this protocol.
 
 {fmt_table(res['summary'])}
-
+{_unfinished(res)}
 Every run of the sweep (the chosen lr per method is marked):
 
 {markdown_table(per_lr, list(per_lr[0])) if per_lr else '(no runs)'}
