@@ -127,7 +127,7 @@ def run_one(corpus_name: str, seed: int, archs: tuple[str, ...], b: Budgets) -> 
         budget = shared + own  # the per-student view: this student paid for the whole teacher and labels
         curve: list[dict] = []
 
-        def probe(s, curve=curve) -> dict:
+        def probe(s, row, curve=curve) -> dict:  # off the training clock; the curve keeps the figures
             curve.append(_bits(score({}, s)["bptt"]))
             return {}
 
@@ -135,7 +135,7 @@ def run_one(corpus_name: str, seed: int, archs: tuple[str, ...], b: Budgets) -> 
                                            shape=rc.pretrain.teacher, optim=OptimConfig(lr=b.bptt_lr, warmup_steps=20),
                                            steps=10**7, seconds=budget, eval_every=b.bptt_eval_every, eval_size=16,
                                            batch_size=rc.pretrain.batch_size, seed=seed, clock="process"),
-                        quiet=True, probe=probe)
+                        quiet=True, reporter=probe)
         for row, c in zip(bp["history"], curve):
             c.update(seconds=row["time"], step=row["step"])
         out["bptt"][arch] = {"budget": budget, "seconds": bp["seconds"], "steps": bp["steps"], "curve": curve}

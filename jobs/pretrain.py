@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from jobs.common import parse, run
+from jobs.common import figure, parse, run
 from trainers.pretrain import PretrainConfig
 
 
@@ -31,6 +31,9 @@ class PretrainJob(PretrainConfig):
     """Ray Train DDP workers; 1 trains in-process without Ray. --batch-size is per worker."""
     gpus_per_worker: float | None = None
     """GPUs per Ray Train worker (default: 1 when this machine has CUDA, else 0)."""
+    max_failures: int = 0
+    """With --workers > 1: times Ray Train restarts the workers after a failure (e.g. a preempted node);
+    they resume from the newest checkpoint."""
     endpoint_url: str | None = None
     """S3 endpoint for every URL of this job (default: AWS_ENDPOINT_URL)."""
     quiet: bool = False
@@ -56,15 +59,15 @@ def pretrain_job(job: PretrainJob) -> int:
         from trainers.distributed import pretrain_with_ray
 
         pretrain_with_ray(corpus.spec, cfg, job.out, workers=job.workers, endpoint_url=job.endpoint_url,
-                          gpus_per_worker=job.gpus_per_worker, quiet=job.quiet)
+                          gpus_per_worker=job.gpus_per_worker, quiet=job.quiet, max_failures=job.max_failures)
     else:
         pretrain(corpus, cfg, out=job.out, quiet=job.quiet, endpoint_url=job.endpoint_url)
     s = run_summary(job.out, job.endpoint_url)
     f = s["final"]
     how = f"resumed at step {s['starts'][-1]}, " if len(s["starts"]) > 1 else ""
     print(f"smt pretrain: {how}teacher {s['fingerprint'][:16]} -> {s['run']}/teacher  steps={s['steps']} "
-          f"seconds={s['seconds']:.1f} teacher_acc={f.get('teacher_acc', float('nan')):.3f} "
-          f"smt_acc={f.get('smt_acc', float('nan')):.3f}")
+          f"seconds={s['seconds']:.1f} teacher_acc={figure(f, 'teacher_acc')} smt_acc={figure(f, 'smt_acc')} "
+          "(split=valid; report with smt eval)")
     if job.bucket:
         url = publish_teacher(s["teacher"], Bucket.from_url(job.bucket, endpoint_url=job.endpoint_url))
         print(f"smt pretrain: published teacher -> {url}")

@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.lazy_tokens import ArrayDoc, FileDoc, LazyTokens, Rows, npy_doc
+
 __all__ = [
     "SPLITS",
     "Corpus",
@@ -282,6 +284,12 @@ def _windows(
 ) -> tuple[np.ndarray, np.ndarray]:
     """x = data[s:s+T], y = data[s+1:s+T+1] (int64), -1 past the end of the stream."""
     n = data.shape[0]
+    if not isinstance(data, np.ndarray):  # a LazyTokens stream: one ranged read per window
+        g = np.full((len(starts), T + 1), -1, dtype=np.int64)
+        for r, s in enumerate(starts.tolist()):
+            w = data.read(s, min(n, s + T + 1))
+            g[r, :len(w)] = w
+        return g[:, :T], g[:, 1:]
     pos = starts[:, None] + np.arange(T + 1, dtype=np.int64)[None, :]
     valid = pos < n
     g = data[np.minimum(pos, n - 1)].astype(np.int64)
@@ -326,7 +334,8 @@ class StreamCorpus(Corpus):
 
     def _data_digest(self) -> bytes:
         h = hashlib.sha256(str(self.data.dtype).encode())
-        h.update(np.ascontiguousarray(self.data).data)
+        for chunk in self.data.chunks() if isinstance(self.data, LazyTokens) else [self.data]:
+            h.update(np.ascontiguousarray(chunk).data)  # chunk by chunk: the same digest, bounded memory
         return h.digest()
 
 
@@ -349,13 +358,12 @@ def _cuts(n: int, vf: float, tf: float) -> tuple[int, int]:
     return int(n * (1.0 - vf - tf)), int(n * (1.0 - tf))
 
 
-def _split_stream(docs: Sequence[bytes], sep: int, split: str, vf: float, tf: float) -> tuple[np.ndarray, dict]:
+def _split_stream(tokens: LazyTokens, split: str, vf: float, tf: float) -> tuple[LazyTokens, dict]:
     """The token stream of `split` and how it was cut (see the module docstring): whole documents when
-    every non-empty split gets one, else contiguous byte ranges of the joined stream."""
-    gap = 0 if sep < 0 else 1
-    lengths = np.array([len(d) for d in docs], dtype=np.int64)
-    starts = np.concatenate([[0], np.cumsum(lengths + gap)[:-1]])
-    n = int(lengths.sum() + gap * max(0, len(docs) - 1))
+    every non-empty split gets one, else contiguous byte ranges of the joined stream. Lazy: only document
+    lengths are looked at."""
+    gap = 0 if tokens.sep < 0 else 1
+    lengths, starts, n = tokens.lengths, tokens.starts, tokens.size
     a, b = _cuts(n, vf, tf)
     owner = np.where(starts < a, 0, np.where(starts < b, 1, 2))
     wanted = [i for i, f in enumerate((1.0 - vf - tf, vf, tf)) if f > 0]
@@ -365,8 +373,8 @@ def _split_stream(docs: Sequence[bytes], sep: int, split: str, vf: float, tf: fl
                  for i, s in enumerate(SPLITS)}
         info = {"split_by": "documents", "split_tokens": sizes,
                 "split_documents": {s: int((owner == i).sum()) for i, s in enumerate(SPLITS)}}
-        return _join_docs([d for d, o in zip(docs, owner) if o == k], sep), info
-    return _cut_stream(_join_docs(docs, sep), split, vf, tf)
+        return tokens.subset(np.flatnonzero(owner == k).tolist()), info
+    return _cut_stream(tokens, split, vf, tf)
 
 
 def _cut_stream(data: np.ndarray, split: str, vf: float, tf: float) -> tuple[np.ndarray, dict]:
@@ -377,12 +385,6 @@ def _cut_stream(data: np.ndarray, split: str, vf: float, tf: float) -> tuple[np.
     info = {"split_by": "bytes", "split_tokens": {s: hi - lo for s, (lo, hi) in bounds.items()}}
     lo, hi = bounds[split]
     return data[lo:hi], info
-
-
-def _join_docs(docs: Sequence[bytes], sep: int) -> np.ndarray:
-    joiner = b"" if sep < 0 else bytes([sep])
-    # read-only view of the joined bytes: no second copy of a large corpus
-    return np.frombuffer(joiner.join(docs), dtype=np.uint8)
 
 
 class TextCorpus(StreamCorpus):
@@ -412,13 +414,10 @@ class TextCorpus(StreamCorpus):
         paths = sorted(pth for pth in paths if fs.isfile(pth))
         if not paths:
             raise CorpusError(f"text: no files match {location!r}: check the path or glob")
-        docs = []
-        for pth in paths:
-            with fs.open(pth, "rb") as f:
-                docs.append(f.read())
+        docs = [FileDoc(fs, pth, fs.size(pth)) for pth in paths]  # read lazily, window by window
         self.files = paths
         self.location = location
-        data, info = _split_stream(docs, sep, self.split, vf, tf)
+        data, info = _split_stream(LazyTokens(docs, sep), self.split, vf, tf)
         self._init_stream(data, T, stride, 256, f"{len(paths)} file(s) {location!r}", info)
         self._p = p.values
         self.spec = f"text:{location}|{p.canonical()}"
@@ -462,16 +461,14 @@ class HFTextCorpus(StreamCorpus):
                 f"hf: no column field={field!r} in {location!r} (columns: {ds.column_names}): "
                 f"set field=<column>"
             )
-        docs: list[bytes] = []
-        for batch in ds.select_columns([field]).iter(batch_size=10_000):
-            docs.extend(s.encode("utf-8") for s in batch[field] if s is not None)
-        if not docs:
+        docs = Rows.scan(ds, field)  # rows stay in the memory-mapped Arrow cache
+        if not len(docs):
             raise CorpusError(
                 f"hf: {location!r} hf_split={split} has 0 rows: choose another hf_split or data_files"
             )
         self.location = location
         self.num_rows = len(docs)
-        data, info = _split_stream(docs, sep, self.split, vf, tf)
+        data, info = _split_stream(LazyTokens(docs, sep), self.split, vf, tf)
         self._init_stream(data, T, stride, 256, f"{location!r} hf_split={split}", info)
         self._p = p.values
         self.spec = f"hf:{location}|{p.canonical()}"
@@ -520,7 +517,7 @@ class TokensCorpus(StreamCorpus):
         if not np.issubdtype(data.dtype, np.integer):
             raise CorpusError(f"tokens: {location!r} has dtype {data.dtype}: store integer token ids")
         if data.ndim == 1 and data.size:
-            lo, hi = int(data.min()), int(data.max())
+            lo, hi = _min_max(data)
             if lo < 0:
                 raise CorpusError(f"tokens: token {lo} < 0 in {location!r}: ids must be 0..vocab-1")
             if vocab is None:
@@ -546,8 +543,9 @@ class TokensCorpus(StreamCorpus):
             if location.rstrip("/").endswith(".npy"):
                 import fsspec
 
-                with fsspec.open(location, "rb", **storage_options) as f:
-                    return np.load(io.BytesIO(f.read()), allow_pickle=False)
+                fs, path = fsspec.core.url_to_fs(location, **storage_options)
+                doc = npy_doc(fs, path)  # the header now, the tokens window by window
+                return LazyTokens([doc], dtype=doc.dtype) if isinstance(doc, FileDoc) else doc
             import zarr
 
             node = zarr.open(store=location, mode="r", storage_options=storage_options or None)
@@ -564,6 +562,8 @@ class TokensCorpus(StreamCorpus):
                         f"tokens: key={key!r} not in Zarr group {location!r} (arrays {keys}): fix key"
                     )
                 node = node[key]
+            if len(node.shape) == 1:  # Zarr slices lazily: read chunks as windows need them
+                return LazyTokens([ArrayDoc(node)], dtype=node.dtype)
             return np.asarray(node[...])
         except CorpusError:
             raise
@@ -575,6 +575,12 @@ class TokensCorpus(StreamCorpus):
 
     def params(self):
         return dict(kind=self.kind, location=self.location, **self.split_info, **self._p)
+
+
+def _min_max(data) -> tuple[int, int]:
+    """Smallest and largest token, scanning a lazy stream chunk by chunk."""
+    parts = [(int(c.min()), int(c.max())) for c in (data.chunks() if isinstance(data, LazyTokens) else [data]) if c.size]
+    return min(p[0] for p in parts), max(p[1] for p in parts)
 
 
 # ------------------------------------------------------------------------------------------- images

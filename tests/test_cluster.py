@@ -1,4 +1,5 @@
-"""A real Ray cluster (`ray start --head` on 127.0.0.1) and a real `ray job submit` of a labeling job.
+"""A real Ray cluster (`ray start --head` on 127.0.0.1) and real `ray job submit`s of a labeling job and of a
+short pretraining job on 2 Ray Train workers.
 
 Token authentication stays on: the cluster and the client share RAY_AUTH_MODE=token and one token.
 Marked `cluster` (opt-in: `python -m pytest -m cluster`; `.ci/run` runs it).
@@ -61,6 +62,38 @@ def cluster():
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _submit(ray_bin: str, address: str, env: dict, args: list[str]) -> subprocess.CompletedProcess:
+    cmd = [ray_bin, "job", "submit", "--address", address, "--working-dir", str(REPO),
+           "--runtime-env", str(REPO / "jobs" / "runtime_env.yaml"), "--", "python", "-m", *args]
+    for _ in range(30):  # the head answers before its job agent is up: "No available agent", retry
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=360, check=False)
+        if p.returncode == 0 or "No available agent" not in p.stderr + p.stdout:
+            break
+        time.sleep(2)
+    return p
+
+
+def test_ray_job_submit_pretrains_on_two_workers_and_publishes(cluster):
+    import json
+
+    from models.checkpoint import load_teacher
+
+    ray_bin, address, env, tmp = cluster
+    run, bucket = tmp / "runs" / "pt", tmp / "bucket"
+    p = _submit(ray_bin, address, env, [
+        "jobs.pretrain", "--corpus", "retrieval:T=12,vocab=4", "--out", str(run), "--bucket", str(bucket),
+        "--workers", "2", "--steps", "6", "--checkpoint-every", "3", "--eval-every", "3", "--eval-size", "16",
+        "--batch-size", "8", "--teacher.d-model", "16", "--teacher.n-heads", "2", "--teacher.mem-tokens", "2",
+        "--device", "cpu", "--quiet"])
+    assert p.returncode == 0, (p.stdout[-2000:], p.stderr[-2000:])
+    assert "succeeded" in (p.stdout + p.stderr).lower()
+    assert json.loads((run / "checkpoints" / "latest.json").read_text())["step"] == 6
+    assert json.loads((run / "run.json").read_text())["world_size"] == 2
+    _, fp, _ = load_teacher(str(run / "teacher"))
+    _, published, _ = load_teacher(str(bucket / "teachers" / fp))
+    assert published == fp
 
 
 def test_ray_job_submit_labels_shards(cluster):
