@@ -11,7 +11,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "pretrain": ("jobs.pretrain", "joint SMT pretraining of a teacher (+ reference updater) on a corpus"),
     "label": ("jobs.label", "run the frozen teacher over a corpus and write target shards to a bucket"),
     "train": ("jobs.train", "train a student updater by SMT from target shards (stateless, resumable)"),
-    "dmt": ("jobs.dmt", "DMT: roll out the latest student, relabel its states, append rounds"),
+    "dmt": ("jobs.dmt", "DMT on a student run: roll out, relabel, append the round to the run, train on them"),
     "dmt-online": ("jobs.dmt_online", "paper-faithful online DMT on a pretrain run (no shards)"),
     "bptt": ("jobs.bptt", "train the BPTT baseline (same updater architectures, own readout)"),
     "eval": ("jobs.eval", "evaluate a teacher, an SMT/DMT student or a BPTT run on a corpus"),

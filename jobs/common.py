@@ -77,6 +77,11 @@ def merge_repeated(argv: list[str], flags: set[str]) -> list[str]:
     return merged
 
 
+def figure(row: dict, key: str, reason: str = "no evaluation") -> str:
+    """A figure for the console: 3 decimals, or `n/a (reason)` when missing (never a placeholder number)."""
+    return f"{row[key]:.3f}" if row.get(key) is not None else f"n/a ({reason})"
+
+
 def run(prog: str, fn: Callable[[], int | None]) -> int:
     """Run a job body, turning user errors into one line on stderr and exit status 2."""
     try:

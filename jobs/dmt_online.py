@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from jobs.common import parse, run
+from jobs.common import figure, parse, run
 from trainers.dmt import DMTConfig
 
 
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         corpus = load_corpus(job.corpus)
         r = dmt_online(student, teacher, corpus, job, out=job.out, teacher_fingerprint=fp, quiet=job.quiet)
         print(f"dmt -> {job.out}/student  steps={r['steps']} seconds={r['seconds']:.1f} "
-              f"dmt_acc={r['final'].get('dmt_acc', float('nan')):.3f}")
+              f"dmt_acc={figure(r['final'], 'dmt_acc')} (split=valid; report with smt eval)")
         return 0
 
     return run("dmt-online", body)

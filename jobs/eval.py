@@ -167,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         if job.json:
             print(json.dumps(res, indent=2))
             return 0
+        print(f"split={res['split']}: {res['sequences']} sequences of {res['corpus']}")
         print(f"{'model':<10} {'acc':>7} {'loss':>8} {'bits/tok':>9} {'drift_T':>9}  url")
         for k in ("teacher", "student"):
             if k in res:

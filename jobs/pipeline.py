@@ -67,7 +67,9 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
     corpus = load_corpus(rc.corpus)
     stream_mode = corpus.mode == "stream"
     prompt = rc.pretrain.smt.Tc if stream_mode else 0
-    x, y = eval_batch(corpus, rc.eval_size, 12345)
+    # every figure reported below is on a fixed sample of the test split; the trainers choose on valid
+    x, y = eval_batch(corpus, rc.eval_size, 12345, split="test")
+    test_spec = corpus.with_split("test").spec
     t0 = time.perf_counter()
     timeline: list[dict] = []  # pipeline seconds -> accuracy of the updater rolled out alone
 
@@ -75,14 +77,17 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
         seconds = time.perf_counter() - t0 if at is None else at
         timeline.append({"seconds": round(seconds, 2), "stage": stage, "acc": acc, **kw})
 
-    say(f"[1/5] pretraining the teacher on {corpus.spec}")
+    say(f"[1/5] pretraining the teacher on {corpus.spec} (choices on the valid split; reported: {x.shape[0]} "
+        f"sequences of the test split)")
     pt = pretrain(corpus, rc.pretrain, out=out / "pretrain", quiet=quiet)
     fp = pt["fingerprint"]
     teacher_url = f"{bucket.rstrip('/')}/teachers/{fp}"
     save_teacher(teacher_url, pt["teacher"], {"corpus": corpus.spec})
     teacher = pt["teacher"].cpu()
     te = evaluate_teacher(teacher, x, y, prompt)
-    mark("pretrain", pt["final"].get("smt_acc"), teacher_acc=te["acc"])
+    drift_teacher = teacher if (stream_mode or teacher.cfg.encoder == "causal") else None
+    s0 = evaluate_student(pt["student"].cpu(), x, y, drift_teacher, prompt)
+    mark("pretrain", s0["acc"], teacher_acc=te["acc"])
     say(f"      teacher {fp[:12]}: acc={te['acc']:.3f} bits/token={te['bits_per_token']:.3f} ({pt['seconds']:.0f} s)")
 
     say(f"[2/5] labeling with {rc.label.workers or 'no'} Ray actors -> {relative_to_out(bucket, out)}")
@@ -139,6 +144,7 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
     metrics = [json.loads(ln) for ln in (out / "student" / "metrics.jsonl").read_text().splitlines() if ln.strip()] \
         if (out / "student" / "metrics.jsonl").exists() else []
     res = {"task": corpus.spec, "recipe": rc.name, "chance": corpus.chance, "bucket": bucket, "targets": targets,
+           "eval_split": "test", "test_corpus": test_spec, "test_sequences": int(x.shape[0]),
            "teacher_fingerprint": fp, "teacher_encoder": rc.pretrain.teacher.encoder, "student": st.arch,
            "student_checkpoint": final_url,
            "teacher_acc": te["acc"], "teacher_bits_per_token": te["bits_per_token"],

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from jobs.common import parse, run
+from jobs.common import figure, parse, run
 from trainers.pretrain import PretrainConfig
 
 
@@ -66,8 +66,8 @@ def pretrain_job(job: PretrainJob) -> int:
     f = s["final"]
     how = f"resumed at step {s['starts'][-1]}, " if len(s["starts"]) > 1 else ""
     print(f"smt pretrain: {how}teacher {s['fingerprint'][:16]} -> {s['run']}/teacher  steps={s['steps']} "
-          f"seconds={s['seconds']:.1f} teacher_acc={f.get('teacher_acc', float('nan')):.3f} "
-          f"smt_acc={f.get('smt_acc', float('nan')):.3f}")
+          f"seconds={s['seconds']:.1f} teacher_acc={figure(f, 'teacher_acc')} smt_acc={figure(f, 'smt_acc')} "
+          "(split=valid; report with smt eval)")
     if job.bucket:
         url = publish_teacher(s["teacher"], Bucket.from_url(job.bucket, endpoint_url=job.endpoint_url))
         print(f"smt pretrain: published teacher -> {url}")

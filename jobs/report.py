@@ -8,8 +8,8 @@ TEACHER_CHOICE = (
     "Why the causal teacher is the default: in `benchmarks/results/smt_vs_bptt_teachers.md` (retrieval, mlp updater, "
     "120 CPU-seconds per run, 2 seeds) the register teacher of the reference design did not get past the T=16 stage of "
     "the length curriculum, and the causal teacher without the curriculum stayed at chance, while the causal teacher "
-    "with the curriculum reached 95% rolled-out accuracy at T=64 in a median 45 s and at T=128 in 91 s "
-    "(`benchmarks/results/smt_vs_bptt.md`); it also labels 123x faster than the register teacher at Tc=256 "
+    "with the curriculum reached 95% rolled-out accuracy at T=64 in a median 45 s and at T=128 in 91 s (the same "
+    "earlier protocol; the held-out rerun is `benchmarks/results/smt_vs_bptt.md`); it also labels 123x faster than the register teacher at Tc=256 "
     "(`benchmarks/results/labeling.md`).")
 
 

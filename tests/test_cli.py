@@ -61,12 +61,15 @@ def test_demo_smoke_runs_every_stage(tmp_path, ray_local, capsys):
                 "--json"]) == 0
     ev = json.loads(capsys.readouterr().out)
     assert ev["student"]["url"] == res["student_checkpoint"] and ev["teacher"]["fingerprint"] == res["teacher_fingerprint"]
-    # the bucket holds the teacher, the labels (round 0) and one relabeled round per DMT round
+    # the bucket holds the teacher and the labels (round 0); the student run, one relabeled round per DMT round
     from storage.reader import TargetSet
+    from storage.rounds import rounds_bucket
 
     assert res["targets"].startswith("bucket/targets/")  # relative to OUT: no machine path in results
     ts = TargetSet.open(str(tmp_path / "d" / res["targets"]), res["teacher_fingerprint"], verify="always")
-    assert ts.rounds == [0, 1, 2] and ts.generation == 3
+    assert ts.rounds == [0] and ts.generation == 1
+    rounds = TargetSet.open(rounds_bucket(str(tmp_path / "d" / "student")), res["teacher_fingerprint"], verify="always")
+    assert rounds.rounds == [1, 2] and rounds.generation == 2
     for png in ("accuracy_vs_time.png", "loss_curves.png", "dmt_drift.png"):
         data = (tmp_path / "d" / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, png

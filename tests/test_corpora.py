@@ -356,7 +356,7 @@ def test_hf_rows_are_the_documents(tmp_path):
     spec = f"hf:json|data_files={tmp_path}/*.jsonl,T=8"
     got = {s: bytes(load_corpus(spec_with(spec, split=s), cache_dir=str(tmp_path / "c")).data).split(b"\x00")
            for s in ("train", "valid", "test")}
-    assert sorted(sum(got.values(), [])) == sorted(r.encode() for r in rows)
+    assert sorted(d for part in got.values() for d in part) == sorted(r.encode() for r in rows)
     assert got["test"][-1] == rows[-1].encode() and got["train"][0] == rows[0].encode()
     with pytest.raises(CorpusError, match="split='validation' not allowed: use one of train, valid, test"):
         load_corpus(spec + ",split=validation", cache_dir=str(tmp_path / "c"))
@@ -391,7 +391,7 @@ def test_held_out_is_whole_split_or_fixed_sample(tmp_path):
     (tmp_path / "a.txt").write_bytes(data)
     c = load_corpus(f"text:{tmp_path}/a.txt|T=16,stride=8")
     te = c.with_split("test")
-    x, y = held_out(c, "test", 10_000)
+    x, _ = held_out(c, "test", 10_000)
     assert len(x) == te.num_sequences  # small split: all of it
     xs, _ = held_out(c, "test", 100, seed=3)
     assert len(xs) == 100 and len({r.tobytes() for r in xs}) == 100

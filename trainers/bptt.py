@@ -3,6 +3,8 @@
 The student has its own readout (a fresh memory decoder of the teacher's shape) and a learned,
 RMS-normalised initial memory. Full BPTT keeps the graph over the whole sequence; truncated BPTT
 (`truncate=k`) detaches the state every k steps. The readout is applied only where a target exists.
+It gets the same selection rules as SMT pretraining: a length curriculum (move on once the rolled-out
+accuracy on the valid split reaches `curriculum_acc`) and `stop_at_acc`, both read on the valid split.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from models.updaters import UpdaterConfig
 from trainers.common import OptimConfig, autocast, clip_and_step, open_run, pick_device
 from trainers.evaluate import evaluate_student
 from trainers.losses import masked_ce
-from trainers.pretrain import eval_batch, matched_updater
+from trainers.pretrain import eval_batch, matched_updater, with_length
 
 
 @dataclass(kw_only=True)
@@ -41,9 +43,14 @@ class BPTTConfig:
     eval_every: int = 50
     """Evaluate every N steps."""
     eval_size: int = 256
-    """Held-out sequences."""
+    """Sequences of the valid split for the evaluations that drive the curriculum and `stop_at_acc`."""
     stop_at_acc: float | None = None
-    """Stop once the rolled-out accuracy reaches this."""
+    """Stop once the rolled-out accuracy on the valid split reaches this at the full length (None = never)."""
+    curriculum: tuple[int, ...] = ()
+    """Length curriculum, as in SMT pretraining: train at these lengths first (ascending, each < T), moving on
+    once the rolled-out accuracy on the valid split reaches `curriculum_acc`. Synthetic tasks only."""
+    curriculum_acc: float = 0.95
+    """Valid accuracy that ends a curriculum stage."""
     seed: int = 0
     """Random seed."""
     clock: str = "wall"
@@ -70,7 +77,10 @@ def bptt_loss(student: Student, x: torch.Tensor, y: torch.Tensor, truncate: int 
     return masked_ce(logits, torch.stack(targets, 1))
 
 
-def train_bptt(corpus, cfg: BPTTConfig, out: str | Path | None = None, quiet: bool = False, on_eval=None) -> dict:
+def train_bptt(corpus, cfg: BPTTConfig, out: str | Path | None = None, quiet: bool = False, on_eval=None,
+               reporter=None) -> dict:
+    """Train the BPTT baseline; returns {"student", "history", "final", "seconds", "steps"}. `reporter` as in
+    `trainers.pretrain.pretrain` (report-only figures, off the training clock)."""
     torch.manual_seed(cfg.seed)
     dev = pick_device(cfg.device)
     shape = TeacherConfig(**{**asdict(cfg.shape), "vocab_size": corpus.vocab_size})
@@ -78,7 +88,9 @@ def train_bptt(corpus, cfg: BPTTConfig, out: str | Path | None = None, quiet: bo
     params = list(student.parameters())
     opt, sched = cfg.optim.build(params, cfg.steps)
     rng = np.random.default_rng([cfg.seed, 0xB977])
-    ex, ey = (t.to(dev) for t in eval_batch(corpus, cfg.eval_size, cfg.seed))
+    stages = [with_length(corpus, T) for T in cfg.curriculum] + [corpus]
+    stage, cur = 0, stages[0]
+    ex, ey = (t.to(dev) for t in eval_batch(cur, cfg.eval_size, cfg.seed))
     out, log = open_run(out, "bptt", corpus.spec, cfg, quiet)
 
     def evaluate() -> dict:
@@ -94,7 +106,7 @@ def train_bptt(corpus, cfg: BPTTConfig, out: str | Path | None = None, quiet: bo
     final: dict = {}
     step = 0
     for step in range(1, cfg.steps + 1):
-        x, y = (torch.as_tensor(a, dtype=torch.long, device=dev) for a in corpus.sample(cfg.batch_size, rng))
+        x, y = (torch.as_tensor(a, dtype=torch.long, device=dev) for a in cur.sample(cfg.batch_size, rng))
         with autocast(dev):
             loss = bptt_loss(student, x, y, cfg.truncate)
         loss.backward()
@@ -102,10 +114,18 @@ def train_bptt(corpus, cfg: BPTTConfig, out: str | Path | None = None, quiet: bo
         log.advance()
         done = (cfg.seconds is not None and log.elapsed() >= cfg.seconds) or step == cfg.steps
         if step % cfg.eval_every == 0 or done:
-            final = log.log(step, loss=loss, grad_norm=gn, **evaluate())
+            final = log.log(step, loss=loss, grad_norm=gn, lr=sched.get_last_lr()[0], T=cur.seq_len, **evaluate())
+            if reporter:  # figures for the report (e.g. on the test split): never read by the rules below
+                with log.paused():
+                    final.update(reporter(student, final))
             if on_eval:
-                on_eval(final)
-            if cfg.stop_at_acc is not None and final["bptt_acc"] >= cfg.stop_at_acc:
+                with log.paused():  # a caller's extra evaluation is not training time
+                    on_eval(final)
+            if stage < len(stages) - 1 and final["bptt_acc"] >= cfg.curriculum_acc:
+                stage += 1
+                cur = stages[stage]
+                ex, ey = (t.to(dev) for t in eval_batch(cur, cfg.eval_size, cfg.seed))
+            elif stage == len(stages) - 1 and cfg.stop_at_acc is not None and final["bptt_acc"] >= cfg.stop_at_acc:
                 done = True
         if done:
             break

@@ -46,9 +46,9 @@ class DMTConfig:
     eval_every: int = 50
     """Evaluate the rolled-out student every N steps."""
     eval_size: int = 256
-    """Held-out sequences for evaluation."""
+    """Sequences of the valid split for the evaluations that drive `stop_at_acc`."""
     stop_at_acc: float | None = None
-    """Stop once the rolled-out accuracy reaches this."""
+    """Stop once the rolled-out accuracy on the valid split reaches this (None = never)."""
     seed: int = 0
     """Random seed."""
     clock: str = "wall"
@@ -79,10 +79,11 @@ def dmt_losses(student, M: torch.Tensor, x: torch.Tensor, y: torch.Tensor, start
 
 
 def dmt_online(student, teacher, corpus, cfg: DMTConfig, out: str | Path | None = None,
-               teacher_fingerprint: str | None = None, quiet: bool = False, on_eval=None,
+               teacher_fingerprint: str | None = None, quiet: bool = False, on_eval=None, reporter=None,
                carry: dict | None = None, stop_step: int | None = None) -> dict:
     """Train `student` by online DMT. With `stop_step`, stop there and return a `carry` (optimiser, schedule,
-    data RNG, step) that a later call continues from, so one cosine schedule spans several DMT rounds."""
+    data RNG, step) that a later call continues from, so one cosine schedule spans several DMT rounds.
+    `reporter` as in `trainers.pretrain.pretrain` (report-only figures, off the training clock)."""
     dev = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     teacher = teacher.to(dev).eval()
@@ -117,7 +118,8 @@ def dmt_online(student, teacher, corpus, cfg: DMTConfig, out: str | Path | None 
     if carry is None:
         final = log.log(0, **evaluate())
         if on_eval:
-            on_eval(final)
+            with log.paused():  # a caller's extra evaluation is not training time
+                on_eval(final)
     step = step0
     for step in range(step0 + 1, last + 1):
         x, y = (torch.as_tensor(a, dtype=torch.long, device=dev) for a in corpus.sample(cfg.batch_size, rng))
@@ -131,8 +133,12 @@ def dmt_online(student, teacher, corpus, cfg: DMTConfig, out: str | Path | None 
         done = (cfg.seconds is not None and log.elapsed() >= cfg.seconds) or step == last
         if step % cfg.eval_every == 0 or done:
             final = log.log(step, **losses, grad_norm=gn, **evaluate())
+            if reporter:  # figures for the report (e.g. on the test split): never read by the rules below
+                with log.paused():
+                    final.update(reporter(student, final))
             if on_eval:
-                on_eval(final)
+                with log.paused():  # a caller's extra evaluation is not training time
+                    on_eval(final)
             if cfg.stop_at_acc is not None and final["dmt_acc"] >= cfg.stop_at_acc:
                 done = True
         if done:

@@ -100,12 +100,15 @@ def eval_batch(corpus, n: int, seed: int, split: str = "valid") -> tuple[torch.T
 
 
 def pretrain(corpus, cfg: PretrainConfig, out: str | Path | None = None, quiet: bool = False,
-             on_eval: Callable[[dict], None] | None = None, *, endpoint_url: str | None = None, rank: int = 0,
+             on_eval: Callable[[dict], None] | None = None, *,
+             reporter: Callable[[torch.nn.Module, dict], dict] | None = None, endpoint_url: str | None = None, rank: int = 0,
              world_size: int = 1, sync: Callable[[list[int]], list[int]] | None = None,
              wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None) -> dict:
     """Train (or resume the run at `out`); returns {"teacher", "student", "history", "final", "seconds",
     "steps", "resumed_from", and with `out` "fingerprint", "run"}. Without `out` nothing is written.
-    `sync` broadcasts rank 0's list of ints to every worker (needed when world_size > 1)."""
+    `sync` broadcasts rank 0's list of ints to every worker (needed when world_size > 1).
+    `reporter(student, row) -> dict`, when given, runs after each evaluation off the training clock and its
+    figures join the row (for reports, e.g. on the test split; the curriculum and stop rules never read them)."""
     dev = pick_device(cfg.device)
     cfg.smt.check_length(corpus.seq_len)
     run = RunDir(str(out), endpoint_url=endpoint_url) if out else None
@@ -160,8 +163,12 @@ def pretrain(corpus, cfg: PretrainConfig, out: str | Path | None = None, quiet: 
             if lead:
                 state.last_eval = log.log(step, **losses, grad_norm=gn, lr=state.sched.get_last_lr()[0],
                                           T=cur.seq_len, **evaluate())
+                if reporter:  # figures for the report (e.g. on the test split): never read by the rules below
+                    with log.paused():
+                        state.last_eval.update(reporter(student, state.last_eval))
                 if on_eval:
-                    on_eval(state.last_eval)
+                    with log.paused():  # a caller's extra evaluation is not training time
+                        on_eval(state.last_eval)
                 acc = state.last_eval["teacher_acc"]
                 if stage < len(stages) - 1 and acc >= cfg.curriculum_acc:
                     stage += 1
