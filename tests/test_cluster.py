@@ -36,11 +36,13 @@ def cluster():
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
            "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
-    gcs, dash = _port(), _port()
+    gcs, dash, agent = _port(), _port(), _port()
     head = subprocess.Popen(
         [ray_bin, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
          "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "2",
-         "--temp-dir", tmp, "--include-dashboard", "true", "--disable-usage-stats"],
+         "--temp-dir", tmp, "--include-dashboard", "true", "--disable-usage-stats",
+         # the job agent's default port (52365) is taken by any other Ray on the machine: then no job runs
+         "--dashboard-agent-listen-port", str(agent)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     address = f"http://127.0.0.1:{dash}"
     try:
