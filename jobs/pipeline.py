@@ -4,9 +4,11 @@
     -> DMT rounds (the DMT actor relabels the latest student; the trainer resumes on the union)
     -> evaluation (+ the BPTT baseline with the same updater and the same wall-clock)
 
-Example: smt pipeline --recipe mnist-pixels-tiny --out runs/mnist --set student.steps=300
+Example: smt pipeline --recipe text-bytes-tiny --out runs/text --set student.steps=300
 Writes OUT/results.json, OUT/report.md with PNG plots, OUT/pipeline.log, and the bucket (default
-OUT/bucket: teachers/, targets/) plus the student run (OUT/student).
+OUT/bucket: teachers/, targets/) plus the student run (OUT/student). Timelines read the valid split; the
+final figures (results.json `test`, `*_bits`) are bits per token on the test split for every model, on the
+same sequences and targets (`trainers/heldout.py`), with samples of each model in the report.
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ from jobs.report import relative_to_out
 @dataclass(kw_only=True)
 class PipelineJob:
     recipe: str = "retrieval-demo"
-    """Named recipe (retrieval-demo, tinystories-bytes[-tiny], mnist-pixels[-tiny]) or a JSON/YAML file."""
+    """Named recipe (retrieval-demo, text-bytes-tiny, digits-pixels-tiny, tinystories-bytes, mnist-pixels[-tiny])
+    or a JSON/YAML file."""
     out: str = "runs/pipeline"
     """Local output folder (results, report, logs, student run)."""
     bucket: str | None = None
@@ -46,6 +49,7 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
     from storage.stream import StreamConfig
     from trainers.common import OptimConfig
     from trainers.evaluate import evaluate_student, evaluate_teacher
+    from trainers.heldout import sample_models, score_models, split_sizes, token_unit
     from trainers.pretrain import eval_batch, pretrain
     from trainers.run_dir import RunDir
     from trainers.student import StudentTrainConfig, run_training
@@ -113,6 +117,7 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
 
     say(f"[3/5] student SMT from the shards: {st.arch} updater, {st.steps} steps")
     run_training(targets, teacher_url, run_url, cfg, quiet=quiet)
+    smt_student = load_student(f"{run_url}/{RunDir(run_url).latest()['path']}/student")[0]
     r0 = student_acc()
     mark("student-smt", r0["acc"], drift_final=r0.get("drift_final"))
     say(f"      rolled out alone: acc={r0['acc']:.3f} drift_T={r0.get('drift_final', float('nan')):.4f}")
@@ -139,7 +144,11 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
                                            batch_size=rc.pretrain.batch_size),
                         out=out / "bptt", quiet=quiet)
         bptt = {"acc": evaluate_student(bp["student"].cpu(), x, y)["acc"], "history": bp["history"],
-                "seconds": bp["seconds"], "steps": bp["steps"]}
+                "seconds": bp["seconds"], "steps": bp["steps"], "student": bp["student"].cpu()}
+    say(f"      held-out figures on the test split ({corpus.with_split('test').spec})")
+    students = {"smt": smt_student, "dmt": load_student(final_url)[0]}
+    test = score_models(corpus, rc.eval_size, prompt, teacher, students, bptt and bptt["student"])
+    samples = sample_models(corpus, prompt, teacher, students, bptt and bptt["student"], k=4 if prompt else 8)
     final = timeline[-1]
     metrics = [json.loads(ln) for ln in (out / "student" / "metrics.jsonl").read_text().splitlines() if ln.strip()] \
         if (out / "student" / "metrics.jsonl").exists() else []
@@ -149,12 +158,25 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
            "student_checkpoint": final_url,
            "teacher_acc": te["acc"], "teacher_bits_per_token": te["bits_per_token"],
            "smt_acc": r0["acc"], "dmt_acc": final["acc"], "bptt_acc": bptt["acc"] if bptt else None,
+           "unit": token_unit(corpus),
+           "test": test, "splits": split_sizes(corpus), "samples": {k: v.tolist() for k, v in samples.items()},
+           "teacher_bits": test["teacher"]["bits"], "smt_bits": _bits(test["smt"], prompt),
+           "dmt_bits": _bits(test["dmt"], prompt), "bptt_bits": _bits(test["bptt"], 0),
            "seconds": time.perf_counter() - t0, "smt_pipeline_seconds": smt_seconds,
            "stage_seconds": {"pretrain": pt["seconds"]}, "timeline": timeline, "dmt_rounds": rounds,
            "pretrain_history": pt["history"], "student_metrics": metrics[-2000:],
            "bptt_history": bptt["history"] if bptt else [], "label": {"states_per_s": rep.states / rep.seconds,
                                                                        "records": rep.records}}
     return res
+
+
+def _bits(fig: dict | None, prompt: int) -> float | None:
+    """The headline test bits of a model: students from the teacher's prompt memory on stream corpora (the
+    paper's protocol), from m_0 otherwise (prefix corpora, BPTT); None when the model was not trained."""
+    if fig is None:
+        return None
+    f = fig["from_teacher_prompt"] if prompt else fig["from_m0"]
+    return f["bits"]
 
 
 def _dmt_lockstep(rc, ray, targets, teacher_url, run_url, corpus, prompt, gpus, say, mark, t0, evaluate):

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,13 +136,16 @@ RECIPES: dict[str, Recipe] = {
         label=LabelStep(workers=8, shard_sequences=1024, gpus_per_worker=1.0),
         student=StudentStep(arch="transformer", depth=8, steps=150_000, batch_size=4096, lr=3e-4),
         dmt=DMTStep(rounds=150, sequences=320, steps_per_round=10, extra_steps=0), bptt=False),
-    "tinystories-bytes-tiny": Recipe(
-        name="tinystories-bytes-tiny", corpus="text:*/README.md|T=96,stride=48",
+    # Byte-level text on any files (`--set corpus=text:<file or glob>|T=96,stride=48`); by default the English
+    # help topics every Python carries, so it runs offline from any directory. Memories see Tc=64 bytes
+    # (teacher window 64, 2 layers); the last 32 bytes of each 96-byte test window are scored.
+    "text-bytes-tiny": Recipe(
+        name="text-bytes-tiny", corpus="text:{pydoc}|T=96,stride=48",
         pretrain=PretrainConfig(teacher=_tiny_teacher(encoder="causal", window=64), updater=_updater("mlp", 2),
                                 smt=SMTConfig(mode="stream", Tc=64, Tf=32), optim=OptimConfig(lr=1e-3, warmup_steps=20),
                                 steps=400, seconds=120, eval_every=50),
         label=LabelStep(shard_sequences=64), student=StudentStep(steps=200),
-        dmt=DMTStep(rounds=10, sequences=64, steps_per_round=2), bptt=False, eval_size=64),
+        dmt=DMTStep(rounds=10, sequences=64, steps_per_round=2), bptt=True, eval_size=256),
     "mnist-pixels": Recipe(
         name="mnist-pixels", corpus="mnist|split=train",
         pretrain=_reference_pretrain(_reference_teacher(encoder="causal"), SMTConfig(dec_positions=8, Tf=64)),
@@ -153,7 +159,45 @@ RECIPES: dict[str, Recipe] = {
                                 seconds=120, eval_every=50),
         label=LabelStep(shard_sequences=256), student=StudentStep(steps=200),
         dmt=DMTStep(rounds=10, sequences=64, steps_per_round=2), bptt=False, eval_size=128),
+    # scikit-learn's 8x8 digits as 64 raster-order pixels of 17 grey levels (raw=1: the data's own levels,
+    # vocab 17); bits per pixel over the 63 pixels after the first, on the whole test split.
+    "digits-pixels-tiny": Recipe(
+        name="digits-pixels-tiny", corpus="digits:raw=1",
+        pretrain=PretrainConfig(teacher=_tiny_teacher(encoder="causal"), updater=_updater("mlp", 2),
+                                smt=SMTConfig(Tf=16), optim=OptimConfig(lr=1e-3, warmup_steps=20), steps=400,
+                                seconds=120, eval_every=50),
+        label=LabelStep(shard_sequences=256), student=StudentStep(steps=200),
+        dmt=DMTStep(rounds=10, sequences=64, steps_per_round=2), bptt=True, eval_size=512),
 }
+
+
+def pydoc_text() -> str:
+    """Path of a plain-text copy of `pydoc_data.topics` (topics in sorted order, blank-line separated), written
+    atomically to the cache folder on first use; the stdlib module is the source, so this works offline."""
+    from pydoc_data.topics import topics
+
+    text = "\n\n".join(topics[k].strip("\n") for k in sorted(topics)) + "\n"
+    root = Path(os.environ.get("SMT_CACHE") or Path.home() / ".cache" / "smt-pipeline")
+    name = f"pydoc-topics-py{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}.txt"
+    data = text.encode("utf-8")
+    for folder in (root, Path(tempfile.gettempdir()) / "smt-pipeline"):  # a read-only home falls back to /tmp
+        path = folder / name
+        try:
+            if not path.exists() or path.read_bytes() != data:
+                folder.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=folder, prefix=name + ".")
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, path)  # readers see the whole file or none
+            return str(path)
+        except OSError:
+            continue
+    raise ConfigError(f"cannot write the pydoc text under {root} or the temp folder: set SMT_CACHE to a writable folder")
+
+
+def resolve_corpus(spec: str) -> str:
+    """The corpus spec with `{pydoc}` replaced by the cached pydoc text file (see `pydoc_text`)."""
+    return spec.replace("{pydoc}", pydoc_text()) if "{pydoc}" in spec else spec
 
 
 def load_recipe(name_or_file: str, overrides: list[str] = ()) -> Recipe:
@@ -187,7 +231,7 @@ def load_recipe(name_or_file: str, overrides: list[str] = ()) -> Recipe:
         except json.JSONDecodeError:
             node[parts[-1]] = value  # a bare string, e.g. student.arch=gru
         rc = _apply(rc, tree, f"--set {ov}")
-    return rc
+    return dataclasses.replace(rc, corpus=resolve_corpus(rc.corpus))
 
 
 def _apply(obj, changes: dict, where: str):

@@ -39,6 +39,10 @@ def print_table(res: dict) -> None:
     print(f"{'task':<40} {'student':>7} {'teacher':>8} {'smt':>6} {'dmt':>6} {'bptt':>6} {'seconds':>8}")
     print(f"{res['task'][:40]:<40} {res['student']:>7} {f(res['teacher_acc']):>8} {f(res['smt_acc']):>6} "
           f"{f(res['dmt_acc']):>6} {f(res.get('bptt_acc')):>6} {res['seconds']:>8.0f}")
+    if res.get("test"):
+        label = f"test bits per {res.get('unit', 'token')}"
+        print(f"{label:<40} {'':>7} {f(res['teacher_bits']):>8} {f(res['smt_bits']):>6} "
+              f"{f(res['dmt_bits']):>6} {f(res.get('bptt_bits')):>6}")
     print(f"bucket: {res['bucket']}")
     if res.get("report"):
         print(f"report: {res['report']}")
@@ -80,8 +84,10 @@ def write_report(out: Path, res: dict) -> str:
              "drift_T": p.get("drift_final", "-")} for p in tl]
     md = [f"# {res['recipe']}: {res['task']}", "",
           (f"Teacher: {res['teacher_encoder']} encoder, fingerprint `{res['teacher_fingerprint'][:16]}`; student "
-           f"updater `{res['student']}`; bucket `{relative_to_out(res['bucket'], out)}`. Accuracies: answer accuracy on held-out sequences, "
-           "the student updater rolled out alone (teacher-forced inputs, teacher readout)."), "",
+           f"updater `{res['student']}`; bucket `{relative_to_out(res['bucket'], out)}`. Accuracies here and in the "
+           "timeline: answer accuracy on a fixed sample of the test split (choices read valid), the student updater "
+           "rolled out alone (teacher-forced inputs, teacher readout)" + ("; bits per token of every model follow "
+                                                                          "below." if res.get("test") else ".")), "",
           markdown_table([res], ["teacher_acc", "smt_acc", "dmt_acc", "bptt_acc", "seconds"]), "",
           TEACHER_CHOICE, "",
           markdown_table(rows, ["stage", "seconds", "acc", "drift_T"]), "",
@@ -94,8 +100,93 @@ def write_report(out: Path, res: dict) -> str:
         md += [f"![drift]({drift_png.name})", "",
                ("*Drift between the student's rolled-out memory and the teacher's, against t, as measured by each "
                 "DMT round on the student it relabeled (round 1 = the SMT-only student).*"), ""]
+    if res.get("test"):
+        md += heldout_section(out, res)
     (out / "report.md").write_text("\n".join(md))
     res["report"] = str(out / "report.md")
     stored = {**res, **{k: relative_to_out(res[k], out) for k in PATH_KEYS if isinstance(res.get(k), str)}}
     (out / "results.json").write_text(json.dumps(stored, indent=1, default=str))
     return res["report"]
+
+
+def heldout_section(out: Path, res: dict) -> list[str]:
+    """The test-split figures of every model (n/a with the reason where a model is missing), the split sizes,
+    and the samples: text continuations, or a PNG grid of sampled images beside real test ones."""
+    from trainers.report import markdown_table
+
+    t, unit = res["test"], res.get("unit", "token")
+    miss = t.get("missing", {})
+    col = f"bits per {unit}"
+    rows = [{"model": "teacher (own memories: the ceiling)", "rollout": "-", **_cells(t["teacher"], None, col)}]
+    for name, label in (("smt", "SMT student"), ("dmt", "SMT->DMT student"), ("bptt", f"BPTT ({res['student']})")):
+        modes = ("from_teacher_prompt", "from_m0") if name != "bptt" else ("from_m0",)
+        for mode in modes:
+            fig = (t.get(name) or {}).get(mode)
+            reason = miss.get(name) or miss.get(f"{name}.{mode}")
+            how = "teacher's memory of the prompt" if mode == "from_teacher_prompt" else "own m_0 (standalone RNN)"
+            rows.append({"model": label, "rollout": how, **_cells(fig, reason, col)})
+    sizes = [{"split": k, "sequences": v["sequences"], f"{unit}s": v["tokens"]} for k, v in res["splits"].items()]
+    md = ["## Held-out figures (test split)", "",
+          f"Test corpus `{t['corpus']}`, {t['sequences']} sequences, {t['targets']} scored {unit}s. Scored: "
+          f"{t['scored']}. The same sequences and targets for every model.", "",
+          markdown_table(rows, ["model", "rollout", col, "accuracy"]), "",
+          markdown_table(sizes, ["split", "sequences", f"{unit}s"]), ""]
+    samples = res.get("samples") or {}
+    if unit == "pixel" and samples:
+        png = image_grid(out / "samples.png", samples)
+        md += [f"![sampled digits]({png.name})", "",
+               ("*Top row: real test digits; below, one row per model: images sampled at temperature 0.8 after the "
+                "first pixel of each real digit (every model reads it, none predicts it). Students and BPTT run "
+                "alone; the teacher samples from the readout of its memory of each prefix.*"), ""]
+    elif unit == "byte" and samples:
+        md += ["### Continuations of test prompts", "",
+               "Sampled at temperature 0.8 after each prompt (the first bytes of a test window); `real` is the text "
+               "that follows in the test split.", ""]
+        for i, p in enumerate(samples["prompt"]):
+            md += [f"**Prompt {i + 1}:**", "", _fence(p), ""]
+            md += [ln for name, r in samples.items() if name != "prompt"
+                   for ln in (f"- {name}:", "", _fence(r[i], indent="  "), "")]
+    return md
+
+
+def _cells(fig: dict | None, reason: str | None, col: str) -> dict:
+    from trainers.heldout import bits_line
+
+    if fig is None:
+        na = bits_line(None, reason)
+        return {col: na, "accuracy": na}
+    return {col: bits_line(fig), "accuracy": f"{fig['acc']:.3f}"}
+
+
+def _fence(tokens: list[int], indent: str = "") -> str:
+    """Bytes as readable text in a fenced block: invalid utf-8 replaced, control bytes escaped, no fence breaks."""
+    text = bytes(t for t in tokens if 0 <= t < 256).decode("utf-8", errors="replace")
+    text = "".join(c if c in "\n" or c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+    text = text.replace("```", "'''")
+    return "\n".join(indent + ln for ln in ["```text", *text.split("\n"), "```"])
+
+
+def image_grid(path: Path, samples: dict) -> Path:
+    """A PNG: one row of square images per entry of `samples` except "prompt" (prompt + continuation = one
+    whole image), real test images first."""
+    import numpy as np
+
+    from trainers.report import plt
+
+    prompt = np.asarray(samples["prompt"])
+    rows = {k: np.concatenate([prompt, np.asarray(v)], 1) for k, v in samples.items() if k != "prompt"}
+    n, L = next(iter(rows.values())).shape
+    side = int(round(L ** 0.5))
+    vmax = max(1, max(int(r.max()) for r in rows.values()))
+    fig, axes = plt.subplots(len(rows), n, figsize=(0.7 * n + 2.4, 0.8 * len(rows) + 0.2), dpi=110, squeeze=False)
+    for i, (name, imgs) in enumerate(rows.items()):
+        for j in range(n):
+            ax = axes[i][j]
+            ax.imshow(np.clip(imgs[j], 0, None).reshape(side, side), cmap="gray_r", vmin=0, vmax=vmax)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[i][0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)

@@ -5,7 +5,10 @@ Reported figures (all over targets y != -1):
 - `loss`, `bits_per_token`: mean cross-entropy in nats and in bits;
 - `loss_by_pos`: mean loss per position t (NaN-free: positions without targets are omitted -> None);
 - `drift_by_pos`: MSE(m_hat_t, m_t) between the rolled-out memory and the teacher's, per t.
-Prefix-mode corpora roll out from m_0; stream corpora from the teacher memory of a prompt of `prompt` tokens.
+Prefix-mode corpora roll out from m_0; stream corpora from the teacher memory of a prompt of `prompt` tokens
+(the paper's protocol) or, with `from_m0`, from the student's own m_0 reading the prompt itself (a standalone
+RNN: no teacher at inference). Both score the same targets, y[:, prompt:], as `evaluate_teacher` and the BPTT
+baseline do, so their bits per token are comparable: each is the mean of -log2 p(y_t) over those targets.
 """
 from __future__ import annotations
 
@@ -14,6 +17,16 @@ import math
 import torch
 
 from trainers.losses import per_position_ce
+
+
+def heldout_indices(n_available: int, n: int) -> list[int]:
+    """`n` sequence indices spread evenly over a split of `n_available` (all of them when n >= n_available),
+    e.g. the test windows whose prompts the reports continue."""
+    if n_available < 1:
+        raise ValueError("the held-out split holds no sequences: use a larger corpus or shorter windows")
+    if n >= n_available:
+        return list(range(n_available))
+    return sorted({round(i * (n_available - 1) / max(1, n - 1)) for i in range(n)})
 
 
 def _summary(logits: torch.Tensor, y: torch.Tensor) -> dict:
@@ -55,16 +68,18 @@ def evaluate_teacher(teacher, x: torch.Tensor, y: torch.Tensor, prompt: int = 0)
 
 
 @torch.no_grad()
-def evaluate_student(student, x: torch.Tensor, y: torch.Tensor, teacher=None, prompt: int = 0) -> dict:
-    """Roll the student's updater out alone over x (from m_0, or from the teacher memory after `prompt`
-    tokens) and score its readout; with a teacher, also the drift against the teacher's memories."""
+def evaluate_student(student, x: torch.Tensor, y: torch.Tensor, teacher=None, prompt: int = 0,
+                     from_m0: bool = False) -> dict:
+    """Roll the student's updater out alone over x and score its readout on y[:, prompt:]: from the teacher
+    memory after `prompt` tokens, or (`from_m0`, or no prompt) from m_0 over the whole of x, the prompt read
+    by the student itself. With a teacher, also the drift against the teacher's memories."""
     M = teacher_memories(teacher, x) if teacher is not None else None
-    if prompt:
+    if prompt and not from_m0:
         if M is None:
-            raise ValueError("a stream-mode rollout (prompt > 0) needs the teacher for the prompt's memory")
+            raise ValueError("a rollout from the prompt's memory (prompt > 0) needs the teacher: pass it, or from_m0")
         m_hat = student.rollout(x[:, prompt:], M[:, prompt])
     else:
-        m_hat = student.rollout(x)
+        m_hat = student.rollout(x)[:, prompt:]
     B, T1, Z = m_hat.shape
     logits = student.readout(m_hat[:, 1:].reshape(-1, Z)).view(B, T1 - 1, -1)
     out = _summary(logits, y[:, prompt:])
@@ -75,18 +90,39 @@ def evaluate_student(student, x: torch.Tensor, y: torch.Tensor, teacher=None, pr
     return out
 
 
+def _draw(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+    logits = logits.float()
+    if temperature <= 0:
+        return logits.argmax(-1)
+    return torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator)[:, 0]
+
+
 @torch.no_grad()
 def generate(student, prompt: torch.Tensor, steps: int, temperature: float = 1.0,
-             generator: torch.Generator | None = None) -> torch.Tensor:
-    """Sample `steps` tokens after `prompt` (B, P) from the student alone; returns (B, steps)."""
-    m = student.rollout(prompt)[:, -1] if prompt.shape[1] else student.start(prompt.shape[0])
+             generator: torch.Generator | None = None, memory: torch.Tensor | None = None) -> torch.Tensor:
+    """Sample `steps` tokens after `prompt` (B, P) from the student alone; returns (B, steps). The student reads
+    the prompt itself from m_0, or starts from `memory` (B, Z): e.g. the teacher's memory of the prompt."""
+    if memory is not None:
+        m = memory
+    else:
+        m = student.rollout(prompt)[:, -1] if prompt.shape[1] else student.start(prompt.shape[0])
     out = []
     for _ in range(steps):
-        logits = student.readout(m).float()
-        if temperature <= 0:
-            tok = logits.argmax(-1)
-        else:
-            tok = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator)[:, 0]
+        tok = _draw(student.readout(m), temperature, generator)
         out.append(tok)
         m = student.step(m, tok)
     return torch.stack(out, 1)
+
+
+@torch.no_grad()
+def generate_teacher(teacher, prompt: torch.Tensor, steps: int, temperature: float = 1.0,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """Sample `steps` tokens after `prompt` (B, P) from the teacher: each token from the readout of the teacher's
+    memory of everything so far (re-encoded every step; causal teacher only). Returns (B, steps)."""
+    if teacher.cfg.encoder != "causal":
+        raise ValueError("sampling from the teacher needs the causal encoder (the register one re-encodes per token)")
+    seq = prompt
+    for _ in range(steps):
+        m = teacher.encode_all(seq)[:, -1]
+        seq = torch.cat([seq, _draw(teacher.readout(m), temperature, generator)[:, None]], 1)
+    return seq[:, prompt.shape[1]:]

@@ -1,0 +1,428 @@
+"""SMT -> DMT against BPTT on real corpora: held-out bits against CPU-seconds, one teacher for three students.
+
+Corpora: the `text-bytes-tiny` recipe (byte-level English: Python's own `pydoc_data.topics` text) and the
+`digits-pixels-tiny` recipe (scikit-learn's 8x8 digits, 64 raster-order pixels of 17 grey levels), with the
+recipes' model shapes. For each corpus and seed, everything runs in one process with one torch thread, and
+every cost is CPU-seconds of that process (`time.process_time`), evaluations excluded:
+1. the teacher is pretrained (joint SMT) for `--teacher-seconds`;
+2. it labels the train split (serial executor, in process; its CPU cost is measured, its wall time noted);
+3. from that ONE target set, a student per updater (mlp, gru, transformer) is trained by SMT for
+   `--student-steps` steps (scored), then by online DMT for `--dmt-seconds` (scored);
+4. BPTT trains each updater with its own readout for the per-student budget: teacher + labeling + that
+   student's SMT and DMT; its test bits are probed along the way (clock paused), so the same run also
+   gives BPTT at the amortised budget, where the teacher and labels are shared by the three students.
+Every figure is test bits per token (byte, pixel) on the same test sequences and targets for every model
+(`trainers/heldout.py`); students are scored rolled out from the teacher's memory of the prompt (text only,
+the paper's protocol) and from their own m_0 (a standalone RNN).
+
+Usage: python benchmarks/real_corpora.py [--corpora text digits] [--seeds 0 1 2] [--jobs 2]
+Writes benchmarks/results/real_corpora.{json,md,png}; finished (corpus, seed) runs are kept in
+benchmarks/results/real_corpora.partial.jsonl, so a rerun resumes (--fresh starts over).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+ARCHS = ("mlp", "gru", "transformer")
+RECIPES = {"text": "text-bytes-tiny", "digits": "digits-pixels-tiny"}
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclasses.dataclass(kw_only=True)
+class Budgets:
+    teacher_seconds: dict
+    """Teacher pretraining budget per corpus, CPU-seconds."""
+    text_stride: int
+    """Window stride of the text corpus (the recipe's 48 doubles the labeling work for little at these budgets)."""
+    student_steps: int
+    """SMT steps of each student from the shards (batch 512 transitions)."""
+    dmt_seconds: float
+    """Online DMT budget of each student, CPU-seconds."""
+    dmt_lr: float
+    """Online DMT learning rate (constant after 5 warm-up steps)."""
+    bptt_lr: float
+    """BPTT learning rate (AdamW, 20 warm-up steps, constant), the recipes' pretraining lr."""
+    eval_size: int
+    """Test sequences scored (the whole test split when it has fewer)."""
+    bptt_eval_every: int
+    """BPTT steps between probes of its test bits."""
+
+
+def run_one(corpus_name: str, seed: int, archs: tuple[str, ...], b: Budgets) -> dict:
+    """One corpus and seed: teacher, labels, a student per arch, BPTT per arch. CPU-seconds of this process."""
+    import torch
+
+    torch.set_num_threads(1)
+    from jobs.recipes import load_recipe
+    from models.checkpoint import load_student, save_teacher
+    from models.updaters import UpdaterConfig
+    from pipeline.corpora import load_corpus
+    from pipeline.executors import make_executor
+    from pipeline.label import LabelConfig, label
+    from storage.stream import StreamConfig
+    from trainers.bptt import BPTTConfig, train_bptt
+    from trainers.common import OptimConfig
+    from trainers.dmt import DMTConfig, dmt_online
+    from trainers.heldout import score_models
+    from trainers.pretrain import pretrain
+    from trainers.run_dir import RunDir
+    from trainers.student import StudentTrainConfig, run_training
+
+    from pipeline.corpora import spec_with
+
+    rc = load_recipe(RECIPES[corpus_name])
+    corpus = load_corpus(spec_with(rc.corpus, stride=b.text_stride) if corpus_name == "text" else rc.corpus)
+    prompt = rc.pretrain.smt.Tc if corpus.mode == "stream" else 0
+    work = Path(tempfile.mkdtemp(prefix=f"real-{corpus_name}-{seed}-"))
+    cpu = time.process_time
+
+    def score(students: dict, bptt=None) -> dict:
+        return score_models(corpus, b.eval_size, prompt, teacher, students, bptt)
+
+    ptc = dataclasses.replace(rc.pretrain, seconds=b.teacher_seconds[corpus_name], steps=10**6, clock="process",
+                              seed=seed, eval_every=100, eval_size=64)
+    pt = pretrain(corpus, ptc, out=work / "pretrain", quiet=True)
+    teacher = pt["teacher"].cpu().eval()
+    teacher_url = str(work / "bucket" / "teachers" / pt["fingerprint"])
+    save_teacher(teacher_url, teacher, {"corpus": corpus.spec})
+    test = score({})
+    out: dict = {"corpus": corpus_name, "seed": seed, "spec": _public(corpus.spec), "prompt": prompt,
+                 "test_sequences": test["sequences"], "test_targets": test["targets"], "scored": test["scored"],
+                 "teacher": {"seconds": pt["seconds"], "steps": pt["steps"], "bits": test["teacher"]["bits"]}}
+    c0, w0 = cpu(), time.perf_counter()
+    rep = label(LabelConfig(teacher=teacher_url, corpus=corpus.spec, out=str(work / "bucket"), shard_sequences=512,
+                            Tc=prompt or None), make_executor(0), quiet=True)
+    out["label"] = {"seconds": cpu() - c0, "wall_seconds": time.perf_counter() - w0, "records": rep.records}
+    shared = out["teacher"]["seconds"] + out["label"]["seconds"]
+    out["students"], out["bptt"] = {}, {}
+    for arch in archs:
+        run_url = str(work / f"student-{arch}")
+        cfg = StudentTrainConfig(updater=UpdaterConfig(arch=arch, depth=rc.student.depth), seed=seed,
+                                 optim=OptimConfig(lr=rc.student.lr, warmup_steps=20), steps=b.student_steps,
+                                 stream=StreamConfig(batch_size=rc.student.batch_size), checkpoint_every=b.student_steps)
+        c0 = cpu()
+        run_training(rep.target_url, teacher_url, run_url, cfg, quiet=True)
+        smt_cost = cpu() - c0
+        student = load_student(f"{run_url}/{RunDir(run_url).latest()['path']}/student")[0]
+        points = [{"stage": "smt", "own_seconds": smt_cost, **_bits(score({"s": student})["s"])}]
+        dcfg = DMTConfig(optim=OptimConfig(lr=b.dmt_lr, warmup_steps=5), steps=10**6, seconds=b.dmt_seconds,
+                         batch_size=rc.dmt.batch_size, prompt=prompt, eval_every=10**9, eval_size=16, seed=seed,
+                         clock="process")
+        d = dmt_online(student, teacher, corpus, dcfg, quiet=True)
+        own = smt_cost + d["seconds"]
+        points.append({"stage": "dmt", "own_seconds": own, "dmt_steps": d["steps"],
+                       **_bits(score({"s": d["student"]})["s"])})
+        out["students"][arch] = {"points": points, "own_seconds": own}
+        budget = shared + own  # the per-student view: this student paid for the whole teacher and labels
+        curve: list[dict] = []
+
+        def probe(s, row, curve=curve) -> dict:  # off the training clock; the curve keeps the figures
+            curve.append(_bits(score({}, s)["bptt"]))
+            return {}
+
+        bp = train_bptt(corpus, BPTTConfig(updater=UpdaterConfig(arch=arch, depth=rc.student.depth),
+                                           shape=rc.pretrain.teacher, optim=OptimConfig(lr=b.bptt_lr, warmup_steps=20),
+                                           steps=10**7, seconds=budget, eval_every=b.bptt_eval_every, eval_size=16,
+                                           batch_size=rc.pretrain.batch_size, seed=seed, clock="process"),
+                        quiet=True, reporter=probe)
+        for row, c in zip(bp["history"], curve):
+            c.update(seconds=row["time"], step=row["step"])
+        out["bptt"][arch] = {"budget": budget, "seconds": bp["seconds"], "steps": bp["steps"], "curve": curve}
+        print(f"{corpus_name} seed {seed} {arch}: student {points[-1]} | bptt {curve[-1]}", flush=True)
+    return out
+
+
+def _bits(fig: dict) -> dict:
+    """Bits (and accuracy) of one model's figure, per rollout mode."""
+    return {mode: {"bits": f["bits"], "acc": f["acc"]} if f else None for mode, f in fig.items()}
+
+
+def _public(spec: str) -> str:
+    """The spec without this machine's path to the pydoc text."""
+    if spec.startswith("text:") and "pydoc-topics" in spec:
+        return "text:{pydoc}|" + spec.rpartition("|")[2]
+    return spec
+
+
+# ------------------------------------------------------------------------------------------- summary
+
+
+def _median(v: list[float]) -> float | None:
+    import statistics
+
+    return statistics.median(v) if v else None
+
+
+def _at(curve: list[dict], seconds: float) -> float | None:
+    """BPTT's test bits at the last probe within `seconds` (None when no probe came that early)."""
+    inside = [c for c in curve if c["seconds"] <= seconds * 1.02]  # a probe fires one step after the mark
+    return inside[-1]["from_m0"]["bits"] if inside else None
+
+
+def summarise(runs: list[dict], archs: tuple[str, ...]) -> list[dict]:
+    """Per corpus and arch: median [min, max] over seeds of every method's test bits, at the per-student and the
+    amortised budgets, and the costs."""
+    rows = []
+    for corpus in sorted({r["corpus"] for r in runs}, key=list(RECIPES).index):
+        rs = [r for r in runs if r["corpus"] == corpus]
+        for arch in archs:
+            rr = [r for r in rs if arch in r["students"]]
+            if not rr:
+                continue
+            k = len(rr[0]["students"])
+            vals: dict[str, list[float]] = {}
+
+            def add(key, v):
+                if v is not None:
+                    vals.setdefault(key, []).append(v)
+
+            for r in rr:
+                last = r["students"][arch]["points"][-1]
+                smt = r["students"][arch]["points"][0]
+                shared = r["teacher"]["seconds"] + r["label"]["seconds"]
+                own = r["students"][arch]["own_seconds"]
+                add("teacher", r["teacher"]["bits"])
+                add("smt_prompt", (smt.get("from_teacher_prompt") or {}).get("bits"))
+                add("smt_m0", smt["from_m0"]["bits"])
+                add("dmt_prompt", (last.get("from_teacher_prompt") or {}).get("bits"))
+                add("dmt_m0", last["from_m0"]["bits"])
+                add("bptt_full", r["bptt"][arch]["curve"][-1]["from_m0"]["bits"])
+                add("bptt_amortised", _at(r["bptt"][arch]["curve"], shared / k + own))
+                add("budget", shared + own)
+                add("amortised_budget", shared / k + own)
+                add("bptt_steps", r["bptt"][arch]["steps"])
+            rows.append({"corpus": corpus, "arch": arch, "seeds": len(rr), "students_per_teacher": k,
+                         **{key: {"median": _median(v), "min": min(v), "max": max(v), "n": len(v)}
+                            for key, v in vals.items()}})
+    return rows
+
+
+def fmt(cell: dict | None, what: str = "") -> str:
+    """median [min-max], or n/a (reason)."""
+    if not cell or cell.get("median") is None:
+        return f"n/a ({what or 'not measured'})"
+    if cell["n"] == 1:
+        return f"{cell['median']:.3f}"
+    return f"{cell['median']:.3f} [{cell['min']:.3f}-{cell['max']:.3f}]"
+
+
+def totals(runs: list[dict]) -> list[dict]:
+    """The total view per corpus and seed: one teacher + labels + every student vs one BPTT run per arch."""
+    out = []
+    for r in runs:
+        shared = r["teacher"]["seconds"] + r["label"]["seconds"]
+        smt = shared + sum(s["own_seconds"] for s in r["students"].values())
+        bptt = sum(b["seconds"] for b in r["bptt"].values())
+        out.append({"corpus": r["corpus"], "seed": r["seed"], "teacher_s": r["teacher"]["seconds"],
+                    "label_s": r["label"]["seconds"], "label_wall_s": r["label"]["wall_seconds"],
+                    "smt_total_s": smt, "bptt_total_s": bptt})
+    return out
+
+
+def plot(path: Path, runs: list[dict], archs: tuple[str, ...]) -> Path:
+    from trainers.report import plt
+
+    corpora = [c for c in RECIPES if any(r["corpus"] == c for r in runs)]
+    fig, axes = plt.subplots(1, len(corpora), figsize=(6.5 * len(corpora), 4.6), dpi=110, squeeze=False)
+    colors = dict(zip(ARCHS, ("tab:blue", "tab:orange", "tab:green")))
+    for ax, corpus in zip(axes[0], corpora):
+        for r in (r for r in runs if r["corpus"] == corpus):
+            shared = r["teacher"]["seconds"] + r["label"]["seconds"]
+            first = r["seed"] == min(x["seed"] for x in runs if x["corpus"] == corpus)
+            ax.scatter([r["teacher"]["seconds"]], [r["teacher"]["bits"]], marker="*", color="black", s=60,
+                       label="teacher (ceiling)" if first else None)
+            for arch in archs:
+                pts = r["students"][arch]["points"]
+                mode = "from_teacher_prompt" if r["prompt"] else "from_m0"
+                ax.plot([shared + p["own_seconds"] for p in pts], [p[mode]["bits"] for p in pts], "-o",
+                        color=colors[arch], markersize=3, label=f"SMT->DMT {arch}" if first else None)
+                cv = r["bptt"][arch]["curve"]
+                ax.plot([c["seconds"] for c in cv], [c["from_m0"]["bits"] for c in cv], "--", color=colors[arch],
+                        linewidth=1, alpha=0.8, label=f"BPTT {arch}" if first else None)
+        unit = "byte" if corpus == "text" else "pixel"
+        ax.set_xlabel("CPU-seconds (per-student view: the student's points include the whole teacher and labels)")
+        ax.set_ylabel(f"test bits per {unit}")
+        ax.set_title(f"{RECIPES[corpus]}: every seed")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+NOTES = ""
+"""Reading of the results, written after the run (rendered into the .md by --render)."""
+
+
+def write_md(path: Path, res: dict) -> None:
+    from trainers.report import markdown_table
+
+    b, rows = res["budgets"], res["summary"]
+    unit = {"text": "byte", "digits": "pixel"}
+    md = ["# SMT->DMT vs BPTT on real corpora (held-out bits against CPU-seconds)", "",
+          f"Command: `{res['command']}`; {res['machine']}; torch threads 1 per process, {res['jobs']} processes in "
+          f"parallel; wall time {res['wall_minutes']:.0f} min{'. ' + res['note'] if res.get('note') else ''}. Every "
+          "cost is CPU-seconds of one process (`time.process_time`), evaluations excluded, so the figures do not "
+          "depend on the machine's load.", "",
+          "**Budgets (tiny on purpose: a 2-core machine shared with other work).** Teacher pretraining: "
+          + ", ".join(f"{c} {s:g} CPU-s" for c, s in b["teacher_seconds"].items())
+          + f"; labeling of the train split (text windows every {b['text_stride']} bytes): as measured; each student: {b['student_steps']} SMT steps from the "
+          f"shards (batch 512 transitions) then {b['dmt_seconds']:g} CPU-s of online DMT (lr {b['dmt_lr']:g}); "
+          f"BPTT (lr {b['bptt_lr']:g}, batch 32 sequences): the per-student budget = teacher + labeling + that "
+          "student's SMT and DMT, its test bits probed every "
+          f"{b['bptt_eval_every']} steps. No learning-rate sweep for either method (the recipes' rates).", "",
+          "**Scored.** " + "; ".join(f"{c}: {s}" for c, s in res["scored"].items()) + ". Test split only, the same "
+          "sequences and targets for every model; valid was not used for any choice here (fixed budgets, no "
+          "early stopping).", "",
+          "**Two views of cost.** *Per student*: a student is charged the whole teacher and labeling, BPTT gets "
+          "that much. *Amortised*: one teacher and one target set serve the three students (the design's point), "
+          "so a student is charged a third of them; BPTT's figure there is its probe at that budget in the same "
+          "run.", ""]
+    for corpus in [c for c in RECIPES if any(r["corpus"] == c for r in rows)]:
+        u = unit[corpus]
+        t = []
+        for r in (r for r in rows if r["corpus"] == corpus):
+            prompt_na = "prefix corpus: no prompt" if corpus == "digits" else ""
+            t.append({"updater": r["arch"], "teacher": fmt(r.get("teacher")),
+                      "SMT (teacher prompt)": fmt(r.get("smt_prompt"), prompt_na),
+                      "SMT (own m_0)": fmt(r.get("smt_m0")),
+                      "SMT->DMT (teacher prompt)": fmt(r.get("dmt_prompt"), prompt_na),
+                      "SMT->DMT (own m_0)": fmt(r.get("dmt_m0")),
+                      "BPTT, per-student budget": fmt(r.get("bptt_full")),
+                      "BPTT, amortised budget": fmt(r.get("bptt_amortised"), "no probe that early"),
+                      "budget CPU-s (per-student / amortised)":
+                          f"{r['budget']['median']:.0f} / {r['amortised_budget']['median']:.0f}"})
+        md += [f"## {RECIPES[corpus]}: test bits per {u} (median [min-max] over {rows[0]['seeds']} seeds)", "",
+               markdown_table(t, list(t[0])), ""]
+    md += ["## Total cost (one teacher + one target set + three students, against three BPTT runs)", "",
+           markdown_table([{k: (f"{v:.0f}" if isinstance(v, float) else v) for k, v in r.items()}
+                           for r in res["totals"]],
+                          ["corpus", "seed", "teacher_s", "label_s", "label_wall_s", "smt_total_s", "bptt_total_s"]),
+           "", "## Where each method wins", ""]
+    md += [f"- {line}" for line in wins(rows)] + [""]
+    md += [f"![test bits against CPU-seconds]({res['png']})", "",
+           "*Every seed: the teacher (star) at its pretraining cost; each SMT->DMT student (solid) after SMT and after "
+           "DMT, placed at teacher + labeling + its own cost (rolled out from the teacher's prompt memory "
+           "on text, from m_0 on digits); BPTT (dashed) probed during its run.*", ""]
+    if NOTES:
+        md += ["## Reading", "", NOTES, ""]
+    path.write_text("\n".join(md))
+
+
+def wins(rows: list[dict]) -> list[str]:
+    """One sentence per corpus and arch: the best student figure against BPTT at both budgets."""
+    out = []
+    for r in rows:
+        best_key = min((k for k in ("dmt_prompt", "dmt_m0", "smt_prompt", "smt_m0") if r.get(k)),
+                       key=lambda k: r[k]["median"])
+        s = r[best_key]["median"]
+        parts = []
+        for key, view in (("bptt_full", "per-student"), ("bptt_amortised", "amortised")):
+            v = (r.get(key) or {}).get("median")
+            if v is None:
+                parts.append(f"{view}: n/a (no BPTT probe at that budget)")
+            else:
+                who = "SMT->DMT/SMT wins" if s < v else "BPTT wins"
+                parts.append(f"{view}: {who} ({s:.3f} vs BPTT {v:.3f})")
+        out.append(f"{r['corpus']}, {r['arch']}: best student figure is {best_key.replace('_', ' ')}; "
+                   + "; ".join(parts))
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--corpora", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    ap.add_argument("--archs", nargs="+", default=list(ARCHS), choices=list(ARCHS))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--teacher-seconds", nargs=2, type=float, default=[20.0, 12.0], metavar=("TEXT", "DIGITS"))
+    ap.add_argument("--student-steps", type=int, default=60)
+    ap.add_argument("--text-stride", type=int, default=96)
+    ap.add_argument("--dmt-seconds", type=float, default=4.0)
+    ap.add_argument("--dmt-lr", type=float, default=1e-4)
+    ap.add_argument("--bptt-lr", type=float, default=1e-3)
+    ap.add_argument("--eval-size", type=int, default=256)
+    ap.add_argument("--bptt-eval-every", type=int, default=30)
+    ap.add_argument("--jobs", type=int, default=3, help="(corpus, seed) runs in parallel, one torch thread each")
+    ap.add_argument("--out", default=str(RESULTS / "real_corpora"), help="output stem (.json, .md, .png)")
+    ap.add_argument("--fresh", action="store_true", help="ignore finished runs in the .partial.jsonl")
+    ap.add_argument("--render", action="store_true", help="only rewrite .md/.png from the .json")
+    ap.add_argument("--wall-minutes", type=float, help="wall time to report when earlier invocations made the runs")
+    ap.add_argument("--note", default="", help="how the runs were made, when not by this one invocation")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--one-out", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    stem = Path(args.out)
+    b = Budgets(teacher_seconds=dict(zip(RECIPES, args.teacher_seconds)), text_stride=args.text_stride,
+                student_steps=args.student_steps,
+                dmt_seconds=args.dmt_seconds, dmt_lr=args.dmt_lr, bptt_lr=args.bptt_lr, eval_size=args.eval_size,
+                bptt_eval_every=args.bptt_eval_every)
+    if args.one:  # a child: one (corpus, seed)
+        corpus, seed = args.one.split(":")
+        r = run_one(corpus, int(seed), tuple(args.archs), b)
+        Path(args.one_out).write_text(json.dumps(r))
+        return 0
+    if args.render:
+        res = json.loads(stem.with_suffix(".json").read_text())
+        plot(stem.with_suffix(".png"), res["runs"], tuple(res["archs"]))
+        write_md(stem.with_suffix(".md"), res)
+        return 0
+    partial = stem.with_suffix(".partial.jsonl")
+    done = [] if args.fresh or not partial.exists() else [json.loads(ln) for ln in partial.read_text().splitlines()]
+    if args.fresh and partial.exists():
+        partial.unlink()
+    have = {(r["corpus"], r["seed"]) for r in done}
+    todo = [(c, s) for s in args.seeds for c in args.corpora if (c, s) not in have]
+    t0 = time.perf_counter()
+    running: list[tuple[subprocess.Popen, Path, tuple]] = []
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    while todo or running:
+        while todo and len(running) < args.jobs:
+            c, s = todo.pop(0)
+            f = Path(tempfile.mkstemp(suffix=".json")[1])
+            cmd = [sys.executable, __file__, "--one", f"{c}:{s}", "--one-out", str(f), "--archs", *args.archs,
+                   "--teacher-seconds", *map(str, args.teacher_seconds), "--student-steps", str(args.student_steps),
+                   "--text-stride", str(args.text_stride),
+                   "--dmt-seconds", str(args.dmt_seconds), "--dmt-lr", str(args.dmt_lr), "--bptt-lr",
+                   str(args.bptt_lr), "--eval-size", str(args.eval_size), "--bptt-eval-every",
+                   str(args.bptt_eval_every)]
+            running.append((subprocess.Popen(cmd, env=env), f, (c, s)))
+        time.sleep(1.0)
+        for p, f, key in list(running):
+            if p.poll() is None:
+                continue
+            running.remove((p, f, key))
+            if p.returncode != 0:
+                raise SystemExit(f"run {key} failed (exit {p.returncode}); finished runs are kept in {partial}")
+            r = json.loads(f.read_text())
+            f.unlink()
+            done.append(r)
+            with partial.open("a") as fh:
+                fh.write(json.dumps(r) + "\n")
+    runs = sorted(done, key=lambda r: (list(RECIPES).index(r["corpus"]), r["seed"]))
+    archs = tuple(a for a in args.archs)
+    res = {"command": "python benchmarks/real_corpora.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared)", "jobs": args.jobs,
+           "wall_minutes": args.wall_minutes or (time.perf_counter() - t0) / 60, "note": args.note, "budgets": dataclasses.asdict(b), "archs": archs,
+           "scored": {r["corpus"]: r["scored"] for r in runs}, "summary": summarise(runs, archs),
+           "totals": totals(runs), "png": stem.with_suffix(".png").name, "runs": runs}
+    stem.with_suffix(".json").write_text(json.dumps(res, indent=1))
+    plot(stem.with_suffix(".png"), runs, archs)
+    write_md(stem.with_suffix(".md"), res)
+    print(stem.with_suffix(".md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
