@@ -351,11 +351,12 @@ def wins(rows: list[dict]) -> list[str]:
         parts = []
         for key, view in (("bptt_full", "per-student"), ("bptt_amortised", "amortised")):
             v = (r.get(key) or {}).get("median")
-            if v is None:
-                first = r["bptt_first"]["median"]
+            if v is None and r.get("bptt_first"):
                 parts.append(f"{view}: n/a (no BPTT probe at that budget; its first probe, at "
                              f"{r['bptt_first_seconds']['median']:.0f} CPU-s > {r['amortised_budget']['median']:.0f}, "
-                             f"read {first:.3f})")
+                             f"read {r['bptt_first']['median']:.3f})")
+            elif v is None:
+                parts.append(f"{view}: n/a (no BPTT probe at that budget)")
             else:
                 who = "SMT->DMT/SMT wins" if s < v else "BPTT wins"
                 parts.append(f"{view}: {who} ({s:.3f} vs BPTT {v:.3f})")
