@@ -60,7 +60,9 @@ def test_demo_smoke_runs_every_stage(tmp_path, ray_local, capsys):
     assert smt(["eval", "--run", str(tmp_path / "d"), "--corpus", "retrieval:T=8,vocab=4,n=32", "--size", "8",
                 "--json"]) == 0
     ev = json.loads(capsys.readouterr().out)
-    assert ev["student"]["url"] == res["student_checkpoint"] and ev["teacher"]["fingerprint"] == res["teacher_fingerprint"]
+    # results.json names files relative to OUT (no machine paths in result files); eval names the one it read
+    assert ev["student"]["url"] == str(tmp_path / "d" / res["student_checkpoint"])
+    assert ev["teacher"]["fingerprint"] == res["teacher_fingerprint"]
     # the bucket holds the teacher and the labels (round 0); the student run, one relabeled round per DMT round
     from storage.reader import TargetSet
     from storage.rounds import rounds_bucket
