@@ -22,8 +22,10 @@ benchmarks/results/real_corpora.partial.jsonl, so a rerun resumes (--fresh start
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
+import math
 import os
 import platform
 import subprocess
@@ -37,6 +39,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 ARCHS = ("mlp", "gru", "transformer")
 RECIPES = {"text": "text-bytes-tiny", "digits": "digits-pixels-tiny"}
 RESULTS = Path(__file__).resolve().parent / "results"
+LRS = (3e-4, 1e-3, 3e-3)  # the issue's sweep, the same for SMT students and BPTT
+
+
+def choose_lr(sweep: list[dict]) -> int:
+    """Index of the sweep entry with the lowest `valid_bits` (the only key read: test figures, if a caller keeps
+    any in the entries, never count). A missing or non-finite figure (a diverged run) never wins; ties go to
+    the first entry."""
+    ok = [(e["valid_bits"], i) for i, e in enumerate(sweep)
+          if e.get("valid_bits") is not None and math.isfinite(e["valid_bits"])]
+    if not ok:
+        raise ValueError(f"lr sweep {[e.get('lr') for e in sweep]}: no run has a finite valid figure "
+                         "(all diverged): lower the learning rates")
+    return min(ok)[1]
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -51,8 +66,8 @@ class Budgets:
     """Online DMT budget of each student, CPU-seconds."""
     dmt_lr: float
     """Online DMT learning rate (constant after 5 warm-up steps)."""
-    bptt_lr: float
-    """BPTT learning rate (AdamW, 20 warm-up steps, constant), the recipes' pretraining lr."""
+    lrs: tuple
+    """Learning rates swept for each SMT student and each BPTT run (AdamW, 20 warm-up steps, constant)."""
     eval_size: int
     """Test sequences scored (the whole test split when it has fewer)."""
     bptt_eval_every: int
@@ -74,8 +89,9 @@ def run_one(corpus_name: str, seed: int, archs: tuple[str, ...], b: Budgets) -> 
     from trainers.bptt import BPTTConfig, train_bptt
     from trainers.common import OptimConfig
     from trainers.dmt import DMTConfig, dmt_online
+    from trainers.evaluate import evaluate_student, evaluate_teacher
     from trainers.heldout import score_models
-    from trainers.pretrain import pretrain
+    from trainers.pretrain import eval_batch, pretrain
     from trainers.run_dir import RunDir
     from trainers.student import StudentTrainConfig, run_training
 
@@ -87,8 +103,13 @@ def run_one(corpus_name: str, seed: int, archs: tuple[str, ...], b: Budgets) -> 
     work = Path(tempfile.mkdtemp(prefix=f"real-{corpus_name}-{seed}-"))
     cpu = time.process_time
 
-    def score(students: dict, bptt=None) -> dict:
+    def score(students: dict, bptt=None) -> dict:  # test: reported figures, never read by a choice
         return score_models(corpus, b.eval_size, prompt, teacher, students, bptt)
+
+    vx, vy = eval_batch(corpus, b.eval_size, 0, "valid")  # the same valid sample for every choice
+
+    def valid_bits(model) -> float:  # valid bits, rolled out from the model's own m_0: what every lr choice reads
+        return evaluate_student(model, vx, vy, teacher, prompt, from_m0=True)["bits_per_token"]
 
     ptc = dataclasses.replace(rc.pretrain, seconds=b.teacher_seconds[corpus_name], steps=10**6, clock="process",
                               seed=seed, eval_every=100, eval_size=64)
@@ -105,41 +126,63 @@ def run_one(corpus_name: str, seed: int, archs: tuple[str, ...], b: Budgets) -> 
                             Tc=prompt or None), make_executor(0), quiet=True)
     out["label"] = {"seconds": cpu() - c0, "wall_seconds": time.perf_counter() - w0, "records": rep.records}
     shared = out["teacher"]["seconds"] + out["label"]["seconds"]
+    out["teacher"]["valid_bits"] = evaluate_teacher(teacher, vx, vy, prompt)["bits_per_token"]
     out["students"], out["bptt"] = {}, {}
     for arch in archs:
-        run_url = str(work / f"student-{arch}")
-        cfg = StudentTrainConfig(updater=UpdaterConfig(arch=arch, depth=rc.student.depth), seed=seed,
-                                 optim=OptimConfig(lr=rc.student.lr, warmup_steps=20), steps=b.student_steps,
-                                 stream=StreamConfig(batch_size=rc.student.batch_size), checkpoint_every=b.student_steps)
-        c0 = cpu()
-        run_training(rep.target_url, teacher_url, run_url, cfg, quiet=True)
-        smt_cost = cpu() - c0
-        student = load_student(f"{run_url}/{RunDir(run_url).latest()['path']}/student")[0]
+        # SMT: one student per lr from the same target set; the lr is chosen on valid bits (own m_0 rollout, the
+        # standalone RNN, defined on both corpora); only the chosen student goes on to DMT and is scored on test
+        sweep, models = [], []
+        for lr in b.lrs:
+            run_url = str(work / f"student-{arch}-{lr:g}")
+            cfg = StudentTrainConfig(updater=UpdaterConfig(arch=arch, depth=rc.student.depth), seed=seed,
+                                     optim=OptimConfig(lr=lr, warmup_steps=20), steps=b.student_steps,
+                                     stream=StreamConfig(batch_size=rc.student.batch_size),
+                                     checkpoint_every=b.student_steps)
+            c0 = cpu()
+            run_training(rep.target_url, teacher_url, run_url, cfg, quiet=True)
+            smt_cost = cpu() - c0
+            student = load_student(f"{run_url}/{RunDir(run_url).latest()['path']}/student")[0]
+            sweep.append({"lr": lr, "own_seconds": smt_cost, "valid_bits": valid_bits(student)})
+            models.append(student)
+        pick = choose_lr(sweep)
+        student, smt_cost = models[pick], sweep[pick]["own_seconds"]
         points = [{"stage": "smt", "own_seconds": smt_cost, **_bits(score({"s": student})["s"])}]
         dcfg = DMTConfig(optim=OptimConfig(lr=b.dmt_lr, warmup_steps=5), steps=10**6, seconds=b.dmt_seconds,
                          batch_size=rc.dmt.batch_size, prompt=prompt, eval_every=10**9, eval_size=16, seed=seed,
                          clock="process")
         d = dmt_online(student, teacher, corpus, dcfg, quiet=True)
-        own = smt_cost + d["seconds"]
+        own = smt_cost + d["seconds"]  # the chosen student's own cost (the sweep's other two lrs are not charged)
         points.append({"stage": "dmt", "own_seconds": own, "dmt_steps": d["steps"],
                        **_bits(score({"s": d["student"]})["s"])})
-        out["students"][arch] = {"points": points, "own_seconds": own}
+        out["students"][arch] = {"points": points, "own_seconds": own, "lr": sweep[pick]["lr"], "sweep": sweep,
+                                 "sweep_cost_seconds": sum(x["own_seconds"] for x in sweep)}
         budget = shared + own  # the per-student view: this student paid for the whole teacher and labels
-        curve: list[dict] = []
+        # BPTT: one run per lr, each for the whole budget; probes snapshot the model (off the clock), the lr is
+        # chosen on the valid bits of the final model, and only the chosen run's snapshots are scored on test
+        bsweep, snaps = [], []
+        for lr in b.lrs:
+            shots: list = []
 
-        def probe(s, row, curve=curve) -> dict:  # off the training clock; the curve keeps the figures
-            curve.append(_bits(score({}, s)["bptt"]))
-            return {}
+            def probe(s, row, shots=shots) -> dict:  # off the training clock
+                shots.append(copy.deepcopy(s).cpu().eval())
+                return {}
 
-        bp = train_bptt(corpus, BPTTConfig(updater=UpdaterConfig(arch=arch, depth=rc.student.depth),
-                                           shape=rc.pretrain.teacher, optim=OptimConfig(lr=b.bptt_lr, warmup_steps=20),
-                                           steps=10**7, seconds=budget, eval_every=b.bptt_eval_every, eval_size=16,
-                                           batch_size=rc.pretrain.batch_size, seed=seed, clock="process"),
-                        quiet=True, reporter=probe)
-        for row, c in zip(bp["history"], curve):
-            c.update(seconds=row["time"], step=row["step"])
-        out["bptt"][arch] = {"budget": budget, "seconds": bp["seconds"], "steps": bp["steps"], "curve": curve}
-        print(f"{corpus_name} seed {seed} {arch}: student {points[-1]} | bptt {curve[-1]}", flush=True)
+            bp = train_bptt(corpus, BPTTConfig(updater=UpdaterConfig(arch=arch, depth=rc.student.depth),
+                                               shape=rc.pretrain.teacher, optim=OptimConfig(lr=lr, warmup_steps=20),
+                                               steps=10**7, seconds=budget, eval_every=b.bptt_eval_every,
+                                               eval_size=16, batch_size=rc.pretrain.batch_size, seed=seed,
+                                               clock="process"), quiet=True, reporter=probe)
+            vb = valid_bits(shots[-1])
+            bsweep.append({"lr": lr, "seconds": bp["seconds"], "steps": bp["steps"], "valid_bits": vb,
+                           "probes": [{"seconds": row["time"], "step": row["step"]} for row in bp["history"]]})
+            snaps.append(shots)
+        pick = choose_lr(bsweep)
+        curve = [{**_bits(score({}, s)["bptt"]), **row} for s, row in zip(snaps[pick], bsweep[pick]["probes"])]
+        out["bptt"][arch] = {"budget": budget, "seconds": bsweep[pick]["seconds"], "steps": bsweep[pick]["steps"],
+                             "lr": bsweep[pick]["lr"], "curve": curve,
+                             "sweep": [{k: v for k, v in x.items() if k != "probes"} for x in bsweep]}
+        print(f"{corpus_name} seed {seed} {arch}: student lr {out['students'][arch]['lr']:g} {points[-1]} | "
+              f"bptt lr {bsweep[pick]['lr']:g} {curve[-1]}", flush=True)
     return out
 
 
@@ -298,12 +341,19 @@ def write_md(path: Path, res: dict) -> None:
           + ", ".join(f"{c} {s:g} CPU-s" for c, s in b["teacher_seconds"].items())
           + f"; labeling of the train split (text windows every {b['text_stride']} bytes): as measured; each student: {b['student_steps']} SMT steps from the "
           f"shards (batch 512 transitions) then {b['dmt_seconds']:g} CPU-s of online DMT (lr {b['dmt_lr']:g}); "
-          f"BPTT (lr {b['bptt_lr']:g}, batch 32 sequences): the per-student budget = teacher + labeling + that "
-          "student's SMT and DMT, its test bits probed every "
-          f"{b['bptt_eval_every']} steps. No learning-rate sweep for either method (the recipes' rates).", "",
-          "**Scored.** " + "; ".join(f"{c}: {s}" for c, s in res["scored"].items()) + ". Test split only, the same "
-          "sequences and targets for every model; valid was not used for any choice here (fixed budgets, no "
-          "early stopping).", "",
+          f"BPTT (batch 32 sequences): the per-student budget = teacher + labeling + that student's SMT and DMT, "
+          f"its test bits probed every {b['bptt_eval_every']} steps.", "",
+          "**Learning rates (the same sweep for both methods).** Each SMT student and each BPTT run is trained at "
+          "lr " + ", ".join(f"{x:g}" for x in b["lrs"]) + " (AdamW, 20 warm-up steps, constant); the lr is chosen "
+          "per (corpus, seed, updater) by the lowest bits on the valid split (SMT: the student after its SMT steps, "
+          "rolled out from its own m_0; BPTT: the model at the end of its budget), and only the chosen run is "
+          "scored on test and reported. Only the chosen SMT student goes on to DMT (DMT's lr fixed at "
+          f"{b['dmt_lr']:g}), and a student is charged its own SMT cost only, not the other two lrs' (BPTT likewise: "
+          "each lr gets the whole budget). The teacher is trained once per corpus and seed at the recipe's fixed "
+          "lr (no sweep). Every lr's valid bits and the choice are in the JSON (`sweep`, `lr`).", "",
+          "**Scored.** " + "; ".join(f"{c}: {s}" for c, s in res["scored"].items()) + ". Test split for every "
+          "reported figure, the same sequences and targets for every model; the valid split (same sample size) "
+          "only for the lr choice.", "",
           "**Two views of cost.** *Per student*: a student is charged the whole teacher and labeling, BPTT gets "
           "that much. *Amortised*: one teacher and one target set serve the three students (the design's point), "
           "so a student is charged a third of them; BPTT's figure there is its probe at that budget in the same "
@@ -325,6 +375,10 @@ def write_md(path: Path, res: dict) -> None:
                           f"{r['budget']['median']:.0f} / {r['amortised_budget']['median']:.0f}"})
         md += [f"## {RECIPES[corpus]}: test bits per {u} (median [min-max] over {rows[0]['seeds']} seeds)", "",
                markdown_table(t, list(t[0])), ""]
+    md += ["## Learning-rate sweep: valid bits per lr (median over seeds) and the lr chosen per seed", "",
+           markdown_table(sweep_rows(res["runs"], tuple(res["archs"]), b["lrs"]),
+                          ["corpus", "updater", "method"] + [f"valid bits, lr {x:g}" for x in b["lrs"]]
+                          + ["chosen lr per seed"]), ""]
     md += ["## Total cost (one teacher + one target set + three students, against three BPTT runs)", "",
            markdown_table([{k: (f"{v:.0f}" if isinstance(v, float) else v) for k, v in r.items()}
                            for r in res["totals"]],
@@ -339,6 +393,23 @@ def write_md(path: Path, res: dict) -> None:
     if NOTES:
         md += ["## Reading", "", NOTES, ""]
     path.write_text("\n".join(md))
+
+
+def sweep_rows(runs: list[dict], archs: tuple[str, ...], lrs) -> list[dict]:
+    """Per corpus, updater and method: the median valid bits of each lr and the lr each seed chose."""
+    out = []
+    for corpus in [c for c in RECIPES if any(r["corpus"] == c for r in runs)]:
+        rs = [r for r in runs if r["corpus"] == corpus]
+        for arch in archs:
+            for method, key in (("SMT", "students"), ("BPTT", "bptt")):
+                row = {"corpus": corpus, "updater": arch, "method": method}
+                for lr in lrs:
+                    v = [e["valid_bits"] for r in rs for e in r[key][arch]["sweep"]
+                         if e["lr"] == lr and e["valid_bits"] is not None]
+                    row[f"valid bits, lr {lr:g}"] = f"{_median(v):.3f}" if v else "n/a (diverged)"
+                row["chosen lr per seed"] = ", ".join(f"{r[key][arch]['lr']:g}" for r in rs)
+                out.append(row)
+    return out
 
 
 def wins(rows: list[dict]) -> list[str]:
@@ -375,7 +446,7 @@ def main(argv=None) -> int:
     ap.add_argument("--text-stride", type=int, default=96)
     ap.add_argument("--dmt-seconds", type=float, default=4.0)
     ap.add_argument("--dmt-lr", type=float, default=1e-4)
-    ap.add_argument("--bptt-lr", type=float, default=1e-3)
+    ap.add_argument("--lrs", nargs="+", type=float, default=list(LRS), help="lr sweep of SMT students and BPTT")
     ap.add_argument("--eval-size", type=int, default=256)
     ap.add_argument("--bptt-eval-every", type=int, default=30)
     ap.add_argument("--jobs", type=int, default=3, help="(corpus, seed) runs in parallel, one torch thread each")
@@ -390,7 +461,7 @@ def main(argv=None) -> int:
     stem = Path(args.out)
     b = Budgets(teacher_seconds=dict(zip(RECIPES, args.teacher_seconds)), text_stride=args.text_stride,
                 student_steps=args.student_steps,
-                dmt_seconds=args.dmt_seconds, dmt_lr=args.dmt_lr, bptt_lr=args.bptt_lr, eval_size=args.eval_size,
+                dmt_seconds=args.dmt_seconds, dmt_lr=args.dmt_lr, lrs=tuple(args.lrs), eval_size=args.eval_size,
                 bptt_eval_every=args.bptt_eval_every)
     if args.one:  # a child: one (corpus, seed)
         corpus, seed = args.one.split(":")
@@ -420,8 +491,8 @@ def main(argv=None) -> int:
             cmd = [sys.executable, __file__, "--one", f"{c}:{s}", "--one-out", str(f), "--archs", *args.archs,
                    "--teacher-seconds", *map(str, args.teacher_seconds), "--student-steps", str(args.student_steps),
                    "--text-stride", str(args.text_stride),
-                   "--dmt-seconds", str(args.dmt_seconds), "--dmt-lr", str(args.dmt_lr), "--bptt-lr",
-                   str(args.bptt_lr), "--eval-size", str(args.eval_size), "--bptt-eval-every",
+                   "--dmt-seconds", str(args.dmt_seconds), "--dmt-lr", str(args.dmt_lr), "--lrs",
+                   *map(str, args.lrs), "--eval-size", str(args.eval_size), "--bptt-eval-every",
                    str(args.bptt_eval_every)]
             running.append((subprocess.Popen(cmd, env=env), f, (c, s)))
         time.sleep(1.0)
