@@ -43,4 +43,10 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
     exit 1
   fi
 fi
-"$PY" -m pip install -e '.[dev]' --config-settings editable_mode=compat
+# The package first, then the dev tools with boto3 held to the botocore that s3fs's aiobotocore settled on:
+# boto3 X.Y.Z needs botocore >= X.Y.Z, and the newest boto3 usually needs a botocore newer than aiobotocore
+# allows, which sends pip's resolver backtracking through every aiobotocore, s3fs and moto release for many
+# minutes on a fresh venv (moto, a dev tool, is what asks for boto3).
+"$PY" -m pip install -e . --config-settings editable_mode=compat
+BOTOCORE=$("$PY" -c "import botocore; print(botocore.__version__)")
+"$PY" -m pip install -e '.[dev]' "botocore==$BOTOCORE" "boto3<=$BOTOCORE" --config-settings editable_mode=compat
