@@ -169,3 +169,22 @@ def test_benchmark_public_spec_names_no_local_path():
 
     spec = load_recipe("text-bytes-tiny").corpus
     assert _public(spec) == "text:{pydoc}|T=96,stride=48" and os.sep + "cache" not in _public(spec)
+
+
+def test_benchmark_lr_choice_reads_valid_only_and_takes_the_lowest():
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from real_corpora import choose_lr
+
+    # test figures kept in the entries point the other way: the choice must follow valid bits alone
+    sweep = [{"lr": 3e-4, "valid_bits": 4.2, "test_bits": 3.0},
+             {"lr": 1e-3, "valid_bits": 3.9, "test_bits": 4.5},
+             {"lr": 3e-3, "valid_bits": 4.0, "test_bits": 2.0}]
+    assert choose_lr(sweep) == 1
+    # a diverged run (nan, inf or missing) never wins, even against worse finite figures
+    sweep[1]["valid_bits"] = float("nan")
+    assert choose_lr(sweep) == 2
+    sweep[2]["valid_bits"], sweep[0]["valid_bits"] = float("inf"), None
+    with pytest.raises(ValueError, match="no run has a finite valid figure"):
+        choose_lr(sweep)
+    # ties go to the first entry, whatever test says
+    assert choose_lr([{"lr": 1e-3, "valid_bits": 3.5, "test_bits": 9.0}, {"lr": 3e-3, "valid_bits": 3.5}]) == 0
