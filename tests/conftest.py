@@ -52,3 +52,14 @@ def ray_local():
                  runtime_env={"env_vars": {"PYTHONPATH": os.getcwd()}})
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models: one torch thread avoids oversubscribing a shared machine (threads spin on tiny ops)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

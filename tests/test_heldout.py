@@ -29,13 +29,7 @@ def _models(vocab: int, window: int | None = None, arch: str = "mlp"):
     return t, s
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one torch thread avoids oversubscribing a shared machine (many threads spin on tiny ops)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture

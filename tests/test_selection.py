@@ -22,13 +22,7 @@ SPEC = "retrieval:T=12,vocab=4"
 SMALL = {"d_model": 32, "n_heads": 2, "encoder_depth": 1, "decoder_depth": 1, "mem_tokens": 2}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one torch thread is faster than two threads fighting over a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture
