@@ -29,3 +29,31 @@ def writer_kwargs(**over) -> dict:
           "corpus_params": {"seq_len": 5}}
     kw.update(over)
     return kw
+
+
+def race_commits(target, n_writers: int, timeout: float = 60) -> dict:
+    """n_writers threads each write one round-0 tar shard (index i), then all commit at the same instant, racing
+    for the same generation numbers; returns {i: the Generation its commit reported}. Any error is raised."""
+    import threading
+
+    from storage.writer import TargetSetWriter
+
+    barrier = threading.Barrier(n_writers)
+    errors, done = [], {}
+
+    def work(i: int) -> None:
+        try:
+            w = TargetSetWriter(target, fmt="wds", **writer_kwargs())
+            w.write_segments(i, make_segments(seed=i))
+            barrier.wait(timeout=timeout)
+            done[i] = w.commit()
+        except Exception as e:  # noqa: BLE001 - surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n_writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    return done

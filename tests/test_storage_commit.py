@@ -1,15 +1,13 @@
 """Commit semantics: concurrent writers, failed writers, retried writers, and finding the newest generation."""
 from __future__ import annotations
 
-import threading
-
 import pytest
 
 from storage.errors import FingerprintMismatch, ManifestError
 from storage.manifest import LATEST, commit, gen_path, newest_generation, read_generation
 from storage.reader import TargetSet
 from storage.writer import TargetSetWriter, write_shard
-from tests.storage_data import FP, make_pairs, make_segments, writer_kwargs
+from tests.storage_data import FP, make_pairs, make_segments, race_commits, writer_kwargs
 
 pytest_plugins = ["tests.storage_fixtures"]  # the root_bucket and target fixtures
 
@@ -18,24 +16,7 @@ pytestmark = pytest.mark.timeout(300)
 
 def test_concurrent_commits_all_land(target):
     n_writers = 3
-    barrier = threading.Barrier(n_writers)
-    errors, gens = [], []
-
-    def work(i: int) -> None:
-        try:
-            w = TargetSetWriter(target, fmt="wds", **writer_kwargs())
-            w.write_segments(i, make_segments(seed=i))
-            barrier.wait(timeout=20)  # all commit at once: they race for the same generation number
-            gens.append(w.commit().number)
-        except Exception as e:  # noqa: BLE001 - surfaced by the assert below
-            errors.append(e)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(n_writers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    gens = [g.number for g in race_commits(target, n_writers, timeout=20).values()]
     assert sorted(gens) == [1, 2, 3]
     ts = TargetSet.open(target, FP)
     assert ts.generation == 3

@@ -2,8 +2,6 @@
 create-if-absent, a torn (empty or truncated) newest generation, and a second copy of a record."""
 from __future__ import annotations
 
-import threading
-
 import pytest
 from s3fs import S3FileSystem
 
@@ -19,7 +17,7 @@ from storage.manifest import (
 )
 from storage.reader import TargetSet
 from storage.writer import TargetSetWriter, write_shard
-from tests.storage_data import CORPUS, FP, make_segments, writer_kwargs
+from tests.storage_data import CORPUS, FP, make_segments, race_commits, writer_kwargs
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -42,24 +40,7 @@ def _s3_target(s3_bucket) -> Bucket:
 def test_racing_commits_on_s3_lose_nothing(s3_bucket):
     target = _s3_target(s3_bucket)
     n_writers = 8
-    barrier = threading.Barrier(n_writers)
-    errors, done = [], {}
-
-    def work(i: int) -> None:
-        try:
-            w = TargetSetWriter(target, fmt="wds", **writer_kwargs())
-            w.write_segments(i, make_segments(seed=i))
-            barrier.wait(timeout=60)  # every writer commits at once: they race for the same numbers
-            done[i] = w.commit()
-        except Exception as e:  # noqa: BLE001 - surfaced by the assert below
-            errors.append(e)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(n_writers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    done = race_commits(target, n_writers)
     assert sorted(g.number for g in done.values()) == list(range(1, n_writers + 1))  # generations unique
     final = TargetSet.open(target, FP)
     assert final.generation == n_writers
