@@ -124,6 +124,13 @@ def _updater(arch: str, depth: int):
     return UpdaterConfig(arch=arch, depth=depth)
 
 
+
+def _tiny_pixels_pretrain() -> PretrainConfig:
+    """The laptop-sized teacher for 64-pixel digits (both digits recipes)."""
+    return PretrainConfig(teacher=_tiny_teacher(encoder="causal"), updater=_updater("mlp", 2),
+                          smt=SMTConfig(Tf=16), optim=OptimConfig(lr=1e-3, warmup_steps=20), steps=400,
+                          seconds=120, eval_every=50)
+
 RECIPES: dict[str, Recipe] = {
     "retrieval-demo": Recipe(
         pretrain=PretrainConfig(teacher=_tiny_teacher(encoder="causal"), updater=_updater("mlp", 2),
@@ -154,18 +161,14 @@ RECIPES: dict[str, Recipe] = {
         dmt=DMTStep(rounds=150, sequences=320, steps_per_round=10, extra_steps=0), bptt=False),
     "mnist-pixels-tiny": Recipe(
         name="mnist-pixels-tiny", corpus="digits:split=train",
-        pretrain=PretrainConfig(teacher=_tiny_teacher(encoder="causal"), updater=_updater("mlp", 2),
-                                smt=SMTConfig(Tf=16), optim=OptimConfig(lr=1e-3, warmup_steps=20), steps=400,
-                                seconds=120, eval_every=50),
+        pretrain=_tiny_pixels_pretrain(),
         label=LabelStep(shard_sequences=256), student=StudentStep(steps=200),
         dmt=DMTStep(rounds=10, sequences=64, steps_per_round=2), bptt=False, eval_size=128),
     # scikit-learn's 8x8 digits as 64 raster-order pixels of 17 grey levels (raw=1: the data's own levels,
     # vocab 17); bits per pixel over the 63 pixels after the first, on the whole test split.
     "digits-pixels-tiny": Recipe(
         name="digits-pixels-tiny", corpus="digits:raw=1",
-        pretrain=PretrainConfig(teacher=_tiny_teacher(encoder="causal"), updater=_updater("mlp", 2),
-                                smt=SMTConfig(Tf=16), optim=OptimConfig(lr=1e-3, warmup_steps=20), steps=400,
-                                seconds=120, eval_every=50),
+        pretrain=_tiny_pixels_pretrain(),
         label=LabelStep(shard_sequences=256), student=StudentStep(steps=200),
         dmt=DMTStep(rounds=10, sequences=64, steps_per_round=2), bptt=True, eval_size=512),
 }
