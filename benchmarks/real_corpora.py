@@ -86,7 +86,7 @@ def run_one(corpus_name: str, seed: int, archs: tuple[str, ...], b: Budgets) -> 
     from jobs.recipes import load_recipe
     from models.checkpoint import load_student, save_teacher
     from models.updaters import UpdaterConfig
-    from pipeline.corpora import load_corpus
+    from pipeline.corpora import load_corpus, spec_with
     from pipeline.executors import make_executor
     from pipeline.label import LabelConfig, label
     from storage.stream import StreamConfig
@@ -98,8 +98,6 @@ def run_one(corpus_name: str, seed: int, archs: tuple[str, ...], b: Budgets) -> 
     from trainers.pretrain import eval_batch, pretrain
     from trainers.run_dir import RunDir
     from trainers.student import StudentTrainConfig, run_training
-
-    from pipeline.corpora import spec_with
 
     rc = load_recipe(RECIPES[corpus_name])
     corpus = load_corpus(spec_with(rc.corpus, stride=b.text_stride) if corpus_name == "text" else rc.corpus)
@@ -230,7 +228,7 @@ def summarise(runs: list[dict], archs: tuple[str, ...]) -> list[dict]:
             k = len(rr[0]["students"])
             vals: dict[str, list[float]] = {}
 
-            def add(key, v):
+            def add(key, v, vals=vals):  # bound now: one dict per arch
                 if v is not None:
                     vals.setdefault(key, []).append(v)
 
@@ -343,10 +341,10 @@ def write_md(path: Path, res: dict) -> None:
     b, rows = res["budgets"], res["summary"]
     unit = {"text": "byte", "digits": "pixel"}
     md = ["# SMT->DMT vs BPTT on real corpora (held-out bits against CPU-seconds)", "",
-          f"Command: `{res['command']}`; {res['machine']}; torch threads 1 per process, {res['jobs']} processes in "
+          (f"Command: `{res['command']}`; {res['machine']}; torch threads 1 per process, {res['jobs']} processes in "
           f"parallel; wall time {res['wall_minutes']:.0f} min{'. ' + res['note'] if res.get('note') else ''}. Every "
           "cost is CPU-seconds of one process (`time.process_time`), evaluations excluded, so the figures do not "
-          "depend on the machine's load.", "",
+          "depend on the machine's load."), "",
           "**Budgets (tiny on purpose: a 2-core machine shared with other work).** Teacher pretraining: "
           + ", ".join(f"{c} {s:g} CPU-s" for c, s in b["teacher_seconds"].items())
           + f"; labeling of the train split (text windows every {b['text_stride']} bytes): as measured; each student: {b['student_steps']} SMT steps from the "
@@ -364,10 +362,10 @@ def write_md(path: Path, res: dict) -> None:
           "**Scored.** " + "; ".join(f"{c}: {s}" for c, s in res["scored"].items()) + ". Test split for every "
           "reported figure, the same sequences and targets for every model; the valid split (same sample size) "
           "only for the lr choice.", "",
-          "**Two views of cost.** *Per student*: a student is charged the whole teacher and labeling, BPTT gets "
+          ("**Two views of cost.** *Per student*: a student is charged the whole teacher and labeling, BPTT gets "
           "that much. *Amortised*: one teacher and one target set serve the three students (the design's point), "
           "so a student is charged a third of them; BPTT's figure there is its probe at that budget in the same "
-          "run.", ""]
+          "run."), ""]
     for corpus in [c for c in RECIPES if any(r["corpus"] == c for r in rows)]:
         u = unit[corpus]
         t = []
@@ -396,10 +394,10 @@ def write_md(path: Path, res: dict) -> None:
            "", "## Where each method wins", ""]
     md += [f"- {line}" for line in wins(rows)] + [""]
     md += [f"![test bits against CPU-seconds]({res['png']})", "",
-           "*Every seed: the teacher (star) at its pretraining cost; each SMT->DMT student (solid) after SMT and after "
+           ("*Every seed: the teacher (star) at its pretraining cost; each SMT->DMT student (solid) after SMT and after "
            "DMT, placed at teacher + labeling + its own cost (rolled out from the teacher's prompt memory "
            "on text, from m_0 on digits); BPTT (dashed, x) probed every "
-           f"{b['bptt_eval_every']} steps of its run.*", ""]
+           f"{b['bptt_eval_every']} steps of its run.*"), ""]
     if NOTES:
         md += ["## Reading", "", NOTES, ""]
     path.write_text("\n".join(md))

@@ -127,8 +127,8 @@ def heldout_section(out: Path, res: dict) -> list[str]:
             rows.append({"model": label, "rollout": how, **_cells(fig, reason, col)})
     sizes = [{"split": k, "sequences": v["sequences"], f"{unit}s": v["tokens"]} for k, v in res["splits"].items()]
     md = ["## Held-out figures (test split)", "",
-          f"Test corpus `{t['corpus']}`, {t['sequences']} sequences, {t['targets']} scored {unit}s. Scored: "
-          f"{t['scored']}. The same sequences and targets for every model.", "",
+          (f"Test corpus `{t['corpus']}`, {t['sequences']} sequences, {t['targets']} scored {unit}s. Scored: "
+          f"{t['scored']}. The same sequences and targets for every model."), "",
           markdown_table(rows, ["model", "rollout", col, "accuracy"]), "",
           markdown_table(sizes, ["split", "sequences", f"{unit}s"]), ""]
     samples = res.get("samples") or {}
@@ -140,8 +140,8 @@ def heldout_section(out: Path, res: dict) -> list[str]:
                 "alone; the teacher samples from the readout of its memory of each prefix.*"), ""]
     elif unit == "byte" and samples:
         md += ["### Continuations of test prompts", "",
-               "Sampled at temperature 0.8 after each prompt (the first bytes of a test window); `real` is the text "
-               "that follows in the test split.", ""]
+               ("Sampled at temperature 0.8 after each prompt (the first bytes of a test window); `real` is the text "
+               "that follows in the test split."), ""]
         for i, p in enumerate(samples["prompt"]):
             md += [f"**Prompt {i + 1}:**", "", _fence(p), ""]
             md += [ln for name, r in samples.items() if name != "prompt"
@@ -176,7 +176,7 @@ def image_grid(path: Path, samples: dict) -> Path:
     prompt = np.asarray(samples["prompt"])
     rows = {k: np.concatenate([prompt, np.asarray(v)], 1) for k, v in samples.items() if k != "prompt"}
     n, L = next(iter(rows.values())).shape
-    side = int(round(L ** 0.5))
+    side = round(L ** 0.5)
     vmax = max(1, max(int(r.max()) for r in rows.values()))
     fig, axes = plt.subplots(len(rows), n, figsize=(0.7 * n + 2.4, 0.8 * len(rows) + 0.2), dpi=110, squeeze=False)
     for i, (name, imgs) in enumerate(rows.items()):

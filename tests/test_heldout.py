@@ -19,7 +19,7 @@ from trainers.evaluate import evaluate_student, evaluate_teacher, generate, gene
 from trainers.heldout import sample_models, score_models, split_sizes
 from trainers.pretrain import eval_batch, matched_updater
 
-SHAPE = dict(d_model=16, n_heads=2, encoder_depth=1, decoder_depth=1, mem_tokens=2)
+SHAPE = {"d_model": 16, "n_heads": 2, "encoder_depth": 1, "decoder_depth": 1, "mem_tokens": 2}
 
 
 def _models(vocab: int, window: int | None = None, arch: str = "mlp"):

@@ -31,7 +31,7 @@ TINY = {  # flags appended per stage: small models, batches and rollouts
 def commands_block(readme: str) -> str:
     """The first ```bash block after the '## Commands' heading."""
     section = readme.split("\n## Commands", 1)[1]
-    m = re.search(r"```bash\n(.*?)```", section, re.S)
+    m = re.search(r"```bash\n(.*?)```", section, re.DOTALL)
     assert m, "README: no ```bash block under '## Commands'"
     return m.group(1)
 
@@ -64,7 +64,7 @@ def test_readme_commands_become_a_script():
     from jobs.cli import STAGES
 
     script = to_script(commands_block((REPO / "README.md").read_text()), "/tmp/b")
-    stages = re.findall(r"(?:^|[&;]\s*)smt ([a-z-]+)", script, re.M)
+    stages = re.findall(r"(?:^|[&;]\s*)smt ([a-z-]+)", script, re.MULTILINE)
     assert stages and set(stages) <= set(STAGES) | {"--help"}, stages
     assert "<fp>" not in script and "<corpus-id>" not in script and CORPUS[0] not in script
     assert " ... " not in script, "README commands must be complete (no '...')"
