@@ -92,7 +92,7 @@ def run_one(corpus_name: str, seed: int, archs: tuple[str, ...], b: Budgets) -> 
     from storage.stream import StreamConfig
     from trainers.bptt import BPTTConfig, train_bptt
     from trainers.common import OptimConfig
-    from trainers.dmt import DMTConfig, dmt_online
+    from trainers.dmt import OnlineDMTConfig, dmt_online
     from trainers.evaluate import evaluate_student, evaluate_teacher
     from trainers.heldout import score_models
     from trainers.pretrain import eval_batch, pretrain
@@ -149,7 +149,7 @@ def run_one(corpus_name: str, seed: int, archs: tuple[str, ...], b: Budgets) -> 
         pick = choose_lr(sweep)
         student, smt_cost = models[pick], sweep[pick]["own_seconds"]
         points = [{"stage": "smt", "own_seconds": smt_cost, **_bits(score({"s": student})["s"])}]
-        dcfg = DMTConfig(optim=OptimConfig(lr=b.dmt_lr, warmup_steps=5), steps=10**6, seconds=b.dmt_seconds,
+        dcfg = OnlineDMTConfig(optim=OptimConfig(lr=b.dmt_lr, warmup_steps=5), steps=10**6, seconds=b.dmt_seconds,
                          batch_size=rc.dmt.batch_size, prompt=prompt, eval_every=10**9, eval_size=16, seed=seed,
                          clock="process")
         d = dmt_online(student, teacher, corpus, dcfg, quiet=True)
