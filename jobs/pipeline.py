@@ -89,7 +89,7 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
     save_teacher(teacher_url, pt["teacher"], {"corpus": corpus.spec})
     teacher = pt["teacher"].cpu()
     te = evaluate_teacher(teacher, x, y, prompt)
-    drift_teacher = teacher if (stream_mode or teacher.cfg.encoder == "causal") else None
+    drift_teacher = teacher if (stream_mode or teacher.encoder_kind.one_pass) else None
     s0 = evaluate_student(pt["student"].cpu(), x, y, drift_teacher, prompt)
     mark("pretrain", s0["acc"], teacher_acc=te["acc"])
     say(f"      teacher {fp[:12]}: acc={te['acc']:.3f} bits/token={te['bits_per_token']:.3f} ({pt['seconds']:.0f} s)")

@@ -139,7 +139,7 @@ def pretrain(corpus, cfg: PretrainConfig, out: str | Path | None = None, quiet: 
             state.sync_readout()
             te = evaluate_teacher(teacher, ex, ey, prompt)
             # drift needs every teacher memory: cheap for the causal encoder, one pass per prefix for register
-            st = evaluate_student(student, ex, ey, teacher if (tcfg.encoder == "causal" or prompt) else None, prompt)
+            st = evaluate_student(student, ex, ey, teacher if (tcfg.encoder_kind.one_pass or prompt) else None, prompt)
             teacher.train()
         return {"teacher_acc": te["acc"], "teacher_loss": te["loss"], "smt_acc": st["acc"], "smt_loss": st["loss"],
                 **({"drift_final": st["drift_final"]} if "drift_final" in st else {})}

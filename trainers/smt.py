@@ -129,27 +129,17 @@ def _futures(x: torch.Tensor, y: torch.Tensor, t: torch.Tensor, Tf: int) -> tupl
 
 
 def smt_losses(teacher, updater, x: torch.Tensor, y: torch.Tensor, cfg: SMTConfig, g: torch.Generator) -> dict:
-    B, T = x.shape
+    T = x.shape[1]
     Z = teacher.mem_size
     K, d = teacher.cfg.mem_tokens, teacher.cfg.d_model
     lo = cfg.Tc if cfg.mode == "stream" else 0
     Tf = cfg.Tf or (T - lo)
-    rows = torch.arange(B, device=x.device)[:, None]
     t_dec = _sample_positions(y, cfg.dec_positions, lo, T, cfg.target_frac, g, force_last=cfg.mode == "prefix")
 
-    if teacher.cfg.encoder == "causal":
-        M = teacher.encode_all(x)  # (B, T+1, Z), windowed by the teacher's own config in stream mode
-        m_dec = M[rows, t_dec]  # (B, n, Z)
-        m_in, m_out, tok = M[:, lo:T], M[:, lo + 1:T + 1], x[:, lo:T]
-    else:
-        t_dyn = _sample_positions(y, cfg.dyn_pairs, lo, T - 1, cfg.target_frac, g, force_last=False)
-        window = cfg.Tc if cfg.mode == "stream" else None
-        both = torch.cat([t_dyn, t_dyn + 1, t_dec], 1)  # one batched encoder call
-        xx = x[:, None].expand(B, both.shape[1], T).reshape(-1, T)
-        mems = teacher.memories_at(xx, both.reshape(-1), window).view(B, -1, Z)
-        n = t_dyn.shape[1]
-        m_in, m_out, m_dec = mems[:, :n], mems[:, n:2 * n], mems[:, 2 * n:]
-        tok = x[rows, t_dyn]
+    # the causal teacher trains on every consecutive pair; the register one on `dyn_pairs` sampled pairs
+    m_in, m_out, tok, m_dec = teacher.encoder_kind.smt_memories(
+        teacher, x, t_dec, lo, cfg.Tc if cfg.mode == "stream" else None,
+        lambda: _sample_positions(y, cfg.dyn_pairs, lo, T - 1, cfg.target_frac, g, force_last=False))
 
     xf, yf = _futures(x, y, t_dec, Tf)
     logits = teacher.decode(m_dec.reshape(-1, Z), xf.reshape(-1, Tf))  # (B*n, Tf+1, V)
