@@ -101,7 +101,7 @@ def run_one(corpus_name: str, seed: int, archs: tuple[str, ...], b: Budgets) -> 
 
     rc = load_recipe(RECIPES[corpus_name])
     corpus = load_corpus(spec_with(rc.corpus, stride=b.text_stride) if corpus_name == "text" else rc.corpus)
-    prompt = rc.pretrain.smt.Tc if corpus.mode == "stream" else 0
+    prompt = rc.pretrain.smt.Tc if corpus.streaming else 0
     work = Path(tempfile.mkdtemp(prefix=f"real-{corpus_name}-{seed}-"))
     cpu = time.process_time
 

@@ -69,7 +69,7 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
 
     bucket = bucket or str((out / "bucket").resolve())
     corpus = load_corpus(rc.corpus)
-    stream_mode = corpus.mode == "stream"
+    stream_mode = corpus.streaming
     prompt = rc.pretrain.smt.Tc if stream_mode else 0
     # every figure reported below is on a fixed sample of the test split; the trainers choose on valid
     x, y = eval_batch(corpus, rc.eval_size, 12345, split="test")

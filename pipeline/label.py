@@ -156,7 +156,7 @@ def _load_teacher(url: str, device: str | torch.device = "cpu"):
 
 def resolve_Tc(corpus: Corpus, teacher_cfg, Tc: int | None) -> int | None:
     """Context length for stream corpora (None for prefix corpora); raises LabelError if unusable."""
-    if corpus.mode != "stream":
+    if not corpus.streaming:
         if Tc is not None:
             raise LabelError(f"--Tc={Tc} applies to stream corpora only; {corpus.spec!r} is a prefix corpus: "
                              "drop --Tc")

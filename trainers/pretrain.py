@@ -83,7 +83,7 @@ def with_length(corpus, T: int):
     """The same synthetic task at another sequence length (for the length curriculum)."""
     from pipeline.corpora import load_corpus
 
-    if corpus.mode != "prefix" or f"T={corpus.seq_len}" not in corpus.spec:
+    if corpus.streaming or f"T={corpus.seq_len}" not in corpus.spec:
         raise ValueError(f"curriculum needs a synthetic task with a T parameter, not {corpus.spec!r}: drop --curriculum")
     if not 1 <= T < corpus.seq_len:
         raise ValueError(f"curriculum length {T} must be below the corpus length T={corpus.seq_len}")
@@ -119,7 +119,7 @@ def pretrain(corpus, cfg: PretrainConfig, out: str | Path | None = None, quiet: 
     stages = [with_length(corpus, T) for T in cfg.curriculum] + [corpus]
     cur = stages[state.stage]
     ex, ey = (t.to(dev) for t in eval_batch(cur, cfg.eval_size, cfg.seed))
-    prompt = cfg.smt.Tc if cfg.smt.mode == "stream" else 0
+    prompt = cfg.smt.start
     if lead and run is not None:
         run.write_json("run.json", {"stage": "pretrain", "corpus": corpus.spec, "config": asdict(cfg),
                                     "world_size": world_size, "start_step": state.step})

@@ -59,11 +59,21 @@ class SMTConfig:
     def __post_init__(self) -> None:
         if self.mode not in ("prefix", "stream"):
             raise ConfigError(f"mode={self.mode!r} is unknown: use 'prefix' or 'stream'")
-        if self.mode == "stream" and not self.Tc:
+        if self.streaming and not self.Tc:
             raise ConfigError("mode='stream' needs Tc (the context length of a memory): pass --smt.Tc N")
 
+    @property
+    def streaming(self) -> bool:
+        """Stream mode (memories of sliding Tc windows); else prefix mode."""
+        return self.mode == "stream"  # the one place the mode name is read
+
+    @property
+    def start(self) -> int:
+        """The first memory position the losses use: Tc in stream mode, 0 in prefix mode."""
+        return self.Tc if self.streaming else 0
+
     def check_length(self, T: int) -> None:
-        if self.mode == "stream" and self.Tc + (self.Tf or 1) > T:
+        if self.streaming and self.Tc + (self.Tf or 1) > T:
             raise ConfigError(f"Tc+Tf={self.Tc}+{self.Tf or 1} > T={T}: use shorter Tc/Tf or longer windows")
 
 
@@ -132,13 +142,13 @@ def smt_losses(teacher, updater, x: torch.Tensor, y: torch.Tensor, cfg: SMTConfi
     T = x.shape[1]
     Z = teacher.mem_size
     K, d = teacher.cfg.mem_tokens, teacher.cfg.d_model
-    lo = cfg.Tc if cfg.mode == "stream" else 0
+    lo = cfg.start
     Tf = cfg.Tf or (T - lo)
-    t_dec = _sample_positions(y, cfg.dec_positions, lo, T, cfg.target_frac, g, force_last=cfg.mode == "prefix")
+    t_dec = _sample_positions(y, cfg.dec_positions, lo, T, cfg.target_frac, g, force_last=not cfg.streaming)
 
     # the causal teacher trains on every consecutive pair; the register one on `dyn_pairs` sampled pairs
     m_in, m_out, tok, m_dec = teacher.encoder_kind.smt_memories(
-        teacher, x, t_dec, lo, cfg.Tc if cfg.mode == "stream" else None,
+        teacher, x, t_dec, lo, cfg.Tc if cfg.streaming else None,
         lambda: _sample_positions(y, cfg.dyn_pairs, lo, T - 1, cfg.target_frac, g, force_last=False))
 
     xf, yf = _futures(x, y, t_dec, Tf)
