@@ -102,13 +102,13 @@ def run(c: E2EConfig) -> dict:
     from pipeline.corpora import load_corpus
     from pipeline.executors import RayActorPool, init_ray
     from pipeline.label import LabelConfig, label
+    from storage.run_dir import RunDir
     from storage.stream import StreamConfig
     from trainers.common import OptimConfig
     from trainers.dmt import LockstepDMTConfig, OnlineDMTConfig, RefreshConfig, dmt_online
     from trainers.dmt.actor import DMTLoop, DMTLoopConfig, round_reports
     from trainers.evaluate import evaluate_student, evaluate_teacher
     from trainers.pretrain import eval_batch
-    from trainers.run_dir import RunDir
     from trainers.student import StudentTrainConfig
 
     root = Path(c.root).resolve()

@@ -106,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         from pathlib import Path
 
         from pipeline.stage import Resources
+        from storage.run_dir import RunDir
         from trainers.dmt.actor import AggregateTrainer, DMTLoop, DMTLoopConfig, round_reports
-        from trainers.run_dir import RunDir
         from trainers.student import run_config
 
         gpus = args.gpus

@@ -13,8 +13,8 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from models.checkpoint import save_student
+from storage.run_dir import RunDir
 from trainers.dmt.refresh import Refresh, RefreshConfig
-from trainers.run_dir import RunDir
 from trainers.student import Hook, Loop, StudentTrainConfig, TrainState
 
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from models.device import autocast
 from storage.stream import ShardStream
-from trainers.common import autocast
 from trainers.student import Hook, Loop
 
 
