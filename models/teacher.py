@@ -189,8 +189,8 @@ class CausalEncoder(Encoder):
     def smt_memories(self, t, x, t_dec, lo, window, sample_dyn):
         T = x.shape[1]
         M = self.encode_all(t, x)  # (B, T+1, Z), windowed by the teacher's own config in stream mode
-        rows = torch.arange(x.shape[0], device=x.device)[:, None]
-        return M[:, lo:T], M[:, lo + 1:T + 1], x[:, lo:T], M[rows, t_dec]  # every consecutive pair
+        m_dec = M[torch.arange(x.shape[0], device=x.device)[:, None], t_dec]  # first: the autograd order of old
+        return M[:, lo:T], M[:, lo + 1:T + 1], x[:, lo:T], m_dec  # every consecutive pair
 
     def readout_memories(self, t, x, y, batch: int = 256):
         M = torch.cat([self.encode_all(t, x[i:i + batch]) for i in range(0, x.shape[0], batch)])
