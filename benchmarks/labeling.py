@@ -65,7 +65,7 @@ def run_stage(teacher: str, spec: str, out: Path, executor, Tc: int | None = Non
 
 def naive_label(teacher_path: str, spec: str, out: Path, per_shard: int = 8) -> dict:
     """The reference way: two register passes per transition (ctx_t and ctx_{t+1}), stored as pairs."""
-    from trainers.common import autocast, pick_device
+    from models.device import autocast, pick_device
 
     device = pick_device(ARGS.device)
     teacher, fp, _ = load_teacher(teacher_path, device)

@@ -37,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.student import Student
+from models.student_rnn import Student
 from models.teacher import Teacher, TeacherConfig
 from models.updaters import UpdaterConfig
 from pipeline.corpora import held_out, load_corpus

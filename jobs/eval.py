@@ -76,7 +76,7 @@ def _train_run(r: str) -> bool:
 
 def _run_student(r: str, step: int | None) -> str:
     """The student of `step` (default: the newest checkpoint) of a train run (checkpoints/latest.json)."""
-    from trainers.run_dir import RunDir
+    from storage.run_dir import RunDir
 
     run = RunDir(r)
     rel = run.latest()["path"] if step is None else run.student_dir(step)

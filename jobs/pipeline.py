@@ -46,12 +46,12 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
     from pipeline.executors import init_ray, make_executor
     from pipeline.label import LabelConfig, label
     from pipeline.stage import Resources
+    from storage.run_dir import RunDir
     from storage.stream import StreamConfig
     from trainers.common import OptimConfig
     from trainers.evaluate import evaluate_student, evaluate_teacher
     from trainers.heldout import sample_models, score_models, split_sizes, token_unit
     from trainers.pretrain import eval_batch, pretrain
-    from trainers.run_dir import RunDir
     from trainers.student import StudentTrainConfig, run_training
 
     out.mkdir(parents=True, exist_ok=True)
@@ -186,9 +186,9 @@ def _dmt_lockstep(rc, ray, targets, teacher_url, run_url, corpus, prompt, gpus, 
     from models.checkpoint import load_student
     from models.updaters import UpdaterConfig
     from pipeline.dmt_loop import DMTLoop, DMTLoopConfig, round_reports
+    from storage.run_dir import RunDir, step_dir
     from storage.stream import StreamConfig
     from trainers.common import OptimConfig
-    from trainers.run_dir import RunDir, step_dir
     from trainers.student import StudentTrainConfig
 
     d, st = rc.dmt, rc.student
@@ -251,9 +251,9 @@ def _dmt_online(rc, ray, targets, teacher_url, run_url, corpus, teacher, fp, pro
     """The DMT actor relabels each round for the record; the student takes on-policy DMT steps in between."""
     from models.checkpoint import load_student, save_student
     from pipeline.dmt_loop import DMTLoop, DMTLoopConfig
+    from storage.run_dir import RunDir
     from trainers.common import OptimConfig
     from trainers.dmt import DMTConfig, dmt_online
-    from trainers.run_dir import RunDir
 
     d, st = rc.dmt, rc.student
     say(f"[4/5] DMT, online: {d.rounds} rounds; each: the DMT actor relabels the latest student into a new round "

@@ -1,7 +1,7 @@
 """Executors: where a stage runs. `SerialExecutor` runs it in-process; `RayActorPool` on N Ray actors.
 
 Both have `map(stage, items, *, total_records=None, quiet=False) -> iterator of results` (results in
-completion order; callers key them by item) and show progress (trainers/progress.py) in records. Only this
+completion order; callers key them by item) and show progress (pipeline/progress.py) in records. Only this
 module (and jobs/) imports `ray`, lazily, so the serial path works without a cluster.
 
 Fault model of the pool: each actor calls `stage.setup()` once in its constructor (Ray re-runs it when
@@ -38,7 +38,7 @@ class ExecutorError(RuntimeError):
 
 @contextmanager
 def _progress(total: int | None, quiet: bool, desc: str):
-    from trainers.progress import Progress  # the trainers' display: plain lines when not on a terminal
+    from pipeline.progress import Progress  # the display trainers share: plain lines off a terminal
 
     bar = Progress(desc, steps=total, quiet=quiet, unit="rec")
     try:

@@ -32,6 +32,7 @@ import torch
 from tyro.conf import Suppress  # the fault plan is set by tests, never on a command line
 
 from models.checkpoint import CheckpointError, load_teacher, publish_teacher
+from models.device import autocast, pick_device
 from pipeline.corpora import Corpus, CorpusError, load_corpus
 from pipeline.stage import Resources, ShardRange, Stage, shard_ranges
 from storage.bucket import Bucket
@@ -297,8 +298,6 @@ class LabelStage(Stage):
     name: str = "label"
 
     def setup(self) -> None:
-        from trainers.common import pick_device
-
         if self.resources.num_cpus >= 1 and self.resources.num_gpus == 0:
             torch.set_num_threads(int(self.resources.num_cpus))
         self._device = pick_device(self.device)
@@ -340,7 +339,7 @@ class LabelStage(Stage):
             raise LabelError(f"tokens outside the teacher's vocabulary 0..{m.cfg.vocab_size - 1} in corpus "
                              f"{self.corpus!r}: use a teacher trained on this vocabulary")
         out = []
-        with torch.inference_mode(), _autocast(self._device):
+        with torch.inference_mode(), autocast(self._device):
             for i in range(0, x.shape[0], self.batch_size):
                 xb = torch.from_numpy(x[i:i + self.batch_size]).to(self._device)
                 out.append(self._memories(xb).float().cpu().numpy())
@@ -390,10 +389,4 @@ class LabelStage(Stage):
             with open(f.marker, "w") as fh:
                 fh.write(str(os.getpid()))
             os._exit(1)
-
-
-def _autocast(device: torch.device):
-    from trainers.common import autocast
-
-    return autocast(device)
 

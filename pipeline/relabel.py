@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from models.checkpoint import CheckpointError, load_student, load_teacher, read_config
+from models.device import pick_device
 from pipeline.corpora import load_corpus
 from pipeline.stage import Resources, ShardRange, Stage
 from storage.bucket import Bucket
@@ -100,8 +101,6 @@ class RelabelStage(Stage):
     name: str = "relabel"
 
     def setup(self) -> None:
-        from trainers.common import pick_device
-
         if self.resources.num_cpus >= 1 and self.resources.num_gpus == 0:
             torch.set_num_threads(int(self.resources.num_cpus))
         self._device = pick_device(self.device)

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from models.checkpoint import load_student, save_student, save_teacher
-from models.student import Student
+from models.student_rnn import Student
 from models.updaters import UpdaterConfig
 from pipeline.corpora import load_corpus
 from pipeline.dmt_loop import DMTLoop, DMTLoopConfig, round_reports
@@ -313,7 +313,7 @@ def test_lockstep_dmt_bounds_policy_lag_and_replays_exactly(tmp_path, monkeypatc
     assert metrics[20]["lr"] == pytest.approx(OptimConfig().lr) and metrics[21]["lr"] == pytest.approx(1e-4)
     assert metrics[40]["lr"] == pytest.approx(1e-5)
     assert json.loads(Path(f"{run}/config-phase-00000020.json").read_text())["config"]["dmt_every"] == 5
-    from trainers.run_dir import RunDir, unflatten_optimizer
+    from storage.run_dir import RunDir, unflatten_optimizer
     _, tensors, meta = RunDir(run).load({"step": 30, "path": "checkpoints/step-00000030"})
     opt = unflatten_optimizer(tensors, meta["optimizer"])
     assert {float(v["step"]) for v in opt["state"].values()} == {10.0}  # fresh AdamW moments at the phase start

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from jobs.recipes import load_recipe, pydoc_text
-from models.student import Student
+from models.student_rnn import Student
 from models.teacher import Teacher, TeacherConfig
 from models.updaters import UpdaterConfig
 from pipeline.corpora import load_corpus

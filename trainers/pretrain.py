@@ -22,12 +22,13 @@ from pathlib import Path
 
 import torch
 
+from models.device import autocast, pick_device
 from models.teacher import TeacherConfig
 from models.updaters import UpdaterConfig
-from trainers.common import MetricsLog, OptimConfig, autocast, clip_and_step, pick_device
+from storage.run_dir import RunDir
+from trainers.common import MetricsLog, OptimConfig, clip_and_step
 from trainers.evaluate import evaluate_student, evaluate_teacher
 from trainers.pretrain_state import JointObjective, batch_at, build_state, export, positions_generator, save
-from trainers.run_dir import RunDir
 from trainers.smt import SMTConfig
 
 
