@@ -61,13 +61,13 @@ class LabelError(ValueError):
 
 @dataclass(kw_only=True)
 class LabelConfig:
-    teacher: str
+    teacher: str = ""
     """Teacher checkpoint folder or URL (holding weights.safetensors and config.json)."""
-    corpus: str
+    corpus: str = ""
     """Corpus spec, e.g. 'retrieval:T=64,vocab=8' or 'tokens:/d/ids.npy|T=320'."""
-    out: str
+    out: str = ""
     """Bucket root URL; shards go to <out>/targets/<fingerprint>/<corpus-id>/."""
-    fmt: str = "zarr"
+    format: str = "zarr"
     """Shard format: zarr or wds."""
     dtype: str = "float16"
     """Stored state dtype: float32, float16, bfloat16 or int8."""
@@ -85,8 +85,8 @@ class LabelConfig:
     """Per-worker CPUs/GPUs."""
 
     def __post_init__(self) -> None:
-        if self.fmt not in FORMATS:
-            raise LabelError(f"format={self.fmt!r} is unknown: use one of {', '.join(FORMATS)}")
+        if self.format not in FORMATS:
+            raise LabelError(f"format={self.format!r} is unknown: use one of {', '.join(FORMATS)}")
         try:
             check_dtype(self.dtype)
         except ValueError as e:
@@ -165,6 +165,9 @@ def resolve_Tc(corpus: Corpus, teacher_cfg, Tc: int | None) -> int | None:
 
 def prepare(cfg: LabelConfig) -> LabelPlan:
     """Validate corpus, teacher and bucket (in that order of cost); no teacher compute happens here."""
+    for name in ("teacher", "corpus", "out"):
+        if not getattr(cfg, name):
+            raise LabelError(f"label: {name} is not set: pass --{name}")
     corpus = load_corpus(cfg.corpus)
     if corpus.num_sequences < 1:
         raise CorpusError(f"corpus {corpus.spec!r} has no sequences: point it at non-empty data")
@@ -182,7 +185,7 @@ def prepare(cfg: LabelConfig) -> LabelPlan:
         raise BucketError(f"output bucket {cfg.out} is unreachable: {e}") from None
     _check_same_encoding(latest_readable(target, n), target, cfg, Tc)
     stage = LabelStage(teacher=cfg.teacher, corpus=corpus.spec, target=target.url(),
-                       endpoint_url=cfg.endpoint_url, fingerprint=fp, fmt=cfg.fmt, dtype=cfg.dtype,
+                       endpoint_url=cfg.endpoint_url, fingerprint=fp, fmt=cfg.format, dtype=cfg.dtype,
                        Tc=Tc, batch_size=cfg.batch_size, device=cfg.device, resources=cfg.resources)
     T = corpus.seq_len
     return LabelPlan(stage=stage, items=shard_ranges(corpus.num_sequences, cfg.shard_sequences), target=target,
@@ -199,11 +202,11 @@ def _check_same_encoding(gen: Generation | None, target: Bucket, cfg: LabelConfi
     have = {(e.format, e.dtype) for e in gen.shards if e.round == ROUND}
     label_params = (gen.corpus_params or {}).get("label") or {}
     old_Tc = label_params.get("Tc")
-    if not have or (have == {(cfg.fmt, cfg.dtype)} and old_Tc == Tc):
+    if not have or (have == {(cfg.format, cfg.dtype)} and old_Tc == Tc):
         return
     fmt, dtype = min(have)
     raise LabelError(f"target set {target.url()} already holds this corpus labeled as {fmt}/{dtype} (Tc={old_Tc}); "
-                     f"labeling it again as {cfg.fmt}/{cfg.dtype} (Tc={Tc}) would store every record twice: reuse "
+                     f"labeling it again as {cfg.format}/{cfg.dtype} (Tc={Tc}) would store every record twice: reuse "
                      f"it (--format {fmt} --dtype {dtype}) or label into another --out bucket")
 
 

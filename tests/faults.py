@@ -83,7 +83,7 @@ def main(argv: list[str]) -> int:
     n, how, module, *args = argv
     import pipeline.executors
 
-    # the jobs build their in-process executor from this name (make_executor, DMTLoop's default)
+    # the jobs build their in-process executor from this name (ExecutorConfig.build, DMTLoop's default)
     pipeline.executors.SerialExecutor = driver_dies_after(int(n), how)
     return importlib.import_module(module).main(args)
 
