@@ -17,7 +17,7 @@ import torch
 
 from models.checkpoint import load_student, save_student, save_teacher
 from models.student_rnn import Student
-from models.updaters import UpdaterConfig
+from models.updaters import UpdaterConfig, matched_updater
 from pipeline.corpora import load_corpus
 from pipeline.dmt_loop import DMTLoop, DMTLoopConfig, round_reports
 from pipeline.executors import RayActorPool, SerialExecutor
@@ -30,7 +30,6 @@ from storage.rounds import RunSource, rounds_bucket
 from storage.stream import ShardStream, StreamConfig
 from tests.label_data import tiny_teacher
 from trainers.common import OptimConfig
-from trainers.pretrain import matched_updater
 from trainers.student import StudentTrainConfig, run_training
 
 REPO = Path(__file__).resolve().parents[1]
