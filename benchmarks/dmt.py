@@ -107,8 +107,7 @@ def run(c: E2EConfig) -> dict:
     from trainers.common import OptimConfig
     from trainers.dmt import LockstepDMTConfig, OnlineDMTConfig, RefreshConfig, dmt_online
     from trainers.dmt.actor import DMTLoop, DMTLoopConfig, round_reports
-    from trainers.evaluate import evaluate_student, evaluate_teacher
-    from trainers.pretrain import eval_batch
+    from trainers.evaluate import eval_batch, evaluate_student, evaluate_teacher
     from trainers.student import StudentTrainConfig
 
     root = Path(c.root).resolve()

@@ -49,9 +49,9 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
     from storage.run_dir import RunDir
     from storage.stream import StreamConfig
     from trainers.common import OptimConfig
-    from trainers.evaluate import evaluate_student, evaluate_teacher
+    from trainers.evaluate import eval_batch, evaluate_student, evaluate_teacher
     from trainers.heldout import sample_models, score_models, split_sizes, token_unit
-    from trainers.pretrain import eval_batch, pretrain
+    from trainers.pretrain import pretrain
     from trainers.student import StudentTrainConfig, run_training
 
     out.mkdir(parents=True, exist_ok=True)
@@ -96,7 +96,7 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
 
     say(f"[2/5] labeling with {rc.label.workers or 'no'} Ray actors -> {relative_to_out(bucket, out)}")
     gpus = rc.label.gpus_per_worker if torch.cuda.is_available() else 0.0
-    rep = label(LabelConfig(teacher=teacher_url, corpus=corpus.spec, out=bucket, fmt=rc.label.fmt,
+    rep = label(LabelConfig(teacher=teacher_url, corpus=corpus.spec, out=bucket, format=rc.label.fmt,
                             dtype=rc.label.dtype, shard_sequences=rc.label.shard_sequences, Tc=prompt or None,
                             resources=Resources(num_cpus=1, num_gpus=gpus)),
                 make_executor(rc.label.workers), quiet=quiet)
