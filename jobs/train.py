@@ -144,8 +144,7 @@ def train_job(job: TrainJob) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run("train", lambda: train_job(parse(TrainJob, argv, "train", __doc__.splitlines()[0],
-                                                bool_flags=True)))
+    return run("train", lambda: train_job(parse(TrainJob, argv, "train", __doc__.splitlines()[0])))
 
 
 if __name__ == "__main__":
