@@ -1,7 +1,7 @@
 """Does online DMT itself dip when it starts from a strong SMT student? Accuracy over the first DMT steps.
 
 Lockstep DMT (benchmarks/dmt.py, the demo) makes a good SMT student dip before it improves. This separates
-the pipeline from the method: it runs online DMT (trainers/dmt.py: fresh rollouts of the current student
+the pipeline from the method: it runs online DMT (trainers/dmt/online.py: fresh rollouts of the current student
 every step, no shards, no lag) from the SMT student of a finished `smt demo` run, and records the held-out
 rolled-out accuracy and drift at t=T every 2 steps, for a few lr / warm-up settings.
 
@@ -25,7 +25,7 @@ from jobs.report import resolve_in_out
 from models.checkpoint import load_student, load_teacher
 from pipeline.corpora import load_corpus
 from trainers.common import OptimConfig
-from trainers.dmt import DMTConfig, dmt_online
+from trainers.dmt import OnlineDMTConfig, dmt_online
 from trainers.report import markdown_table
 
 SETTINGS = [("lr 3e-5, warm-up 5", 3e-5, 5), ("lr 3e-5, warm-up 30", 3e-5, 30), ("lr 1e-5, warm-up 5", 1e-5, 5)]
@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     for name, lr, warm in SETTINGS:
         teacher, _, _ = load_teacher(teacher_url)
         student, _, _ = load_student(student_url)
-        r = dmt_online(student, teacher, corpus, DMTConfig(optim=OptimConfig(lr=lr, warmup_steps=warm, schedule="cosine"),
+        r = dmt_online(student, teacher, corpus, OnlineDMTConfig(optim=OptimConfig(lr=lr, warmup_steps=warm, schedule="cosine"),
                                                           steps=args.steps, eval_every=2, eval_size=256, device="cpu"),
                        quiet=True)
         hist = [(h["step"], h["dmt_acc"], h["drift_final"]) for h in r["history"] if "dmt_acc" in h]
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     out.with_suffix(".md").write_text(f"""# Online DMT from a strong SMT student: the first steps
 
 Command: `python benchmarks/dmt_dip.py --demo <smt demo --out> --steps {args.steps}` (1 thread). Online DMT
-(trainers/dmt.py; fresh rollouts of the current student every step, batch 32 sequences, w_state 10,
+(trainers/dmt/online.py; fresh rollouts of the current student every step, batch 32 sequences, w_state 10,
 readout trained) from the demo's SMT student ({res['task']}), held-out accuracy and drift at t=T (256
 sequences) every 2 steps; curves in dmt_dip.json.
 

@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.student import Student
+from models.student_rnn import Student
 from models.teacher import TeacherConfig
 from models.updaters import UpdaterConfig
 from storage.bucket import Bucket
@@ -38,7 +38,7 @@ from storage.reader import TargetSet
 from storage.schema import Segments
 from storage.stream import ShardStream, StreamConfig
 from storage.writer import TargetSetWriter
-from trainers.student import SMTObjective
+from trainers.smt import SMTObjective
 
 K, D, S, BATCH = 4, 64, 16, 256
 Z = K * D

@@ -46,12 +46,12 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
     from pipeline.executors import init_ray, make_executor
     from pipeline.label import LabelConfig, label
     from pipeline.stage import Resources
+    from storage.run_dir import RunDir
     from storage.stream import StreamConfig
     from trainers.common import OptimConfig
-    from trainers.evaluate import evaluate_student, evaluate_teacher
+    from trainers.evaluate import eval_batch, evaluate_student, evaluate_teacher
     from trainers.heldout import sample_models, score_models, split_sizes, token_unit
-    from trainers.pretrain import eval_batch, pretrain
-    from trainers.run_dir import RunDir
+    from trainers.pretrain import pretrain
     from trainers.student import StudentTrainConfig, run_training
 
     out.mkdir(parents=True, exist_ok=True)
@@ -69,7 +69,7 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
 
     bucket = bucket or str((out / "bucket").resolve())
     corpus = load_corpus(rc.corpus)
-    stream_mode = corpus.mode == "stream"
+    stream_mode = corpus.streaming
     prompt = rc.pretrain.smt.Tc if stream_mode else 0
     # every figure reported below is on a fixed sample of the test split; the trainers choose on valid
     x, y = eval_batch(corpus, rc.eval_size, 12345, split="test")
@@ -89,14 +89,14 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
     save_teacher(teacher_url, pt["teacher"], {"corpus": corpus.spec})
     teacher = pt["teacher"].cpu()
     te = evaluate_teacher(teacher, x, y, prompt)
-    drift_teacher = teacher if (stream_mode or teacher.cfg.encoder == "causal") else None
+    drift_teacher = teacher if (stream_mode or teacher.encoder_kind.one_pass) else None
     s0 = evaluate_student(pt["student"].cpu(), x, y, drift_teacher, prompt)
     mark("pretrain", s0["acc"], teacher_acc=te["acc"])
     say(f"      teacher {fp[:12]}: acc={te['acc']:.3f} bits/token={te['bits_per_token']:.3f} ({pt['seconds']:.0f} s)")
 
     say(f"[2/5] labeling with {rc.label.workers or 'no'} Ray actors -> {relative_to_out(bucket, out)}")
     gpus = rc.label.gpus_per_worker if torch.cuda.is_available() else 0.0
-    rep = label(LabelConfig(teacher=teacher_url, corpus=corpus.spec, out=bucket, fmt=rc.label.fmt,
+    rep = label(LabelConfig(teacher=teacher_url, corpus=corpus.spec, out=bucket, format=rc.label.fmt,
                             dtype=rc.label.dtype, shard_sequences=rc.label.shard_sequences, Tc=prompt or None,
                             resources=Resources(num_cpus=1, num_gpus=gpus)),
                 make_executor(rc.label.workers), quiet=quiet)
@@ -185,10 +185,11 @@ def _dmt_lockstep(rc, ray, targets, teacher_url, run_url, corpus, prompt, gpus, 
     train on relabels more than 2 x steps_per_round steps old)."""
     from models.checkpoint import load_student
     from models.updaters import UpdaterConfig
-    from pipeline.dmt_loop import DMTLoop, DMTLoopConfig, round_reports
+    from storage.run_dir import RunDir, step_dir
     from storage.stream import StreamConfig
     from trainers.common import OptimConfig
-    from trainers.run_dir import RunDir, step_dir
+    from trainers.dmt import LockstepDMTConfig, RefreshConfig
+    from trainers.dmt.actor import DMTLoop, DMTLoopConfig, round_reports
     from trainers.student import StudentTrainConfig
 
     d, st = rc.dmt, rc.student
@@ -200,15 +201,15 @@ def _dmt_lockstep(rc, ray, targets, teacher_url, run_url, corpus, prompt, gpus, 
         f"{', newest round re-rolled on-policy' if d.refresh else ''})")
     cfg = StudentTrainConfig(
         updater=UpdaterConfig(arch=st.arch, depth=st.depth), steps=total, checkpoint_every=max(E, 50),
-        optim=OptimConfig(lr=d.lr, warmup_steps=5, schedule="cosine"), phase_start=s0, dmt_every=E,
-        dmt_rounds=d.rounds, dmt_wait_seconds=3600, dmt_refresh=d.refresh,
+        optim=OptimConfig(lr=d.lr, warmup_steps=5, schedule="cosine"), phase_start=s0,
         stream=StreamConfig(batch_size=d.batch_size * Td, round_weights={"0": 1.0, "dmt": d.dmt_weight},
                             round_decay=d.round_decay, mix_shards=256, cache_shards=128))
     loop_cfg = DMTLoopConfig(targets=targets, run=run_url, corpus=corpus.spec, teacher=teacher_url, rounds=d.rounds,
                              every_steps=E, first_step=s0, sequences=d.sequences, shard_sequences=d.sequences,
                              start=prompt, fmt=rc.label.fmt, dtype=rc.label.dtype, poll_seconds=0.05)
+    hooks = LockstepDMTConfig(every=E, rounds=d.rounds, wait_seconds=3600, refresh=RefreshConfig(enabled=d.refresh)).hooks()
     wall0 = time.time() - (time.perf_counter() - t0)  # the pipeline's start on the wall clock
-    trainer = ray.remote(num_cpus=1, num_gpus=gpus)(_train_remote).remote(targets, teacher_url, run_url, cfg)
+    trainer = ray.remote(num_cpus=1, num_gpus=gpus)(_train_remote).remote(targets, teacher_url, run_url, cfg, hooks)
     actor = ray.remote(num_cpus=1, num_gpus=gpus)(DMTLoop).remote(loop_cfg)
     loop_ref = actor.run.remote(True)
     done, _ = ray.wait([trainer, loop_ref], num_returns=1)
@@ -241,19 +242,19 @@ def _dmt_lockstep(rc, ray, targets, teacher_url, run_url, corpus, prompt, gpus, 
     return rounds, {"step": total, "path": step_dir(total)}
 
 
-def _train_remote(targets, teacher_url, run_url, cfg):
+def _train_remote(targets, teacher_url, run_url, cfg, hooks=()):
     from trainers.student import run_training
 
-    return run_training(targets, teacher_url, run_url, cfg, quiet=True)
+    return run_training(targets, teacher_url, run_url, cfg, quiet=True, hooks=hooks)
 
 
 def _dmt_online(rc, ray, targets, teacher_url, run_url, corpus, teacher, fp, prompt, gpus, say, mark, evaluate):
     """The DMT actor relabels each round for the record; the student takes on-policy DMT steps in between."""
     from models.checkpoint import load_student, save_student
-    from pipeline.dmt_loop import DMTLoop, DMTLoopConfig
+    from storage.run_dir import RunDir
     from trainers.common import OptimConfig
-    from trainers.dmt import DMTConfig, dmt_online
-    from trainers.run_dir import RunDir
+    from trainers.dmt import OnlineDMTConfig, dmt_online
+    from trainers.dmt.actor import DMTLoop, DMTLoopConfig
 
     d, st = rc.dmt, rc.student
     say(f"[4/5] DMT, online: {d.rounds} rounds; each: the DMT actor relabels the latest student into a new round "
@@ -266,7 +267,7 @@ def _dmt_online(rc, ray, targets, teacher_url, run_url, corpus, teacher, fp, pro
     ptr = RunDir(run_url).latest()
     student, _, _ = load_student(f"{run_url}/{ptr['path']}/student")
     total = d.rounds * d.steps_per_round
-    dcfg = DMTConfig(optim=OptimConfig(lr=d.lr, schedule="cosine", warmup_steps=10), steps=total,
+    dcfg = OnlineDMTConfig(optim=OptimConfig(lr=d.lr, schedule="cosine", warmup_steps=10), steps=total,
                      batch_size=d.batch_size, prompt=prompt, eval_every=10**9, eval_size=64)
     rounds, carry = [], None
     for r in range(1, d.rounds + 1):

@@ -15,7 +15,14 @@ import math
 
 import torch
 
-from trainers.evaluate import evaluate_student, evaluate_teacher, generate, generate_teacher, heldout_indices
+from trainers.evaluate import (
+    eval_batch,
+    evaluate_student,
+    evaluate_teacher,
+    generate,
+    generate_teacher,
+    heldout_indices,
+)
 
 
 def token_unit(corpus) -> str:
@@ -43,7 +50,7 @@ def split_sizes(corpus) -> dict:
     out = {}
     for split in ("train", "valid", "test"):
         c = corpus.with_split(split)
-        tokens = int(c.data.shape[0]) if corpus.mode == "stream" else len(c) * c.seq_len
+        tokens = int(c.data.shape[0]) if corpus.streaming else len(c) * c.seq_len
         out[split] = {"sequences": len(c), "tokens": tokens}
     return out
 
@@ -56,8 +63,6 @@ def score_models(corpus, n: int, prompt: int, teacher, students: dict, bptt=None
                  seed: int = 0) -> dict:
     """Figures on `split` of `corpus` (n sequences at most): `students` maps a name (smt, dmt) to a Student
     or None (not trained)."""
-    from trainers.pretrain import eval_batch
-
     x, y = eval_batch(corpus, n, seed, split)
     corpus = corpus.with_split(split)
     out: dict = {"corpus": corpus.spec, "split": split, "sequences": int(x.shape[0]), "prompt": prompt,
@@ -112,7 +117,7 @@ def sample_models(corpus, prompt: int, teacher, students: dict, bptt=None, k: in
 
 def _continuation(corpus, idx: list[int], start: int, steps: int) -> torch.Tensor:
     """The true `steps` tokens after `start` of windows `idx` (stream corpora continue past the window)."""
-    if corpus.mode == "stream":
+    if corpus.streaming:
         import numpy as np
 
         data = corpus.data
