@@ -80,12 +80,17 @@ LEVER_PATHS = {"Tf": ("smt", "Tf"), "dec_positions": ("smt", "dec_positions"), "
                "d_model": ("teacher", "d_model"), "w_dyn": ("smt", "w_dyn")}
 
 
+# the recipe's teacher when this study ran (its levers are changes from this, whatever the recipe holds now)
+BASELINE = {"Tf": 32, "dec_positions": 4, "Tc": 64, "lr": 1e-3, "batch": 32, "decoder_depth": 2, "window": 64,
+            "mem_tokens": 4, "d_model": 64, "w_dyn": 0.1}
+
+
 def pretrain_config(lever: dict, seconds: float, seed: int):
-    """The `text-bytes-tiny` teacher config with `lever`'s fields set, on a CPU-second budget."""
+    """The `text-bytes-tiny` teacher config at BASELINE with `lever`'s fields set, on a CPU-second budget."""
     from jobs.recipes import load_recipe
 
     cfg = load_recipe("text-bytes-tiny").pretrain
-    for k, v in lever.items():
+    for k, v in {**BASELINE, **lever}.items():
         path = LEVER_PATHS[k]
         if len(path) == 1:
             cfg = dataclasses.replace(cfg, **{path[0]: v})
@@ -112,8 +117,7 @@ def _corpus(path: str, stride: int = STRIDE):
 
 def _split_bits(corpus, split: str, teacher=None, student=None, bptt=None) -> dict:
     """Bits on `split` (EVAL_N windows, targets after the prompt) of the teacher / a student / a BPTT model."""
-    from trainers.evaluate import evaluate_student, evaluate_teacher
-    from trainers.pretrain import eval_batch
+    from trainers.evaluate import eval_batch, evaluate_student, evaluate_teacher
 
     x, y = eval_batch(corpus, EVAL_N, 0, split)
     out = {}
@@ -152,11 +156,11 @@ def task_pipeline(path: str, lever: dict, teacher_seconds: float, students: list
     from pipeline.corpora import spec_with
     from pipeline.executors import make_executor
     from pipeline.label import LabelConfig, label
+    from storage.run_dir import RunDir
     from storage.stream import StreamConfig
     from trainers.common import OptimConfig
-    from trainers.dmt import DMTConfig, dmt_online
+    from trainers.dmt import OnlineDMTConfig, dmt_online
     from trainers.pretrain import pretrain
-    from trainers.run_dir import RunDir
     from trainers.student import StudentTrainConfig, run_training
 
     cpu = time.process_time
@@ -176,7 +180,7 @@ def task_pipeline(path: str, lever: dict, teacher_seconds: float, students: list
     Tc = cfg.smt.Tc
 
     def dmt(student) -> dict:
-        d = dmt_online(student, teacher, corpus, DMTConfig(optim=OptimConfig(lr=1e-4, warmup_steps=5), steps=10**6,
+        d = dmt_online(student, teacher, corpus, OnlineDMTConfig(optim=OptimConfig(lr=1e-4, warmup_steps=5), steps=10**6,
                                                            seconds=dmt_seconds, batch_size=32, prompt=Tc,
                                                            eval_every=10**9, eval_size=16, seed=seed,
                                                            clock="process"), quiet=True)

@@ -37,6 +37,19 @@ class PipelineJob:
     """No progress bars."""
 
 
+def label_spec(rc, corpus) -> str:
+    """The corpus spec the teacher labels: the corpus itself, or its windows every `rc.label.stride` tokens."""
+    from models.teacher import ConfigError
+    from pipeline.corpora import spec_with
+
+    if rc.label.stride is None:
+        return corpus.spec
+    if corpus.mode != "stream":
+        raise ConfigError(f"label.stride={rc.label.stride} needs a stream corpus (text, hf, tokens), not "
+                          f"{corpus.spec!r}: drop label.stride")
+    return spec_with(corpus.spec, stride=rc.label.stride)
+
+
 def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, say=None) -> dict:
     import torch
 
@@ -96,7 +109,7 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
 
     say(f"[2/5] labeling with {rc.label.workers or 'no'} Ray actors -> {relative_to_out(bucket, out)}")
     gpus = rc.label.gpus_per_worker if torch.cuda.is_available() else 0.0
-    rep = label(LabelConfig(teacher=teacher_url, corpus=corpus.spec, out=bucket, format=rc.label.fmt,
+    rep = label(LabelConfig(teacher=teacher_url, corpus=label_spec(rc, corpus), out=bucket, format=rc.label.fmt,
                             dtype=rc.label.dtype, shard_sequences=rc.label.shard_sequences, Tc=prompt or None,
                             resources=Resources(num_cpus=1, num_gpus=gpus)),
                 make_executor(rc.label.workers), quiet=quiet)

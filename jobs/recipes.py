@@ -34,6 +34,13 @@ class LabelStep:
     """Sequences per shard."""
     gpus_per_worker: float = 0.0
     """GPUs per labeling actor (set >0 on GPU clusters)."""
+    stride: int | None = None
+    """Stream corpora: label the windows every this many tokens (None: the corpus's own stride). A student
+    reads steps x batch_size transitions; labeling many more costs CPU the teacher could use."""
+
+    def __post_init__(self) -> None:
+        if self.stride is not None and self.stride < 1:
+            raise ConfigError(f"label.stride={self.stride} must be >= 1 (or null: the corpus's stride)")
 
 
 @dataclass(kw_only=True)

@@ -67,3 +67,25 @@ def test_levers_set_the_recipe_fields_they_name():
     assert (cfg.smt.Tf, cfg.smt.dec_positions, cfg.optim.lr, cfg.batch_size, cfg.teacher.d_model) == (1, 32, 3e-3, 64, 96)
     assert (cfg.seconds, cfg.clock, cfg.seed) == (10.0, "process", 3)
     assert cfg.teacher.d_model % cfg.teacher.n_heads == 0
+
+
+def test_label_stride_labels_a_fraction_of_a_stream_corpus_and_refuses_prefix_corpora():
+    import dataclasses
+
+    import pytest
+
+    from jobs.pipeline import label_spec
+    from jobs.recipes import LabelStep, load_recipe
+    from models.teacher import ConfigError
+    from pipeline.corpora import load_corpus
+
+    rc = load_recipe("text-bytes-tiny")
+    text = load_corpus(rc.corpus)
+    assert label_spec(dataclasses.replace(rc, label=LabelStep(stride=None)), text) == text.spec
+    strided = load_corpus(label_spec(dataclasses.replace(rc, label=LabelStep(stride=384)), text))
+    assert strided.stride == 384 and strided.num_sequences < text.num_sequences // 7
+    digits = load_recipe("digits-pixels-tiny")
+    with pytest.raises(ConfigError, match="label.stride=96 needs a stream corpus"):
+        label_spec(dataclasses.replace(digits, label=LabelStep(stride=96)), load_corpus(digits.corpus))
+    with pytest.raises(ConfigError, match="label.stride=0 must be >= 1"):
+        LabelStep(stride=0)
