@@ -350,15 +350,20 @@ def run(args) -> dict:
         print(f"split {sp['name']}: {final_bits(r)}", flush=True)
     pick = min(range(len(split_res)), key=lambda i: final_bits(split_res[i])["valid"])
     sp = splits(total)[pick]
-    # 3. the chosen split on the other seeds; its teacher's target set for k = 5 students
-    seed_res = [split_res[pick]] + [
-        runner.submit(lane_a, "pipeline", path=p, lever=best, teacher_seconds=sp["teacher"],
-                      students=sp["students"], label_stride=sp["stride"], dmt_seconds=sp["dmt"], seed=s).result()
-        for s in seeds[1:]]
+    # 3. one teacher's target set for k = 5 students (lane A; the lr the same-sized student of the split chose on
+    # valid, one lr each so the study fits the shared CPU), and the chosen split on the other seeds (lane B, after
+    # the BPTT runs)
     am_teacher = splits(total)[3]  # the split that labels most: students need a target set
-    amort = runner.submit(lane_a, "pipeline", path=p, lever=best, teacher_seconds=am_teacher["teacher"],
-                          students=[{**am_teacher["students"][0], "arch": a, "depth": d, "lrs": [1e-3, 3e-3]} for a, d in ARCH_SET],
-                          label_stride=am_teacher["stride"], dmt_seconds=am_teacher["dmt"], seed=seeds[0]).result()
+    am_lr = split_res[3]["students"][0]["lr"]
+    amort_f = runner.submit(lane_a, "pipeline", path=p, lever=best, teacher_seconds=am_teacher["teacher"],
+                            students=[{**am_teacher["students"][0], "arch": a, "depth": d, "lrs": [am_lr]}
+                                      for a, d in ARCH_SET],
+                            label_stride=am_teacher["stride"], dmt_seconds=am_teacher["dmt"], seed=seeds[0])
+    seed_f = [runner.submit(lane_b, "pipeline", path=p, lever=best, teacher_seconds=sp["teacher"],
+                            students=sp["students"], label_stride=sp["stride"], dmt_seconds=sp["dmt"], seed=s)
+              for s in seeds[1:]]
+    amort = amort_f.result()
+    seed_res = [split_res[pick]] + [f.result() for f in seed_f]
     bptt = [f.result() for f in bfut]
     lane_a.shutdown()
     lane_b.shutdown()
