@@ -107,8 +107,7 @@ def run(c: E2EConfig) -> dict:
     from storage.stream import StreamConfig
     from trainers.common import OptimConfig
     from trainers.dmt import DMTConfig, dmt_online
-    from trainers.evaluate import evaluate_student, evaluate_teacher
-    from trainers.pretrain import eval_batch
+    from trainers.evaluate import eval_batch, evaluate_student, evaluate_teacher
     from trainers.student import StudentTrainConfig
 
     root = Path(c.root).resolve()

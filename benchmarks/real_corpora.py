@@ -94,9 +94,9 @@ def run_one(corpus_name: str, seed: int, archs: tuple[str, ...], b: Budgets) -> 
     from trainers.bptt import BPTTConfig, train_bptt
     from trainers.common import OptimConfig
     from trainers.dmt import DMTConfig, dmt_online
-    from trainers.evaluate import evaluate_student, evaluate_teacher
+    from trainers.evaluate import eval_batch, evaluate_student, evaluate_teacher
     from trainers.heldout import score_models
-    from trainers.pretrain import eval_batch, pretrain
+    from trainers.pretrain import pretrain
     from trainers.student import StudentTrainConfig, run_training
 
     rc = load_recipe(RECIPES[corpus_name])

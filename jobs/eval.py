@@ -143,8 +143,7 @@ def evaluate_run(job: EvalJob) -> dict:
 
     from models.checkpoint import load_student, load_teacher
     from pipeline.corpora import load_corpus
-    from trainers.evaluate import evaluate_student, evaluate_teacher
-    from trainers.pretrain import eval_batch
+    from trainers.evaluate import eval_batch, evaluate_student, evaluate_teacher
 
     corpus = load_corpus(job.corpus)
     t_url, s_url = resolve(job)

@@ -92,9 +92,9 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
     from pipeline.label import label
     from storage.run_dir import RunDir
     from trainers.common import OptimConfig
-    from trainers.evaluate import evaluate_student, evaluate_teacher
+    from trainers.evaluate import eval_batch, evaluate_student, evaluate_teacher
     from trainers.heldout import sample_models, score_models, split_sizes, token_unit
-    from trainers.pretrain import eval_batch, pretrain
+    from trainers.pretrain import pretrain
     from trainers.student import run_training
 
     out.mkdir(parents=True, exist_ok=True)

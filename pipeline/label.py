@@ -25,11 +25,9 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Annotated
 
 import numpy as np
 import torch
-from tyro.conf import Suppress  # the fault plan is set by tests, never on a command line
 
 from models.checkpoint import CheckpointError, load_teacher, publish_teacher
 from models.device import autocast, pick_device
@@ -55,22 +53,10 @@ from storage.schema import Segments
 from storage.writer import write_shard
 
 ROUND = 0
-# Test hook: the driver exits (as if killed) after this many shards are written, before the commit.
-EXIT_AFTER_ENV = "SMT_LABEL_TEST_EXIT_AFTER"
 
 
 class LabelError(ValueError):
     """Input the label stage cannot use; one line naming the thing and the fix."""
-
-
-@dataclass(frozen=True)
-class FaultPlan:
-    """Test-only: the first worker to reach `exit_after` finished items dies (os._exit) once.
-
-    The marker file makes it happen once across restarts and processes."""
-
-    exit_after: int
-    marker: str
 
 
 @dataclass(kw_only=True)
@@ -97,8 +83,6 @@ class LabelConfig:
     """S3 endpoint for the bucket (default: AWS_ENDPOINT_URL)."""
     resources: Resources = field(default_factory=Resources)
     """Per-worker CPUs/GPUs."""
-    fault: Annotated[FaultPlan | None, Suppress] = None
-    """Test-only fault injection; None in real runs."""
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -202,8 +186,7 @@ def prepare(cfg: LabelConfig) -> LabelPlan:
     _check_same_encoding(latest_readable(target, n), target, cfg, Tc)
     stage = LabelStage(teacher=cfg.teacher, corpus=corpus.spec, target=target.url(),
                        endpoint_url=cfg.endpoint_url, fingerprint=fp, fmt=cfg.format, dtype=cfg.dtype,
-                       Tc=Tc, batch_size=cfg.batch_size, device=cfg.device, resources=cfg.resources,
-                       fault=cfg.fault)
+                       Tc=Tc, batch_size=cfg.batch_size, device=cfg.device, resources=cfg.resources)
     T = corpus.seq_len
     return LabelPlan(stage=stage, items=shard_ranges(corpus.num_sequences, cfg.shard_sequences), target=target,
                      fingerprint=fp, teacher_config=ckpt["model"]["teacher"], corpus=corpus,
@@ -231,13 +214,10 @@ def label(cfg: LabelConfig, executor, *, quiet: bool = False) -> LabelReport:
     """Label a corpus with `executor` (anything with `map(stage, items, total_records=, quiet=)`)."""
     plan = prepare(cfg)
     t0 = time.perf_counter()
-    exit_after = int(os.environ.get(EXIT_AFTER_ENV, "0") or 0)
     total = sum(it.size for it in plan.items) * (plan.states_per_seq - 1)
     results: dict[int, dict] = {}
     for res in executor.map(plan.stage, plan.items, total_records=total, quiet=quiet):
         results[res["index"]] = res
-        if exit_after and len(results) >= exit_after:
-            os._exit(3)  # simulate a driver killed after some shards, before the commit
     missing = [it.index for it in plan.items if it.index not in results]
     if missing:
         raise StorageError(f"{len(missing)} work items returned no result (first: shard {missing[0]}); "
@@ -294,7 +274,6 @@ class LabelStage(Stage):
     device: str = "auto"
     endpoint_url: str | None = None
     resources: Resources = field(default_factory=Resources)
-    fault: Annotated[FaultPlan | None, Suppress] = None
     name: str = "label"
 
     def setup(self) -> None:
@@ -307,11 +286,9 @@ class LabelStage(Stage):
                                   f"{self.fingerprint[:12]}): rerun")
         self._corpus = load_corpus(self.corpus)
         self._bucket = Bucket.from_url(self.target, endpoint_url=self.endpoint_url)
-        self._done = 0
 
     # -- the work
     def run(self, item: ShardRange) -> dict:
-        self._maybe_die()
         t0 = time.perf_counter()
         states_per_seq = self._corpus.seq_len + 1 - (self.Tc or 0)
         found = self._existing(item)
@@ -329,7 +306,6 @@ class LabelStage(Stage):
             receipt = {"entry": entry.to_json(), "start": item.start, "stop": item.stop}
             self._bucket.write_bytes(receipt_path(item.index), json.dumps(receipt, sort_keys=True).encode())
             res = self._result(item, entry, states_per_seq, skipped=False, t0=t0)
-        self._done += 1
         return res
 
     def memories(self, x: np.ndarray) -> np.ndarray:
@@ -382,11 +358,3 @@ class LabelStage(Stage):
         return {"index": item.index, "entry": entry.to_json(), "records": entry.records,
                 "states": 0 if skipped else item.size * states_per_seq, "skipped": skipped,
                 "seconds": round(time.perf_counter() - t0, 4), "worker": os.getpid()}
-
-    def _maybe_die(self) -> None:
-        f = self.fault
-        if f is not None and self._done >= f.exit_after and not os.path.exists(f.marker):
-            with open(f.marker, "w") as fh:
-                fh.write(str(os.getpid()))
-            os._exit(1)
-

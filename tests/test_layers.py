@@ -2,7 +2,7 @@
 package or one below it, never one above (that would make a cycle: every upper package imports the lower
 ones). Parsed with `ast`, so lazy imports inside functions count too. Library code never imports tests/,
 benchmarks/ or scripts/, and below jobs/ no two modules share a name (jobs/ are entry points named after the
-stage they run)."""
+stage they run). Library code holds no test hooks either."""
 from __future__ import annotations
 
 import ast
@@ -67,3 +67,20 @@ def test_the_checker_flags_upward_imports(source, package, n_bad):
 def test_library_module_names_are_unique():
     names = Counter(p.stem for pkg in ORDER[:-1] for p in (ROOT / pkg).rglob("*.py") if p.stem != "__init__")
     assert not [n for n, c in names.items() if c > 1], names
+
+
+def test_library_code_holds_no_test_hooks():
+    """Faults are injected from tests (tests/faults.py wraps stages and executors): no library module ends
+    its own process or reads a test-only switch."""
+    bad = []
+    for package in ORDER:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                where = f"{path.relative_to(ROOT).as_posix()}:{getattr(node, 'lineno', '?')}"
+                if isinstance(node, ast.Attribute) and node.attr == "_exit":
+                    bad.append(f"{where} calls os._exit")
+                elif isinstance(node, ast.Constant) and isinstance(node.value, str) and "_TEST_" in node.value:
+                    bad.append(f"{where} names a test switch {node.value!r}")
+                elif isinstance(node, ast.Name) and node.id == "FaultPlan":
+                    bad.append(f"{where} uses FaultPlan")
+    assert not bad, "\n".join(bad)

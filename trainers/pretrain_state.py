@@ -23,6 +23,7 @@ from torch import nn
 from models.checkpoint import load_student, load_teacher, save_student, save_teacher
 from models.student_rnn import Student
 from models.teacher import Teacher, TeacherConfig
+from models.updaters import matched_updater
 from storage.run_dir import RunDir, flatten_optimizer, unflatten_optimizer
 from trainers.smt import SMTConfig, smt_losses
 
@@ -94,8 +95,6 @@ class PretrainState:
 
 def build_state(corpus, cfg, run: RunDir | None, device: torch.device) -> PretrainState:
     """A fresh state (weights from `cfg.seed`), or the one the run's newest checkpoint holds."""
-    from trainers.pretrain import matched_updater
-
     tcfg = TeacherConfig(**{**asdict(cfg.teacher), "vocab_size": corpus.vocab_size})
     ucfg = matched_updater(tcfg, cfg.updater)
     pointer = run.latest() if run is not None else None

@@ -26,14 +26,13 @@ from torch import nn
 from models.checkpoint import load_student, save_student
 from models.device import autocast, pick_device
 from models.student_rnn import Student
-from models.updaters import UpdaterConfig
+from models.updaters import UpdaterConfig, matched_updater
 from storage.errors import FingerprintMismatch
 from storage.reader import TargetSet
 from storage.rounds import RunSource, rounds_bucket
 from storage.run_dir import RunDir, flatten_optimizer, unflatten_optimizer
 from storage.stream import ShardStream, StreamConfig
 from trainers.common import MetricsLog, OptimConfig, clip_and_step
-from trainers.pretrain import matched_updater
 from trainers.refresh import FreshRound
 
 
