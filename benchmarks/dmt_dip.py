@@ -25,7 +25,7 @@ from jobs.report import resolve_in_out
 from models.checkpoint import load_student, load_teacher
 from pipeline.corpora import load_corpus
 from trainers.common import OptimConfig
-from trainers.dmt import DMTConfig, dmt_online
+from trainers.dmt import OnlineDMTConfig, dmt_online
 from trainers.report import markdown_table
 
 SETTINGS = [("lr 3e-5, warm-up 5", 3e-5, 5), ("lr 3e-5, warm-up 30", 3e-5, 30), ("lr 1e-5, warm-up 5", 1e-5, 5)]
@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     for name, lr, warm in SETTINGS:
         teacher, _, _ = load_teacher(teacher_url)
         student, _, _ = load_student(student_url)
-        r = dmt_online(student, teacher, corpus, DMTConfig(optim=OptimConfig(lr=lr, warmup_steps=warm, schedule="cosine"),
+        r = dmt_online(student, teacher, corpus, OnlineDMTConfig(optim=OptimConfig(lr=lr, warmup_steps=warm, schedule="cosine"),
                                                           steps=args.steps, eval_every=2, eval_size=256, device="cpu"),
                        quiet=True)
         hist = [(h["step"], h["dmt_acc"], h["drift_final"]) for h in r["history"] if "dmt_acc" in h]

@@ -112,7 +112,7 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
 
     bucket = bucket or str((out / "bucket").resolve())
     corpus = load_corpus(rc.corpus)
-    stream_mode = corpus.mode == "stream"
+    stream_mode = corpus.streaming
     prompt = rc.pretrain.smt.Tc if stream_mode else 0
     # every figure reported below is on a fixed sample of the test split; the trainers choose on valid
     x, y = eval_batch(corpus, rc.eval_size, 12345, split="test")
@@ -132,7 +132,7 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
     save_teacher(teacher_url, pt["teacher"], {"corpus": corpus.spec})
     teacher = pt["teacher"].cpu()
     te = evaluate_teacher(teacher, x, y, prompt)
-    drift_teacher = teacher if (stream_mode or teacher.cfg.encoder == "causal") else None
+    drift_teacher = teacher if (stream_mode or teacher.encoder_kind.one_pass) else None
     s0 = evaluate_student(pt["student"].cpu(), x, y, drift_teacher, prompt)
     mark("pretrain", s0["acc"], teacher_acc=te["acc"])
     say(f"      teacher {fp[:12]}: acc={te['acc']:.3f} bits/token={te['bits_per_token']:.3f} ({pt['seconds']:.0f} s)")
@@ -280,7 +280,7 @@ def _actor_config(rc, targets, run_url, corpus, teacher_url, prompt, first_step=
     the earlier stages."""
     return wired(rc.dmt_actor, "dmt_actor", targets=targets, run=run_url, corpus=corpus.spec, teacher=teacher_url,
                  rounds=rc.dmt.rounds, every_steps=rc.dmt.every, first_step=first_step, start=prompt,
-                 fmt=rc.label.format, dtype=rc.label.dtype)
+                 format=rc.label.format, dtype=rc.label.dtype)
 
 
 def _dmt_online(rc, ray, targets, teacher_url, run_url, corpus, teacher, fp, prompt, gpus, say, mark, evaluate):

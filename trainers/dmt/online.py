@@ -5,7 +5,8 @@ m_Tc in stream mode), rolls out on the true inputs with its state detached betwe
 gradient, never BPTT), and each step is trained towards the teacher's memory of the same prefix:
     L = w_state * MSE(f(m_hat_t, x_t), m*_{t+1}) + w_readout * CE(g(sg(m_hat_{t+1})), y_t)
 The readout term sees detached memories, so it trains only the readout.
-The offline twin (roll out, record, relabel, train on the union) is `pipeline/` + the DMT actor.
+The offline twin (roll out, record, relabel, train on the union) is the DMT actor (`actor.py`, relabelling
+with `pipeline/relabel.py`) beside a student run, in lockstep (`lockstep.py`) or alone.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from trainers.losses import masked_ce
 
 
 @dataclass(kw_only=True)
-class DMTConfig:
+class OnlineDMTConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-5, schedule="cosine"))
     """Optimiser (reference: lr 3e-5, cosine decay)."""
     steps: int = 1500
@@ -78,7 +79,7 @@ def dmt_losses(student, M: torch.Tensor, x: torch.Tensor, y: torch.Tensor, start
     return {"loss": w_state * l_state + w_readout * l_read, "loss_state": l_state, "loss_readout": l_read}
 
 
-def dmt_online(student, teacher, corpus, cfg: DMTConfig, out: str | Path | None = None,
+def dmt_online(student, teacher, corpus, cfg: OnlineDMTConfig, out: str | Path | None = None,
                teacher_fingerprint: str | None = None, quiet: bool = False, on_eval=None, reporter=None,
                carry: dict | None = None, stop_step: int | None = None) -> dict:
     """Train `student` by online DMT. With `stop_step`, stop there and return a `carry` (optimiser, schedule,

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from pipeline.relabel import RelabelConfig, check_relabel, relabel
 from pipeline.stage import Resources
@@ -37,6 +37,7 @@ from storage.errors import ObjectNotFound
 from storage.manifest import newest_generation, read_generation
 from storage.rounds import rounds_bucket
 from storage.run_dir import RunDir
+from trainers.student import StudentTrainConfig, run_training
 
 LATEST = "checkpoints/latest.json"
 
@@ -47,21 +48,21 @@ class DMTTimeout(RuntimeError):
 
 @dataclass(kw_only=True)
 class DMTLoopConfig:
-    targets: str
+    targets: str = ""
     """Target set URL (the folder holding manifest/): round 0, shared and only read."""
-    run: str
+    run: str = ""
     """Student run URL (written by `smt train`; holds checkpoints/latest.json); its rounds go to <run>/rounds/."""
-    corpus: str
+    corpus: str = ""
     """Corpus spec the target set was labeled from."""
-    teacher: str
-    """Teacher checkpoint URL."""
+    teacher: str = ""
+    """Teacher checkpoint URL (`smt dmt`: default <bucket>/teachers/<fingerprint>)."""
     rounds: int = 3
     """Total DMT rounds to reach (rounds already committed count)."""
     every_steps: int = 100
     """Relabel once the student has advanced this many steps since the previous round's checkpoint."""
     first_step: int | None = None
     """Lockstep: round r rolls out exactly the checkpoint of step first_step + (r-1) * every_steps (the
-    trainer's `phase_start`/`dmt_every` write them), so the round schedule is reproducible. None: round r
+    trainer's lockstep hook (`lockstep.py`) writes them), so the round schedule is reproducible. None: round r
     takes the newest checkpoint once the run is `every_steps` past the previous round's."""
     sequences: int = 512
     """Sequences rolled out per round."""
@@ -71,8 +72,8 @@ class DMTLoopConfig:
     """Rollout start (0 in prefix mode, Tc in stream mode)."""
     Td: int | None = None
     """Rollout steps (None = to the end)."""
-    fmt: str = "zarr"
-    """Shard format."""
+    format: str = "zarr"
+    """Shard format of the relabeled rounds: zarr or wds."""
     dtype: str = "float16"
     """Stored state dtype."""
     poll_seconds: float = 1.0
@@ -91,9 +92,12 @@ class DMTLoop:
     def __init__(self, cfg: DMTLoopConfig, executor=None, trainer: Callable[..., dict] | None = None):
         """`trainer` (standalone DMT, no trainer attached): called as trainer(round=r, phase_start=s0,
         stop_at=s, phase_end=e) after round r, it trains the run on round 0 + rounds 1..r up to step s and
-        returns run_training's summary (`trainers.student.AggregateTrainer`)."""
+        returns run_training's summary (`AggregateTrainer`)."""
         from pipeline.executors import SerialExecutor
 
+        for name in ("targets", "run", "corpus", "teacher"):
+            if not getattr(cfg, name):
+                raise ValueError(f"dmt: {name} is not set: pass --{name}")
         if trainer is not None and cfg.first_step is not None:
             raise ValueError("lockstep DMT (first_step) has its trainer attached: pass no standalone trainer")
         self.cfg = cfg
@@ -227,7 +231,7 @@ class DMTLoop:
         return RelabelConfig(
             targets=c.targets, run=c.run, teacher=c.teacher, student=self.run_dir.url(f"{pointer['path']}/student"),
             corpus=c.corpus, round=r, sequences=c.sequences, shard_sequences=c.shard_sequences, start=c.start,
-            Td=c.Td, fmt=c.fmt, dtype=c.dtype, device=c.device, endpoint_url=c.endpoint_url,
+            Td=c.Td, fmt=c.format, dtype=c.dtype, device=c.device, endpoint_url=c.endpoint_url,
             resources=c.resources)
 
     def run_round(self, r: int, pointer: dict, quiet: bool = True) -> dict:
@@ -284,6 +288,27 @@ class DMTLoop:
 
     def config(self) -> dict:
         return asdict(self.cfg)
+
+
+@dataclass
+class AggregateTrainer:
+    """Standalone DMT's student side (`DMTLoop(..., trainer=...)`): after round r, train the run on round 0
+    + its rounds 1..r up to step `stop_at`. All blocks form one training phase that starts where round 1 was
+    rolled out (fresh AdamW, this config's lr) and is resumed exactly from the run's checkpoints, with the
+    run's own stream config (generation switches only at block starts; no lockstep hooks)."""
+
+    targets: str
+    teacher: str | None
+    run: str
+    cfg: StudentTrainConfig
+    endpoint_url: str | None = None
+    quiet: bool = True
+
+    def __call__(self, *, round: int, phase_start: int, stop_at: int, phase_end: int) -> dict:
+        cfg = replace(self.cfg, phase_start=phase_start, steps=phase_end,
+                      stream=replace(self.cfg.stream, follow="never", follow_every=0))
+        return run_training(self.targets, self.teacher, self.run, cfg, endpoint_url=self.endpoint_url,
+                            quiet=self.quiet, stop_at=stop_at, through_round=round)
 
 
 def round_line(rep: dict) -> str:
