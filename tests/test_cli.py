@@ -131,3 +131,13 @@ def test_help_lists_every_stage(capsys):
     out = capsys.readouterr().out
     for stage in ("demo", "pretrain", "label", "train", "dmt", "bptt", "eval", "inspect"):
         assert f"  {stage} " in out
+
+
+@pytest.mark.parametrize("stage, flags", [
+    ("train", ("--steps", "--optim.lr", "--stream.batch-size", "--updater.arch", "--dmt.every", "--dmt.refresh.enabled")),
+    ("pipeline", ("--student.optim.lr", "--dmt-phase.stream.batch-size", "--pretrain.teacher.d-model", "--dmt.rounds")),
+])
+def test_help_shows_the_nested_component_options(stage, flags, capsys):
+    assert smt([stage, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(f in out for f in flags), [f for f in flags if f not in out]

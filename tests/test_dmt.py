@@ -435,7 +435,7 @@ def test_lockstep_loop_refuses_a_run_without_the_boundary_checkpoint(labeled, tm
     d = labeled
     run = str(tmp_path / "run")
     run_training(d["targets"], d["teacher"], run, _train_cfg(30, every=10), quiet=True)
-    with pytest.raises(DMTTimeout, match=r"no checkpoint or policy snapshot at step 25 .*--dmt-every 5"):
+    with pytest.raises(DMTTimeout, match=r"no checkpoint or policy snapshot at step 25 .*--dmt\.every 5"):
         DMTLoop(_loop_cfg(d, run, rounds=1, every_steps=5, first_step=25)).run()
     assert newest_generation(rounds_bucket(run)) == 0
 
@@ -496,7 +496,7 @@ def test_killed_dmt_driver_leaves_no_partial_round_and_resumes_once(tmp_path):
 
 
 def test_lockstep_from_the_command_line(labeled, tmp_path):
-    """`smt train --phase-start --dmt-every --dmt-rounds --dmt-refresh` beside `smt dmt --first-step`."""
+    """`smt train --phase-start --dmt.every --dmt.rounds --dmt.refresh.enabled` beside `smt dmt --first-step`."""
     from jobs.train import main as train_main
 
     d = labeled

@@ -13,8 +13,8 @@ and the loop's pins and reports (`<run>/rounds/dmt/`); the shared target set (ro
    rollout accuracy, generation) as `dmt/round-r.json`. A crash between the commit and the report is
    repaired on restart from the pending file, so every committed round has its report.
 Who trains the student between rounds:
-- a trainer attached beside the loop: lockstep (`first_step`, `smt train --phase-start --dmt-every`) or
-  following (`smt train --follow ...`, `--no-train` here); the loop waits for its checkpoints, saying
+- a trainer attached beside the loop: lockstep (`first_step`, `smt train --phase-start --dmt.every`) or
+  following (`smt train --stream.follow ...`, `--no-train` here); the loop waits for its checkpoints, saying
   what it waits for and for how long;
 - nobody (standalone, the README's `smt train` then `smt dmt`): the loop is given a `trainer` and after
   round r trains the run itself on round 0 + rounds 1..r for `every_steps` steps (one new training phase
@@ -170,7 +170,7 @@ class DMTLoop:
         p = self.latest_checkpoint()
         if p is not None and int(p["step"]) >= step and run.student_dir(step) is None:  # (not written since)
             raise DMTTimeout(f"run {c.run} has no checkpoint or policy snapshot at step {step} for lockstep round "
-                             f"{r}: train with --phase-start {c.first_step} --dmt-every {c.every_steps} so the "
+                             f"{r}: train with --phase-start {c.first_step} --dmt.every {c.every_steps} so the "
                              "trainer writes it")
         return None
 
@@ -179,9 +179,9 @@ class DMTLoop:
         c = self.cfg
         if c.first_step is None:
             return (f"a checkpoint at step >= {c.every_steps + self._round_step(r - 1)} in {c.run} (from a running "
-                    "`smt train --follow ...`)")
+                    "`smt train --stream.follow ...`)")
         step = c.first_step + (r - 1) * c.every_steps
-        return (f"the student of step {step} in {c.run} (from `smt train --phase-start {c.first_step} --dmt-every "
+        return (f"the student of step {step} in {c.run} (from `smt train --phase-start {c.first_step} --dmt.every "
                 f"{c.every_steps}`)")
 
     def _await_pointer(self, r: int) -> dict:
