@@ -1,7 +1,7 @@
 """Does online DMT itself dip when it starts from a strong SMT student? Accuracy over the first DMT steps.
 
 Lockstep DMT (benchmarks/dmt.py, the demo) makes a good SMT student dip before it improves. This separates
-the pipeline from the method: it runs online DMT (trainers/dmt.py: fresh rollouts of the current student
+the pipeline from the method: it runs online DMT (trainers/dmt/online.py: fresh rollouts of the current student
 every step, no shards, no lag) from the SMT student of a finished `smt demo` run, and records the held-out
 rolled-out accuracy and drift at t=T every 2 steps, for a few lr / warm-up settings.
 
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     out.with_suffix(".md").write_text(f"""# Online DMT from a strong SMT student: the first steps
 
 Command: `python benchmarks/dmt_dip.py --demo <smt demo --out> --steps {args.steps}` (1 thread). Online DMT
-(trainers/dmt.py; fresh rollouts of the current student every step, batch 32 sequences, w_state 10,
+(trainers/dmt/online.py; fresh rollouts of the current student every step, batch 32 sequences, w_state 10,
 readout trained) from the demo's SMT student ({res['task']}), held-out accuracy and drift at t=T (256
 sequences) every 2 steps; curves in dmt_dip.json.
 
