@@ -39,7 +39,7 @@ class LockstepDMTConfig:
             raise ValueError(f"dmt every={self.every}, rounds={self.rounds}: lockstep DMT needs both >= 1 (or both "
                              "0 for off)")
         if self.refresh.enabled and not self.every:
-            raise ValueError("the on-policy refresh needs lockstep DMT (--dmt-every N --dmt-rounds R)")
+            raise ValueError("the on-policy refresh needs lockstep DMT (--dmt.every N --dmt.rounds R)")
 
     @property
     def on(self) -> bool:
@@ -119,7 +119,7 @@ class LockstepDMT(Hook):
                     f"DMT round {r} was not committed to {stream.source.bucket.url()} within {c.wait_seconds:g} s: "
                     f"start the DMT actor on this run (smt dmt --targets {targets} --run {loop.run.url} --first-step "
                     f"{loop.state.cfg.phase_start} --every-steps {c.every} --rounds {c.rounds} ...) or train without "
-                    "--dmt-every")
+                    "--dmt.every")
             time.sleep(poll)
 
 
