@@ -22,6 +22,7 @@ from models.updaters import UpdaterConfig
 from pipeline.executors import ExecutorConfig
 from pipeline.label import LabelConfig
 from storage.stream import StreamConfig
+from trainers.bptt import BPTTConfig
 from trainers.common import OptimConfig
 from trainers.dmt import DMTLoopConfig, LockstepDMTConfig, OnlineDMTConfig, RefreshConfig
 from trainers.pretrain import PretrainConfig
@@ -61,9 +62,14 @@ class Recipe:
         optim=OptimConfig(lr=3e-5, schedule="cosine", warmup_steps=10), batch_size=32, eval_every=10**9, eval_size=64))
     """With dmt_online: the online DMT steps (their count and the rollout start come from `dmt` and the corpus)."""
     bptt: bool = True
-    """Also train the BPTT baseline (same updater, same wall-clock as the SMT pipeline)."""
+    """Also train the BPTT baseline: same updater, the pretraining's length curriculum and stop rule, an lr
+    sweep chosen on valid, the SMT pipeline's wall-clock for the whole sweep (an equal share per lr)."""
     bptt_max_seconds: float | None = None
-    """Cap on the BPTT baseline's budget (None: exactly the SMT pipeline's wall-clock)."""
+    """Cap on the BPTT baseline's whole budget (None: exactly the SMT pipeline's wall-clock)."""
+    baseline: BPTTConfig = field(default_factory=lambda: BPTTConfig(
+        optim=OptimConfig(lr=1e-3, warmup_steps=20), steps=10**7, lrs=(3e-4, 1e-3, 3e-3)))
+    """The BPTT baseline's optimiser and lr sweep (its updater, memory shape, batch, curriculum, stop rule,
+    evaluation and budget come from `student`, `pretrain` and the SMT pipeline's wall-clock)."""
     eval_size: int = 1024
     """Test-split sequences for every reported figure (the whole split when smaller; >= 1024 for synthetic
     tasks, >= 256 windows for real corpora)."""
