@@ -184,12 +184,8 @@ def _dmt_lockstep(rc, ray, targets, teacher_url, run_url, corpus, prompt, gpus, 
     appends one relabeled round per `steps_per_round` trainer steps (lockstep: the trainer waits rather than
     train on relabels more than 2 x steps_per_round steps old)."""
     from models.checkpoint import load_student
-    from models.updaters import UpdaterConfig
     from pipeline.dmt_loop import DMTLoop, DMTLoopConfig, round_reports
-    from storage.stream import StreamConfig
-    from trainers.common import OptimConfig
     from trainers.run_dir import RunDir, step_dir
-    from trainers.student import StudentTrainConfig
 
     d, st = rc.dmt, rc.student
     s0, E = st.steps, d.steps_per_round
@@ -198,12 +194,7 @@ def _dmt_lockstep(rc, ray, targets, teacher_url, run_url, corpus, prompt, gpus, 
     say(f"[4/5] DMT, lockstep: {d.rounds} rounds of {d.sequences} sequences; the DMT actor relabels the student every "
         f"{E} steps while a trainer actor streams the rounds ({d.batch_size} x {Td} transitions per step"
         f"{', newest round re-rolled on-policy' if d.refresh else ''})")
-    cfg = StudentTrainConfig(
-        updater=UpdaterConfig(arch=st.arch, depth=st.depth), steps=total, checkpoint_every=max(E, 50),
-        optim=OptimConfig(lr=d.lr, warmup_steps=5, schedule="cosine"), phase_start=s0, dmt_every=E,
-        dmt_rounds=d.rounds, dmt_wait_seconds=3600, dmt_refresh=d.refresh,
-        stream=StreamConfig(batch_size=d.batch_size * Td, round_weights={"0": 1.0, "dmt": d.dmt_weight},
-                            round_decay=d.round_decay, mix_shards=256, cache_shards=128))
+    cfg = lockstep_config(rc, corpus.seq_len - prompt)
     loop_cfg = DMTLoopConfig(targets=targets, run=run_url, corpus=corpus.spec, teacher=teacher_url, rounds=d.rounds,
                              every_steps=E, first_step=s0, sequences=d.sequences, shard_sequences=d.sequences,
                              start=prompt, fmt=rc.label.fmt, dtype=rc.label.dtype, poll_seconds=0.05)
@@ -241,6 +232,35 @@ def _dmt_lockstep(rc, ray, targets, teacher_url, run_url, corpus, prompt, gpus, 
     return rounds, {"step": total, "path": step_dir(total)}
 
 
+def lockstep_config(rc, Td: int):
+    """The trainer's config of lockstep DMT after the recipe's SMT phase (rollouts of Td steps per sequence)."""
+    from models.updaters import UpdaterConfig
+    from storage.stream import StreamConfig
+    from trainers.common import OptimConfig
+    from trainers.student import StudentTrainConfig
+
+    d, st = rc.dmt, rc.student
+    return StudentTrainConfig(
+        updater=UpdaterConfig(arch=st.arch, depth=st.depth), steps=st.steps + d.rounds * d.steps_per_round + d.extra_steps,
+        checkpoint_every=max(d.steps_per_round, 50), optim=OptimConfig(lr=d.lr, warmup_steps=5, schedule="cosine"),
+        phase_start=st.steps, dmt_every=d.steps_per_round, dmt_rounds=d.rounds, dmt_wait_seconds=3600,
+        dmt_refresh=d.refresh, dmt_ema=d.ema, dmt_carry_optimizer=d.carry_optimizer,
+        stream=StreamConfig(batch_size=d.batch_size * Td, round_weights={"0": 1.0, "dmt": d.dmt_weight},
+                            round_decay=d.round_decay, mix_shards=256, cache_shards=128,
+                            beta=d.beta or None, beta_halflife=d.beta_halflife / d.steps_per_round))
+
+
+def online_config(rc, prompt: int):
+    """The config of online DMT after the recipe's SMT phase (one cosine schedule over every round)."""
+    from trainers.common import OptimConfig
+    from trainers.dmt import DMTConfig
+
+    d = rc.dmt
+    return DMTConfig(optim=OptimConfig(lr=d.lr, schedule="cosine", warmup_steps=10), steps=d.rounds * d.steps_per_round,
+                     batch_size=d.batch_size, prompt=prompt, eval_every=10**9, eval_size=64, beta=d.beta,
+                     beta_halflife=d.beta_halflife, ema=d.ema, carry_optimizer=d.carry_optimizer)
+
+
 def _train_remote(targets, teacher_url, run_url, cfg):
     from trainers.student import run_training
 
@@ -251,8 +271,7 @@ def _dmt_online(rc, ray, targets, teacher_url, run_url, corpus, teacher, fp, pro
     """The DMT actor relabels each round for the record; the student takes on-policy DMT steps in between."""
     from models.checkpoint import load_student, save_student
     from pipeline.dmt_loop import DMTLoop, DMTLoopConfig
-    from trainers.common import OptimConfig
-    from trainers.dmt import DMTConfig, dmt_online
+    from trainers.dmt import dmt_online
     from trainers.run_dir import RunDir
 
     d, st = rc.dmt, rc.student
@@ -265,14 +284,12 @@ def _dmt_online(rc, ray, targets, teacher_url, run_url, corpus, teacher, fp, pro
     actor = ray.remote(num_cpus=1, num_gpus=gpus)(DMTLoop).remote(loop_cfg)
     ptr = RunDir(run_url).latest()
     student, _, _ = load_student(f"{run_url}/{ptr['path']}/student")
-    total = d.rounds * d.steps_per_round
-    dcfg = DMTConfig(optim=OptimConfig(lr=d.lr, schedule="cosine", warmup_steps=10), steps=total,
-                     batch_size=d.batch_size, prompt=prompt, eval_every=10**9, eval_size=64)
+    dcfg = online_config(rc, prompt)
     rounds, carry = [], None
     for r in range(1, d.rounds + 1):
         rr = ray.get(actor.run_round.remote(r, ptr, True))  # relabel the student the next steps start from
         o = dmt_online(student, teacher, corpus, dcfg, quiet=True, teacher_fingerprint=fp, carry=carry,
-                       stop_step=r * d.steps_per_round)
+                       stop_step=r * d.steps_per_round, smt_run=run_url)
         student, carry = o["student"], o["carry"]
         step = st.steps + r * d.steps_per_round
         ptr = {"step": step, "path": f"checkpoints/dmt-{step:08d}"}

@@ -75,6 +75,15 @@ class DMTStep:
     """lockstep: share of round r proportional to round_decay ** (newest - r) (0.5 suits refresh=False)."""
     dmt_weight: float = 2.0
     """lockstep: weight of the relabeled rounds against the teacher's own labels (weight 1)."""
+    beta: float = 0.0
+    """Share of teacher-state transitions as DMT starts (DAgger's beta, 0 = off): lockstep, round 0's share of the
+    records, decaying to the share dmt_weight leaves it; online, teacher-state sequences per step, decaying to 0."""
+    beta_halflife: float = 10.0
+    """DMT steps over which the extra teacher-state share halves (lockstep: in rounds of steps_per_round)."""
+    ema: float = 0.0
+    """Roll out an EMA of the student with this decay per step (refreshes and relabels); 0 = the student."""
+    carry_optimizer: bool = False
+    """Start DMT from the SMT phase's AdamW moments instead of fresh ones (the lr schedule is DMT's own)."""
 
     def __post_init__(self) -> None:
         if self.mode not in ("lockstep", "online"):

@@ -31,6 +31,7 @@ from storage.reader import TargetSet
 from storage.rounds import RunSource, rounds_bucket
 from storage.stream import ShardStream, StreamConfig
 from trainers.common import MetricsLog, OptimConfig, autocast, clip_and_step, pick_device
+from trainers.dmt_stability import EMA, load_moments, moments_by_name, trainable_names
 from trainers.pretrain import matched_updater
 from trainers.refresh import FreshRound
 from trainers.run_dir import RunDir, flatten_optimizer, unflatten_optimizer
@@ -70,6 +71,12 @@ class StudentTrainConfig:
     dmt_refresh: bool = False
     """Lockstep DMT: re-roll the newest round's sequences with the current student before every step and
     train on those states (on-policy, the stored targets); older rounds keep their stored states."""
+    dmt_ema: float = 0.0
+    """Lockstep DMT: roll out an EMA of the student (this decay per step) in the refreshes and the DMT actor's
+    relabels (`rollout/` beside each snapshot's `student/`); 0 = the student itself."""
+    dmt_carry_optimizer: bool = False
+    """At `phase_start`, keep the previous phase's AdamW moments (SMT's) instead of fresh ones; the lr schedule
+    (warm-up, decay) is still this phase's."""
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.checkpoint_every < 1:
@@ -81,11 +88,18 @@ class StudentTrainConfig:
         if self.dmt_every < 0 or (self.dmt_every > 0) != (self.dmt_rounds > 0):
             raise ValueError(f"dmt_every={self.dmt_every}, dmt_rounds={self.dmt_rounds}: lockstep DMT needs both "
                              ">= 1 (or both 0 for off)")
-        if self.dmt_refresh and not self.dmt_every:
-            raise ValueError("dmt_refresh needs lockstep DMT (dmt_every >= 1)")
+        if (self.dmt_refresh or self.dmt_ema) and not self.dmt_every:
+            raise ValueError("dmt_refresh and dmt_ema need lockstep DMT (dmt_every >= 1)")
+        if not 0.0 <= self.dmt_ema < 1.0:
+            raise ValueError(f"dmt_ema={self.dmt_ema} must be in [0, 1) (0 = roll out the student itself)")
+        if self.dmt_carry_optimizer and not self.phase_start:
+            raise ValueError("dmt_carry_optimizer carries a previous phase's optimizer: it needs phase_start >= 1")
         if self.dmt_every and self.stream.follow != "never":
             raise ValueError(f"lockstep DMT (dmt_every={self.dmt_every}) switches generations itself: use "
                              f"stream.follow='never', not {self.stream.follow!r}")
+
+
+ROLLOUT = "rollout"  # beside a snapshot's student/: the policy the DMT actor rolls out, when it is not the student
 
 
 class DMTWaitTimeout(RuntimeError):
@@ -134,8 +148,11 @@ class TrainState:
         self.student, self.cfg, self.stream, self.teacher_fp = student, cfg, stream, teacher_fp
         student.m0.requires_grad_(False)  # the teacher's empty-context memory, not learned by SMT
         student.readout_net.requires_grad_(cfg.train_readout)
-        self.params = [p for p in student.parameters() if p.requires_grad]
+        self.names = trainable_names(student, cfg.train_readout)
+        named = dict(student.named_parameters())
+        self.params = [named[n] for n in self.names]
         self.opt, self.sched = cfg.optim.build(self.params, cfg.steps, cfg.phase_start)
+        self.ema: EMA | None = None  # lockstep DMT's rollout policy (dmt_ema), from the phase start on
         self.step = 0
         self.resumed_from: int | None = None  # the checkpoint step this process resumed from
         self.device = device
@@ -144,6 +161,8 @@ class TrainState:
         """(tensors for safetensors, JSON) — weights travel separately via save_student."""
         tensors, opt_meta = flatten_optimizer(self.opt.state_dict())
         tensors["rng.torch"] = torch.get_rng_state()
+        if self.ema is not None:
+            tensors.update(self.ema.state_tensors())
         meta = {"step": self.step, "teacher_fingerprint": self.teacher_fp, "optimizer": opt_meta,
                 "scheduler": self.sched.state_dict(), "stream": self.stream.state_dict(),
                 "rng_numpy": _np_rng_state(), "config": asdict(self.cfg)}
@@ -153,8 +172,13 @@ class TrainState:
         if meta["teacher_fingerprint"] != self.teacher_fp:
             raise FingerprintMismatch(self.teacher_fp, meta["teacher_fingerprint"], "the run's checkpoint")
         new_phase = int(meta["step"]) == self.cfg.phase_start > 0
-        if new_phase:  # fresh AdamW moments: the previous phase's second moments would inflate the first steps
+        if new_phase:  # fresh AdamW moments unless dmt_carry_optimizer (benchmarks/results/dmt_dip.md compares)
             self.sched.last_epoch = int(meta["step"])
+            if self.cfg.dmt_carry_optimizer:
+                prev = meta.get("config", {}).get("train_readout", self.cfg.train_readout)
+                moments = moments_by_name(unflatten_optimizer(tensors, meta["optimizer"]),
+                                          trainable_names(self.student, bool(prev)))
+                load_moments(self.opt, list(zip(self.names, self.params)), moments)
         else:
             self.opt.load_state_dict(unflatten_optimizer(tensors, meta["optimizer"]))
             self.sched.load_state_dict(meta["scheduler"])
@@ -173,6 +197,9 @@ class TrainState:
         torch.set_rng_state(tensors["rng.torch"])
         np.random.set_state(tuple(meta["rng_numpy"]))
         self.step = int(meta["step"])
+        if self.cfg.dmt_ema and self.step > self.cfg.phase_start:  # inside the DMT phase: its EMA policy too
+            self.ema = EMA(self.student, self.cfg.dmt_ema)
+            self.ema.load_tensors(tensors)
 
 
 def _np_rng_state() -> list:
@@ -237,6 +264,8 @@ def train(state: TrainState, run: RunDir, *, rank: int = 0, quiet: bool = False,
     fresh: FreshRound | None = None
     try:
         while state.step < stop:
+            if cfg.dmt_ema and state.step >= cfg.phase_start and state.ema is None:
+                state.ema = EMA(state.student, cfg.dmt_ema)  # the phase starts: the policy is the student
             r = dmt_round_due(cfg, state.step)
             if r is not None:
                 if lead and (run.latest() or {}).get("step") != state.step:
@@ -253,11 +282,13 @@ def train(state: TrainState, run: RunDir, *, rank: int = 0, quiet: bool = False,
                 if fresh is None or fresh.generation != state.stream.generation:
                     fresh = FreshRound(state.stream, state.stream.generation, dev)
                 with autocast(dev):
-                    fresh.refresh(state.student, b)
+                    fresh.refresh(state.ema.model if state.ema else state.student, b)
             with autocast(dev):
                 out = model(b["state_in"], b["token"], b["state_out"], b["y"])
             out["loss"].backward()
             gn = clip_and_step(state.params, state.opt, state.sched, cfg.optim.grad_clip)
+            if state.ema is not None:
+                state.ema.update(state.student)
             state.step += 1
             log.advance()
             if lead:
@@ -299,18 +330,24 @@ def wait_for_round(stream: ShardStream, r: int, cfg: StudentTrainConfig, run_url
         time.sleep(poll)
 
 
+def _writer(state: TrainState, trained_by: str) -> Callable[[str], None]:
+    """Writes the student to `<folder>/student` and, with an EMA policy, that policy to `<folder>/rollout`
+    (what the DMT actor rolls out: `pipeline.dmt_loop`), both before the folder's commit marker."""
+    def write(url: str) -> None:
+        save_student(url, state.student, state.teacher_fp, {"trained_by": trained_by, "step": state.step})
+        if state.ema is not None:
+            save_student(f"{url.rsplit('/', 1)[0]}/{ROLLOUT}", state.ema.model, state.teacher_fp,
+                         {"trained_by": "ema of smt+dmt", "ema": state.cfg.dmt_ema, "step": state.step})
+    return write
+
+
 def save(state: TrainState, run: RunDir) -> str:
     tensors, meta = state.state_dict()
-    student = state.student
-    return run.save(state.step, lambda url: save_student(url, student, state.teacher_fp,
-                                                          {"trained_by": "smt", "step": state.step}),
-                    tensors, meta)
+    return run.save(state.step, _writer(state, "smt"), tensors, meta)
 
 
 def save_policy(state: TrainState, run: RunDir) -> str:
-    student = state.student
-    return run.save_policy(state.step, lambda url: save_student(url, student, state.teacher_fp,
-                                                                {"trained_by": "smt+dmt", "step": state.step}))
+    return run.save_policy(state.step, _writer(state, "smt+dmt"))
 
 
 
@@ -398,6 +435,6 @@ class AggregateTrainer:
 
     def __call__(self, *, round: int, phase_start: int, stop_at: int, phase_end: int) -> dict:
         cfg = replace(self.cfg, phase_start=phase_start, steps=phase_end, dmt_every=0, dmt_rounds=0,
-                      dmt_refresh=False, stream=replace(self.cfg.stream, follow="never", follow_every=0))
+                      dmt_refresh=False, dmt_ema=0.0, stream=replace(self.cfg.stream, follow="never", follow_every=0))
         return run_training(self.targets, self.teacher, self.run, cfg, endpoint_url=self.endpoint_url,
                             quiet=self.quiet, stop_at=stop_at, through_round=round)
