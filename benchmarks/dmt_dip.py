@@ -1,19 +1,27 @@
-"""Does online DMT itself dip when it starts from a strong SMT student? Accuracy over the first DMT steps.
+"""DMT without the dip: how low does the held-out accuracy fall during DMT, per variant, from one SMT student?
 
-Lockstep DMT (benchmarks/dmt.py, the demo) makes a good SMT student dip before it improves. This separates
-the pipeline from the method: it runs online DMT (trainers/dmt.py: fresh rollouts of the current student
-every step, no shards, no lag) from the SMT student of a finished `smt demo` run, and records the held-out
-rolled-out accuracy and drift at t=T every 2 steps, for a few lr / warm-up settings.
+From the SMT student of a finished `smt demo` run (its step-400 checkpoint, with the AdamW state), optionally
+trained `--smt-extra` more SMT steps (a stronger student: the case where DMT dipped most), this runs the
+demo recipe's DMT once per variant, both ways the pipeline can:
+- lockstep DMT (the demo's default): the pipeline's own trainer config (`jobs.pipeline.lockstep_config`) and
+  DMT actor (`DMTLoop`, lockstep pins), here in one process (the actor in a thread, a serial executor);
+  the pins make the result independent of timing. Valid accuracy of the student at every round boundary;
+- online DMT (`dmt.mode=online`): `dmt_online` with the pipeline's config (`jobs.pipeline.online_config`),
+  valid accuracy every `--online-every` steps.
+Variants are recipe overrides of the `dmt` step: the baseline (fresh AdamW), DAgger's beta (teacher-state
+transitions mixed in with a decaying share), an EMA rollout policy, carried SMT AdamW moments, and a
+combination. Choices read the valid split (1024 sequences); final figures are on the test split (1024).
 
-Usage: python benchmarks/dmt_dip.py --demo DEMO_OUT [--steps 60]
-(DEMO_OUT is the --out folder of `smt demo`; its teacher and step-400 SMT student are used.)
-Writes benchmarks/results/dmt_dip.{json,md}.
+Usage: python benchmarks/dmt_dip.py --demo DEMO_OUT [--smt-extra 400] [--scratch DIR]
+Writes benchmarks/results/dmt_dip.{json,md}. One torch thread; timings are process CPU seconds.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,57 +29,167 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from jobs.pipeline import lockstep_config, online_config
+from jobs.recipes import load_recipe
 from jobs.report import resolve_in_out
 from models.checkpoint import load_student, load_teacher
 from pipeline.corpora import load_corpus
-from trainers.common import OptimConfig
-from trainers.dmt import DMTConfig, dmt_online
+from pipeline.dmt_loop import DMTLoop, DMTLoopConfig
+from trainers.dmt import dmt_online
+from trainers.evaluate import evaluate_student
+from trainers.pretrain import eval_batch
 from trainers.report import markdown_table
+from trainers.run_dir import RunDir
+from trainers.student import run_config, run_training
 
-SETTINGS = [("lr 3e-5, warm-up 5", 3e-5, 5), ("lr 3e-5, warm-up 30", 3e-5, 30), ("lr 1e-5, warm-up 5", 1e-5, 5)]
+VARIANTS = {  # name -> dmt overrides of the retrieval-demo recipe
+    "baseline (fresh AdamW)": [],
+    "beta 0.9, half-life 10 steps": ["dmt.beta=0.9"],
+    "EMA rollout 0.9": ["dmt.ema=0.9"],
+    "carry SMT AdamW": ["dmt.carry_optimizer=true"],
+    "carry SMT AdamW, lr 1e-4": ["dmt.carry_optimizer=true", "dmt.lr=1e-4"],
+    "carry + beta": ["dmt.carry_optimizer=true", "dmt.beta=0.9"],
+}
+SMT_STEP = 400  # the demo's SMT phase
+
+
+def copy_run(src: Path, dst: Path, step: int) -> None:
+    """A new run folder holding only `src`'s checkpoint of `step` (its config and metrics up to there)."""
+    shutil.rmtree(dst, ignore_errors=True)
+    (dst / "checkpoints").mkdir(parents=True)
+    shutil.copytree(src / "checkpoints" / f"step-{step:08d}", dst / "checkpoints" / f"step-{step:08d}")
+    for f in src.glob("config*.json"):
+        shutil.copy(f, dst / f.name)
+    (dst / "checkpoints" / "latest.json").write_text(json.dumps({"step": step, "path": f"checkpoints/step-{step:08d}"}))
+
+
+def curve_stats(curve: list[tuple[int, float]], start: int) -> dict:
+    """Lowest point after the start (and its step), the start and the end of a (step, acc) curve."""
+    after = [c for c in curve if c[0] > start]
+    low = min(after, key=lambda c: c[1])
+    return {"start acc": curve[0][1], "lowest acc": low[1], "at DMT step": low[0] - start, "final valid acc": after[-1][1]}
+
+
+def run_lockstep(rc, base: Path, run: Path, targets: str, teacher_url: str, corpus, s0: int, valid) -> dict:
+    cfg = lockstep_config(rc, corpus.seq_len)  # phase_start = rc.student.steps = s0
+    copy_run(base, run, s0)
+    d = rc.dmt
+    loop = DMTLoop(DMTLoopConfig(targets=targets, run=str(run), corpus=corpus.spec, teacher=teacher_url, rounds=d.rounds,
+                                 every_steps=d.steps_per_round, first_step=s0, sequences=d.sequences,
+                                 shard_sequences=d.sequences, fmt=rc.label.fmt, dtype=rc.label.dtype, poll_seconds=0.02,
+                                 timeout_seconds=1200))
+    failed: list[Exception] = []
+
+    def actor() -> None:
+        try:
+            loop.run()
+        except Exception as e:  # noqa: BLE001 - re-raised below: a dead actor would leave the trainer waiting
+            failed.append(e)
+
+    th = threading.Thread(target=actor, daemon=True)
+    c0 = time.process_time()
+    th.start()
+    run_training(targets, teacher_url, str(run), cfg, quiet=True)
+    th.join()
+    if failed:
+        raise failed[0]
+    seconds = time.process_time() - c0
+    rd = RunDir(str(run))
+    # every boundary of the first 20 rounds (where lockstep DMT dipped before), then every 5th, and the end
+    steps = [s0 + k * d.steps_per_round for k in range(d.rounds + 1) if k <= 20 or k % 5 == 0] + [cfg.steps]
+    curve = [(s, evaluate_student(load_student(rd.student_url(s))[0], *valid)["acc"]) for s in steps]
+    return {"curve": curve, "final_url": rd.student_url(cfg.steps), "seconds": seconds}
+
+
+def run_online(rc, base: Path, teacher, corpus, s0: int, every: int) -> dict:
+    from dataclasses import replace
+    student, _, _ = load_student(str(base / "checkpoints" / f"step-{s0:08d}" / "student"))
+    cfg = replace(online_config(rc, 0), eval_every=every, eval_size=1024, clock="process")
+    c0 = time.process_time()
+    r = dmt_online(student, teacher, corpus, cfg, quiet=True, smt_run=str(base))
+    curve = [(s0 + h["step"], h["dmt_acc"]) for h in r["history"] if "dmt_acc" in h]
+    return {"curve": curve, "student": r["student"], "seconds": time.process_time() - c0}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--demo", required=True, help="the --out folder of a finished `smt demo`")
-    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--smt-extra", type=int, nargs="+", default=[0],
+                    help="start points: SMT steps trained on top of the demo's 400 (0 = the demo's own SMT student)")
+    ap.add_argument("--scratch", default="/tmp/dmt_dip", help="folder for the runs (removed and rewritten)")
+    ap.add_argument("--online-every", type=int, default=4, help="online DMT: evaluate every N steps")
+    ap.add_argument("--only", nargs="*", default=None, help="variant names to run (default: all)")
+    ap.add_argument("--set", nargs="*", default=[], help="recipe overrides for every variant (e.g. a smoke run)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "dmt_dip"))
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    demo = Path(args.demo)
+    demo, scratch = Path(args.demo), Path(args.scratch)
     res = json.loads((demo / "results.json").read_text())
-    teacher_url = f"{resolve_in_out(res['bucket'], demo).rstrip('/')}/teachers/{res['teacher_fingerprint']}"
-    student_url = str(demo / "student" / "checkpoints" / "step-00000400" / "student")
+    bucket = resolve_in_out(res["bucket"], demo).rstrip("/")
+    fp = res["teacher_fingerprint"]
+    teacher_url = f"{bucket}/teachers/{fp}"
     corpus = load_corpus(res["task"])
+    targets = str(next(Path(bucket, "targets", fp).iterdir()))
+    teacher, _, _ = load_teacher(teacher_url)
+    valid = eval_batch(corpus, 1024, 0)
+    test = eval_batch(corpus, 1024, 12345, split="test")
     t0 = time.perf_counter()
-    rows, curves = [], {}
-    for name, lr, warm in SETTINGS:
-        teacher, _, _ = load_teacher(teacher_url)
-        student, _, _ = load_student(student_url)
-        r = dmt_online(student, teacher, corpus, DMTConfig(optim=OptimConfig(lr=lr, warmup_steps=warm, schedule="cosine"),
-                                                          steps=args.steps, eval_every=2, eval_size=256, device="cpu"),
-                       quiet=True)
-        hist = [(h["step"], h["dmt_acc"], h["drift_final"]) for h in r["history"] if "dmt_acc" in h]
-        curves[name] = hist
-        low = min(hist, key=lambda h: h[1])
-        rows.append({"setting": name, "start acc": hist[0][1], "lowest acc": low[1], "at step": low[0],
-                     "final acc": hist[-1][1], "start drift_T": hist[0][2], "highest drift_T": max(h[2] for h in hist),
-                     "final drift_T": hist[-1][2]})
-        print(rows[-1], flush=True)
+    rows, curves, starts = [], {}, {}
+    for extra in args.smt_extra:
+        base, s0 = scratch / f"smt-{extra}", SMT_STEP + extra
+        copy_run(demo / "student", base, SMT_STEP)
+        if extra:  # the demo's SMT phase, continued: same config, stream and AdamW, more steps
+            from dataclasses import replace
+            cfg = run_config(RunDir(str(base)))
+            run_training(targets, teacher_url, str(base), replace(cfg, steps=s0, checkpoint_every=s0), quiet=True)
+        smt_student = load_student(str(base / "checkpoints" / f"step-{s0:08d}" / "student"))[0]
+        starts[s0] = {"valid acc": evaluate_student(smt_student, *valid)["acc"],
+                      "test acc": evaluate_student(smt_student, *test)["acc"]}
+        for mode in ("lockstep", "online"):
+            for name, overrides in VARIANTS.items():
+                if args.only and name not in args.only:
+                    continue
+                rc = load_recipe("retrieval-demo", [f"dmt.mode={mode}", f"student.steps={s0}", *args.set, *overrides])
+                if mode == "lockstep":
+                    r = run_lockstep(rc, base, scratch / f"run-{len(rows)}", targets, teacher_url, corpus, s0, valid)
+                    final = load_student(r["final_url"])[0]
+                else:
+                    r = run_online(rc, base, teacher, corpus, s0, args.online_every)
+                    final = r["student"]
+                ft = evaluate_student(final.cpu(), *test, teacher)
+                rows.append({"SMT steps": s0, "DMT": mode, "variant": name, **curve_stats(r["curve"], s0),
+                             "final test acc": ft["acc"], "final test drift_T": ft["drift_final"],
+                             "DMT CPU s": r["seconds"]})
+                curves[f"{s0} {mode}: {name}"] = r["curve"]
+                print(rows[-1], flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"demo_task": res["task"], "steps": args.steps, "rows": rows,
-                                                    "curves": curves, "seconds": time.perf_counter() - t0}, indent=1))
-    out.with_suffix(".md").write_text(f"""# Online DMT from a strong SMT student: the first steps
+    meta = {"demo_task": res["task"], "starts": starts, "valid_sequences": 1024,
+            "test_sequences": 1024, "variants": VARIANTS, "rows": rows, "curves": curves,
+            "wall_seconds": time.perf_counter() - t0}
+    out.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+    write_md(out.with_suffix(".md"), meta, args)
+    return 0
 
-Command: `python benchmarks/dmt_dip.py --demo <smt demo --out> --steps {args.steps}` (1 thread). Online DMT
-(trainers/dmt.py; fresh rollouts of the current student every step, batch 32 sequences, w_state 10,
-readout trained) from the demo's SMT student ({res['task']}), held-out accuracy and drift at t=T (256
-sequences) every 2 steps; curves in dmt_dip.json.
+
+def starts_line(starts: dict) -> str:
+    return "; ".join(f"step {s}: valid acc {v['valid acc']:.3f}, test acc {v['test acc']:.3f}" for s, v in starts.items())
+
+
+def write_md(path: Path, meta: dict, args) -> None:
+    rows = [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in meta["rows"]]
+    path.write_text(f"""# DMT without the dip: lowest valid accuracy during DMT, per variant (one run)
+
+Command: `python benchmarks/dmt_dip.py --demo <smt demo --out> --smt-extra {' '.join(map(str, args.smt_extra))}` (1 torch
+thread, {meta['wall_seconds'] / 60:.0f} min wall). Task {meta['demo_task']}; starts: the demo's SMT student
+(step 400) and the same run trained further by SMT (same config): {starts_line(meta['starts'])}. DMT is the retrieval-demo recipe's, per mode: lockstep (the
+pipeline's trainer config and DMT actor: 40 rounds of 64 sequences, one per 2 steps, refresh on, 20 extra steps)
+and online (80 steps of 32 fresh rollouts); both lr 3e-5 cosine. Lowest = the lowest valid accuracy (1024
+sequences) after the first DMT step: lockstep at every round boundary (every 2 steps), online every
+{args.online_every} steps. Final figures on 1024 test sequences. Curves in dmt_dip.json.
 
 {markdown_table(rows, list(rows[0]))}
 """)
-    return 0
 
 
 if __name__ == "__main__":
