@@ -175,7 +175,7 @@ def dmt_online(student, teacher, corpus, cfg: DMTConfig, out: str | Path | None 
         log.advance()
         done = (cfg.seconds is not None and log.elapsed() >= cfg.seconds) or step == last
         if step % cfg.eval_every == 0 or done:
-            final = log.log(step, **losses, grad_norm=gn, **evaluate())
+            final = log.log(step, **losses, grad_norm=gn, teacher_rows=n_teacher, **evaluate())
             if reporter:  # figures for the report (e.g. on the test split): never read by the rules below
                 with log.paused():
                     final.update(reporter(student, final))

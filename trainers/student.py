@@ -88,8 +88,10 @@ class StudentTrainConfig:
         if self.dmt_every < 0 or (self.dmt_every > 0) != (self.dmt_rounds > 0):
             raise ValueError(f"dmt_every={self.dmt_every}, dmt_rounds={self.dmt_rounds}: lockstep DMT needs both "
                              ">= 1 (or both 0 for off)")
-        if (self.dmt_refresh or self.dmt_ema) and not self.dmt_every:
-            raise ValueError("dmt_refresh and dmt_ema need lockstep DMT (dmt_every >= 1)")
+        if self.dmt_refresh and not self.dmt_every:
+            raise ValueError("dmt_refresh needs lockstep DMT (dmt_every >= 1)")
+        if self.dmt_ema and not self.dmt_every:
+            raise ValueError("dmt_ema needs lockstep DMT (dmt_every >= 1)")
         if not 0.0 <= self.dmt_ema < 1.0:
             raise ValueError(f"dmt_ema={self.dmt_ema} must be in [0, 1) (0 = roll out the student itself)")
         if self.dmt_carry_optimizer and not self.phase_start:
