@@ -103,12 +103,11 @@ def run(c: E2EConfig) -> dict:
     from pipeline.dmt_loop import DMTLoop, DMTLoopConfig, round_reports
     from pipeline.executors import RayActorPool, init_ray
     from pipeline.label import LabelConfig, label
+    from storage.run_dir import RunDir
     from storage.stream import StreamConfig
     from trainers.common import OptimConfig
     from trainers.dmt import DMTConfig, dmt_online
-    from trainers.evaluate import evaluate_student, evaluate_teacher
-    from trainers.pretrain import eval_batch
-    from trainers.run_dir import RunDir
+    from trainers.evaluate import eval_batch, evaluate_student, evaluate_teacher
     from trainers.student import StudentTrainConfig
 
     root = Path(c.root).resolve()

@@ -35,11 +35,10 @@ from jobs.report import resolve_in_out
 from models.checkpoint import load_student, load_teacher
 from pipeline.corpora import load_corpus
 from pipeline.dmt_loop import DMTLoop, DMTLoopConfig
+from storage.run_dir import RunDir
 from trainers.dmt import dmt_online
-from trainers.evaluate import evaluate_student
-from trainers.pretrain import eval_batch
+from trainers.evaluate import eval_batch, evaluate_student
 from trainers.report import markdown_table
-from trainers.run_dir import RunDir
 from trainers.student import run_config, run_training
 
 VARIANTS = {  # name -> dmt overrides of the retrieval-demo recipe

@@ -31,8 +31,8 @@ from models.updaters import UpdaterConfig
 from pipeline.corpora import load_corpus
 from pipeline.relabel import relabel_batch
 from trainers.common import OptimConfig
-from trainers.evaluate import evaluate_student
-from trainers.pretrain import PretrainConfig, eval_batch, pretrain
+from trainers.evaluate import eval_batch, evaluate_student
+from trainers.pretrain import PretrainConfig, pretrain
 from trainers.report import markdown_table
 
 SPEC = "retrieval:T=64,vocab=8,n=4096"

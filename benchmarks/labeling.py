@@ -54,7 +54,7 @@ ARGS = argparse.Namespace(device="auto", format="zarr", scale=1)
 def run_stage(teacher: str, spec: str, out: Path, executor, Tc: int | None = None, per_shard: int = 8) -> dict:
     per_shard *= ARGS.scale
     cfg = LabelConfig(teacher=teacher, corpus=spec, out=str(out), Tc=Tc, shard_sequences=per_shard,
-                      batch_size=per_shard, device=ARGS.device, fmt=ARGS.format)
+                      batch_size=per_shard, device=ARGS.device, format=ARGS.format)
     t0, c0 = time.perf_counter(), time.process_time()
     rep = label(cfg, executor, quiet=True)
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -65,7 +65,7 @@ def run_stage(teacher: str, spec: str, out: Path, executor, Tc: int | None = Non
 
 def naive_label(teacher_path: str, spec: str, out: Path, per_shard: int = 8) -> dict:
     """The reference way: two register passes per transition (ctx_t and ctx_{t+1}), stored as pairs."""
-    from trainers.common import autocast, pick_device
+    from models.device import autocast, pick_device
 
     device = pick_device(ARGS.device)
     teacher, fp, _ = load_teacher(teacher_path, device)

@@ -76,9 +76,9 @@ def checkpoint_overhead(spec: str, blocks: int = 3, per_block: int = 10) -> dict
     import torch
 
     from pipeline.corpora import load_corpus
+    from storage.run_dir import RunDir
     from trainers.common import clip_and_step
     from trainers.pretrain_state import JointObjective, batch_at, build_state, positions_generator, save
-    from trainers.run_dir import RunDir
 
     torch.set_num_threads(1)
     cfg = config(10_000)

@@ -89,14 +89,14 @@ def run_one(corpus_name: str, seed: int, archs: tuple[str, ...], b: Budgets) -> 
     from pipeline.corpora import load_corpus, spec_with
     from pipeline.executors import make_executor
     from pipeline.label import LabelConfig, label
+    from storage.run_dir import RunDir
     from storage.stream import StreamConfig
     from trainers.bptt import BPTTConfig, train_bptt
     from trainers.common import OptimConfig
     from trainers.dmt import DMTConfig, dmt_online
-    from trainers.evaluate import evaluate_student, evaluate_teacher
+    from trainers.evaluate import eval_batch, evaluate_student, evaluate_teacher
     from trainers.heldout import score_models
-    from trainers.pretrain import eval_batch, pretrain
-    from trainers.run_dir import RunDir
+    from trainers.pretrain import pretrain
     from trainers.student import StudentTrainConfig, run_training
 
     rc = load_recipe(RECIPES[corpus_name])

@@ -37,15 +37,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.student import Student
+from models.student_rnn import Student
 from models.teacher import Teacher, TeacherConfig
-from models.updaters import UpdaterConfig
+from models.updaters import UpdaterConfig, matched_updater
 from pipeline.corpora import held_out, load_corpus
 from trainers.bptt import BPTTConfig, bptt_loss, train_bptt
 from trainers.common import OptimConfig
 from trainers.dmt import DMTConfig, dmt_online
 from trainers.evaluate import evaluate_student
-from trainers.pretrain import PretrainConfig, matched_updater, pretrain
+from trainers.pretrain import PretrainConfig, pretrain
 from trainers.report import markdown_table
 from trainers.smt import SMTConfig, smt_losses
 

@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.student import Student
+from models.student_rnn import Student
 from models.teacher import TeacherConfig
 from models.updaters import UpdaterConfig
 from storage.bucket import Bucket

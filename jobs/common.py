@@ -1,17 +1,32 @@
-"""Entry-point plumbing shared by every `jobs.<stage>`: tyro parsing and one-line user errors.
+"""The one job style: a job is a config tree with a `run()` method; `job_main` parses it (tyro) and runs it.
 
-A user error (bad spec, bad config, missing checkpoint, unreachable bucket, fingerprint mismatch...)
-prints `smt <stage>: error: <one line naming the thing and the fix>` and exits 2, with no traceback.
-Set SMT_DEBUG=1 to see the traceback anyway.
+A job dataclass holds its inputs and outputs (`--corpus`, `--out`, ...) and the components it builds, each
+as that component's own config class: nested (`--optim.lr`, `--stream.batch-size`), or flattened into
+the job's own flags with `Annotated[Config, FLAT]` for the stage's main component (`smt pretrain --steps`).
+A user error (bad flag, bad spec, bad config, missing checkpoint, unreachable bucket, fingerprint
+mismatch...) prints `smt <stage>: error: <one line naming the thing and the fix>` and exits 2, with no
+traceback. Set SMT_DEBUG=1 to see the traceback anyway.
 """
 from __future__ import annotations
 
+import io
 import os
+import re
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar
+
+import tyro
 
 T = TypeVar("T")
+
+FLAT = tyro.conf.arg(name="")
+"""`Annotated[Config, FLAT]`: the component's fields are the job's own flags (`--steps`, not `--pretrain.steps`)."""
+
+
+class Job(Protocol):
+    def execute(self) -> int | None:
+        """Build the components from the tree and run them; the exit status (None = 0)."""
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -24,57 +39,60 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 
 def parse(cls: type[T], argv: list[str] | None, prog: str, description: str | None = None,
-          flags: bool = True, bool_flags: bool = True) -> T:
-    """Parse argv into `cls` (tyro). Booleans are flags everywhere: `--x` / `--no-x` (the keyword arguments
-    are accepted for callers written when that was optional)."""
-    import tyro
-
-    if argv is None:
-        argv = sys.argv[1:]
-    return tyro.cli(cls, args=merge_repeated(list(argv), list_flags(cls)), prog=f"smt {prog}",
-                    description=description)
-
-
-def list_flags(cls: type) -> set[str]:
-    """The `--flag` spellings of `cls`'s top-level list fields (tyro accepts - and _ alike)."""
-    import dataclasses
-    import typing
-
-    hints = typing.get_type_hints(cls)
-    out: set[str] = set()
-    for f in dataclasses.fields(cls):
-        if typing.get_origin(hints.get(f.name)) in (list, tuple):
-            out |= {f"--{f.name}", f"--{f.name.replace('_', '-')}"}
-    return out
+          default: T | None = None) -> T:
+    """Parse argv into the config tree `cls` (tyro), starting from `default` when given (a recipe: its values
+    are the defaults that flags override). Booleans are flags: `--x` / `--no-x`. A bad flag exits 2 with one
+    line on stderr; `--help` prints the nested options and exits 0."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    captured, real = io.StringIO(), sys.stderr
+    sys.stderr = captured
+    try:
+        return tyro.cli(cls, args=argv, prog=f"smt {prog}", description=description, default=default)
+    except SystemExit as e:
+        if e.code not in (0, None):
+            print(f"smt {prog}: error: {one_line(captured.getvalue())} (smt {prog} --help)", file=real)
+            raise SystemExit(2) from None
+        raise
+    finally:
+        sys.stderr = real
+        if captured.getvalue() and not captured.getvalue().lstrip().startswith("╭"):
+            real.write(captured.getvalue())  # warnings, not an error box
 
 
-def merge_repeated(argv: list[str], flags: set[str]) -> list[str]:
-    """`--set a=1 --set b=2` -> `--set a=1 b=2`: tyro keeps only the last occurrence of a repeated list
-    flag, which silently dropped every earlier one. Values run up to the next `--` token."""
-    values: dict[str, list[str]] = {}
-    out: list[str] = []
-    i = 0
-    while i < len(argv):
-        flag, eq, val = argv[i].partition("=")
-        i += 1
-        if flag not in flags:
-            out.append(argv[i - 1])
-            continue
-        key = flag.replace("_", "-")
-        if key not in values:
-            values[key] = []
-            out.append(key)  # the merged values go in at the first occurrence
-        if eq:
-            values[key].append(val)
-        while i < len(argv) and not argv[i].startswith("--"):
-            values[key].append(argv[i])
-            i += 1
-    merged: list[str] = []
-    for tok in out:
-        merged.append(tok)
-        if tok in values:
-            merged.extend(values.pop(tok))
-    return merged
+def one_line(box: str) -> str:
+    """tyro's error box as one line: its words without the frame, the rules or the help pointer."""
+    box = box.split("For full helptext", 1)[0]
+    box = box[box.index("╭"):] if "╭" in box else box  # warnings printed before the box are not the error
+    lines = [re.sub(r"[╭╮╰╯│─]+", " ", ln).strip() for ln in box.splitlines()]
+    if any(ln.startswith("Missing from") for ln in lines):  # the missing flags, without their help text
+        i = next(i for i, ln in enumerate(lines) if ln.startswith("Missing from"))
+        names = []
+        for raw, ln in zip(box.splitlines()[i + 1:], lines[i + 1:]):
+            if not ln:  # a rule: the end of the list
+                break
+            first = ln.split()[0]
+            if raw.lstrip("│ ").startswith(first) and len(raw) - len(raw.lstrip("│ ")) <= 6 and (
+                    first.startswith("--") or first.isupper()):
+                names.append(first)
+        rest = " ".join(lines).split("Unrecognized options:", 1)
+        text = f"missing required {', '.join(names)}" + (f"; unrecognized options: {rest[1]}" if len(rest) > 1 else "")
+    else:
+        lines = [ln for ln in lines if ln]
+        if len(lines) > 1 and lines[1].lower().startswith(lines[0].lower()):
+            lines = lines[1:]  # the box title repeats the message's first words
+        text = " ".join(lines).split("Argument helptext:", 1)[0]
+    return " ".join(text.split()) or "bad arguments"
+
+
+def job_main(prog: str, cls: type, description: str | None = None,
+             default: Callable[[list[str]], Any] | None = None) -> Callable[[list[str] | None], int]:
+    """The `main(argv) -> int` of a job module: parse the tree (from `default(argv)` when given), then run it."""
+    def main(argv: list[str] | None = None) -> int:
+        argv = sys.argv[1:] if argv is None else list(argv)
+        return run(prog, lambda: parse(cls, argv, prog, description,
+                                       default(argv) if default else None).execute())
+
+    return main
 
 
 def figure(row: dict, key: str, reason: str = "no evaluation") -> str:
@@ -87,6 +105,8 @@ def run(prog: str, fn: Callable[[], int | None]) -> int:
     try:
         rc = fn()
         return int(rc or 0)
+    except SystemExit as e:  # parse: --help (0) or a bad flag (2, already reported)
+        return int(e.code or 0)
     except KeyboardInterrupt:
         print(f"smt {prog}: interrupted", file=sys.stderr)
         return 130

@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from pipeline.dmt_loop import DMTLoop, DMTLoopConfig, round_reports
         from pipeline.stage import Resources
-        from trainers.run_dir import RunDir
+        from storage.run_dir import RunDir
         from trainers.student import AggregateTrainer, run_config
 
         gpus = args.gpus

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from jobs.common import parse, run
+from jobs.common import job_main
 
 
 @dataclass(kw_only=True)
@@ -39,6 +39,21 @@ class EvalJob:
     json: bool = False
     """Print JSON (with per-position curves) instead of a table."""
 
+    def execute(self) -> int:
+        res = evaluate_run(self)
+        if self.json:
+            print(json.dumps(res, indent=2))
+            return 0
+        print(f"split={res['split']}: {res['sequences']} sequences of {res['corpus']}")
+        print(f"{'model':<10} {'acc':>7} {'loss':>8} {'bits/tok':>9} {'drift_T':>9}  url")
+        for k in ("teacher", "student"):
+            if k in res:
+                r = res[k]
+                d = r.get("drift_final")
+                print(f"{k:<10} {r['acc']:>7.3f} {r['loss']:>8.4f} {r['bits_per_token']:>9.4f} "
+                      f"{(f'{d:.4f}' if d is not None else '-'):>9}  {r['url']}")
+        return 0
+
 
 def _exists(url: str) -> bool:
     """A teacher or student checkpoint (a train run's own config.json is not one)."""
@@ -61,7 +76,7 @@ def _train_run(r: str) -> bool:
 
 def _run_student(r: str, step: int | None) -> str:
     """The student of `step` (default: the newest checkpoint) of a train run (checkpoints/latest.json)."""
-    from trainers.run_dir import RunDir
+    from storage.run_dir import RunDir
 
     run = RunDir(r)
     rel = run.latest()["path"] if step is None else run.student_dir(step)
@@ -128,8 +143,7 @@ def evaluate_run(job: EvalJob) -> dict:
 
     from models.checkpoint import load_student, load_teacher
     from pipeline.corpora import load_corpus
-    from trainers.evaluate import evaluate_student, evaluate_teacher
-    from trainers.pretrain import eval_batch
+    from trainers.evaluate import eval_batch, evaluate_student, evaluate_teacher
 
     corpus = load_corpus(job.corpus)
     t_url, s_url = resolve(job)
@@ -160,25 +174,7 @@ def _check_vocab(corpus, vocab: int, url: str) -> None:
                          f"{vocab}: evaluate on the corpus the model was trained on")
 
 
-def main(argv: list[str] | None = None) -> int:
-    def body() -> int:
-        job = parse(EvalJob, argv, "eval", __doc__)
-        res = evaluate_run(job)
-        if job.json:
-            print(json.dumps(res, indent=2))
-            return 0
-        print(f"split={res['split']}: {res['sequences']} sequences of {res['corpus']}")
-        print(f"{'model':<10} {'acc':>7} {'loss':>8} {'bits/tok':>9} {'drift_T':>9}  url")
-        for k in ("teacher", "student"):
-            if k in res:
-                r = res[k]
-                d = r.get("drift_final")
-                print(f"{k:<10} {r['acc']:>7.3f} {r['loss']:>8.4f} {r['bits_per_token']:>9.4f} "
-                      f"{(f'{d:.4f}' if d is not None else '-'):>9}  {r['url']}")
-        return 0
-
-    return run("eval", body)
-
+main = job_main("eval", EvalJob, __doc__)
 
 if __name__ == "__main__":
     raise SystemExit(main())

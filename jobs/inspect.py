@@ -9,11 +9,15 @@ Exit status: 0 fine, 1 some shard failed --verify (each is named on stderr), 2 u
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections import Counter
+from dataclasses import dataclass
+from typing import Annotated
 
+import tyro
+
+from jobs.common import job_main
 from storage.bucket import Bucket
 from storage.errors import ShardError, StorageError
 from storage.manifest import LATEST, gen_path, newest_generation
@@ -21,16 +25,25 @@ from storage.reader import TargetSet
 from storage.rounds import RUNS, rounds_bucket
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="smt inspect", description=__doc__.splitlines()[0])
-    p.add_argument("bucket_url", metavar="URL",
-                   help="target set folder (holding manifest/), bucket root or student run (local path, file://, s3://, "
-                        "memory://)")
-    p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
-    p.add_argument("--verify", action="store_true", help="fetch every shard, check its sha256 and decode it")
-    p.add_argument("--generation", type=int, default=None, help="generation to inspect (default: newest)")
-    p.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL / AWS config)")
-    return p
+@dataclass(kw_only=True)
+class InspectJob:
+    url: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="URL")]
+    """Target set folder (holding manifest/), bucket root or student run (local path, file://, s3://, memory://)."""
+    json: bool = False
+    """Print one JSON document instead of text."""
+    verify: bool = False
+    """Fetch every shard, check its sha256 and decode it."""
+    generation: int | None = None
+    """Generation to inspect (default: newest)."""
+    endpoint_url: str | None = None
+    """S3 endpoint (default: AWS_ENDPOINT_URL / AWS config)."""
+
+    def execute(self) -> int:
+        summaries, bad = inspect(self)
+        print(json.dumps({"target_sets": summaries}, indent=1) if self.json else "\n".join(map(_text, summaries)))
+        for msg in bad:
+            print(f"smt inspect: BAD {msg}", file=sys.stderr)
+        return 1 if bad else 0
 
 
 def find_target_sets(bucket: Bucket) -> list[Bucket]:
@@ -118,44 +131,33 @@ def _text(s: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as e:  # argparse already printed its one-line complaint
-        return int(e.code or 0)
-    try:
-        root = Bucket.from_url(args.bucket_url, endpoint_url=args.endpoint_url)
-        sets = find_target_sets(root)
-        if not sets and rounds_bucket(root).exists(gen_path(1)):  # a student run: its target set, then it
-            pin = TargetSet.open(rounds_bucket(root), None).manifest.base or {}
-            if not pin.get("url"):
-                raise StorageError(f"run {root.url()} has rounds but no pinned target set URL")
-            sets = [Bucket.from_url(pin["url"], endpoint_url=args.endpoint_url)]
-        if not sets:
-            raise StorageError(f"no target set at {root.url()}: expected manifest/ there or "
-                               "targets/<fingerprint>/<corpus-id>/manifest below it")
-        summaries, bad = [], []
-        for b in sets:
-            newest = newest_generation(b)
-            ts = TargetSet.open(b, None, generation=args.generation, verify="always")
-            s = summarise(ts, newest)
-            if args.verify:
-                s["verify"] = verify_all(ts)
-                bad += s["verify"]
-            s["runs"] = [summarise_run(r, args.verify) for r in find_runs(b)]
-            bad += [m for r in s["runs"] for m in r.get("verify", [])]
-            summaries.append(s)
-    except StorageError as e:
-        print(f"smt inspect: error: {e}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps({"target_sets": summaries}, indent=1))
-    else:
-        print("\n".join(_text(s) for s in summaries))
-    for msg in bad:
-        print(f"smt inspect: BAD {msg}", file=sys.stderr)
-    return 1 if bad else 0
+def inspect(job: InspectJob) -> tuple[list[dict], list[str]]:
+    """The summaries of the target sets at job.url (and their runs), and the messages of shards failing --verify."""
+    root = Bucket.from_url(job.url, endpoint_url=job.endpoint_url)
+    sets = find_target_sets(root)
+    if not sets and rounds_bucket(root).exists(gen_path(1)):  # a student run: its target set, then it
+        pin = TargetSet.open(rounds_bucket(root), None).manifest.base or {}
+        if not pin.get("url"):
+            raise StorageError(f"run {root.url()} has rounds but no pinned target set URL")
+        sets = [Bucket.from_url(pin["url"], endpoint_url=job.endpoint_url)]
+    if not sets:
+        raise StorageError(f"no target set at {root.url()}: expected manifest/ there or "
+                           "targets/<fingerprint>/<corpus-id>/manifest below it")
+    summaries, bad = [], []
+    for b in sets:
+        newest = newest_generation(b)
+        ts = TargetSet.open(b, None, generation=job.generation, verify="always")
+        s = summarise(ts, newest)
+        if job.verify:
+            s["verify"] = verify_all(ts)
+            bad += s["verify"]
+        s["runs"] = [summarise_run(r, job.verify) for r in find_runs(b)]
+        bad += [m for r in s["runs"] for m in r.get("verify", [])]
+        summaries.append(s)
+    return summaries, bad
 
+
+main = job_main("inspect", InspectJob, __doc__)
 
 if __name__ == "__main__":
     raise SystemExit(main())

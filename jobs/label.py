@@ -11,82 +11,40 @@ same command after a crash skips the shards already written.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Annotated
 
-from jobs.common import parse, run
+import tyro
+
+from jobs.common import FLAT, job_main
+from pipeline.executors import ExecutorConfig
+from pipeline.label import LabelConfig
 
 
 @dataclass(kw_only=True)
-class LabelArgs:
-    teacher: str
-    """Teacher checkpoint folder or URL (weights.safetensors + config.json)."""
-    corpus: str
-    """Corpus spec, e.g. 'retrieval:T=64,vocab=8' or 'tokens:/d/ids.npy|T=320'."""
-    out: str
-    """Bucket root (local folder, file://, memory://, s3://); shards go under targets/<fp>/<corpus-id>/."""
-    workers: int = 0
-    """Ray actors; 0 = serial, in-process."""
-    format: Literal["zarr", "wds"] = "zarr"
-    """Shard format."""
-    dtype: Literal["float32", "float16", "bfloat16", "int8"] = "float16"
-    """Stored state dtype."""
-    shard_sequences: int = 256
-    """Corpus sequences per shard (one work item each)."""
-    Tc: int | None = None
-    """Stream corpora: tokens each memory sees (default: the causal teacher's window)."""
-    batch_size: int = 32
-    """Sequences per teacher forward pass."""
-    device: str = "auto"
-    """Torch device: auto (cuda if available), cpu, cuda, cuda:1, ..."""
-    cpus_per_worker: float = 1.0
-    """CPU cores reserved per Ray actor (and its torch threads)."""
-    gpus_per_worker: float | None = None
-    """GPUs per Ray actor (default: this machine's GPUs shared among the workers, at most 1 each; 0 without CUDA)."""
-    max_restarts: int = 3
-    """Times a dead Ray actor is restarted."""
-    task_retries: int = 3
-    """Times a failed work item is resubmitted to a live actor."""
-    endpoint_url: str | None = None
-    """S3 endpoint (default: AWS_ENDPOINT_URL)."""
+class LabelJob:
+    label: Annotated[LabelConfig, FLAT] = field(default_factory=LabelConfig)
+    """The label stage: teacher, corpus, bucket, shard format and dtype."""
+    executor: Annotated[ExecutorConfig, FLAT] = field(default_factory=ExecutorConfig)
+    """Where the shards are labeled: in-process or a Ray actor pool."""
     quiet: bool = False
     """No progress bar."""
 
-
-def build(args: LabelArgs):
-    from pipeline.executors import make_executor
-    from pipeline.label import LabelConfig
-    from pipeline.stage import Resources
-
-    gpus = args.gpus_per_worker
-    if gpus is None:
-        import torch
-
-        # a guess from the driver's machine: more GPUs asked for than the cluster has would never schedule
-        n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        gpus = min(1.0, n_gpus / args.workers) if (args.workers and n_gpus) else 0.0
-    cfg = LabelConfig(teacher=args.teacher, corpus=args.corpus, out=args.out, fmt=args.format,
-                      dtype=args.dtype, shard_sequences=args.shard_sequences, Tc=args.Tc,
-                      batch_size=args.batch_size, device=args.device, endpoint_url=args.endpoint_url,
-                      resources=Resources(num_cpus=args.cpus_per_worker, num_gpus=gpus))
-    pool = {} if args.workers == 0 else {"max_restarts": args.max_restarts, "task_retries": args.task_retries}
-    return cfg, make_executor(args.workers, **pool)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse(LabelArgs, argv, "label", description=__doc__.splitlines()[0], flags=True)
-
-    def body() -> int:
+    def execute(self) -> int:
         from pipeline.label import label
 
-        cfg, executor = build(args)
-        report = label(cfg, executor, quiet=args.quiet)
+        report = label(self.label, self.executor.build(), quiet=self.quiet)
         print(report.summary(), file=sys.stderr)
         print(report.target_url)
         return 0
 
-    return run("label", body)
 
+def defaults(argv: list[str]) -> LabelJob:
+    """Teacher, corpus and bucket are required here (the pipeline sets them from its earlier stages)."""
+    return LabelJob(label=LabelConfig(teacher=tyro.MISSING, corpus=tyro.MISSING, out=tyro.MISSING))
+
+
+main = job_main("label", LabelJob, __doc__.splitlines()[0], defaults)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -46,12 +46,12 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
     from pipeline.executors import init_ray, make_executor
     from pipeline.label import LabelConfig, label
     from pipeline.stage import Resources
+    from storage.run_dir import RunDir
     from storage.stream import StreamConfig
     from trainers.common import OptimConfig
-    from trainers.evaluate import evaluate_student, evaluate_teacher
+    from trainers.evaluate import eval_batch, evaluate_student, evaluate_teacher
     from trainers.heldout import sample_models, score_models, split_sizes, token_unit
-    from trainers.pretrain import eval_batch, pretrain
-    from trainers.run_dir import RunDir
+    from trainers.pretrain import pretrain
     from trainers.student import StudentTrainConfig, run_training
 
     out.mkdir(parents=True, exist_ok=True)
@@ -96,7 +96,7 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
 
     say(f"[2/5] labeling with {rc.label.workers or 'no'} Ray actors -> {relative_to_out(bucket, out)}")
     gpus = rc.label.gpus_per_worker if torch.cuda.is_available() else 0.0
-    rep = label(LabelConfig(teacher=teacher_url, corpus=corpus.spec, out=bucket, fmt=rc.label.fmt,
+    rep = label(LabelConfig(teacher=teacher_url, corpus=corpus.spec, out=bucket, format=rc.label.fmt,
                             dtype=rc.label.dtype, shard_sequences=rc.label.shard_sequences, Tc=prompt or None,
                             resources=Resources(num_cpus=1, num_gpus=gpus)),
                 make_executor(rc.label.workers), quiet=quiet)
@@ -185,7 +185,7 @@ def _dmt_lockstep(rc, ray, targets, teacher_url, run_url, corpus, prompt, gpus, 
     train on relabels more than 2 x steps_per_round steps old)."""
     from models.checkpoint import load_student
     from pipeline.dmt_loop import DMTLoop, DMTLoopConfig, round_reports
-    from trainers.run_dir import RunDir, step_dir
+    from storage.run_dir import RunDir, step_dir
 
     d, st = rc.dmt, rc.student
     s0, E = st.steps, d.steps_per_round
@@ -271,8 +271,8 @@ def _dmt_online(rc, ray, targets, teacher_url, run_url, corpus, teacher, fp, pro
     """The DMT actor relabels each round for the record; the student takes on-policy DMT steps in between."""
     from models.checkpoint import load_student, save_student
     from pipeline.dmt_loop import DMTLoop, DMTLoopConfig
+    from storage.run_dir import RunDir
     from trainers.dmt import dmt_online
-    from trainers.run_dir import RunDir
 
     d, st = rc.dmt, rc.student
     say(f"[4/5] DMT, online: {d.rounds} rounds; each: the DMT actor relabels the latest student into a new round "

@@ -13,18 +13,21 @@ with N Ray Train DDP workers (connecting to the job's cluster under `ray job sub
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Annotated
 
-from jobs.common import figure, parse, run
+from jobs.common import FLAT, figure, job_main
 from trainers.pretrain import PretrainConfig
 
 
 @dataclass(kw_only=True)
-class PretrainJob(PretrainConfig):
+class PretrainJob:
     corpus: str
     """Corpus spec, e.g. retrieval:T=64,vocab=8 (see pipeline/README.md)."""
     out: str
     """Run URL (local folder, file://, s3://): checkpoints, metrics, config, then teacher/ and student/."""
+    pretrain: Annotated[PretrainConfig, FLAT] = field(default_factory=PretrainConfig)
+    """Joint SMT pretraining: teacher, reference updater, losses, optimiser, budget."""
     bucket: str | None = None
     """Bucket root to publish the finished teacher to (<bucket>/teachers/<fingerprint>/); none by default."""
     workers: int = 1
@@ -40,43 +43,39 @@ class PretrainJob(PretrainConfig):
     """No progress bar."""
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         if self.workers < 1:
             raise ValueError(f"--workers {self.workers} must be >= 1")
 
+    def execute(self) -> int:
+        from models.checkpoint import publish_teacher
+        from pipeline.corpora import load_corpus
+        from storage.bucket import Bucket
+        from trainers.pretrain import pretrain, run_summary
 
-def pretrain_job(job: PretrainJob) -> int:
-    from models.checkpoint import publish_teacher
-    from pipeline.corpora import load_corpus
-    from storage.bucket import Bucket
-    from trainers.pretrain import pretrain, run_summary
+        if self.endpoint_url:  # checkpoints are written through fsspec URLs too: one endpoint for the whole job
+            os.environ.setdefault("AWS_ENDPOINT_URL", self.endpoint_url)
+        corpus = load_corpus(self.corpus)  # validates the spec before any worker starts
+        if self.workers > 1:
+            from trainers.distributed import pretrain_with_ray
 
-    if job.endpoint_url:  # checkpoints are written through fsspec URLs too: one endpoint for the whole job
-        os.environ.setdefault("AWS_ENDPOINT_URL", job.endpoint_url)
-    corpus = load_corpus(job.corpus)  # validates the spec before any worker starts
-    cfg = PretrainConfig(**{k: getattr(job, k) for k in PretrainConfig.__dataclass_fields__})
-    if job.workers > 1:
-        from trainers.distributed import pretrain_with_ray
-
-        pretrain_with_ray(corpus.spec, cfg, job.out, workers=job.workers, endpoint_url=job.endpoint_url,
-                          gpus_per_worker=job.gpus_per_worker, quiet=job.quiet, max_failures=job.max_failures)
-    else:
-        pretrain(corpus, cfg, out=job.out, quiet=job.quiet, endpoint_url=job.endpoint_url)
-    s = run_summary(job.out, job.endpoint_url)
-    f = s["final"]
-    how = f"resumed at step {s['starts'][-1]}, " if len(s["starts"]) > 1 else ""
-    print(f"smt pretrain: {how}teacher {s['fingerprint'][:16]} -> {s['run']}/teacher  steps={s['steps']} "
-          f"seconds={s['seconds']:.1f} teacher_acc={figure(f, 'teacher_acc')} smt_acc={figure(f, 'smt_acc')} "
-          "(split=valid; report with smt eval)")
-    if job.bucket:
-        url = publish_teacher(s["teacher"], Bucket.from_url(job.bucket, endpoint_url=job.endpoint_url))
-        print(f"smt pretrain: published teacher -> {url}")
-    return 0
+            pretrain_with_ray(corpus.spec, self.pretrain, self.out, workers=self.workers,
+                              endpoint_url=self.endpoint_url, gpus_per_worker=self.gpus_per_worker, quiet=self.quiet,
+                              max_failures=self.max_failures)
+        else:
+            pretrain(corpus, self.pretrain, out=self.out, quiet=self.quiet, endpoint_url=self.endpoint_url)
+        s = run_summary(self.out, self.endpoint_url)
+        f = s["final"]
+        how = f"resumed at step {s['starts'][-1]}, " if len(s["starts"]) > 1 else ""
+        print(f"smt pretrain: {how}teacher {s['fingerprint'][:16]} -> {s['run']}/teacher  steps={s['steps']} "
+              f"seconds={s['seconds']:.1f} teacher_acc={figure(f, 'teacher_acc')} smt_acc={figure(f, 'smt_acc')} "
+              "(split=valid; report with smt eval)")
+        if self.bucket:
+            url = publish_teacher(s["teacher"], Bucket.from_url(self.bucket, endpoint_url=self.endpoint_url))
+            print(f"smt pretrain: published teacher -> {url}")
+        return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run("pretrain", lambda: pretrain_job(parse(PretrainJob, argv, "pretrain", __doc__.splitlines()[0])))
-
+main = job_main("pretrain", PretrainJob, __doc__.splitlines()[0])
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -123,7 +123,7 @@ def save_student(url: str, student, teacher_fingerprint: str | None, meta: dict 
 
 def load_student(url: str, device: str | torch.device = "cpu"):
     """Returns (student in eval mode, teacher fingerprint it was trained against (or None), config dict)."""
-    from models.student import Student
+    from models.student_rnn import Student
     from models.teacher import TeacherConfig
     from models.updaters import UpdaterConfig
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from models.layers import Transformer, rms_normalize
-from models.teacher import ConfigError
+from models.teacher import ConfigError, TeacherConfig
 
 
 @dataclass(kw_only=True)
@@ -45,6 +45,12 @@ class UpdaterConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def matched_updater(teacher_cfg: TeacherConfig, updater: UpdaterConfig) -> UpdaterConfig:
+    """The updater config with K, d and vocab taken from the teacher."""
+    return UpdaterConfig(**{**asdict(updater), "vocab_size": teacher_cfg.vocab_size,
+                            "mem_tokens": teacher_cfg.mem_tokens, "d_model": teacher_cfg.d_model})
 
 
 class Updater(nn.Module):

@@ -36,7 +36,7 @@ from storage.bucket import Bucket
 from storage.errors import ObjectNotFound
 from storage.manifest import newest_generation, read_generation
 from storage.rounds import rounds_bucket
-from trainers.run_dir import RunDir
+from storage.run_dir import RunDir
 
 LATEST = "checkpoints/latest.json"
 

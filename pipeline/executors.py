@@ -1,7 +1,7 @@
 """Executors: where a stage runs. `SerialExecutor` runs it in-process; `RayActorPool` on N Ray actors.
 
 Both have `map(stage, items, *, total_records=None, quiet=False) -> iterator of results` (results in
-completion order; callers key them by item) and show progress (trainers/progress.py) in records. Only this
+completion order; callers key them by item) and show progress (pipeline/progress.py) in records. Only this
 module (and jobs/) imports `ray`, lazily, so the serial path works without a cluster.
 
 Fault model of the pool: each actor calls `stage.setup()` once in its constructor (Ray re-runs it when
@@ -38,7 +38,7 @@ class ExecutorError(RuntimeError):
 
 @contextmanager
 def _progress(total: int | None, quiet: bool, desc: str):
-    from trainers.progress import Progress  # the trainers' display: plain lines when not on a terminal
+    from pipeline.progress import Progress  # the display trainers share: plain lines off a terminal
 
     bar = Progress(desc, steps=total, quiet=quiet, unit="rec")
     try:
@@ -265,3 +265,37 @@ def make_executor(workers: int, **pool_options: Any):
     if workers < 0:
         raise ValueError(f"--workers={workers} must be >= 0 (0 = serial, in-process)")
     return SerialExecutor() if workers == 0 else RayActorPool(num_actors=workers, **pool_options)
+
+
+@dataclass(kw_only=True)
+class ExecutorConfig:
+    """Where a stage's work items run: in-process, or on a pool of Ray actors."""
+
+    workers: int = 0
+    """Ray actors; 0 = serial, in-process."""
+    max_restarts: int = 3
+    """Times a dead Ray actor is restarted."""
+    task_retries: int = 3
+    """Times a failed work item is resubmitted to a live actor."""
+    gpus_per_worker: float | None = None
+    """GPUs per Ray actor (default: this machine's GPUs shared among the workers, at most 1 each; 0 without CUDA)."""
+
+    def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise ValueError(f"--workers={self.workers} must be >= 0 (0 = serial, in-process)")
+
+    def gpus(self) -> float:
+        """GPUs per actor: the given figure, else a guess from the driver's machine (asking for more GPUs than
+        the cluster has would never schedule)."""
+        if self.gpus_per_worker is not None:
+            return self.gpus_per_worker
+        import torch
+
+        n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        return min(1.0, n_gpus / self.workers) if (self.workers and n_gpus) else 0.0
+
+    def build(self):
+        if self.workers == 0:
+            return SerialExecutor()
+        return RayActorPool(num_actors=self.workers, max_restarts=self.max_restarts, task_retries=self.task_retries,
+                            num_gpus=self.gpus())

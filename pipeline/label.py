@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from models.checkpoint import CheckpointError, load_teacher, publish_teacher
+from models.device import autocast, pick_device
 from pipeline.corpora import Corpus, CorpusError, load_corpus
 from pipeline.stage import Resources, ShardRange, Stage, shard_ranges
 from storage.bucket import Bucket
@@ -52,33 +53,21 @@ from storage.schema import Segments
 from storage.writer import write_shard
 
 ROUND = 0
-# Test hook: the driver exits (as if killed) after this many shards are written, before the commit.
-EXIT_AFTER_ENV = "SMT_LABEL_TEST_EXIT_AFTER"
 
 
 class LabelError(ValueError):
     """Input the label stage cannot use; one line naming the thing and the fix."""
 
 
-@dataclass(frozen=True)
-class FaultPlan:
-    """Test-only: the first worker to reach `exit_after` finished items dies (os._exit) once.
-
-    The marker file makes it happen once across restarts and processes."""
-
-    exit_after: int
-    marker: str
-
-
 @dataclass(kw_only=True)
 class LabelConfig:
-    teacher: str
+    teacher: str = ""
     """Teacher checkpoint folder or URL (holding weights.safetensors and config.json)."""
-    corpus: str
+    corpus: str = ""
     """Corpus spec, e.g. 'retrieval:T=64,vocab=8' or 'tokens:/d/ids.npy|T=320'."""
-    out: str
+    out: str = ""
     """Bucket root URL; shards go to <out>/targets/<fingerprint>/<corpus-id>/."""
-    fmt: str = "zarr"
+    format: str = "zarr"
     """Shard format: zarr or wds."""
     dtype: str = "float16"
     """Stored state dtype: float32, float16, bfloat16 or int8."""
@@ -94,12 +83,10 @@ class LabelConfig:
     """S3 endpoint for the bucket (default: AWS_ENDPOINT_URL)."""
     resources: Resources = field(default_factory=Resources)
     """Per-worker CPUs/GPUs."""
-    fault: FaultPlan | None = None
-    """Test-only fault injection; None in real runs."""
 
     def __post_init__(self) -> None:
-        if self.fmt not in FORMATS:
-            raise LabelError(f"format={self.fmt!r} is unknown: use one of {', '.join(FORMATS)}")
+        if self.format not in FORMATS:
+            raise LabelError(f"format={self.format!r} is unknown: use one of {', '.join(FORMATS)}")
         try:
             check_dtype(self.dtype)
         except ValueError as e:
@@ -178,6 +165,9 @@ def resolve_Tc(corpus: Corpus, teacher_cfg, Tc: int | None) -> int | None:
 
 def prepare(cfg: LabelConfig) -> LabelPlan:
     """Validate corpus, teacher and bucket (in that order of cost); no teacher compute happens here."""
+    for name in ("teacher", "corpus", "out"):
+        if not getattr(cfg, name):
+            raise LabelError(f"label: {name} is not set: pass --{name}")
     corpus = load_corpus(cfg.corpus)
     if corpus.num_sequences < 1:
         raise CorpusError(f"corpus {corpus.spec!r} has no sequences: point it at non-empty data")
@@ -195,9 +185,8 @@ def prepare(cfg: LabelConfig) -> LabelPlan:
         raise BucketError(f"output bucket {cfg.out} is unreachable: {e}") from None
     _check_same_encoding(latest_readable(target, n), target, cfg, Tc)
     stage = LabelStage(teacher=cfg.teacher, corpus=corpus.spec, target=target.url(),
-                       endpoint_url=cfg.endpoint_url, fingerprint=fp, fmt=cfg.fmt, dtype=cfg.dtype,
-                       Tc=Tc, batch_size=cfg.batch_size, device=cfg.device, resources=cfg.resources,
-                       fault=cfg.fault)
+                       endpoint_url=cfg.endpoint_url, fingerprint=fp, fmt=cfg.format, dtype=cfg.dtype,
+                       Tc=Tc, batch_size=cfg.batch_size, device=cfg.device, resources=cfg.resources)
     T = corpus.seq_len
     return LabelPlan(stage=stage, items=shard_ranges(corpus.num_sequences, cfg.shard_sequences), target=target,
                      fingerprint=fp, teacher_config=ckpt["model"]["teacher"], corpus=corpus,
@@ -213,11 +202,11 @@ def _check_same_encoding(gen: Generation | None, target: Bucket, cfg: LabelConfi
     have = {(e.format, e.dtype) for e in gen.shards if e.round == ROUND}
     label_params = (gen.corpus_params or {}).get("label") or {}
     old_Tc = label_params.get("Tc")
-    if not have or (have == {(cfg.fmt, cfg.dtype)} and old_Tc == Tc):
+    if not have or (have == {(cfg.format, cfg.dtype)} and old_Tc == Tc):
         return
     fmt, dtype = min(have)
     raise LabelError(f"target set {target.url()} already holds this corpus labeled as {fmt}/{dtype} (Tc={old_Tc}); "
-                     f"labeling it again as {cfg.fmt}/{cfg.dtype} (Tc={Tc}) would store every record twice: reuse "
+                     f"labeling it again as {cfg.format}/{cfg.dtype} (Tc={Tc}) would store every record twice: reuse "
                      f"it (--format {fmt} --dtype {dtype}) or label into another --out bucket")
 
 
@@ -225,13 +214,10 @@ def label(cfg: LabelConfig, executor, *, quiet: bool = False) -> LabelReport:
     """Label a corpus with `executor` (anything with `map(stage, items, total_records=, quiet=)`)."""
     plan = prepare(cfg)
     t0 = time.perf_counter()
-    exit_after = int(os.environ.get(EXIT_AFTER_ENV, "0") or 0)
     total = sum(it.size for it in plan.items) * (plan.states_per_seq - 1)
     results: dict[int, dict] = {}
     for res in executor.map(plan.stage, plan.items, total_records=total, quiet=quiet):
         results[res["index"]] = res
-        if exit_after and len(results) >= exit_after:
-            os._exit(3)  # simulate a driver killed after some shards, before the commit
     missing = [it.index for it in plan.items if it.index not in results]
     if missing:
         raise StorageError(f"{len(missing)} work items returned no result (first: shard {missing[0]}); "
@@ -288,12 +274,9 @@ class LabelStage(Stage):
     device: str = "auto"
     endpoint_url: str | None = None
     resources: Resources = field(default_factory=Resources)
-    fault: FaultPlan | None = None
     name: str = "label"
 
     def setup(self) -> None:
-        from trainers.common import pick_device
-
         if self.resources.num_cpus >= 1 and self.resources.num_gpus == 0:
             torch.set_num_threads(int(self.resources.num_cpus))
         self._device = pick_device(self.device)
@@ -303,11 +286,9 @@ class LabelStage(Stage):
                                   f"{self.fingerprint[:12]}): rerun")
         self._corpus = load_corpus(self.corpus)
         self._bucket = Bucket.from_url(self.target, endpoint_url=self.endpoint_url)
-        self._done = 0
 
     # -- the work
     def run(self, item: ShardRange) -> dict:
-        self._maybe_die()
         t0 = time.perf_counter()
         states_per_seq = self._corpus.seq_len + 1 - (self.Tc or 0)
         found = self._existing(item)
@@ -325,7 +306,6 @@ class LabelStage(Stage):
             receipt = {"entry": entry.to_json(), "start": item.start, "stop": item.stop}
             self._bucket.write_bytes(receipt_path(item.index), json.dumps(receipt, sort_keys=True).encode())
             res = self._result(item, entry, states_per_seq, skipped=False, t0=t0)
-        self._done += 1
         return res
 
     def memories(self, x: np.ndarray) -> np.ndarray:
@@ -335,7 +315,7 @@ class LabelStage(Stage):
             raise LabelError(f"tokens outside the teacher's vocabulary 0..{m.cfg.vocab_size - 1} in corpus "
                              f"{self.corpus!r}: use a teacher trained on this vocabulary")
         out = []
-        with torch.inference_mode(), _autocast(self._device):
+        with torch.inference_mode(), autocast(self._device):
             for i in range(0, x.shape[0], self.batch_size):
                 xb = torch.from_numpy(x[i:i + self.batch_size]).to(self._device)
                 out.append(self._memories(xb).float().cpu().numpy())
@@ -378,17 +358,3 @@ class LabelStage(Stage):
         return {"index": item.index, "entry": entry.to_json(), "records": entry.records,
                 "states": 0 if skipped else item.size * states_per_seq, "skipped": skipped,
                 "seconds": round(time.perf_counter() - t0, 4), "worker": os.getpid()}
-
-    def _maybe_die(self) -> None:
-        f = self.fault
-        if f is not None and self._done >= f.exit_after and not os.path.exists(f.marker):
-            with open(f.marker, "w") as fh:
-                fh.write(str(os.getpid()))
-            os._exit(1)
-
-
-def _autocast(device: torch.device):
-    from trainers.common import autocast
-
-    return autocast(device)
-

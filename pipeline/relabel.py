@@ -10,8 +10,6 @@ generation of the run's rounds (storage/rounds.py); the shared target set (round
 """
 from __future__ import annotations
 
-import os
-import signal
 import time
 from dataclasses import dataclass, field
 
@@ -19,6 +17,7 @@ import numpy as np
 import torch
 
 from models.checkpoint import CheckpointError, load_student, load_teacher, read_config
+from models.device import pick_device
 from pipeline.corpora import load_corpus
 from pipeline.stage import Resources, ShardRange, Stage
 from storage.bucket import Bucket
@@ -26,9 +25,6 @@ from storage.manifest import Generation, ShardEntry, newest_generation, read_gen
 from storage.rounds import commit_rounds, register_run, rounds_bucket
 from storage.schema import Pairs
 from storage.writer import write_shard
-
-# Test hook: the driver SIGKILLs itself after this many shards of a round are written, before the commit.
-KILL_AFTER_ENV = "SMT_DMT_TEST_KILL_AFTER"
 
 
 @torch.inference_mode()
@@ -100,8 +96,6 @@ class RelabelStage(Stage):
     name: str = "relabel"
 
     def setup(self) -> None:
-        from trainers.common import pick_device
-
         if self.resources.num_cpus >= 1 and self.resources.num_gpus == 0:
             torch.set_num_threads(int(self.resources.num_cpus))
         self._device = pick_device(self.device)
@@ -245,12 +239,9 @@ def relabel(cfg: RelabelConfig, executor, quiet: bool = False, before_commit=Non
                          resources=cfg.resources)
     items = round_items(corpus.num_sequences, cfg.round, cfg.sequences, cfg.shard_sequences)
     t0 = time.perf_counter()
-    kill_after = int(os.environ.get(KILL_AFTER_ENV, "0") or 0)
     results = {}
     for res in executor.map(stage, items, total_records=sum(i.size for i in items) * Td, quiet=quiet):
         results[res["index"]] = res
-        if kill_after and len(results) >= kill_after and len(results) < len(items):
-            os.kill(os.getpid(), signal.SIGKILL)  # test-only: die like a killed actor, mid-round
     entries = [ShardEntry.from_json(results[i.index]["entry"], rounds.url()) for i in items]
     seqs = sum(r["sequences"] for r in results.values())
     drift = np.sum([r["drift_sum"] for r in results.values()], axis=0) / max(1, seqs)

@@ -51,8 +51,8 @@ def main() -> int:
     from models.updaters import UpdaterConfig
     from pipeline.corpora import load_corpus
     from trainers.common import OptimConfig
-    from trainers.evaluate import evaluate_student
-    from trainers.pretrain import PretrainConfig, eval_batch, pretrain
+    from trainers.evaluate import eval_batch, evaluate_student
+    from trainers.pretrain import PretrainConfig, pretrain
 
     work = Path(tempfile.mkdtemp(prefix="gpucheck"))
     spec = "retrieval:T=64,vocab=8,n=1024"

@@ -11,7 +11,7 @@ from models.checkpoint import (
     save_student,
     save_teacher,
 )
-from models.student import Student
+from models.student_rnn import Student
 from models.teacher import Teacher, TeacherConfig
 from models.updaters import UpdaterConfig
 

@@ -31,7 +31,7 @@ def test_pretrain_eval_dmt_bptt_smoke(pretrained, tmp_path, capsys):
                 "--steps", "2", "--eval-every", "1", "--eval-size", "8", "--batch-size", "4", "--quiet"]) == 0
     assert smt(["eval", "--run", str(tmp_path / "dmt" / "student"), "--teacher", str(pretrained / "teacher"),
                 "--corpus", TASK, "--size", "8"]) == 0
-    assert smt(["bptt", "--corpus", TASK, "--student", "gru", "--out", str(tmp_path / "bptt"), "--steps", "2",
+    assert smt(["bptt", "--corpus", TASK, "--updater.arch", "gru", "--out", str(tmp_path / "bptt"), "--steps", "2",
                 "--eval-every", "1", "--eval-size", "8", "--batch-size", "4", "--quiet",
                 "--shape.d-model", "16", "--shape.n-heads", "2", "--shape.mem-tokens", "2"]) == 0
     assert smt(["eval", "--run", str(tmp_path / "bptt"), "--corpus", TASK, "--size", "8"]) == 0
@@ -108,9 +108,12 @@ def test_tiny_recipes_run_offline(recipe, tmp_path, ray_local, monkeypatch):
     (["pretrain", "--corpus", TASK, "--out", "x", "--teacher.mem-size", "100"], "mem_size=100"),
     (["pretrain", "--corpus", TASK, "--out", "x", "--updater.arch", "lstm"], "arch='lstm' is unknown"),
     (["pretrain", "--corpus", TASK, "--out", "x", "--smt.mode", "stream"], "needs Tc"),
-    (["bptt", "--corpus", TASK, "--student", "lstm", "--out", "x"], "arch='lstm' is unknown"),
+    (["bptt", "--corpus", TASK, "--updater.arch", "lstm", "--out", "x"], "arch='lstm' is unknown"),
     (["eval", "--run", "/nonexistent/run", "--corpus", TASK], "no teacher or student checkpoint"),
     (["nosuchstage"], "unknown stage"),
+    (["label", "--teacher", "t", "--corpus", TASK, "--out", "x", "--nosuch", "1"], "Unrecognized options: --nosuch"),
+    (["inspect"], "missing required URL"),
+    (["eval", "--run", "x", "--corpus", TASK, "--size", "many"], "Error parsing --size"),
 ])
 def test_user_errors_are_one_line_without_traceback(argv, needle, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -16,13 +16,13 @@ import pytest
 import torch
 
 from models.checkpoint import load_student, save_student, save_teacher
-from models.student import Student
-from models.updaters import UpdaterConfig
+from models.student_rnn import Student
+from models.updaters import UpdaterConfig, matched_updater
 from pipeline.corpora import load_corpus
 from pipeline.dmt_loop import DMTLoop, DMTLoopConfig, round_reports
 from pipeline.executors import RayActorPool, SerialExecutor
 from pipeline.label import LabelConfig, label
-from pipeline.relabel import KILL_AFTER_ENV, RelabelConfig, relabel, relabel_batch, round_items
+from pipeline.relabel import RelabelConfig, relabel, relabel_batch, round_items
 from storage.bucket import Bucket
 from storage.manifest import newest_generation, read_generation
 from storage.reader import TargetSet
@@ -30,7 +30,6 @@ from storage.rounds import RunSource, rounds_bucket
 from storage.stream import ShardStream, StreamConfig
 from tests.label_data import tiny_teacher
 from trainers.common import OptimConfig
-from trainers.pretrain import matched_updater
 from trainers.student import StudentTrainConfig, run_training
 
 REPO = Path(__file__).resolve().parents[1]
@@ -313,7 +312,7 @@ def test_lockstep_dmt_bounds_policy_lag_and_replays_exactly(tmp_path, monkeypatc
     assert metrics[20]["lr"] == pytest.approx(OptimConfig().lr) and metrics[21]["lr"] == pytest.approx(1e-4)
     assert metrics[40]["lr"] == pytest.approx(1e-5)
     assert json.loads(Path(f"{run}/config-phase-00000020.json").read_text())["config"]["dmt_every"] == 5
-    from trainers.run_dir import RunDir, unflatten_optimizer
+    from storage.run_dir import RunDir, unflatten_optimizer
     _, tensors, meta = RunDir(run).load({"step": 30, "path": "checkpoints/step-00000030"})
     opt = unflatten_optimizer(tensors, meta["optimizer"])
     assert {float(v["step"]) for v in opt["state"].values()} == {10.0}  # fresh AdamW moments at the phase start
@@ -445,13 +444,15 @@ def test_lockstep_config_is_validated():
 # ------------------------------------------------------------------------------------------ faults
 
 
-def _dmt_cli(d: dict, run: str, rounds: int, env: dict | None = None) -> subprocess.CompletedProcess:
+def _dmt_cli(d: dict, run: str, rounds: int, die: list[str] = ()) -> subprocess.CompletedProcess:
+    """`smt dmt` in a subprocess; `die` = [N, how] runs it under tests/faults.py (killed after N shards)."""
     argv = ["--targets", d["targets"], "--run", run, "--corpus", SPEC, "--teacher", d["teacher"],
             "--rounds", str(rounds), "--every-steps", "10", "--sequences", "24", "--shard-sequences", "6",
             "--dtype", "float32", "--device", "cpu", "--poll-seconds", "0.05", "--timeout-seconds", "30",
             "--no-actor", "--quiet", "--report", str(Path(run).parent / "report")]
-    return subprocess.run([sys.executable, "-m", "jobs.dmt", *argv], check=False, cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})}, timeout=120)
+    entry = ["-m", "tests.faults", *die, "jobs.dmt"] if die else ["-m", "jobs.dmt"]
+    return subprocess.run([sys.executable, *entry, *argv], check=False, cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
 
 
 def test_killed_dmt_driver_leaves_no_partial_round_and_resumes_once(tmp_path):
@@ -463,7 +464,7 @@ def test_killed_dmt_driver_leaves_no_partial_round_and_resumes_once(tmp_path):
     b = rounds_bucket(run)
     assert newest_generation(b) == 1
     run_training(d["targets"], d["teacher"], run, _train_cfg(40), quiet=True)  # the student moves on
-    p = _dmt_cli(d, run, 2, {KILL_AFTER_ENV: "2"})  # killed (SIGKILL) after 2 of round 2's 4 shards
+    p = _dmt_cli(d, run, 2, ["2", "sigkill"])  # killed (SIGKILL) after 2 of round 2's 4 shards
     assert p.returncode == -9, (p.returncode, p.stderr[-2000:])
     assert newest_generation(b) == 1  # the partial round is invisible
     written = sorted(x.name for x in Path(b.url("round-002").removeprefix("file://")).iterdir())

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from models.student import Student
 
 from models.checkpoint import load_student, load_teacher
-from models.student import Student
-from models.updaters import UpdaterConfig
+from models.updaters import UpdaterConfig, matched_updater
 from pipeline.corpora import load_corpus
 from pipeline.dmt_loop import DMTLoop, DMTLoopConfig
 from pipeline.executors import SerialExecutor
@@ -23,13 +23,12 @@ from pipeline.label import LabelConfig, label
 from pipeline.relabel import RelabelConfig, relabel
 from storage.reader import TargetSet
 from storage.rounds import RunSource, rounds_bucket
+from storage.run_dir import RunDir, unflatten_optimizer
 from storage.stream import ShardStream, StreamConfig, teacher_share
 from tests.label_data import tiny_teacher
 from trainers.common import OptimConfig
 from trainers.dmt import DMTConfig, dmt_inputs, dmt_losses, dmt_online
 from trainers.dmt_stability import EMA
-from trainers.pretrain import matched_updater
-from trainers.run_dir import RunDir, unflatten_optimizer
 from trainers.student import StudentTrainConfig, build_state, run_training
 
 SPEC = "retrieval:T=12,vocab=8,n=48"

@@ -44,7 +44,7 @@ def test_pretrain_bptt_and_dmt_online_folders(tmp_path, capsys):
                 "--eval-every", "1", "--eval-size", "8", "--batch-size", "4", "--quiet"]) == 0
     res = _eval(capsys, tmp_path / "dmt", TASK, "--teacher", str(pt / "teacher"))
     assert res["student"]["url"] == f"{tmp_path / 'dmt'}/student" and res["student"]["drift_final"] is not None
-    assert smt(["bptt", "--corpus", TASK, "--student", "gru", "--out", str(tmp_path / "bptt"), "--steps", "2",
+    assert smt(["bptt", "--corpus", TASK, "--updater.arch", "gru", "--out", str(tmp_path / "bptt"), "--steps", "2",
                 "--eval-every", "1", "--eval-size", "8", "--batch-size", "4", "--quiet",
                 "--shape.d-model", "16", "--shape.n-heads", "2", "--shape.mem-tokens", "2"]) == 0
     assert _eval(capsys, tmp_path / "bptt", TASK)["student"]["trained_by"] == "bptt"

@@ -11,13 +11,12 @@ import pytest
 import torch
 
 from jobs.recipes import load_recipe, pydoc_text
-from models.student import Student
+from models.student_rnn import Student
 from models.teacher import Teacher, TeacherConfig
-from models.updaters import UpdaterConfig
+from models.updaters import UpdaterConfig, matched_updater
 from pipeline.corpora import load_corpus
-from trainers.evaluate import evaluate_student, evaluate_teacher, generate, generate_teacher
+from trainers.evaluate import eval_batch, evaluate_student, evaluate_teacher, generate, generate_teacher
 from trainers.heldout import sample_models, score_models, split_sizes
-from trainers.pretrain import eval_batch, matched_updater
 
 SHAPE = {"d_model": 16, "n_heads": 2, "encoder_depth": 1, "decoder_depth": 1, "mem_tokens": 2}
 

@@ -15,7 +15,7 @@ from jobs.label import main
 from models.checkpoint import load_teacher
 from pipeline.corpora import load_corpus
 from pipeline.executors import SerialExecutor
-from pipeline.label import EXIT_AFTER_ENV, LabelConfig, label
+from pipeline.label import LabelConfig, label
 from storage.reader import TargetSet
 from tests.label_data import (
     PREFIX_SPEC,
@@ -111,9 +111,10 @@ def test_killed_driver_resumes(teachers, tmp_path, capsys):
     path, _ = teachers["register"]
     spec = "retrieval:T=12,vocab=8,n=12"
     argv = _argv(path, spec, str(tmp_path / "a"), "--shard-sequences", "3")  # 4 shards
-    env = {**os.environ, EXIT_AFTER_ENV: "2", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "jobs.label", *argv], check=False, cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=60)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # `smt label` itself, its driver stopping dead (os._exit(3)) after 2 of the 4 shards (tests/faults.py)
+    proc = subprocess.run([sys.executable, "-m", "tests.faults", "2", "exit3", "jobs.label", *argv], check=False,
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 3, proc.stderr
     assert not list((tmp_path / "a").rglob("manifest")), "a killed driver leaves nothing visible"
     assert len(list((tmp_path / "a").rglob("shard-*.zarr.zip"))) == 2

@@ -25,7 +25,7 @@ def test_gpu_bf16_states_close_to_cpu(teachers, stream_spec, tmp_path, encoder, 
     runs = []
     for k in range(2):
         cfg = LabelConfig(teacher=path, corpus=spec, out=str(tmp_path / str(k)), Tc=Tc, shard_sequences=4,
-                          batch_size=4, device="cuda", fmt="wds")
+                          batch_size=4, device="cuda", format="wds")
         runs.append(label(cfg, SerialExecutor(), quiet=True))
     assert shard_table(runs[0].target_url) == shard_table(runs[1].target_url), "GPU labels not reproducible"
     states, *_, seq, _ = read_segments(runs[0].target_url, fp)

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from pipeline.executors import RayActorPool, SerialExecutor
-from pipeline.label import FaultPlan, LabelConfig, label
+from pipeline.label import LabelConfig, label
 from storage.reader import TargetSet
+from tests.faults import DiesOnce, WrapStage
 from tests.label_data import shard_table
 
 pytest_plugins = ["tests.label_fixtures"]
@@ -35,8 +36,8 @@ def test_ray_pool_equals_serial(ray_local, teachers, tmp_path, serial_build):
 def test_actor_death_mid_run(ray_local, teachers, tmp_path, serial_build):
     marker = tmp_path / "died"
     pool = RayActorPool(num_actors=2, max_restarts=2, task_retries=2)
-    rep = label(_cfg(teachers, tmp_path / "out", fault=FaultPlan(exit_after=1, marker=str(marker))), pool,
-                quiet=True)
+    dies = WrapStage(pool, lambda stage: DiesOnce(stage, exit_after=1, marker=str(marker)))
+    rep = label(_cfg(teachers, tmp_path / "out"), dies, quiet=True)
     assert marker.exists(), "the fault was not injected"
     assert pool.stats["actor_deaths"] == 1 and pool.stats["retried_items"] == 1
     assert shard_table(rep.target_url) == serial_build

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from models.student import Student
+from models.student_rnn import Student
 from models.teacher import ConfigError, Teacher, TeacherConfig
 from models.updaters import UPDATERS, UpdaterConfig
 

@@ -20,9 +20,9 @@ from models.checkpoint import load_teacher
 from models.teacher import TeacherConfig
 from models.updaters import UpdaterConfig
 from pipeline.corpora import load_corpus
+from storage.run_dir import LATEST, RunDir
 from trainers.pretrain import PretrainConfig, pretrain
 from trainers.pretrain_state import batch_at
-from trainers.run_dir import LATEST, RunDir
 
 pytestmark = pytest.mark.timeout(300)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

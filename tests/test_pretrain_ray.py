@@ -15,8 +15,8 @@ import torch
 from models.checkpoint import load_teacher
 from models.teacher import TeacherConfig
 from models.updaters import UpdaterConfig
+from storage.run_dir import LATEST
 from trainers.pretrain import PretrainConfig
-from trainers.run_dir import LATEST
 
 # two Ray Train worker-group starts and a 2-process oracle: tens of seconds even on a quiet machine
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]

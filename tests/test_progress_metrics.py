@@ -9,10 +9,10 @@ import re
 import pytest
 
 from jobs.bptt import main as bptt_main
+from pipeline.progress import Progress
 from storage.bucket import Bucket
 from storage.stream import StreamConfig
 from tests.train_fixtures import make_target_set
-from trainers.progress import Progress
 from trainers.student import StudentTrainConfig, run_training
 
 

@@ -17,10 +17,10 @@ from jobs.train import main
 from models.checkpoint import load_student
 from models.updaters import UpdaterConfig
 from storage.errors import FingerprintMismatch
+from storage.run_dir import LATEST
 from storage.stream import StreamConfig
 from tests.train_fixtures import make_target_set
 from trainers.evaluate import evaluate_student
-from trainers.run_dir import LATEST
 from trainers.student import StudentTrainConfig, run_training
 
 pytestmark = pytest.mark.timeout(300)

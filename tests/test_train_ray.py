@@ -7,9 +7,9 @@ import pytest
 
 from models.checkpoint import load_student
 from models.updaters import UpdaterConfig
+from storage.run_dir import LATEST
 from storage.stream import StreamConfig
 from tests.train_fixtures import make_target_set
-from trainers.run_dir import LATEST
 from trainers.student import StudentTrainConfig
 
 pytestmark = pytest.mark.timeout(300)

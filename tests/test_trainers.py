@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.student import Student
+from models.student_rnn import Student
 from models.teacher import Teacher, TeacherConfig
 from models.updaters import UpdaterConfig
 from pipeline.corpora import load_corpus

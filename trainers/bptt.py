@@ -15,13 +15,14 @@ import numpy as np
 import torch
 
 from models.checkpoint import save_student
-from models.student import Student
+from models.device import autocast, pick_device
+from models.student_rnn import Student
 from models.teacher import TeacherConfig
-from models.updaters import UpdaterConfig
-from trainers.common import OptimConfig, autocast, clip_and_step, open_run, pick_device
-from trainers.evaluate import evaluate_student
+from models.updaters import UpdaterConfig, matched_updater
+from trainers.common import OptimConfig, clip_and_step, open_run
+from trainers.evaluate import eval_batch, evaluate_student
 from trainers.losses import masked_ce
-from trainers.pretrain import eval_batch, matched_updater, with_length
+from trainers.pretrain import with_length
 
 
 @dataclass(kw_only=True)

@@ -1,4 +1,4 @@
-"""Shared training plumbing: device choice, bf16 autocast, optimiser + schedule, metrics log, progress."""
+"""Shared training plumbing: optimiser + schedule, metrics log, progress (device helpers: models/device.py)."""
 from __future__ import annotations
 
 import contextlib
@@ -11,22 +11,9 @@ from typing import Any
 
 import torch
 
+from pipeline.progress import Progress
 from storage.bucket import Bucket
 from storage.errors import ObjectNotFound
-from trainers.progress import Progress
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on GPU; a no-op on CPU (tests and this project's laptops run in float32)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 @dataclass(kw_only=True)

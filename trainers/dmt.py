@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from models.checkpoint import save_student
-from trainers.common import OptimConfig, autocast, clip_and_step, open_run, pick_device
+from models.device import autocast, pick_device
+from trainers.common import OptimConfig, clip_and_step, open_run
 from trainers.dmt_stability import EMA, check_beta, load_moments, smt_moments, teacher_share
-from trainers.evaluate import evaluate_student
+from trainers.evaluate import eval_batch, evaluate_student
 from trainers.losses import masked_ce
-from trainers.pretrain import eval_batch
 
 
 @dataclass(kw_only=True)

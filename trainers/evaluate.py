@@ -19,6 +19,15 @@ import torch
 from trainers.losses import per_position_ce
 
 
+def eval_batch(corpus, n: int, seed: int, split: str = "valid") -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed evaluation set of the corpus's `split`: valid for stopping rules and model choice (the
+    default), test only for reported figures (see `pipeline.corpora.held_out`)."""
+    from pipeline.corpora import held_out
+
+    x, y = held_out(corpus, split, n, seed)
+    return torch.as_tensor(x, dtype=torch.long), torch.as_tensor(y, dtype=torch.long)
+
+
 def heldout_indices(n_available: int, n: int) -> list[int]:
     """`n` sequence indices spread evenly over a split of `n_available` (all of them when n >= n_available),
     e.g. the test windows whose prompts the reports continue."""

@@ -15,7 +15,14 @@ import math
 
 import torch
 
-from trainers.evaluate import evaluate_student, evaluate_teacher, generate, generate_teacher, heldout_indices
+from trainers.evaluate import (
+    eval_batch,
+    evaluate_student,
+    evaluate_teacher,
+    generate,
+    generate_teacher,
+    heldout_indices,
+)
 
 
 def token_unit(corpus) -> str:
@@ -56,8 +63,6 @@ def score_models(corpus, n: int, prompt: int, teacher, students: dict, bptt=None
                  seed: int = 0) -> dict:
     """Figures on `split` of `corpus` (n sequences at most): `students` maps a name (smt, dmt) to a Student
     or None (not trained)."""
-    from trainers.pretrain import eval_batch
-
     x, y = eval_batch(corpus, n, seed, split)
     corpus = corpus.with_split(split)
     out: dict = {"corpus": corpus.spec, "split": split, "sequences": int(x.shape[0]), "prompt": prompt,

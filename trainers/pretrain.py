@@ -22,12 +22,13 @@ from pathlib import Path
 
 import torch
 
+from models.device import autocast, pick_device
 from models.teacher import TeacherConfig
 from models.updaters import UpdaterConfig
-from trainers.common import MetricsLog, OptimConfig, autocast, clip_and_step, pick_device
-from trainers.evaluate import evaluate_student, evaluate_teacher
+from storage.run_dir import RunDir
+from trainers.common import MetricsLog, OptimConfig, clip_and_step
+from trainers.evaluate import eval_batch, evaluate_student, evaluate_teacher
 from trainers.pretrain_state import JointObjective, batch_at, build_state, export, positions_generator, save
-from trainers.run_dir import RunDir
 from trainers.smt import SMTConfig
 
 
@@ -73,12 +74,6 @@ class PretrainConfig:
                              f"{self.checkpoint_every} and batch_size={self.batch_size} must all be >= 1")
 
 
-def matched_updater(teacher_cfg: TeacherConfig, updater: UpdaterConfig) -> UpdaterConfig:
-    """The updater config with K, d and vocab taken from the teacher."""
-    return UpdaterConfig(**{**asdict(updater), "vocab_size": teacher_cfg.vocab_size,
-                            "mem_tokens": teacher_cfg.mem_tokens, "d_model": teacher_cfg.d_model})
-
-
 def with_length(corpus, T: int):
     """The same synthetic task at another sequence length (for the length curriculum)."""
     from pipeline.corpora import load_corpus
@@ -88,15 +83,6 @@ def with_length(corpus, T: int):
     if not 1 <= T < corpus.seq_len:
         raise ValueError(f"curriculum length {T} must be below the corpus length T={corpus.seq_len}")
     return load_corpus(re.sub(r"(?<=[:,])T=\d+", f"T={T}", corpus.spec, count=1))
-
-
-def eval_batch(corpus, n: int, seed: int, split: str = "valid") -> tuple[torch.Tensor, torch.Tensor]:
-    """A fixed evaluation set of the corpus's `split`: valid for stopping rules and model choice (the
-    default), test only for reported figures (see `pipeline.corpora.held_out`)."""
-    from pipeline.corpora import held_out
-
-    x, y = held_out(corpus, split, n, seed)
-    return torch.as_tensor(x, dtype=torch.long), torch.as_tensor(y, dtype=torch.long)
 
 
 def pretrain(corpus, cfg: PretrainConfig, out: str | Path | None = None, quiet: bool = False,

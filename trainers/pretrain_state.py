@@ -1,7 +1,7 @@
 """The pretraining train state: teacher, reference updater, AdamW, schedule, RNG, curriculum stage, step, clock.
 
 One object with `state_dict()`/`load_state_dict()` (tensors for safetensors, the rest JSON; never pickle),
-checkpointed to the run URL by `trainers/run_dir.py` exactly like a student run:
+checkpointed to the run URL by `storage/run_dir.py` exactly like a student run:
 
     <run>/checkpoints/step-XXXXXXXX/{teacher/, student/, state.safetensors, state.json}, then latest.json
 
@@ -21,9 +21,10 @@ import torch
 from torch import nn
 
 from models.checkpoint import load_student, load_teacher, save_student, save_teacher
-from models.student import Student
+from models.student_rnn import Student
 from models.teacher import Teacher, TeacherConfig
-from trainers.run_dir import RunDir, flatten_optimizer, unflatten_optimizer
+from models.updaters import matched_updater
+from storage.run_dir import RunDir, flatten_optimizer, unflatten_optimizer
 from trainers.smt import SMTConfig, smt_losses
 
 KIND = "pretrain"
@@ -94,8 +95,6 @@ class PretrainState:
 
 def build_state(corpus, cfg, run: RunDir | None, device: torch.device) -> PretrainState:
     """A fresh state (weights from `cfg.seed`), or the one the run's newest checkpoint holds."""
-    from trainers.pretrain import matched_updater
-
     tcfg = TeacherConfig(**{**asdict(cfg.teacher), "vocab_size": corpus.vocab_size})
     ucfg = matched_updater(tcfg, cfg.updater)
     pointer = run.latest() if run is not None else None

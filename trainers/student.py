@@ -5,7 +5,7 @@ Loss per batch of streamed transitions (state_in, token, state_out, y):
 where g is the teacher's decoder readout (frozen unless `train_readout`) and y_t the readout target of
 the target state m_{t+1}. Any updater of the registry works. Everything resumable (weights, AdamW,
 schedule, RNG, stream position, step) is in one `TrainState`; checkpoints go to the run URL
-(`trainers/run_dir.py`) and a run URL that holds one resumes from it, on exactly the next record.
+(`storage/run_dir.py`) and a run URL that holds one resumes from it, on exactly the next record.
 The student records the teacher fingerprint of its target set, and a resume under another refuses.
 Distributed use (DDP) only needs `rank`/`world_size`/`agree` and a process group: see
 `trainers/distributed.py`.
@@ -24,17 +24,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.checkpoint import load_student, save_student
-from models.student import Student
-from models.updaters import UpdaterConfig
+from models.device import autocast, pick_device
+from models.student_rnn import Student
+from models.updaters import UpdaterConfig, matched_updater
 from storage.errors import FingerprintMismatch
 from storage.reader import TargetSet
 from storage.rounds import RunSource, rounds_bucket
+from storage.run_dir import RunDir, flatten_optimizer, unflatten_optimizer
 from storage.stream import ShardStream, StreamConfig
-from trainers.common import MetricsLog, OptimConfig, autocast, clip_and_step, pick_device
+from trainers.common import MetricsLog, OptimConfig, clip_and_step
 from trainers.dmt_stability import EMA, load_moments, moments_by_name, trainable_names
-from trainers.pretrain import matched_updater
 from trainers.refresh import FreshRound
-from trainers.run_dir import RunDir, flatten_optimizer, unflatten_optimizer
 
 
 @dataclass(kw_only=True)

@@ -1,4 +1,5 @@
-"""One progress display for every trainer (and the label/relabel executors).
+"""One progress display for the label/relabel executors and every trainer (it sits in pipeline/, the lowest
+package that shows progress, so trainers/ can import it without pipeline/ importing trainers/).
 
     p = Progress("train", steps=5000, seconds=120)   # a time budget: the bar counts seconds
     p.advance(1, elapsed=log.elapsed()); p.postfix(loss=0.12); p.close()

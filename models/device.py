@@ -1,0 +1,24 @@
+"""Where a model runs and in which precision: the device choice and bf16 autocast every stage shares.
+
+It lives in models/, the lowest package, because the label/relabel stages (pipeline/) and the trainers
+both run models and must agree on the precision (a label written under autocast is read by a trainer).
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """`auto`: the GPU when one exists, else the CPU; any other name is passed to torch as it is."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on GPU; a no-op on CPU (tests and this project's laptops run in float32)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
