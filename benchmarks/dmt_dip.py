@@ -62,11 +62,16 @@ def copy_run(src: Path, dst: Path, step: int) -> None:
     (dst / "checkpoints" / "latest.json").write_text(json.dumps({"step": step, "path": f"checkpoints/step-{step:08d}"}))
 
 
+AFTER_ROUND_1 = 4  # DMT steps after which the demo first reports (lockstep: the student after round 1 is trained)
+
+
 def curve_stats(curve: list[tuple[int, float]], start: int) -> dict:
-    """Lowest point after the start (and its step), the start and the end of a (step, acc) curve."""
+    """The start, the lowest point after the start (and its DMT step), the lowest from DMT step 4 on (the
+    pipeline's own "lowest after round 1": a weak start is still climbing before), and the end of a curve."""
     after = [c for c in curve if c[0] > start]
     low = min(after, key=lambda c: c[1])
-    return {"start acc": curve[0][1], "lowest acc": low[1], "at DMT step": low[0] - start, "final valid acc": after[-1][1]}
+    return {"start acc": curve[0][1], "lowest acc": low[1], "at DMT step": low[0] - start,
+            "lowest from step 4": min(a for s, a in after if s - start >= AFTER_ROUND_1), "final valid acc": after[-1][1]}
 
 
 def run_lockstep(rc, base: Path, run: Path, targets: str, teacher_url: str, corpus, s0: int, valid) -> dict:
@@ -120,7 +125,20 @@ def main(argv=None) -> int:
     ap.add_argument("--only", nargs="*", default=None, help="variant names to run (default: all)")
     ap.add_argument("--set", nargs="*", default=[], help="recipe overrides for every variant (e.g. a smoke run)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "dmt_dip"))
+    ap.add_argument("--render", action="store_true", help="only rewrite the tables from the JSON's curves")
     args = ap.parse_args(argv)
+    out = Path(args.out)
+    if args.render:
+        meta = json.loads(out.with_suffix(".json").read_text())
+        for row in meta["rows"]:
+            stats = curve_stats(meta["curves"][f"{row['SMT steps']} {row['DMT']}: {row['variant']}"], row["SMT steps"])
+            row.update(stats)
+        meta["rows"] = [{k: r[k] for k in ("SMT steps", "DMT", "variant", *stats, "final test acc",
+                                           "final test drift_T", "DMT CPU s")} for r in meta["rows"]]
+        out.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+        write_md(out.with_suffix(".md"), meta, meta.get("args", {"smt_extra": args.smt_extra,
+                                                                 "online_every": args.online_every}))
+        return 0
     torch.set_num_threads(1)
     demo, scratch = Path(args.demo), Path(args.scratch)
     res = json.loads((demo / "results.json").read_text())
@@ -161,13 +179,13 @@ def main(argv=None) -> int:
                              "DMT CPU s": r["seconds"]})
                 curves[f"{s0} {mode}: {name}"] = r["curve"]
                 print(rows[-1], flush=True)
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"demo_task": res["task"], "starts": starts, "valid_sequences": 1024,
             "test_sequences": 1024, "variants": VARIANTS, "rows": rows, "curves": curves,
-            "wall_seconds": time.perf_counter() - t0}
+            "wall_seconds": time.perf_counter() - t0,
+            "args": {"smt_extra": args.smt_extra, "online_every": args.online_every}}
     out.with_suffix(".json").write_text(json.dumps(meta, indent=1))
-    write_md(out.with_suffix(".md"), meta, args)
+    write_md(out.with_suffix(".md"), meta, meta["args"])
     return 0
 
 
@@ -179,13 +197,13 @@ def write_md(path: Path, meta: dict, args) -> None:
     rows = [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in meta["rows"]]
     path.write_text(f"""# DMT without the dip: lowest valid accuracy during DMT, per variant (one run)
 
-Command: `python benchmarks/dmt_dip.py --demo <smt demo --out> --smt-extra {' '.join(map(str, args.smt_extra))}` (1 torch
+Command: `python benchmarks/dmt_dip.py --demo <smt demo --out> --smt-extra {' '.join(map(str, args['smt_extra']))}` (1 torch
 thread, {meta['wall_seconds'] / 60:.0f} min wall). Task {meta['demo_task']}; starts: the demo's SMT student
 (step 400) and the same run trained further by SMT (same config): {starts_line(meta['starts'])}. DMT is the retrieval-demo recipe's, per mode: lockstep (the
 pipeline's trainer config and DMT actor: 40 rounds of 64 sequences, one per 2 steps, refresh on, 20 extra steps)
 and online (80 steps of 32 fresh rollouts); both lr 3e-5 cosine. Lowest = the lowest valid accuracy (1024
 sequences) after the first DMT step: lockstep at every round boundary (every 2 steps), online every
-{args.online_every} steps. Final figures on 1024 test sequences. Curves in dmt_dip.json.
+{args['online_every']} steps. Final figures on 1024 test sequences. Curves in dmt_dip.json.
 
 {markdown_table(rows, list(rows[0]))}
 """)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from models.student import Student
+from models.student_rnn import Student
 
 from models.checkpoint import load_student, load_teacher
 from models.updaters import UpdaterConfig, matched_updater
