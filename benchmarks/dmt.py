@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 CORPUS = "retrieval:T=64,vocab=8"
-VARIANTS = {"refresh": (True, 0.1), "stored": (False, 0.5)}  # name -> (dmt_refresh, round_decay)
+VARIANTS = {"refresh": (True, 0.1), "stored": (False, 0.5)}  # name -> (refresh enabled, round_decay)
 
 
 @dataclass(kw_only=True)
@@ -61,7 +61,7 @@ class E2EConfig:
     round_weights: dict = field(default_factory=lambda: {"0": 1.0, "dmt": 2.0})
     variants: tuple = ("refresh", "stored")
     """DMT-phase variants, each from a copy of the same SMT run and bucket: 'refresh' (the trainer re-rolls the
-    newest round with its current student, `dmt_refresh`, round decay 0.1) and 'stored' (the actor's stored
+    newest round with its current student, `RefreshConfig(enabled=True)`, round decay 0.1) and 'stored' (the actor's stored
     states, round decay 0.5). The first is the headline (top-level keys)."""
     eval_size: int = 256
     online: bool = True
@@ -69,11 +69,11 @@ class E2EConfig:
 
 
 class _Trainer:
-    def train(self, targets, teacher, out, cfg):
+    def train(self, targets, teacher, out, cfg, hooks=()):
         from trainers.student import run_training
 
         t0 = time.perf_counter()
-        res = run_training(targets, teacher, out, cfg, quiet=True)
+        res = run_training(targets, teacher, out, cfg, quiet=True, hooks=hooks)
         return {**res, "seconds": time.perf_counter() - t0}
 
 
@@ -100,13 +100,13 @@ def run(c: E2EConfig) -> dict:
     from models.checkpoint import load_student, load_teacher
     from models.updaters import UpdaterConfig
     from pipeline.corpora import load_corpus
-    from pipeline.dmt_loop import DMTLoop, DMTLoopConfig, round_reports
     from pipeline.executors import RayActorPool, init_ray
     from pipeline.label import LabelConfig, label
     from storage.run_dir import RunDir
     from storage.stream import StreamConfig
     from trainers.common import OptimConfig
-    from trainers.dmt import DMTConfig, dmt_online
+    from trainers.dmt import LockstepDMTConfig, OnlineDMTConfig, RefreshConfig, dmt_online
+    from trainers.dmt.actor import DMTLoop, DMTLoopConfig, round_reports
     from trainers.evaluate import eval_batch, evaluate_student, evaluate_teacher
     from trainers.student import StudentTrainConfig
 
@@ -133,7 +133,7 @@ def run(c: E2EConfig) -> dict:
     out["label"] = {"seconds": time.perf_counter() - t, "records": lab.records, "shards": lab.shards}
     targets, run_url = lab.target_url, str(root / "run")
 
-    def train_cfg(steps: int, dmt: bool = False, refresh: bool = False, decay: float = 1.0) -> StudentTrainConfig:
+    def train_cfg(steps: int, dmt: bool = False, decay: float = 1.0) -> StudentTrainConfig:
         if not dmt:
             return StudentTrainConfig(
                 updater=UpdaterConfig(arch="mlp"), optim=OptimConfig(lr=c.lr, warmup_steps=20, schedule="cosine"),
@@ -141,8 +141,7 @@ def run(c: E2EConfig) -> dict:
         return StudentTrainConfig(
             updater=UpdaterConfig(arch="mlp"), optim=OptimConfig(lr=c.dmt_lr, warmup_steps=5, schedule="cosine"),
             steps=steps, checkpoint_every=50, device="cpu", readout_weight=c.readout_weight,
-            phase_start=c.smt_steps, dmt_every=c.every_steps, dmt_rounds=c.rounds, dmt_wait_seconds=300,
-            dmt_refresh=refresh, stream=StreamConfig(batch_size=c.dmt_batch_size, seed=0, round_weights=c.round_weights,
+            phase_start=c.smt_steps, stream=StreamConfig(batch_size=c.dmt_batch_size, seed=0, round_weights=c.round_weights,
                                                      round_decay=decay, mix_shards=256, cache_shards=128))
 
     trainer = ray.remote(num_cpus=1)(_Trainer)
@@ -178,8 +177,10 @@ def run(c: E2EConfig) -> dict:
                                  timeout_seconds=300)
         t = time.perf_counter()
         tr = trainer.remote()
-        train_ref = tr.train.remote(targets, c.teacher, run_url, train_cfg(total, dmt=True, refresh=refresh,
-                                                                             decay=decay))
+        lockstep = LockstepDMTConfig(every=c.every_steps, rounds=c.rounds, wait_seconds=300,
+                                     refresh=RefreshConfig(enabled=refresh))
+        train_ref = tr.train.remote(targets, c.teacher, run_url, train_cfg(total, dmt=True, decay=decay),
+                                    lockstep.hooks())
         dmt = ray.remote(num_cpus=1)(DMTLoop).remote(loop_cfg)
         dmt_ref = dmt.run.remote(True)
         done, _ = ray.wait([train_ref, dmt_ref], num_returns=1)
@@ -213,7 +214,7 @@ def run(c: E2EConfig) -> dict:
     if c.online:
         s, _, _ = load_student(f"{run_url}/checkpoints/step-{c.smt_steps:08d}/student")
         t = time.perf_counter()
-        on = dmt_online(s, teacher, corpus, DMTConfig(steps=100000, seconds=dmt_seconds, device="cpu",
+        on = dmt_online(s, teacher, corpus, OnlineDMTConfig(steps=100000, seconds=dmt_seconds, device="cpu",
                                                      eval_size=c.eval_size, eval_every=100), quiet=True)
         final = on.get("final", {})
         with torch.no_grad():

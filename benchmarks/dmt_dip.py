@@ -34,9 +34,9 @@ from jobs.recipes import load_recipe
 from jobs.report import resolve_in_out
 from models.checkpoint import load_student, load_teacher
 from pipeline.corpora import load_corpus
-from pipeline.dmt_loop import DMTLoop, DMTLoopConfig
 from storage.run_dir import RunDir
 from trainers.dmt import dmt_online
+from trainers.dmt.actor import DMTLoop, DMTLoopConfig
 from trainers.evaluate import eval_batch, evaluate_student
 from trainers.report import markdown_table
 from trainers.student import run_config, run_training
@@ -75,7 +75,7 @@ def curve_stats(curve: list[tuple[int, float]], start: int) -> dict:
 
 
 def run_lockstep(rc, base: Path, run: Path, targets: str, teacher_url: str, corpus, s0: int, valid) -> dict:
-    cfg = lockstep_config(rc, corpus.seq_len)  # phase_start = rc.student.steps = s0
+    cfg, hooks = lockstep_config(rc, corpus.seq_len)  # phase_start = rc.student.steps = s0
     copy_run(base, run, s0)
     d = rc.dmt
     loop = DMTLoop(DMTLoopConfig(targets=targets, run=str(run), corpus=corpus.spec, teacher=teacher_url, rounds=d.rounds,
@@ -93,7 +93,7 @@ def run_lockstep(rc, base: Path, run: Path, targets: str, teacher_url: str, corp
     th = threading.Thread(target=actor, daemon=True)
     c0 = time.process_time()
     th.start()
-    run_training(targets, teacher_url, str(run), cfg, quiet=True)
+    run_training(targets, teacher_url, str(run), cfg, quiet=True, hooks=hooks)
     th.join()
     if failed:
         raise failed[0]

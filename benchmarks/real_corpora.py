@@ -93,7 +93,7 @@ def run_one(corpus_name: str, seed: int, archs: tuple[str, ...], b: Budgets) -> 
     from storage.stream import StreamConfig
     from trainers.bptt import BPTTConfig, train_bptt
     from trainers.common import OptimConfig
-    from trainers.dmt import DMTConfig, dmt_online
+    from trainers.dmt import OnlineDMTConfig, dmt_online
     from trainers.evaluate import eval_batch, evaluate_student, evaluate_teacher
     from trainers.heldout import score_models
     from trainers.pretrain import pretrain
@@ -101,7 +101,7 @@ def run_one(corpus_name: str, seed: int, archs: tuple[str, ...], b: Budgets) -> 
 
     rc = load_recipe(RECIPES[corpus_name])
     corpus = load_corpus(spec_with(rc.corpus, stride=b.text_stride) if corpus_name == "text" else rc.corpus)
-    prompt = rc.pretrain.smt.Tc if corpus.mode == "stream" else 0
+    prompt = rc.pretrain.smt.Tc if corpus.streaming else 0
     work = Path(tempfile.mkdtemp(prefix=f"real-{corpus_name}-{seed}-"))
     cpu = time.process_time
 
@@ -149,7 +149,7 @@ def run_one(corpus_name: str, seed: int, archs: tuple[str, ...], b: Budgets) -> 
         pick = choose_lr(sweep)
         student, smt_cost = models[pick], sweep[pick]["own_seconds"]
         points = [{"stage": "smt", "own_seconds": smt_cost, **_bits(score({"s": student})["s"])}]
-        dcfg = DMTConfig(optim=OptimConfig(lr=b.dmt_lr, warmup_steps=5), steps=10**6, seconds=b.dmt_seconds,
+        dcfg = OnlineDMTConfig(optim=OptimConfig(lr=b.dmt_lr, warmup_steps=5), steps=10**6, seconds=b.dmt_seconds,
                          batch_size=rc.dmt.batch_size, prompt=prompt, eval_every=10**9, eval_size=16, seed=seed,
                          clock="process")
         d = dmt_online(student, teacher, corpus, dcfg, quiet=True)

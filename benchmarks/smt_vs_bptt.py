@@ -43,7 +43,7 @@ from models.updaters import UpdaterConfig, matched_updater
 from pipeline.corpora import held_out, load_corpus
 from trainers.bptt import BPTTConfig, bptt_loss, train_bptt
 from trainers.common import OptimConfig
-from trainers.dmt import DMTConfig, dmt_online
+from trainers.dmt import OnlineDMTConfig, dmt_online
 from trainers.evaluate import evaluate_student
 from trainers.pretrain import PretrainConfig, pretrain
 from trainers.report import markdown_table
@@ -96,7 +96,7 @@ def run_smt(corpus, test, arch: str, encoder: str, curr: bool, lr: float, budget
     if pt["final"].get("T") != corpus.seq_len:
         missing = f"the curriculum never reached T={corpus.seq_len} (stopped at T={pt['final'].get('T')})"
     elif left > 1:
-        dm = dmt_online(pt["student"], pt["teacher"], corpus, DMTConfig(
+        dm = dmt_online(pt["student"], pt["teacher"], corpus, OnlineDMTConfig(
             optim=OptimConfig(lr=DMT_LR, schedule="cosine", warmup_steps=10), steps=400, seconds=left,
             batch_size=BATCH, stop_at_acc=STOP_AT, eval_every=10, eval_size=VALID, seed=seed, clock=clock),
             quiet=True, reporter=rep)

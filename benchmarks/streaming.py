@@ -38,7 +38,7 @@ from storage.reader import TargetSet
 from storage.schema import Segments
 from storage.stream import ShardStream, StreamConfig
 from storage.writer import TargetSetWriter
-from trainers.student import SMTObjective
+from trainers.smt import SMTObjective
 
 K, D, S, BATCH = 4, 64, 16, 256
 Z = K * D

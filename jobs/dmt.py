@@ -105,10 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         import json
         from pathlib import Path
 
-        from pipeline.dmt_loop import DMTLoop, DMTLoopConfig, round_reports
         from pipeline.stage import Resources
         from storage.run_dir import RunDir
-        from trainers.student import AggregateTrainer, run_config
+        from trainers.dmt.actor import AggregateTrainer, DMTLoop, DMTLoopConfig, round_reports
+        from trainers.student import run_config
 
         gpus = args.gpus
         if gpus is None:
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     def guarded() -> int:
-        from pipeline.dmt_loop import DMTTimeout
+        from trainers.dmt.actor import DMTTimeout
 
         try:
             return body()

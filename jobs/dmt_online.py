@@ -8,11 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from jobs.common import figure, parse, run
-from trainers.dmt import DMTConfig
+from trainers.dmt import OnlineDMTConfig
 
 
 @dataclass(kw_only=True)
-class DMTOnlineJob(DMTConfig):
+class DMTOnlineJob(OnlineDMTConfig):
     run: str
     """A pretrain output folder (holding teacher/ and student/)."""
     corpus: str

@@ -69,7 +69,7 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
 
     bucket = bucket or str((out / "bucket").resolve())
     corpus = load_corpus(rc.corpus)
-    stream_mode = corpus.mode == "stream"
+    stream_mode = corpus.streaming
     prompt = rc.pretrain.smt.Tc if stream_mode else 0
     # every figure reported below is on a fixed sample of the test split; the trainers choose on valid
     x, y = eval_batch(corpus, rc.eval_size, 12345, split="test")
@@ -89,7 +89,7 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
     save_teacher(teacher_url, pt["teacher"], {"corpus": corpus.spec})
     teacher = pt["teacher"].cpu()
     te = evaluate_teacher(teacher, x, y, prompt)
-    drift_teacher = teacher if (stream_mode or teacher.cfg.encoder == "causal") else None
+    drift_teacher = teacher if (stream_mode or teacher.encoder_kind.one_pass) else None
     s0 = evaluate_student(pt["student"].cpu(), x, y, drift_teacher, prompt)
     mark("pretrain", s0["acc"], teacher_acc=te["acc"])
     say(f"      teacher {fp[:12]}: acc={te['acc']:.3f} bits/token={te['bits_per_token']:.3f} ({pt['seconds']:.0f} s)")
@@ -184,8 +184,8 @@ def _dmt_lockstep(rc, ray, targets, teacher_url, run_url, corpus, prompt, gpus, 
     appends one relabeled round per `steps_per_round` trainer steps (lockstep: the trainer waits rather than
     train on relabels more than 2 x steps_per_round steps old)."""
     from models.checkpoint import load_student
-    from pipeline.dmt_loop import DMTLoop, DMTLoopConfig, round_reports
     from storage.run_dir import RunDir, step_dir
+    from trainers.dmt.actor import DMTLoop, DMTLoopConfig, round_reports
 
     d, st = rc.dmt, rc.student
     s0, E = st.steps, d.steps_per_round
@@ -194,12 +194,12 @@ def _dmt_lockstep(rc, ray, targets, teacher_url, run_url, corpus, prompt, gpus, 
     say(f"[4/5] DMT, lockstep: {d.rounds} rounds of {d.sequences} sequences; the DMT actor relabels the student every "
         f"{E} steps while a trainer actor streams the rounds ({d.batch_size} x {Td} transitions per step"
         f"{', newest round re-rolled on-policy' if d.refresh else ''})")
-    cfg = lockstep_config(rc, corpus.seq_len - prompt)
+    cfg, hooks = lockstep_config(rc, corpus.seq_len - prompt)
     loop_cfg = DMTLoopConfig(targets=targets, run=run_url, corpus=corpus.spec, teacher=teacher_url, rounds=d.rounds,
                              every_steps=E, first_step=s0, sequences=d.sequences, shard_sequences=d.sequences,
                              start=prompt, fmt=rc.label.fmt, dtype=rc.label.dtype, poll_seconds=0.05)
     wall0 = time.time() - (time.perf_counter() - t0)  # the pipeline's start on the wall clock
-    trainer = ray.remote(num_cpus=1, num_gpus=gpus)(_train_remote).remote(targets, teacher_url, run_url, cfg)
+    trainer = ray.remote(num_cpus=1, num_gpus=gpus)(_train_remote).remote(targets, teacher_url, run_url, cfg, hooks)
     actor = ray.remote(num_cpus=1, num_gpus=gpus)(DMTLoop).remote(loop_cfg)
     loop_ref = actor.run.remote(True)
     done, _ = ray.wait([trainer, loop_ref], num_returns=1)
@@ -233,46 +233,50 @@ def _dmt_lockstep(rc, ray, targets, teacher_url, run_url, corpus, prompt, gpus, 
 
 
 def lockstep_config(rc, Td: int):
-    """The trainer's config of lockstep DMT after the recipe's SMT phase (rollouts of Td steps per sequence)."""
+    """The trainer's config and hooks of lockstep DMT after the recipe's SMT phase (rollouts of Td steps)."""
     from models.updaters import UpdaterConfig
     from storage.stream import StreamConfig
     from trainers.common import OptimConfig
+    from trainers.dmt import LockstepDMTConfig, RefreshConfig
     from trainers.student import StudentTrainConfig
 
     d, st = rc.dmt, rc.student
-    return StudentTrainConfig(
+    cfg = StudentTrainConfig(
         updater=UpdaterConfig(arch=st.arch, depth=st.depth), steps=st.steps + d.rounds * d.steps_per_round + d.extra_steps,
         checkpoint_every=max(d.steps_per_round, 50), optim=OptimConfig(lr=d.lr, warmup_steps=5, schedule="cosine"),
-        phase_start=st.steps, dmt_every=d.steps_per_round, dmt_rounds=d.rounds, dmt_wait_seconds=3600,
-        dmt_refresh=d.refresh, dmt_ema=d.ema, dmt_carry_optimizer=d.carry_optimizer,
+        phase_start=st.steps,
         stream=StreamConfig(batch_size=d.batch_size * Td, round_weights={"0": 1.0, "dmt": d.dmt_weight},
                             round_decay=d.round_decay, mix_shards=256, cache_shards=128,
                             beta=d.beta or None, beta_halflife=d.beta_halflife / d.steps_per_round))
+    hooks = LockstepDMTConfig(every=d.steps_per_round, rounds=d.rounds, wait_seconds=3600, ema=d.ema,
+                              carry_optimizer=d.carry_optimizer, refresh=RefreshConfig(enabled=d.refresh)).hooks()
+    return cfg, hooks
 
 
 def online_config(rc, prompt: int):
     """The config of online DMT after the recipe's SMT phase (one cosine schedule over every round)."""
     from trainers.common import OptimConfig
-    from trainers.dmt import DMTConfig
+    from trainers.dmt import OnlineDMTConfig
 
     d = rc.dmt
-    return DMTConfig(optim=OptimConfig(lr=d.lr, schedule="cosine", warmup_steps=10), steps=d.rounds * d.steps_per_round,
-                     batch_size=d.batch_size, prompt=prompt, eval_every=10**9, eval_size=64, beta=d.beta,
-                     beta_halflife=d.beta_halflife, ema=d.ema, carry_optimizer=d.carry_optimizer)
+    return OnlineDMTConfig(optim=OptimConfig(lr=d.lr, schedule="cosine", warmup_steps=10),
+                           steps=d.rounds * d.steps_per_round, batch_size=d.batch_size, prompt=prompt, eval_every=10**9,
+                           eval_size=64, beta=d.beta, beta_halflife=d.beta_halflife, ema=d.ema,
+                           carry_optimizer=d.carry_optimizer)
 
 
-def _train_remote(targets, teacher_url, run_url, cfg):
+def _train_remote(targets, teacher_url, run_url, cfg, hooks=()):
     from trainers.student import run_training
 
-    return run_training(targets, teacher_url, run_url, cfg, quiet=True)
+    return run_training(targets, teacher_url, run_url, cfg, quiet=True, hooks=hooks)
 
 
 def _dmt_online(rc, ray, targets, teacher_url, run_url, corpus, teacher, fp, prompt, gpus, say, mark, evaluate):
     """The DMT actor relabels each round for the record; the student takes on-policy DMT steps in between."""
     from models.checkpoint import load_student, save_student
-    from pipeline.dmt_loop import DMTLoop, DMTLoopConfig
     from storage.run_dir import RunDir
     from trainers.dmt import dmt_online
+    from trainers.dmt.actor import DMTLoop, DMTLoopConfig
 
     d, st = rc.dmt, rc.student
     say(f"[4/5] DMT, online: {d.rounds} rounds; each: the DMT actor relabels the latest student into a new round "

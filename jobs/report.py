@@ -119,11 +119,10 @@ def heldout_section(out: Path, res: dict) -> list[str]:
     col = f"bits per {unit}"
     rows = [{"model": "teacher (own memories: the ceiling)", "rollout": "-", **_cells(t["teacher"], None, col)}]
     for name, label in (("smt", "SMT student"), ("dmt", "SMT->DMT student"), ("bptt", f"BPTT ({res['student']})")):
-        modes = ("from_teacher_prompt", "from_m0") if name != "bptt" else ("from_m0",)
-        for mode in modes:
-            fig = (t.get(name) or {}).get(mode)
-            reason = miss.get(name) or miss.get(f"{name}.{mode}")
-            how = "teacher's memory of the prompt" if mode == "from_teacher_prompt" else "own m_0 (standalone RNN)"
+        starts = (("from_teacher_prompt", "teacher's memory of the prompt"), ("from_m0", "own m_0 (standalone RNN)"))
+        for start, how in starts if name != "bptt" else starts[1:]:
+            fig = (t.get(name) or {}).get(start)
+            reason = miss.get(name) or miss.get(f"{name}.{start}")
             rows.append({"model": label, "rollout": how, **_cells(fig, reason, col)})
     sizes = [{"split": k, "sequences": v["sequences"], f"{unit}s": v["tokens"]} for k, v in res["splits"].items()]
     md = ["## Held-out figures (test split)", "",

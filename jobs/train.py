@@ -24,6 +24,7 @@ from jobs.common import parse, run
 from models.updaters import UpdaterConfig
 from storage.stream import StreamConfig
 from trainers.common import OptimConfig
+from trainers.dmt import LockstepDMTConfig, RefreshConfig
 from trainers.student import StudentTrainConfig
 
 
@@ -117,32 +118,33 @@ class TrainJob:
                                 cache_shards=max(16, 2 * self.mix_shards),
                                 follow=self.follow, follow_every=self.follow_every),
             steps=self.steps, checkpoint_every=self.checkpoint_every, readout_weight=self.readout_weight,
-            train_readout=self.train_readout, seed=self.seed, device=self.device, phase_start=self.phase_start,
-            dmt_every=self.dmt_every, dmt_rounds=self.dmt_rounds, dmt_wait_seconds=self.dmt_wait_seconds,
-            dmt_refresh=self.dmt_refresh)
+            train_readout=self.train_readout, seed=self.seed, device=self.device, phase_start=self.phase_start)
+
+    def dmt(self) -> LockstepDMTConfig:
+        return LockstepDMTConfig(every=self.dmt_every, rounds=self.dmt_rounds, wait_seconds=self.dmt_wait_seconds,
+                                 refresh=RefreshConfig(enabled=self.dmt_refresh))
 
 
 def train_job(job: TrainJob) -> int:
-    cfg = job.config()
+    cfg, hooks = job.config(), job.dmt().hooks()
     if job.workers > 1:
         from trainers.distributed import train_with_ray
 
         train_with_ray(job.targets, job.teacher, job.out, cfg, workers=job.workers, endpoint_url=job.endpoint_url,
-                       generation=job.generation, quiet=job.quiet)
+                       generation=job.generation, quiet=job.quiet, hooks=hooks)
         print(f"smt train: {job.workers} workers trained a {job.student} student to step {cfg.steps}: {job.out}")
         return 0
     from trainers.student import run_training
 
     out = run_training(job.targets, job.teacher, job.out, cfg, endpoint_url=job.endpoint_url,
-                       generation=job.generation, quiet=job.quiet)
+                       generation=job.generation, quiet=job.quiet, hooks=hooks)
     how = f"resumed from step {out['resumed_from']}, " if out["resumed_from"] is not None else ""
     print(f"smt train: {how}{job.student} student at step {out['step']}: {out['run']}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run("train", lambda: train_job(parse(TrainJob, argv, "train", __doc__.splitlines()[0],
-                                                bool_flags=True)))
+    return run("train", lambda: train_job(parse(TrainJob, argv, "train", __doc__.splitlines()[0])))
 
 
 if __name__ == "__main__":

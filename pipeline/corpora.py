@@ -124,6 +124,11 @@ class Corpus:
     def __len__(self) -> int:
         return self.num_sequences
 
+    @property
+    def streaming(self) -> bool:
+        """Windows of one long token stream ("stream"); else independent sequences from t=0 ("prefix")."""
+        return self.mode == "stream"  # the one place the mode name is read
+
     def with_split(self, split: str) -> Corpus:
         """The same corpus (same spec otherwise, same data source) restricted to another split."""
         if split == self.split:

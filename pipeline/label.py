@@ -143,19 +143,19 @@ def _load_teacher(url: str, device: str | torch.device = "cpu"):
 
 def resolve_Tc(corpus: Corpus, teacher_cfg, Tc: int | None) -> int | None:
     """Context length for stream corpora (None for prefix corpora); raises LabelError if unusable."""
-    if corpus.mode != "stream":
+    if not corpus.streaming:
         if Tc is not None:
             raise LabelError(f"--Tc={Tc} applies to stream corpora only; {corpus.spec!r} is a prefix corpus: "
                              "drop --Tc")
         return None
-    window = teacher_cfg.window if teacher_cfg.encoder == "causal" else None
+    window = teacher_cfg.encoder_kind.window(teacher_cfg)  # the context a memory sees by construction, if any
     if Tc is None:
         if window is None:
             raise LabelError(f"stream corpus {corpus.spec!r} needs a context length: pass --Tc N "
                              "(or use a causal teacher with a window)")
         Tc = window
-    if teacher_cfg.encoder == "causal" and window != Tc:
-        raise LabelError(f"causal teacher has window={window} but Tc={Tc}: its memories see `window` tokens, "
+    if window is not None and window != Tc:
+        raise LabelError(f"{teacher_cfg.encoder} teacher has window={window} but Tc={Tc}: its memories see `window` tokens, "
                          f"so pass --Tc {window} or use a teacher trained with window={Tc}")
     if corpus.seq_len <= Tc:
         raise LabelError(f"corpus {corpus.spec!r} has windows of T={corpus.seq_len} tokens, not longer than "
@@ -325,13 +325,7 @@ class LabelStage(Stage):
         m, Tc = self._model, self.Tc
         if Tc is None:
             return m.encode_all(x)
-        if m.cfg.encoder == "causal":  # the sliding window (== Tc, checked by the driver) does the cut
-            return m.encode_all(x)[:, Tc:]
-        B, T = x.shape
-        ctx = x.unfold(1, Tc, 1).reshape(-1, Tc)  # window s = x[s:s+Tc] is the context of m_{s+Tc}
-        chunk = 4096
-        mems = torch.cat([m.encode(ctx[i:i + chunk]) for i in range(0, ctx.shape[0], chunk)])
-        return mems.view(B, T - Tc + 1, -1)
+        return m.encoder_kind.stream_memories(m, x, Tc)
 
     # -- idempotency
     def _existing(self, item: ShardRange) -> ShardEntry | None:

@@ -18,6 +18,7 @@ import torch
 
 from models.checkpoint import CheckpointError, load_student, load_teacher, read_config
 from models.device import pick_device
+from models.teacher import encoder_kind
 from pipeline.corpora import load_corpus
 from pipeline.stage import Resources, ShardRange, Stage
 from storage.bucket import Bucket
@@ -201,7 +202,7 @@ def check_relabel(cfg: RelabelConfig) -> tuple[Generation, object, int] | None:
     if corpus.corpus_id != gen.corpus_id:
         raise RelabelError(f"corpus {corpus.spec!r} (id {corpus.corpus_id}) is not the one the target set was "
                            f"labeled from (id {gen.corpus_id}): pass the same --corpus as `smt label`")
-    if cfg.start > 0 and (gen.teacher_config or {}).get("encoder", "causal") != "causal":
+    if cfg.start > 0 and not encoder_kind((gen.teacher_config or {}).get("encoder", "causal")).one_pass:
         raise RelabelError("stream-mode relabeling (start > 0) needs a causal teacher with window=Tc: the "
                            "rollout's targets come from one encode_all pass")
     Td = cfg.Td if cfg.Td is not None else corpus.seq_len - cfg.start

@@ -144,11 +144,11 @@ def main() -> int:
     @step("dmt_online_gpu")
     def _dmt():
         from models.checkpoint import load_teacher
-        from trainers.dmt import DMTConfig, dmt_online
+        from trainers.dmt import OnlineDMTConfig, dmt_online
 
         teacher, _fp, _ = load_teacher(str(work / "pt" / "teacher"))
         s, _, _ = load_student(state["student_url"])
-        r = dmt_online(s, teacher, corpus, DMTConfig(optim=OptimConfig(lr=3e-4, schedule="cosine", warmup_steps=10),
+        r = dmt_online(s, teacher, corpus, OnlineDMTConfig(optim=OptimConfig(lr=3e-4, schedule="cosine", warmup_steps=10),
                                                      steps=200, stop_at_acc=0.99, eval_every=20), quiet=True)
         return {"steps": r["steps"], "dmt_acc": r["final"]["dmt_acc"],
                 "ms_per_step": round(1000 * r["seconds"] / max(1, r["steps"]), 1)}

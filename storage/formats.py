@@ -15,7 +15,9 @@
   loads them with `allow_pickle=False`; anything else refuses the shard.
 
 Shards move as `dict[relative file name, bytes]`: one-object shards as `{"": bytes}`, folder shards
-as one entry per file; `shard_sha256` hashes that deterministically and `decode_shard` decodes it.
+as one entry per file; `shard_sha256` hashes that deterministically. Each format is an object behind one
+interface (`ShardFormat`: `write`, `read`, `verify`, `suffix`); `shard_format(name)` is the one place a
+format name (`zarr`, `wds`: manifests, configs, the CLI) becomes one.
 """
 from __future__ import annotations
 
@@ -29,8 +31,6 @@ import zipfile
 
 import numpy as np
 
-FORMATS = ("zarr", "wds")
-SUFFIX = {"zarr": ".zarr.zip", "wds": ".tar"}
 CHUNK_BYTES = 16 << 20
 _TAR_MEMBER = re.compile(r"^(?:_shard\.json|(\d{6})\.([a-z0-9_]+)\.npy)$")
 _ZARR_MEMBER = re.compile(r"^(?:zarr\.json|[a-z0-9_]+/(?:zarr\.json|c(?:/\d+)+))$")
@@ -54,15 +54,6 @@ def shard_sha256(files: dict[str, bytes]) -> str:
         h.update(name.encode() + b"\0" + len(data).to_bytes(8, "little"))
         h.update(data)
     return h.hexdigest()
-
-
-def decode_shard(fmt: str, files: dict[str, bytes]) -> tuple[dict[str, np.ndarray], dict]:
-    """(columns, header) of a shard given as `{"": bytes}` (zip or tar) or as folder files (old zarr)."""
-    if fmt == "wds":
-        return decode_tar(files[""])
-    if fmt != "zarr":
-        raise ValueError(f"unknown shard format {fmt!r}; expected one of {FORMATS}")
-    return decode_zarr(unzip_store(files[""]) if set(files) == {""} else files)
 
 
 # ---- Zarr ------------------------------------------------------------------------------------------
@@ -209,3 +200,59 @@ def decode_tar(data: bytes) -> tuple[dict[str, np.ndarray], dict]:
         raise ValueError("tar blocks hold different column sets")
     cols = {name: np.concatenate([blocks[i][name] for i in range(len(blocks))]) for name in sorted(names)}
     return cols, header
+
+
+# ---- the formats as objects ------------------------------------------------------------------------
+class ShardFormat:
+    """One on-disk shard format: how a shard's columns and header become files and back."""
+
+    name: str
+    suffix: str
+    """File name ending of the shards this format writes."""
+
+    def write(self, cols: dict[str, np.ndarray], header: dict, chunk_bytes: int = CHUNK_BYTES) -> dict[str, bytes]:
+        """The shard's files: `{"": bytes}` (every format writes one object)."""
+        raise NotImplementedError
+
+    def read(self, files: dict[str, bytes]) -> tuple[dict[str, np.ndarray], dict]:
+        """(columns, header) of a shard's files (ValueError naming what is wrong when they are not one)."""
+        raise NotImplementedError
+
+    def verify(self, path: str, listed: dict[str, int]) -> None:
+        """Check a manifest entry's path and file list (`files`) fit this format; ValueError if not."""
+        if listed:
+            raise ValueError(f"one-object shards ({self.suffix}) have no file list")
+
+
+class ZarrFormat(ShardFormat):
+    name, suffix = "zarr", ".zarr.zip"
+
+    def write(self, cols, header, chunk_bytes=CHUNK_BYTES):
+        return {"": encode_zarr(cols, header, chunk_bytes)}
+
+    def read(self, files):
+        return decode_zarr(unzip_store(files[""]) if set(files) == {""} else files)  # zip, or an old folder
+
+    def verify(self, path, listed):
+        if bool(listed) == path.endswith(self.suffix):
+            raise ValueError("zarr folder shards need a file list, one-object shards (.zarr.zip) none")
+
+
+class TarFormat(ShardFormat):
+    name, suffix = "wds", ".tar"
+
+    def write(self, cols, header, chunk_bytes=CHUNK_BYTES):
+        return {"": encode_tar(cols, header, chunk_bytes)}
+
+    def read(self, files):
+        return decode_tar(files[""])
+
+
+FORMATS: dict[str, ShardFormat] = {f.name: f for f in (ZarrFormat(), TarFormat())}
+
+
+def shard_format(name: str) -> ShardFormat:
+    """The format a manifest entry or config names."""
+    if name not in FORMATS:
+        raise ValueError(f"unknown shard format {name!r}; expected one of {tuple(FORMATS)}")
+    return FORMATS[name]

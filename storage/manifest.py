@@ -19,7 +19,7 @@ from typing import Any
 from storage.bucket import Bucket, check_relpath
 from storage.codec import STATE_DTYPES
 from storage.errors import BucketError, FingerprintMismatch, ManifestError, ObjectNotFound, one_line
-from storage.formats import FORMATS, SUFFIX
+from storage.formats import FORMATS, shard_format
 from storage.schema import LAYOUTS, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def gen_path(n: int) -> str:
 
 def shard_path(round: int, index: int, fmt: str) -> str:
     """Deterministic shard path inside a target set folder."""
-    return f"round-{int(round):03d}/shard-{int(index):05d}{SUFFIX[fmt]}"
+    return f"round-{int(round):03d}/shard-{int(index):05d}{shard_format(fmt).suffix}"
 
 
 def target_set_path(fingerprint: str, corpus_id: str) -> str:
@@ -84,14 +84,15 @@ class ShardEntry:
         if e.format not in FORMATS or e.layout not in LAYOUTS or e.dtype not in STATE_DTYPES:
             raise ManifestError(f"{where}: shard {e.path} has unknown format/layout/dtype "
                                 f"{e.format}/{e.layout}/{e.dtype}")
-        if bool(e.files) != (e.format == "zarr" and not e.path.endswith(SUFFIX["zarr"])):
-            raise ManifestError(f"{where}: shard {e.path}: zarr folder shards need a file list, one-object "
-                                "shards (.zarr.zip, .tar) none")
+        try:
+            shard_format(e.format).verify(e.path, e.files)
+        except ValueError as err:
+            raise ManifestError(f"{where}: shard {e.path}: {err}") from err
         return e
 
 
 def fetch_shard(bucket: Bucket, entry: ShardEntry) -> dict[str, bytes]:
-    """The shard's objects as `decode_shard` takes them: `{"": bytes}`, or a folder shard's listed files
+    """The shard's objects as `ShardFormat.read` takes them: `{"": bytes}`, or a folder shard's listed files
     (fetched by name, never listed). A missing object raises ObjectNotFound."""
     if not entry.files:
         return {"": bucket.read_bytes(entry.path)}

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from storage.bucket import Bucket, check_relpath
 from storage.codec import check_columns, from_columns
 from storage.errors import FingerprintMismatch, ManifestError, ObjectNotFound, ShardError, one_line
-from storage.formats import decode_shard, shard_sha256
+from storage.formats import shard_format, shard_sha256
 from storage.manifest import Generation, ShardEntry, fetch_shard, gen_path, newest_generation, read_generation
 from storage.schema import SCHEMA_VERSION, Pairs, Segments, Transitions
 
@@ -91,7 +91,7 @@ class TargetSet:
         if self._should_verify(entry):
             self._check_sha(entry, files)
         try:
-            cols, header = decode_shard(entry.format, files)
+            cols, header = shard_format(entry.format).read(files)
         except Exception as e:
             raise ShardError(f"shard {where} is corrupt or unreadable: {type(e).__name__}: "
                              f"{one_line(e)}; rewrite it (verify with `smt inspect --verify`)") from e

@@ -21,7 +21,7 @@ from types import TracebackType
 from storage.bucket import Bucket
 from storage.codec import check_dtype, to_columns
 from storage.errors import ManifestError, ObjectNotFound, ShardError
-from storage.formats import CHUNK_BYTES, FORMATS, encode_tar, encode_zarr, shard_sha256
+from storage.formats import CHUNK_BYTES, FORMATS, shard_format, shard_sha256
 from storage.manifest import Generation, ShardEntry, commit, fetch_shard, shard_path, target_set_path
 from storage.schema import SCHEMA_VERSION, Pairs, Segments
 
@@ -30,7 +30,7 @@ def write_shard(bucket: Bucket, obj: Segments | Pairs, *, index: int, round: int
                 teacher_fingerprint: str, chunk_bytes: int = CHUNK_BYTES) -> ShardEntry:
     """Encode and publish one shard under the target set `bucket`; returns its manifest entry."""
     if fmt not in FORMATS:
-        raise ValueError(f"fmt={fmt!r} is not a shard format; choose one of {FORMATS}")
+        raise ValueError(f"fmt={fmt!r} is not a shard format; choose one of {tuple(FORMATS)}")
     check_dtype(dtype)
     if not isinstance(obj, (Segments, Pairs)):
         raise TypeError(f"write_shard needs Segments or Pairs, got {type(obj).__name__}")
@@ -43,7 +43,7 @@ def write_shard(bucket: Bucket, obj: Segments | Pairs, *, index: int, round: int
     header = {"schema_version": SCHEMA_VERSION, "teacher_fingerprint": teacher_fingerprint,
               "layout": obj.layout, "dtype": dtype, "z": obj.Z, "s": obj.S, "rows": obj.n,
               "round": int(round)}
-    files = {"": (encode_zarr if fmt == "zarr" else encode_tar)(cols, header, chunk_bytes)}  # one object
+    files = shard_format(fmt).write(cols, header, chunk_bytes)  # one object
     entry = ShardEntry(round=int(round), path=path, format=fmt, layout=obj.layout, dtype=dtype, z=obj.Z,
                        s=obj.S, rows=obj.n, records=obj.num_records, bytes=sum(map(len, files.values())),
                        sha256=shard_sha256(files), files={k: len(v) for k, v in files.items() if k})
@@ -82,7 +82,7 @@ class TargetSetWriter:
                  dtype: str = "float16", chunk_bytes: int = CHUNK_BYTES) -> None:
         target_set_path(teacher_fingerprint, corpus_id)  # validates both as folder names
         if fmt not in FORMATS:
-            raise ValueError(f"fmt={fmt!r} is not a shard format; choose one of {FORMATS}")
+            raise ValueError(f"fmt={fmt!r} is not a shard format; choose one of {tuple(FORMATS)}")
         self.bucket = Bucket.from_url(bucket) if isinstance(bucket, str) else bucket
         self.teacher_fingerprint = teacher_fingerprint
         self.teacher_config = dict(teacher_config)

@@ -19,7 +19,6 @@ from models.checkpoint import load_student, save_student, save_teacher
 from models.student_rnn import Student
 from models.updaters import UpdaterConfig, matched_updater
 from pipeline.corpora import load_corpus
-from pipeline.dmt_loop import DMTLoop, DMTLoopConfig, round_reports
 from pipeline.executors import RayActorPool, SerialExecutor
 from pipeline.label import LabelConfig, label
 from pipeline.relabel import RelabelConfig, relabel, relabel_batch, round_items
@@ -30,7 +29,9 @@ from storage.rounds import RunSource, rounds_bucket
 from storage.stream import ShardStream, StreamConfig
 from tests.label_data import tiny_teacher
 from trainers.common import OptimConfig
-from trainers.student import StudentTrainConfig, run_training
+from trainers.dmt import LockstepDMTConfig, RefreshConfig
+from trainers.dmt.actor import DMTLoop, DMTLoopConfig, round_reports
+from trainers.student import StudentTrainConfig, check_hooks, run_training
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = "retrieval:T=12,vocab=8,n=48"
@@ -258,11 +259,16 @@ def test_streaming_trainer_during_commits(labeled, tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------ lockstep DMT
 
 
-def _dmt_phase_cfg(steps: int, start: int, every: int, rounds: int, **kw) -> StudentTrainConfig:
+def _dmt_phase_cfg(steps: int, start: int, every: int) -> StudentTrainConfig:
     sc = StreamConfig(batch_size=32, shuffle_buffer=128, seed=3, prefetch=0, round_weights={"0": 1.0, "dmt": 2.0})
     return StudentTrainConfig(updater=UpdaterConfig(arch="mlp"), stream=sc, steps=steps, checkpoint_every=2 * every,
                               device="cpu", optim=OptimConfig(lr=1e-4, warmup_steps=2, schedule="cosine"),
-                              phase_start=start, dmt_every=every, dmt_rounds=rounds, **kw)
+                              phase_start=start)
+
+
+def _lockstep_hooks(every: int, rounds: int, wait_seconds: float = 600.0, refresh: bool = False) -> list:
+    return LockstepDMTConfig(every=every, rounds=rounds, wait_seconds=wait_seconds,
+                             refresh=RefreshConfig(enabled=refresh)).hooks()
 
 
 def _lockstep(d: dict, run: str, monkeypatch) -> tuple[list[dict], list[dict]]:
@@ -279,7 +285,8 @@ def _lockstep(d: dict, run: str, monkeypatch) -> tuple[list[dict], list[dict]]:
 
     def trainer():
         try:
-            run_training(d["targets"], d["teacher"], run, _dmt_phase_cfg(40, 20, 5, 3, dmt_wait_seconds=60), quiet=True)
+            run_training(d["targets"], d["teacher"], run, _dmt_phase_cfg(40, 20, 5), quiet=True,
+                         hooks=_lockstep_hooks(5, 3, wait_seconds=60))
         except Exception as e:  # noqa: BLE001 - re-raised by the assertion below
             err.append(e)
 
@@ -311,7 +318,7 @@ def test_lockstep_dmt_bounds_policy_lag_and_replays_exactly(tmp_path, monkeypatc
     # the DMT phase restarts the schedule at its own lr (logged: the lr of the next step): warm-up, then cosine
     assert metrics[20]["lr"] == pytest.approx(OptimConfig().lr) and metrics[21]["lr"] == pytest.approx(1e-4)
     assert metrics[40]["lr"] == pytest.approx(1e-5)
-    assert json.loads(Path(f"{run}/config-phase-00000020.json").read_text())["config"]["dmt_every"] == 5
+    assert json.loads(Path(f"{run}/config-phase-00000020.json").read_text())["dmt"]["every"] == 5
     from storage.run_dir import RunDir, unflatten_optimizer
     _, tensors, meta = RunDir(run).load({"step": 30, "path": "checkpoints/step-00000030"})
     opt = unflatten_optimizer(tensors, meta["optimizer"])
@@ -333,8 +340,8 @@ def test_lockstep_dmt_bounds_policy_lag_and_replays_exactly(tmp_path, monkeypatc
 
 
 def test_fresh_round_replays_the_relabel_with_the_current_student(labeled, tmp_path):
-    """dmt_refresh: the newest round's stored states are replaced by the current student's own rollout."""
-    from trainers.refresh import FreshRound
+    """The on-policy refresh: the newest round's stored states are replaced by the current student's own rollout."""
+    from trainers.dmt.refresh import FreshRound
 
     d = labeled
     a, b = _student(d, tmp_path / "a", seed=1), _student(d, tmp_path / "b", seed=2)
@@ -372,8 +379,8 @@ def test_lockstep_with_refresh_trains(labeled, tmp_path):
     run = str(tmp_path / "run")
     run_training(d["targets"], d["teacher"], run, _train_cfg(20), quiet=True)
     t = threading.Thread(target=run_training, args=(d["targets"], d["teacher"], run,
-                                                    _dmt_phase_cfg(30, 20, 5, 2, dmt_refresh=True)),
-                         kwargs={"quiet": True})
+                                                    _dmt_phase_cfg(30, 20, 5)),
+                         kwargs={"quiet": True, "hooks": _lockstep_hooks(5, 2, refresh=True)})
     t.start()
     try:
         reps = DMTLoop(_loop_cfg(d, run, rounds=2, every_steps=5, first_step=20)).run()
@@ -382,8 +389,8 @@ def test_lockstep_with_refresh_trains(labeled, tmp_path):
     assert [r["student_step"] for r in reps] == [20, 25]
     metrics = [json.loads(line) for line in Path(f"{run}/metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["step"] == 30 and all(np.isfinite(m["loss"]) for m in metrics)
-    with pytest.raises(ValueError, match="dmt_refresh needs lockstep"):
-        StudentTrainConfig(dmt_refresh=True)
+    with pytest.raises(ValueError, match="refresh needs lockstep"):
+        LockstepDMTConfig(refresh=RefreshConfig(enabled=True))
 
 
 def test_lockstep_refresh_on_two_ddp_workers(ray_local, labeled, tmp_path):
@@ -399,8 +406,8 @@ def test_lockstep_refresh_on_two_ddp_workers(ray_local, labeled, tmp_path):
         "reps", DMTLoop(_loop_cfg(d, run, rounds=2, every_steps=5, first_step=20, timeout_seconds=120)).run()))
     loop.start()
     try:
-        train_with_ray(d["targets"], d["teacher"], run, _dmt_phase_cfg(35, 20, 5, 2, dmt_refresh=True,
-                                                                         dmt_wait_seconds=120), workers=2, quiet=True)
+        train_with_ray(d["targets"], d["teacher"], run, _dmt_phase_cfg(35, 20, 5), workers=2, quiet=True,
+                       hooks=_lockstep_hooks(5, 2, wait_seconds=120, refresh=True))
     finally:
         loop.join(timeout=180)
     assert [r["student_step"] for r in box["reps"]] == [20, 25]
@@ -410,19 +417,20 @@ def test_lockstep_refresh_on_two_ddp_workers(ray_local, labeled, tmp_path):
 
 
 def test_lockstep_trainer_without_actor_names_the_fix(labeled, tmp_path):
-    from trainers.student import DMTWaitTimeout
+    from trainers.dmt import DMTWaitTimeout
 
     d = labeled
     run = str(tmp_path / "run")
     run_training(d["targets"], d["teacher"], run, _train_cfg(20), quiet=True)
     with pytest.raises(DMTWaitTimeout, match=r"DMT round 1 was not committed .* \(smt dmt .*--first-step 20 --every-steps 5"):
-        run_training(d["targets"], d["teacher"], run, _dmt_phase_cfg(30, 20, 5, 2, dmt_wait_seconds=0.5), quiet=True)
+        run_training(d["targets"], d["teacher"], run, _dmt_phase_cfg(30, 20, 5), quiet=True,
+                     hooks=_lockstep_hooks(5, 2, wait_seconds=0.5))
     # the wait happened after the round-1 checkpoint (step 20, already there): nothing trained, nothing lost
     assert json.loads(Path(f"{run}/checkpoints/latest.json").read_text())["step"] == 20
 
 
 def test_lockstep_loop_refuses_a_run_without_the_boundary_checkpoint(labeled, tmp_path):
-    from pipeline.dmt_loop import DMTTimeout
+    from trainers.dmt.actor import DMTTimeout
 
     d = labeled
     run = str(tmp_path / "run")
@@ -434,9 +442,10 @@ def test_lockstep_loop_refuses_a_run_without_the_boundary_checkpoint(labeled, tm
 
 def test_lockstep_config_is_validated():
     with pytest.raises(ValueError, match="both"):
-        _dmt_phase_cfg(40, 20, 5, 0)
+        _lockstep_hooks(5, 0)
     with pytest.raises(ValueError, match="follow='never'"):
-        StudentTrainConfig(stream=StreamConfig(follow="epoch"), steps=40, phase_start=20, dmt_every=5, dmt_rounds=2)
+        check_hooks(StudentTrainConfig(stream=StreamConfig(follow="epoch"), steps=40, phase_start=20),
+                    _lockstep_hooks(5, 2))
     with pytest.raises(ValueError, match="phase_start"):
         StudentTrainConfig(steps=10, phase_start=10)
 

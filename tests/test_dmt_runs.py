@@ -17,7 +17,6 @@ import torch
 from jobs.inspect import main as inspect_main
 from models.checkpoint import load_student, save_teacher
 from models.updaters import UpdaterConfig
-from pipeline.dmt_loop import DMTLoop, DMTLoopConfig, round_reports
 from pipeline.executors import SerialExecutor
 from pipeline.label import LabelConfig, label
 from storage.bucket import Bucket
@@ -26,6 +25,8 @@ from storage.rounds import rounds_bucket
 from storage.stream import StreamConfig
 from tests.label_data import tiny_teacher
 from trainers.common import OptimConfig
+from trainers.dmt import LockstepDMTConfig
+from trainers.dmt.actor import DMTLoop, DMTLoopConfig, round_reports
 from trainers.student import StudentTrainConfig, run_training
 
 pytestmark = pytest.mark.timeout(600)
@@ -41,20 +42,20 @@ def _setup(out: str, tmp_path, endpoint: str | None = None) -> dict:
     return {"targets": rep.target_url, "teacher": teacher, "fp": fp, "endpoint": endpoint}
 
 
-def _cfg(arch: str, steps: int, phase_start: int = 0, every: int = 0, rounds: int = 0) -> StudentTrainConfig:
+def _cfg(arch: str, steps: int, phase_start: int = 0, dmt: bool = False) -> StudentTrainConfig:
     sc = StreamConfig(batch_size=32, shuffle_buffer=128, seed=3, prefetch=0,
-                      round_weights={"0": 1.0, "dmt": 2.0} if every else None)
-    optim = OptimConfig(lr=1e-4, warmup_steps=2) if every else OptimConfig()
+                      round_weights={"0": 1.0, "dmt": 2.0} if dmt else None)
+    optim = OptimConfig(lr=1e-4, warmup_steps=2) if dmt else OptimConfig()
     return StudentTrainConfig(updater=UpdaterConfig(arch=arch), stream=sc, steps=steps, checkpoint_every=5,
-                              device="cpu", optim=optim, phase_start=phase_start, dmt_every=every, dmt_rounds=rounds,
-                              dmt_wait_seconds=120)
+                              device="cpu", optim=optim, phase_start=phase_start)
 
 
 def _dmt(d: dict, run: str, arch: str, errors: list) -> list[threading.Thread]:
     """A lockstep DMT phase (steps 10..20, a round every 5 steps) and its DMT loop, as two threads."""
     def trainer():
         try:
-            run_training(d["targets"], d["teacher"], run, _cfg(arch, 20, 10, 5, 2), endpoint_url=d["endpoint"],
+            run_training(d["targets"], d["teacher"], run, _cfg(arch, 20, 10, dmt=True), endpoint_url=d["endpoint"],
+                         hooks=LockstepDMTConfig(every=5, rounds=2, wait_seconds=120).hooks(),
                          quiet=True)
         except Exception as e:  # noqa: BLE001 - asserted empty by the caller
             errors.append(e)

@@ -1,4 +1,4 @@
-"""The DMT variants against the dip (trainers/dmt_stability.py) each do what they say, on tiny real runs:
+"""The DMT variants against the dip (trainers/dmt/stability.py) each do what they say, on tiny real runs:
 DAgger's beta mixes the stated share of teacher states (online rows, lockstep round-0 records), the EMA
 policy is what gets rolled out (online and by the lockstep DMT actor) and survives a resume, and the carried
 optimizer state is the SMT phase's end state."""
@@ -12,12 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from models.student_rnn import Student
 
 from models.checkpoint import load_student, load_teacher
+from models.student_rnn import Student
 from models.updaters import UpdaterConfig, matched_updater
 from pipeline.corpora import load_corpus
-from pipeline.dmt_loop import DMTLoop, DMTLoopConfig
 from pipeline.executors import SerialExecutor
 from pipeline.label import LabelConfig, label
 from pipeline.relabel import RelabelConfig, relabel
@@ -27,9 +26,11 @@ from storage.run_dir import RunDir, unflatten_optimizer
 from storage.stream import ShardStream, StreamConfig, teacher_share
 from tests.label_data import tiny_teacher
 from trainers.common import OptimConfig
-from trainers.dmt import DMTConfig, dmt_inputs, dmt_losses, dmt_online
-from trainers.dmt_stability import EMA
-from trainers.student import StudentTrainConfig, build_state, run_training
+from trainers.dmt import LockstepDMTConfig, OnlineDMTConfig, RefreshConfig, dmt_online
+from trainers.dmt.actor import DMTLoop, DMTLoopConfig
+from trainers.dmt.online import dmt_inputs, dmt_losses
+from trainers.dmt.stability import EMA
+from trainers.student import Loop, StudentTrainConfig, build_state, run_training
 
 SPEC = "retrieval:T=12,vocab=8,n=48"
 
@@ -55,10 +56,21 @@ def _smt(d: dict, steps: int = 20) -> None:
         quiet=True)
 
 
-def _dmt_cfg(steps: int, start: int, every: int, rounds: int, **kw) -> StudentTrainConfig:
-    return StudentTrainConfig(updater=UpdaterConfig(arch="mlp"), stream=_stream(round_weights={"0": 1.0, "dmt": 2.0}),
-                              steps=steps, checkpoint_every=2 * every, device="cpu", phase_start=start, dmt_every=every,
-                              dmt_rounds=rounds, optim=OptimConfig(lr=1e-4, warmup_steps=2, schedule="cosine"), **kw)
+def _dmt_cfg(steps: int, start: int, every: int, rounds: int, **dmt) -> tuple[StudentTrainConfig, list]:
+    """The DMT phase's training config and its lockstep hooks (refresh on, like the pipeline's)."""
+    cfg = StudentTrainConfig(updater=UpdaterConfig(arch="mlp"), stream=_stream(round_weights={"0": 1.0, "dmt": 2.0}),
+                             steps=steps, checkpoint_every=2 * every, device="cpu", phase_start=start,
+                             optim=OptimConfig(lr=1e-4, warmup_steps=2, schedule="cosine"))
+    return cfg, LockstepDMTConfig(every=every, rounds=rounds, wait_seconds=60, refresh=RefreshConfig(enabled=True),
+                                  **dmt).hooks()
+
+
+def _started(d: dict, cfg: StudentTrainConfig, hook):
+    """The run's train state as a resume builds it, after `hook.start` (what the loop does first)."""
+    rd = RunDir(d["run"])
+    state = build_state(TargetSet.open(d["targets"], d["fp"]), load_teacher(d["teacher"])[0], d["fp"], cfg, rd)
+    hook.start(Loop(state, rd, None, True, None))
+    return state
 
 
 def _student(d: dict, seed: int) -> Student:
@@ -75,7 +87,7 @@ def test_teacher_share_decays_to_its_floor():
     assert teacher_share(0.9, 10, 20, floor=1 / 3) == pytest.approx(1 / 3 + (0.9 - 1 / 3) / 4)
     assert teacher_share(0.2, 5, 0, floor=1 / 3) == pytest.approx(1 / 3)  # never below the floor
     with pytest.raises(ValueError, match="beta=1.5 must be in"):
-        DMTConfig(beta=1.5)
+        OnlineDMTConfig(beta=1.5)
     with pytest.raises(ValueError, match="needs positive '0' and 'dmt' weights"):
         StreamConfig(beta=0.9, round_weights={"dmt": 1.0})
 
@@ -109,7 +121,7 @@ def test_online_beta_trains_the_stated_rows_from_teacher_states(labeled):
     m_in = dmt_inputs(policy, M, x, 0, 12, n_teacher=2)
     torch.testing.assert_close(m_in[:2], M[:2, :12])  # teacher rows: m*_0 .. m*_11
     torch.testing.assert_close(m_in[2:], policy.rollout(x[2:], M[2:, 0])[:, :12])  # the policy's own states
-    cfg = DMTConfig(steps=4, batch_size=8, beta=0.5, beta_halflife=2.0, eval_every=1, eval_size=8, device="cpu")
+    cfg = OnlineDMTConfig(steps=4, batch_size=8, beta=0.5, beta_halflife=2.0, eval_every=1, eval_size=8, device="cpu")
     r = dmt_online(_student(d, 1), teacher, corpus, cfg, quiet=True)
     rows = [h["teacher_rows"] for h in r["history"] if "teacher_rows" in h]
     assert rows == [round(8 * 0.5 * 0.5 ** ((s - 1) / 2)) for s in (1, 2, 3, 4)] == [4, 3, 2, 1]
@@ -133,7 +145,7 @@ def test_ema_update_and_online_rollout_use_the_ema_weights(labeled):
     S = a.step(dmt_inputs(b, M, x, 0, 12).reshape(-1, M.shape[-1]), x.reshape(-1))
     torch.testing.assert_close(via["loss_state"], torch.nn.functional.mse_loss(S, M[:, 1:].reshape(-1, M.shape[-1])))
     assert not torch.isclose(own["loss_state"], via["loss_state"])
-    r = dmt_online(_student(d, 1), d["model"], corpus, DMTConfig(steps=3, batch_size=4, ema=0.5, eval_every=3,
+    r = dmt_online(_student(d, 1), d["model"], corpus, OnlineDMTConfig(steps=3, batch_size=4, ema=0.5, eval_every=3,
                                                                  eval_size=8, device="cpu"), quiet=True)
     pol = r["carry"]["ema"].model
     assert any(not torch.equal(p, q) for p, q in zip(pol.parameters(), r["student"].parameters()))
@@ -143,8 +155,9 @@ def test_lockstep_actor_rolls_out_the_ema_policy_and_a_resume_keeps_it(labeled):
     d = labeled
     run = d["run"]
     _smt(d)
-    cfg = _dmt_cfg(30, 20, 5, 2, dmt_ema=0.5)
-    t = threading.Thread(target=run_training, args=(d["targets"], d["teacher"], run, cfg), kwargs={"quiet": True})
+    cfg, hooks = _dmt_cfg(30, 20, 5, 2, ema=0.5)
+    t = threading.Thread(target=run_training, args=(d["targets"], d["teacher"], run, cfg),
+                         kwargs={"quiet": True, "hooks": hooks})
     t.start()
     try:
         reps = DMTLoop(DMTLoopConfig(targets=d["targets"], run=run, corpus=SPEC, teacher=d["teacher"], rounds=2,
@@ -156,13 +169,12 @@ def test_lockstep_actor_rolls_out_the_ema_policy_and_a_resume_keeps_it(labeled):
     # starts; round 2 the EMA policy of step 25, which lags the student
     assert [Path(r["student"]).name for r in reps] == ["student", "rollout"]
     assert [r["student"].rsplit("/", 2)[-2] for r in reps] == ["step-00000020", "step-00000025"]
-    rd = RunDir(run)
     pol, live = (load_student(f"{run}/policy/step-00000025/{k}")[0] for k in ("rollout", "student"))
     assert any(not torch.equal(p, q) for p, q in zip(pol.parameters(), live.parameters()))
-    state = build_state(TargetSet.open(d["targets"], d["fp"]), load_teacher(d["teacher"])[0], d["fp"],
-                        replace(cfg, steps=40), rd)  # resumes at 30 inside the DMT phase
+    hook = LockstepDMTConfig(every=5, rounds=2, ema=0.5).hooks()[0]
+    state = _started(d, replace(cfg, steps=40), hook)  # resumes at 30, inside the DMT phase
     want = load_student(f"{run}/checkpoints/step-00000030/rollout")[0]
-    for (k, p), q in zip(state.ema.model.state_dict().items(), want.state_dict().values()):
+    for (k, p), q in zip(hook.ema.model.state_dict().items(), want.state_dict().values()):
         assert torch.equal(p, q), k
     state.stream.close()
 
@@ -177,9 +189,9 @@ def test_carried_optimizer_state_is_the_smt_end_state(labeled):
     _, tensors, meta = rd.load(rd.latest())
     smt = unflatten_optimizer(tensors, meta["optimizer"])["state"]
     teacher = load_teacher(d["teacher"])[0]
-    ts = TargetSet.open(d["targets"], d["fp"])
     for carry in (True, False):
-        state = build_state(ts, teacher, d["fp"], _dmt_cfg(30, 20, 5, 2, dmt_carry_optimizer=carry), rd)
+        cfg, hooks = _dmt_cfg(30, 20, 5, 2, carry_optimizer=carry)
+        state = _started(d, cfg, hooks[0])
         if carry:
             assert len(state.opt.state) == len(smt) == len(state.params)
             for i, p in enumerate(state.params):
@@ -190,7 +202,7 @@ def test_carried_optimizer_state_is_the_smt_end_state(labeled):
             assert not state.opt.state  # fresh moments
         state.stream.close()
     # online DMT: the updater continues SMT's moments (20 steps + 1), the readout (not trained by SMT) starts fresh
-    cfg = DMTConfig(steps=1, batch_size=4, eval_every=1, eval_size=8, device="cpu", carry_optimizer=True)
+    cfg = OnlineDMTConfig(steps=1, batch_size=4, eval_every=1, eval_size=8, device="cpu", carry_optimizer=True)
     student = load_student(rd.student_url(20))[0]
     r = dmt_online(student, teacher, load_corpus(SPEC), cfg, quiet=True, smt_run=d["run"])
     steps = {n: float(r["carry"]["opt"].state[p]["step"]) for n, p in student.named_parameters()
@@ -200,5 +212,5 @@ def test_carried_optimizer_state_is_the_smt_end_state(labeled):
     with pytest.raises(ValueError, match="needs the SMT run"):
         dmt_online(student, teacher, load_corpus(SPEC), cfg, quiet=True)
     with pytest.raises(ValueError, match="needs phase_start"):
-        StudentTrainConfig(dmt_carry_optimizer=True)
+        LockstepDMTConfig(every=5, rounds=2, carry_optimizer=True).hooks()[0].check(StudentTrainConfig())
     assert json.loads(Path(d["run"], "checkpoints/latest.json").read_text())["step"] == 20

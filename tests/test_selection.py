@@ -14,7 +14,7 @@ from models.teacher import TeacherConfig
 from pipeline.corpora import Corpus, held_out, load_corpus
 from pipeline.tasks import SyntheticTask
 from trainers.bptt import BPTTConfig, train_bptt
-from trainers.dmt import DMTConfig, dmt_online
+from trainers.dmt import OnlineDMTConfig, dmt_online
 from trainers.evaluate import evaluate_student
 from trainers.pretrain import PretrainConfig, pretrain
 
@@ -64,7 +64,7 @@ def test_dmt_and_bptt_rules_read_only_train_and_valid(reads):
     pt = pretrain(corpus, PretrainConfig(teacher=TeacherConfig(**SMALL), steps=2, eval_every=1, eval_size=8,
                                          batch_size=4), quiet=True)
     reads.clear()
-    d = dmt_online(pt["student"], pt["teacher"], corpus, DMTConfig(steps=5, eval_every=1, eval_size=8, batch_size=4,
+    d = dmt_online(pt["student"], pt["teacher"], corpus, OnlineDMTConfig(steps=5, eval_every=1, eval_size=8, batch_size=4,
                                                                    stop_at_acc=0.0), quiet=True)
     assert d["steps"] == 1 and {s for s, _ in reads} == {"train", "valid"}
     reads.clear()

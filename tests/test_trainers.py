@@ -8,7 +8,7 @@ from models.teacher import Teacher, TeacherConfig
 from models.updaters import UpdaterConfig
 from pipeline.corpora import load_corpus
 from trainers.bptt import BPTTConfig, bptt_loss, train_bptt
-from trainers.dmt import DMTConfig, dmt_losses, dmt_online
+from trainers.dmt import OnlineDMTConfig, dmt_losses, dmt_online
 from trainers.pretrain import PretrainConfig, pretrain
 from trainers.smt import SMTConfig, smt_losses
 
@@ -118,7 +118,7 @@ def test_short_pretrain_dmt_bptt_runs_write_checkpoints(tmp_path, encoder):
                                         eval_size=16, batch_size=4), out=tmp_path / "pt", quiet=True)
     assert len(r["history"]) == 2 and (tmp_path / "pt/teacher/weights.safetensors").exists()
     assert all(np.isfinite(h["loss"]) for h in r["history"])
-    d = dmt_online(r["student"], r["teacher"], corpus, DMTConfig(steps=2, eval_every=1, eval_size=16,
+    d = dmt_online(r["student"], r["teacher"], corpus, OnlineDMTConfig(steps=2, eval_every=1, eval_size=16,
                                                                 batch_size=4), out=tmp_path / "dmt", quiet=True)
     assert d["steps"] == 2 and 0.0 <= d["final"]["dmt_acc"] <= 1.0
     b = train_bptt(corpus, BPTTConfig(shape=TeacherConfig(**SMALL), steps=2, eval_every=1, eval_size=16,

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from trainers.student import StudentTrainConfig, run_training
+from trainers.student import Hook, StudentTrainConfig, check_hooks, run_training
 
 
 @dataclass
@@ -70,7 +70,7 @@ def _student_worker(config: dict[str, Any]) -> None:
         cfg.device = str(w.device)
     run_training(config["targets"], config["teacher"], config["out"], cfg, endpoint_url=config["endpoint_url"],
                  generation=config["generation"], rank=w.rank, world_size=w.world, agree=w.agree, wrap=w.wrap,
-                 quiet=config["quiet"])
+                 quiet=config["quiet"], hooks=config["hooks"])
 
 
 def _pretrain_worker(config: dict[str, Any]) -> None:
@@ -118,9 +118,11 @@ def fit(body: Callable[[dict[str, Any]], None], config: dict[str, Any], *, worke
 
 def train_with_ray(targets: str, teacher: str | None, out: str, cfg: StudentTrainConfig, *, workers: int,
                    endpoint_url: str | None = None, generation: int | None = None, quiet: bool = False,
-                   gpus_per_worker: float | None = None) -> None:
-    """Student SMT on `workers` DDP workers; rank r streams split r of the target set."""
-    fit(_student_worker, {"targets": targets, "teacher": teacher, "out": out, "cfg": cfg,
+                   gpus_per_worker: float | None = None, hooks: Sequence[Hook] = ()) -> None:
+    """Student SMT on `workers` DDP workers; rank r streams split r of the target set. Each worker gets its
+    own copy of `hooks` (e.g. lockstep DMT: every rank waits for and switches to the same rounds)."""
+    check_hooks(cfg, hooks)  # before any worker starts
+    fit(_student_worker, {"targets": targets, "teacher": teacher, "out": out, "cfg": cfg, "hooks": list(hooks),
                           "endpoint_url": endpoint_url, "generation": generation},
         workers=workers, device=cfg.device, gpus_per_worker=gpus_per_worker, name="smt-train", quiet=quiet)
 

@@ -61,13 +61,7 @@ def evaluate_teacher(teacher, x: torch.Tensor, y: torch.Tensor, prompt: int = 0)
     y = y.clone()
     y[:, :prompt] = -1
     B, T = x.shape
-    if teacher.cfg.encoder == "causal":
-        M = teacher_memories(teacher, x)[:, 1:]
-        cols = torch.arange(T)
-    else:
-        cols = torch.nonzero((y != -1).any(0)).flatten()
-        M = torch.stack([teacher.memories_at(x, torch.full((B,), int(c) + 1, device=x.device)) for c in cols], 1) \
-            if len(cols) else torch.zeros(B, 0, teacher.mem_size, device=x.device)
+    M, cols = teacher.encoder_kind.readout_memories(teacher, x, y)
     if M.shape[1] == 0:
         return _summary(torch.zeros(B, T, teacher.cfg.vocab_size), y)
     logits = teacher.readout(M.reshape(-1, M.shape[-1])).view(B, M.shape[1], -1)
@@ -134,8 +128,9 @@ def generate_teacher(teacher, prompt: torch.Tensor, steps: int, temperature: flo
                      generator: torch.Generator | None = None) -> torch.Tensor:
     """Sample `steps` tokens after `prompt` (B, P) from the teacher: each token from the readout of the teacher's
     memory of everything so far (re-encoded every step; causal teacher only). Returns (B, steps)."""
-    if teacher.cfg.encoder != "causal":
-        raise ValueError("sampling from the teacher needs the causal encoder (the register one re-encodes per token)")
+    if not teacher.encoder_kind.one_pass:
+        raise ValueError(f"sampling from the teacher needs the causal encoder (the {teacher.cfg.encoder} one "
+                         "re-encodes every memory per token)")
     seq = prompt
     for _ in range(steps):
         m = teacher.encode_all(seq)[:, -1]

@@ -50,7 +50,7 @@ def split_sizes(corpus) -> dict:
     out = {}
     for split in ("train", "valid", "test"):
         c = corpus.with_split(split)
-        tokens = int(c.data.shape[0]) if corpus.mode == "stream" else len(c) * c.seq_len
+        tokens = int(c.data.shape[0]) if corpus.streaming else len(c) * c.seq_len
         out[split] = {"sequences": len(c), "tokens": tokens}
     return out
 
@@ -117,7 +117,7 @@ def sample_models(corpus, prompt: int, teacher, students: dict, bptt=None, k: in
 
 def _continuation(corpus, idx: list[int], start: int, steps: int) -> torch.Tensor:
     """The true `steps` tokens after `start` of windows `idx` (stream corpora continue past the window)."""
-    if corpus.mode == "stream":
+    if corpus.streaming:
         import numpy as np
 
         data = corpus.data

@@ -78,7 +78,7 @@ def with_length(corpus, T: int):
     """The same synthetic task at another sequence length (for the length curriculum)."""
     from pipeline.corpora import load_corpus
 
-    if corpus.mode != "prefix" or f"T={corpus.seq_len}" not in corpus.spec:
+    if corpus.streaming or f"T={corpus.seq_len}" not in corpus.spec:
         raise ValueError(f"curriculum needs a synthetic task with a T parameter, not {corpus.spec!r}: drop --curriculum")
     if not 1 <= T < corpus.seq_len:
         raise ValueError(f"curriculum length {T} must be below the corpus length T={corpus.seq_len}")
@@ -105,7 +105,7 @@ def pretrain(corpus, cfg: PretrainConfig, out: str | Path | None = None, quiet: 
     stages = [with_length(corpus, T) for T in cfg.curriculum] + [corpus]
     cur = stages[state.stage]
     ex, ey = (t.to(dev) for t in eval_batch(cur, cfg.eval_size, cfg.seed))
-    prompt = cfg.smt.Tc if cfg.smt.mode == "stream" else 0
+    prompt = cfg.smt.start
     if lead and run is not None:
         run.write_json("run.json", {"stage": "pretrain", "corpus": corpus.spec, "config": asdict(cfg),
                                     "world_size": world_size, "start_step": state.step})
@@ -125,7 +125,7 @@ def pretrain(corpus, cfg: PretrainConfig, out: str | Path | None = None, quiet: 
             state.sync_readout()
             te = evaluate_teacher(teacher, ex, ey, prompt)
             # drift needs every teacher memory: cheap for the causal encoder, one pass per prefix for register
-            st = evaluate_student(student, ex, ey, teacher if (tcfg.encoder == "causal" or prompt) else None, prompt)
+            st = evaluate_student(student, ex, ey, teacher if (tcfg.encoder_kind.one_pass or prompt) else None, prompt)
             teacher.train()
         return {"teacher_acc": te["acc"], "teacher_loss": te["loss"], "smt_acc": st["acc"], "smt_loss": st["loss"],
                 **({"drift_final": st["drift_final"]} if "drift_final" in st else {})}

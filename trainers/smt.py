@@ -1,4 +1,5 @@
-"""Joint SMT pretraining of a teacher and a reference updater (the paper's stage 1).
+"""The SMT objective: joint pretraining of a teacher and a reference updater (the paper's stage 1), and
+the same dynamics term for a student trained on stored transitions (`SMTObjective`).
 
 Per batch of sequences x, y (B, T):
 - memories: the causal teacher yields m_0..m_T in one pass; the register teacher encodes one context
@@ -9,6 +10,9 @@ Per batch of sequences x, y (B, T):
   nothing is detached unless `detach` is set, so the dynamics loss also shapes the teacher;
 - L_unif: uniformity of the memory tokens.
 L = w_dec L_dec + w_dyn L_dyn + w_unif L_unif (reference weights 1, 0.1, 0.001).
+A student trained from target shards (trainers/student.py) minimises the same L_dyn on the stored
+(m_t, x_t, m_{t+1}), plus an optional readout cross-entropy: `SMTObjective`. `dynamics_loss` is the one
+place L_dyn is written.
 
 Positions: prefix mode samples t in [0, T] inclusive (the final memory is always decoded) and
 oversamples positions whose first prediction is a target; stream mode uses positions t >= Tc only,
@@ -16,10 +20,12 @@ each memory seeing a context of at most Tc tokens.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from models.teacher import ConfigError
 from trainers.losses import masked_ce, uniformity
@@ -53,12 +59,49 @@ class SMTConfig:
     def __post_init__(self) -> None:
         if self.mode not in ("prefix", "stream"):
             raise ConfigError(f"mode={self.mode!r} is unknown: use 'prefix' or 'stream'")
-        if self.mode == "stream" and not self.Tc:
+        if self.streaming and not self.Tc:
             raise ConfigError("mode='stream' needs Tc (the context length of a memory): pass --smt.Tc N")
 
+    @property
+    def streaming(self) -> bool:
+        """Stream mode (memories of sliding Tc windows); else prefix mode."""
+        return self.mode == "stream"  # the one place the mode name is read
+
+    @property
+    def start(self) -> int:
+        """The first memory position the losses use: Tc in stream mode, 0 in prefix mode."""
+        return self.Tc if self.streaming else 0
+
     def check_length(self, T: int) -> None:
-        if self.mode == "stream" and self.Tc + (self.Tf or 1) > T:
+        if self.streaming and self.Tc + (self.Tf or 1) > T:
             raise ConfigError(f"Tc+Tf={self.Tc}+{self.Tf or 1} > T={T}: use shorter Tc/Tf or longer windows")
+
+
+def dynamics_loss(step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], m_in: torch.Tensor,
+                  tok: torch.Tensor, m_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """L_dyn over transitions: (f(m_t, x_t), MSE(f(m_t, x_t), m_{t+1})) for m_in, m_out (N, Z), tok (N,)."""
+    pred = step(m_in, tok)
+    return pred, F.mse_loss(pred.float(), m_out.float())
+
+
+class SMTObjective(nn.Module):
+    """A student's SMT loss on stored transitions: L_dyn + readout_weight * CE(g(f(m_t, x_t)), y_t), where g
+    is the student's readout. A module, so DDP can wrap it (its forward is what synchronises gradients)."""
+
+    def __init__(self, student, readout_weight: float) -> None:
+        super().__init__()
+        self.student, self.readout_weight = student, readout_weight
+
+    def forward(self, state_in: torch.Tensor, token: torch.Tensor, state_out: torch.Tensor,
+                y: torch.Tensor) -> dict[str, torch.Tensor]:
+        pred, mse = dynamics_loss(self.student.step, state_in, token, state_out)
+        out = {"loss": mse, "mse": mse}
+        if self.readout_weight > 0:
+            mask = y != -1
+            ce = (F.cross_entropy(self.student.readout(pred[mask]).float(), y[mask]) if bool(mask.any())
+                  else pred.sum() * 0.0)
+            out["ce"], out["loss"] = ce, mse + self.readout_weight * ce
+        return out
 
 
 def _sample_positions(y: torch.Tensor, n: int, lo: int, hi: int, frac: float, g: torch.Generator,
@@ -96,27 +139,17 @@ def _futures(x: torch.Tensor, y: torch.Tensor, t: torch.Tensor, Tf: int) -> tupl
 
 
 def smt_losses(teacher, updater, x: torch.Tensor, y: torch.Tensor, cfg: SMTConfig, g: torch.Generator) -> dict:
-    B, T = x.shape
+    T = x.shape[1]
     Z = teacher.mem_size
     K, d = teacher.cfg.mem_tokens, teacher.cfg.d_model
-    lo = cfg.Tc if cfg.mode == "stream" else 0
+    lo = cfg.start
     Tf = cfg.Tf or (T - lo)
-    rows = torch.arange(B, device=x.device)[:, None]
-    t_dec = _sample_positions(y, cfg.dec_positions, lo, T, cfg.target_frac, g, force_last=cfg.mode == "prefix")
+    t_dec = _sample_positions(y, cfg.dec_positions, lo, T, cfg.target_frac, g, force_last=not cfg.streaming)
 
-    if teacher.cfg.encoder == "causal":
-        M = teacher.encode_all(x)  # (B, T+1, Z), windowed by the teacher's own config in stream mode
-        m_dec = M[rows, t_dec]  # (B, n, Z)
-        m_in, m_out, tok = M[:, lo:T], M[:, lo + 1:T + 1], x[:, lo:T]
-    else:
-        t_dyn = _sample_positions(y, cfg.dyn_pairs, lo, T - 1, cfg.target_frac, g, force_last=False)
-        window = cfg.Tc if cfg.mode == "stream" else None
-        both = torch.cat([t_dyn, t_dyn + 1, t_dec], 1)  # one batched encoder call
-        xx = x[:, None].expand(B, both.shape[1], T).reshape(-1, T)
-        mems = teacher.memories_at(xx, both.reshape(-1), window).view(B, -1, Z)
-        n = t_dyn.shape[1]
-        m_in, m_out, m_dec = mems[:, :n], mems[:, n:2 * n], mems[:, 2 * n:]
-        tok = x[rows, t_dyn]
+    # the causal teacher trains on every consecutive pair; the register one on `dyn_pairs` sampled pairs
+    m_in, m_out, tok, m_dec = teacher.encoder_kind.smt_memories(
+        teacher, x, t_dec, lo, cfg.Tc if cfg.streaming else None,
+        lambda: _sample_positions(y, cfg.dyn_pairs, lo, T - 1, cfg.target_frac, g, force_last=False))
 
     xf, yf = _futures(x, y, t_dec, Tf)
     logits = teacher.decode(m_dec.reshape(-1, Z), xf.reshape(-1, Tf))  # (B*n, Tf+1, V)
@@ -132,8 +165,7 @@ def smt_losses(teacher, updater, x: torch.Tensor, y: torch.Tensor, cfg: SMTConfi
 
     m_src = m_in.detach() if cfg.detach else m_in
     m_tgt = m_out.detach() if cfg.detach else m_out
-    pred = updater(m_src.reshape(-1, Z), tok.reshape(-1))
-    l_dyn = F.mse_loss(pred.float(), m_tgt.reshape(-1, Z).float())
+    _, l_dyn = dynamics_loss(updater, m_src.reshape(-1, Z), tok.reshape(-1), m_tgt.reshape(-1, Z))
     l_unif = uniformity(m_dec.reshape(-1, K, d), generator=g)
     loss = cfg.w_dec * l_dec + cfg.w_dyn * l_dyn + cfg.w_unif * l_unif
     return {"loss": loss, "loss_decoder": l_dec, "loss_decoder0": l_dec0, "loss_dyn": l_dyn, "loss_unif": l_unif}

@@ -8,19 +8,19 @@ schedule, RNG, stream position, step) is in one `TrainState`; checkpoints go to 
 (`storage/run_dir.py`) and a run URL that holds one resumes from it, on exactly the next record.
 The student records the teacher fingerprint of its target set, and a resume under another refuses.
 Distributed use (DDP) only needs `rank`/`world_size`/`agree` and a process group: see
-`trainers/distributed.py`.
+`trainers/distributed.py`. The loop (`train`) reads top to bottom: batch, loss, optimiser step, metrics,
+checkpoint; whatever else happens around a step (lockstep DMT's snapshots and waits, the on-policy
+refresh of a batch: `trainers/dmt/`) is a `Hook` the loop is given.
 """
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from models.checkpoint import load_student, save_student
@@ -33,8 +33,7 @@ from storage.rounds import RunSource, rounds_bucket
 from storage.run_dir import RunDir, flatten_optimizer, unflatten_optimizer
 from storage.stream import ShardStream, StreamConfig
 from trainers.common import MetricsLog, OptimConfig, clip_and_step
-from trainers.dmt_stability import EMA, load_moments, moments_by_name, trainable_names
-from trainers.refresh import FreshRound
+from trainers.smt import SMTObjective
 
 
 @dataclass(kw_only=True)
@@ -60,23 +59,6 @@ class StudentTrainConfig:
     phase_start: int = 0
     """Step where this config's phase starts: resuming a run there (e.g. DMT fine-tuning after SMT) starts
     fresh AdamW moments, warm-up and decay at `optim.lr`, and a new record order (other round weights)."""
-    dmt_every: int = 0
-    """Lockstep DMT (0 = off): from `phase_start`, snapshot the student every this many steps for the DMT
-    actor to roll out (weights only, `policy/step-N`, unless a full checkpoint falls there), and never
-    train on relabels older than 2x this many steps (wait for the actor instead)."""
-    dmt_rounds: int = 0
-    """Lockstep DMT: rounds the DMT actor will commit (after the last, train on all of them)."""
-    dmt_wait_seconds: float = 600.0
-    """Lockstep DMT: give up when the round the trainer needs is not committed within this time."""
-    dmt_refresh: bool = False
-    """Lockstep DMT: re-roll the newest round's sequences with the current student before every step and
-    train on those states (on-policy, the stored targets); older rounds keep their stored states."""
-    dmt_ema: float = 0.0
-    """Lockstep DMT: roll out an EMA of the student (this decay per step) in the refreshes and the DMT actor's
-    relabels (`rollout/` beside each snapshot's `student/`); 0 = the student itself."""
-    dmt_carry_optimizer: bool = False
-    """At `phase_start`, keep the previous phase's AdamW moments (SMT's) instead of fresh ones; the lr schedule
-    (warm-up, decay) is still this phase's."""
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.checkpoint_every < 1:
@@ -85,61 +67,6 @@ class StudentTrainConfig:
             raise ValueError(f"readout_weight={self.readout_weight} must be >= 0")
         if not 0 <= self.phase_start < self.steps:
             raise ValueError(f"phase_start={self.phase_start} must be in [0, steps={self.steps})")
-        if self.dmt_every < 0 or (self.dmt_every > 0) != (self.dmt_rounds > 0):
-            raise ValueError(f"dmt_every={self.dmt_every}, dmt_rounds={self.dmt_rounds}: lockstep DMT needs both "
-                             ">= 1 (or both 0 for off)")
-        if self.dmt_refresh and not self.dmt_every:
-            raise ValueError("dmt_refresh needs lockstep DMT (dmt_every >= 1)")
-        if self.dmt_ema and not self.dmt_every:
-            raise ValueError("dmt_ema needs lockstep DMT (dmt_every >= 1)")
-        if not 0.0 <= self.dmt_ema < 1.0:
-            raise ValueError(f"dmt_ema={self.dmt_ema} must be in [0, 1) (0 = roll out the student itself)")
-        if self.dmt_carry_optimizer and not self.phase_start:
-            raise ValueError("dmt_carry_optimizer carries a previous phase's optimizer: it needs phase_start >= 1")
-        if self.dmt_every and self.stream.follow != "never":
-            raise ValueError(f"lockstep DMT (dmt_every={self.dmt_every}) switches generations itself: use "
-                             f"stream.follow='never', not {self.stream.follow!r}")
-
-
-ROLLOUT = "rollout"  # beside a snapshot's student/: the policy the DMT actor rolls out, when it is not the student
-
-
-class DMTWaitTimeout(RuntimeError):
-    """Lockstep DMT: the round the trainer needs was not committed in time."""
-
-
-def dmt_round_due(cfg: StudentTrainConfig, done: int) -> int | None:
-    """Lockstep DMT: the round the trainer must hold before step done+1, or None (no boundary here).
-
-    With s0 = phase_start and E = dmt_every, round r (1..R) is rolled out from the checkpoint at step
-    s0 + (r-1)E. At the boundary done = s0 + kE the trainer switches to round max(1, k) (capped at R), so
-    steps (s0+kE, s0+(k+1)E] train on a student at most 2E steps old while the actor relabels round k+1."""
-    if not cfg.dmt_every or done < cfg.phase_start:
-        return None
-    k, rem = divmod(done - cfg.phase_start, cfg.dmt_every)
-    if rem or k > cfg.dmt_rounds:
-        return None
-    return min(max(1, k), cfg.dmt_rounds)
-
-
-class SMTObjective(nn.Module):
-    """The loss as a module, so DDP can wrap it (its forward is what synchronises gradients)."""
-
-    def __init__(self, student: Student, readout_weight: float) -> None:
-        super().__init__()
-        self.student, self.readout_weight = student, readout_weight
-
-    def forward(self, state_in: torch.Tensor, token: torch.Tensor, state_out: torch.Tensor,
-                y: torch.Tensor) -> dict[str, torch.Tensor]:
-        pred = self.student.step(state_in, token)
-        mse = F.mse_loss(pred.float(), state_out.float())
-        out = {"loss": mse, "mse": mse}
-        if self.readout_weight > 0:
-            mask = y != -1
-            ce = (F.cross_entropy(self.student.readout(pred[mask]).float(), y[mask]) if bool(mask.any())
-                  else pred.sum() * 0.0)
-            out["ce"], out["loss"] = ce, mse + self.readout_weight * ce
-        return out
 
 
 class TrainState:
@@ -150,11 +77,8 @@ class TrainState:
         self.student, self.cfg, self.stream, self.teacher_fp = student, cfg, stream, teacher_fp
         student.m0.requires_grad_(False)  # the teacher's empty-context memory, not learned by SMT
         student.readout_net.requires_grad_(cfg.train_readout)
-        self.names = trainable_names(student, cfg.train_readout)
-        named = dict(student.named_parameters())
-        self.params = [named[n] for n in self.names]
+        self.params = [p for p in student.parameters() if p.requires_grad]
         self.opt, self.sched = cfg.optim.build(self.params, cfg.steps, cfg.phase_start)
-        self.ema: EMA | None = None  # lockstep DMT's rollout policy (dmt_ema), from the phase start on
         self.step = 0
         self.resumed_from: int | None = None  # the checkpoint step this process resumed from
         self.device = device
@@ -163,8 +87,6 @@ class TrainState:
         """(tensors for safetensors, JSON) — weights travel separately via save_student."""
         tensors, opt_meta = flatten_optimizer(self.opt.state_dict())
         tensors["rng.torch"] = torch.get_rng_state()
-        if self.ema is not None:
-            tensors.update(self.ema.state_tensors())
         meta = {"step": self.step, "teacher_fingerprint": self.teacher_fp, "optimizer": opt_meta,
                 "scheduler": self.sched.state_dict(), "stream": self.stream.state_dict(),
                 "rng_numpy": _np_rng_state(), "config": asdict(self.cfg)}
@@ -174,13 +96,8 @@ class TrainState:
         if meta["teacher_fingerprint"] != self.teacher_fp:
             raise FingerprintMismatch(self.teacher_fp, meta["teacher_fingerprint"], "the run's checkpoint")
         new_phase = int(meta["step"]) == self.cfg.phase_start > 0
-        if new_phase:  # fresh AdamW moments unless dmt_carry_optimizer (benchmarks/results/dmt_dip.md compares)
+        if new_phase:  # fresh AdamW moments: the previous phase's second moments would inflate the first steps
             self.sched.last_epoch = int(meta["step"])
-            if self.cfg.dmt_carry_optimizer:
-                prev = meta.get("config", {}).get("train_readout", self.cfg.train_readout)
-                moments = moments_by_name(unflatten_optimizer(tensors, meta["optimizer"]),
-                                          trainable_names(self.student, bool(prev)))
-                load_moments(self.opt, list(zip(self.names, self.params)), moments)
         else:
             self.opt.load_state_dict(unflatten_optimizer(tensors, meta["optimizer"]))
             self.sched.load_state_dict(meta["scheduler"])
@@ -199,9 +116,6 @@ class TrainState:
         torch.set_rng_state(tensors["rng.torch"])
         np.random.set_state(tuple(meta["rng_numpy"]))
         self.step = int(meta["step"])
-        if self.cfg.dmt_ema and self.step > self.cfg.phase_start:  # inside the DMT phase: its EMA policy too
-            self.ema = EMA(self.student, self.cfg.dmt_ema)
-            self.ema.load_tensors(tensors)
 
 
 def _np_rng_state() -> list:
@@ -244,10 +158,72 @@ def build_state(targets: TargetSet, teacher, teacher_fp: str, cfg: StudentTrainC
     return state
 
 
-def train(state: TrainState, run: RunDir, *, rank: int = 0, quiet: bool = False,
+class Hook:
+    """Something the loop is given (lockstep DMT, a batch transform, ...): it is called at fixed points of
+    every step, in the order the hooks were given. Every method is optional (these defaults do nothing).
+    A hook builds its per-run state in `start`, so one object can be shipped to every DDP worker."""
+
+    def check(self, cfg: StudentTrainConfig) -> None:
+        """Refuse a training config this hook cannot run with (ValueError naming the fix); called first."""
+
+    def record(self) -> dict[str, Any]:
+        """Entries the run's config file records beside the training config (e.g. {"dmt": {...}})."""
+        return {}
+
+    def start(self, loop: Loop) -> None:
+        """Once per process, before its first step."""
+
+    def before_step(self, loop: Loop) -> None:
+        """Before the batch of step `loop.state.step + 1` is drawn (e.g. wait for data, `loop.switch`)."""
+
+    def transform(self, loop: Loop, batch: dict[str, torch.Tensor]) -> None:
+        """Rewrite the batch (already on the device) in place before the loss."""
+
+    def after_step(self, loop: Loop, out: dict[str, torch.Tensor]) -> dict[str, float]:
+        """After the optimiser step (`loop.state.step` counts it); returns extra columns of its metrics row."""
+        return {}
+
+    def write(self, loop: Loop, folder: str) -> None:
+        """Add this hook's own files to a checkpoint folder (URL) being written, before its commit marker
+        (e.g. lockstep DMT's rollout policy, which a resume reads back)."""
+
+
+@dataclass
+class Loop:
+    """What a hook sees of the running loop."""
+
+    state: TrainState
+    run: RunDir
+    log: MetricsLog
+    lead: bool
+    """Rank 0: the process that logs and writes checkpoints."""
+    say: Callable[[str], None] | None
+    """One-line notes for the user (None when quiet, and on other ranks)."""
+    batches: Iterator[dict[str, torch.Tensor]] | None = None
+
+    def switch(self, generation: int) -> None:
+        """Move the stream to another manifest generation: the next batch comes from it."""
+        if generation != self.state.stream.generation:
+            self.state.stream.switch(generation)
+            self.batches = None
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        if self.batches is None:
+            self.batches = iter(self.state.stream)
+        return {k: v.to(self.state.device, non_blocking=True) for k, v in next(self.batches).items()}
+
+
+def check_hooks(cfg: StudentTrainConfig, hooks: Sequence[Hook]) -> None:
+    """Every hook's `check` (the entry points call it before opening anything)."""
+    for h in hooks:
+        h.check(cfg)
+
+
+def train(state: TrainState, run: RunDir, *, hooks: Sequence[Hook] = (), rank: int = 0, quiet: bool = False,
           wrap: Callable[[nn.Module], nn.Module] | None = None, stop_at: int | None = None) -> dict:
     """Train up to cfg.steps (or `stop_at`, where it checkpoints too) from state.step; rank 0 logs and
-    checkpoints. Returns the last metrics row."""
+    checkpoints. Each step: hooks' before_step, batch, hooks' transform, loss, optimiser step, hooks'
+    after_step, metrics row, checkpoint. Returns the last metrics row."""
     cfg, dev = state.cfg, state.device
     stop = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
     objective = SMTObjective(state.student, cfg.readout_weight)
@@ -255,50 +231,35 @@ def train(state: TrainState, run: RunDir, *, rank: int = 0, quiet: bool = False,
     lead = rank == 0
     if lead and state.step == cfg.phase_start:  # a later phase records its own config beside the first
         name = f"config-phase-{cfg.phase_start:08d}.json" if cfg.phase_start else "config.json"
-        run.write_json(name, {"stage": "train", "config": asdict(cfg), "teacher_fingerprint": state.teacher_fp})
+        extra = {k: v for h in hooks for k, v in h.record().items()}
+        run.write_json(name, {"stage": "train", "config": asdict(cfg), **extra, "teacher_fingerprint": state.teacher_fp})
     if lead and state.step:
         run.truncate_metrics(state.step)  # rows past the checkpoint belong to the attempt that was killed
     log = MetricsLog("metrics.jsonl" if lead else None, cfg.steps, "train", quiet or not lead, bucket=run.bucket)
     log.advance(state.step)
-    batches = iter(state.stream)
+    loop = Loop(state, run, log, lead, None if quiet or not lead else print)
     row: dict = {}
-    waited = 0.0
-    fresh: FreshRound | None = None
     try:
+        for h in hooks:
+            h.start(loop)
         while state.step < stop:
-            if cfg.dmt_ema and state.step >= cfg.phase_start and state.ema is None:
-                state.ema = EMA(state.student, cfg.dmt_ema)  # the phase starts: the policy is the student
-            r = dmt_round_due(cfg, state.step)
-            if r is not None:
-                if lead and (run.latest() or {}).get("step") != state.step:
-                    save_policy(state, run)  # the student the actor rolls out next (and the one to evaluate)
-                with log.paused():
-                    t0 = time.monotonic()
-                    g = wait_for_round(state.stream, r, cfg, run.url, say=None if quiet or not lead else print)
-                    waited += time.monotonic() - t0
-                if g != state.stream.generation:
-                    state.stream.switch(g)
-                    batches = iter(state.stream)
-            b = {k: v.to(dev, non_blocking=True) for k, v in next(batches).items()}
-            if cfg.dmt_refresh and state.step >= cfg.phase_start:
-                if fresh is None or fresh.generation != state.stream.generation:
-                    fresh = FreshRound(state.stream, state.stream.generation, dev)
-                with autocast(dev):
-                    fresh.refresh(state.ema.model if state.ema else state.student, b)
+            for h in hooks:
+                h.before_step(loop)
+            b = loop.next_batch()
+            for h in hooks:
+                h.transform(loop, b)
             with autocast(dev):
                 out = model(b["state_in"], b["token"], b["state_out"], b["y"])
             out["loss"].backward()
             gn = clip_and_step(state.params, state.opt, state.sched, cfg.optim.grad_clip)
-            if state.ema is not None:
-                state.ema.update(state.student)
             state.step += 1
             log.advance()
+            extra = {k: v for h in hooks for k, v in h.after_step(loop, out).items()}
             if lead:
                 row = log.log(state.step, **out, grad_norm=gn, lr=state.sched.get_last_lr()[0],
-                              generation=state.stream.generation,
-                              **({"dmt_wait_seconds": waited} if cfg.dmt_every else {}))
+                              generation=state.stream.generation, **extra)
             if lead and (state.step % cfg.checkpoint_every == 0 or state.step == stop):
-                save(state, run)
+                save(state, run, lambda folder: [h.write(loop, folder) for h in hooks])
                 log.flush()  # an object store's metrics reach the checkpoint too
     finally:
         log.close()
@@ -306,51 +267,17 @@ def train(state: TrainState, run: RunDir, *, rank: int = 0, quiet: bool = False,
     return row
 
 
-def wait_for_round(stream: ShardStream, r: int, cfg: StudentTrainConfig, run_url: str, poll: float = 0.2,
-                   say: Callable[[str], None] | None = None) -> int:
-    """The oldest generation holding DMT round r, waiting up to `cfg.dmt_wait_seconds` for the actor (`say`
-    gets one line before a wait and one after it)."""
-    t0 = time.monotonic()
-    deadline = t0 + cfg.dmt_wait_seconds
-    announced = False
-    while True:
-        g = stream.first_generation_with_round(r)
-        if g is not None:
-            if announced:
-                say(f"DMT round {r} arrived after {time.monotonic() - t0:.1f} s")
-            return g
-        if say is not None and not announced:
-            say(f"waiting up to {cfg.dmt_wait_seconds:g} s for DMT round {r} in {stream.source.bucket.url()} "
-                "(from `smt dmt --first-step`)")
-            announced = True
-        if time.monotonic() > deadline:
-            targets = stream.source.targets.bucket.url()
-            raise DMTWaitTimeout(
-                f"DMT round {r} was not committed to {stream.source.bucket.url()} within {cfg.dmt_wait_seconds:g} s: "
-                f"start the DMT actor on this run (smt dmt --targets {targets} --run {run_url} --first-step {cfg.phase_start} "
-                f"--every-steps {cfg.dmt_every} --rounds {cfg.dmt_rounds} ...) or train without --dmt-every")
-        time.sleep(poll)
-
-
-def _writer(state: TrainState, trained_by: str) -> Callable[[str], None]:
-    """Writes the student to `<folder>/student` and, with an EMA policy, that policy to `<folder>/rollout`
-    (what the DMT actor rolls out: `pipeline.dmt_loop`), both before the folder's commit marker."""
-    def write(url: str) -> None:
-        save_student(url, state.student, state.teacher_fp, {"trained_by": trained_by, "step": state.step})
-        if state.ema is not None:
-            save_student(f"{url.rsplit('/', 1)[0]}/{ROLLOUT}", state.ema.model, state.teacher_fp,
-                         {"trained_by": "ema of smt+dmt", "ema": state.cfg.dmt_ema, "step": state.step})
-    return write
-
-
-def save(state: TrainState, run: RunDir) -> str:
+def save(state: TrainState, run: RunDir, extra: Callable[[str], Any] | None = None) -> str:
+    """A full checkpoint of the state; `extra(folder URL)` adds files to it before the commit (hooks' `write`)."""
     tensors, meta = state.state_dict()
-    return run.save(state.step, _writer(state, "smt"), tensors, meta)
+    student = state.student
 
+    def write(url: str) -> None:
+        save_student(url, student, state.teacher_fp, {"trained_by": "smt", "step": state.step})
+        if extra is not None:
+            extra(url.rsplit("/", 1)[0])
 
-def save_policy(state: TrainState, run: RunDir) -> str:
-    return run.save_policy(state.step, _writer(state, "smt+dmt"))
-
+    return run.save(state.step, write, tensors, meta)
 
 
 def teacher_url_for(targets: TargetSet) -> str:
@@ -384,12 +311,14 @@ def run_training(targets_url: str, teacher_url: str | None, out: str, cfg: Stude
                  endpoint_url: str | None = None, generation: int | None = None, rank: int = 0,
                  world_size: int = 1, agree: Callable[[int], int] | None = None,
                  wrap: Callable[[nn.Module], nn.Module] | None = None, quiet: bool = False,
-                 stop_at: int | None = None, through_round: int | None = None) -> dict:
-    """Open the target set and its teacher, build or resume the train state, train. One worker's body.
-    `stop_at`: stop (and checkpoint) at this step; `through_round`: first move the stream to the run's
-    oldest rounds generation holding DMT round r (standalone DMT: train on round 0 + rounds 1..r)."""
+                 stop_at: int | None = None, through_round: int | None = None, hooks: Sequence[Hook] = ()) -> dict:
+    """Open the target set and its teacher, build or resume the train state, train (with `hooks`, e.g.
+    lockstep DMT: `trainers.dmt`). One worker's body. `stop_at`: stop (and checkpoint) at this step;
+    `through_round`: first move the stream to the run's oldest rounds generation holding DMT round r
+    (standalone DMT: train on round 0 + rounds 1..r)."""
     from models.checkpoint import load_teacher
 
+    check_hooks(cfg, hooks)  # before anything is opened
     targets = TargetSet.open(targets_url, None, generation, endpoint_url=endpoint_url)
     teacher_url = resolve_teacher(targets, teacher_url)
     teacher, teacher_fp, _ = load_teacher(teacher_url)
@@ -402,7 +331,7 @@ def run_training(targets_url: str, teacher_url: str | None, out: str, cfg: Stude
         if g is None:
             raise ValueError(f"run {run.url} has no DMT round {through_round} to train on: relabel it first (smt dmt)")
         state.stream.switch(g)  # a no-op on a resume inside the block: the saved stream is already there
-    row = train(state, run, rank=rank, quiet=quiet, wrap=wrap, stop_at=stop_at)
+    row = train(state, run, hooks=hooks, rank=rank, quiet=quiet, wrap=wrap, stop_at=stop_at)
     return {"step": state.step, "run": run.url, "teacher_fingerprint": teacher_fp, "last": row,
             "resumed_from": resumed_from}
 
@@ -419,24 +348,3 @@ def run_config(run: RunDir) -> StudentTrainConfig:
 
     nested = {"updater": UpdaterConfig, "optim": OptimConfig, "stream": StreamConfig}
     return build(StudentTrainConfig, {**d, **{k: build(c, d[k]) for k, c in nested.items() if k in d}})
-
-
-@dataclass
-class AggregateTrainer:
-    """Standalone DMT's student side (`DMTLoop(..., trainer=...)`): after round r, train the run on round 0
-    + its rounds 1..r up to step `stop_at`. All blocks form one training phase that starts where round 1 was
-    rolled out (fresh AdamW, this config's lr) and is resumed exactly from the run's checkpoints, with the
-    run's own stream config (generation switches only at block starts)."""
-
-    targets: str
-    teacher: str | None
-    run: str
-    cfg: StudentTrainConfig
-    endpoint_url: str | None = None
-    quiet: bool = True
-
-    def __call__(self, *, round: int, phase_start: int, stop_at: int, phase_end: int) -> dict:
-        cfg = replace(self.cfg, phase_start=phase_start, steps=phase_end, dmt_every=0, dmt_rounds=0,
-                      dmt_refresh=False, dmt_ema=0.0, stream=replace(self.cfg.stream, follow="never", follow_every=0))
-        return run_training(self.targets, self.teacher, self.run, cfg, endpoint_url=self.endpoint_url,
-                            quiet=self.quiet, stop_at=stop_at, through_round=round)

@@ -5,10 +5,11 @@ m_Tc in stream mode), rolls out on the true inputs with its state detached betwe
 gradient, never BPTT), and each step is trained towards the teacher's memory of the same prefix:
     L = w_state * MSE(f(m_hat_t, x_t), m*_{t+1}) + w_readout * CE(g(sg(m_hat_{t+1})), y_t)
 The readout term sees detached memories, so it trains only the readout.
-Against the dip a strong SMT student shows in its first DMT steps (trainers/dmt_stability.py): `beta` trains a
+Against the dip a strong SMT student shows in its first DMT steps (trainers/dmt/stability.py): `beta` trains a
 decaying share of each batch on the teacher's own states, `ema` rolls out an EMA copy of the student, and
 `carry_optimizer` starts from the SMT run's AdamW moments.
-The offline twin (roll out, record, relabel, train on the union) is `pipeline/` + the DMT actor.
+The offline twin (roll out, record, relabel, train on the union) is the DMT actor (`actor.py`, relabelling
+with `pipeline/relabel.py`) beside a student run, in lockstep (`lockstep.py`) or alone.
 """
 from __future__ import annotations
 
@@ -22,13 +23,13 @@ import torch.nn.functional as F
 from models.checkpoint import save_student
 from models.device import autocast, pick_device
 from trainers.common import OptimConfig, clip_and_step, open_run
-from trainers.dmt_stability import EMA, check_beta, load_moments, smt_moments, teacher_share
+from trainers.dmt.stability import EMA, check_beta, load_moments, smt_moments, teacher_share
 from trainers.evaluate import eval_batch, evaluate_student
 from trainers.losses import masked_ce
 
 
 @dataclass(kw_only=True)
-class DMTConfig:
+class OnlineDMTConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-5, schedule="cosine"))
     """Optimiser (reference: lr 3e-5, cosine decay)."""
     steps: int = 1500
@@ -69,9 +70,9 @@ class DMTConfig:
     """'auto', 'cpu' or 'cuda'."""
 
     def __post_init__(self) -> None:
-        check_beta(self.beta, self.beta_halflife, "DMTConfig")
+        check_beta(self.beta, self.beta_halflife, "OnlineDMTConfig")
         if not 0.0 <= self.ema < 1.0:
-            raise ValueError(f"DMTConfig: ema={self.ema} must be in [0, 1) (0 = roll out the student itself)")
+            raise ValueError(f"OnlineDMTConfig: ema={self.ema} must be in [0, 1) (0 = roll out the student itself)")
 
 
 @torch.no_grad()
@@ -109,7 +110,7 @@ def dmt_losses(student, M: torch.Tensor, x: torch.Tensor, y: torch.Tensor, start
     return {"loss": w_state * l_state + w_readout * l_read, "loss_state": l_state, "loss_readout": l_read}
 
 
-def dmt_online(student, teacher, corpus, cfg: DMTConfig, out: str | Path | None = None,
+def dmt_online(student, teacher, corpus, cfg: OnlineDMTConfig, out: str | Path | None = None,
                teacher_fingerprint: str | None = None, quiet: bool = False, on_eval=None, reporter=None,
                carry: dict | None = None, stop_step: int | None = None, smt_run: str | None = None) -> dict:
     """Train `student` by online DMT. With `stop_step`, stop there and return a `carry` (optimiser, schedule,
@@ -129,7 +130,7 @@ def dmt_online(student, teacher, corpus, cfg: DMTConfig, out: str | Path | None 
         opt, sched = cfg.optim.build(params, cfg.steps)
         if cfg.carry_optimizer:
             if smt_run is None:
-                raise ValueError("DMTConfig.carry_optimizer needs the SMT run: pass smt_run=<student run URL>")
+                raise ValueError("OnlineDMTConfig.carry_optimizer needs the SMT run: pass smt_run=<student run URL>")
             load_moments(opt, named, smt_moments(smt_run))
         rng, step0 = np.random.default_rng([cfg.seed, 0xD317]), 0
         ema = EMA(student, cfg.ema) if cfg.ema else None

@@ -2,19 +2,56 @@
 
 A DMT round holds, for each of its sequences, the tokens, the start memory m*_start (the student's rollout
 starts there, so state_in at the first position is the teacher's), the teacher targets m*_{t+1} and the
-states m_hat_t of the student the actor rolled out, which is up to 2 x dmt_every steps old by the time the
+states m_hat_t of the student the actor rolled out, which is up to 2 x `every` steps old by the time the
 trainer uses it. Stale states hurt (benchmarks/results/dmt.md: even a 1-2 step old student makes a good
-SMT student dip before it recovers), so with `dmt_refresh` the trainer replaces the stored state_in of the
+SMT student dip before it recovers), so with the refresh (`Refresh`, a batch transform of the student
+loop, `RefreshConfig.enabled`) the trainer replaces the stored state_in of the
 newest round's records by its *current* student's rollout (inference only, Td sequential steps over the
 round's sequences, about the cost of one relabel batch) before each step. The targets still come from the
 store: the trainer never runs the teacher.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
+from models.device import autocast
 from storage.stream import ShardStream
+from trainers.student import Hook, Loop
+
+
+@dataclass(kw_only=True)
+class RefreshConfig:
+    enabled: bool = False
+    """Re-roll the newest round's sequences with the current student before every step of the DMT phase and
+    train on those states (on-policy; the targets stay the stored teacher memories)."""
+
+
+class Refresh(Hook):
+    """The batch transform: from the phase start on, the newest round's records of each batch get the current
+    student's states (`FreshRound`, rebuilt whenever the stream moves to another generation)."""
+
+    def __init__(self, cfg: RefreshConfig, policy: Callable[[Loop], torch.nn.Module] | None = None) -> None:
+        """`policy(loop)`: the student to re-roll with (default the one being trained; lockstep DMT passes
+        its EMA policy when it has one)."""
+        self.cfg = cfg
+        self.policy = policy
+        self.fresh: FreshRound | None = None
+
+    def start(self, loop: Loop) -> None:
+        self.fresh = None
+
+    def transform(self, loop: Loop, batch: dict[str, torch.Tensor]) -> None:
+        state = loop.state
+        if state.step < state.cfg.phase_start:
+            return
+        if self.fresh is None or self.fresh.generation != state.stream.generation:
+            self.fresh = FreshRound(state.stream, state.stream.generation, state.device)
+        with autocast(state.device):
+            self.fresh.refresh(self.policy(loop) if self.policy else state.student, batch)
 
 
 class FreshRound:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from pipeline.relabel import RelabelConfig, check_relabel, relabel
 from pipeline.stage import Resources
@@ -36,7 +36,8 @@ from storage.bucket import Bucket
 from storage.errors import ObjectNotFound
 from storage.manifest import newest_generation, read_generation
 from storage.rounds import rounds_bucket
-from storage.run_dir import RunDir
+from storage.run_dir import ROLLOUT, RunDir
+from trainers.student import StudentTrainConfig, run_training
 
 LATEST = "checkpoints/latest.json"
 
@@ -61,7 +62,7 @@ class DMTLoopConfig:
     """Relabel once the student has advanced this many steps since the previous round's checkpoint."""
     first_step: int | None = None
     """Lockstep: round r rolls out exactly the checkpoint of step first_step + (r-1) * every_steps (the
-    trainer's `phase_start`/`dmt_every` write them), so the round schedule is reproducible. None: round r
+    trainer's lockstep hook (`lockstep.py`) writes them), so the round schedule is reproducible. None: round r
     takes the newest checkpoint once the run is `every_steps` past the previous round's."""
     sequences: int = 512
     """Sequences rolled out per round."""
@@ -91,7 +92,7 @@ class DMTLoop:
     def __init__(self, cfg: DMTLoopConfig, executor=None, trainer: Callable[..., dict] | None = None):
         """`trainer` (standalone DMT, no trainer attached): called as trainer(round=r, phase_start=s0,
         stop_at=s, phase_end=e) after round r, it trains the run on round 0 + rounds 1..r up to step s and
-        returns run_training's summary (`trainers.student.AggregateTrainer`)."""
+        returns run_training's summary (`AggregateTrainer`)."""
         from pipeline.executors import SerialExecutor
 
         if trainer is not None and cfg.first_step is not None:
@@ -223,10 +224,8 @@ class DMTLoop:
                        f"{time.monotonic() - t0:.1f} s)"}
 
     def _policy_url(self, pointer: dict) -> str:
-        """The student a round rolls out: the snapshot's `rollout/` policy (the trainer's EMA, `dmt_ema`) when
+        """The student a round rolls out: the snapshot's `rollout/` policy (the trainer's EMA, `LockstepDMTConfig.ema`) when
         it holds one, else its `student/`; both are written before the snapshot's commit marker."""
-        from trainers.student import ROLLOUT
-
         rollout = f"{pointer['path']}/{ROLLOUT}"
         return self.run_dir.url(rollout if self.run_dir.exists(f"{rollout}/config.json") else f"{pointer['path']}/student")
 
@@ -292,6 +291,27 @@ class DMTLoop:
 
     def config(self) -> dict:
         return asdict(self.cfg)
+
+
+@dataclass
+class AggregateTrainer:
+    """Standalone DMT's student side (`DMTLoop(..., trainer=...)`): after round r, train the run on round 0
+    + its rounds 1..r up to step `stop_at`. All blocks form one training phase that starts where round 1 was
+    rolled out (fresh AdamW, this config's lr) and is resumed exactly from the run's checkpoints, with the
+    run's own stream config (generation switches only at block starts; no lockstep hooks)."""
+
+    targets: str
+    teacher: str | None
+    run: str
+    cfg: StudentTrainConfig
+    endpoint_url: str | None = None
+    quiet: bool = True
+
+    def __call__(self, *, round: int, phase_start: int, stop_at: int, phase_end: int) -> dict:
+        cfg = replace(self.cfg, phase_start=phase_start, steps=phase_end,
+                      stream=replace(self.cfg.stream, follow="never", follow_every=0))
+        return run_training(self.targets, self.teacher, self.run, cfg, endpoint_url=self.endpoint_url,
+                            quiet=self.quiet, stop_at=stop_at, through_round=round)
 
 
 def round_line(rep: dict) -> str:
