@@ -89,6 +89,10 @@ class TrainJob:
     dmt_refresh: bool = False
     """Lockstep DMT: re-roll the newest round's sequences with the current student before each step
     (on-policy states, stored teacher targets); recommended with --round-decay 0.1."""
+    dmt_ema: float = 0.0
+    """Lockstep DMT: roll out an EMA of the student with this decay per step (refresh and relabels); 0 = off."""
+    dmt_carry_optimizer: bool = False
+    """Lockstep DMT: keep the SMT phase's AdamW moments at --phase-start instead of fresh ones."""
     generation: int | None = None
     """Manifest generation to start from (default: the newest)."""
     endpoint_url: str | None = None
@@ -122,7 +126,8 @@ class TrainJob:
 
     def dmt(self) -> LockstepDMTConfig:
         return LockstepDMTConfig(every=self.dmt_every, rounds=self.dmt_rounds, wait_seconds=self.dmt_wait_seconds,
-                                 refresh=RefreshConfig(enabled=self.dmt_refresh))
+                                 refresh=RefreshConfig(enabled=self.dmt_refresh), ema=self.dmt_ema,
+                                 carry_optimizer=self.dmt_carry_optimizer)
 
 
 def train_job(job: TrainJob) -> int:
