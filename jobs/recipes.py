@@ -64,8 +64,8 @@ class DMTStep:
     """Student steps between rounds."""
     extra_steps: int = 20
     """lockstep: steps after the last round's boundary."""
-    lr: float = 3e-5
-    """DMT learning rate (fresh AdamW, cosine over the DMT phase)."""
+    lr: float = 1e-4
+    """DMT learning rate (cosine over the DMT phase; with carry_optimizer, benchmarks/results/dmt_dip.md)."""
     batch_size: int = 32
     """Sequences per DMT step (lockstep: their transitions, sequences x rollout length)."""
     refresh: bool = True
@@ -82,8 +82,9 @@ class DMTStep:
     """DMT steps over which the extra teacher-state share halves (lockstep: in rounds of steps_per_round)."""
     ema: float = 0.0
     """Roll out an EMA of the student with this decay per step (refreshes and relabels); 0 = the student."""
-    carry_optimizer: bool = False
-    """Start DMT from the SMT phase's AdamW moments instead of fresh ones (the lr schedule is DMT's own)."""
+    carry_optimizer: bool = True
+    """Start DMT from the SMT phase's AdamW moments instead of fresh ones (the lr schedule is DMT's own): with
+    lr 1e-4 the least dip and the best final student (benchmarks/results/dmt_dip.md)."""
 
     def __post_init__(self) -> None:
         if self.mode not in ("lockstep", "online"):
