@@ -1,5 +1,5 @@
 """DMT end to end on Ray, and what each round buys: drift at t = Td after 0..R rounds, states relabeled per
-second, answer accuracy, and the online DMT of trainers/dmt.py from the same SMT student at the same
+second, answer accuracy, and the online DMT of trainers/dmt/online.py from the same SMT student at the same
 wall-clock budget.
 
     python -m benchmarks.dmt [--teacher DIR] [--rounds 40] [--every-steps 2] [--sequences 64] [--out benchmarks/results]
@@ -237,7 +237,7 @@ def markdown(res: dict) -> str:
               f"AdamW lr {c['dmt_lr']} (cosine), batch {c['dmt_batch_size']} transitions. Variants: `refresh` = the "
               "trainer re-rolls the newest round's sequences with its current student before every step (round "
               "decay 0.1); `stored` = it trains on the states the actor stored (round decay 0.5). Online DMT "
-              "(trainers/dmt.py, no shards) runs from the same SMT student for the headline variant's DMT seconds."),
+              "(trainers/dmt/online.py, no shards) runs from the same SMT student for the headline variant's DMT seconds."),
              "", ("| variant | acc after 0 / 1 / 2 / 3 rounds | lowest acc | final acc | drift_T after 0 / 1 / 2 / 3 rounds "
              "| final drift_T | DMT seconds | relabeled states/s |"), "|---|---|---|---|---|---|---|---|"]
 

@@ -3,10 +3,11 @@
 From the SMT student of a finished `smt demo` run (its step-400 checkpoint, with the AdamW state), optionally
 trained `--smt-extra` more SMT steps (a stronger student: the case where DMT dipped most), this runs the
 demo recipe's DMT once per variant, both ways the pipeline can:
-- lockstep DMT (the demo's default): the pipeline's own trainer config (`jobs.pipeline.lockstep_config`) and
+- lockstep DMT (the demo's default): the pipeline's own trainer config (`jobs.pipeline.dmt_phase_config`,
+  the recipe's `dmt` hooks) and
   DMT actor (`DMTLoop`, lockstep pins), here in one process (the actor in a thread, a serial executor);
   the pins make the result independent of timing. Valid accuracy of the student at every round boundary;
-- online DMT (`dmt.mode=online`): `dmt_online` with the pipeline's config (`jobs.pipeline.online_config`),
+- online DMT (`--dmt-online`): `dmt_online` with the pipeline's config (`jobs.pipeline.online_config`),
   valid accuracy every `--online-every` steps.
 Variants are recipe overrides of the `dmt` step: the baseline (fresh AdamW), DAgger's beta (teacher-state
 transitions mixed in with a decaying share), an EMA rollout policy, carried SMT AdamW moments, and a
@@ -23,33 +24,45 @@ import shutil
 import sys
 import threading
 import time
+from dataclasses import is_dataclass, replace
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs.pipeline import lockstep_config, online_config
+from jobs.pipeline import actor_config, dmt_phase_config, online_config
 from jobs.recipes import load_recipe
 from jobs.report import resolve_in_out
 from models.checkpoint import load_student, load_teacher
 from pipeline.corpora import load_corpus
 from storage.run_dir import RunDir
 from trainers.dmt import dmt_online
-from trainers.dmt.actor import DMTLoop, DMTLoopConfig
+from trainers.dmt.actor import DMTLoop
 from trainers.evaluate import eval_batch, evaluate_student
 from trainers.report import markdown_table
 from trainers.student import run_config, run_training
 
-VARIANTS = {  # name -> dmt overrides of the retrieval-demo recipe
+# the recipe's DMT before this benchmark chose (fresh AdamW at lr 3e-5), both modes; each variant changes it
+BASELINE = {"dmt": {"carry_optimizer": False}, "dmt_phase": {"optim": {"lr": 3e-5}},
+            "online": {"carry_optimizer": False, "optim": {"lr": 3e-5}}}
+CARRY = {"dmt": {"carry_optimizer": True}, "online": {"carry_optimizer": True}}
+BETA = {"dmt_phase": {"stream": {"beta": 0.9, "beta_halflife": 5.0}}, "online": {"beta": 0.9, "beta_halflife": 10.0}}
+VARIANTS = {  # name -> changes of the retrieval-demo recipe tree, on top of BASELINE
     "baseline (fresh AdamW)": [],
-    "beta 0.9, half-life 10 steps": ["dmt.beta=0.9"],
-    "EMA rollout 0.9": ["dmt.ema=0.9"],
-    "carry SMT AdamW": ["dmt.carry_optimizer=true"],
-    "carry SMT AdamW, lr 1e-4": ["dmt.carry_optimizer=true", "dmt.lr=1e-4"],
-    "carry + beta": ["dmt.carry_optimizer=true", "dmt.beta=0.9"],
+    "beta 0.9, half-life 10 steps": [BETA],
+    "EMA rollout 0.9": [{"dmt": {"ema": 0.9}, "online": {"ema": 0.9}}],
+    "carry SMT AdamW": [CARRY],
+    "carry SMT AdamW, lr 1e-4": [CARRY, {"dmt_phase": {"optim": {"lr": 1e-4}}, "online": {"optim": {"lr": 1e-4}}}],
+    "carry + beta": [CARRY, BETA],
 }
 SMT_STEP = 400  # the demo's SMT phase
+
+
+def changed(obj, changes: dict):
+    """A copy of dataclass `obj` with the nested `changes` (dicts for nested dataclasses) applied."""
+    return replace(obj, **{k: changed(getattr(obj, k), v) if isinstance(v, dict) and is_dataclass(getattr(obj, k))
+                           else v for k, v in changes.items()})
 
 
 def copy_run(src: Path, dst: Path, step: int) -> None:
@@ -75,13 +88,10 @@ def curve_stats(curve: list[tuple[int, float]], start: int) -> dict:
 
 
 def run_lockstep(rc, base: Path, run: Path, targets: str, teacher_url: str, corpus, s0: int, valid) -> dict:
-    cfg, hooks = lockstep_config(rc, corpus.seq_len)  # phase_start = rc.student.steps = s0
+    cfg, hooks = dmt_phase_config(rc), rc.dmt.hooks()  # phase_start = rc.student.steps = s0
     copy_run(base, run, s0)
     d = rc.dmt
-    loop = DMTLoop(DMTLoopConfig(targets=targets, run=str(run), corpus=corpus.spec, teacher=teacher_url, rounds=d.rounds,
-                                 every_steps=d.steps_per_round, first_step=s0, sequences=d.sequences,
-                                 shard_sequences=d.sequences, fmt=rc.label.fmt, dtype=rc.label.dtype, poll_seconds=0.02,
-                                 timeout_seconds=1200))
+    loop = DMTLoop(replace(actor_config(rc, targets, str(run), corpus, teacher_url, 0, first_step=s0), poll_seconds=0.02))
     failed: list[Exception] = []
 
     def actor() -> None:
@@ -100,13 +110,12 @@ def run_lockstep(rc, base: Path, run: Path, targets: str, teacher_url: str, corp
     seconds = time.process_time() - c0
     rd = RunDir(str(run))
     # every boundary of the first 20 rounds (where lockstep DMT dipped before), then every 5th, and the end
-    steps = [s0 + k * d.steps_per_round for k in range(d.rounds + 1) if k <= 20 or k % 5 == 0] + [cfg.steps]
+    steps = [s0 + k * d.every for k in range(d.rounds + 1) if k <= 20 or k % 5 == 0] + [cfg.steps]
     curve = [(s, evaluate_student(load_student(rd.student_url(s))[0], *valid)["acc"]) for s in steps]
     return {"curve": curve, "final_url": rd.student_url(cfg.steps), "seconds": seconds}
 
 
 def run_online(rc, base: Path, teacher, corpus, s0: int, every: int) -> dict:
-    from dataclasses import replace
     student, _, _ = load_student(str(base / "checkpoints" / f"step-{s0:08d}" / "student"))
     cfg = replace(online_config(rc, 0), eval_every=every, eval_size=1024, clock="process")
     c0 = time.process_time()
@@ -123,7 +132,8 @@ def main(argv=None) -> int:
     ap.add_argument("--scratch", default="/tmp/dmt_dip", help="folder for the runs (removed and rewritten)")
     ap.add_argument("--online-every", type=int, default=4, help="online DMT: evaluate every N steps")
     ap.add_argument("--only", nargs="*", default=None, help="variant names to run (default: all)")
-    ap.add_argument("--set", nargs="*", default=[], help="recipe overrides for every variant (e.g. a smoke run)")
+    ap.add_argument("--set", nargs="*", default=[], help="JSON changes of the recipe tree for every variant, e.g. "
+                    "'{\"dmt\": {\"rounds\": 2}, \"dmt_extra_steps\": 2}' (a smoke run)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "dmt_dip"))
     ap.add_argument("--render", action="store_true", help="only rewrite the tables from the JSON's curves")
     args = ap.parse_args(argv)
@@ -156,7 +166,6 @@ def main(argv=None) -> int:
         base, s0 = scratch / f"smt-{extra}", SMT_STEP + extra
         copy_run(demo / "student", base, SMT_STEP)
         if extra:  # the demo's SMT phase, continued: same config, stream and AdamW, more steps
-            from dataclasses import replace
             cfg = run_config(RunDir(str(base)))
             run_training(targets, teacher_url, str(base), replace(cfg, steps=s0, checkpoint_every=s0), quiet=True)
         smt_student = load_student(str(base / "checkpoints" / f"step-{s0:08d}" / "student"))[0]
@@ -166,7 +175,9 @@ def main(argv=None) -> int:
             for name, overrides in VARIANTS.items():
                 if args.only and name not in args.only:
                     continue
-                rc = load_recipe("retrieval-demo", [f"dmt.mode={mode}", f"student.steps={s0}", *args.set, *overrides])
+                rc = changed(load_recipe("retrieval-demo"), {"student": {"steps": s0}, "dmt_online": mode == "online"})
+                for c in (BASELINE, *overrides, *(json.loads(x) for x in args.set)):
+                    rc = changed(rc, c)
                 if mode == "lockstep":
                     r = run_lockstep(rc, base, scratch / f"run-{len(rows)}", targets, teacher_url, corpus, s0, valid)
                     final = load_student(r["final_url"])[0]
@@ -226,7 +237,8 @@ demo's own SMT student (step 400) and the same SMT run trained further with its 
 student): {starts_line(meta['starts'])}. DMT is the retrieval-demo recipe's, per mode, from the same
 start: lockstep (the pipeline's trainer config and hooks beside the DMT actor, lockstep pins: 40 rounds of 64
 sequences, one per 2 steps, refresh on, round weights 0:1 / dmt:2, 20 extra steps) and online (80 steps of 32
-fresh rollouts); AdamW lr 3e-5 with cosine decay unless the variant says otherwise. Variants (recipe `dmt.*`):
+fresh rollouts); AdamW lr 3e-5 with cosine decay unless the variant says otherwise. Variants (recipe tree:
+`dmt.*`, `dmt_phase.*`, `online.*`):
 `beta` 0.9 = DAgger's beta, teacher-state transitions as DMT starts, halving towards the floor every 10 steps
 (lockstep: round 0's share of the records, 0.9 -> the 1/3 the weights give it, per 5 rounds; online: sequences
 per step trained from m*_t, 0.9 -> 0); `EMA rollout 0.9` = the refresh and the actor (online: every step) roll
@@ -239,7 +251,8 @@ steps; "from step 4" skips the first 2 rounds, where a weak start is still climb
 {markdown_table(rows, list(rows[0]))}
 
 Choice on valid (mean over the two starts of the lowest accuracy from step 4, ties by the final valid
-accuracy); the chosen variant is the recipe default (`dmt.carry_optimizer`, `dmt.lr`):
+accuracy); the chosen variant is the recipes' default (`dmt.carry_optimizer`, `dmt_phase.optim.lr`; online:
+`online.carry_optimizer`, `online.optim.lr`):
 
 {markdown_table(sel, cols)}
 """)

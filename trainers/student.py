@@ -200,6 +200,7 @@ class Loop:
     say: Callable[[str], None] | None
     """One-line notes for the user (None when quiet, and on other ranks)."""
     batches: Iterator[dict[str, torch.Tensor]] | None = None
+    """The stream's iterator, made at the first batch and again after a `switch`."""
 
     def switch(self, generation: int) -> None:
         """Move the stream to another manifest generation: the next batch comes from it."""

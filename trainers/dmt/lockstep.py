@@ -51,7 +51,7 @@ class LockstepDMTConfig:
             raise ValueError(f"dmt every={self.every}, rounds={self.rounds}: lockstep DMT needs both >= 1 (or both "
                              "0 for off)")
         if self.refresh.enabled and not self.every:
-            raise ValueError("the on-policy refresh needs lockstep DMT (--dmt-every N --dmt-rounds R)")
+            raise ValueError("the on-policy refresh needs lockstep DMT (--dmt.every N --dmt.rounds R)")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"dmt ema={self.ema} must be in [0, 1) (0 = roll out the student itself)")
 
@@ -160,7 +160,7 @@ class LockstepDMT(Hook):
                     f"DMT round {r} was not committed to {stream.source.bucket.url()} within {c.wait_seconds:g} s: "
                     f"start the DMT actor on this run (smt dmt --targets {targets} --run {loop.run.url} --first-step "
                     f"{loop.state.cfg.phase_start} --every-steps {c.every} --rounds {c.rounds} ...) or train without "
-                    "--dmt-every")
+                    "--dmt.every")
             time.sleep(poll)
 
 
