@@ -148,7 +148,7 @@ RECIPES: dict[str, Recipe] = {
         pretrain=_reference_pretrain(_reference_teacher(encoder="causal"), SMTConfig(dec_positions=8, Tf=64)),
         label=LabelConfig(shard_sequences=512), label_executor=ExecutorConfig(workers=8, gpus_per_worker=1.0),
         student=_student(150_000, "transformer", 8, 4096, 3e-4), dmt=_lockstep(150, 10), dmt_actor=_actor(320),
-        dmt_phase=_dmt_phase(32 * 64), dmt_extra_steps=0, bptt=False),
+        dmt_phase=_dmt_phase(32 * 784), dmt_extra_steps=0, bptt=False),
     "mnist-pixels-tiny": Recipe(
         name="mnist-pixels-tiny", corpus="digits:split=train",
         pretrain=_tiny_pixels_pretrain(),
