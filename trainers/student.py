@@ -183,6 +183,10 @@ class Hook:
         """After the optimiser step (`loop.state.step` counts it); returns extra columns of its metrics row."""
         return {}
 
+    def write(self, loop: Loop, folder: str) -> None:
+        """Add this hook's own files to a checkpoint folder (URL) being written, before its commit marker
+        (e.g. lockstep DMT's rollout policy, which a resume reads back)."""
+
 
 @dataclass
 class Loop:
@@ -256,7 +260,7 @@ def train(state: TrainState, run: RunDir, *, hooks: Sequence[Hook] = (), rank: i
                 row = log.log(state.step, **out, grad_norm=gn, lr=state.sched.get_last_lr()[0],
                               generation=state.stream.generation, **extra)
             if lead and (state.step % cfg.checkpoint_every == 0 or state.step == stop):
-                save(state, run)
+                save(state, run, lambda folder: [h.write(loop, folder) for h in hooks])
                 log.flush()  # an object store's metrics reach the checkpoint too
     finally:
         log.close()
@@ -264,12 +268,17 @@ def train(state: TrainState, run: RunDir, *, hooks: Sequence[Hook] = (), rank: i
     return row
 
 
-def save(state: TrainState, run: RunDir) -> str:
+def save(state: TrainState, run: RunDir, extra: Callable[[str], Any] | None = None) -> str:
+    """A full checkpoint of the state; `extra(folder URL)` adds files to it before the commit (hooks' `write`)."""
     tensors, meta = state.state_dict()
     student = state.student
-    return run.save(state.step, lambda url: save_student(url, student, state.teacher_fp,
-                                                          {"trained_by": "smt", "step": state.step}),
-                    tensors, meta)
+
+    def write(url: str) -> None:
+        save_student(url, student, state.teacher_fp, {"trained_by": "smt", "step": state.step})
+        if extra is not None:
+            extra(url.rsplit("/", 1)[0])
+
+    return run.save(state.step, write, tensors, meta)
 
 
 def teacher_url_for(targets: TargetSet) -> str:
