@@ -173,17 +173,8 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
 
     bptt = None
     if rc.bptt:
-        from trainers.bptt import BPTTConfig, train_bptt
-
-        budget = min(smt_seconds, rc.bptt_max_seconds or smt_seconds)
-        say(f"[5/5] BPTT baseline: {arch} updater, {budget:.0f} s (the SMT pipeline took {smt_seconds:.0f} s)")
-        bp = train_bptt(corpus, BPTTConfig(updater=st.updater,
-                                           shape=rc.pretrain.teacher, optim=OptimConfig(lr=1e-3, warmup_steps=20),
-                                           steps=10**7, seconds=budget, eval_every=25,
-                                           batch_size=rc.pretrain.batch_size),
-                        out=out / "bptt", quiet=quiet)
-        bptt = {"acc": evaluate_student(bp["student"].cpu(), x, y)["acc"], "history": bp["history"],
-                "seconds": bp["seconds"], "steps": bp["steps"], "student": bp["student"].cpu()}
+        bptt = _bptt_baseline(rc, corpus, smt_seconds, out, quiet, say)
+        bptt["acc"] = evaluate_student(bptt["student"], x, y)["acc"]
     say(f"      held-out figures on the test split ({corpus.with_split('test').spec})")
     students = {"smt": smt_student, "dmt": load_student(final_url)[0]}
     test = score_models(corpus, rc.eval_size, prompt, teacher, students, bptt and bptt["student"])
@@ -204,9 +195,47 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
            "seconds": time.perf_counter() - t0, "smt_pipeline_seconds": smt_seconds,
            "stage_seconds": {"pretrain": pt["seconds"]}, "timeline": timeline, "dmt_rounds": rounds,
            "pretrain_history": pt["history"], "student_metrics": metrics[-2000:],
-           "bptt_history": bptt["history"] if bptt else [], "label": {"states_per_s": rep.states / rep.seconds,
+           "bptt_history": bptt["history"] if bptt else [],
+           "bptt_sweep": {k: v for k, v in bptt.items() if k not in ("student", "history", "acc")} if bptt else None,
+           "label": {"states_per_s": rep.states / rep.seconds,
                                                                        "records": rep.records}}
     return res
+
+
+BPTT_BUDGET_RULE = ("the whole lr sweep gets the SMT pipeline's wall-clock (pretraining through DMT, capped by "
+                    "bptt_max_seconds), an equal share per lr, evaluation excluded; a run stopped early by the stop "
+                    "rule leaves its rest unused")
+
+
+def _bptt_baseline(rc, corpus, smt_seconds: float, out: Path, quiet: bool, say) -> dict:
+    """The BPTT baseline with what the SMT teacher got: the same updater, memory shape and batch, the
+    pretraining's length curriculum, stop rule and evaluation cadence, and an lr sweep chosen on valid
+    (`trainers.bptt.sweep_bptt`), under `BPTT_BUDGET_RULE`."""
+    from trainers.bptt import sweep_bptt
+
+    p = rc.pretrain
+    lrs = rc.baseline.lrs or (rc.baseline.optim.lr,)
+    budget = min(smt_seconds, rc.bptt_max_seconds or smt_seconds)
+    cfg = wired(rc.baseline, "baseline", updater=rc.student.updater, shape=p.teacher, batch_size=p.batch_size,
+                curriculum=p.curriculum, curriculum_acc=p.curriculum_acc, stop_at_acc=p.stop_at_acc,
+                eval_every=p.eval_every, eval_size=p.eval_size, seconds=budget / len(lrs))
+    say(f"[5/5] BPTT baseline: {rc.student.updater.arch} updater, lrs {', '.join(f'{lr:g}' for lr in lrs)} chosen on "
+        f"valid, {budget / len(lrs):.0f} s each ({budget:.0f} s in all; the SMT pipeline took {smt_seconds:.0f} s)"
+        + (f", curriculum {' -> '.join(map(str, p.curriculum))} -> {corpus.seq_len}" if p.curriculum else ""))
+    r = sweep_bptt(corpus, cfg, out=out / "bptt", quiet=quiet)
+    for run in r["runs"]:
+        say(f"      lr {run['lr']:g}: valid acc {_fig(run['valid_acc'], run.get('note'))} loss "
+            f"{_fig(run['valid_loss'], run.get('note'))} ({run['steps']} steps, {run['seconds']:.0f} s)"
+            + ("  <- chosen" if run["chosen"] else ""))
+    return {"student": r["student"].cpu(), "history": r["history"], "seconds": sum(x["seconds"] for x in r["runs"]),
+            "steps": r["steps"], "chosen_lr": r["lr"], "chosen_on": corpus.with_split("valid").spec,
+            "budget_rule": BPTT_BUDGET_RULE, "budget_seconds": round(budget, 2),
+            "seconds_per_lr": round(budget / len(lrs), 2), "curriculum": list(p.curriculum),
+            "stop_at_acc": p.stop_at_acc, "runs": r["runs"]}
+
+
+def _fig(v: float | None, reason: str | None) -> str:
+    return f"{v:.3f}" if v is not None else f"n/a ({reason or 'not measured'})"
 
 
 def _bits(fig: dict | None, prompt: int) -> float | None:
@@ -229,8 +258,8 @@ def _dmt_lockstep(rc, ray, targets, teacher_url, run_url, corpus, prompt, gpus, 
     d, st = rc.dmt, rc.student
     s0, E = st.steps, d.every
     total = s0 + d.rounds * E + rc.dmt_extra_steps
-    cfg = wired(rc.dmt_phase, "dmt_phase", updater=st.updater, steps=total, phase_start=s0)
-    loop_cfg = _actor_config(rc, targets, run_url, corpus, teacher_url, prompt, first_step=s0)
+    cfg = dmt_phase_config(rc)
+    loop_cfg = actor_config(rc, targets, run_url, corpus, teacher_url, prompt, first_step=s0)
     say(f"[4/5] DMT, lockstep: {d.rounds} rounds of {loop_cfg.sequences} sequences; the DMT actor relabels the student "
         f"every {E} steps while a trainer actor streams the rounds ({cfg.stream.batch_size} transitions per step"
         f"{', newest round re-rolled on-policy' if d.refresh.enabled else ''})")
@@ -275,7 +304,20 @@ def _train_remote(targets, teacher_url, run_url, cfg, hooks):
     return run_training(targets, teacher_url, run_url, cfg, quiet=True, hooks=hooks)
 
 
-def _actor_config(rc, targets, run_url, corpus, teacher_url, prompt, first_step=None):
+def dmt_phase_config(rc):
+    """Lockstep DMT's training config: the recipe's `dmt_phase`, with the student's updater, from the end of its
+    SMT phase to the last round's boundary + `dmt_extra_steps` (the hooks are `rc.dmt.hooks()`)."""
+    st, d = rc.student, rc.dmt
+    return wired(rc.dmt_phase, "dmt_phase", updater=st.updater, steps=st.steps + d.rounds * d.every + rc.dmt_extra_steps,
+                 phase_start=st.steps)
+
+
+def online_config(rc, prompt: int):
+    """Online DMT's config: the recipe's `online`, `dmt.rounds` x `dmt.every` steps from the rollout start."""
+    return wired(rc.online, "online", steps=rc.dmt.rounds * rc.dmt.every, prompt=prompt)
+
+
+def actor_config(rc, targets, run_url, corpus, teacher_url, prompt, first_step=None):
     """The DMT actor's config: the recipe's (sequences, shards, polling), its schedule from `dmt`, the rest from
     the earlier stages."""
     return wired(rc.dmt_actor, "dmt_actor", targets=targets, run=run_url, corpus=corpus.spec, teacher=teacher_url,
@@ -292,16 +334,16 @@ def _dmt_online(rc, ray, targets, teacher_url, run_url, corpus, teacher, fp, pro
     d, st, E = rc.dmt, rc.student, rc.dmt.every
     say(f"[4/5] DMT, online: {d.rounds} rounds; each: the DMT actor relabels the latest student into a new round "
         f"of shards, then {E} on-policy DMT steps")
-    loop_cfg = _actor_config(rc, targets, run_url, corpus, teacher_url, prompt)
+    loop_cfg = actor_config(rc, targets, run_url, corpus, teacher_url, prompt)
     actor = ray.remote(num_cpus=1, num_gpus=gpus)(DMTLoop).remote(loop_cfg)
     ptr = RunDir(run_url).latest()
     student, _, _ = load_student(f"{run_url}/{ptr['path']}/student")
-    dcfg = wired(rc.online, "online", steps=d.rounds * E, prompt=prompt)
+    dcfg = online_config(rc, prompt)
     rounds, carry = [], None
     for r in range(1, d.rounds + 1):
         rr = ray.get(actor.run_round.remote(r, ptr, True))  # relabel the student the next steps start from
         o = dmt_online(student, teacher, corpus, dcfg, quiet=True, teacher_fingerprint=fp, carry=carry,
-                       stop_step=r * E)
+                       stop_step=r * E, smt_run=run_url)
         student, carry = o["student"], o["carry"]
         step = st.steps + r * E
         ptr = {"step": step, "path": f"checkpoints/dmt-{step:08d}"}

@@ -43,6 +43,11 @@ def step_dir(step: int) -> str:
     return f"checkpoints/step-{step:08d}"
 
 
+# beside a snapshot's (or checkpoint's) student/: the policy the DMT actor rolls out when it is not the student
+# itself (lockstep DMT's EMA of the student, `trainers/dmt/lockstep.py`); written before the folder's marker
+ROLLOUT = "rollout"
+
+
 def policy_dir(step: int) -> str:
     """A weights-only snapshot of the student (no optimizer: a fraction of a checkpoint's bytes)."""
     return f"policy/step-{step:08d}"

@@ -55,7 +55,18 @@ def test_demo_smoke_runs_every_stage(tmp_path, ray_local, capsys):
     for k in ("task", "teacher_acc", "smt_acc", "dmt_acc", "bptt_acc", "seconds", "bucket", "student"):
         assert k in res, k
     assert [p["stage"] for p in res["timeline"]] == ["pretrain", "label", "student-smt", "dmt-1", "dmt-2"]
+    # the BPTT baseline: every lr of the recipe's sweep trained (a share of the budget each), the winner chosen on valid
+    sw = res["bptt_sweep"]
+    assert [r["lr"] for r in sw["runs"]] == [3e-4, 1e-3, 3e-3] and "split=valid" in sw["chosen_on"]
+    assert all(r["steps"] >= 1 and r["T"] == 8 and r["valid_acc"] is not None for r in sw["runs"])
+    assert sw["seconds_per_lr"] == pytest.approx(sw["budget_seconds"] / 3, abs=0.01) and sw["budget_seconds"] <= 1
+    assert "equal share per lr" in sw["budget_rule"]
+    best = max(sw["runs"], key=lambda r: (r["valid_acc"], -r["valid_loss"]))
+    assert sw["chosen_lr"] == best["lr"] and [r["chosen"] for r in sw["runs"]] == [r is best for r in sw["runs"]]
+    for r in sw["runs"]:  # each lr trained its own student
+        assert (tmp_path / "d" / "bptt" / r["folder"] / "student" / "config.json").exists()
     demo_out = capsys.readouterr().out
+    assert "bptt lr sweep (chosen on valid: lr " in demo_out and demo_out.count("  <- chosen") >= 1
     # `smt eval --run OUT` evaluates the pipeline's newest student checkpoint, with its teacher
     assert smt(["eval", "--run", str(tmp_path / "d"), "--corpus", "retrieval:T=8,vocab=4,n=32", "--size", "8",
                 "--json"]) == 0

@@ -72,3 +72,13 @@ def test_fields_the_pipeline_derives_are_refused_when_set():
         wired(rc.label, "label", teacher="t", corpus="c", out="o", Tc=None)
     rc = load_recipe("retrieval-demo")
     assert wired(rc.label, "label", teacher="t", corpus="c", out="o", Tc=None).teacher == "t"
+
+
+def test_bptt_baseline_takes_the_teachers_curriculum_and_refuses_its_own():
+    from jobs.pipeline import _bptt_baseline
+
+    rc = _parse(["--baseline.curriculum", "8"]).tree
+    with pytest.raises(ConfigError, match="baseline.curriculum is set by the pipeline.*drop --baseline.curriculum"):
+        _bptt_baseline(rc, None, 10.0, None, True, print)
+    rc = _parse(["--baseline.lrs", "1e-3", "3e-3"]).tree
+    assert rc.baseline.lrs == (1e-3, 3e-3) and rc.pretrain.curriculum == (16, 32)

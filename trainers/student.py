@@ -189,6 +189,10 @@ class Hook:
         """After the optimiser step (`loop.state.step` counts it); returns extra columns of its metrics row."""
         return {}
 
+    def write(self, loop: Loop, folder: str) -> None:
+        """Add this hook's own files to a checkpoint folder (URL) being written, before its commit marker
+        (e.g. lockstep DMT's rollout policy, which a resume reads back)."""
+
     def pinned_steps(self, cfg: StudentTrainConfig) -> set[int]:
         """Steps whose checkpoint someone reads later by step: checkpoint retention never deletes them."""
         return set()
@@ -266,7 +270,8 @@ def train(state: TrainState, run: RunDir, *, hooks: Sequence[Hook] = (), rank: i
                 row = log.log(state.step, **out, grad_norm=gn, lr=state.sched.get_last_lr()[0],
                               generation=state.stream.generation, **extra)
             if lead and (state.step % cfg.checkpoint_every == 0 or state.step == stop):
-                save(state, run, pinned=set().union(*(h.pinned_steps(cfg) for h in hooks)))
+                save(state, run, lambda folder: [h.write(loop, folder) for h in hooks],
+                     pinned=set().union(*(h.pinned_steps(cfg) for h in hooks)))
                 log.flush()  # an object store's metrics reach the checkpoint too
     finally:
         log.close()
@@ -274,14 +279,20 @@ def train(state: TrainState, run: RunDir, *, hooks: Sequence[Hook] = (), rank: i
     return row
 
 
-def save(state: TrainState, run: RunDir, pinned: set[int] = frozenset()) -> str:
-    """Checkpoint `state`, then prune older checkpoints by the config's retention, sparing `pinned` steps."""
+def save(state: TrainState, run: RunDir, extra: Callable[[str], Any] | None = None,
+         pinned: set[int] = frozenset()) -> str:
+    """A full checkpoint of the state; `extra(folder URL)` adds files to it before the commit (hooks' `write`).
+    After the commit, older checkpoints are pruned by the config's retention, sparing `pinned` steps."""
     tensors, meta = state.state_dict()
     student, cfg = state.student, state.cfg
-    return run.save(state.step, lambda url: save_student(url, student, state.teacher_fp,
-                                                          {"trained_by": "smt", "step": state.step}),
-                    tensors, meta, retention=Retention(keep_last=cfg.keep_last, keep_every=cfg.keep_every),
-                    pinned=pinned)
+
+    def write(url: str) -> None:
+        save_student(url, student, state.teacher_fp, {"trained_by": "smt", "step": state.step})
+        if extra is not None:
+            extra(url.rsplit("/", 1)[0])
+
+    return run.save(state.step, write, tensors, meta,
+                    retention=Retention(keep_last=cfg.keep_last, keep_every=cfg.keep_every), pinned=pinned)
 
 
 def teacher_url_for(targets: TargetSet) -> str:
