@@ -137,6 +137,12 @@ class LockstepDMT(Hook):
             self.ema.update(loop.state.student)
         return {"dmt_wait_seconds": self.waited}
 
+    def pinned_steps(self, cfg: StudentTrainConfig) -> set[int]:
+        """Every round boundary: the actor rolls out (and the pipeline evaluates) the student there, from the
+        full checkpoint when one falls on it (no policy snapshot is written then), so retention keeps it."""
+        c = self.cfg
+        return {cfg.phase_start + k * c.every for k in range(c.rounds + 1)}
+
     def wait_for_round(self, loop: Loop, r: int, poll: float = 0.2) -> int:
         """The oldest generation holding DMT round r, waiting up to `wait_seconds` for the actor (`loop.say`
         gets one line before a wait and one after it)."""
