@@ -17,7 +17,7 @@ from storage.stream import StreamConfig
 from tests.train_fixtures import CORPUS, make_target_set
 from trainers.dmt.lockstep import LockstepDMT, LockstepDMTConfig
 from trainers.pretrain import PretrainConfig, pretrain
-from trainers.student import StudentTrainConfig, run_training
+from trainers.student import Hook, StudentTrainConfig, run_training
 
 pytestmark = pytest.mark.timeout(300)
 STREAM = StreamConfig(batch_size=16, shuffle_buffer=64, seed=1, prefetch=0)
@@ -49,6 +49,23 @@ def test_bad_retention_is_refused_with_the_fix():
 def test_lockstep_dmt_pins_every_round_boundary():
     hook = LockstepDMT(LockstepDMTConfig(every=5, rounds=3))
     assert hook.pinned_steps(_cfg(40, phase_start=10)) == {10, 15, 20, 25}
+
+
+class PinsStep(Hook):
+    """A hook that reads the checkpoint of one step later (as lockstep DMT's actor does)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def pinned_steps(self, cfg: StudentTrainConfig) -> set[int]:
+        return {self.step}
+
+
+def test_the_training_loop_spares_the_steps_its_hooks_pin(tmp_path):
+    d = make_target_set(str(tmp_path / "bucket"))
+    run = str(tmp_path / "runs" / "gru")
+    run_training(d["targets"], d["teacher"], run, _cfg(5, keep_last=1), quiet=True, hooks=[PinsStep(2)])
+    assert RunDir(run).checkpoints() == [2, 5]
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
