@@ -136,9 +136,9 @@ def run_one(corpus_name: str, seed: int, archs: tuple[str, ...], b: Budgets) -> 
         sweep, models = [], []
         for lr in b.lrs:
             run_url = str(work / f"student-{arch}-{lr:g}")
-            cfg = StudentTrainConfig(updater=UpdaterConfig(arch=arch, depth=rc.student.depth), seed=seed,
+            cfg = StudentTrainConfig(updater=UpdaterConfig(arch=arch, depth=rc.student.updater.depth), seed=seed,
                                      optim=OptimConfig(lr=lr, warmup_steps=20), steps=b.student_steps,
-                                     stream=StreamConfig(batch_size=rc.student.batch_size),
+                                     stream=StreamConfig(batch_size=rc.student.stream.batch_size),
                                      checkpoint_every=b.student_steps)
             c0 = cpu()
             run_training(rep.target_url, teacher_url, run_url, cfg, quiet=True)
@@ -150,7 +150,7 @@ def run_one(corpus_name: str, seed: int, archs: tuple[str, ...], b: Budgets) -> 
         student, smt_cost = models[pick], sweep[pick]["own_seconds"]
         points = [{"stage": "smt", "own_seconds": smt_cost, **_bits(score({"s": student})["s"])}]
         dcfg = OnlineDMTConfig(optim=OptimConfig(lr=b.dmt_lr, warmup_steps=5), steps=10**6, seconds=b.dmt_seconds,
-                         batch_size=rc.dmt.batch_size, prompt=prompt, eval_every=10**9, eval_size=16, seed=seed,
+                         batch_size=rc.online.batch_size, prompt=prompt, eval_every=10**9, eval_size=16, seed=seed,
                          clock="process")
         d = dmt_online(student, teacher, corpus, dcfg, quiet=True)
         own = smt_cost + d["seconds"]  # the chosen student's own cost (the sweep's other two lrs are not charged)
@@ -169,7 +169,7 @@ def run_one(corpus_name: str, seed: int, archs: tuple[str, ...], b: Budgets) -> 
                 shots.append(copy.deepcopy(s).cpu().eval())
                 return {}
 
-            bp = train_bptt(corpus, BPTTConfig(updater=UpdaterConfig(arch=arch, depth=rc.student.depth),
+            bp = train_bptt(corpus, BPTTConfig(updater=UpdaterConfig(arch=arch, depth=rc.student.updater.depth),
                                                shape=rc.pretrain.teacher, optim=OptimConfig(lr=lr, warmup_steps=20),
                                                steps=10**7, seconds=budget, eval_every=b.bptt_eval_every,
                                                eval_size=16, batch_size=rc.pretrain.batch_size, seed=seed,

@@ -9,7 +9,7 @@ Example: smt bptt --corpus retrieval:T=64,vocab=8 --updater.arch mlp --out runs/
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
@@ -24,51 +24,25 @@ class BPTTJob:
     out: str
     """Output folder."""
     bptt: Annotated[BPTTConfig, FLAT] = field(default_factory=BPTTConfig)
-    """The BPTT baseline: updater (--updater.arch), memory shape, optimiser, budget."""
-    lrs: tuple[float, ...] = ()
-    """Learning-rate sweep (e.g. 3e-4 1e-3 3e-3), chosen on valid; empty = one run at --optim.lr."""
+    """The BPTT baseline: updater (--updater.arch), memory shape, optimiser, budget, lr sweep (--lrs)."""
     quiet: bool = False
     """No progress bar."""
 
     def execute(self) -> int:
         from pipeline.corpora import load_corpus
-        from trainers.bptt import train_bptt
+        from trainers.bptt import sweep_bptt, train_bptt
 
         corpus = load_corpus(self.corpus)
-        if self.lrs:
-            r = self.sweep(corpus)
+        if self.bptt.lrs:
+            r = sweep_bptt(corpus, self.bptt, out=self.out, quiet=self.quiet)
+            sel = {"corpus": corpus.spec, "chosen_on": corpus.with_split("valid").spec, "chosen_lr": r["lr"],
+                   "runs": r["runs"]}
+            (Path(self.out) / "selection.json").write_text(json.dumps(sel, indent=1))
         else:
             r = {**train_bptt(corpus, self.bptt, out=self.out, quiet=self.quiet), "lr": self.bptt.optim.lr}
         print(f"bptt {self.bptt.updater.arch} -> {self.out}/student  lr={r['lr']:g} steps={r['steps']} "
               f"seconds={r['seconds']:.1f} valid_acc={figure(r['final'], 'bptt_acc')} (split=valid; report with smt eval)")
         return 0
-
-    def sweep(self, corpus) -> dict:
-        """One run per lr; a run that reached the full length beats one stuck in the curriculum, then the best
-        final valid accuracy wins (ties: the lower valid loss). Writes the winner to OUT/student and the whole
-        sweep to OUT/selection.json; returns the winner's result."""
-        from models.checkpoint import save_student
-        from trainers.bptt import train_bptt
-
-        out = Path(self.out)
-        runs = []
-        for lr in self.lrs:
-            cfg = replace(self.bptt, optim=replace(self.bptt.optim, lr=lr))
-            runs.append((lr, train_bptt(corpus, cfg, out=out / f"lr-{lr:g}", quiet=self.quiet)))
-
-        def key(p):
-            f = p[1]["final"]
-            return f.get("T") == corpus.seq_len, f.get("bptt_acc", -1.0), -f.get("bptt_loss", 0.0)
-
-        lr, best = max(runs, key=key)
-        save_student(str(out / "student"), best["student"], None,
-                     {"corpus": corpus.spec, "trained_by": "bptt", "steps": best["steps"], "lr": lr})
-        sel = {"corpus": corpus.spec, "chosen_on": corpus.with_split("valid").spec, "chosen_lr": lr,
-               "runs": [{"lr": x, "folder": f"lr-{x:g}", "steps": r["steps"], "T": r["final"].get("T"),
-                         "valid_acc": r["final"].get("bptt_acc"), "valid_loss": r["final"].get("bptt_loss")}
-                        for x, r in runs]}
-        (out / "selection.json").write_text(json.dumps(sel, indent=1))
-        return {**best, "lr": lr}
 
 
 main = job_main("bptt", BPTTJob, __doc__)

@@ -53,35 +53,35 @@ def parse(cls: type[T], argv: list[str] | None, prog: str, description: str | No
             print(f"smt {prog}: error: {one_line(captured.getvalue())} (smt {prog} --help)", file=real)
             raise SystemExit(2) from None
         raise
+    else:
+        real.write(captured.getvalue())  # warnings (parsing went fine)
     finally:
         sys.stderr = real
-        if captured.getvalue() and not captured.getvalue().lstrip().startswith("╭"):
-            real.write(captured.getvalue())  # warnings, not an error box
 
 
 def one_line(box: str) -> str:
-    """tyro's error box as one line: its words without the frame, the rules or the help pointer."""
+    """tyro's error box (UTF-8 or ASCII frame) as one line: its words without the frame, the rules or the
+    help pointer; a missing-arguments box gives just the missing flags."""
     box = box.split("For full helptext", 1)[0]
-    box = box[box.index("╭"):] if "╭" in box else box  # warnings printed before the box are not the error
-    lines = [re.sub(r"[╭╮╰╯│─]+", " ", ln).strip() for ln in box.splitlines()]
-    if any(ln.startswith("Missing from") for ln in lines):  # the missing flags, without their help text
-        i = next(i for i, ln in enumerate(lines) if ln.startswith("Missing from"))
-        names = []
-        for raw, ln in zip(box.splitlines()[i + 1:], lines[i + 1:]):
-            if not ln:  # a rule: the end of the list
-                break
-            first = ln.split()[0]
-            if raw.lstrip("│ ").startswith(first) and len(raw) - len(raw.lstrip("│ ")) <= 6 and (
-                    first.startswith("--") or first.isupper()):
-                names.append(first)
-        rest = " ".join(lines).split("Unrecognized options:", 1)
-        text = f"missing required {', '.join(names)}" + (f"; unrecognized options: {rest[1]}" if len(rest) > 1 else "")
-    else:
-        lines = [ln for ln in lines if ln]
-        if len(lines) > 1 and lines[1].lower().startswith(lines[0].lower()):
-            lines = lines[1:]  # the box title repeats the message's first words
-        text = " ".join(lines).split("Argument helptext:", 1)[0]
-    return " ".join(text.split()) or "bad arguments"
+    box = box[box.find("╭"):] if "╭" in box else box  # warnings printed before the box are not the error
+    rows = []  # (indent inside the frame, text) of each line with words
+    for raw in box.splitlines():
+        line = raw.rstrip()
+        line = (line[1:] if line[:1] in "│╭╰" else line).rstrip("│╮╯").rstrip()
+        text = line.strip().strip("─").strip()
+        if text and not re.fullmatch(r"[-─\s]+", text):  # rules are not words
+            rows.append((len(line) - len(line.lstrip()), text))
+    rows = rows[1:] if len(rows) > 1 else rows  # the box title ("Value error") repeats what the message says
+    texts = [t for _, t in rows]
+    if any(t.startswith("Missing from") for t in texts):  # the missing flags, without their help text
+        i = next(i for i, t in enumerate(texts) if t.startswith("Missing from"))
+        indent = rows[i + 1][0] if i + 1 < len(rows) else 0
+        listed = rows[i + 1:]
+        listed = listed[:next((j for j, (_, t) in enumerate(listed) if t.startswith("Unrecognized")), len(listed))]
+        names = [t.split()[0] for n, t in listed if n == indent and (t.startswith("--") or t.split()[0].isupper())]
+        rest = " ".join(texts).split("Unrecognized options:", 1)
+        return f"missing required {', '.join(names)}" + (f"; unrecognized options: {rest[1].strip()}" if len(rest) > 1 else "")
+    return " ".join(" ".join(texts).split("Argument helptext:", 1)[0].split()) or "bad arguments"
 
 
 def job_main(prog: str, cls: type, description: str | None = None,

@@ -8,8 +8,8 @@ Alone (the default): round r rolls out the run's newest student, then `smt dmt` 
 --every-steps steps on round 0 + rounds 1..r (one new training phase of the run, its own stream config,
 --lr to change the rate); it ends with --rounds rounds and a student trained on them (the run's newest
 checkpoint). With a trainer attached, it only relabels: lockstep (--first-step S, paired with `smt train
---phase-start S --dmt-every N`: round r rolls out exactly the student of step S + (r-1)N, reproducible; see
-`smt train --help`) or following (--no-train beside `smt train --follow ...`: round r waits for a
+--phase-start S --dmt.every N`: round r rolls out exactly the student of step S + (r-1)N, reproducible; see
+`smt train --help`) or following (--no-train beside `smt train --stream.follow ...`: round r waits for a
 checkpoint --every-steps past round r-1's). Each round prints one line (rollout accuracy, drift at t = Td,
 records, generation) as it happens, every wait says what it waits for and for how long, and
 `<report>/dmt_drift.png` plots drift against t per round. The loop runs inside one Ray actor (`--actor`,
@@ -20,61 +20,99 @@ checkpoint is pinned) and resumes a training block exactly.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Annotated
 
-from jobs.common import parse, run
+import tyro
+
+from jobs.common import FLAT, job_main
+from pipeline.stage import Resources
+from trainers.dmt import DMTLoopConfig
 
 
 @dataclass(kw_only=True)
-class DMTArgs:
-    targets: str
-    """Target set URL (the folder holding manifest/), as printed by `smt label`."""
-    run: str
-    """Student run URL written by `smt train` (holds checkpoints/latest.json)."""
-    corpus: str
-    """Corpus spec the target set was labeled from."""
-    teacher: str | None = None
-    """Teacher checkpoint (default: <bucket>/teachers/<fingerprint>)."""
-    rounds: int = 3
-    """Rounds to reach (already committed rounds count)."""
-    every_steps: int = 100
-    """Student steps between rounds."""
-    first_step: int | None = None
-    """Lockstep: round r rolls out exactly the checkpoint at step first_step + (r-1) * every_steps (pair it with
-    `smt train --phase-start S --dmt-every N --dmt-rounds R`); default: the newest checkpoint."""
+class DMTJob:
+    loop: Annotated[DMTLoopConfig, FLAT] = field(default_factory=DMTLoopConfig)
+    """The DMT actor's loop: run, target set, corpus, teacher, rounds, schedule, rollouts."""
     train: bool = True
     """Without --first-step: train the student --every-steps steps on round 0 + its rounds after each round
-    (--no-train: only relabel, waiting for a separately running `smt train --follow ...`)."""
+    (--no-train: only relabel, waiting for a separately running `smt train --stream.follow ...`)."""
     lr: float | None = None
-    """Learning rate of the training phase `smt dmt` runs alone (default: the run's)."""
-    sequences: int = 512
-    """Sequences rolled out per round."""
-    shard_sequences: int = 128
-    """Sequences per shard."""
-    start: int = 0
-    """Rollout start (Tc for stream corpora)."""
-    Td: int | None = None
-    """Rollout steps (default: to the end of each sequence)."""
-    timeout_seconds: float = 3600.0
-    """With a trainer attached: give up when it writes no suitable checkpoint for this long."""
-    poll_seconds: float = 1.0
-    """How often to look for a new checkpoint."""
-    dtype: str = "float16"
-    """Stored state dtype of the relabeled pairs."""
-    device: str = "auto"
-    """Torch device for the rollouts."""
+    """Learning rate of the training phase `smt dmt` runs alone (default: the run's stored optim.lr)."""
     actor: bool = True
     """Run the loop inside a Ray actor (False: in this process)."""
-    cpus: float = 1.0
-    """CPUs reserved by the actor."""
-    gpus: float | None = None
-    """GPUs reserved by the actor (default: 1 if this machine has CUDA, else 0)."""
     report: str = "dmt-report"
     """Local folder for the per-round plot and JSON."""
-    endpoint_url: str | None = None
-    """S3 endpoint."""
     quiet: bool = False
     """Less output."""
+
+    def execute(self) -> int:
+        from trainers.dmt import DMTTimeout
+
+        try:
+            return self._execute()
+        except DMTTimeout as e:  # a trainer that never came: one line, like every user error
+            print(f"smt dmt: error: {e}", file=sys.stderr)
+            return 2
+
+    def _execute(self) -> int:
+        import json
+        from dataclasses import replace
+        from pathlib import Path
+
+        from storage.run_dir import RunDir
+        from trainers.dmt import AggregateTrainer, DMTLoop, round_reports
+        from trainers.student import run_config
+
+        c = self.loop
+        cfg = replace(c, teacher=c.teacher or default_teacher(c.targets, c.endpoint_url))
+        trainer = None
+        if c.first_step is None and self.train:  # alone: the loop trains the run between rounds
+            tcfg = run_config(RunDir(c.run, endpoint_url=c.endpoint_url))
+            if self.lr is not None:
+                tcfg.optim.lr = self.lr
+            tcfg.device = c.device
+            trainer = AggregateTrainer(targets=c.targets, teacher=cfg.teacher, run=c.run, cfg=tcfg,
+                                       endpoint_url=c.endpoint_url)
+            if not self.quiet:
+                print(f"smt dmt: {c.rounds} rounds on {c.run}, each followed by {c.every_steps} training "
+                      "steps on round 0 + the run's rounds (no trainer attached)", flush=True)
+
+        def say(ev: dict) -> None:
+            if not self.quiet:
+                print(ev["text"], flush=True)
+
+        if self.actor:
+            from pipeline.executors import init_ray
+
+            ray = init_ray()
+            actor = ray.remote(num_cpus=c.resources.num_cpus, num_gpus=c.resources.num_gpus, max_restarts=2,
+                               max_task_retries=2)(DMTLoop).remote(cfg, None, trainer)
+            # a streaming generator: each event reaches this process (and the log) as it happens
+            for ref in actor.events.options(num_returns="streaming").remote(True):
+                say(ray.get(ref))
+            ray.kill(actor)
+        else:
+            for ev in DMTLoop(cfg, trainer=trainer).events(quiet=self.quiet):
+                say(ev)
+        reps = round_reports(c.run, c.endpoint_url)
+        Path(self.report).mkdir(parents=True, exist_ok=True)
+        (Path(self.report) / "dmt_rounds.json").write_text(json.dumps(reps, indent=1))
+        png = plot_rounds(reps, self.report)
+        latest = RunDir(c.run, endpoint_url=c.endpoint_url).latest() or {}
+        print(f"{len(reps)} DMT rounds in {c.run}; newest student: step {latest.get('step')}; "
+              f"report: {png or self.report}")
+        return 0
+
+
+def defaults(argv: list[str]) -> DMTJob:
+    """Run, target set and corpus are required here (the pipeline sets them); the actor takes a GPU when this
+    machine has one."""
+    import torch
+
+    gpus = 1.0 if torch.cuda.is_available() else 0.0
+    return DMTJob(loop=DMTLoopConfig(targets=tyro.MISSING, run=tyro.MISSING, corpus=tyro.MISSING,
+                                     resources=Resources(num_cpus=1.0, num_gpus=gpus)))
 
 
 def default_teacher(targets_url: str, endpoint_url: str | None) -> str:
@@ -98,81 +136,7 @@ def plot_rounds(reports: list[dict], folder: str) -> str | None:
                            ylabel="drift MSE(m_hat_t, m*_t)", title="student drift per DMT round"))
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse(DMTArgs, argv, "dmt", description=__doc__.splitlines()[0])
-
-    def body() -> int:
-        import json
-        from pathlib import Path
-
-        from pipeline.stage import Resources
-        from storage.run_dir import RunDir
-        from trainers.dmt.actor import AggregateTrainer, DMTLoop, DMTLoopConfig, round_reports
-        from trainers.student import run_config
-
-        gpus = args.gpus
-        if gpus is None:
-            import torch
-
-            gpus = 1.0 if (args.actor and torch.cuda.is_available()) else 0.0
-        teacher = args.teacher or default_teacher(args.targets, args.endpoint_url)
-        cfg = DMTLoopConfig(targets=args.targets, run=args.run, corpus=args.corpus, teacher=teacher,
-                            rounds=args.rounds, every_steps=args.every_steps, first_step=args.first_step,
-                            sequences=args.sequences,
-                            shard_sequences=args.shard_sequences, start=args.start, Td=args.Td,
-                            timeout_seconds=args.timeout_seconds, poll_seconds=args.poll_seconds,
-                            dtype=args.dtype, device=args.device, endpoint_url=args.endpoint_url,
-                            resources=Resources(num_cpus=args.cpus, num_gpus=gpus))
-
-        trainer = None
-        if args.first_step is None and args.train:  # alone: the loop trains the run between rounds
-            tcfg = run_config(RunDir(args.run, endpoint_url=args.endpoint_url))
-            if args.lr is not None:
-                tcfg.optim.lr = args.lr
-            tcfg.device = args.device
-            trainer = AggregateTrainer(targets=args.targets, teacher=teacher, run=args.run, cfg=tcfg,
-                                       endpoint_url=args.endpoint_url)
-            if not args.quiet:
-                print(f"smt dmt: {args.rounds} rounds on {args.run}, each followed by {args.every_steps} training "
-                      "steps on round 0 + the run's rounds (no trainer attached)", flush=True)
-
-        def say(ev: dict) -> None:
-            if not args.quiet:
-                print(ev["text"], flush=True)
-
-        if args.actor:
-            from pipeline.executors import init_ray
-
-            ray = init_ray()
-            actor = ray.remote(num_cpus=args.cpus, num_gpus=gpus, max_restarts=2,
-                               max_task_retries=2)(DMTLoop).remote(cfg, None, trainer)
-            # a streaming generator: each event reaches this process (and the log) as it happens
-            for ref in actor.events.options(num_returns="streaming").remote(True):
-                say(ray.get(ref))
-            ray.kill(actor)
-        else:
-            for ev in DMTLoop(cfg, trainer=trainer).events(quiet=args.quiet):
-                say(ev)
-        reps = round_reports(args.run, args.endpoint_url)
-        Path(args.report).mkdir(parents=True, exist_ok=True)
-        (Path(args.report) / "dmt_rounds.json").write_text(json.dumps(reps, indent=1))
-        png = plot_rounds(reps, args.report)
-        latest = RunDir(args.run, endpoint_url=args.endpoint_url).latest() or {}
-        print(f"{len(reps)} DMT rounds in {args.run}; newest student: step {latest.get('step')}; "
-              f"report: {png or args.report}")
-        return 0
-
-    def guarded() -> int:
-        from trainers.dmt.actor import DMTTimeout
-
-        try:
-            return body()
-        except DMTTimeout as e:  # a trainer that never came: one line, like every user error
-            print(f"smt dmt: error: {e}", file=sys.stderr)
-            return 2
-
-    return run("dmt", guarded)
-
+main = job_main("dmt", DMTJob, __doc__.splitlines()[0], defaults)
 
 if __name__ == "__main__":
     raise SystemExit(main())

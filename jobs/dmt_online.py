@@ -5,44 +5,44 @@ Example: smt dmt-online --run runs/teacher --corpus retrieval:T=64,vocab=8 --out
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Annotated
 
-from jobs.common import figure, parse, run
+from jobs.common import FLAT, figure, job_main
 from trainers.dmt import OnlineDMTConfig
 
 
 @dataclass(kw_only=True)
-class DMTOnlineJob(OnlineDMTConfig):
+class DMTOnlineJob:
     run: str
     """A pretrain output folder (holding teacher/ and student/)."""
     corpus: str
     """Corpus spec (the one the teacher was pretrained on)."""
     out: str
     """Output folder for the DMT student."""
+    dmt: Annotated[OnlineDMTConfig, FLAT] = field(default_factory=OnlineDMTConfig)
+    """Online DMT: optimiser, steps, budget, loss weights, rollouts."""
     quiet: bool = False
     """No progress bar."""
 
-
-def main(argv: list[str] | None = None) -> int:
-    def body() -> int:
+    def execute(self) -> int:
         from models.checkpoint import load_student, load_teacher
         from pipeline.corpora import load_corpus
         from trainers.dmt import dmt_online
 
-        job = parse(DMTOnlineJob, argv, "dmt-online", __doc__)
-        teacher, fp, _ = load_teacher(f"{job.run}/teacher")
-        student, sfp, _ = load_student(f"{job.run}/student")
+        teacher, fp, _ = load_teacher(f"{self.run}/teacher")
+        student, sfp, _ = load_student(f"{self.run}/student")
         if sfp != fp:
-            raise ValueError(f"student in {job.run} was trained against teacher {sfp} but the teacher there is {fp}: "
+            raise ValueError(f"student in {self.run} was trained against teacher {sfp} but the teacher there is {fp}: "
                              "re-run smt pretrain")
-        corpus = load_corpus(job.corpus)
-        r = dmt_online(student, teacher, corpus, job, out=job.out, teacher_fingerprint=fp, quiet=job.quiet)
-        print(f"dmt -> {job.out}/student  steps={r['steps']} seconds={r['seconds']:.1f} "
+        corpus = load_corpus(self.corpus)
+        r = dmt_online(student, teacher, corpus, self.dmt, out=self.out, teacher_fingerprint=fp, quiet=self.quiet)
+        print(f"dmt -> {self.out}/student  steps={r['steps']} seconds={r['seconds']:.1f} "
               f"dmt_acc={figure(r['final'], 'dmt_acc')} (split=valid; report with smt eval)")
         return 0
 
-    return run("dmt-online", body)
 
+main = job_main("dmt-online", DMTOnlineJob, __doc__)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -4,7 +4,10 @@
     -> DMT rounds (the DMT actor relabels the latest student; the trainer resumes on the union)
     -> evaluation (+ the BPTT baseline with the same updater and the same wall-clock)
 
-Example: smt pipeline --recipe text-bytes-tiny --out runs/text --set student.steps=300
+Example: smt pipeline --recipe text-bytes-tiny --out runs/text --student.steps 300
+Every field of the recipe's tree is a flag (`smt pipeline --recipe NAME --help` lists them with that recipe's
+values as defaults); fields the pipeline takes from its earlier stages (the label stage's teacher, the DMT
+phase's steps, ...) are refused when set.
 Writes OUT/results.json, OUT/report.md with PNG plots, OUT/pipeline.log, and the bucket (default
 OUT/bucket: teachers/, targets/) plus the student run (OUT/student). Timelines read the valid split; the
 final figures (results.json `test`, `*_bits`) are bits per token on the test split for every model, on the
@@ -15,57 +18,84 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Annotated, TypeVar
 
-from jobs.common import parse, run
+from jobs.common import FLAT, job_main
+from jobs.recipes import Recipe, load_recipe, resolve_corpus
 from jobs.report import relative_to_out
+from models.teacher import ConfigError
+
+T = TypeVar("T")
 
 
 @dataclass(kw_only=True)
 class PipelineJob:
     recipe: str = "retrieval-demo"
     """Named recipe (retrieval-demo, text-bytes-tiny, digits-pixels-tiny, tinystories-bytes, mnist-pixels[-tiny])
-    or a JSON/YAML file."""
+    or a JSON/YAML file; its values are the defaults of the flags below."""
+    tree: Annotated[Recipe, FLAT] = field(default_factory=Recipe)
+    """The recipe's tree."""
     out: str = "runs/pipeline"
     """Local output folder (results, report, logs, student run)."""
     bucket: str | None = None
     """Bucket URL for teachers/ and targets/ (default: OUT/bucket); s3://... on a cluster."""
-    set: list[str] = field(default_factory=list)
-    """Overrides, key.sub=value (JSON values), e.g. --set student.steps=100 dmt.rounds=2."""
     quiet: bool = False
     """No progress bars."""
 
+    def execute(self) -> int:
+        from jobs.report import print_table, write_report
 
-def label_spec(rc, corpus) -> str:
-    """The corpus spec the teacher labels: the corpus itself, or its windows every `rc.label.stride` tokens."""
-    from models.teacher import ConfigError
-    from pipeline.corpora import spec_with
+        rc = replace(self.tree, corpus=resolve_corpus(self.tree.corpus))
+        out = Path(self.out)
+        out.mkdir(parents=True, exist_ok=True)
+        res = run_pipeline(rc, out, self.bucket, self.quiet)
+        write_report(out, res)
+        print_table(res)
+        return 0
 
-    if rc.label.stride is None:
-        return corpus.spec
-    if corpus.mode != "stream":
-        raise ConfigError(f"label.stride={rc.label.stride} needs a stream corpus (text, hf, tokens), not "
-                          f"{corpus.spec!r}: drop label.stride")
-    return spec_with(corpus.spec, stride=rc.label.stride)
+
+def recipe_flag(argv: list[str], default: str = "retrieval-demo") -> str:
+    """The value of --recipe in argv (read before parsing: the recipe's tree is the parser's defaults)."""
+    for i, tok in enumerate(argv):
+        if tok == "--recipe" and i + 1 < len(argv):
+            return argv[i + 1]
+        if tok.startswith("--recipe="):
+            return tok.split("=", 1)[1]
+    return default
+
+
+def defaults(argv: list[str]) -> PipelineJob:
+    name = recipe_flag(argv)
+    return PipelineJob(recipe=name, tree=load_recipe(name))
+
+
+def wired(cfg: T, where: str, **values) -> T:
+    """`cfg` with the fields the pipeline derives from its earlier stages set to `values`; a field a recipe or
+    a flag changed from its class default is refused (it would be silently replaced)."""
+    for f in fields(cfg):
+        if f.name in values:
+            default = f.default_factory() if f.default_factory is not MISSING else f.default
+            if getattr(cfg, f.name) != default:
+                raise ConfigError(f"{where}.{f.name} is set by the pipeline from its earlier stages: drop "
+                                  f"--{where.replace('_', '-')}.{f.name.replace('_', '-')}")
+    return replace(cfg, **values)
 
 
 def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, say=None) -> dict:
     import torch
 
     from models.checkpoint import load_student, save_teacher
-    from models.updaters import UpdaterConfig
     from pipeline.corpora import load_corpus
-    from pipeline.executors import init_ray, make_executor
-    from pipeline.label import LabelConfig, label
-    from pipeline.stage import Resources
+    from pipeline.executors import init_ray
+    from pipeline.label import label
     from storage.run_dir import RunDir
-    from storage.stream import StreamConfig
     from trainers.common import OptimConfig
     from trainers.evaluate import eval_batch, evaluate_student, evaluate_teacher
     from trainers.heldout import sample_models, score_models, split_sizes, token_unit
     from trainers.pretrain import pretrain
-    from trainers.student import StudentTrainConfig, run_training
+    from trainers.student import run_training
 
     out.mkdir(parents=True, exist_ok=True)
     log = logging.getLogger("smt.pipeline")
@@ -107,36 +137,32 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
     mark("pretrain", s0["acc"], teacher_acc=te["acc"])
     say(f"      teacher {fp[:12]}: acc={te['acc']:.3f} bits/token={te['bits_per_token']:.3f} ({pt['seconds']:.0f} s)")
 
-    say(f"[2/5] labeling with {rc.label.workers or 'no'} Ray actors -> {relative_to_out(bucket, out)}")
-    gpus = rc.label.gpus_per_worker if torch.cuda.is_available() else 0.0
-    rep = label(LabelConfig(teacher=teacher_url, corpus=label_spec(rc, corpus), out=bucket, format=rc.label.fmt,
-                            dtype=rc.label.dtype, shard_sequences=rc.label.shard_sequences, Tc=prompt or None,
-                            resources=Resources(num_cpus=1, num_gpus=gpus)),
-                make_executor(rc.label.workers), quiet=quiet)
+    say(f"[2/5] labeling with {rc.label_executor.workers or 'no'} Ray actors -> {relative_to_out(bucket, out)}")
+    gpus = rc.label_executor.gpus() if torch.cuda.is_available() else 0.0  # also each DMT actor's
+    lcfg = wired(rc.label, "label", teacher=teacher_url, corpus=corpus.spec, out=bucket, Tc=prompt or None)
+    rep = label(lcfg, replace(rc.label_executor, gpus_per_worker=gpus).build(), quiet=quiet)
     targets = rep.target_url
     mark("label")
     say(f"      {rep.summary()}")
 
     run_url = str((out / "student").resolve())
     st = rc.student
-    cfg = StudentTrainConfig(updater=UpdaterConfig(arch=st.arch, depth=st.depth),
-                             optim=OptimConfig(lr=st.lr, warmup_steps=20), stream=StreamConfig(batch_size=st.batch_size),
-                             steps=st.steps, checkpoint_every=st.steps)
+    arch = st.updater.arch
 
     def student_acc() -> dict:
         ptr = RunDir(run_url).latest()
         s, _, _ = load_student(f"{run_url}/{ptr['path']}/student")
         return evaluate_student(s, x, y, teacher, prompt)
 
-    say(f"[3/5] student SMT from the shards: {st.arch} updater, {st.steps} steps")
-    run_training(targets, teacher_url, run_url, cfg, quiet=quiet)
+    say(f"[3/5] student SMT from the shards: {arch} updater, {st.steps} steps")
+    run_training(targets, teacher_url, run_url, st, quiet=quiet)
     smt_student = load_student(f"{run_url}/{RunDir(run_url).latest()['path']}/student")[0]
     r0 = student_acc()
     mark("student-smt", r0["acc"], drift_final=r0.get("drift_final"))
     say(f"      rolled out alone: acc={r0['acc']:.3f} drift_T={r0.get('drift_final', float('nan')):.4f}")
 
     ray = init_ray()
-    if rc.dmt.mode == "lockstep":
+    if not rc.dmt_online:
         rounds, ptr = _dmt_lockstep(rc, ray, targets, teacher_url, run_url, corpus, prompt, gpus, say, mark, t0,
                                     lambda s: evaluate_student(s, x, y, teacher, prompt))
     else:
@@ -147,17 +173,8 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
 
     bptt = None
     if rc.bptt:
-        from trainers.bptt import BPTTConfig, train_bptt
-
-        budget = min(smt_seconds, rc.bptt_max_seconds or smt_seconds)
-        say(f"[5/5] BPTT baseline: {st.arch} updater, {budget:.0f} s (the SMT pipeline took {smt_seconds:.0f} s)")
-        bp = train_bptt(corpus, BPTTConfig(updater=UpdaterConfig(arch=st.arch, depth=st.depth),
-                                           shape=rc.pretrain.teacher, optim=OptimConfig(lr=1e-3, warmup_steps=20),
-                                           steps=10**7, seconds=budget, eval_every=25,
-                                           batch_size=rc.pretrain.batch_size),
-                        out=out / "bptt", quiet=quiet)
-        bptt = {"acc": evaluate_student(bp["student"].cpu(), x, y)["acc"], "history": bp["history"],
-                "seconds": bp["seconds"], "steps": bp["steps"], "student": bp["student"].cpu()}
+        bptt = _bptt_baseline(rc, corpus, smt_seconds, out, quiet, say)
+        bptt["acc"] = evaluate_student(bptt["student"], x, y)["acc"]
     say(f"      held-out figures on the test split ({corpus.with_split('test').spec})")
     students = {"smt": smt_student, "dmt": load_student(final_url)[0]}
     test = score_models(corpus, rc.eval_size, prompt, teacher, students, bptt and bptt["student"])
@@ -167,7 +184,7 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
         if (out / "student" / "metrics.jsonl").exists() else []
     res = {"task": corpus.spec, "recipe": rc.name, "chance": corpus.chance, "bucket": bucket, "targets": targets,
            "eval_split": "test", "test_corpus": test_spec, "test_sequences": int(x.shape[0]),
-           "teacher_fingerprint": fp, "teacher_encoder": rc.pretrain.teacher.encoder, "student": st.arch,
+           "teacher_fingerprint": fp, "teacher_encoder": rc.pretrain.teacher.encoder, "student": arch,
            "student_checkpoint": final_url,
            "teacher_acc": te["acc"], "teacher_bits_per_token": te["bits_per_token"],
            "smt_acc": r0["acc"], "dmt_acc": final["acc"], "bptt_acc": bptt["acc"] if bptt else None,
@@ -178,9 +195,47 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
            "seconds": time.perf_counter() - t0, "smt_pipeline_seconds": smt_seconds,
            "stage_seconds": {"pretrain": pt["seconds"]}, "timeline": timeline, "dmt_rounds": rounds,
            "pretrain_history": pt["history"], "student_metrics": metrics[-2000:],
-           "bptt_history": bptt["history"] if bptt else [], "label": {"states_per_s": rep.states / rep.seconds,
+           "bptt_history": bptt["history"] if bptt else [],
+           "bptt_sweep": {k: v for k, v in bptt.items() if k not in ("student", "history", "acc")} if bptt else None,
+           "label": {"states_per_s": rep.states / rep.seconds,
                                                                        "records": rep.records}}
     return res
+
+
+BPTT_BUDGET_RULE = ("the whole lr sweep gets the SMT pipeline's wall-clock (pretraining through DMT, capped by "
+                    "bptt_max_seconds), an equal share per lr, evaluation excluded; a run stopped early by the stop "
+                    "rule leaves its rest unused")
+
+
+def _bptt_baseline(rc, corpus, smt_seconds: float, out: Path, quiet: bool, say) -> dict:
+    """The BPTT baseline with what the SMT teacher got: the same updater, memory shape and batch, the
+    pretraining's length curriculum, stop rule and evaluation cadence, and an lr sweep chosen on valid
+    (`trainers.bptt.sweep_bptt`), under `BPTT_BUDGET_RULE`."""
+    from trainers.bptt import sweep_bptt
+
+    p = rc.pretrain
+    lrs = rc.baseline.lrs or (rc.baseline.optim.lr,)
+    budget = min(smt_seconds, rc.bptt_max_seconds or smt_seconds)
+    cfg = wired(rc.baseline, "baseline", updater=rc.student.updater, shape=p.teacher, batch_size=p.batch_size,
+                curriculum=p.curriculum, curriculum_acc=p.curriculum_acc, stop_at_acc=p.stop_at_acc,
+                eval_every=p.eval_every, eval_size=p.eval_size, seconds=budget / len(lrs))
+    say(f"[5/5] BPTT baseline: {rc.student.updater.arch} updater, lrs {', '.join(f'{lr:g}' for lr in lrs)} chosen on "
+        f"valid, {budget / len(lrs):.0f} s each ({budget:.0f} s in all; the SMT pipeline took {smt_seconds:.0f} s)"
+        + (f", curriculum {' -> '.join(map(str, p.curriculum))} -> {corpus.seq_len}" if p.curriculum else ""))
+    r = sweep_bptt(corpus, cfg, out=out / "bptt", quiet=quiet)
+    for run in r["runs"]:
+        say(f"      lr {run['lr']:g}: valid acc {_fig(run['valid_acc'], run.get('note'))} loss "
+            f"{_fig(run['valid_loss'], run.get('note'))} ({run['steps']} steps, {run['seconds']:.0f} s)"
+            + ("  <- chosen" if run["chosen"] else ""))
+    return {"student": r["student"].cpu(), "history": r["history"], "seconds": sum(x["seconds"] for x in r["runs"]),
+            "steps": r["steps"], "chosen_lr": r["lr"], "chosen_on": corpus.with_split("valid").spec,
+            "budget_rule": BPTT_BUDGET_RULE, "budget_seconds": round(budget, 2),
+            "seconds_per_lr": round(budget / len(lrs), 2), "curriculum": list(p.curriculum),
+            "stop_at_acc": p.stop_at_acc, "runs": r["runs"]}
+
+
+def _fig(v: float | None, reason: str | None) -> str:
+    return f"{v:.3f}" if v is not None else f"n/a ({reason or 'not measured'})"
 
 
 def _bits(fig: dict | None, prompt: int) -> float | None:
@@ -194,33 +249,21 @@ def _bits(fig: dict | None, prompt: int) -> float | None:
 
 def _dmt_lockstep(rc, ray, targets, teacher_url, run_url, corpus, prompt, gpus, say, mark, t0, evaluate):
     """Aggregated DMT as the design draws it: a trainer actor streams the target set while the DMT actor
-    appends one relabeled round per `steps_per_round` trainer steps (lockstep: the trainer waits rather than
-    train on relabels more than 2 x steps_per_round steps old)."""
+    appends one relabeled round per `dmt.every` trainer steps (lockstep: the trainer waits rather than
+    train on relabels more than 2 x dmt.every steps old)."""
     from models.checkpoint import load_student
-    from models.updaters import UpdaterConfig
     from storage.run_dir import RunDir, step_dir
-    from storage.stream import StreamConfig
-    from trainers.common import OptimConfig
-    from trainers.dmt import LockstepDMTConfig, RefreshConfig
-    from trainers.dmt.actor import DMTLoop, DMTLoopConfig, round_reports
-    from trainers.student import StudentTrainConfig
+    from trainers.dmt import DMTLoop, round_reports
 
     d, st = rc.dmt, rc.student
-    s0, E = st.steps, d.steps_per_round
-    total = s0 + d.rounds * E + d.extra_steps
-    Td = corpus.seq_len - prompt
-    say(f"[4/5] DMT, lockstep: {d.rounds} rounds of {d.sequences} sequences; the DMT actor relabels the student every "
-        f"{E} steps while a trainer actor streams the rounds ({d.batch_size} x {Td} transitions per step"
-        f"{', newest round re-rolled on-policy' if d.refresh else ''})")
-    cfg = StudentTrainConfig(
-        updater=UpdaterConfig(arch=st.arch, depth=st.depth), steps=total, checkpoint_every=max(E, 50),
-        optim=OptimConfig(lr=d.lr, warmup_steps=5, schedule="cosine"), phase_start=s0,
-        stream=StreamConfig(batch_size=d.batch_size * Td, round_weights={"0": 1.0, "dmt": d.dmt_weight},
-                            round_decay=d.round_decay, mix_shards=256, cache_shards=128))
-    loop_cfg = DMTLoopConfig(targets=targets, run=run_url, corpus=corpus.spec, teacher=teacher_url, rounds=d.rounds,
-                             every_steps=E, first_step=s0, sequences=d.sequences, shard_sequences=d.sequences,
-                             start=prompt, fmt=rc.label.fmt, dtype=rc.label.dtype, poll_seconds=0.05)
-    hooks = LockstepDMTConfig(every=E, rounds=d.rounds, wait_seconds=3600, refresh=RefreshConfig(enabled=d.refresh)).hooks()
+    s0, E = st.steps, d.every
+    total = s0 + d.rounds * E + rc.dmt_extra_steps
+    cfg = dmt_phase_config(rc)
+    loop_cfg = actor_config(rc, targets, run_url, corpus, teacher_url, prompt, first_step=s0)
+    say(f"[4/5] DMT, lockstep: {d.rounds} rounds of {loop_cfg.sequences} sequences; the DMT actor relabels the student "
+        f"every {E} steps while a trainer actor streams the rounds ({cfg.stream.batch_size} transitions per step"
+        f"{', newest round re-rolled on-policy' if d.refresh.enabled else ''})")
+    hooks = d.hooks()
     wall0 = time.time() - (time.perf_counter() - t0)  # the pipeline's start on the wall clock
     trainer = ray.remote(num_cpus=1, num_gpus=gpus)(_train_remote).remote(targets, teacher_url, run_url, cfg, hooks)
     actor = ray.remote(num_cpus=1, num_gpus=gpus)(DMTLoop).remote(loop_cfg)
@@ -255,40 +298,54 @@ def _dmt_lockstep(rc, ray, targets, teacher_url, run_url, corpus, prompt, gpus, 
     return rounds, {"step": total, "path": step_dir(total)}
 
 
-def _train_remote(targets, teacher_url, run_url, cfg, hooks=()):
+def _train_remote(targets, teacher_url, run_url, cfg, hooks):
     from trainers.student import run_training
 
     return run_training(targets, teacher_url, run_url, cfg, quiet=True, hooks=hooks)
+
+
+def dmt_phase_config(rc):
+    """Lockstep DMT's training config: the recipe's `dmt_phase`, with the student's updater, from the end of its
+    SMT phase to the last round's boundary + `dmt_extra_steps` (the hooks are `rc.dmt.hooks()`)."""
+    st, d = rc.student, rc.dmt
+    return wired(rc.dmt_phase, "dmt_phase", updater=st.updater, steps=st.steps + d.rounds * d.every + rc.dmt_extra_steps,
+                 phase_start=st.steps)
+
+
+def online_config(rc, prompt: int):
+    """Online DMT's config: the recipe's `online`, `dmt.rounds` x `dmt.every` steps from the rollout start."""
+    return wired(rc.online, "online", steps=rc.dmt.rounds * rc.dmt.every, prompt=prompt)
+
+
+def actor_config(rc, targets, run_url, corpus, teacher_url, prompt, first_step=None):
+    """The DMT actor's config: the recipe's (sequences, shards, polling), its schedule from `dmt`, the rest from
+    the earlier stages."""
+    return wired(rc.dmt_actor, "dmt_actor", targets=targets, run=run_url, corpus=corpus.spec, teacher=teacher_url,
+                 rounds=rc.dmt.rounds, every_steps=rc.dmt.every, first_step=first_step, start=prompt,
+                 format=rc.label.format, dtype=rc.label.dtype)
 
 
 def _dmt_online(rc, ray, targets, teacher_url, run_url, corpus, teacher, fp, prompt, gpus, say, mark, evaluate):
     """The DMT actor relabels each round for the record; the student takes on-policy DMT steps in between."""
     from models.checkpoint import load_student, save_student
     from storage.run_dir import RunDir
-    from trainers.common import OptimConfig
-    from trainers.dmt import OnlineDMTConfig, dmt_online
-    from trainers.dmt.actor import DMTLoop, DMTLoopConfig
+    from trainers.dmt import DMTLoop, dmt_online
 
-    d, st = rc.dmt, rc.student
+    d, st, E = rc.dmt, rc.student, rc.dmt.every
     say(f"[4/5] DMT, online: {d.rounds} rounds; each: the DMT actor relabels the latest student into a new round "
-        f"of shards, then {d.steps_per_round} on-policy DMT steps")
-    loop_cfg = DMTLoopConfig(targets=targets, run=run_url, corpus=corpus.spec, teacher=teacher_url,
-                             rounds=d.rounds, every_steps=d.steps_per_round, sequences=d.sequences,
-                             shard_sequences=max(1, d.sequences // 4), start=prompt, fmt=rc.label.fmt,
-                             dtype=rc.label.dtype)
+        f"of shards, then {E} on-policy DMT steps")
+    loop_cfg = actor_config(rc, targets, run_url, corpus, teacher_url, prompt)
     actor = ray.remote(num_cpus=1, num_gpus=gpus)(DMTLoop).remote(loop_cfg)
     ptr = RunDir(run_url).latest()
     student, _, _ = load_student(f"{run_url}/{ptr['path']}/student")
-    total = d.rounds * d.steps_per_round
-    dcfg = OnlineDMTConfig(optim=OptimConfig(lr=d.lr, schedule="cosine", warmup_steps=10), steps=total,
-                     batch_size=d.batch_size, prompt=prompt, eval_every=10**9, eval_size=64)
+    dcfg = online_config(rc, prompt)
     rounds, carry = [], None
     for r in range(1, d.rounds + 1):
         rr = ray.get(actor.run_round.remote(r, ptr, True))  # relabel the student the next steps start from
         o = dmt_online(student, teacher, corpus, dcfg, quiet=True, teacher_fingerprint=fp, carry=carry,
-                       stop_step=r * d.steps_per_round)
+                       stop_step=r * E, smt_run=run_url)
         student, carry = o["student"], o["carry"]
-        step = st.steps + r * d.steps_per_round
+        step = st.steps + r * E
         ptr = {"step": step, "path": f"checkpoints/dmt-{step:08d}"}
         save_student(f"{run_url}/{ptr['path']}/student", student, fp, {"trained_by": "smt+dmt", "dmt_round": r})
         ev = evaluate(student)
@@ -297,28 +354,13 @@ def _dmt_online(rc, ray, targets, teacher_url, run_url, corpus, teacher, fp, pro
                        "records": rr.get("records"), "acc_after": ev["acc"], "drift_final_after": ev.get("drift_final")})
         mark(f"dmt-{r}", ev["acc"], drift_final=ev.get("drift_final"))
         say(f"      round {r}: relabeled {rr.get('records')} states of step {rr.get('student_step')} (drift_T "
-            f"{rr['drift_by_step'][-1]:.4f}); after {d.steps_per_round} DMT steps: acc={ev['acc']:.3f} "
+            f"{rr['drift_by_step'][-1]:.4f}); after {E} DMT steps: acc={ev['acc']:.3f} "
             f"drift_T={ev.get('drift_final', float('nan')):.4f}")
     ray.kill(actor)
     return rounds, ptr
 
 
-def main(argv: list[str] | None = None) -> int:
-    def body() -> int:
-        from jobs.recipes import load_recipe
-        from jobs.report import print_table, write_report
-
-        job = parse(PipelineJob, argv, "pipeline", __doc__)
-        rc = load_recipe(job.recipe, job.set)
-        out = Path(job.out)
-        out.mkdir(parents=True, exist_ok=True)
-        res = run_pipeline(rc, out, job.bucket, job.quiet)
-        write_report(out, res)
-        print_table(res)
-        return 0
-
-    return run("pipeline", body)
-
+main = job_main("pipeline", PipelineJob, __doc__, defaults)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,12 +1,14 @@
-"""Named pipeline recipes: one corpus, one teacher, and the settings of every stage.
+"""Named pipeline recipes: one corpus, one teacher, and the config of every stage, as a tree of the
+components' own config classes (the same ones `smt pretrain`, `smt label`, `smt train` and `smt dmt` parse).
 
-A recipe is a `Recipe` tree of dataclasses. `smt pipeline --recipe NAME` runs a named one; `--recipe
-FILE.json|yaml` loads a file holding the same tree (only the fields to change from `--base`, default the
-first recipe below); `--set key.sub=value` overrides single fields. The `-tiny` recipes run on a laptop
-from offline corpora; the others are at the reference scale of the method (GPU clusters).
+`smt pipeline --recipe NAME` runs a named one; `--recipe FILE.json|yaml` loads a file holding the same tree
+(only the fields to change from its `base:`, default the first recipe below); flags override any field by
+its path in the tree (`--student.steps 300`, `--dmt.rounds 2`, `--pretrain.teacher.d-model 16`). The `-tiny`
+recipes run on a laptop from offline corpora; the others are at the reference scale of the method (GPU clusters).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -14,78 +16,18 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from models.teacher import ConfigError, TeacherConfig
+from models.updaters import UpdaterConfig
+from pipeline.executors import ExecutorConfig
+from pipeline.label import LabelConfig
+from storage.stream import StreamConfig
+from trainers.bptt import BPTTConfig
 from trainers.common import OptimConfig
+from trainers.dmt import DMTLoopConfig, LockstepDMTConfig, OnlineDMTConfig, RefreshConfig
 from trainers.pretrain import PretrainConfig
 from trainers.smt import SMTConfig
-
-
-@dataclass(kw_only=True)
-class LabelStep:
-    workers: int = 2
-    """Ray actors labeling (0 = in-process)."""
-    fmt: str = "zarr"
-    """Shard format: zarr or wds."""
-    dtype: str = "float16"
-    """Stored state dtype."""
-    shard_sequences: int = 256
-    """Sequences per shard."""
-    gpus_per_worker: float = 0.0
-    """GPUs per labeling actor (set >0 on GPU clusters)."""
-    stride: int | None = None
-    """Stream corpora: label the windows every this many tokens (None: the corpus's own stride). A student
-    reads steps x batch_size transitions; labeling many more costs CPU the teacher could use."""
-
-    def __post_init__(self) -> None:
-        if self.stride is not None and self.stride < 1:
-            raise ConfigError(f"label.stride={self.stride} must be >= 1 (or null: the corpus's stride)")
-
-
-@dataclass(kw_only=True)
-class StudentStep:
-    arch: str = "mlp"
-    """Student updater architecture (transformer, mlp, gru)."""
-    depth: int = 2
-    """Updater blocks."""
-    steps: int = 400
-    """SMT steps from the teacher's labels before the first DMT round."""
-    batch_size: int = 512
-    """Transitions per step."""
-    lr: float = 1e-3
-    """Learning rate (AdamW, 20 warm-up steps, constant)."""
-
-
-@dataclass(kw_only=True)
-class DMTStep:
-    mode: str = "lockstep"
-    """'lockstep': a trainer actor streams the rounds the DMT actor appends (aggregated DMT; it never trains
-    on relabels more than 2 x steps_per_round steps old); 'online': the actor relabels each round for the
-    record and the driver takes steps_per_round on-policy DMT steps (trainers/dmt.py)."""
-    rounds: int = 40
-    """DMT rounds: the DMT actor rolls the student out and appends the relabeled states as a round."""
-    sequences: int = 64
-    """Sequences rolled out (and relabeled) per round by the actor."""
-    steps_per_round: int = 2
-    """Student steps between rounds."""
-    extra_steps: int = 20
-    """lockstep: steps after the last round's boundary."""
-    lr: float = 3e-5
-    """DMT learning rate (fresh AdamW, cosine over the DMT phase)."""
-    batch_size: int = 32
-    """Sequences per DMT step (lockstep: their transitions, sequences x rollout length)."""
-    refresh: bool = True
-    """lockstep: the trainer re-rolls the newest round's sequences with its current student before each step
-    (on-policy states, stored teacher targets); False trains on the states the actor stored."""
-    round_decay: float = 0.1
-    """lockstep: share of round r proportional to round_decay ** (newest - r) (0.5 suits refresh=False)."""
-    dmt_weight: float = 2.0
-    """lockstep: weight of the relabeled rounds against the teacher's own labels (weight 1)."""
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("lockstep", "online"):
-            raise ValueError(f"dmt.mode={self.mode!r}: use 'lockstep' or 'online'")
+from trainers.student import StudentTrainConfig
 
 
 @dataclass(kw_only=True)
@@ -96,19 +38,68 @@ class Recipe:
     """Corpus spec."""
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     """Teacher pretraining (joint SMT)."""
-    label: LabelStep = field(default_factory=LabelStep)
-    """Labeling."""
-    student: StudentStep = field(default_factory=StudentStep)
-    """Student SMT from shards."""
-    dmt: DMTStep = field(default_factory=DMTStep)
-    """DMT actor rounds."""
+    label: LabelConfig = field(default_factory=LabelConfig)
+    """Labeling (teacher, corpus, bucket and Tc come from the earlier stages)."""
+    label_executor: ExecutorConfig = field(default_factory=lambda: ExecutorConfig(workers=2, gpus_per_worker=0.0))
+    """Labeling workers (Ray actors; 0 = in-process); its GPUs per worker also go to the DMT actors."""
+    student: StudentTrainConfig = field(default_factory=lambda: _student(400))
+    """Student SMT from the shards."""
+    dmt: LockstepDMTConfig = field(default_factory=lambda: _lockstep(40))
+    """DMT rounds after the student's SMT phase: `rounds` of them, one per `every` student steps, the newest
+    round re-rolled on-policy before each step (`refresh`)."""
+    dmt_actor: DMTLoopConfig = field(default_factory=lambda: _actor(64))
+    """The DMT actor: sequences rolled out and relabeled per round (its schedule comes from `dmt`, the rest from
+    the earlier stages)."""
+    dmt_phase: StudentTrainConfig = field(default_factory=lambda: _dmt_phase(2048))
+    """The student run's DMT phase: optimiser and stream over round 0 + the DMT rounds (its updater, steps and
+    phase start come from `student` and `dmt`)."""
+    dmt_extra_steps: int = 20
+    """Lockstep DMT: steps after the last round's boundary."""
+    dmt_online: bool = False
+    """Online DMT instead of lockstep: the actor relabels each round for the record and the driver takes
+    `dmt.every` on-policy DMT steps between rounds (`online`)."""
+    online: OnlineDMTConfig = field(default_factory=lambda: OnlineDMTConfig(
+        optim=OptimConfig(lr=1e-4, schedule="cosine", warmup_steps=10), batch_size=32, eval_every=10**9, eval_size=64,
+        carry_optimizer=True))
+    """With dmt_online: the online DMT steps (their count and the rollout start come from `dmt` and the corpus;
+    the SMT run's AdamW moments carried, lr 1e-4: benchmarks/results/dmt_dip.md)."""
     bptt: bool = True
-    """Also train the BPTT baseline (same updater, same wall-clock as the SMT pipeline)."""
+    """Also train the BPTT baseline: same updater, the pretraining's length curriculum and stop rule, an lr
+    sweep chosen on valid, the SMT pipeline's wall-clock for the whole sweep (an equal share per lr)."""
     bptt_max_seconds: float | None = None
-    """Cap on the BPTT baseline's budget (None: exactly the SMT pipeline's wall-clock)."""
+    """Cap on the BPTT baseline's whole budget (None: exactly the SMT pipeline's wall-clock)."""
+    baseline: BPTTConfig = field(default_factory=lambda: BPTTConfig(
+        optim=OptimConfig(lr=1e-3, warmup_steps=20), steps=10**7, lrs=(3e-4, 1e-3, 3e-3)))
+    """The BPTT baseline's optimiser and lr sweep (its updater, memory shape, batch, curriculum, stop rule,
+    evaluation and budget come from `student`, `pretrain` and the SMT pipeline's wall-clock)."""
     eval_size: int = 1024
     """Test-split sequences for every reported figure (the whole split when smaller; >= 1024 for synthetic
     tasks, >= 256 windows for real corpora)."""
+
+
+def _lockstep(rounds: int, every: int = 2) -> LockstepDMTConfig:
+    """The trainer never trains on relabels more than 2 x `every` steps old (it waits for the actor instead)."""
+    return LockstepDMTConfig(every=every, rounds=rounds, wait_seconds=3600, refresh=RefreshConfig(enabled=True),
+                             carry_optimizer=True)
+
+
+def _actor(sequences: int) -> DMTLoopConfig:
+    return DMTLoopConfig(sequences=sequences, shard_sequences=sequences, poll_seconds=0.05)
+
+
+def _dmt_phase(batch: int) -> StudentTrainConfig:
+    """AdamW at lr 1e-4 with a cosine decay over the phase, continuing the SMT phase's moments (`_lockstep`:
+    the least dip in benchmarks/results/dmt_dip.md); `batch` transitions per step (32 sequences of the
+    rollout's length), relabeled rounds at twice the weight of round 0 and the newest rounds favoured."""
+    return StudentTrainConfig(optim=OptimConfig(lr=1e-4, warmup_steps=5, schedule="cosine"), checkpoint_every=50,
+                              stream=StreamConfig(batch_size=batch, round_weights={"0": 1.0, "dmt": 2.0},
+                                                  round_decay=0.1, mix_shards=256, cache_shards=128))
+
+
+def _student(steps: int, arch: str = "mlp", depth: int = 2, batch: int = 512, lr: float = 1e-3) -> StudentTrainConfig:
+    """The student's SMT phase: AdamW with 20 warm-up steps at a constant lr, one checkpoint at the end."""
+    return StudentTrainConfig(updater=UpdaterConfig(arch=arch, depth=depth), optim=OptimConfig(lr=lr, warmup_steps=20),
+                              stream=StreamConfig(batch_size=batch), steps=steps, checkpoint_every=steps)
 
 
 def _tiny_teacher(**kw) -> TeacherConfig:
@@ -125,9 +116,7 @@ def _reference_pretrain(teacher: TeacherConfig, smt: SMTConfig) -> PretrainConfi
                           optim=OptimConfig(lr=3e-4, warmup_frac=0.01), updater=_updater("transformer", 8))
 
 
-def _updater(arch: str, depth: int):
-    from models.updaters import UpdaterConfig
-
+def _updater(arch: str, depth: int) -> UpdaterConfig:
     return UpdaterConfig(arch=arch, depth=depth)
 
 
@@ -162,10 +151,10 @@ RECIPES: dict[str, Recipe] = {
         name="tinystories-bytes", corpus="hf:roneneldan/TinyStories|T=320,stride=320",
         pretrain=_reference_pretrain(_reference_teacher(encoder="causal", window=256),
                                      SMTConfig(mode="stream", Tc=256, Tf=64)),
-        label=LabelStep(workers=8, shard_sequences=1024, gpus_per_worker=1.0),
-        student=StudentStep(arch="transformer", depth=8, steps=150_000, batch_size=4096, lr=3e-4),
-        dmt=DMTStep(rounds=150, sequences=320, steps_per_round=10, extra_steps=0), bptt=False),
-    # Byte-level text on any files (`--set corpus=text:<file or glob>|T=96,stride=48`); by default the English
+        label=LabelConfig(shard_sequences=1024), label_executor=ExecutorConfig(workers=8, gpus_per_worker=1.0),
+        student=_student(150_000, "transformer", 8, 4096, 3e-4), dmt=_lockstep(150, 10), dmt_actor=_actor(320),
+        dmt_phase=_dmt_phase(32 * 64), dmt_extra_steps=0, bptt=False),
+    # Byte-level text on any files (`--corpus 'text:<file or glob>|T=96,stride=48'`); by default the English
     # help topics every Python carries, so it runs offline from any directory. Memories see Tc=64 bytes
     # (teacher window 64, 2 layers); the last 32 bytes of each 96-byte test window are scored.
     # Defaults: the best configuration of benchmarks/results/text_gap.md (issue 16; ~1 MB of English, 80 CPU-s per
@@ -177,26 +166,24 @@ RECIPES: dict[str, Recipe] = {
         pretrain=PretrainConfig(teacher=_tiny_teacher(encoder="causal", window=64), updater=_updater("mlp", 2),
                                 smt=SMTConfig(mode="stream", Tc=64, Tf=8), optim=OptimConfig(lr=1e-3, warmup_steps=20),
                                 steps=400, seconds=120, eval_every=50),
-        label=LabelStep(shard_sequences=64, stride=384), student=StudentStep(steps=100, lr=3e-3),
-        dmt=DMTStep(rounds=10, sequences=64, steps_per_round=2), bptt=True, eval_size=256),
+        label=LabelConfig(shard_sequences=64, stride=384), student=_student(100, lr=3e-3), dmt=_lockstep(10),
+        dmt_phase=_dmt_phase(32 * 32), bptt=True, eval_size=256),
     "mnist-pixels": Recipe(
         name="mnist-pixels", corpus="mnist|split=train",
         pretrain=_reference_pretrain(_reference_teacher(encoder="causal"), SMTConfig(dec_positions=8, Tf=64)),
-        label=LabelStep(workers=8, shard_sequences=512, gpus_per_worker=1.0),
-        student=StudentStep(arch="transformer", depth=8, steps=150_000, batch_size=4096, lr=3e-4),
-        dmt=DMTStep(rounds=150, sequences=320, steps_per_round=10, extra_steps=0), bptt=False),
+        label=LabelConfig(shard_sequences=512), label_executor=ExecutorConfig(workers=8, gpus_per_worker=1.0),
+        student=_student(150_000, "transformer", 8, 4096, 3e-4), dmt=_lockstep(150, 10), dmt_actor=_actor(320),
+        dmt_phase=_dmt_phase(32 * 784), dmt_extra_steps=0, bptt=False),
     "mnist-pixels-tiny": Recipe(
         name="mnist-pixels-tiny", corpus="digits:split=train",
         pretrain=_tiny_pixels_pretrain(),
-        label=LabelStep(shard_sequences=256), student=StudentStep(steps=200),
-        dmt=DMTStep(rounds=10, sequences=64, steps_per_round=2), bptt=False, eval_size=128),
+        label=LabelConfig(shard_sequences=256), student=_student(200), dmt=_lockstep(10), bptt=False, eval_size=128),
     # scikit-learn's 8x8 digits as 64 raster-order pixels of 17 grey levels (raw=1: the data's own levels,
     # vocab 17); bits per pixel over the 63 pixels after the first, on the whole test split.
     "digits-pixels-tiny": Recipe(
         name="digits-pixels-tiny", corpus="digits:raw=1",
         pretrain=_tiny_pixels_pretrain(),
-        label=LabelStep(shard_sequences=256), student=StudentStep(steps=200),
-        dmt=DMTStep(rounds=10, sequences=64, steps_per_round=2), bptt=True, eval_size=512),
+        label=LabelConfig(shard_sequences=256), student=_student(200), dmt=_lockstep(10), bptt=True, eval_size=512),
 }
 
 
@@ -229,37 +216,26 @@ def resolve_corpus(spec: str) -> str:
     return spec.replace("{pydoc}", pydoc_text()) if "{pydoc}" in spec else spec
 
 
-def load_recipe(name_or_file: str, overrides: list[str] = ()) -> Recipe:
+def load_recipe(name_or_file: str) -> Recipe:
+    """A named recipe, or a JSON/YAML file holding the fields to change from its `base:` recipe (the same
+    names as the tree and its flags), its `{pydoc}` resolved. A fresh copy: changing it changes no other recipe."""
     if name_or_file in RECIPES:
-        rc = RECIPES[name_or_file]
-        rc = dataclasses.replace(rc)  # a shallow copy; `_apply` rebuilds what it changes
-    else:
-        p = Path(name_or_file)
-        if not p.exists():
-            raise ConfigError(f"recipe {name_or_file!r} is neither a named recipe ({', '.join(RECIPES)}) nor a file")
-        text = p.read_text()
-        if p.suffix in (".yaml", ".yml"):
-            import yaml
+        rc = copy.deepcopy(RECIPES[name_or_file])
+        return dataclasses.replace(rc, corpus=resolve_corpus(rc.corpus))
+    p = Path(name_or_file)
+    if not p.exists():
+        raise ConfigError(f"recipe {name_or_file!r} is neither a named recipe ({', '.join(RECIPES)}) nor a file")
+    text = p.read_text()
+    if p.suffix in (".yaml", ".yml"):
+        import yaml
 
-            data = yaml.safe_load(text) or {}
-        else:
-            data = json.loads(text)
-        base = RECIPES[data.pop("base", "retrieval-demo")]
-        rc = _apply(base, data, name_or_file)
-    for ov in overrides:
-        if "=" not in ov:
-            raise ConfigError(f"override {ov!r} is not key.sub=value: e.g. --set student.steps=100")
-        key, value = ov.split("=", 1)
-        tree: dict[str, Any] = {}
-        node = tree
-        parts = key.split(".")
-        for k in parts[:-1]:
-            node = node.setdefault(k, {})
-        try:
-            node[parts[-1]] = json.loads(value)
-        except json.JSONDecodeError:
-            node[parts[-1]] = value  # a bare string, e.g. student.arch=gru
-        rc = _apply(rc, tree, f"--set {ov}")
+        data = yaml.safe_load(text) or {}
+    else:
+        data = json.loads(text)
+    base = data.pop("base", "retrieval-demo")
+    if base not in RECIPES:
+        raise ConfigError(f"{name_or_file}: base {base!r} is not a named recipe: use one of {', '.join(RECIPES)}")
+    rc = _apply(copy.deepcopy(RECIPES[base]), data, name_or_file)
     return dataclasses.replace(rc, corpus=resolve_corpus(rc.corpus))
 
 
@@ -268,6 +244,7 @@ def _apply(obj, changes: dict, where: str):
     kw = {}
     names = {f.name: f for f in dataclasses.fields(obj)}
     for k, v in changes.items():
+        k = k.replace("-", "_")  # a file may spell fields like the flags
         if k not in names:
             raise ConfigError(f"{where}: unknown field {k!r} of {type(obj).__name__}: use one of {', '.join(names)}")
         cur = getattr(obj, k)
@@ -280,5 +257,3 @@ def _apply(obj, changes: dict, where: str):
     return dataclasses.replace(obj, **kw)
 
 
-def to_dict(rc: Recipe) -> dict:
-    return dataclasses.asdict(rc)

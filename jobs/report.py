@@ -43,9 +43,27 @@ def print_table(res: dict) -> None:
         label = f"test bits per {res.get('unit', 'token')}"
         print(f"{label:<40} {'':>7} {f(res['teacher_bits']):>8} {f(res['smt_bits']):>6} "
               f"{f(res['dmt_bits']):>6} {f(res.get('bptt_bits')):>6}")
+    for line in bptt_sweep_lines(res.get("bptt_sweep")):
+        print(line)
     print(f"bucket: {res['bucket']}")
     if res.get("report"):
         print(f"report: {res['report']}")
+
+
+def bptt_sweep_lines(sw: dict | None) -> list[str]:
+    """The BPTT baseline's lr sweep: every lr's final valid figures (n/a with the reason where a run never
+    reached the full length), the chosen lr and the budget rule."""
+    if not sw:
+        return []
+
+    def f(v, run):
+        return f"{v:.3f}" if isinstance(v, (int, float)) else f"n/a ({run.get('note') or 'not measured'})"
+
+    lines = [f"bptt lr sweep (chosen on valid: lr {sw['chosen_lr']:g}; budget: {sw['seconds_per_lr']:.0f} s per lr, "
+             f"{sw['budget_seconds']:.0f} s in all: {sw['budget_rule']})"]
+    lines += [f"  lr {r['lr']:g}: valid acc {f(r['valid_acc'], r)}, valid loss {f(r['valid_loss'], r)}, {r['steps']} steps, "
+              f"{r['seconds']:.0f} s, T={r['T']}{'  <- chosen' if r['chosen'] else ''}" for r in sw["runs"]]
+    return lines
 
 
 def write_report(out: Path, res: dict) -> str:
@@ -68,7 +86,8 @@ def write_report(out: Path, res: dict) -> str:
                                                              and p["stage"] != "pretrain"]),
     }
     if bh:
-        curves[f"BPTT ({res['student']} updater)"] = ([r["time"] for r in bh], [r["bptt_acc"] for r in bh])
+        curves[f"BPTT ({res['student']} updater"
+               + (f", chosen lr {res['bptt_sweep']['chosen_lr']:g})" if res.get("bptt_sweep") else ")")] = ([r["time"] for r in bh], [r["bptt_acc"] for r in bh])
     acc_png = plot_curves(out / "accuracy_vs_time.png", curves, xlabel="seconds since the pipeline started",
                           ylabel="answer accuracy (held-out)", title=f"{res['task']}: SMT->DMT vs BPTT",
                           hline=res.get("chance"))
@@ -90,6 +109,8 @@ def write_report(out: Path, res: dict) -> str:
                                                                           "below." if res.get("test") else ".")), "",
           markdown_table([res], ["teacher_acc", "smt_acc", "dmt_acc", "bptt_acc", "seconds"]), "",
           TEACHER_CHOICE, "",
+          *(["BPTT baseline, " + "; ".join(ln.strip() for ln in bptt_sweep_lines(res.get("bptt_sweep"))) + ".", ""]
+            if res.get("bptt_sweep") else []),
           markdown_table(rows, ["stage", "seconds", "acc", "drift_T"]), "",
           f"![accuracy against wall-clock]({acc_png.name})", "",
           ("*Accuracy against seconds since the pipeline started: the teacher and the jointly trained updater during "

@@ -39,23 +39,34 @@ def test_pretrain_eval_dmt_bptt_smoke(pretrained, tmp_path, capsys):
     assert "student" in out and "bptt" in out
 
 
-TINY_RECIPE = ["pretrain.teacher.d_model=16", "pretrain.teacher.n_heads=2", "pretrain.teacher.mem_tokens=2",
-               "pretrain.teacher.encoder_depth=1", "pretrain.teacher.decoder_depth=1", "pretrain.steps=2",
-               "pretrain.eval_every=1", "pretrain.eval_size=8", "pretrain.curriculum=[]", "student.steps=2",
-               "student.batch_size=16", "dmt.rounds=2", "dmt.sequences=8", "dmt.steps_per_round=1",
-               "dmt.batch_size=4", "eval_size=8", "label.shard_sequences=16", "label.workers=0",
-               "bptt_max_seconds=1"]
+TINY_RECIPE = ["--pretrain.teacher.d-model", "16", "--pretrain.teacher.n-heads", "2", "--pretrain.teacher.mem-tokens",
+               "2", "--pretrain.teacher.encoder-depth", "1", "--pretrain.teacher.decoder-depth", "1", "--pretrain.steps",
+               "2", "--pretrain.eval-every", "1", "--pretrain.eval-size", "8", "--pretrain.curriculum", "--student.steps",
+               "2", "--student.stream.batch-size", "16", "--dmt.rounds", "2", "--dmt.every", "1", "--dmt-actor.sequences",
+               "8", "--dmt-phase.stream.batch-size", "32", "--online.batch-size", "4", "--eval-size", "8",
+               "--label.shard-sequences", "16", "--label-executor.workers", "0", "--bptt-max-seconds", "1"]
 
 
 def test_demo_smoke_runs_every_stage(tmp_path, ray_local, capsys):
-    rc = smt(["demo", "--out", str(tmp_path / "d"), "--quiet", "--set", "corpus=retrieval:T=8,vocab=4,n=32",
-              "pretrain.seconds=1", *TINY_RECIPE])
+    rc = smt(["demo", "--out", str(tmp_path / "d"), "--quiet", "--corpus", "retrieval:T=8,vocab=4,n=32",
+              "--pretrain.seconds", "1", *TINY_RECIPE])
     assert rc == 0
     res = json.loads((tmp_path / "d" / "results.json").read_text())
     for k in ("task", "teacher_acc", "smt_acc", "dmt_acc", "bptt_acc", "seconds", "bucket", "student"):
         assert k in res, k
     assert [p["stage"] for p in res["timeline"]] == ["pretrain", "label", "student-smt", "dmt-1", "dmt-2"]
+    # the BPTT baseline: every lr of the recipe's sweep trained (a share of the budget each), the winner chosen on valid
+    sw = res["bptt_sweep"]
+    assert [r["lr"] for r in sw["runs"]] == [3e-4, 1e-3, 3e-3] and "split=valid" in sw["chosen_on"]
+    assert all(r["steps"] >= 1 and r["T"] == 8 and r["valid_acc"] is not None for r in sw["runs"])
+    assert sw["seconds_per_lr"] == pytest.approx(sw["budget_seconds"] / 3, abs=0.01) and sw["budget_seconds"] <= 1
+    assert "equal share per lr" in sw["budget_rule"]
+    best = max(sw["runs"], key=lambda r: (r["valid_acc"], -r["valid_loss"]))
+    assert sw["chosen_lr"] == best["lr"] and [r["chosen"] for r in sw["runs"]] == [r is best for r in sw["runs"]]
+    for r in sw["runs"]:  # each lr trained its own student
+        assert (tmp_path / "d" / "bptt" / r["folder"] / "student" / "config.json").exists()
     demo_out = capsys.readouterr().out
+    assert "bptt lr sweep (chosen on valid: lr " in demo_out and demo_out.count("  <- chosen") >= 1
     # `smt eval --run OUT` evaluates the pipeline's newest student checkpoint, with its teacher
     assert smt(["eval", "--run", str(tmp_path / "d"), "--corpus", "retrieval:T=8,vocab=4,n=32", "--size", "8",
                 "--json"]) == 0
@@ -83,9 +94,9 @@ def test_demo_smoke_runs_every_stage(tmp_path, ray_local, capsys):
 def test_tiny_recipes_run_offline(recipe, tmp_path, ray_local, monkeypatch):
     monkeypatch.chdir(tmp_path)  # any working directory: the text recipe reads Python's own pydoc text
     monkeypatch.setenv("SMT_CACHE", str(tmp_path / "cache"))
-    few_shards = ["label.shard_sequences=4096"] if recipe == "text-bytes-tiny" else []  # 8k windows of pydoc text
-    assert smt(["pipeline", "--recipe", recipe, "--out", "out", "--quiet",
-                "--set", *TINY_RECIPE, "pretrain.seconds=1", *few_shards]) == 0
+    few_shards = ["--label.shard-sequences", "4096"] if recipe == "text-bytes-tiny" else []  # 8k windows of pydoc text
+    assert smt(["pipeline", "--recipe", recipe, "--out", "out", "--quiet", *TINY_RECIPE, "--pretrain.seconds", "1",
+                *few_shards]) == 0
     res = json.loads((tmp_path / "out" / "results.json").read_text())
     assert res["recipe"] == recipe and len(res["dmt_rounds"]) == 2 and res["test"]["split"] == "test"
     for k in ("teacher_bits", "smt_bits", "dmt_bits", "bptt_bits"):  # test bits of every model, BPTT included
@@ -131,3 +142,13 @@ def test_help_lists_every_stage(capsys):
     out = capsys.readouterr().out
     for stage in ("demo", "pretrain", "label", "train", "dmt", "bptt", "eval", "inspect"):
         assert f"  {stage} " in out
+
+
+@pytest.mark.parametrize("stage, flags", [
+    ("train", ("--steps", "--optim.lr", "--stream.batch-size", "--updater.arch", "--dmt.every", "--dmt.refresh.enabled")),
+    ("pipeline", ("--student.optim.lr", "--dmt-phase.stream.batch-size", "--pretrain.teacher.d-model", "--dmt.rounds")),
+])
+def test_help_shows_the_nested_component_options(stage, flags, capsys):
+    assert smt([stage, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(f in out for f in flags), [f for f in flags if f not in out]

@@ -435,7 +435,7 @@ def test_lockstep_loop_refuses_a_run_without_the_boundary_checkpoint(labeled, tm
     d = labeled
     run = str(tmp_path / "run")
     run_training(d["targets"], d["teacher"], run, _train_cfg(30, every=10), quiet=True)
-    with pytest.raises(DMTTimeout, match=r"no checkpoint or policy snapshot at step 25 .*--dmt-every 5"):
+    with pytest.raises(DMTTimeout, match=r"no checkpoint or policy snapshot at step 25 .*--dmt\.every 5"):
         DMTLoop(_loop_cfg(d, run, rounds=1, every_steps=5, first_step=25)).run()
     assert newest_generation(rounds_bucket(run)) == 0
 
@@ -496,13 +496,13 @@ def test_killed_dmt_driver_leaves_no_partial_round_and_resumes_once(tmp_path):
 
 
 def test_lockstep_from_the_command_line(labeled, tmp_path):
-    """`smt train --phase-start --dmt-every --dmt-rounds --dmt-refresh` beside `smt dmt --first-step`."""
+    """`smt train --phase-start --dmt.every --dmt.rounds --dmt.refresh.enabled` beside `smt dmt --first-step`."""
     from jobs.train import main as train_main
 
     d = labeled
     run = str(tmp_path / "run")
-    common = ["--targets", d["targets"], "--teacher", d["teacher"], "--out", run, "--batch-size", "32",
-              "--shuffle-buffer", "128", "--device", "cpu", "--quiet"]
+    common = ["--targets", d["targets"], "--teacher", d["teacher"], "--out", run, "--stream.batch-size", "32",
+              "--stream.shuffle-buffer", "128", "--device", "cpu", "--quiet"]
     assert train_main([*common, "--steps", "20", "--checkpoint-every", "10"]) == 0
     argv = ["--targets", d["targets"], "--run", run, "--corpus", SPEC, "--teacher", d["teacher"], "--rounds", "2",
             "--every-steps", "5", "--first-step", "20", "--sequences", "12", "--shard-sequences", "6", "--dtype",
@@ -511,9 +511,10 @@ def test_lockstep_from_the_command_line(labeled, tmp_path):
     actor = subprocess.Popen([sys.executable, "-m", "jobs.dmt", *argv], cwd=REPO, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
-        assert train_main([*common, "--steps", "35", "--checkpoint-every", "10", "--phase-start", "20", "--dmt-every",
-                           "5", "--dmt-rounds", "2", "--dmt-refresh", "--round-decay", "0.1", "--lr", "1e-4",
-                           "--round-weights", '{"0": 1, "dmt": 2}', "--dmt-wait-seconds", "60"]) == 0
+        assert train_main([*common, "--steps", "35", "--checkpoint-every", "10", "--phase-start", "20", "--dmt.every",
+                           "5", "--dmt.rounds", "2", "--dmt.refresh.enabled", "--stream.round-decay", "0.1",
+                           "--optim.lr", "1e-4", "--stream.round-weights", "0", "1", "dmt", "2",
+                           "--dmt.wait-seconds", "60"]) == 0
         _, err = actor.communicate(timeout=120)
     finally:
         actor.kill()

@@ -151,7 +151,7 @@ def _cli(module: str, *argv: str, env: dict | None = None) -> subprocess.Complet
 
 def _smt_train(d: dict, run: str) -> None:
     p = _cli("jobs.train", "--targets", d["targets"], "--teacher", d["teacher"], "--out", run, "--steps", "20",
-             "--batch-size", "32", "--shuffle-buffer", "128", "--checkpoint-every", "10", "--device", "cpu", "--quiet")
+             "--stream.batch-size", "32", "--stream.shuffle-buffer", "128", "--checkpoint-every", "10", "--device", "cpu", "--quiet")
     assert p.returncode == 0, p.stderr[-2000:]
 
 
@@ -189,7 +189,8 @@ def test_train_then_dmt_alone_from_the_command_line(tmp_path, capsys):
     assert json.loads(Path(run, "checkpoints/latest.json").read_text())["step"] == 30
     # the same SMT run again (deterministic), then the same DMT job in two calls: the same student
     assert train_main(["--targets", d["targets"], "--teacher", d["teacher"], "--out", split, "--steps", "20",
-                       "--batch-size", "32", "--shuffle-buffer", "128", "--checkpoint-every", "10", "--device", "cpu",
+                       "--stream.batch-size", "32", "--stream.shuffle-buffer", "128", "--checkpoint-every", "10",
+                       "--device", "cpu",
                        "--quiet"]) == 0
     for rounds in (1, 2):
         assert dmt_main(_dmt_argv(d, split, rounds, "--no-actor", "--quiet")) == 0
@@ -206,7 +207,7 @@ def test_dmt_alone_in_a_ray_actor_prints_each_round(ray_local, tmp_path, capsys)
     run = str(tmp_path / "runs" / "mlp")
     run_training(d["targets"], d["teacher"], run, _cfg("mlp", 10), quiet=True)
     capsys.readouterr()
-    assert dmt_main(_dmt_argv(d, run, 2, "--cpus", "1")) == 0
+    assert dmt_main(_dmt_argv(d, run, 2, "--resources.num-cpus", "1")) == 0
     out = [line for line in capsys.readouterr().out.splitlines() if line.startswith("round ")]
     assert [line.split(":")[0] for line in out] == ["round 1"] * 3 + ["round 2"] * 3, out
     assert "student step 10 rollout_acc=" in out[0] and "trained to step 15" in out[2] and "to 20" in out[4]

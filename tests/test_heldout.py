@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from jobs.recipes import load_recipe, pydoc_text
+from jobs.recipes import load_recipe, pydoc_text, resolve_corpus
 from models.student_rnn import Student
 from models.teacher import Teacher, TeacherConfig
 from models.updaters import UpdaterConfig, matched_updater
@@ -54,12 +54,10 @@ def test_recipes_resolve_offline_from_a_foreign_directory(foreign_cwd):
     assert sum(v["tokens"] for v in sizes.values()) <= len(text.encode()) + 2
     d = load_corpus(load_recipe("digits-pixels-tiny").corpus)
     assert d.vocab_size == 17 and d.seq_len == 64 and split_sizes(d)["test"]["sequences"] == 297
-    # any text file, and the placeholder, through --set
+    # any text file, and the placeholder, through --corpus (the pipeline resolves the flag's value)
     (foreign_cwd / "mine.txt").write_text("hello world, " * 400)
-    rc2 = load_recipe("text-bytes-tiny", [f"corpus=text:{foreign_cwd / 'mine.txt'}|T=96,stride=48"])
-    assert load_corpus(rc2.corpus).with_split("test").num_sequences > 0
-    rc3 = load_recipe("text-bytes-tiny", ["corpus=text:{pydoc}|T=256,stride=128"])
-    assert rc3.corpus == f"text:{path}|T=256,stride=128"
+    assert load_corpus(resolve_corpus(f"text:{foreign_cwd / 'mine.txt'}|T=96,stride=48")).with_split("test").num_sequences > 0
+    assert resolve_corpus("text:{pydoc}|T=256,stride=128") == f"text:{path}|T=256,stride=128"
 
 
 def test_bits_per_byte_matches_a_hand_computation(tmp_path):

@@ -2,7 +2,8 @@
 package or one below it, never one above (that would make a cycle: every upper package imports the lower
 ones). Parsed with `ast`, so lazy imports inside functions count too. Library code never imports tests/,
 benchmarks/ or scripts/, and below jobs/ no two modules share a name (jobs/ are entry points named after the
-stage they run). Library code holds no test hooks either."""
+stage they run). Library code holds no test hooks either, and no modules import each other in a loop at module
+level (inside a package too: e.g. pipeline.corpora's registry imports the synthetic tasks, never back)."""
 from __future__ import annotations
 
 import ast
@@ -84,3 +85,87 @@ def test_library_code_holds_no_test_hooks():
                 elif isinstance(node, ast.Name) and node.id == "FaultPlan":
                     bad.append(f"{where} uses FaultPlan")
     assert not bad, "\n".join(bad)
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def module_level_imports(source: str, name: str, is_package: bool, known: set[str]) -> set[str]:
+    """The library modules `name` imports when it is first imported: statements outside any function or
+    class body (under `if`/`try` too). `from a.b import c` counts as a.b.c when c is a module, else a.b.
+    Importing a submodule also runs its package's __init__, but Python loads that first; only named
+    modules count, so a package __init__ re-exporting its submodules is not a loop."""
+    base = name if is_package else name.rpartition(".")[0]
+    found: set[str] = set()
+    todo = list(ast.parse(source).body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            continue
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name in known}
+        elif isinstance(node, ast.ImportFrom):
+            target = node.module or ""
+            if node.level:
+                up = base.split(".")[: len(base.split(".")) - (node.level - 1)]
+                target = ".".join(up + ([node.module] if node.module else []))
+            for a in node.names:
+                if f"{target}.{a.name}" in known:
+                    found.add(f"{target}.{a.name}")
+                elif target in known:
+                    found.add(target)
+        else:
+            todo += [c for c in ast.iter_child_nodes(node) if isinstance(c, ast.stmt)]
+    return found
+
+
+def import_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One loop of the graph as [a, b, ..., a], or None when it has none (depth-first search)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(m: str) -> list[str] | None:
+        state[m] = 1
+        path.append(m)
+        for n in sorted(graph.get(m, ())):
+            if state.get(n) == 1:
+                return path[path.index(n):] + [n]
+            if n not in state and (found := visit(n)):
+                return found
+        path.pop()
+        state[m] = 2
+        return None
+
+    for m in sorted(graph):
+        if m not in state and (found := visit(m)):
+            return found
+    return None
+
+
+def library_import_graph() -> dict[str, set[str]]:
+    paths = [p for pkg in ORDER for p in sorted((ROOT / pkg).rglob("*.py"))]
+    known = {module_name(p) for p in paths}
+    return {module_name(p): module_level_imports(p.read_text(), module_name(p), p.name == "__init__.py", known)
+            for p in paths}
+
+
+def test_no_module_level_import_cycle():
+    cycle = import_cycle(library_import_graph())
+    assert cycle is None, "module-level import loop: " + " -> ".join(cycle) + " (make one of them import lazily or move the shared part down)"
+
+
+def test_the_cycle_checker_finds_loops():
+    """The guard above can fail: a loop through a package's own modules is found, a lazy import is not one."""
+    known = {"pkg", "pkg.a", "pkg.b", "pkg.c"}
+    graph = {
+        "pkg": module_level_imports("from pkg.a import A\nfrom pkg import b\n", "pkg", True, known),
+        "pkg.a": module_level_imports("from . import b\n", "pkg.a", False, known),
+        "pkg.b": module_level_imports("import os\nfrom pkg.c import C\n", "pkg.b", False, known),
+        "pkg.c": module_level_imports("try:\n    from pkg.a import A\nexcept ImportError:\n    pass\n", "pkg.c", False, known),
+    }
+    assert graph["pkg"] == {"pkg.a", "pkg.b"} and graph["pkg.a"] == {"pkg.b"}
+    assert import_cycle(graph) == ["pkg.a", "pkg.b", "pkg.c", "pkg.a"]
+    graph["pkg.c"] = module_level_imports("def f():\n    from pkg.a import A\n", "pkg.c", False, known)
+    assert graph["pkg.c"] == set() and import_cycle(graph) is None

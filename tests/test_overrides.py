@@ -1,24 +1,84 @@
-"""Repeated list flags all apply: `--set a=1 --set b=2` keeps both (tyro alone keeps only the last)."""
+"""One override language: a recipe's tree is the parser's defaults, flags and recipe files name its fields alike."""
 from __future__ import annotations
 
-from jobs.common import merge_repeated, parse
-from jobs.demo import DemoConfig
-from jobs.pipeline import PipelineJob
-from jobs.recipes import load_recipe
+import json
+
+import pytest
+
+from jobs.common import parse
+from jobs.pipeline import PipelineJob, defaults, wired
+from jobs.recipes import RECIPES, load_recipe
+from models.teacher import ConfigError
 
 
-def test_repeated_set_flags_all_apply():
-    argv = ["--recipe", "retrieval-demo", "--set", "student.steps=7", "--quiet", "--set", "dmt.rounds=5",
-            "label.workers=0", "--set=student.arch=gru"]
-    job = parse(PipelineJob, argv, "pipeline")
-    assert job.set == ["student.steps=7", "dmt.rounds=5", "label.workers=0", "student.arch=gru"] and job.quiet
-    rc = load_recipe(job.recipe, job.set)
-    assert (rc.student.steps, rc.dmt.rounds, rc.label.workers, rc.student.arch) == (7, 5, 0, "gru")
-    demo = parse(DemoConfig, ["--set", "dmt.rounds=2", "--student", "gru", "--set", "student.steps=3"], "demo")
-    assert demo.set == ["dmt.rounds=2", "student.steps=3"] and demo.student == "gru"
+def _parse(argv: list[str]) -> PipelineJob:
+    return parse(PipelineJob, argv, "pipeline", default=defaults(argv))
 
 
-def test_merge_keeps_other_flags_and_order():
-    assert merge_repeated(["--out", "x", "--set", "a=1", "--set", "b=2"], {"--set"}) == \
-        ["--out", "x", "--set", "a=1", "b=2"]
-    assert merge_repeated(["--out", "x"], {"--set"}) == ["--out", "x"]
+def test_flags_override_the_named_recipe_and_keep_its_other_values():
+    job = _parse(["--recipe", "text-bytes-tiny", "--student.steps", "7", "--quiet", "--dmt.rounds", "5",
+                  "--label-executor.workers", "0", "--student.updater.arch", "gru", "--dmt.refresh.no-enabled"])
+    rc, base = job.tree, RECIPES["text-bytes-tiny"]
+    assert job.recipe == "text-bytes-tiny" and job.quiet
+    assert (rc.student.steps, rc.dmt.rounds, rc.label_executor.workers, rc.student.updater.arch) == (7, 5, 0, "gru")
+    assert not rc.dmt.refresh.enabled and base.dmt.refresh.enabled  # the named recipe itself is unchanged
+    # what no flag names keeps the recipe's value, not the class default
+    assert rc.eval_size == base.eval_size == 256 and rc.dmt.every == base.dmt.every
+    assert rc.pretrain.smt.Tc == 64 and rc.label.shard_sequences == 64 and rc.dmt_phase.stream.batch_size == 1024
+    assert rc.student.updater.depth == 2 and rc.student.optim.lr == base.student.optim.lr
+
+
+def test_last_of_repeated_flags_wins_and_underscores_spell_the_same_field():
+    job = _parse(["--student.steps", "3", "--student.steps", "9", "--student.stream.batch_size", "64"])
+    assert job.tree.student.steps == 9 and job.tree.student.stream.batch_size == 64
+    assert job.recipe == "retrieval-demo" and job.tree.name == "retrieval-demo"
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_a_recipe_file_uses_the_flags_names(tmp_path, suffix):
+    tree = {"base": "text-bytes-tiny", "student": {"steps": 7, "updater": {"arch": "gru"}}, "dmt": {"rounds": 5},
+            "label_executor": {"workers": 0}, "pretrain": {"curriculum": []}}
+    path = tmp_path / f"r{suffix}"
+    if suffix == ".json":
+        path.write_text(json.dumps(tree))
+    else:
+        import yaml
+
+        path.write_text(yaml.safe_dump(tree))
+    from_file = load_recipe(str(path))
+    from_flags = _parse(["--recipe", "text-bytes-tiny", "--student.steps", "7", "--student.updater.arch", "gru",
+                         "--dmt.rounds", "5", "--label-executor.workers", "0", "--pretrain.curriculum"]).tree
+    assert from_file == from_flags
+    # and the file is a recipe the flags start from
+    assert _parse(["--recipe", str(path), "--dmt.rounds", "2"]).tree.student.updater.arch == "gru"
+
+
+def test_bad_names_are_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        _parse(["--student.nosuch", "1"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--student.nosuch" in err[0] and err[0].startswith("smt pipeline: error:")
+    (tmp_path / "bad.json").write_text(json.dumps({"student": {"stepz": 1}}))
+    with pytest.raises(ConfigError, match="unknown field 'stepz' of StudentTrainConfig"):
+        load_recipe(str(tmp_path / "bad.json"))
+    with pytest.raises(ConfigError, match="neither a named recipe"):
+        load_recipe(str(tmp_path / "missing.yaml"))
+
+
+def test_fields_the_pipeline_derives_are_refused_when_set():
+    rc = _parse(["--label.teacher", "somewhere"]).tree
+    with pytest.raises(ConfigError, match="label.teacher is set by the pipeline.*drop --label.teacher"):
+        wired(rc.label, "label", teacher="t", corpus="c", out="o", Tc=None)
+    rc = load_recipe("retrieval-demo")
+    assert wired(rc.label, "label", teacher="t", corpus="c", out="o", Tc=None).teacher == "t"
+
+
+def test_bptt_baseline_takes_the_teachers_curriculum_and_refuses_its_own():
+    from jobs.pipeline import _bptt_baseline
+
+    rc = _parse(["--baseline.curriculum", "8"]).tree
+    with pytest.raises(ConfigError, match="baseline.curriculum is set by the pipeline.*drop --baseline.curriculum"):
+        _bptt_baseline(rc, None, 10.0, None, True, print)
+    rc = _parse(["--baseline.lrs", "1e-3", "3e-3"]).tree
+    assert rc.baseline.lrs == (1e-3, 3e-3) and rc.pretrain.curriculum == (16, 32)

@@ -164,5 +164,5 @@ def test_label_publishes_the_teacher_and_train_needs_no_teacher_flag(tmp_path, c
     assert (bucket / "teachers" / fp / "config.json").exists()
     assert default_teacher(targets, None).endswith(f"/teachers/{fp}")   # smt dmt resolves it the same way
     assert smt(["train", "--targets", targets, "--out", str(tmp_path / "student"), "--steps", "2",
-                "--batch-size", "16", "--hidden", "32", "--depth", "1", "--quiet"]) == 0   # no --teacher
+                "--stream.batch-size", "16", "--updater.hidden", "32", "--updater.depth", "1", "--quiet"]) == 0   # no --teacher
     assert json.loads((tmp_path / "student" / LATEST).read_text())["step"] == 2

@@ -19,12 +19,12 @@ TINY = {  # flags appended per stage: small models, batches and rollouts
     "pretrain": "--steps 40 --batch-size 16 --eval-every 20 --eval-size 16 --teacher.d-model 16 --teacher.n-heads 2 "
                 "--teacher.mem-tokens 2 --teacher.encoder-depth 1 --teacher.decoder-depth 1 --device cpu --quiet",
     "label": "--shard-sequences 32 --batch-size 32 --device cpu --quiet",
-    "train": "--batch-size 32 --shuffle-buffer 256 --hidden 32 --device cpu --quiet",
+    "train": "--stream.batch-size 32 --stream.shuffle-buffer 256 --updater.hidden 32 --device cpu --quiet",
     "dmt": "--sequences 16 --shard-sequences 16 --device cpu",
     "dmt-online": "--steps 10 --batch-size 8 --eval-every 10 --eval-size 16 --device cpu --quiet",
     "bptt": "--steps 20 --seconds 10 --batch-size 8 --eval-every 10 --eval-size 16 --device cpu --quiet",
     "eval": "--size 32",
-    "pipeline": "--set pretrain.steps=30 pretrain.eval_every=15 student.steps=20 dmt.rounds=2 --quiet",
+    "pipeline": "--pretrain.steps 30 --pretrain.eval-every 15 --student.steps 20 --dmt.rounds 2 --quiet",
 }
 
 

@@ -12,7 +12,7 @@ import torch
 
 from models.teacher import TeacherConfig
 from pipeline.corpora import Corpus, held_out, load_corpus
-from pipeline.tasks import SyntheticTask
+from pipeline.corpora.synthetic import SyntheticTask
 from trainers.bptt import BPTTConfig, train_bptt
 from trainers.dmt import OnlineDMTConfig, dmt_online
 from trainers.evaluate import evaluate_student

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline.corpora import CorpusError, load_corpus
-from pipeline.tasks import BLOCK, TASKS
+from pipeline.corpora.synthetic import BLOCK, TASKS
 
 SPECS = [
     "retrieval:T=64,vocab=8",

@@ -69,23 +69,28 @@ def test_levers_set_the_recipe_fields_they_name():
     assert cfg.teacher.d_model % cfg.teacher.n_heads == 0
 
 
-def test_label_stride_labels_a_fraction_of_a_stream_corpus_and_refuses_prefix_corpora():
-    import dataclasses
-
+def test_label_stride_labels_a_fraction_of_a_stream_corpus_and_refuses_prefix_corpora(tmp_path):
     import pytest
+    import torch
 
-    from jobs.pipeline import label_spec
-    from jobs.recipes import LabelStep, load_recipe
-    from models.teacher import ConfigError
+    from jobs.recipes import load_recipe
+    from models.checkpoint import save_teacher
+    from models.teacher import Teacher, TeacherConfig
     from pipeline.corpora import load_corpus
+    from pipeline.label import LabelConfig, LabelError, prepare
 
     rc = load_recipe("text-bytes-tiny")
+    assert rc.label.stride == 384  # the study's label share is the recipe's default
+    torch.manual_seed(0)
+    url = str(tmp_path / "teacher")
+    save_teacher(url, Teacher(TeacherConfig(vocab_size=256, d_model=16, n_heads=2, encoder_depth=1, decoder_depth=1,
+                                            mem_tokens=2, window=64)), {})
     text = load_corpus(rc.corpus)
-    assert label_spec(dataclasses.replace(rc, label=LabelStep(stride=None)), text) == text.spec
-    strided = load_corpus(label_spec(dataclasses.replace(rc, label=LabelStep(stride=384)), text))
-    assert strided.stride == 384 and strided.num_sequences < text.num_sequences // 7
-    digits = load_recipe("digits-pixels-tiny")
-    with pytest.raises(ConfigError, match="label.stride=96 needs a stream corpus"):
-        label_spec(dataclasses.replace(digits, label=LabelStep(stride=96)), load_corpus(digits.corpus))
-    with pytest.raises(ConfigError, match="label.stride=0 must be >= 1"):
-        LabelStep(stride=0)
+    whole = prepare(LabelConfig(teacher=url, corpus=rc.corpus, out=str(tmp_path / "b"), Tc=64))
+    part = prepare(LabelConfig(teacher=url, corpus=rc.corpus, out=str(tmp_path / "b"), Tc=64, stride=384))
+    assert whole.corpus.num_sequences == text.num_sequences
+    assert part.corpus.stride == 384 and part.corpus.num_sequences < text.num_sequences // 7
+    with pytest.raises(LabelError, match="--stride=96 applies to stream corpora only"):
+        prepare(LabelConfig(teacher=url, corpus="retrieval:T=16,vocab=8,n=64", out=str(tmp_path / "b"), stride=96))
+    with pytest.raises(LabelError, match="stride=0 must be >= 1"):
+        LabelConfig(stride=0)

@@ -46,8 +46,9 @@ def losses(path):
 
 def test_kill_and_resume_equals_uninterrupted(two_sets, tmp_path):
     a, _, _ = two_sets
-    args = ["--targets", a["targets"], "--teacher", a["teacher"], "--steps", "30", "--batch-size", "96",
-            "--checkpoint-every", "3", "--shuffle-buffer", "300", "--hidden", "64", "--depth", "1", "--quiet"]
+    args = ["--targets", a["targets"], "--teacher", a["teacher"], "--steps", "30", "--stream.batch-size", "96",
+            "--checkpoint-every", "3", "--stream.shuffle-buffer", "300", "--updater.hidden", "64", "--updater.depth", "1",
+            "--quiet"]
     run = str(tmp_path / "killed")
     cmd = [sys.executable, "-m", "jobs.train", *args, "--out", run]
     env = {**os.environ, "PYTHONPATH": ROOT}
@@ -106,8 +107,8 @@ def test_other_teachers_are_refused(two_sets, tmp_path):
 
 def test_smt_train_smoke_and_default_teacher(two_sets, tmp_path, capsys):
     a, _, root = two_sets
-    assert main(["--targets", a["targets"], "--student", "gru", "--out", str(tmp_path / "run"), "--steps", "2",
-                 "--batch-size", "16", "--checkpoint-every", "1", "--quiet"]) == 0   # teacher found by fingerprint
+    assert main(["--targets", a["targets"], "--updater.arch", "gru", "--out", str(tmp_path / "run"), "--steps", "2",
+                 "--stream.batch-size", "16", "--checkpoint-every", "1", "--quiet"]) == 0   # teacher found by fingerprint
     assert read_json(tmp_path / "run" / LATEST)["step"] == 2
     _, fp, _ = load_student(str(tmp_path / "run" / "checkpoints" / "step-00000002" / "student"))
     assert fp == a["fp"]

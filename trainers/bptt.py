@@ -8,7 +8,7 @@ accuracy on the valid split reaches `curriculum_acc`) and `stop_at_acc`, both re
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +58,9 @@ class BPTTConfig:
     """Clock of `seconds` and of logged times: 'wall', or 'process' (this process's CPU seconds)."""
     device: str = "auto"
     """'auto', 'cpu' or 'cuda'."""
+    lrs: tuple[float, ...] = ()
+    """Learning-rate sweep (e.g. 3e-4 1e-3 3e-3) run by `sweep_bptt`, one run per lr with this whole config,
+    chosen on valid; empty = one run at optim.lr."""
 
 
 def bptt_loss(student: Student, x: torch.Tensor, y: torch.Tensor, truncate: int | None = None) -> torch.Tensor:
@@ -136,3 +139,35 @@ def train_bptt(corpus, cfg: BPTTConfig, out: str | Path | None = None, quiet: bo
         save_student(str(out / "student"), student, None, {"corpus": corpus.spec, "trained_by": "bptt", "steps": step})
     return {"student": student, "history": log.history, "final": final, "seconds": log.elapsed(),
             "steps": step}
+
+
+def sweep_bptt(corpus, cfg: BPTTConfig, out: str | Path | None = None, quiet: bool = False) -> dict:
+    """One `train_bptt` run per lr of `cfg.lrs` (or one at optim.lr), each with the whole of `cfg` (its own
+    `seconds`), under OUT/lr-<lr>/. Chosen on valid: a run that reached the full length beats one stuck in the
+    curriculum, then the best final valid accuracy, then the lower valid loss. The winner goes to OUT/student.
+    Returns the winner's `train_bptt` result plus "lr" and "runs" (per lr: steps, seconds, the length reached,
+    and the final valid figures, None with a `note` when the run never reached the full length)."""
+    lrs = cfg.lrs or (cfg.optim.lr,)
+    out = Path(out) if out else None
+    results = []
+    for lr in lrs:
+        one = replace(cfg, optim=replace(cfg.optim, lr=lr), lrs=())
+        results.append((lr, train_bptt(corpus, one, out=out / f"lr-{lr:g}" if out else None, quiet=quiet)))
+
+    def key(p):
+        f = p[1]["final"]
+        return f.get("T") == corpus.seq_len, f.get("bptt_acc", -1.0), -f.get("bptt_loss", 0.0)
+
+    lr, best = max(results, key=key)
+    runs = []
+    for x, r in results:
+        f, full = r["final"], r["final"].get("T") == corpus.seq_len
+        runs.append({"lr": x, "folder": f"lr-{x:g}", "steps": r["steps"], "seconds": round(r["seconds"], 2),
+                     "T": f.get("T"), "valid_acc": f.get("bptt_acc") if full else None,
+                     "valid_loss": f.get("bptt_loss") if full else None, "chosen": x == lr,
+                     **({} if full else {"note": f"the curriculum never reached T={corpus.seq_len} "
+                                                  f"(stopped at T={f.get('T')})"})})
+    if out:
+        save_student(str(out / "student"), best["student"], None,
+                     {"corpus": corpus.spec, "trained_by": "bptt", "steps": best["steps"], "lr": lr})
+    return {**best, "lr": lr, "runs": runs}

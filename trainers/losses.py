@@ -1,4 +1,4 @@
-"""The SMT/DMT losses: masked cross-entropy, memory MSE and the uniformity loss."""
+"""The SMT/DMT losses: masked and per-position cross-entropy, and the uniformity loss of memory tokens."""
 from __future__ import annotations
 
 import torch

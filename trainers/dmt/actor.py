@@ -13,8 +13,8 @@ and the loop's pins and reports (`<run>/rounds/dmt/`); the shared target set (ro
    rollout accuracy, generation) as `dmt/round-r.json`. A crash between the commit and the report is
    repaired on restart from the pending file, so every committed round has its report.
 Who trains the student between rounds:
-- a trainer attached beside the loop: lockstep (`first_step`, `smt train --phase-start --dmt-every`) or
-  following (`smt train --follow ...`, `--no-train` here); the loop waits for its checkpoints, saying
+- a trainer attached beside the loop: lockstep (`first_step`, `smt train --phase-start --dmt.every`) or
+  following (`smt train --stream.follow ...`, `--no-train` here); the loop waits for its checkpoints, saying
   what it waits for and for how long;
 - nobody (standalone, the README's `smt train` then `smt dmt`): the loop is given a `trainer` and after
   round r trains the run itself on round 0 + rounds 1..r for `every_steps` steps (one new training phase
@@ -36,7 +36,7 @@ from storage.bucket import Bucket
 from storage.errors import ObjectNotFound
 from storage.manifest import newest_generation, read_generation
 from storage.rounds import rounds_bucket
-from storage.run_dir import RunDir
+from storage.run_dir import ROLLOUT, RunDir
 from trainers.student import StudentTrainConfig, run_training
 
 LATEST = "checkpoints/latest.json"
@@ -48,14 +48,14 @@ class DMTTimeout(RuntimeError):
 
 @dataclass(kw_only=True)
 class DMTLoopConfig:
-    targets: str
+    targets: str = ""
     """Target set URL (the folder holding manifest/): round 0, shared and only read."""
-    run: str
+    run: str = ""
     """Student run URL (written by `smt train`; holds checkpoints/latest.json); its rounds go to <run>/rounds/."""
-    corpus: str
+    corpus: str = ""
     """Corpus spec the target set was labeled from."""
-    teacher: str
-    """Teacher checkpoint URL."""
+    teacher: str = ""
+    """Teacher checkpoint URL (`smt dmt`: default <bucket>/teachers/<fingerprint>)."""
     rounds: int = 3
     """Total DMT rounds to reach (rounds already committed count)."""
     every_steps: int = 100
@@ -72,8 +72,8 @@ class DMTLoopConfig:
     """Rollout start (0 in prefix mode, Tc in stream mode)."""
     Td: int | None = None
     """Rollout steps (None = to the end)."""
-    fmt: str = "zarr"
-    """Shard format."""
+    format: str = "zarr"
+    """Shard format of the relabeled rounds: zarr or wds."""
     dtype: str = "float16"
     """Stored state dtype."""
     poll_seconds: float = 1.0
@@ -95,6 +95,9 @@ class DMTLoop:
         returns run_training's summary (`AggregateTrainer`)."""
         from pipeline.executors import SerialExecutor
 
+        for name in ("targets", "run", "corpus", "teacher"):
+            if not getattr(cfg, name):
+                raise ValueError(f"dmt: {name} is not set: pass --{name}")
         if trainer is not None and cfg.first_step is not None:
             raise ValueError("lockstep DMT (first_step) has its trainer attached: pass no standalone trainer")
         self.cfg = cfg
@@ -167,7 +170,7 @@ class DMTLoop:
         p = self.latest_checkpoint()
         if p is not None and int(p["step"]) >= step and run.student_dir(step) is None:  # (not written since)
             raise DMTTimeout(f"run {c.run} has no checkpoint or policy snapshot at step {step} for lockstep round "
-                             f"{r}: train with --phase-start {c.first_step} --dmt-every {c.every_steps} so the "
+                             f"{r}: train with --phase-start {c.first_step} --dmt.every {c.every_steps} so the "
                              "trainer writes it")
         return None
 
@@ -176,9 +179,9 @@ class DMTLoop:
         c = self.cfg
         if c.first_step is None:
             return (f"a checkpoint at step >= {c.every_steps + self._round_step(r - 1)} in {c.run} (from a running "
-                    "`smt train --follow ...`)")
+                    "`smt train --stream.follow ...`)")
         step = c.first_step + (r - 1) * c.every_steps
-        return (f"the student of step {step} in {c.run} (from `smt train --phase-start {c.first_step} --dmt-every "
+        return (f"the student of step {step} in {c.run} (from `smt train --phase-start {c.first_step} --dmt.every "
                 f"{c.every_steps}`)")
 
     def _await_pointer(self, r: int) -> dict:
@@ -223,12 +226,18 @@ class DMTLoop:
                "text": f"round {r}: trained to step {out['step']} (loss {loss if loss is None else f'{loss:.4g}'}, "
                        f"{time.monotonic() - t0:.1f} s)"}
 
+    def _policy_url(self, pointer: dict) -> str:
+        """The student a round rolls out: the snapshot's `rollout/` policy (the trainer's EMA, `LockstepDMTConfig.ema`) when
+        it holds one, else its `student/`; both are written before the snapshot's commit marker."""
+        rollout = f"{pointer['path']}/{ROLLOUT}"
+        return self.run_dir.url(rollout if self.run_dir.exists(f"{rollout}/config.json") else f"{pointer['path']}/student")
+
     def _relabel_config(self, r: int, pointer: dict) -> RelabelConfig:
         c = self.cfg
         return RelabelConfig(
-            targets=c.targets, run=c.run, teacher=c.teacher, student=self.run_dir.url(f"{pointer['path']}/student"),
+            targets=c.targets, run=c.run, teacher=c.teacher, student=self._policy_url(pointer),
             corpus=c.corpus, round=r, sequences=c.sequences, shard_sequences=c.shard_sequences, start=c.start,
-            Td=c.Td, fmt=c.fmt, dtype=c.dtype, device=c.device, endpoint_url=c.endpoint_url,
+            Td=c.Td, fmt=c.format, dtype=c.dtype, device=c.device, endpoint_url=c.endpoint_url,
             resources=c.resources)
 
     def run_round(self, r: int, pointer: dict, quiet: bool = True) -> dict:

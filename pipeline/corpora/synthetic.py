@@ -23,7 +23,8 @@ import zlib
 
 import numpy as np
 
-from pipeline.corpora import SPLITS, Corpus, CorpusError, Params, _split_param
+from pipeline.corpora.base import Corpus
+from pipeline.corpora.spec import SPLITS, CorpusError, Params, split_param
 
 BLOCK = 256
 
@@ -47,7 +48,7 @@ class SyntheticTask(Corpus):
         self._setup(p)
         self.seed = p.int("seed", 0, lo=0)
         self.num_sequences = p.int("n", 4096, lo=1)
-        self.split = _split_param(p)
+        self.split = split_param(p)
         self._p = p.finish()
         self.spec = f"{self.kind}:{p.canonical()}"
         self._name_code = zlib.crc32(self.kind.encode())

@@ -1,0 +1,211 @@
+"""Where a stream's tokens come from: `text:` (the bytes of files at an fsspec glob), `hf:` (a text column of
+a Hugging Face dataset) and `tokens:` (a 1-D .npy file or Zarr array of token ids). Data is read lazily,
+window by window; `hf_load` is shared with MNIST (images.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from pipeline.corpora.spec import CorpusError, Params
+from pipeline.corpora.streams import StreamCorpus, cut_stream, split_params, split_stream, stream_params
+from pipeline.lazy_tokens import ArrayDoc, FileDoc, LazyTokens, Rows, npy_doc
+
+__all__ = ["HFTextCorpus", "TextCorpus", "TokensCorpus", "hf_load"]
+
+
+class TextCorpus(StreamCorpus):
+    """`text:<fsspec glob>|T=256,stride=T,sep=0,split=train,valid_frac=0.05,test_frac=0.1`: the bytes of all
+    matching files (sorted by path), vocab 256.
+
+    Files are joined with the separator byte `sep` (default 0x00; sep=-1 joins with nothing). The files are
+    the documents of the split (spec.py): one file is cut into contiguous byte ranges.
+    """
+
+    kind = "text"
+
+    def __init__(self, location: str, raw: dict[str, str], storage_options: dict | None = None):
+        import fsspec
+
+        p = Params(self.kind, raw)
+        T, stride = stream_params(p)
+        sep = p.int("sep", 0, lo=-1, hi=255)
+        self.split, vf, tf = split_params(p)
+        p.finish()
+        try:
+            fs, _, paths = fsspec.core.get_fs_token_paths(location, storage_options=storage_options or {})
+        except Exception as e:  # noqa: BLE001 - report any filesystem failure in one line
+            raise CorpusError(
+                f"text: cannot open {location!r} ({type(e).__name__}: {e}): check the URL"
+            ) from None
+        paths = sorted(pth for pth in paths if fs.isfile(pth))
+        if not paths:
+            raise CorpusError(f"text: no files match {location!r}: check the path or glob")
+        docs = [FileDoc(fs, pth, fs.size(pth)) for pth in paths]  # read lazily, window by window
+        self.files = paths
+        self.location = location
+        data, info = split_stream(LazyTokens(docs, sep), self.split, vf, tf)
+        self._init_stream(data, T, stride, 256, f"{len(paths)} file(s) {location!r}", info)
+        self._p = p.values
+        self.spec = f"text:{location}|{p.canonical()}"
+
+    def params(self):
+        return dict(kind=self.kind, location=self.location, num_files=len(self.files), **self.split_info, **self._p)
+
+
+class HFTextCorpus(StreamCorpus):
+    """`hf:<dataset>|hf_split=train,field=text,T=256,stride=T,sep=0,split=train,valid_frac=0.05,test_frac=0.1
+    [,name=<config>][,data_files=<glob>]`.
+
+    Loads `datasets.load_dataset(<dataset>, name, split=hf_split, data_files=...)` (the hub by default, e.g.
+    hf:roneneldan/TinyStories; or a packaged builder with local files, e.g. hf:json|data_files=/d/*.jsonl),
+    encodes each row's `field` as utf-8 bytes (vocab 256) and joins rows with the byte `sep` (default 0x00,
+    -1 = no separator; the reference joins TinyStories with nothing and drops non-ascii). The rows of
+    `hf_split` are the documents that `split` (train|valid|test) divides (spec.py).
+    """
+
+    kind = "hf"
+
+    def __init__(
+        self,
+        location: str,
+        raw: dict[str, str],
+        cache_dir: str | None = None,
+        storage_options: dict | None = None,
+    ):
+        p = Params(self.kind, raw)
+        split = p.str("hf_split", "train")
+        field = p.str("field", "text")
+        name = p.str("name", None)
+        data_files = p.str("data_files", None)
+        T, stride = stream_params(p)
+        sep = p.int("sep", 0, lo=-1, hi=255)
+        self.split, vf, tf = split_params(p)
+        p.finish()
+        ds = hf_load(self.kind, location, name, split, data_files, cache_dir, storage_options)
+        if field not in ds.column_names:
+            raise CorpusError(
+                f"hf: no column field={field!r} in {location!r} (columns: {ds.column_names}): "
+                f"set field=<column>"
+            )
+        docs = Rows.scan(ds, field)  # rows stay in the memory-mapped Arrow cache
+        if not len(docs):
+            raise CorpusError(
+                f"hf: {location!r} hf_split={split} has 0 rows: choose another hf_split or data_files"
+            )
+        self.location = location
+        self.num_rows = len(docs)
+        data, info = split_stream(LazyTokens(docs, sep), self.split, vf, tf)
+        self._init_stream(data, T, stride, 256, f"{location!r} hf_split={split}", info)
+        self._p = p.values
+        self.spec = f"hf:{location}|{p.canonical()}"
+
+    def params(self):
+        return dict(kind=self.kind, location=self.location, num_rows=self.num_rows, **self.split_info, **self._p)
+
+
+def hf_load(kind, path, name, split, data_files, cache_dir, storage_options):
+    import datasets
+
+    kw: dict[str, Any] = {}
+    if data_files is not None:
+        files = data_files.split(",") if "," in data_files else data_files
+        kw["data_files"] = {split: files}
+    try:
+        ds = datasets.load_dataset(
+            path, name, split=split, cache_dir=cache_dir, storage_options=storage_options, **kw
+        )
+    except Exception as e:  # noqa: BLE001 - one-line message for hub/network/file errors
+        msg = str(e).splitlines()[0] if str(e) else ""
+        raise CorpusError(
+            f"{kind}: cannot load dataset {path!r} split={split} ({type(e).__name__}: {msg}): "
+            f"check the name/split, or pass local files with data_files="
+        ) from None
+    return ds
+
+
+class TokensCorpus(StreamCorpus):
+    """`tokens:<fsspec url>|T=256,stride=T,vocab=<max+1>[,key=<array in a zarr group>],split=train,...`.
+
+    A url ending in .npy is read with numpy; anything else is opened as a Zarr (v2/v3) array or group.
+    One array is one document: the splits are contiguous token ranges (spec.py).
+    """
+
+    kind = "tokens"
+
+    def __init__(self, location: str, raw: dict[str, str], storage_options: dict | None = None):
+        p = Params(self.kind, raw)
+        T, stride = stream_params(p)
+        vocab = p.int("vocab", None, lo=1)
+        key = p.str("key", None)
+        self.split, vf, tf = split_params(p)
+        p.finish()
+        data = self._read(location, key, storage_options or {})
+        if not np.issubdtype(data.dtype, np.integer):
+            raise CorpusError(f"tokens: {location!r} has dtype {data.dtype}: store integer token ids")
+        if data.ndim == 1 and data.size:
+            lo, hi = _min_max(data)
+            if lo < 0:
+                raise CorpusError(f"tokens: token {lo} < 0 in {location!r}: ids must be 0..vocab-1")
+            if vocab is None:
+                vocab = hi + 1
+                p.values["vocab"] = vocab
+            elif hi >= vocab:
+                raise CorpusError(
+                    f"tokens: token {hi} outside vocab={vocab} in {location!r}: raise vocab to "
+                    f">= {hi + 1} or drop the param"
+                )
+        self.location = location
+        if data.ndim == 1:
+            data, info = cut_stream(data, self.split, vf, tf)
+        else:
+            info = {}
+        self._init_stream(data, T, stride, vocab or 1, repr(location), info)
+        self._p = p.values
+        self.spec = f"tokens:{location}|{p.canonical()}"
+
+    @staticmethod
+    def _read(location: str, key: str | None, storage_options: dict) -> np.ndarray:
+        try:
+            if location.rstrip("/").endswith(".npy"):
+                import fsspec
+
+                fs, path = fsspec.core.url_to_fs(location, **storage_options)
+                doc = npy_doc(fs, path)  # the header now, the tokens window by window
+                return LazyTokens([doc], dtype=doc.dtype) if isinstance(doc, FileDoc) else doc
+            import zarr
+
+            node = zarr.open(store=location, mode="r", storage_options=storage_options or None)
+            if hasattr(node, "array_keys"):  # a group
+                keys = sorted(node.array_keys())
+                if key is None:
+                    if len(keys) != 1:
+                        raise CorpusError(
+                            f"tokens: {location!r} is a Zarr group with arrays {keys}: set key=<name>"
+                        )
+                    key = keys[0]
+                if key not in keys:
+                    raise CorpusError(
+                        f"tokens: key={key!r} not in Zarr group {location!r} (arrays {keys}): fix key"
+                    )
+                node = node[key]
+            if len(node.shape) == 1:  # Zarr slices lazily: read chunks as windows need them
+                return LazyTokens([ArrayDoc(node)], dtype=node.dtype)
+            return np.asarray(node[...])
+        except CorpusError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise CorpusError(
+                f"tokens: cannot read {location!r} ({type(e).__name__}: {e}): give a 1-D .npy "
+                f"file or a Zarr array URL"
+            ) from None
+
+    def params(self):
+        return dict(kind=self.kind, location=self.location, **self.split_info, **self._p)
+
+
+def _min_max(data) -> tuple[int, int]:
+    """Smallest and largest token, scanning a lazy stream chunk by chunk."""
+    parts = [(int(c.min()), int(c.max())) for c in (data.chunks() if isinstance(data, LazyTokens) else [data]) if c.size]
+    return min(p[0] for p in parts), max(p[1] for p in parts)
