@@ -27,7 +27,6 @@ import copy
 import dataclasses
 import json
 import math
-import os
 import platform
 import sys
 import tempfile
@@ -49,7 +48,6 @@ def english_text(path: Path, size: int = CORPUS_BYTES) -> Path:
     the stdlib's top-level modules (sorted by file, in source order), cut at a docstring boundary."""
     import ast
     import sysconfig
-
     from pydoc_data.topics import topics
 
     parts = ["\n\n".join(topics[k].strip("\n") for k in sorted(topics)) + "\n"]

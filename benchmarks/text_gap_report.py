@@ -96,26 +96,26 @@ def write_md(path: Path, res: dict) -> None:
     tot, seed0 = res["total"], res["seeds"][0]
     bp = res["bptt"]
     md = ["# Closing the gap to BPTT on text (issue 16): lever by lever", "",
-          f"Command: `{res['command']}`; 2 shared cores, 2 processes (one chain of SMT runs, one of BPTT runs), one "
+          (f"Command: `{res['command']}`; 2 shared cores, 2 processes (one chain of SMT runs, one of BPTT runs), one "
           f"torch thread each; wall time {res['wall_minutes']:.0f} min{' (' + res['note'] + ')' if res.get('note') else ''}. Every cost is CPU-seconds of one process "
-          "(`time.process_time`), evaluations excluded.", "",
-          f"**Corpus.** {res['corpus']['bytes']:,} bytes of English from Python {res.get('python', '3.11')} itself "
+          "(`time.process_time`), evaluations excluded."), "",
+          (f"**Corpus.** {res['corpus']['bytes']:,} bytes of English from Python {res.get('python', '3.11')} itself "
           "(`text_gap.english_text`: the `pydoc_data.topics` help text, then the stdlib's longer module, class and "
           "function docstrings, cut at 1,000,000 bytes), written to a temporary file and read as "
           f"`text:<file>|T={res['corpus']['T']},stride={res['corpus']['stride']}`; train / valid / test are the first "
           "85% / next 5% / last 10% of the bytes. Scored: the last 32 bytes of each of "
           f"{res['corpus']['eval_n']} windows of {res['corpus']['T']} bytes, after a {res['corpus']['prompt']}-byte "
           "prompt; students rolled out from the teacher's memory of the prompt (the paper's protocol; `m0`: from "
-          "their own m_0), BPTT from its m_0. Valid for every choice, test for every figure below.", "",
-          f"**Budgets.** Lever screen: each teacher {res['screen_seconds']:g} CPU-s. Everything else: {tot:g} CPU-s "
+          "their own m_0), BPTT from its m_0. Valid for every choice, test for every figure below."), "",
+          (f"**Budgets.** Lever screen: each teacher {res['screen_seconds']:g} CPU-s. Everything else: {tot:g} CPU-s "
           f"per method (one SMT->DMT pipeline = one BPTT run). BPTT: the same mlp updater and readout shape, lr "
           f"{' / '.join(f'{x:g}' for x in res['bptt_lrs'])} (AdamW, 20 warm-up steps), batch 32, probed every 10 "
           "steps; lr and stopping point chosen on valid (no curriculum: text has no length parameter). SMT "
-          "students: lr 1e-3 / 3e-3 chosen on valid; SMT vs SMT->DMT chosen on valid.", "",
-          "**Three axes.** CPU-s (above). *Bytes read*: teacher steps x 32 x 96 + labeled windows x 96 + student "
+          "students: lr 1e-3 / 3e-3 chosen on valid; SMT vs SMT->DMT chosen on valid."), "",
+          ("**Three axes.** CPU-s (above). *Bytes read*: teacher steps x 32 x 96 + labeled windows x 96 + student "
           "transitions (one byte each) + DMT steps x 32 x 96, against BPTT steps x 32 x 96. *Sequential updater steps "
           "per update*: teacher and SMT student 1 (every transition in parallel), DMT 32 forward (state detached, "
-          "gradient path 1), BPTT 96 forward and 96 backward.", ""]
+          "gradient path 1), BPTT 96 forward and 96 backward."), ""]
     # 1. screen
     rows = []
     for s in res["screen"]:
@@ -180,8 +180,8 @@ def write_md(path: Path, res: dict) -> None:
                      f"n/a (never within {tot:g} CPU-s: best {full['test']:.3f})" if full else "n/a",
                      "BPTT bytes to reach it": _mb(hit["bytes"]) if hit else "n/a",
                      "BPTT test at its full budget": _f(full and full["test"])})
-    md += [f"## 4. Amortised: one teacher + one target set ({am['teacher']['seconds']:.0f} + {am['label']['seconds']:.0f}"
-           f" CPU-s), k students of different architectures, against k BPTT runs to the same test bits", "",
+    md += [(f"## 4. Amortised: one teacher + one target set ({am['teacher']['seconds']:.0f} + {am['label']['seconds']:.0f}"
+           f" CPU-s), k students of different architectures, against k BPTT runs to the same test bits"), "",
            *_table(rows), ""]
     rows = []
     for k in (1, 3, 5):

@@ -91,7 +91,6 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
     from pipeline.executors import init_ray
     from pipeline.label import label
     from storage.run_dir import RunDir
-    from trainers.common import OptimConfig
     from trainers.evaluate import eval_batch, evaluate_student, evaluate_teacher
     from trainers.heldout import sample_models, score_models, split_sizes, token_unit
     from trainers.pretrain import pretrain

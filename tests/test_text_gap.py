@@ -6,8 +6,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.text_gap import english_text, final_bits, pretrain_config  # noqa: E402
-from benchmarks.text_gap_report import bptt_at, time_to_reach  # noqa: E402
+from benchmarks.text_gap import english_text, final_bits, pretrain_config
+from benchmarks.text_gap_report import bptt_at, time_to_reach
 
 
 def _run(lr, probes, arch="mlp", seed=0):
@@ -38,7 +38,7 @@ def test_time_to_reach_is_the_earliest_probe_at_or_below_the_bits():
 
 
 def test_student_stage_is_chosen_on_valid_and_charged_every_stage():
-    fig = lambda v, t: {"valid": {"prompt": v, "m0": v}, "test": {"prompt": t, "m0": t + 0.01}}  # noqa: E731
+    fig = lambda v, t: {"valid": {"prompt": v, "m0": v}, "test": {"prompt": t, "m0": t + 0.01}}
     r = {"teacher": {"seconds": 50.0, "bytes": 1000}, "label": {"seconds": 5.0, "bytes": 100},
          "students": [{"smt_seconds": 10.0, "smt_bytes": 10, "smt": fig(4.0, 3.5),
                        "dmt": {"seconds": 7.0, "bytes": 7, **fig(3.9, 3.8)}}]}
@@ -57,7 +57,7 @@ def test_english_text_is_the_pydoc_topics_then_stdlib_docstrings(tmp_path):
     p = english_text(tmp_path / "a.txt", size=520_000)
     data = p.read_bytes()
     assert 470_000 < len(data) <= 520_000  # past the pydoc topics (about 465 KB), cut at a docstring boundary
-    first = sorted(topics)[0]
+    first = min(topics)
     assert data.decode("utf-8").startswith(topics[first].strip("\n")[:200])
     assert english_text(tmp_path / "b.txt", size=520_000).read_bytes() == data  # deterministic
 
