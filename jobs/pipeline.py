@@ -259,8 +259,8 @@ def _dmt_lockstep(rc, ray, targets, teacher_url, run_url, corpus, prompt, gpus, 
     d, st = rc.dmt, rc.student
     s0, E = st.steps, d.every
     total = s0 + d.rounds * E + rc.dmt_extra_steps
-    cfg = wired(rc.dmt_phase, "dmt_phase", updater=st.updater, steps=total, phase_start=s0)
-    loop_cfg = _actor_config(rc, targets, run_url, corpus, teacher_url, prompt, first_step=s0)
+    cfg = dmt_phase_config(rc)
+    loop_cfg = actor_config(rc, targets, run_url, corpus, teacher_url, prompt, first_step=s0)
     say(f"[4/5] DMT, lockstep: {d.rounds} rounds of {loop_cfg.sequences} sequences; the DMT actor relabels the student "
         f"every {E} steps while a trainer actor streams the rounds ({cfg.stream.batch_size} transitions per step"
         f"{', newest round re-rolled on-policy' if d.refresh.enabled else ''})")
@@ -305,7 +305,20 @@ def _train_remote(targets, teacher_url, run_url, cfg, hooks):
     return run_training(targets, teacher_url, run_url, cfg, quiet=True, hooks=hooks)
 
 
-def _actor_config(rc, targets, run_url, corpus, teacher_url, prompt, first_step=None):
+def dmt_phase_config(rc):
+    """Lockstep DMT's training config: the recipe's `dmt_phase`, with the student's updater, from the end of its
+    SMT phase to the last round's boundary + `dmt_extra_steps` (the hooks are `rc.dmt.hooks()`)."""
+    st, d = rc.student, rc.dmt
+    return wired(rc.dmt_phase, "dmt_phase", updater=st.updater, steps=st.steps + d.rounds * d.every + rc.dmt_extra_steps,
+                 phase_start=st.steps)
+
+
+def online_config(rc, prompt: int):
+    """Online DMT's config: the recipe's `online`, `dmt.rounds` x `dmt.every` steps from the rollout start."""
+    return wired(rc.online, "online", steps=rc.dmt.rounds * rc.dmt.every, prompt=prompt)
+
+
+def actor_config(rc, targets, run_url, corpus, teacher_url, prompt, first_step=None):
     """The DMT actor's config: the recipe's (sequences, shards, polling), its schedule from `dmt`, the rest from
     the earlier stages."""
     return wired(rc.dmt_actor, "dmt_actor", targets=targets, run=run_url, corpus=corpus.spec, teacher=teacher_url,
@@ -322,16 +335,16 @@ def _dmt_online(rc, ray, targets, teacher_url, run_url, corpus, teacher, fp, pro
     d, st, E = rc.dmt, rc.student, rc.dmt.every
     say(f"[4/5] DMT, online: {d.rounds} rounds; each: the DMT actor relabels the latest student into a new round "
         f"of shards, then {E} on-policy DMT steps")
-    loop_cfg = _actor_config(rc, targets, run_url, corpus, teacher_url, prompt)
+    loop_cfg = actor_config(rc, targets, run_url, corpus, teacher_url, prompt)
     actor = ray.remote(num_cpus=1, num_gpus=gpus)(DMTLoop).remote(loop_cfg)
     ptr = RunDir(run_url).latest()
     student, _, _ = load_student(f"{run_url}/{ptr['path']}/student")
-    dcfg = wired(rc.online, "online", steps=d.rounds * E, prompt=prompt)
+    dcfg = online_config(rc, prompt)
     rounds, carry = [], None
     for r in range(1, d.rounds + 1):
         rr = ray.get(actor.run_round.remote(r, ptr, True))  # relabel the student the next steps start from
         o = dmt_online(student, teacher, corpus, dcfg, quiet=True, teacher_fingerprint=fp, carry=carry,
-                       stop_step=r * E)
+                       stop_step=r * E, smt_run=run_url)
         student, carry = o["student"], o["carry"]
         step = st.steps + r * E
         ptr = {"step": step, "path": f"checkpoints/dmt-{step:08d}"}

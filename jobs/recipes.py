@@ -59,8 +59,10 @@ class Recipe:
     """Online DMT instead of lockstep: the actor relabels each round for the record and the driver takes
     `dmt.every` on-policy DMT steps between rounds (`online`)."""
     online: OnlineDMTConfig = field(default_factory=lambda: OnlineDMTConfig(
-        optim=OptimConfig(lr=3e-5, schedule="cosine", warmup_steps=10), batch_size=32, eval_every=10**9, eval_size=64))
-    """With dmt_online: the online DMT steps (their count and the rollout start come from `dmt` and the corpus)."""
+        optim=OptimConfig(lr=1e-4, schedule="cosine", warmup_steps=10), batch_size=32, eval_every=10**9, eval_size=64,
+        carry_optimizer=True))
+    """With dmt_online: the online DMT steps (their count and the rollout start come from `dmt` and the corpus;
+    the SMT run's AdamW moments carried, lr 1e-4: benchmarks/results/dmt_dip.md)."""
     bptt: bool = True
     """Also train the BPTT baseline: same updater, the pretraining's length curriculum and stop rule, an lr
     sweep chosen on valid, the SMT pipeline's wall-clock for the whole sweep (an equal share per lr)."""
@@ -77,7 +79,8 @@ class Recipe:
 
 def _lockstep(rounds: int, every: int = 2) -> LockstepDMTConfig:
     """The trainer never trains on relabels more than 2 x `every` steps old (it waits for the actor instead)."""
-    return LockstepDMTConfig(every=every, rounds=rounds, wait_seconds=3600, refresh=RefreshConfig(enabled=True))
+    return LockstepDMTConfig(every=every, rounds=rounds, wait_seconds=3600, refresh=RefreshConfig(enabled=True),
+                             carry_optimizer=True)
 
 
 def _actor(sequences: int) -> DMTLoopConfig:
@@ -85,9 +88,10 @@ def _actor(sequences: int) -> DMTLoopConfig:
 
 
 def _dmt_phase(batch: int) -> StudentTrainConfig:
-    """Fresh AdamW at lr 3e-5 with a cosine decay over the phase; `batch` transitions per step (32 sequences of
-    the rollout's length), relabeled rounds at twice the weight of round 0 and the newest rounds favoured."""
-    return StudentTrainConfig(optim=OptimConfig(lr=3e-5, warmup_steps=5, schedule="cosine"), checkpoint_every=50,
+    """AdamW at lr 1e-4 with a cosine decay over the phase, continuing the SMT phase's moments (`_lockstep`:
+    the least dip in benchmarks/results/dmt_dip.md); `batch` transitions per step (32 sequences of the
+    rollout's length), relabeled rounds at twice the weight of round 0 and the newest rounds favoured."""
+    return StudentTrainConfig(optim=OptimConfig(lr=1e-4, warmup_steps=5, schedule="cosine"), checkpoint_every=50,
                               stream=StreamConfig(batch_size=batch, round_weights={"0": 1.0, "dmt": 2.0},
                                                   round_decay=0.1, mix_shards=256, cache_shards=128))
 

@@ -13,7 +13,7 @@ range `[lo, hi)` on demand from the documents that hold it:
   rows), and held as two int64 arrays rather than one object per row.
 
 Slicing (`tokens[a:b]`) gives a view, `subset(docs)` the stream of some documents only (what the
-train/valid/test split of `pipeline/corpora.py` needs), `chunks()` a bounded-memory scan (digest, min/max).
+train/valid/test split of `pipeline/corpora/streams.py` needs), `chunks()` a bounded-memory scan (digest, min/max).
 `np.asarray(tokens)` and `bytes(tokens)` materialise it (small corpora and tests only).
 """
 from __future__ import annotations

@@ -306,12 +306,13 @@ class Bucket:
                 shutil.rmtree(tmp, ignore_errors=True)
 
     def remove(self, rel: str, recursive: bool = False) -> None:
-        """Delete an object (or folder); used by tests and admin tools only."""
+        """Delete an object (or folder): checkpoint retention (`RunDir.prune`), tests and admin tools."""
         path = self._path(rel)
         self._call("remove", rel, lambda: self.fs.rm(path, recursive=recursive))
 
     def glob(self, pattern: str) -> list[str]:
-        """Relative paths matching `pattern`. LISTS: for admin tools (inspect) only, never the read path."""
+        """Relative paths matching `pattern`. LISTS: for admin tools (inspect) and checkpoint retention, never
+        the read path."""
         base = self.root.rstrip("/")
         hits = self._call("list", pattern, lambda: self.fs.glob(f"{base}/{pattern}"))
         prefix = base.lstrip("/") + "/"

@@ -12,10 +12,21 @@
 A checkpoint folder is complete before `latest.json` names it, and `latest.json` is replaced in one
 atomic write (temp + rename locally, one PUT on S3): a crash mid-write leaves the previous pointer, so
 a resume never picks up a half checkpoint. Tensors go to safetensors, everything else to JSON: no pickle.
+
+Retention (`Retention`, e.g. keep_last=3): after a checkpoint and `latest.json` are committed, older
+checkpoint folders beyond the newest `keep_last` are deleted, except milestones (`keep_every`), steps the
+caller pins (lockstep DMT's round boundaries: the actor and the round evaluations read them later) and the
+one `latest.json` names. Pruning runs only after the commit, and a pruned folder loses its `state.json`
+marker first, so a crash anywhere leaves the newest checkpoint whole and at worst a half-deleted older
+folder that no reader takes for a checkpoint; the next prune removes it. Policy snapshots (`policy/`) are
+never pruned: lockstep DMT writes one per round, a bounded number.
 """
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,6 +41,11 @@ LATEST = "checkpoints/latest.json"
 
 def step_dir(step: int) -> str:
     return f"checkpoints/step-{step:08d}"
+
+
+# beside a snapshot's (or checkpoint's) student/: the policy the DMT actor rolls out when it is not the student
+# itself (lockstep DMT's EMA of the student, `trainers/dmt/lockstep.py`); written before the folder's marker
+ROLLOUT = "rollout"
 
 
 def policy_dir(step: int) -> str:
@@ -61,6 +77,36 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
+def checkpoint_steps(rels: Iterable[str]) -> list[int]:
+    """The steps of the `checkpoints/step-N...` paths among `rels`, sorted, each once."""
+    return sorted({int(m.group(1)) for r in rels if (m := re.match(r"checkpoints/step-(\d+)(/|$)", r))})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Retention:
+    """Which checkpoints a run keeps once a newer one is committed."""
+
+    keep_last: int | None = None
+    """Keep the newest N checkpoints (None = keep every checkpoint)."""
+    keep_every: int | None = None
+    """Also keep every checkpoint whose step is a multiple of this (milestones; None = none)."""
+
+    def __post_init__(self) -> None:
+        for name in ("keep_last", "keep_every"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"{name}={v} must be >= 1 (or None: keep every checkpoint)")
+
+    def kept(self, steps: Iterable[int], latest: int, pinned: Iterable[int] = ()) -> set[int]:
+        """The steps of `steps` (committed checkpoints at or before `latest`) that survive a prune."""
+        steps = sorted(s for s in steps if s <= latest)
+        if self.keep_last is None:
+            return set(steps)
+        pins = set(pinned) | {latest}
+        return {s for s in steps if s in pins or (self.keep_every and s % self.keep_every == 0)} | set(
+            steps[-self.keep_last:])
+
+
 class RunDir:
     """The run URL: where checkpoints, the pointer, the config and the metrics live."""
 
@@ -83,9 +129,10 @@ class RunDir:
         self.bucket.write_bytes(rel, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
 
     def save(self, step: int, write_student, tensors: dict[str, torch.Tensor], meta: dict, *,
-             write_teacher=None) -> str:
-        """Write a complete step folder, then point latest.json at it; returns the folder's URL.
-        `write_teacher` (pretraining: the teacher is trained too) writes `<step>/teacher` first."""
+             write_teacher=None, retention: Retention | None = None, pinned: Iterable[int] = ()) -> str:
+        """Write a complete step folder, then point latest.json at it, then prune by `retention` (sparing
+        `pinned` steps); returns the folder's URL. `write_teacher` (pretraining: the teacher is trained too)
+        writes `<step>/teacher` first."""
         rel = step_dir(step)
         if write_teacher is not None:
             write_teacher(self.bucket.url(f"{rel}/teacher"))
@@ -93,8 +140,33 @@ class RunDir:
         self.bucket.write_bytes(f"{rel}/state.safetensors",
                                 st_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
         self.bucket.write_bytes(f"{rel}/state.json", json.dumps(meta, sort_keys=True).encode())
-        self.write_json(LATEST, {"step": step, "path": rel})  # last: the commit point
+        self.write_json(LATEST, {"step": step, "path": rel})  # the commit point
+        if retention is not None:
+            self.prune(retention, pinned)  # only now: a crash before here leaves every older checkpoint
         return self.bucket.url(rel)
+
+    def checkpoints(self) -> list[int]:
+        """Steps of the complete checkpoints (with `state.json`), sorted. Lists the run's checkpoints/: for
+        retention and error messages, never a read path."""
+        return checkpoint_steps(self.bucket.glob("checkpoints/step-*/state.json"))
+
+    def prune(self, retention: Retention, pinned: Iterable[int] = ()) -> list[int]:
+        """Delete the checkpoint folders `retention` does not keep, never the one `latest.json` names nor a
+        `pinned` step; returns the deleted steps. Folders past the pointer (a save that crashed before its
+        commit; the next save of that step rewrites it) are left alone."""
+        pointer = self.latest()
+        if pointer is None or retention.keep_last is None:
+            return []
+        latest = int(pointer["step"])
+        keep = retention.kept(self.checkpoints(), latest, pinned)
+        gone = [s for s in checkpoint_steps(self.bucket.glob("checkpoints/step-*"))
+                if s < latest and s not in keep]  # with half-deleted folders of an interrupted prune
+        for s in gone:
+            rel = step_dir(s)
+            if self.bucket.exists(f"{rel}/state.json"):
+                self.bucket.remove(f"{rel}/state.json")  # first: from here on no reader takes it for a checkpoint
+            self.bucket.remove(rel, recursive=True)
+        return gone
 
     def save_policy(self, step: int, write_student) -> str:
         """Write the student of `step` alone, then `done.json` (the commit marker the DMT actor waits for)."""

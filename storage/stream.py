@@ -49,6 +49,20 @@ FOLLOW = ("never", "epoch", "steps")
 _FIELDS = ("state_in", "token", "state_out", "y", "round")
 
 
+def teacher_share(beta: float, halflife: float, steps: float, floor: float = 0.0) -> float:
+    """The share of teacher-state transitions after `steps` DMT steps (or rounds): `beta` at 0, then
+    halving its distance to `floor` every `halflife`."""
+    if beta <= floor:
+        return floor
+    return floor + (beta - floor) * 0.5 ** (max(0.0, steps) / halflife)
+
+
+def check_beta(beta: float, halflife: float, what: str) -> None:
+    """Refuse a share outside [0, 1] or a half-life <= 0, naming the setting."""
+    if not 0.0 <= beta <= 1.0 or halflife <= 0:
+        raise ValueError(f"{what}: beta={beta} must be in [0, 1] and its half-life={halflife} > 0")
+
+
 class StreamStateError(StorageError):
     """A stream state that cannot be resumed by this stream (other layout, seed or version)."""
 
@@ -66,6 +80,11 @@ class StreamConfig:
     round_decay: float = 1.0
     """Recency within the 'dmt' group: round r gets a share proportional to round_decay ** (newest - r)
     (1 = every DMT round alike; DMT relabels of an old student hurt, so lockstep DMT uses 0.5)."""
+    beta: float | None = None
+    """Lockstep DMT, DAgger's beta: round 0's share of an epoch starts at this once DMT rounds exist and decays
+    towards the share `round_weights` give it, halving every `beta_halflife` rounds (None = off)."""
+    beta_halflife: float = 5.0
+    """Rounds over which round 0's extra share (`beta`) halves."""
     follow: str = "never"
     """Switch to a newer manifest generation: 'never', at each 'epoch' boundary, or every N 'steps'."""
     follow_every: int = 0
@@ -98,6 +117,11 @@ class StreamConfig:
                 raise ValueError(f"round_weights={self.round_weights} has no positive weight")
         if not 0 < self.round_decay <= 1:
             raise ValueError(f"round_decay={self.round_decay} must be in (0, 1]")
+        if self.beta is not None:
+            check_beta(self.beta, self.beta_halflife, "StreamConfig")
+            if not self.round_weights or self.round_weights.get("0", 0) <= 0 or self.round_weights.get("dmt", 0) <= 0:
+                raise ValueError(f"beta={self.beta} mixes round 0 into DMT rounds: round_weights={self.round_weights} "
+                                 "needs positive '0' and 'dmt' weights")
 
 
 def _check_version(state: dict[str, Any]) -> None:
@@ -122,9 +146,18 @@ def round_group(r: int, weights: dict[str, float]) -> str | None:
     return "dmt" if r >= 1 and "dmt" in weights else None
 
 
+def beta_weights(round_weights: dict[str, float], newest: int, beta: float, halflife: float) -> dict[str, float]:
+    """`round_weights` with round 0's weight set so that its share of the '0' + 'dmt' records is
+    teacher_share(beta, halflife, newest - 1, floor=its configured share): DAgger's decaying beta over rounds."""
+    w0, wd = round_weights["0"], round_weights["dmt"]
+    share = teacher_share(beta, halflife, newest - 1, floor=w0 / (w0 + wd))
+    return {**round_weights, "0": wd * share / (1.0 - share) if share < 1 else wd * 1e9}
+
+
 def epoch_plan(shards: tuple[ShardEntry, ...], seed: int, epoch: int,
                round_weights: dict[str, float] | None, mix_shards: int = 1,
-               round_decay: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+               round_decay: float = 1.0, beta: float | None = None,
+               beta_halflife: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
     """(shard index, record index) for every position of one epoch, before the window shuffle.
 
     Without weights every record appears once. With weights, the epoch still has E records, E = the
@@ -136,8 +169,12 @@ def epoch_plan(shards: tuple[ShardEntry, ...], seed: int, epoch: int,
     shard of the group (its records in a seeded random order), for j = 0..mix_shards-1, so a shuffle
     window holds records of ~mix_shards shards; mix_shards >= the shard count makes every window a
     proportional sample of the whole epoch (lockstep DMT switches generations every few steps).
+    With `beta`, round 0's weight follows `beta_weights` of the newest DMT round of the generation.
     """
     rng = np.random.default_rng([seed, epoch, 1])
+    dmt_rounds = [e.round for e in shards if e.round >= 1]
+    if beta is not None and round_weights is not None and dmt_rounds:
+        round_weights = beta_weights(round_weights, max(dmt_rounds), beta, beta_halflife)
     order = rng.permutation(len(shards))
     sizes = np.array([e.records for e in shards], dtype=np.int64)
     counts = [np.ones(n, dtype=np.int64) for n in sizes]
@@ -262,7 +299,8 @@ class ShardStream(torch.utils.data.IterableDataset):
         c = self.cfg
         return {"world_size": self.world_size, "num_workers": self.num_workers, "seed": c.seed,
                 "shuffle_buffer": c.shuffle_buffer, "mix_shards": c.mix_shards,
-                "round_weights": c.round_weights, "round_decay": c.round_decay}
+                "round_weights": c.round_weights, "round_decay": c.round_decay,
+                **({"beta": c.beta, "beta_halflife": c.beta_halflife} if c.beta is not None else {})}
 
     @property
     def generation(self) -> int:
@@ -365,7 +403,7 @@ class ShardStream(torch.utils.data.IterableDataset):
             if key in self._plans:
                 return self._plans[key]
         p = epoch_plan(self._target_set(generation).shards, self.cfg.seed, epoch, self.cfg.round_weights,
-                       self.cfg.mix_shards, self.cfg.round_decay)
+                       self.cfg.mix_shards, self.cfg.round_decay, self.cfg.beta, self.cfg.beta_halflife)
         with self._lock:
             self._plans[key] = p
             while len(self._plans) > 2:

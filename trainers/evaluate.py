@@ -84,8 +84,14 @@ def evaluate_student(student, x: torch.Tensor, y: torch.Tensor, teacher=None, pr
     else:
         m_hat = student.rollout(x)[:, prompt:]
     B, T1, Z = m_hat.shape
-    logits = student.readout(m_hat[:, 1:].reshape(-1, Z)).view(B, T1 - 1, -1)
-    out = _summary(logits, y[:, prompt:])
+    yy = y[:, prompt:]
+    cols = torch.nonzero((yy != -1).any(0)).flatten()  # read out only where a target is (sparse tasks: 1 of T)
+    logits = torch.zeros(B, T1 - 1, student.teacher_cfg.vocab_size, device=m_hat.device)
+    if len(cols):
+        cols = cols.to(m_hat.device)
+        part = student.readout(m_hat[:, 1:][:, cols].reshape(-1, Z)).view(B, len(cols), -1)
+        logits[:, cols] = part.to(logits.dtype)
+    out = _summary(logits, yy)
     if M is not None:
         drift = (m_hat - M[:, prompt:]).pow(2).mean(dim=(0, 2))
         out["drift_by_pos"] = [float(v) for v in drift]

@@ -25,7 +25,7 @@ import torch
 from models.device import autocast, pick_device
 from models.teacher import TeacherConfig
 from models.updaters import UpdaterConfig
-from storage.run_dir import RunDir
+from storage.run_dir import Retention, RunDir
 from trainers.common import MetricsLog, OptimConfig, clip_and_step
 from trainers.evaluate import eval_batch, evaluate_student, evaluate_teacher
 from trainers.pretrain_state import JointObjective, batch_at, build_state, export, positions_generator, save
@@ -54,6 +54,11 @@ class PretrainConfig:
     """Sequences of the valid split for the evaluations that drive the curriculum and `stop_at_acc`."""
     checkpoint_every: int = 500
     """Checkpoint the full train state to the run URL every N steps (and when the run stops)."""
+    keep_last: int | None = None
+    """Retention: keep the newest N checkpoints, deleting older ones after each commit (None = keep all;
+    e.g. 3 for a long run on a bucket). The newest and any step another component pins always stay."""
+    keep_every: int | None = None
+    """Retention: also keep checkpoints whose step is a multiple of this (milestones; with keep_last)."""
     stop_at_acc: float | None = None
     """Stop once the teacher's answer accuracy on the valid split reaches this at the full length (None = never)."""
     curriculum: tuple[int, ...] = ()
@@ -69,6 +74,7 @@ class PretrainConfig:
     """'auto' (GPU when present), 'cpu' or 'cuda'."""
 
     def __post_init__(self) -> None:
+        Retention(keep_last=self.keep_last, keep_every=self.keep_every)  # refuses 0 or negative
         if self.steps < 1 or self.eval_every < 1 or self.checkpoint_every < 1 or self.batch_size < 1:
             raise ValueError(f"steps={self.steps}, eval_every={self.eval_every}, checkpoint_every="
                              f"{self.checkpoint_every} and batch_size={self.batch_size} must all be >= 1")

@@ -24,7 +24,7 @@ from models.checkpoint import load_student, load_teacher, save_student, save_tea
 from models.student_rnn import Student
 from models.teacher import Teacher, TeacherConfig
 from models.updaters import matched_updater
-from storage.run_dir import RunDir, flatten_optimizer, unflatten_optimizer
+from storage.run_dir import Retention, RunDir, flatten_optimizer, unflatten_optimizer
 from trainers.smt import SMTConfig, smt_losses
 
 KIND = "pretrain"
@@ -122,7 +122,8 @@ def build_state(corpus, cfg, run: RunDir | None, device: torch.device) -> Pretra
 
 
 def save(state: PretrainState, run: RunDir) -> str:
-    """One complete checkpoint of `state` (teacher, student, state files), then the latest pointer."""
+    """One complete checkpoint of `state` (teacher, student, state files), then the latest pointer, then
+    retention prunes older checkpoints (`keep_last`, `keep_every`)."""
     tensors, meta = state.state_dict()
     info = {"corpus": state.corpus_spec, "steps": state.step}
     fp: list[str] = []  # the teacher is written first; its fingerprint goes into the student's checkpoint
@@ -133,7 +134,8 @@ def save(state: PretrainState, run: RunDir) -> str:
     def write_student(url: str) -> None:
         save_student(url, state.student, fp[0], {**info, "trained_by": "smt"})
 
-    return run.save(state.step, write_student, tensors, meta, write_teacher=write_teacher)
+    retention = Retention(keep_last=state.cfg.keep_last, keep_every=state.cfg.keep_every)
+    return run.save(state.step, write_student, tensors, meta, write_teacher=write_teacher, retention=retention)
 
 
 def export(state: PretrainState, run: RunDir) -> str:

@@ -30,7 +30,7 @@ from models.updaters import UpdaterConfig, matched_updater
 from storage.errors import FingerprintMismatch
 from storage.reader import TargetSet
 from storage.rounds import RunSource, rounds_bucket
-from storage.run_dir import RunDir, flatten_optimizer, unflatten_optimizer
+from storage.run_dir import Retention, RunDir, flatten_optimizer, unflatten_optimizer
 from storage.stream import ShardStream, StreamConfig
 from trainers.common import MetricsLog, OptimConfig, clip_and_step
 from trainers.smt import SMTObjective
@@ -48,6 +48,11 @@ class StudentTrainConfig:
     """Total optimiser steps (a resumed run continues up to this)."""
     checkpoint_every: int = 100
     """Write a checkpoint every this many steps (and at the end)."""
+    keep_last: int | None = None
+    """Retention: keep the newest N checkpoints, deleting older ones after each commit (None = keep all;
+    e.g. 3 for a long run on a bucket). The newest and any step another component pins always stay."""
+    keep_every: int | None = None
+    """Retention: also keep checkpoints whose step is a multiple of this (milestones; with keep_last)."""
     readout_weight: float = 0.0
     """Weight of the readout cross-entropy through the teacher decoder (0 = pure MSE)."""
     train_readout: bool = False
@@ -61,6 +66,7 @@ class StudentTrainConfig:
     fresh AdamW moments, warm-up and decay at `optim.lr`, and a new record order (other round weights)."""
 
     def __post_init__(self) -> None:
+        Retention(keep_last=self.keep_last, keep_every=self.keep_every)  # refuses 0 or negative
         if self.steps < 1 or self.checkpoint_every < 1:
             raise ValueError(f"steps={self.steps} and checkpoint_every={self.checkpoint_every} must be >= 1")
         if self.readout_weight < 0:
@@ -183,6 +189,14 @@ class Hook:
         """After the optimiser step (`loop.state.step` counts it); returns extra columns of its metrics row."""
         return {}
 
+    def write(self, loop: Loop, folder: str) -> None:
+        """Add this hook's own files to a checkpoint folder (URL) being written, before its commit marker
+        (e.g. lockstep DMT's rollout policy, which a resume reads back)."""
+
+    def pinned_steps(self, cfg: StudentTrainConfig) -> set[int]:
+        """Steps whose checkpoint someone reads later by step: checkpoint retention never deletes them."""
+        return set()
+
 
 @dataclass
 class Loop:
@@ -256,7 +270,8 @@ def train(state: TrainState, run: RunDir, *, hooks: Sequence[Hook] = (), rank: i
                 row = log.log(state.step, **out, grad_norm=gn, lr=state.sched.get_last_lr()[0],
                               generation=state.stream.generation, **extra)
             if lead and (state.step % cfg.checkpoint_every == 0 or state.step == stop):
-                save(state, run)
+                save(state, run, lambda folder: [h.write(loop, folder) for h in hooks],
+                     pinned=set().union(*(h.pinned_steps(cfg) for h in hooks)))
                 log.flush()  # an object store's metrics reach the checkpoint too
     finally:
         log.close()
@@ -264,12 +279,20 @@ def train(state: TrainState, run: RunDir, *, hooks: Sequence[Hook] = (), rank: i
     return row
 
 
-def save(state: TrainState, run: RunDir) -> str:
+def save(state: TrainState, run: RunDir, extra: Callable[[str], Any] | None = None,
+         pinned: set[int] = frozenset()) -> str:
+    """A full checkpoint of the state; `extra(folder URL)` adds files to it before the commit (hooks' `write`).
+    After the commit, older checkpoints are pruned by the config's retention, sparing `pinned` steps."""
     tensors, meta = state.state_dict()
-    student = state.student
-    return run.save(state.step, lambda url: save_student(url, student, state.teacher_fp,
-                                                          {"trained_by": "smt", "step": state.step}),
-                    tensors, meta)
+    student, cfg = state.student, state.cfg
+
+    def write(url: str) -> None:
+        save_student(url, student, state.teacher_fp, {"trained_by": "smt", "step": state.step})
+        if extra is not None:
+            extra(url.rsplit("/", 1)[0])
+
+    return run.save(state.step, write, tensors, meta,
+                    retention=Retention(keep_last=cfg.keep_last, keep_every=cfg.keep_every), pinned=pinned)
 
 
 def teacher_url_for(targets: TargetSet) -> str:

@@ -36,7 +36,7 @@ from storage.bucket import Bucket
 from storage.errors import ObjectNotFound
 from storage.manifest import newest_generation, read_generation
 from storage.rounds import rounds_bucket
-from storage.run_dir import RunDir
+from storage.run_dir import ROLLOUT, RunDir
 from trainers.student import StudentTrainConfig, run_training
 
 LATEST = "checkpoints/latest.json"
@@ -226,10 +226,16 @@ class DMTLoop:
                "text": f"round {r}: trained to step {out['step']} (loss {loss if loss is None else f'{loss:.4g}'}, "
                        f"{time.monotonic() - t0:.1f} s)"}
 
+    def _policy_url(self, pointer: dict) -> str:
+        """The student a round rolls out: the snapshot's `rollout/` policy (the trainer's EMA, `LockstepDMTConfig.ema`) when
+        it holds one, else its `student/`; both are written before the snapshot's commit marker."""
+        rollout = f"{pointer['path']}/{ROLLOUT}"
+        return self.run_dir.url(rollout if self.run_dir.exists(f"{rollout}/config.json") else f"{pointer['path']}/student")
+
     def _relabel_config(self, r: int, pointer: dict) -> RelabelConfig:
         c = self.cfg
         return RelabelConfig(
-            targets=c.targets, run=c.run, teacher=c.teacher, student=self.run_dir.url(f"{pointer['path']}/student"),
+            targets=c.targets, run=c.run, teacher=c.teacher, student=self._policy_url(pointer),
             corpus=c.corpus, round=r, sequences=c.sequences, shard_sequences=c.shard_sequences, start=c.start,
             Td=c.Td, fmt=c.format, dtype=c.dtype, device=c.device, endpoint_url=c.endpoint_url,
             resources=c.resources)

@@ -6,15 +6,21 @@ student there (`policy/step-N`, unless a full checkpoint falls there) and, at th
 switches its stream to the oldest generation holding round max(1, k) (capped at R), waiting for the actor
 when it is behind. Steps (s0+kE, s0+(k+1)E] thus train on relabels of a student at most 2E steps old, and a
 rerun replays bit-identically. The actor's side is `trainers/dmt/actor.py` (`smt dmt --first-step s0`).
+Against the dip a good SMT student shows as DMT starts (`stability.py`, benchmarks/results/dmt_dip.md):
+`carry_optimizer` keeps the SMT phase's AdamW moments, and `ema` makes an EMA of the student the policy the
+refresh and the actor roll out (`rollout/` beside `student/` in its snapshots and checkpoints).
 """
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
 
-from models.checkpoint import save_student
-from storage.run_dir import RunDir
+from torch import nn
+
+from models.checkpoint import load_student, save_student
+from storage.run_dir import ROLLOUT, RunDir, unflatten_optimizer
 from trainers.dmt.refresh import Refresh, RefreshConfig
+from trainers.dmt.stability import EMA, load_moments, moments_by_name, trainable_names
 from trainers.student import Hook, Loop, StudentTrainConfig, TrainState
 
 
@@ -33,6 +39,12 @@ class LockstepDMTConfig:
     """Give up when the round the trainer needs is not committed within this time."""
     refresh: RefreshConfig = field(default_factory=RefreshConfig)
     """On-policy refresh of the newest round's states before every step (a batch transform)."""
+    ema: float = 0.0
+    """Roll out an EMA of the student (this decay per step) in the refresh and the actor's relabels; 0 = the
+    student itself."""
+    carry_optimizer: bool = False
+    """At the phase start, keep the previous phase's (SMT's) AdamW moments instead of fresh ones; the lr
+    schedule (warm-up, decay) is still the phase's own."""
 
     def __post_init__(self) -> None:
         if self.every < 0 or (self.every > 0) != (self.rounds > 0):
@@ -40,6 +52,8 @@ class LockstepDMTConfig:
                              "0 for off)")
         if self.refresh.enabled and not self.every:
             raise ValueError("the on-policy refresh needs lockstep DMT (--dmt.every N --dmt.rounds R)")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"dmt ema={self.ema} must be in [0, 1) (0 = roll out the student itself)")
 
     @property
     def on(self) -> bool:
@@ -49,7 +63,8 @@ class LockstepDMTConfig:
         """What the student loop is given for this config: nothing when off."""
         if not self.on:
             return []
-        return [LockstepDMT(self)] + ([Refresh(self.refresh)] if self.refresh.enabled else [])
+        lockstep = LockstepDMT(self)
+        return [lockstep] + ([Refresh(self.refresh, lockstep.policy)] if self.refresh.enabled else [])
 
     def round_due(self, phase_start: int, done: int) -> int | None:
         """The round the trainer must hold before step done+1, or None (no boundary here)."""
@@ -68,25 +83,49 @@ class LockstepDMT(Hook):
     def __init__(self, cfg: LockstepDMTConfig) -> None:
         self.cfg = cfg
         self.waited = 0.0
+        self.ema: EMA | None = None
 
     def check(self, cfg: StudentTrainConfig) -> None:
         if cfg.stream.follow != "never":
             raise ValueError(f"lockstep DMT (every={self.cfg.every}) switches generations itself: use "
                              f"stream.follow='never', not {cfg.stream.follow!r}")
+        if self.cfg.carry_optimizer and not cfg.phase_start:
+            raise ValueError("dmt carry_optimizer carries a previous phase's optimizer: it needs phase_start >= 1")
 
     def record(self) -> dict:
         return {"dmt": asdict(self.cfg)}
 
     def start(self, loop: Loop) -> None:
-        self.waited = 0.0
+        self.waited, self.ema = 0.0, None
+        state, s0 = loop.state, loop.state.cfg.phase_start
+        if self.cfg.carry_optimizer and state.step == s0 and state.resumed_from == s0:
+            carry_moments(loop)  # the phase starts here, from the previous phase's checkpoint
+        if self.cfg.ema and state.step > s0:  # a resume inside the phase: its EMA policy is in the checkpoint
+            rel = f"{loop.run.latest()['path']}/{ROLLOUT}"
+            if not loop.run.bucket.exists(f"{rel}/config.json"):
+                raise ValueError(f"run {loop.run.url} checkpoint {rel.rsplit('/', 1)[0]} holds no {ROLLOUT}/ policy: it "
+                                 "was trained without dmt ema; resume with the run's own settings")
+            self.ema = EMA(state.student, self.cfg.ema)
+            self.ema.model.load_state_dict(load_student(loop.run.bucket.url(rel))[0].state_dict())
+
+    def policy(self, loop: Loop) -> nn.Module:
+        """The student the refresh and the actor roll out: the EMA when there is one."""
+        return self.ema.model if self.ema is not None else loop.state.student
+
+    def write(self, loop: Loop, folder: str) -> None:
+        if self.ema is not None:
+            save_student(f"{folder}/{ROLLOUT}", self.ema.model, loop.state.teacher_fp,
+                         {"trained_by": "ema of smt+dmt", "ema": self.cfg.ema, "step": loop.state.step})
 
     def before_step(self, loop: Loop) -> None:
         state = loop.state
+        if self.cfg.ema and self.ema is None and state.step >= state.cfg.phase_start:
+            self.ema = EMA(state.student, self.cfg.ema)  # the phase starts: the policy is the student
         r = self.cfg.round_due(state.cfg.phase_start, state.step)
         if r is None:
             return
         if loop.lead and (loop.run.latest() or {}).get("step") != state.step:
-            save_policy(state, loop.run)  # the student the actor rolls out next (and the one to evaluate)
+            save_policy(state, loop.run, lambda folder: self.write(loop, folder))  # what the actor rolls out next
         with loop.log.paused():
             t0 = time.monotonic()
             g = self.wait_for_round(loop, r)
@@ -94,7 +133,15 @@ class LockstepDMT(Hook):
         loop.switch(g)
 
     def after_step(self, loop: Loop, out: dict) -> dict[str, float]:
+        if self.ema is not None:
+            self.ema.update(loop.state.student)
         return {"dmt_wait_seconds": self.waited}
+
+    def pinned_steps(self, cfg: StudentTrainConfig) -> set[int]:
+        """Every round boundary: the actor rolls out (and the pipeline evaluates) the student there, from the
+        full checkpoint when one falls on it (no policy snapshot is written then), so retention keeps it."""
+        c = self.cfg
+        return {cfg.phase_start + k * c.every for k in range(c.rounds + 1)}
 
     def wait_for_round(self, loop: Loop, r: int, poll: float = 0.2) -> int:
         """The oldest generation holding DMT round r, waiting up to `wait_seconds` for the actor (`loop.say`
@@ -123,8 +170,24 @@ class LockstepDMT(Hook):
             time.sleep(poll)
 
 
-def save_policy(state: TrainState, run: RunDir) -> str:
-    """A weights-only snapshot of the student at this step (`policy/step-N`), for the actor to roll out."""
-    student = state.student
-    return run.save_policy(state.step, lambda url: save_student(url, student, state.teacher_fp,
-                                                                {"trained_by": "smt+dmt", "step": state.step}))
+def save_policy(state: TrainState, run: RunDir, extra=None) -> str:
+    """A weights-only snapshot of the student at this step (`policy/step-N`), for the actor to roll out;
+    `extra(folder URL)` adds files (the EMA policy) before the commit marker."""
+    def write(url: str) -> None:
+        save_student(url, state.student, state.teacher_fp, {"trained_by": "smt+dmt", "step": state.step})
+        if extra is not None:
+            extra(url.rsplit("/", 1)[0])
+
+    return run.save_policy(state.step, write)
+
+
+def carry_moments(loop: Loop) -> int:
+    """Start the phase's AdamW from the moments in the run's newest checkpoint (the previous phase's end,
+    matched by parameter name); returns how many parameters were carried."""
+    run, state = loop.run, loop.state
+    _, tensors, meta = run.load(run.latest())
+    moments = moments_by_name(unflatten_optimizer(tensors, meta["optimizer"]),
+                              trainable_names(state.student, bool(meta["config"].get("train_readout", False))))
+    named = dict(state.student.named_parameters())
+    names = [n for n, p in named.items() if p.requires_grad]  # the train state's parameters, in its order
+    return load_moments(state.opt, [(n, named[n]) for n in names], moments)

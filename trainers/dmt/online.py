@@ -5,6 +5,9 @@ m_Tc in stream mode), rolls out on the true inputs with its state detached betwe
 gradient, never BPTT), and each step is trained towards the teacher's memory of the same prefix:
     L = w_state * MSE(f(m_hat_t, x_t), m*_{t+1}) + w_readout * CE(g(sg(m_hat_{t+1})), y_t)
 The readout term sees detached memories, so it trains only the readout.
+Against the dip a strong SMT student shows in its first DMT steps (trainers/dmt/stability.py): `beta` trains a
+decaying share of each batch on the teacher's own states, `ema` rolls out an EMA copy of the student, and
+`carry_optimizer` starts from the SMT run's AdamW moments.
 The offline twin (roll out, record, relabel, train on the union) is the DMT actor (`actor.py`, relabelling
 with `pipeline/relabel.py`) beside a student run, in lockstep (`lockstep.py`) or alone.
 """
@@ -20,6 +23,7 @@ import torch.nn.functional as F
 from models.checkpoint import save_student
 from models.device import autocast, pick_device
 from trainers.common import OptimConfig, clip_and_step, open_run
+from trainers.dmt.stability import EMA, check_beta, load_moments, smt_moments, teacher_share
 from trainers.evaluate import eval_batch, evaluate_student
 from trainers.losses import masked_ce
 
@@ -50,6 +54,14 @@ class OnlineDMTConfig:
     """Sequences of the valid split for the evaluations that drive `stop_at_acc`."""
     stop_at_acc: float | None = None
     """Stop once the rolled-out accuracy on the valid split reaches this (None = never)."""
+    beta: float = 0.0
+    """Share of each batch's sequences trained from the teacher's own states m*_t at step 1 (DAgger's beta)."""
+    beta_halflife: float = 10.0
+    """DMT steps over which that share halves (towards 0)."""
+    ema: float = 0.0
+    """Roll out an EMA copy of the student with this decay per step (0 = roll out the student itself)."""
+    carry_optimizer: bool = False
+    """Start from the SMT run's AdamW moments (`dmt_online(smt_run=...)`) instead of fresh ones."""
     seed: int = 0
     """Random seed."""
     clock: str = "wall"
@@ -57,16 +69,35 @@ class OnlineDMTConfig:
     device: str = "auto"
     """'auto', 'cpu' or 'cuda'."""
 
+    def __post_init__(self) -> None:
+        check_beta(self.beta, self.beta_halflife, "OnlineDMTConfig")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"OnlineDMTConfig: ema={self.ema} must be in [0, 1) (0 = roll out the student itself)")
+
+
+@torch.no_grad()
+def dmt_inputs(policy, M: torch.Tensor, x: torch.Tensor, start: int, Td: int, n_teacher: int = 0) -> torch.Tensor:
+    """The states (B, Td, Z) a DMT batch trains from: rows [0, n_teacher) the teacher's own m*_start.. (DAgger's
+    beta share), the others `policy` rolled out from the teacher memory at `start` on the true inputs."""
+    parts = [M[:n_teacher, start:start + Td]] if n_teacher else []
+    if n_teacher < M.shape[0]:
+        m = M[n_teacher:, start]
+        states = [m]
+        for t in range(start, start + Td - 1):
+            m = policy.step(m, x[n_teacher:, t])
+            states.append(m)
+        parts.append(torch.stack(states, 1).to(M.dtype))
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
+
 
 def dmt_losses(student, M: torch.Tensor, x: torch.Tensor, y: torch.Tensor, start: int, Td: int,
-               w_state: float, w_readout: float) -> dict:
-    """One DMT batch: teacher memories M (B, T+1, Z) of x (B, T)."""
-    m = M[:, start]
-    states = []
-    for t in range(start, start + Td):
-        m = student.step(m.detach(), x[:, t])
-        states.append(m)
-    S = torch.stack(states, 1)  # m_hat_{start+1} .. m_hat_{start+Td}
+               w_state: float, w_readout: float, policy=None, n_teacher: int = 0) -> dict:
+    """One DMT batch: teacher memories M (B, T+1, Z) of x (B, T). The states come from `policy` (default the
+    student itself; the gradient never crosses a step, so rolling out first and predicting every step in one
+    batched call is the same one-step loss), the first `n_teacher` rows from the teacher's own states."""
+    m_in = dmt_inputs(student if policy is None else policy, M, x, start, Td, n_teacher)
+    B, _, Z = m_in.shape
+    S = student.step(m_in.reshape(-1, Z), x[:, start:start + Td].reshape(-1)).view(B, Td, Z)  # m_hat_{t+1}
     l_state = F.mse_loss(S.float(), M[:, start + 1:start + Td + 1].float())
     yy = y[:, start:start + Td]
     sel = (yy != -1).any(0)  # only positions that hold a target need the readout
@@ -81,22 +112,30 @@ def dmt_losses(student, M: torch.Tensor, x: torch.Tensor, y: torch.Tensor, start
 
 def dmt_online(student, teacher, corpus, cfg: OnlineDMTConfig, out: str | Path | None = None,
                teacher_fingerprint: str | None = None, quiet: bool = False, on_eval=None, reporter=None,
-               carry: dict | None = None, stop_step: int | None = None) -> dict:
+               carry: dict | None = None, stop_step: int | None = None, smt_run: str | None = None) -> dict:
     """Train `student` by online DMT. With `stop_step`, stop there and return a `carry` (optimiser, schedule,
-    data RNG, step) that a later call continues from, so one cosine schedule spans several DMT rounds.
-    `reporter` as in `trainers.pretrain.pretrain` (report-only figures, off the training clock)."""
+    data RNG, step, EMA policy) that a later call continues from, so one cosine schedule spans several DMT
+    rounds. `reporter` as in `trainers.pretrain.pretrain` (report-only figures, off the training clock).
+    `smt_run`: the student run the SMT student comes from (its AdamW moments start DMT with carry_optimizer)."""
     dev = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     teacher = teacher.to(dev).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     student = student.to(dev).train()
-    params = list(student.updater.parameters()) + (list(student.readout_net.parameters()) if cfg.train_readout else [])
+    named = [(n, p) for n, p in student.named_parameters()
+             if n.startswith("updater.") or (cfg.train_readout and n.startswith("readout_net."))]
+    params = [p for _, p in named]
     if carry is None:
         opt, sched = cfg.optim.build(params, cfg.steps)
+        if cfg.carry_optimizer:
+            if smt_run is None:
+                raise ValueError("OnlineDMTConfig.carry_optimizer needs the SMT run: pass smt_run=<student run URL>")
+            load_moments(opt, named, smt_moments(smt_run))
         rng, step0 = np.random.default_rng([cfg.seed, 0xD317]), 0
+        ema = EMA(student, cfg.ema) if cfg.ema else None
     else:
-        opt, sched, rng, step0 = carry["opt"], carry["sched"], carry["rng"], carry["step"]
+        opt, sched, rng, step0, ema = carry["opt"], carry["sched"], carry["rng"], carry["step"], carry.get("ema")
     last = min(cfg.steps, stop_step or cfg.steps)
     ex, ey = (t.to(dev) for t in eval_batch(corpus, cfg.eval_size, cfg.seed))
     T = corpus.seq_len
@@ -126,14 +165,18 @@ def dmt_online(student, teacher, corpus, cfg: OnlineDMTConfig, out: str | Path |
         x, y = (torch.as_tensor(a, dtype=torch.long, device=dev) for a in corpus.sample(cfg.batch_size, rng))
         with torch.no_grad(), autocast(dev):
             M = teacher.encode_all(x)
+        n_teacher = round(teacher_share(cfg.beta, cfg.beta_halflife, step - 1) * x.shape[0])
         with autocast(dev):
-            losses = dmt_losses(student, M, x, y, cfg.prompt, Td, cfg.w_state, cfg.w_readout)
+            losses = dmt_losses(student, M, x, y, cfg.prompt, Td, cfg.w_state, cfg.w_readout,
+                                policy=ema.model if ema else None, n_teacher=n_teacher)
         losses["loss"].backward()
         gn = clip_and_step(params, opt, sched, cfg.optim.grad_clip)
+        if ema:
+            ema.update(student)
         log.advance()
         done = (cfg.seconds is not None and log.elapsed() >= cfg.seconds) or step == last
         if step % cfg.eval_every == 0 or done:
-            final = log.log(step, **losses, grad_norm=gn, **evaluate())
+            final = log.log(step, **losses, grad_norm=gn, teacher_rows=n_teacher, **evaluate())
             if reporter:  # figures for the report (e.g. on the test split): never read by the rules below
                 with log.paused():
                     final.update(reporter(student, final))
@@ -150,4 +193,4 @@ def dmt_online(student, teacher, corpus, cfg: OnlineDMTConfig, out: str | Path |
         save_student(str(out / "student"), student, teacher_fingerprint,
                      {"corpus": corpus.spec, "trained_by": "smt+dmt", "dmt_steps": step})
     return {"student": student, "history": log.history, "final": final, "seconds": log.elapsed(),
-            "steps": step, "carry": {"opt": opt, "sched": sched, "rng": rng, "step": step}}
+            "steps": step, "carry": {"opt": opt, "sched": sched, "rng": rng, "step": step, "ema": ema}}

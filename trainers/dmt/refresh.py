@@ -12,6 +12,7 @@ store: the trainer never runs the teacher.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,8 +34,11 @@ class Refresh(Hook):
     """The batch transform: from the phase start on, the newest round's records of each batch get the current
     student's states (`FreshRound`, rebuilt whenever the stream moves to another generation)."""
 
-    def __init__(self, cfg: RefreshConfig) -> None:
+    def __init__(self, cfg: RefreshConfig, policy: Callable[[Loop], torch.nn.Module] | None = None) -> None:
+        """`policy(loop)`: the student to re-roll with (default the one being trained; lockstep DMT passes
+        its EMA policy when it has one)."""
         self.cfg = cfg
+        self.policy = policy
         self.fresh: FreshRound | None = None
 
     def start(self, loop: Loop) -> None:
@@ -47,7 +51,7 @@ class Refresh(Hook):
         if self.fresh is None or self.fresh.generation != state.stream.generation:
             self.fresh = FreshRound(state.stream, state.stream.generation, state.device)
         with autocast(state.device):
-            self.fresh.refresh(state.student, batch)
+            self.fresh.refresh(self.policy(loop) if self.policy else state.student, batch)
 
 
 class FreshRound:
