@@ -2,7 +2,8 @@
 
     corpus -> teacher pretraining (joint SMT) -> labeling by Ray actors -> student SMT from the shards
     -> DMT rounds (the DMT actor relabels the latest student; the trainer resumes on the union)
-    -> evaluation (+ the BPTT baseline with the same updater and the same wall-clock)
+    -> evaluation (+ the BPTT baseline: the same updater, the teacher's length curriculum and stop rule, an lr
+       sweep chosen on valid, the SMT pipeline's wall-clock for the whole sweep)
 
 Example: smt pipeline --recipe text-bytes-tiny --out runs/text --student.steps 300
 Every field of the recipe's tree is a flag (`smt pipeline --recipe NAME --help` lists them with that recipe's
