@@ -400,6 +400,9 @@ def write_md(path: Path, res: dict) -> None:
            f"{b['bptt_eval_every']} steps of its run.*"), ""]
     if NOTES:
         md += ["## Reading", "", NOTES, ""]
+    gap = path.with_name("text_gap.md")  # issue 16's lever study on ~1 MB of English (benchmarks/text_gap.py)
+    if gap.exists():
+        md += ["", "---", ""] + ["#" + ln if ln.startswith("#") else ln for ln in gap.read_text().splitlines()]
     path.write_text("\n".join(md))
 
 

@@ -92,7 +92,6 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
     from pipeline.executors import init_ray
     from pipeline.label import label
     from storage.run_dir import RunDir
-    from trainers.common import OptimConfig
     from trainers.evaluate import eval_batch, evaluate_student, evaluate_teacher
     from trainers.heldout import sample_models, score_models, split_sizes, token_unit
     from trainers.pretrain import pretrain
@@ -321,7 +320,11 @@ def online_config(rc, prompt: int):
 def actor_config(rc, targets, run_url, corpus, teacher_url, prompt, first_step=None):
     """The DMT actor's config: the recipe's (sequences, shards, polling), its schedule from `dmt`, the rest from
     the earlier stages."""
-    return wired(rc.dmt_actor, "dmt_actor", targets=targets, run=run_url, corpus=corpus.spec, teacher=teacher_url,
+    from pipeline.corpora import spec_with
+
+    # the actor relabels windows of the corpus the target set was labeled from (`label.stride`: a share of them)
+    spec = corpus.spec if rc.label.stride is None else spec_with(corpus.spec, stride=rc.label.stride)
+    return wired(rc.dmt_actor, "dmt_actor", targets=targets, run=run_url, corpus=spec, teacher=teacher_url,
                  rounds=rc.dmt.rounds, every_steps=rc.dmt.every, first_step=first_step, start=prompt,
                  format=rc.label.format, dtype=rc.label.dtype)
 

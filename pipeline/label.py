@@ -31,7 +31,7 @@ import torch
 
 from models.checkpoint import CheckpointError, load_teacher, publish_teacher
 from models.device import autocast, pick_device
-from pipeline.corpora import Corpus, CorpusError, load_corpus
+from pipeline.corpora import Corpus, CorpusError, load_corpus, spec_with
 from pipeline.stage import Resources, ShardRange, Stage, shard_ranges
 from storage.bucket import Bucket
 from storage.codec import check_dtype
@@ -75,6 +75,10 @@ class LabelConfig:
     """Corpus sequences per shard (one work item each)."""
     Tc: int | None = None
     """Stream corpora: context length of each memory (default: the causal teacher's window)."""
+    stride: int | None = None
+    """Stream corpora: label the windows every this many tokens (default: the corpus's own stride). A student
+    reads steps x batch transitions; labeling many more costs compute the teacher could use
+    (benchmarks/results/text_gap.md)."""
     batch_size: int = 32
     """Sequences per teacher forward pass."""
     device: str = "auto"
@@ -96,6 +100,8 @@ class LabelConfig:
                 raise LabelError(f"{name}={getattr(self, name)} must be >= 1")
         if self.Tc is not None and self.Tc < 1:
             raise LabelError(f"Tc={self.Tc} must be >= 1 (or leave it unset)")
+        if self.stride is not None and self.stride < 1:
+            raise LabelError(f"stride={self.stride} must be >= 1 (or leave it unset: the corpus's stride)")
 
 
 @dataclass
@@ -169,6 +175,11 @@ def prepare(cfg: LabelConfig) -> LabelPlan:
         if not getattr(cfg, name):
             raise LabelError(f"label: {name} is not set: pass --{name}")
     corpus = load_corpus(cfg.corpus)
+    if cfg.stride is not None:
+        if not corpus.streaming:
+            raise LabelError(f"--stride={cfg.stride} applies to stream corpora only; {corpus.spec!r} is a prefix "
+                             "corpus: drop --stride")
+        corpus = load_corpus(spec_with(corpus.spec, stride=cfg.stride))
     if corpus.num_sequences < 1:
         raise CorpusError(f"corpus {corpus.spec!r} has no sequences: point it at non-empty data")
     teacher, fp, ckpt = _load_teacher(cfg.teacher, "cpu")
