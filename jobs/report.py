@@ -59,8 +59,8 @@ def bptt_sweep_lines(sw: dict | None) -> list[str]:
     def f(v, run):
         return f"{v:.3f}" if isinstance(v, (int, float)) else f"n/a ({run.get('note') or 'not measured'})"
 
-    lines = [f"bptt lr sweep (chosen on valid: lr {sw['chosen_lr']:g}; budget: {sw['seconds_per_lr']:.0f} s per lr, "
-             f"{sw['budget_seconds']:.0f} s in all: {sw['budget_rule']})"]
+    lines = [(f"bptt lr sweep (chosen on valid: lr {sw['chosen_lr']:g}; budget: {sw['seconds_per_lr']:.0f} s per lr, "
+              f"{sw['budget_seconds']:.0f} s in all: {sw['budget_rule']})")]
     lines += [f"  lr {r['lr']:g}: valid acc {f(r['valid_acc'], r)}, valid loss {f(r['valid_loss'], r)}, {r['steps']} steps, "
               f"{r['seconds']:.0f} s, T={r['T']}{'  <- chosen' if r['chosen'] else ''}" for r in sw["runs"]]
     return lines
