@@ -55,6 +55,8 @@ VARIANTS = {  # name -> changes of the retrieval-demo recipe tree, on top of BAS
     "carry SMT AdamW": [CARRY],
     "carry SMT AdamW, lr 1e-4": [CARRY, {"dmt_phase": {"optim": {"lr": 1e-4}}, "online": {"optim": {"lr": 1e-4}}}],
     "carry + beta": [CARRY, BETA],
+    # the control for the winner: its lr without the carried moments (run after the table above, `--only`)
+    "fresh AdamW, lr 1e-4": [{"dmt_phase": {"optim": {"lr": 1e-4}}, "online": {"optim": {"lr": 1e-4}}}],
 }
 SMT_STEP = 400  # the demo's SMT phase
 
@@ -136,8 +138,13 @@ def main(argv=None) -> int:
                     "'{\"dmt\": {\"rounds\": 2}, \"dmt_extra_steps\": 2}' (a smoke run)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "dmt_dip"))
     ap.add_argument("--render", action="store_true", help="only rewrite the tables from the JSON's curves")
+    ap.add_argument("--control-of", default=None,
+                    help="the main run's JSON: write --out's Markdown as a control run beside that run's rows")
     args = ap.parse_args(argv)
     out = Path(args.out)
+    if args.control_of and args.render:
+        write_control_md(out, Path(args.control_of))
+        return 0
     if args.render:
         meta = json.loads(out.with_suffix(".json").read_text())
         meta.setdefault("args", {"smt_extra": args.smt_extra, "online_every": args.online_every})
@@ -196,8 +203,36 @@ def main(argv=None) -> int:
             "wall_seconds": time.perf_counter() - t0,
             "args": {"smt_extra": args.smt_extra, "online_every": args.online_every}}
     out.with_suffix(".json").write_text(json.dumps(meta, indent=1))
-    write_md(out.with_suffix(".md"), meta, meta["args"])
+    if args.control_of:
+        write_control_md(out, Path(args.control_of))
+    else:
+        write_md(out.with_suffix(".md"), meta, meta["args"])
     return 0
+
+
+def write_control_md(out: Path, main_json: Path) -> None:
+    """A control run (`--only`, same demo, same starts) beside the main run's rows, under the main run's rule."""
+    main, ctl = json.loads(main_json.read_text()), json.loads(out.with_suffix(".json").read_text())
+    if main["starts"] != ctl["starts"]:
+        raise SystemExit(f"{out}: the control's starts {ctl['starts']} differ from {main_json}'s {main['starts']}")
+    rows = main["rows"] + ctl["rows"]
+    cols = ["DMT", "variant", "mean lowest from step 4", "worst lowest from step 4", "mean final valid acc", "chosen"]
+    sel = [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items() if k in cols} for r in selection(rows)]
+    names = ", ".join(sorted({r["variant"] for r in ctl["rows"]}))
+    out.with_suffix(".md").write_text(f"""# DMT dip: control run ({names})
+
+Command: `python benchmarks/dmt_dip.py --demo <smt demo --out> --smt-extra {' '.join(map(str, ctl['args']['smt_extra']))} \\
+--only <variant> --out {out.name} --control-of {main_json.name}` (1 torch thread, {ctl['wall_seconds'] / 60:.0f} min wall).
+The same demo task, the same two SMT starts as `{main_json.stem}.md` ({starts_line(ctl['starts'])}: identical,
+checked), run after it; its rows are scored beside that run's rows by the same rule (mean over the starts of the
+lowest valid accuracy from DMT step 4, ties by the final valid accuracy).
+
+{markdown_table(ctl['rows'], list(ctl['rows'][0]))}
+
+Choice over both runs' rows:
+
+{markdown_table(sel, cols)}
+""")
 
 
 def starts_line(starts: dict) -> str:
@@ -251,8 +286,9 @@ steps; "from step 4" skips the first 2 rounds, where a weak start is still climb
 {markdown_table(rows, list(rows[0]))}
 
 Choice on valid (mean over the two starts of the lowest accuracy from step 4, ties by the final valid
-accuracy); the chosen variant is the recipes' default (`dmt.carry_optimizer`, `dmt_phase.optim.lr`; online:
-`online.carry_optimizer`, `online.optim.lr`):
+accuracy). The control run `dmt_dip_lr_control.md` (the winner's lr 1e-4 with a fresh AdamW, same starts)
+scores higher by this rule in both modes, so the recipes' default is a fresh AdamW at lr 1e-4
+(`dmt_phase.optim.lr`, `online.optim.lr`; `dmt.carry_optimizer` and `online.carry_optimizer` stay options):
 
 {markdown_table(sel, cols)}
 """)

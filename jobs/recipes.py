@@ -59,10 +59,9 @@ class Recipe:
     """Online DMT instead of lockstep: the actor relabels each round for the record and the driver takes
     `dmt.every` on-policy DMT steps between rounds (`online`)."""
     online: OnlineDMTConfig = field(default_factory=lambda: OnlineDMTConfig(
-        optim=OptimConfig(lr=1e-4, schedule="cosine", warmup_steps=10), batch_size=32, eval_every=10**9, eval_size=64,
-        carry_optimizer=True))
+        optim=OptimConfig(lr=1e-4, schedule="cosine", warmup_steps=10), batch_size=32, eval_every=10**9, eval_size=64))
     """With dmt_online: the online DMT steps (their count and the rollout start come from `dmt` and the corpus;
-    the SMT run's AdamW moments carried, lr 1e-4: benchmarks/results/dmt_dip.md)."""
+    fresh AdamW at lr 1e-4: benchmarks/results/dmt_dip.md and its lr control, dmt_dip_lr_control.md)."""
     bptt: bool = True
     """Also train the BPTT baseline: same updater, the pretraining's length curriculum and stop rule, an lr
     sweep chosen on valid, the SMT pipeline's wall-clock for the whole sweep (an equal share per lr)."""
@@ -79,8 +78,7 @@ class Recipe:
 
 def _lockstep(rounds: int, every: int = 2) -> LockstepDMTConfig:
     """The trainer never trains on relabels more than 2 x `every` steps old (it waits for the actor instead)."""
-    return LockstepDMTConfig(every=every, rounds=rounds, wait_seconds=3600, refresh=RefreshConfig(enabled=True),
-                             carry_optimizer=True)
+    return LockstepDMTConfig(every=every, rounds=rounds, wait_seconds=3600, refresh=RefreshConfig(enabled=True))
 
 
 def _actor(sequences: int) -> DMTLoopConfig:
