@@ -18,13 +18,12 @@ from models.student_rnn import Student
 from models.updaters import UpdaterConfig, matched_updater
 from pipeline.corpora import load_corpus
 from pipeline.executors import SerialExecutor
-from pipeline.label import LabelConfig, label
 from pipeline.relabel import RelabelConfig, relabel
 from storage.reader import TargetSet
 from storage.rounds import RunSource, rounds_bucket
 from storage.run_dir import RunDir, unflatten_optimizer
 from storage.stream import ShardStream, StreamConfig, teacher_share
-from tests.label_data import tiny_teacher
+from tests.test_dmt import _label
 from trainers.common import OptimConfig
 from trainers.dmt import LockstepDMTConfig, OnlineDMTConfig, RefreshConfig, dmt_online
 from trainers.dmt.actor import DMTLoop, DMTLoopConfig
@@ -37,13 +36,7 @@ SPEC = "retrieval:T=12,vocab=8,n=48"
 
 @pytest.fixture()
 def labeled(tmp_path) -> dict:
-    teacher = tiny_teacher("causal")
-    from models.checkpoint import save_teacher
-    fp = save_teacher(str(tmp_path / "teacher"), teacher)
-    rep = label(LabelConfig(teacher=str(tmp_path / "teacher"), corpus=SPEC, out=str(tmp_path), shard_sequences=12,
-                            batch_size=12, device="cpu"), SerialExecutor(), quiet=True)
-    return {"targets": rep.target_url, "teacher": str(tmp_path / "teacher"), "fp": fp, "model": teacher,
-            "run": str(tmp_path / "run")}
+    return _label(tmp_path)
 
 
 def _stream(**kw) -> StreamConfig:

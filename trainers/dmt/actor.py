@@ -32,14 +32,11 @@ from dataclasses import asdict, dataclass, field, replace
 
 from pipeline.relabel import RelabelConfig, check_relabel, relabel
 from pipeline.stage import Resources
-from storage.bucket import Bucket
 from storage.errors import ObjectNotFound
 from storage.manifest import newest_generation, read_generation
 from storage.rounds import rounds_bucket
 from storage.run_dir import ROLLOUT, RunDir
 from trainers.student import StudentTrainConfig, run_training
-
-LATEST = "checkpoints/latest.json"
 
 
 class DMTTimeout(RuntimeError):
@@ -103,7 +100,8 @@ class DMTLoop:
         self.cfg = cfg
         self.trainer = trainer
         self.executor = executor or SerialExecutor()
-        self.run_dir = Bucket.from_url(cfg.run, endpoint_url=cfg.endpoint_url)
+        self.student_run = RunDir(cfg.run, endpoint_url=cfg.endpoint_url)
+        self.run_dir = self.student_run.bucket
         self.rounds = rounds_bucket(self.run_dir)  # this run's rounds, pins and reports
 
     def committed_rounds(self) -> set[int]:
@@ -111,10 +109,7 @@ class DMTLoop:
         return {e.round for e in read_generation(self.rounds, n).shards} if n else set()
 
     def latest_checkpoint(self) -> dict | None:
-        try:
-            return json.loads(self.run_dir.read_bytes(LATEST))
-        except ObjectNotFound:
-            return None
+        return self.student_run.latest()
 
     def _pin(self, r: int, pointer: dict) -> dict:
         """The checkpoint round r uses: created once, then re-read by any restart."""
@@ -163,12 +158,11 @@ class DMTLoop:
             p = self.latest_checkpoint()
             return p if p is not None and int(p["step"]) >= c.every_steps + self._round_step(r - 1) else None
         step = c.first_step + (r - 1) * c.every_steps
-        run = RunDir(c.run, endpoint_url=c.endpoint_url)
-        rel = run.student_dir(step)  # the trainer's weights-only snapshot of that step, or a full checkpoint there
+        rel = self.student_run.student_dir(step)  # the trainer's weights-only snapshot of that step, or a full checkpoint there
         if rel is not None:
             return {"step": step, "path": rel}
         p = self.latest_checkpoint()
-        if p is not None and int(p["step"]) >= step and run.student_dir(step) is None:  # (not written since)
+        if p is not None and int(p["step"]) >= step and self.student_run.student_dir(step) is None:  # (not written since)
             raise DMTTimeout(f"run {c.run} has no checkpoint or policy snapshot at step {step} for lockstep round "
                              f"{r}: train with --phase-start {c.first_step} --dmt.every {c.every_steps} so the "
                              "trainer writes it")
