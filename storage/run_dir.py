@@ -114,10 +114,6 @@ class RunDir:
         self.bucket = Bucket.from_url(url, endpoint_url=endpoint_url)
         self.url = self.bucket.url()
 
-    def local_path(self, rel: str) -> str | None:
-        """A filesystem path for `rel` when the run is local (metrics are appended there)."""
-        return self.bucket._path(rel) if self.bucket.protocol == "file" else None
-
     def latest(self) -> dict | None:
         """The checkpoint pointer, or None for a fresh run."""
         try:

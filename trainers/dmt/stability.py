@@ -38,18 +38,6 @@ class EMA:
         for e, p in zip(self.model.parameters(), model.parameters()):
             e.lerp_(p.detach().to(e.dtype), 1.0 - self.decay)
 
-    def state_tensors(self, prefix: str = "ema.") -> dict[str, torch.Tensor]:
-        """The EMA weights as named tensors (for a checkpoint's state file)."""
-        return {prefix + k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-
-    def load_tensors(self, tensors: dict[str, torch.Tensor], prefix: str = "ema.") -> None:
-        """Restore the weights `state_tensors` wrote (KeyError naming the first one missing)."""
-        own = self.model.state_dict()
-        missing = [k for k in own if prefix + k not in tensors]
-        if missing:
-            raise KeyError(f"checkpoint holds no EMA weight {prefix + missing[0]!r}: it was not trained with an EMA policy")
-        self.model.load_state_dict({k: tensors[prefix + k] for k in own})
-
 
 def trainable_names(student: nn.Module, train_readout: bool) -> list[str]:
     """The parameters a student trainer optimises, in optimizer order: all but m_0, the readout only if it
