@@ -182,10 +182,12 @@ def run_task(task: dict) -> dict:
 
 
 def choose(runs: list[dict]) -> dict:
-    """The lr choice, on valid only: the highest final valid accuracy; ties go to the earlier valid 95%."""
+    """The lr choice, on valid only: the run furthest along the curriculum (the full length first), then the
+    highest final valid accuracy; ties go to the earlier valid 95%."""
     def key(r):
         v = r["valid_final_acc"]
-        return (-1.0 if v is None else v, -(r["valid_t95_s"] if r["valid_t95_s"] is not None else float("inf")))
+        return (r.get("final_T") or 0, -1.0 if v is None else v,
+                -(r["valid_t95_s"] if r["valid_t95_s"] is not None else float("inf")))
     return max(runs, key=key)
 
 

@@ -135,3 +135,25 @@ def test_bptt_job_lr_sweep_chooses_on_valid(tmp_path, capsys):
     assert sel["chosen_lr"] == best["lr"]
     assert (out / "student" / "config.json").exists() and (out / "lr-0.0003" / "student" / "config.json").exists()
     assert "(split=valid; report with smt eval)" in capsys.readouterr().out
+
+
+def test_lr_sweep_prefers_the_run_furthest_along_the_curriculum():
+    # issue 22: an lr stuck at T=16 with a high short-length accuracy must not beat one that reached T=128
+    from trainers.bptt import sweep_key
+
+    stuck = {"T": 16, "bptt_acc": 0.94, "bptt_loss": 0.2}
+    further = {"T": 128, "bptt_acc": 0.30, "bptt_loss": 1.9}
+    full = {"T": 256, "bptt_acc": 0.20, "bptt_loss": 2.0}
+    ranked = sorted([stuck, full, further], key=lambda f: sweep_key(f, "bptt_acc", "bptt_loss"), reverse=True)
+    assert ranked == [full, further, stuck]
+    # at the same stage: accuracy, then the lower loss
+    a, b = {"T": 64, "bptt_acc": 0.5, "bptt_loss": 1.0}, {"T": 64, "bptt_acc": 0.5, "bptt_loss": 0.9}
+    assert max([a, b], key=lambda f: sweep_key(f, "bptt_acc", "bptt_loss")) is b
+
+
+def test_benchmark_lr_choice_prefers_the_run_furthest_along_the_curriculum():
+    from benchmarks import smt_vs_bptt as svb
+
+    runs = [{"lr": 3e-3, "final_T": 16, "valid_final_acc": None, "valid_t95_s": None},
+            {"lr": 3e-4, "final_T": 128, "valid_final_acc": None, "valid_t95_s": None}]
+    assert svb.choose(runs)["lr"] == 3e-4

@@ -141,10 +141,18 @@ def train_bptt(corpus, cfg: BPTTConfig, out: str | Path | None = None, quiet: bo
             "steps": step}
 
 
+def sweep_key(final: dict, acc: str, loss: str) -> tuple:
+    """How an lr sweep ranks its runs on valid (larger is better): the run furthest along its length curriculum
+    first (the full length beats any stage below it, and when no run reached it, the longest stage reached
+    wins: an lr stuck at T=16 never beats one at T=128), then the final valid accuracy, then the lower valid
+    loss. `final` is a run's last evaluation row (with "T"); `acc`/`loss` name its valid figures."""
+    return final.get("T") or 0, final.get(acc, -1.0), -final.get(loss, 0.0)
+
+
 def sweep_bptt(corpus, cfg: BPTTConfig, out: str | Path | None = None, quiet: bool = False) -> dict:
     """One `train_bptt` run per lr of `cfg.lrs` (or one at optim.lr), each with the whole of `cfg` (its own
-    `seconds`), under OUT/lr-<lr>/. Chosen on valid: a run that reached the full length beats one stuck in the
-    curriculum, then the best final valid accuracy, then the lower valid loss. The winner goes to OUT/student.
+    `seconds`), under OUT/lr-<lr>/. Chosen on valid by `sweep_key`: the run furthest along the curriculum (the
+    full length first), then the best final valid accuracy, then the lower valid loss. The winner goes to OUT/student.
     Returns the winner's `train_bptt` result plus "lr" and "runs" (per lr: steps, seconds, the length reached,
     and the final valid figures, None with a `note` when the run never reached the full length)."""
     lrs = cfg.lrs or (cfg.optim.lr,)
@@ -154,11 +162,7 @@ def sweep_bptt(corpus, cfg: BPTTConfig, out: str | Path | None = None, quiet: bo
         one = replace(cfg, optim=replace(cfg.optim, lr=lr), lrs=())
         results.append((lr, train_bptt(corpus, one, out=out / f"lr-{lr:g}" if out else None, quiet=quiet)))
 
-    def key(p):
-        f = p[1]["final"]
-        return f.get("T") == corpus.seq_len, f.get("bptt_acc", -1.0), -f.get("bptt_loss", 0.0)
-
-    lr, best = max(results, key=key)
+    lr, best = max(results, key=lambda p: sweep_key(p[1]["final"], "bptt_acc", "bptt_loss"))
     runs = []
     for x, r in results:
         f, full = r["final"], r["final"].get("T") == corpus.seq_len

@@ -93,14 +93,19 @@ def with_length(corpus, T: int):
 
 def pretrain(corpus, cfg: PretrainConfig, out: str | Path | None = None, quiet: bool = False,
              on_eval: Callable[[dict], None] | None = None, *,
-             reporter: Callable[[torch.nn.Module, dict], dict] | None = None, endpoint_url: str | None = None, rank: int = 0,
+             reporter: Callable[[torch.nn.Module, dict], dict] | None = None,
+             on_stage_end: Callable[[torch.nn.Module, torch.nn.Module, object, dict], None] | None = None,
+             endpoint_url: str | None = None, rank: int = 0,
              world_size: int = 1, sync: Callable[[list[int]], list[int]] | None = None,
              wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None) -> dict:
     """Train (or resume the run at `out`); returns {"teacher", "student", "history", "final", "seconds",
     "steps", "resumed_from", and with `out` "fingerprint", "run"}. Without `out` nothing is written.
     `sync` broadcasts rank 0's list of ints to every worker (needed when world_size > 1).
     `reporter(student, row) -> dict`, when given, runs after each evaluation off the training clock and its
-    figures join the row (for reports, e.g. on the test split; the curriculum and stop rules never read them)."""
+    figures join the row (for reports, e.g. on the test split; the curriculum and stop rules never read them).
+    `on_stage_end(teacher, student, stage_corpus, row)`, when given, runs off the training clock each time the
+    teacher passes a curriculum stage (and when `stop_at_acc` ends the last one): e.g. a DMT copy of the student
+    at that length (benchmarks/length_scaling.py). It must not change the models' weights."""
     dev = pick_device(cfg.device)
     cfg.smt.check_length(corpus.seq_len)
     run = RunDir(str(out), endpoint_url=endpoint_url) if out else None
@@ -162,10 +167,17 @@ def pretrain(corpus, cfg: PretrainConfig, out: str | Path | None = None, quiet: 
                     with log.paused():  # a caller's extra evaluation is not training time
                         on_eval(state.last_eval)
                 acc = state.last_eval["teacher_acc"]
+                passed = False
                 if stage < len(stages) - 1 and acc >= cfg.curriculum_acc:
-                    stage += 1
+                    stage, passed = stage + 1, True
                 elif stage == len(stages) - 1 and cfg.stop_at_acc is not None and acc >= cfg.stop_at_acc:
-                    done = True
+                    done = passed = True
+                if passed and on_stage_end:
+                    with log.paused():
+                        teacher.eval()
+                        state.sync_readout()
+                        on_stage_end(teacher, student, cur, state.last_eval)
+                        teacher.train()
             stage, done = share([stage, int(done)])
             done = bool(done)
             if stage != state.stage:
