@@ -10,8 +10,10 @@ Spec: "<task>:T=..,vocab=..,<difficulty params>,seed=0,n=4096". Common parameter
 Determinism: sequences are generated in fixed blocks of BLOCK = 256 rows; block b uses a numpy Generator
 seeded from (seed, b, task name) for train and (seed, b, task name, 1 or 2) for valid or test, so sequence
 i depends only on (spec, i) and the splits never share a seed. `sample(batch, rng)` on train draws fresh
-sequences from the caller's rng (unlimited training data, seeded by the trainer); on valid and test it draws
-from the split's n fixed sequences, so a held-out split is a fixed, finite set.
+sequences (unlimited training data) from a Generator seeded by (seed, task name, four words drawn from the
+caller's rng): the stream depends on both the spec's seed and the trainer's rng, and is reproduced exactly
+when both are (a resumed trainer restores its rng). On valid and test it draws from the split's n fixed
+sequences, so a held-out split is a fixed, finite set.
 Targets y are -1 wherever there is nothing to predict. `chance` is the answer accuracy of the best
 input-independent (but position-aware) guess, averaged over target positions.
 """
@@ -27,6 +29,7 @@ from pipeline.corpora.base import Corpus
 from pipeline.corpora.spec import SPLITS, CorpusError, Params, split_param
 
 BLOCK = 256
+_SAMPLE_TAG = zlib.crc32(b"train-sample")
 
 __all__ = ["BLOCK", "TASKS", "Copy", "KeyValue", "ModArith", "Parity", "Retrieval", "Stack", "SyntheticTask"]
 
@@ -84,7 +87,14 @@ class SyntheticTask(Corpus):
     def sample(self, batch_size, rng):
         if self.split != "train":
             return self.get(rng.integers(0, self.num_sequences, size=int(batch_size)))
-        return self._generate(rng, int(batch_size))
+        return self._generate(self._train_rng(rng), int(batch_size))
+
+    def _train_rng(self, rng: np.random.Generator) -> np.random.Generator:
+        """The Generator of one training batch: the spec's seed and the caller's rng both decide it (the
+        seed alone used to be ignored here, so two seeds gave one stream under two corpus ids). The tag
+        word keeps this seed material apart from every block's (seed, b, task[, split])."""
+        words = rng.integers(0, 2**32, size=4, dtype=np.uint64)
+        return np.random.default_rng([self.seed, self._name_code, _SAMPLE_TAG, *(int(w) for w in words)])
 
     def params(self):
         return dict(kind=self.kind, **self._p)
