@@ -10,14 +10,19 @@ from pipeline.corpora.synthetic import BLOCK, TASKS
 
 SPECS = [
     "retrieval:T=64,vocab=8",
+    "retrieval:T=64,vocab=8,needle=any",
     "copy:T=20,vocab=5,L=7",
-    "copy:T=20,vocab=5,L=7,reverse=1",
+    "copy:T=20,vocab=5,L=7,reverse=0",
     "stack:T=40,vocab=6,depth=4",
-    "kv:T=24,vocab=12,pairs=6",
+    "stack:T=64",
+    "kv:T=24,vocab=6,keys=5",
+    "kv:T=27,vocab=5,key_len=3,pairs=2",
+    "kv:T=24,vocab=12,layout=query,pairs=6",
     "modarith:T=21,vocab=5,ops=+-*,dense=1",
     "modarith:T=16,vocab=7",
     "parity:T=33",
-    "parity:T=16,dense=1",
+    "parity:T=33,query=1,dense=0",
+    "parity:T=16,query=1",
 ]
 
 
@@ -67,16 +72,44 @@ def test_params_and_out_of_range():
 # --------------------------------------------------------------------------------- slow references
 
 
-def test_retrieval_reference():
-    c = load_corpus("retrieval:T=64,vocab=8")
+@pytest.mark.parametrize("needle,last", [("half", 30), ("any", 61)])
+def test_retrieval_reference(needle, last):
+    c = load_corpus(f"retrieval:T=64,vocab=8,needle={needle}")
     assert c.vocab_size == 10 and c.chance == pytest.approx(1 / 8)
     x, y = c.get(range(50))
     for xi, yi in zip(x, y):
         marks = [t for t in range(64) if xi[t] == 8]
-        assert len(marks) == 1 and marks[0] <= 61
+        assert len(marks) == 1 and marks[0] <= last
         assert xi[63] == 9 and list(xi).count(9) == 1
         assert yi[63] == xi[marks[0] + 1] < 8
         assert (yi[:63] == -1).all()
+
+
+def _reference_marker_probs(T: int) -> np.ndarray:
+    """P(marker at m) under the reference's rule: needle at clip(floor(T*u), 1, T-2), u ~ U[0, 1/2)."""
+    k = np.arange(T)
+    pk = np.clip(np.minimum(k + 1, T / 2) - k, 0, None) * 2 / T  # P(floor(T*u) = k)
+    probs = np.zeros(T)
+    np.add.at(probs, np.clip(k, 1, T - 2) - 1, pk)
+    return probs
+
+
+@pytest.mark.parametrize("T", [64, 15])
+def test_retrieval_default_puts_every_needle_in_the_first_half(T):
+    c = load_corpus(f"retrieval:T={T},vocab=8,n=8192")
+    assert c.needle == "half" and ",needle=half," in c.spec
+    n = 8192
+    for x, _ in (c.sample(n, np.random.default_rng(0)), c.get(np.arange(n))):
+        assert ((x == 8).sum(axis=1) == 1).all()
+        m = np.argmax(x == 8, axis=1)
+        assert (m + 1 < T / 2).all(), "marker and needle in the first half"
+        freq = np.bincount(m, minlength=T) / n
+        want = _reference_marker_probs(T)
+        assert want.sum() == pytest.approx(1) and (freq[want == 0] == 0).all()
+        assert np.abs(freq - want).max() < 0.012, (freq, want)  # about 5 sd at p = 2/T, n = 8192
+    # the uniform variant (the task before issue 22) still reaches the second half, up to T-3
+    m = np.argmax(load_corpus(f"retrieval:T={T},vocab=8,needle=any").sample(n, np.random.default_rng(0))[0] == 8, axis=1)
+    assert m.max() == T - 3 and (m >= T / 2).mean() == pytest.approx((T - 2 - np.ceil(T / 2)) / (T - 2), abs=0.03)
 
 
 @pytest.mark.parametrize("reverse", [0, 1])
@@ -106,6 +139,15 @@ def test_copy_full_length_default():
     assert (y[0, 32:] >= 0).all() and (y[0, :32] == -1).all()
 
 
+def test_copy_default_is_the_reference_reversed_layout():
+    c = load_corpus("copy:T=64,vocab=8")
+    assert c.reverse == 1 and c.spec.startswith("copy:T=64,vocab=8,L=32,reverse=1,")
+    x, y = c.sample(500, np.random.default_rng(1))
+    assert (x[:, 32] == 8).all() and (x[:, :32] < 8).all() and (x[:, 33:] < 8).all()  # no PAD at T = 2L
+    assert np.array_equal(y[:, 32:], x[:, 31::-1]) and (y[:, :32] == -1).all()  # reversed string
+    assert np.array_equal(x[:, 33:], y[:, 32:63])  # fed back one step late
+
+
 def test_stack_reference():
     V, D = 6, 4
     c = load_corpus(f"stack:T=40,vocab={V},depth={D}")
@@ -125,9 +167,31 @@ def test_stack_reference():
     assert pops > 200
 
 
-def test_kv_reference():
+def test_stack_default_rule_and_depth():
+    c = load_corpus("stack:T=64")
+    assert (c.vocab, c.depth, c.vocab_size) == (4, 10, 5)
+    x, y = c.sample(2000, np.random.default_rng(2))
+    push_at = np.zeros(11)  # pushes / steps, by stack size before the step
+    steps = np.zeros(11)
+    for xi, yi in zip(x, y):
+        stack = []
+        for t in range(64):
+            steps[len(stack)] += 1
+            if xi[t] == 4:
+                assert stack and yi[t] == stack.pop()
+            else:
+                assert xi[t] < 4 and yi[t] == -1
+                push_at[len(stack)] += 1
+                stack.append(int(xi[t]))
+    assert push_at[0] == steps[0] and push_at[10] == 0 and steps[10] > 100  # forced push, forced pop at 10
+    inner = push_at[1:10] / steps[1:10]
+    assert np.abs(inner - 0.5).max() < 0.05, inner  # otherwise a fair coin
+    assert np.bincount(x[x < 4], minlength=4) / (x < 4).sum() == pytest.approx(np.full(4, 0.25), abs=0.01)
+
+
+def test_kv_query_layout():
     V, P = 12, 6
-    c = load_corpus(f"kv:T=24,vocab={V},pairs={P}")
+    c = load_corpus(f"kv:T=24,vocab={V},layout=query,pairs={P}")
     x, y = c.get(range(40))
     for xi, yi in zip(x, y):
         s = 24 - 2 * P - 2
@@ -137,6 +201,30 @@ def test_kv_reference():
         assert xi[22] == V
         assert yi[23] == dict(zip(keys, vals))[xi[23]]
         assert (yi[:23] == -1).all()
+
+
+@pytest.mark.parametrize("T,V,Vk,K,P", [(24, 6, 5, 2, 5), (27, 5, 4, 3, 3), (12, 3, 2, 1, 5)])
+def test_kv_reference_layout(T, V, Vk, K, P):
+    c = load_corpus(f"kv:T={T},vocab={V},keys={Vk},key_len={K}")
+    assert (c.layout, c.pairs, c.vocab_size, c.chance) == ("ref", P, V + Vk + 1, pytest.approx(1 / V))
+    x, y = c.sample(3000, np.random.default_rng(3))
+    s = T - 2 * K * (P + 1)
+    assert (x[:, :s] == V + Vk).all()
+    body = x[:, s:].reshape(len(x), P + 1, 2, K)  # (pair, key/value, token)
+    keys, vals = body[:, :, 0], body[:, :, 1]
+    assert ((keys >= V) & (keys < V + Vk)).all() and (vals < V).all()
+    assert (y[:, : T - K - 1] == -1).all() and (y[:, T - 1] == -1).all()
+    assert np.array_equal(y[:, T - K - 1 : T - 1], vals[:, P])  # the answer, fed back one step late
+    hit = (keys[:, :P] == keys[:, P : P + 1]).all(axis=2)  # stored pairs with the query's key
+    assert hit.any(axis=1).all()
+    assert all(any((vals[i, j] == vals[i, P]).all() for j in np.flatnonzero(hit[i])) for i in range(len(x)))
+    one = hit.sum(axis=1) == 1
+    assert np.array_equal(vals[one, P], vals[:, :P][one][hit[one]])  # a key stored once: its value
+    # keys are drawn with replacement (repeats happen), the queried pair uniformly
+    assert (hit.sum(axis=1) > 1).any()
+    if Vk**K > 8 * P:
+        q = np.argmax(hit[one], axis=1)
+        assert np.bincount(q, minlength=P) / one.sum() == pytest.approx(np.full(P, 1 / P), abs=0.05)
 
 
 def _modarith_ref(xi, p):
@@ -168,14 +256,24 @@ def test_modarith_reference():
         assert yi[-1] == sum(xi[0:-1:2]) % 7 == _modarith_ref(xi, 7)[0]
 
 
+def test_parity_default_is_running_parity_without_query():
+    c = load_corpus("parity:T=16")
+    assert (c.dense, c.query, c.vocab_size) == (1, 0, 2) and ",dense=1,query=0," in c.spec
+    x, y = c.sample(500, np.random.default_rng(4))
+    assert ((x == 0) | (x == 1)).all() and 0.45 < x.mean() < 0.55
+    assert np.array_equal(y, np.cumsum(x, axis=1) % 2)  # every position targeted
+    y0 = load_corpus("parity:T=16,dense=0").sample(500, np.random.default_rng(4))[1]
+    assert (y0[:, :-1] == -1).all() and np.array_equal(y0[:, -1], y[:, -1])
+
+
 def test_parity_reference():
-    c = load_corpus("parity:T=16,dense=1")
+    c = load_corpus("parity:T=16,query=1,dense=1")
     x, y = c.get(range(30))
     for xi, yi in zip(x, y):
         assert xi[-1] == 2
         assert yi[-1] == sum(xi[:-1]) % 2
         assert all(yi[t] == sum(xi[: t + 1]) % 2 for t in range(15))
-    y0 = load_corpus("parity:T=16").get(range(30))[1]
+    y0 = load_corpus("parity:T=16,query=1,dense=0").get(range(30))[1]
     assert (y0[:, :-1] == -1).all() and np.array_equal(y0[:, -1], y[:, -1])
 
 
@@ -250,7 +348,12 @@ def test_chance_values():
         ("copy:reverse=2", "reverse"),
         ("stack:depth=0", "depth"),
         ("kv:T=10,vocab=8,pairs=5", "pairs=5"),
-        ("kv:vocab=4,pairs=5", "pairs=5"),
+        ("kv:vocab=4,layout=query,pairs=5", "pairs=5"),
+        ("kv:T=7,key_len=2", "key_len=2 too long"),
+        ("kv:layout=query,key_len=2", "unknown parameter 'key_len'"),
+        ("kv:layout=pairs", "layout"),
+        ("retrieval:needle=middle", "needle='middle' not allowed: use one of half, any"),
+        ("parity:query=2", "query"),
         ("modarith:ops=/", "ops"),
         ("parity:vocab=4", "vocab is fixed"),
         ("retrieval:seed=-1", "seed"),

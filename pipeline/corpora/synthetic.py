@@ -16,6 +16,33 @@ when both are (a resumed trainer restores its rng). On valid and test it draws f
 sequences, so a held-out split is a fixed, finite set.
 Targets y are -1 wherever there is nothing to predict. `chance` is the answer accuracy of the best
 input-independent (but position-aware) guess, averaged over target positions.
+
+Against the reference (github.com/akarshkumar0101/smt, src/my_datasets/synthetic.py). Everywhere: the
+reference numbers its one special token 0 and data tokens 1..n; we number data tokens 0..vocab-1 and put
+specials after them (a relabeling, not a change of distribution), and an unused special (PAD at full
+length) only adds an embedding row. The defaults below are the reference's distributions; the tasks as
+they were before issue 22 stay reachable by a parameter (and have new canonical specs, hence new ids).
+- retrieval (NeedleDataset, min_pos=0, max_pos=0.5): same positions by default (needle=half); needle=any
+  is our uniform variant. Left: the reference's marker and query are the same token (0), ours are MARK
+  and QUERY (the sequences correspond one to one: the query is always at T-1, the marker never is, but a
+  model reading ours is told by the token rather than by counting that the question has come); its
+  `noise` (default 0: answers replaced by random tokens) is not implemented.
+- copy (StringCopyDataset): its `reverse` argument is ignored (always reversed), so reverse=1 is our
+  default and reverse=0 our in-order variant. Left: the reference fixes L = T // 2 and needs even T; ours
+  takes L and any T, padding with PAD; `noise` (default 0) is not implemented.
+- stack (StackDataset): the same push/pop rule, and the same defaults (4 elements, stack size 10).
+  Nothing left (the reference draws a value at every step, pushed or not: no change of distribution).
+- kv (AssociativeRecallDataset): layout=ref (default) is its layout (multi-token keys from their own
+  vocabulary, drawn with replacement; multi-token values; the query key then its value teacher-forced).
+  Left: its sequence length is set by the pairs (2*key_len*n_keys, its n_keys counting the query), ours
+  by T, with PAD on the left for the remainder; it has no defaults for key_len and the vocabularies,
+  ours are key_len=2, keys=vocab (our choice). layout=query is our single-token, distinct-key variant.
+- modarith: a different task from anything in the reference. Its ICLDataset (the in-context "modular
+  arithmetic" probe) is an in-context linear function, y = (w*x + b) mod V with w, b fixed per sequence;
+  ours evaluates one left-to-right expression mod p. We keep ours and have no ICL task.
+- parity (ParityDataset): its default (dense=1, query=0): T bits, running parity targeted at every
+  position, no query token. query=1 (dense=0 or 1) is our variant with a QUERY token at T-1.
+- The reference's RecencyPrimacyBiasDataset has no counterpart here.
 """
 
 from __future__ import annotations
@@ -115,26 +142,36 @@ def _blank(B: int, T: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class Retrieval(SyntheticTask):
-    """Needle retrieval. `retrieval:T=64,vocab=8`.
+    """Needle retrieval. `retrieval:T=64,vocab=8,needle=half`.
 
-    Layout: x is uniform random data tokens, except MARK (= vocab) at a uniform position p in [0, T-3],
-    the needle value (a data token) at p+1, and QUERY (= vocab+1) at T-1. Target: y[T-1] = needle; all
-    other y = -1. vocab_size = vocab + 2. Chance = 1/vocab.
+    Layout: x is uniform random data tokens, except MARK (= vocab) at position m, the needle value (a
+    uniform data token) at m+1, and QUERY (= vocab+1) at T-1. Target: y[T-1] = needle; all other y = -1.
+    vocab_size = vocab + 2. Chance = 1/vocab (the needle is uniform).
+    needle=half (default, the reference's): the needle sits at n = clip(floor(T*u), 1, T-2) with u uniform
+    in [0, 1/2), the marker at m = n-1, so both lie in the first half [0, T/2) and every answer needs at
+    least about T/2 steps of memory; for even T, m is uniform on 0..T/2-2 except that m = 0 is twice as
+    likely (the clip moves n = 0 to 1). needle=any (the task before issue 22): m uniform on 0..T-3, so the
+    needle can sit right before the query.
     """
 
     kind = "retrieval"
-    T_min = 4  # at least two possible MARK positions
+    T_min = 4  # at least two possible MARK positions (needle=any)
     n_special = 2
 
     def _setup(self, p):
         V = self._vocab(p, 8)
+        self.needle = p.str("needle", "half", choices=("half", "any"))
         self.MARK, self.QUERY = V, V + 1
         self.chance = 1.0 / V
 
     def _generate(self, rng, B):
         T, V = self.T, self.vocab
         x = rng.integers(0, V, size=(B, T))
-        pos = rng.integers(0, T - 2, size=B)
+        if self.needle == "half":
+            at = np.clip(np.floor(T * 0.5 * rng.random(B)).astype(np.int64), 1, T - 2)
+            pos = at - 1
+        else:
+            pos = rng.integers(0, T - 2, size=B)
         needle = rng.integers(0, V, size=B)
         r = np.arange(B)
         x[r, pos] = self.MARK
@@ -146,12 +183,14 @@ class Retrieval(SyntheticTask):
 
 
 class Copy(SyntheticTask):
-    """String copy. `copy:T=64,vocab=8,L=32,reverse=0`.
+    """String copy. `copy:T=64,vocab=8,L=32,reverse=1`.
 
-    Layout: x[0:L] = string s (uniform data tokens), x[L] = SEP (= vocab), then the output o = s (or s
-    reversed when reverse=1) fed back one step late (teacher forcing): x[L+1+k] = o[k]. Targets: y[L+k] =
-    o[k] for k in 0..L-1, else -1. Positions past 2L+1 hold PAD (= vocab+1). Needs 2L <= T (default
-    L = T // 2). vocab_size = vocab + 2. Chance = 1/vocab.
+    Layout: x[0:L] = string s (uniform data tokens), x[L] = SEP (= vocab), then the output o = s reversed
+    (reverse=1, the default: what the reference generates) or s itself (reverse=0) fed back one step late
+    (teacher forcing): x[L+1+k] = o[k]. Targets: y[L+k] = o[k] for k in 0..L-1, else -1. Positions past
+    2L+1 hold PAD (= vocab+1). Needs 2L <= T (default L = T // 2). vocab_size = vocab + 2. Chance = 1/vocab.
+    Reversed, the k-th answer recalls the token 2k+1 steps back (last in, first out); in order, every
+    answer recalls the token L steps back.
     """
 
     kind = "copy"
@@ -163,7 +202,7 @@ class Copy(SyntheticTask):
         if 2 * L > self.T:
             raise CorpusError(f"copy: L={L} too long for T={self.T}: need 2*L <= T (lower L or raise T)")
         self.L = L
-        self.reverse = p.int("reverse", 0, lo=0, hi=1)
+        self.reverse = p.int("reverse", 1, lo=0, hi=1)
         self.SEP, self.PAD = V, V + 1
         self.chance = 1.0 / V
 
@@ -181,7 +220,7 @@ class Copy(SyntheticTask):
 
 
 class Stack(SyntheticTask):
-    """Stack push/pop. `stack:T=64,vocab=8,depth=8`.
+    """Stack push/pop. `stack:T=64,vocab=4,depth=10` (defaults: the reference's 4 elements, stack size 10).
 
     Layout: each step is a push of a data token v (x[t] = v, y[t] = -1) or a pop (x[t] = POP = vocab,
     y[t] = the popped value). The stack starts empty; an empty stack forces a push, a full one (depth
@@ -193,8 +232,8 @@ class Stack(SyntheticTask):
     n_special = 1
 
     def _setup(self, p):
-        V = self._vocab(p, 8)
-        self.depth = p.int("depth", 8, lo=1)
+        V = self._vocab(p, 4)
+        self.depth = p.int("depth", 10, lo=1)
         self.POP = V
         self.chance = 1.0 / V
 
@@ -217,28 +256,70 @@ class Stack(SyntheticTask):
 
 
 class KeyValue(SyntheticTask):
-    """Key-value associative recall. `kv:T=64,vocab=16,pairs=<min(vocab,(T-2)//2)>`.
+    """Key-value associative recall. `kv:T=64,vocab=16,layout=ref,keys=<vocab>,key_len=2,pairs=<fill T>`.
 
-    Layout: left padding PAD (= vocab+1) up to T - 2*pairs - 2, then `pairs` pairs (key, value) with
-    distinct keys and uniform values (both data tokens 0..vocab-1), then QUERY (= vocab) and a query key
-    drawn from the pairs. Target: y[T-1] = that key's value; all other y = -1. vocab_size = vocab + 2.
-    Chance = 1/vocab.
+    layout=ref (default, the reference's): `pairs` stored pairs, each a key of `key_len` key symbols
+    (uniform from a key vocabulary of `keys` symbols, drawn with replacement: two pairs may share a key)
+    followed by its value, `key_len` uniform data tokens 0..vocab-1; then the query, a copy of one stored key
+    chosen uniformly, and that pair's value fed back one step late (teacher forcing). Targets: the last query
+    token and the first key_len-1 value tokens predict the value's tokens, y[T-key_len-1+j] = value[j] for
+    j < key_len; all other y = -1. Key symbol j is token vocab + j; PAD = vocab + keys fills the left
+    when 2*key_len*(pairs+1) < T (default pairs = T // (2*key_len) - 1 fills T up to T mod 2*key_len).
+    vocab_size = vocab + keys + 1. Chance = 1/vocab. When the query's key is stored more than once the
+    target is the value of the chosen pair, so even a perfect model scores below 1 on such sequences (the
+    reference's rule): raise keys or key_len to make repeats rare.
+    layout=query (the task before issue 22; takes `pairs` <= vocab, default min(vocab, (T-2)//2)): left PAD
+    (= vocab+1) up to T - 2*pairs - 2, then `pairs` single-token pairs (key, value) with distinct keys and
+    uniform values (both data tokens 0..vocab-1), then QUERY (= vocab) and a query key drawn from the
+    pairs. Target: y[T-1] = that key's value; all other y = -1. vocab_size = vocab + 2. Chance = 1/vocab.
     """
 
     kind = "kv"
     T_min = 4
-    n_special = 2
 
     def _setup(self, p):
-        V = self._vocab(p, 16)
-        P = p.int("pairs", min(V, (self.T - 2) // 2), lo=1, hi=V, why=" (keys are distinct data tokens)")
-        if 2 * P + 2 > self.T:
-            raise CorpusError(f"kv: pairs={P} too many for T={self.T}: need 2*pairs + 2 <= T")
+        V = p.int("vocab", 16, lo=2)
+        self.vocab = V
+        self.layout = p.str("layout", "ref", choices=("ref", "query"))
+        if self.layout == "ref":
+            self.keys = p.int("keys", V, lo=1)
+            K = self.key_len = p.int("key_len", 2, lo=1)
+            if 4 * K > self.T:
+                raise CorpusError(
+                    f"kv: key_len={K} too long for T={self.T}: need 4*key_len <= T (a stored pair and the query)"
+                )
+            P = p.int("pairs", self.T // (2 * K) - 1, lo=1)
+            if 2 * K * (P + 1) > self.T:
+                raise CorpusError(f"kv: pairs={P} too many for T={self.T}: need 2*key_len*(pairs+1) <= T")
+            self.PAD = V + self.keys
+            self.vocab_size = V + self.keys + 1
+        else:
+            P = p.int("pairs", min(V, (self.T - 2) // 2), lo=1, hi=V, why=" (keys are distinct data tokens)")
+            if 2 * P + 2 > self.T:
+                raise CorpusError(f"kv: pairs={P} too many for T={self.T}: need 2*pairs + 2 <= T")
+            self.QUERY, self.PAD = V, V + 1
+            self.vocab_size = V + 2
         self.pairs = P
-        self.QUERY, self.PAD = V, V + 1
         self.chance = 1.0 / V
 
     def _generate(self, rng, B):
+        if self.layout == "query":
+            return self._generate_query(rng, B)
+        T, V, P, K = self.T, self.vocab, self.pairs, self.key_len
+        keys = V + rng.integers(0, self.keys, size=(B, P, K))
+        vals = rng.integers(0, V, size=(B, P, K))
+        q = rng.integers(0, P, size=B)
+        r = np.arange(B)
+        x = np.full((B, T), self.PAD, dtype=np.int64)
+        s = T - 2 * K * (P + 1)
+        x[:, s : T - 2 * K] = np.stack([keys, vals], axis=2).reshape(B, 2 * K * P)  # key, value, key, ...
+        x[:, T - 2 * K : T - K] = keys[r, q]
+        x[:, T - K :] = vals[r, q]
+        y = np.full((B, T), -1, dtype=np.int64)
+        y[:, T - K - 1 : T - 1] = vals[r, q]
+        return x, y
+
+    def _generate_query(self, rng, B):
         T, V, P = self.T, self.vocab, self.pairs
         keys = np.argsort(rng.random((B, V)), axis=1)[:, :P]
         vals = rng.integers(0, V, size=(B, P))
@@ -342,32 +423,36 @@ def _apply(op: str, r: np.ndarray, a: np.ndarray, p: int) -> np.ndarray:
 
 
 class Parity(SyntheticTask):
-    """Parity. `parity:T=64,dense=0` (vocab is fixed: bits 0/1).
+    """Parity. `parity:T=64,dense=1,query=0` (vocab is fixed: bits 0/1).
 
-    Layout: x[0:T-1] uniform bits, x[T-1] = QUERY (= 2). Target: y[T-1] = sum of the bits mod 2; dense=1
-    also targets the running parity y[t] = sum(x[0..t]) mod 2 for t < T-1. vocab_size = 3. Chance = 0.5.
+    Default (the reference's): x = T uniform bits, y[t] = sum(x[0..t]) mod 2 at every t (running parity).
+    dense=0 keeps only the last target, y[T-1] = parity of the whole sequence. query=1 (with dense=0, the
+    task before issue 22) makes x[T-1] a QUERY token (= 2) after T-1 bits, so y[T-1] is the parity of those
+    bits and dense=1 targets the running parity at t < T-1 as well. vocab_size = 2 + query. Chance = 0.5.
     """
 
     kind = "parity"
-    n_special = 1
 
     def _setup(self, p):
         if "vocab" in p.raw:
             raise CorpusError("parity: vocab is fixed at 2 (bits): drop the vocab parameter")
-        self.vocab, self.vocab_size = 2, 3
-        self.dense = p.int("dense", 0, lo=0, hi=1)
-        self.QUERY = 2
+        self.dense = p.int("dense", 1, lo=0, hi=1)
+        self.query = p.int("query", 0, lo=0, hi=1)
+        self.vocab, self.vocab_size = 2, 2 + self.query
+        self.QUERY = 2 if self.query else None
         self.chance = 0.5
 
     def _generate(self, rng, B):
         T = self.T
+        n = T - self.query
         x = np.empty((B, T), dtype=np.int64)
-        x[:, : T - 1] = rng.integers(0, 2, size=(B, T - 1))
-        x[:, T - 1] = self.QUERY
+        x[:, :n] = rng.integers(0, 2, size=(B, n))
+        if self.query:
+            x[:, T - 1] = self.QUERY
         y = np.full((B, T), -1, dtype=np.int64)
-        run = np.cumsum(x[:, : T - 1], axis=1) % 2
+        run = np.cumsum(x[:, :n], axis=1) % 2
         if self.dense:
-            y[:, : T - 1] = run
+            y[:, :n] = run
         y[:, T - 1] = run[:, -1]
         return x, y
 
