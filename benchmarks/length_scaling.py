@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 import platform
 import subprocess
@@ -33,7 +32,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -261,7 +259,7 @@ def run_parallel(tasks: list[dict], jobs: int) -> list[dict]:
         while queue and len(running) < jobs:
             i, task = queue.pop(0)
             out = tmp / f"{i}.json"
-            log = open(tmp / f"{i}.log", "w")
+            log = (tmp / f"{i}.log").open("w")  # closed when the run ends, below
             running[i] = (subprocess.Popen([sys.executable, __file__, "--one", json.dumps(task), "--one-out", str(out)],
                                            stdout=log, stderr=subprocess.STDOUT), out, log)
         for i, (proc, out, log) in list(running.items()):
