@@ -157,3 +157,52 @@ def test_benchmark_lr_choice_prefers_the_run_furthest_along_the_curriculum():
     runs = [{"lr": 3e-3, "final_T": 16, "valid_final_acc": None, "valid_t95_s": None},
             {"lr": 3e-4, "final_T": 128, "valid_final_acc": None, "valid_t95_s": None}]
     assert svb.choose(runs)["lr"] == 3e-4
+
+
+def test_pretrain_stage_hook_runs_at_each_passed_stage_off_the_record():
+    # the length study's DMT copies hang on this hook: it sees each passed stage's own corpus and the models,
+    # and the run's decisions and weights are those of a run without it
+    corpus = _corpus()
+    cfg = PretrainConfig(teacher=TeacherConfig(**SMALL), steps=6, eval_every=1, eval_size=8, batch_size=4,
+                         curriculum=(6,), curriculum_acc=0.0, stop_at_acc=0.0)
+    seen = []
+
+    def hook(teacher, student, stage_corpus, row):
+        seen.append((stage_corpus.seq_len, row["step"], teacher.training))
+        student.rollout(torch.zeros(2, 3, dtype=torch.long))  # a caller may use the models (no update)
+
+    plain = pretrain(corpus, cfg, quiet=True)
+    hooked = pretrain(corpus, cfg, quiet=True, on_stage_end=hook)
+    assert seen == [(6, 1, False), (12, 2, False)]  # stage 6 passed at step 1, the last stage stopped at step 2
+    for (n, a), b in zip(plain["teacher"].state_dict().items(), hooked["teacher"].state_dict().values()):
+        assert torch.equal(a, b), n
+
+
+def test_length_study_answers_from_stage_records():
+    from benchmarks import length_scaling as ls
+
+    Ls = [16, 32, 64, 128]
+
+    def stages(seqs, cpus, passed=None):
+        cum_s = np.cumsum(seqs).tolist()
+        return [{"T": T, "cum_sequences": s, "cum_steps": s // 32, "cum_cpu_s": c, "test_acc": 0.99,
+                 "passed": True if passed is None else passed[i]}
+                for i, (T, s, c) in enumerate(zip(Ls, cum_s, cpus))]
+
+    smt = {"method": "smt-dmt", "seed": 0, "stages": stages([100, 100, 400, 700], [5, 9, 20, 30])}
+    bptt = {"method": "bptt-mlp", "seed": 0, "stages": stages([50, 50, 200, 1600], [2, 4, 25, 90])[:4]}
+    for r in (smt, bptt):
+        r["passed_up_to"] = ls._passed_up_to(r["stages"], Ls)
+    a = ls.analyse([smt, bptt], Ls)["per_seed"][0]
+    assert a["smt_passes_every_stage"] and a["smt_growth_lo_hi"] == 1.75 and a["smt_growth_at_most_2x"]
+    assert a["bptt_growth_lo_hi"] == 8.0 and a["bptt_grows_2x_faster"] and not a["bptt_fails_a_stage"]
+    assert a["cpu_crossover_T"] == 64  # SMT's cumulative CPU first drops below BPTT's at T=64
+    bptt["stages"] = bptt["stages"][:2]  # BPTT never passed T=64: it fails a stage, SMT is ahead there
+    bptt["passed_up_to"] = ls._passed_up_to(bptt["stages"], Ls)
+    a = ls.analyse([smt, bptt], Ls)["per_seed"][0]
+    assert a["bptt_fails_a_stage"] and a["bptt_passed_up_to"] == 32 and a["bptt_growth_lo_hi"] is None
+    smt["stages"][2]["passed"] = False  # a failed DMT stage ends "passed up to"
+    assert ls._passed_up_to(smt["stages"], Ls) == 32
+    md = ls.markdown([smt, bptt], ls.analyse([smt, bptt], Ls), {"task": "t", "cap_cpu_s_per_run": 10,
+                                                                "differences_from_reference": []}, Ls)
+    assert "n/a (" in md and "None" not in md
