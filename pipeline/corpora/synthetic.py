@@ -18,10 +18,11 @@ Targets y are -1 wherever there is nothing to predict. `chance` is the answer ac
 input-independent (but position-aware) guess, averaged over target positions.
 
 Against the reference (github.com/akarshkumar0101/smt, src/my_datasets/synthetic.py). Everywhere: the
-reference numbers its one special token 0 and data tokens 1..n; we number data tokens 0..vocab-1 and put
-specials after them (a relabeling, not a change of distribution), and an unused special (PAD at full
-length) only adds an embedding row. The defaults below are the reference's distributions; the tasks as
-they were before issue 22 stay reachable by a parameter (and have new canonical specs, hence new ids).
+reference numbers its special token (where it has one) 0 and data tokens 1..n; we number data tokens
+0..vocab-1 and put specials after them (a relabeling, not a change of distribution), and an unused special
+(PAD at full length) only adds an embedding row. Where the reference has the task, our default is its
+distribution; the tasks as they were before issue 22 stay reachable by a parameter (and have new canonical
+specs, hence new ids).
 - retrieval (NeedleDataset, min_pos=0, max_pos=0.5): same positions by default (needle=half); needle=any
   is our uniform variant. Left: the reference's marker and query are the same token (0), ours are MARK
   and QUERY (the sequences correspond one to one: the query is always at T-1, the marker never is, but a
