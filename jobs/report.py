@@ -159,8 +159,8 @@ def heldout_section(out: Path, res: dict) -> list[str]:
           (f"Test corpus `{t['corpus']}`, {t['sequences']} sequences, {t['targets']} scored {unit}s. Scored: "
           f"{t['scored']}. The same sequences and targets for every model."), "",
           markdown_table(rows, ["model", "rollout", col, "accuracy"]), "",
-          *([f"Count baselines: {counts['smoothing']}, fitted on {counts['fit_on']}; context = the previous inputs "
-             "of the same sequence.", ""] if counts else []),
+          *([(f"Count baselines: {counts['smoothing']}, fitted on {counts['fit_on']}; context = the previous inputs "
+             "of the same sequence."), ""] if counts else []),
           markdown_table(sizes, ["split", "sequences", f"{unit}s"]), ""]
     samples = res.get("samples") or {}
     if unit == "pixel" and samples:

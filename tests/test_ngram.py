@@ -49,8 +49,8 @@ def test_every_context_gives_a_distribution_with_finite_costs():
 def test_count_baselines_score_the_models_targets(tmp_path):
     """The same test windows and targets y[:, prompt:] as score_models; text conditions on the previous bytes:
     a text that repeats one 5-byte pattern is predictable from two bytes (trigram ~0 bits), not from none."""
-    from trainers.heldout import score_models
     from models.teacher import Teacher, TeacherConfig
+    from trainers.heldout import score_models
 
     (tmp_path / "t.txt").write_bytes(b"abcde" * 600)
     corpus = load_corpus(f"text:{tmp_path / 't.txt'}|T=24,stride=10")
