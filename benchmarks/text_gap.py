@@ -17,7 +17,11 @@ Phases (each reads the valid figures of the ones before it, so every choice is a
 4. `amortised`: one teacher's target set, k = 1, 3, 5 students of different architectures, against BPTT
    runs of the same architectures, each charged the CPU-seconds its probe trace took to reach the
    student's test bits.
-Usage: python benchmarks/text_gap.py [--phases screen split bptt amortised] [--jobs 2]
+5. `--every-memory` (issue 22 item 3): the screen's best teacher with memories t >= Tc against every memory trained
+   (`smt.all_memories`), same CPU budget and seed, each arm's jointly trained updater as its student.
+Every bits figure is shown beside the count baselines (unigram / bigram / trigram fitted on train, on the same
+targets: `trainers/ngram.py`); `--counts` recomputes them into an existing .json without running any model.
+Usage: python benchmarks/text_gap.py [--seeds 0 1] [--total 80] | --counts | --every-memory [--every-seconds 60]
 Writes benchmarks/results/text_gap.{json,md}; finished tasks are kept in text_gap.partial.jsonl (resume).
 """
 from __future__ import annotations
@@ -75,7 +79,8 @@ def english_text(path: Path, size: int = CORPUS_BYTES) -> Path:
 LEVER_PATHS = {"Tf": ("smt", "Tf"), "dec_positions": ("smt", "dec_positions"), "Tc": ("smt", "Tc"),
                "lr": ("optim", "lr"), "batch": ("batch_size",), "decoder_depth": ("teacher", "decoder_depth"),
                "window": ("teacher", "window"), "mem_tokens": ("teacher", "mem_tokens"),
-               "d_model": ("teacher", "d_model"), "w_dyn": ("smt", "w_dyn")}
+               "d_model": ("teacher", "d_model"), "w_dyn": ("smt", "w_dyn"),
+               "all_memories": ("smt", "all_memories")}  # issue 22 item 3: every memory of a window trained
 
 
 # the recipe's teacher when this study ran (its levers are changes from this, whatever the recipe holds now)
@@ -105,6 +110,7 @@ def _setup():
     import torch
 
     torch.set_num_threads(1)
+    torch.set_flush_denormal(True)  # denormal floats can slow a CPU step many times over: every process flushes them
 
 
 def _corpus(path: str, stride: int = STRIDE):
@@ -247,6 +253,38 @@ def task_bptt(path: str, arch: str, depth: int, lr: float, seconds: float, seed:
 
 
 TASKS = {"teacher": task_teacher, "pipeline": task_pipeline, "bptt": task_bptt}
+
+
+def count_figures(path: str) -> dict:
+    """The count baselines (unigram / bigram / trigram, fitted on train: `trainers/ngram.py`) on the very windows and
+    targets every model here is scored on: EVAL_N windows of valid (what the choices read) and of test."""
+    from trainers.ngram import count_baselines
+
+    corpus = _corpus(path)
+    return {split: count_baselines(corpus, EVAL_N, PROMPT, split) for split in ("valid", "test")}
+
+
+EVERY_MEMORY = "every memory trained (issue 22 item 3)"
+
+
+def run_every_memory(args) -> dict:
+    """Issue 22 item 3: the screen's best teacher trained on memories t >= Tc (today) against every memory of the
+    window (`smt.all_memories`), at the same CPU budget and seed; the jointly trained updater is each arm's student
+    (no labels), so the figures are the teacher's and its updater's test bits. Both arms run side by side."""
+    res = json.loads(Path(args.out).with_suffix(".json").read_text())
+    path = str(english_text(Path(tempfile.gettempdir()) / "smt-textgap-english-1mb.txt"))
+    runner = Runner(Path(args.out).with_suffix(".partial.jsonl"), args.fresh)
+    best, seed = res["best_lever"], args.seeds[0]
+    arms = [("memories t >= Tc (today)", best), ("every memory (all_memories)", {**best, "all_memories": True})]
+    w0 = time.perf_counter()
+    with ProcessPoolExecutor(2, initializer=_setup) as pool:
+        futs = [runner.submit(pool, "pipeline", path=path, lever=lever, teacher_seconds=args.every_seconds,
+                              students=[], label_stride=0, dmt_seconds=0.0, seed=seed) for _, lever in arms]
+        out = [{"arm": name, **f.result()} for (name, _), f in zip(arms, futs)]
+    return {"seconds": args.every_seconds, "seed": seed, "arms": out, "denormals_flushed": True,
+            "wall_minutes": (time.perf_counter() - w0) / 60,
+            "command": "nice python benchmarks/text_gap.py --every-memory --every-seconds "
+                       f"{args.every_seconds:g} --seeds {seed}"}
 
 
 # ------------------------------------------------------------------------------------------- orchestration
@@ -400,13 +438,33 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(RESULTS / "text_gap"), help="output stem (.json, .md)")
     ap.add_argument("--fresh", action="store_true", help="ignore finished tasks in the .partial.jsonl")
     ap.add_argument("--render", action="store_true", help="only rewrite the .md from the .json")
+    ap.add_argument("--counts", action="store_true",
+                    help="only (re)compute the count baselines into the .json (no model is run), then rewrite the .md")
+    ap.add_argument("--every-memory", action="store_true",
+                    help=f"only run the '{EVERY_MEMORY}' arms (today's t >= Tc and every memory) into the .json")
+    ap.add_argument("--every-seconds", type=float, default=60.0, help="CPU-s of each --every-memory arm's teacher")
     args = ap.parse_args(argv)
+    import torch
+
+    torch.set_flush_denormal(True)
     stem = Path(args.out)
-    if not args.render:
+    if args.counts or args.every_memory:
+        res = json.loads(stem.with_suffix(".json").read_text())
+        if args.every_memory:
+            res["every_memory"] = run_every_memory(args)
+        path = english_text(Path(tempfile.gettempdir()) / "smt-textgap-english-1mb.txt")
+        if path.stat().st_size != res["corpus"]["bytes"]:
+            raise SystemExit(f"this Python's english_text() has {path.stat().st_size} bytes, the study's "
+                             f"{res['corpus']['bytes']}: the counts would not be on the study's corpus")
+        res["counts"] = count_figures(str(path))
+        stem.with_suffix(".json").write_text(json.dumps(res, indent=1))
+    elif not args.render:
         w0 = time.perf_counter()
         res = run(args)
         res["wall_minutes"] = (time.perf_counter() - w0) / 60
         res["command"] = "python benchmarks/text_gap.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        res["denormals_flushed"] = True
+        res["counts"] = count_figures(str(english_text(Path(tempfile.gettempdir()) / "smt-textgap-english-1mb.txt")))
         stem.with_suffix(".json").write_text(json.dumps(res, indent=1))
     res = json.loads(stem.with_suffix(".json").read_text())
     from benchmarks.text_gap_report import write_md

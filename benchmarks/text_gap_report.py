@@ -43,7 +43,11 @@ NOTES = (
     "budgets (the teacher was still falling fast: 4.79 at 25 CPU-s with Tf 32, 4.38 with Tf 8, 4.01 at 80); "
     "longer windows (T = 96 here; BPTT's step cost and gradient path grow with T, SMT's step does not); and more "
     "students per teacher. The defaults of `text-bytes-tiny` now follow the best configuration found: Tf=8, the "
-    "budget to the teacher, labels on every 8th window (`label.stride=384`), a 100-step student at lr 3e-3."
+    "budget to the teacher, labels on every 8th window (`label.stride=384`), a 100-step student at lr 3e-3. "
+    "*Against the count baselines* (added afterwards, on the same test targets: unigram / bigram / trigram 4.83 / "
+    "3.89 / 3.15): every teacher and student here (4.0-4.2) sits between the unigram and the bigram, so SMT has not "
+    "yet learned what two adjacent bytes tell; BPTT at 80 CPU-s is at the trigram with the mlp (3.13) and below it "
+    "at best (2.79)."
 )
 """Reading of the results, written after the run."""
 
@@ -86,6 +90,17 @@ def _table(rows: list[dict]) -> list[str]:
         "| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
 
 
+def counts_cell(res: dict, split: str = "test") -> str:
+    """The count baselines on `split` as one cell: 'a / b / c' (unigram / bigram / trigram), or n/a."""
+    c = (res.get("counts") or {}).get(split)
+    return " / ".join(f"{c[k]:.2f}" for k in ("unigram", "bigram", "trigram")) if c else "n/a (not computed)"
+
+
+def counts_note(res: dict, split: str = "test") -> str:
+    return (f"Count baselines on these {split} targets (fitted on train), unigram / bigram / trigram: "
+            f"**{counts_cell(res, split)}** bits per byte.")
+
+
 def lever_name(lever: dict) -> str:
     return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in lever.items()) or "recipe"
 
@@ -112,6 +127,12 @@ def write_md(path: Path, res: dict) -> None:
           f"{' / '.join(f'{x:g}' for x in res['bptt_lrs'])} (AdamW, 20 warm-up steps), batch 32, probed every 10 "
           "steps; lr and stopping point chosen on valid (no curriculum: text has no length parameter). SMT "
           "students: lr 1e-3 / 3e-3 chosen on valid; SMT vs SMT->DMT chosen on valid."), "",
+          (f"**Count baselines.** Beside every bits figure: unigram / bigram / trigram models of the bytes, fitted on "
+           f"the train split and scored on the same windows and targets as the models (`trainers/ngram.py`: "
+           f"{(res.get('counts') or {}).get('test', {}).get('smoothing', 'not computed')}; context = the previous "
+           f"bytes of the window): test {counts_cell(res)}, valid {counts_cell(res, 'valid')}. A model above the "
+           "bigram has not yet learned what two adjacent bytes tell. Denormal floats flushed: "
+           f"{'yes' if res.get('denormals_flushed') else 'no (these runs predate the flag)'}."), "",
           ("**Three axes.** CPU-s (above). *Bytes read*: teacher steps x 32 x 96 + labeled windows x 96 + student "
           "transitions (one byte each) + DMT steps x 32 x 96, against BPTT steps x 32 x 96. *Sequential updater steps "
           "per update*: teacher and SMT student 1 (every transition in parallel), DMT 32 forward (state detached, "
@@ -123,9 +144,9 @@ def write_md(path: Path, res: dict) -> None:
                      "teacher (best so far + change)": lever_name(s["lever"]), "steps": s["steps"],
                      "ms/step": f"{1000 * s['seconds'] / max(1, s['steps']):.0f}",
                      "bytes read": _mb(s["bytes"]), "valid bits (teacher)": _f(s["valid_bits"]),
-                     "kept": "yes" if s["kept"] else ""})
+                     "count baselines (valid)": counts_cell(res, "valid"), "kept": "yes" if s["kept"] else ""})
     md += [f"## 1. Teacher lever screen (seed {seed0}, {res['screen_seconds']:g} CPU-s each, valid bits per byte)", "",
-           *_table(rows), "", f"Kept: **{lever_name(res['best_lever'])}**.", ""]
+           counts_note(res, "valid"), "", *_table(rows), "", f"Kept: **{lever_name(res['best_lever'])}**.", ""]
     # 2. split
     rows = []
     for r in res["splits"]:
@@ -143,8 +164,10 @@ def write_md(path: Path, res: dict) -> None:
                      "BPTT test, equal CPU-s": _f(b_cpu and b_cpu["test"], 3, "no probe that early"),
                      "bytes read SMT / BPTT at equal CPU-s": f"{_mb(fb['bytes'])} / "
                                                               f"{_mb(b_cpu['bytes']) if b_cpu else 'n/a'}",
-                     "BPTT test, equal bytes": _f(b_tok and b_tok["test"], 3, "no probe that early")})
-    md += [f"## 2. Budget split at {tot:g} CPU-s (seed {seed0}, test bits per byte)", "", *_table(rows), "",
+                     "BPTT test, equal bytes": _f(b_tok and b_tok["test"], 3, "no probe that early"),
+                     "count baselines (uni / bi / tri)": counts_cell(res)})
+    md += [f"## 2. Budget split at {tot:g} CPU-s (seed {seed0}, test bits per byte)", "", counts_note(res), "",
+           *_table(rows), "",
            f"Chosen on valid: **{res['splits'][res['chosen_split']]['split']['name']}**.", ""]
     # 3. seeds
     rows, gaps = [], []
@@ -160,9 +183,11 @@ def write_md(path: Path, res: dict) -> None:
                      "BPTT test, equal CPU-s (lr, step)": f"{b['test']:.3f} ({b['lr']:g}, {b['step']})" if b else "n/a",
                      "gap (student - BPTT)": _f(gaps[-1]),
                      "BPTT test, equal bytes": _f(bt and bt["test"], 3, "no probe that early"),
-                     "sequential steps per update (SMT / BPTT)": "1 (DMT: 32 fwd) / 96 fwd + 96 bwd"})
+                     "sequential steps per update (SMT / BPTT)": "1 (DMT: 32 fwd) / 96 fwd + 96 bwd",
+                     "count baselines (uni / bi / tri)": counts_cell(res)})
     g = [x for x in gaps if x is not None]
-    md += [f"## 3. The chosen split over seeds {', '.join(map(str, res['seeds']))}", "", *_table(rows), "",
+    md += [f"## 3. The chosen split over seeds {', '.join(map(str, res['seeds']))}", "", counts_note(res), "",
+           *_table(rows), "",
            f"Gap, median over seeds: **{statistics.median(g):.3f} bits per byte**." if g else "", ""]
     # 4. amortised
     am = res["amortised"]
@@ -182,7 +207,7 @@ def write_md(path: Path, res: dict) -> None:
                      "BPTT test at its full budget": _f(full and full["test"])})
     md += [(f"## 4. Amortised: one teacher + one target set ({am['teacher']['seconds']:.0f} + {am['label']['seconds']:.0f}"
            f" CPU-s), k students of different architectures, against k BPTT runs to the same test bits"), "",
-           *_table(rows), ""]
+           counts_note(res), "", *_table(rows), ""]
     rows = []
     for k in (1, 3, 5):
         smt = shared + sum(o for o, _ in per[:k])
@@ -203,7 +228,50 @@ def write_md(path: Path, res: dict) -> None:
         rows.append({"updater": f"{r['arch']} depth {r['depth']}", "seed": r["seed"], "lr": f"{r['lr']:g}",
                      "steps": r["steps"], "ms/step": f"{1000 * r['seconds'] / max(1, r['steps']):.0f}",
                      "valid / test at the end": f"{last['valid']:.3f} / {last['test']:.3f}" if last else "n/a"})
-    md += [f"## 5. BPTT runs ({tot:g} CPU-s each)", "", *_table(rows), ""]
+    md += [f"## 5. BPTT runs ({tot:g} CPU-s each)", "", counts_note(res), "", *_table(rows), ""]
     if NOTES:
         md += ["## Reading", "", NOTES, ""]
+    if res.get("every_memory"):
+        md += every_memory_section(res)
     path.write_text("\n".join(md))
+
+
+EVERY_MEMORY_NOTES = (
+    "**At equal CPU it loses, by the step's cost.** Decoding all 96 memories (each with its 8-byte future) instead "
+    "of 4 makes a step 6.1x dearer on one CPU thread (1311 against 216 ms), so the every-memory teacher took 39 "
+    "steps to today's 232 and ends 0.95 bits per byte behind (test 5.07 against 4.12, its joint updater 5.08 "
+    "against 4.16), above even the unigram (4.83); today's arm is between the unigram and the bigram (3.89). One "
+    "seed, one short budget: this says the dense decode is not worth its CPU cost here, not that training the "
+    "memories before Tc is useless; equal steps were not measured. Cheaper ways to train every memory, not "
+    "measured: the dynamics pairs from m_0 with the decoded positions drawn over 1..T (the same cost as today), "
+    "or the memory-alone readout at every t (one decoder pass over the K memory tokens, about 2.5x the step). "
+    "On a GPU the 24x more decoder rows are one wider batch, so the cost ratio should shrink there.")
+"""Reading of the every-memory arms, written after the run."""
+
+
+def every_memory_section(res: dict) -> list[str]:
+    """Issue 22 item 3: today's memories t >= Tc against every memory of the window, same CPU budget and seed."""
+    em = res["every_memory"]
+    rows = []
+    for a in em["arms"]:
+        t, j = a["teacher"], a["joint"]
+        rows.append({"arm": a["arm"], "teacher": lever_name(a["lever"]), "steps": t["steps"],
+                     "ms/step": f"{1000 * t['seconds'] / max(1, t['steps']):.0f}", "bytes read": _mb(t["bytes"]),
+                     "teacher valid / test": f"{t['valid']:.3f} / {t['test']:.3f}",
+                     "joint updater test (teacher prompt)": _f(j["test"]["prompt"]),
+                     "joint updater test (own m_0)": _f(j["test"]["m0"]),
+                     "count baselines test (uni / bi / tri)": counts_cell(res)})
+    md = ["## Every memory trained (issue 22 item 3)", "",
+          (f"Command: `{em['command']}`; both arms side by side, one process and one torch thread each, on the 2 "
+           f"shared cores; wall time {em['wall_minutes']:.1f} min; denormals flushed: "
+           f"{'yes' if em.get('denormals_flushed') else 'no'}. Each arm pretrains the screen's best teacher "
+           f"({lever_name(res['best_lever'])}, the `text-bytes-tiny` shape) for {em['seconds']:g} CPU-s, seed "
+           f"{em['seed']}; its jointly trained updater is its student (no labels, no DMT). *Today*: the losses use the "
+           "memories t >= Tc = 64 (32 dynamics pairs and 4 decoded memories per 96-byte window). *Every memory* "
+           "(`--smt.all-memories`): the 96 pairs m_0 -> m_1 .. m_95 -> m_96 and every memory m_1..m_96 decoded "
+           "(its Tf = 8 future cut at the window's end), as the causal teacher's one pass computes them all. Test "
+           f"bits per byte on the same {res['corpus']['eval_n']} windows and targets as every figure above."), "",
+          counts_note(res), "", *_table(rows), ""]
+    if EVERY_MEMORY_NOTES:
+        md += [EVERY_MEMORY_NOTES, ""]
+    return md

@@ -12,7 +12,8 @@ phase's steps, ...) are refused when set.
 Writes OUT/results.json, OUT/report.md with PNG plots, OUT/pipeline.log, and the bucket (default
 OUT/bucket: teachers/, targets/) plus the student run (OUT/student). Timelines read the valid split; the
 final figures (results.json `test`, `*_bits`) are bits per token on the test split for every model, on the
-same sequences and targets (`trainers/heldout.py`), with samples of each model in the report.
+same sequences and targets (`trainers/heldout.py`), with samples of each model in the report, and beside them
+the unigram / bigram / trigram count baselines fitted on train (`count_bits`, `test.counts`: `trainers/ngram.py`).
 """
 from __future__ import annotations
 
@@ -94,6 +95,7 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
     from storage.run_dir import RunDir
     from trainers.evaluate import eval_batch, evaluate_student, evaluate_teacher
     from trainers.heldout import sample_models, score_models, split_sizes, token_unit
+    from trainers.ngram import count_baselines
     from trainers.pretrain import pretrain
     from trainers.student import run_training
 
@@ -178,6 +180,7 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
     say(f"      held-out figures on the test split ({corpus.with_split('test').spec})")
     students = {"smt": smt_student, "dmt": load_student(final_url)[0]}
     test = score_models(corpus, rc.eval_size, prompt, teacher, students, bptt and bptt["student"])
+    test["counts"] = count_baselines(corpus, rc.eval_size, prompt)  # what local statistics alone give, same targets
     samples = sample_models(corpus, prompt, teacher, students, bptt and bptt["student"], k=4 if prompt else 8)
     final = timeline[-1]
     metrics = [json.loads(ln) for ln in (out / "student" / "metrics.jsonl").read_text().splitlines() if ln.strip()] \
@@ -192,6 +195,7 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
            "test": test, "splits": split_sizes(corpus), "samples": {k: v.tolist() for k, v in samples.items()},
            "teacher_bits": test["teacher"]["bits"], "smt_bits": _bits(test["smt"], prompt),
            "dmt_bits": _bits(test["dmt"], prompt), "bptt_bits": _bits(test["bptt"], 0),
+           "count_bits": {k: test["counts"][k] for k in ("unigram", "bigram", "trigram")},
            "seconds": time.perf_counter() - t0, "smt_pipeline_seconds": smt_seconds,
            "stage_seconds": {"pretrain": pt["seconds"]}, "timeline": timeline, "dmt_rounds": rounds,
            "pretrain_history": pt["history"], "student_metrics": metrics[-2000:],

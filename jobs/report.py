@@ -43,6 +43,10 @@ def print_table(res: dict) -> None:
         label = f"test bits per {res.get('unit', 'token')}"
         print(f"{label:<40} {'':>7} {f(res['teacher_bits']):>8} {f(res['smt_bits']):>6} "
               f"{f(res['dmt_bits']):>6} {f(res.get('bptt_bits')):>6}")
+        if res.get("count_bits"):
+            from trainers.ngram import counts_line
+
+            print(f"{'  count baselines (train counts)':<40} {counts_line(res['count_bits'])}")
     for line in bptt_sweep_lines(res.get("bptt_sweep")):
         print(line)
     print(f"bucket: {res['bucket']}")
@@ -133,6 +137,7 @@ def write_report(out: Path, res: dict) -> str:
 def heldout_section(out: Path, res: dict) -> list[str]:
     """The test-split figures of every model (n/a with the reason where a model is missing), the split sizes,
     and the samples: text continuations, or a PNG grid of sampled images beside real test ones."""
+    from trainers.heldout import bits_line
     from trainers.report import markdown_table
 
     t, unit = res["test"], res.get("unit", "token")
@@ -145,11 +150,17 @@ def heldout_section(out: Path, res: dict) -> list[str]:
             fig = (t.get(name) or {}).get(start)
             reason = miss.get(name) or miss.get(f"{name}.{start}")
             rows.append({"model": label, "rollout": how, **_cells(fig, reason, col)})
+    counts = t.get("counts")
+    for name in ("unigram", "bigram", "trigram"):  # what local statistics alone give on the same targets
+        rows.append({"model": f"{name} count model (train split)", "rollout": "-",
+                     col: bits_line({"bits": counts[name]} if counts else None, "not measured"), "accuracy": "-"})
     sizes = [{"split": k, "sequences": v["sequences"], f"{unit}s": v["tokens"]} for k, v in res["splits"].items()]
     md = ["## Held-out figures (test split)", "",
           (f"Test corpus `{t['corpus']}`, {t['sequences']} sequences, {t['targets']} scored {unit}s. Scored: "
           f"{t['scored']}. The same sequences and targets for every model."), "",
           markdown_table(rows, ["model", "rollout", col, "accuracy"]), "",
+          *([(f"Count baselines: {counts['smoothing']}, fitted on {counts['fit_on']}; context = the previous inputs "
+             "of the same sequence."), ""] if counts else []),
           markdown_table(sizes, ["split", "sequences", f"{unit}s"]), ""]
     samples = res.get("samples") or {}
     if unit == "pixel" and samples:

@@ -102,9 +102,13 @@ def test_tiny_recipes_run_offline(recipe, tmp_path, ray_local, monkeypatch):
     for k in ("teacher_bits", "smt_bits", "dmt_bits", "bptt_bits"):  # test bits of every model, BPTT included
         assert 0 < res[k] < 10, k
     assert res["test"]["smt"]["from_m0"]["bits"] > 0 and res["test"]["bptt"]["from_m0"]["targets"] > 0
+    # the count baselines beside them: fitted on train, scored on the same test targets, in the report's table
+    cb = res["count_bits"]
+    assert cb["unigram"] > cb["bigram"] > cb["trigram"] > 0 and res["test"]["counts"]["targets"] == res["test"]["targets"]
     assert set(res["splits"]) == {"train", "valid", "test"} and all(v["sequences"] > 0 for v in res["splits"].values())
     md = (tmp_path / "out" / "report.md").read_text()
     assert "## Held-out figures (test split)" in md
+    assert f"| trigram count model (train split) | - | {cb['trigram']:.3f} |" in md
     if recipe == "text-bytes-tiny":
         assert res["unit"] == "byte" and res["test"]["smt"]["from_teacher_prompt"]["bits"] > 0
         assert "### Continuations of test prompts" in md and "- bptt (own m_0):" in md

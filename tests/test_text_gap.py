@@ -67,6 +67,8 @@ def test_levers_set_the_recipe_fields_they_name():
     assert (cfg.smt.Tf, cfg.smt.dec_positions, cfg.optim.lr, cfg.batch_size, cfg.teacher.d_model) == (1, 32, 3e-3, 64, 96)
     assert (cfg.seconds, cfg.clock, cfg.seed) == (10.0, "process", 3)
     assert cfg.teacher.d_model % cfg.teacher.n_heads == 0
+    assert pretrain_config({"all_memories": True}, 10.0, 0).smt.all_memories  # issue 22 item 3's arm
+    assert not pretrain_config({}, 10.0, 0).smt.all_memories
 
 
 def test_label_stride_labels_a_fraction_of_a_stream_corpus_and_refuses_prefix_corpora(tmp_path):

@@ -138,3 +138,35 @@ def test_curriculum_moves_through_lengths():
                                     curriculum=(6, 10), curriculum_acc=0.0), quiet=True,
              on_eval=lambda f: seen.append(f["T"]))
     assert seen == [6, 10, 16, 16]
+
+
+def test_all_memories_trains_every_memory_of_a_stream_window_and_refuses_the_register_teacher():
+    """Stream mode trains the memories t >= Tc by default; `all_memories` every one the causal pass computes:
+    T dynamics pairs (m_0 -> m_1 .. m_{T-1} -> m_T) instead of T - Tc, and the decoder at every t in 1..T
+    (futures cut at the window's end) instead of dec_positions sampled in [Tc, T]; the loss stays finite."""
+    from models.teacher import ConfigError
+
+    torch.manual_seed(0)
+    B, T, Tc = 3, 16, 10
+    t = Teacher(TeacherConfig(vocab_size=7, window=Tc, **SMALL))
+    s = Student.from_teacher(t, UpdaterConfig(arch="mlp", vocab_size=7, mem_tokens=2, d_model=32, depth=1,
+                                              hidden=64))
+    x = torch.randint(0, 7, (B, T))
+    y = torch.roll(x, -1, 1)
+    y[:, -1] = -1
+    seen = {}
+    for every in (False, True):
+        rec_dyn, rec_dec = CallRecorder(s.updater), CallRecorder(t.decoder)
+        cfg = SMTConfig(mode="stream", Tc=Tc, Tf=4, all_memories=every)
+        losses = smt_losses(t, s.updater, x, y, cfg, torch.Generator().manual_seed(0))
+        losses["loss"].backward()
+        assert all(torch.isfinite(v) for v in losses.values())
+        seen[every] = (rec_dyn.inputs[0].shape[0], rec_dec.inputs[0].shape[0])
+        rec_dyn.handle.remove()
+        rec_dec.handle.remove()
+    assert seen[False] == (B * (T - Tc), B * 4)  # pairs t >= Tc; dec_positions = 4 memories per window
+    assert seen[True] == (B * T, B * T)  # every pair from m_0; every memory m_1..m_T decoded
+    with pytest.raises(ConfigError, match="all_memories=True needs the causal teacher"):
+        PretrainConfig(teacher=TeacherConfig(encoder="register"), smt=SMTConfig(mode="stream", Tc=8, all_memories=True))
+    with pytest.raises(ConfigError, match="is for mode='stream'"):
+        SMTConfig(all_memories=True)

@@ -78,6 +78,7 @@ class PretrainConfig:
         if self.steps < 1 or self.eval_every < 1 or self.checkpoint_every < 1 or self.batch_size < 1:
             raise ValueError(f"steps={self.steps}, eval_every={self.eval_every}, checkpoint_every="
                              f"{self.checkpoint_every} and batch_size={self.batch_size} must all be >= 1")
+        self.smt.check_encoder(self.teacher.encoder_kind)
 
 
 def with_length(corpus, T: int):

@@ -16,7 +16,8 @@ place L_dyn is written.
 
 Positions: prefix mode samples t in [0, T] inclusive (the final memory is always decoded) and
 oversamples positions whose first prediction is a target; stream mode uses positions t >= Tc only,
-each memory seeing a context of at most Tc tokens.
+each memory seeing a context of at most Tc tokens, or with `all_memories` (causal teacher) every memory of the
+window: the pairs m_0 -> m_1 .. m_{T-1} -> m_T and the decoder at every t in 1..T.
 """
 from __future__ import annotations
 
@@ -55,12 +56,25 @@ class SMTConfig:
     """Per-step decay of the decoder loss over the future (1 = none)."""
     detach: bool = False
     """Stop the dynamics gradient at the teacher (teacher trained by L_dec only)."""
+    all_memories: bool = False
+    """Stream mode, causal teacher: train every memory its one pass computes, not only t >= Tc: the dynamics
+    pairs from m_0 on and the decoder at every t in 1..T (its future cut at the window's end; dec_positions unused)."""
 
     def __post_init__(self) -> None:
         if self.mode not in ("prefix", "stream"):
             raise ConfigError(f"mode={self.mode!r} is unknown: use 'prefix' or 'stream'")
         if self.streaming and not self.Tc:
             raise ConfigError("mode='stream' needs Tc (the context length of a memory): pass --smt.Tc N")
+        if self.all_memories and not self.streaming:
+            raise ConfigError("all_memories=True is for mode='stream' (prefix mode already trains every memory "
+                              "from t=0): drop --smt.all-memories")
+
+    def check_encoder(self, encoder) -> None:
+        """Refuse options the teacher's encoder kind cannot support."""
+        if self.all_memories and not encoder.one_pass:
+            raise ConfigError(f"all_memories=True needs the causal teacher (every memory in one pass); the "
+                              f"{encoder.name} encoder costs one pass per memory: use --teacher.encoder causal "
+                              "or drop --smt.all-memories")
 
     @property
     def streaming(self) -> bool:
@@ -69,8 +83,14 @@ class SMTConfig:
 
     @property
     def start(self) -> int:
-        """The first memory position the losses use: Tc in stream mode, 0 in prefix mode."""
+        """The prompt of the evaluations and the first memory the losses use by default: Tc in stream mode, 0 in
+        prefix mode."""
         return self.Tc if self.streaming else 0
+
+    @property
+    def first_memory(self) -> int:
+        """The first memory position the losses use: `start`, or 0 with `all_memories`."""
+        return 0 if self.all_memories else self.start
 
     def check_length(self, T: int) -> None:
         if self.streaming and self.Tc + (self.Tf or 1) > T:
@@ -142,9 +162,13 @@ def smt_losses(teacher, updater, x: torch.Tensor, y: torch.Tensor, cfg: SMTConfi
     T = x.shape[1]
     Z = teacher.mem_size
     K, d = teacher.cfg.mem_tokens, teacher.cfg.d_model
-    lo = cfg.start
+    lo = cfg.first_memory
     Tf = cfg.Tf or (T - lo)
-    t_dec = _sample_positions(y, cfg.dec_positions, lo, T, cfg.target_frac, g, force_last=not cfg.streaming)
+    if cfg.all_memories:  # every memory m_1..m_T decoded (m_0 has no target y_{-1}; the causal pass computes them all)
+        cfg.check_encoder(teacher.encoder_kind)
+        t_dec = torch.arange(1, T + 1, device=x.device).expand(x.shape[0], T)
+    else:
+        t_dec = _sample_positions(y, cfg.dec_positions, lo, T, cfg.target_frac, g, force_last=not cfg.streaming)
 
     # the causal teacher trains on every consecutive pair; the register one on `dyn_pairs` sampled pairs
     m_in, m_out, tok, m_dec = teacher.encoder_kind.smt_memories(
