@@ -25,6 +25,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from benchmarks import stamp
+
 CORPUS = "retrieval:T=64,vocab=8"
 VARIANTS = {"refresh": (True, 0.1), "stored": (False, 0.5)}  # name -> (refresh enabled, round_decay)
 
@@ -270,6 +272,7 @@ def markdown(res: dict) -> str:
 
 
 def main() -> None:
+    flushed = stamp.start()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--teacher", default=None)
     ap.add_argument("--root", default="/tmp/smt-dmt-bench")
@@ -288,6 +291,7 @@ def main() -> None:
     Path(a.out).mkdir(parents=True, exist_ok=True)
     (Path(a.out) / "dmt.json").write_text(json.dumps(res, indent=1))
     (Path(a.out) / "dmt.md").write_text(markdown(res))
+    stamp.stamp(Path(a.out) / "dmt", flushed)
     print(markdown(res))
 
 

@@ -31,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import stamp
 from jobs.pipeline import actor_config, dmt_phase_config, online_config
 from jobs.recipes import load_recipe
 from jobs.report import resolve_in_out
@@ -127,6 +128,7 @@ def run_online(rc, base: Path, teacher, corpus, s0: int, every: int) -> dict:
 
 
 def main(argv=None) -> int:
+    flushed = stamp.start()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--demo", required=True, help="the --out folder of a finished `smt demo`")
     ap.add_argument("--smt-extra", type=int, nargs="+", default=[0],
@@ -144,6 +146,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     if args.control_of and args.render:
         write_control_md(out, Path(args.control_of))
+        stamp.stamp(out.with_suffix(""), flushed)
         return 0
     if args.render:
         meta = json.loads(out.with_suffix(".json").read_text())
@@ -155,6 +158,7 @@ def main(argv=None) -> int:
                                            "final test drift_T", "DMT CPU s")} for r in meta["rows"]]
         out.with_suffix(".json").write_text(json.dumps(meta, indent=1))
         write_md(out.with_suffix(".md"), meta, meta["args"])
+        stamp.stamp(out.with_suffix(""), flushed)
         return 0
     torch.set_num_threads(1)
     demo, scratch = Path(args.demo), Path(args.scratch)
@@ -207,6 +211,7 @@ def main(argv=None) -> int:
         write_control_md(out, Path(args.control_of))
     else:
         write_md(out.with_suffix(".md"), meta, meta["args"])
+    stamp.stamp(out.with_suffix(""), flushed)
     return 0
 
 

@@ -26,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import stamp
 from models.teacher import TeacherConfig
 from models.updaters import UpdaterConfig
 from pipeline.corpora import load_corpus
@@ -92,6 +93,7 @@ def run_offline(student0, teacher, corpus, steps: int, lr: float) -> torch.nn.Mo
 
 
 def main(argv=None) -> int:
+    flushed = stamp.start()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--ks", type=int, nargs="+", default=[1, 5, 20, 60])
@@ -145,6 +147,7 @@ transitions. Held-out: 512 sequences, chance 0.125.
 
 {markdown_table(rows, cols)}
 """)
+    stamp.stamp(out.with_suffix(""), flushed)
     return 0
 
 

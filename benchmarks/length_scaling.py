@@ -343,9 +343,9 @@ def write(runs: list[dict], args, Ls: list[int]) -> None:
                 "tiny teacher (d=64, 2+2 layers, K=4) and mlp/gru updaters, not the reference's transformer sizes",
                 "online DMT in-process (the same one-step relabeled loss) instead of the pipeline's lockstep rounds",
                 "joint SMT pretraining of teacher and updater (this project's stage 1), as in the pipeline",
-                f"one lr per method, not a sweep: SMT pretraining {SMT_LR:g} (the retrieval-demo recipe's), DMT "
-                f"{DMT_LR:g} (the project default), BPTT {args.bptt_lr:g} (chosen on valid by every earlier BPTT "
-                "sweep on retrieval; a sweep would triple the CPU)"]}
+                (f"one lr per method, not a sweep: SMT pretraining {SMT_LR:g} (the retrieval-demo recipe's), DMT "
+                 f"{DMT_LR:g} (the project default), BPTT {args.bptt_lr:g} (chosen on valid by every earlier BPTT "
+                 "sweep on retrieval; a sweep would triple the CPU)")]}
     (RESULTS / "length_scaling.json").write_text(json.dumps({"meta": meta, "answers": ans, "runs": runs}, indent=1))
     (RESULTS / "length_scaling.md").write_text(markdown(runs, ans, meta, Ls))
     try:
@@ -356,9 +356,9 @@ def write(runs: list[dict], args, Ls: list[int]) -> None:
 
 def markdown(runs, ans, meta, Ls) -> str:
     lines = ["# Length scaling: SMT->DMT against BPTT on faithful retrieval (issue 22)", "",
-             f"Task `{meta['task']}`; curriculum {' -> '.join(map(str, Ls))}, advance at {ADVANCE} valid accuracy; "
-             f"each run capped at {meta['cap_cpu_s_per_run']:g} CPU-s (process clock, 1 thread); "
-             f"test accuracy on {TEST} test sequences; denormals flushed: yes. Command: `{meta.get('command', '')}`.",
+             (f"Task `{meta['task']}`; curriculum {' -> '.join(map(str, Ls))}, advance at {ADVANCE} valid accuracy; "
+              f"each run capped at {meta['cap_cpu_s_per_run']:g} CPU-s (process clock, 1 thread); "
+              f"test accuracy on {TEST} test sequences; denormals flushed: yes. Command: `{meta.get('command', '')}`."),
              "", "## Answers", ""]
     for a in ans["per_seed"]:
         lines.append(
@@ -371,8 +371,8 @@ def markdown(runs, ans, meta, Ls) -> str:
             f"{'yes' if a.get('bptt_grows_2x_faster') else 'no'}); CPU crossover (SMT's cumulative CPU-s below "
             f"BPTT's): {_fmt(a.get('cpu_crossover_T'), 'none')}.")
     lines += ["", "## Per stage", "",
-              "| method | seed | T | stage sequences | cum. sequences | cum. steps | cum. CPU-s | test acc (student) "
-              "| teacher test | DMT lowest valid | passed |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+              ("| method | seed | T | stage sequences | cum. sequences | cum. steps | cum. CPU-s | test acc (student) "
+               "| teacher test | DMT lowest valid | passed |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         if "error" in r:
             lines.append(f"| {r['method']} | {r['seed']} | error: {r['error']} | | | | | | | | |")
@@ -403,8 +403,8 @@ def markdown(runs, ans, meta, Ls) -> str:
                 lines.append(f"| {r['method']} | {r['seed']} | {when} | " + " | ".join(
                     f"{v[i]:.2e}" for i in (0, n // 4, n // 2, 3 * n // 4, n)) + " |")
     lines += ["", "## Deliberate differences from the reference", ""] + [f"- {d}" for d in meta["differences_from_reference"]]
-    lines += ["", "Sequential steps per update: SMT pretraining 1 (the teacher is parallel in time, the updater takes "
-              "one step), DMT T forward steps without a backward pass, BPTT 2T (forward and backward through time).", ""]
+    lines += ["", ("Sequential steps per update: SMT pretraining 1 (the teacher is parallel in time, the updater takes "
+                   "one step), DMT T forward steps without a backward pass, BPTT 2T (forward and backward through time)."), ""]
     return "\n".join(lines)
 
 
@@ -449,11 +449,20 @@ def main(argv=None) -> int:
     ap.add_argument("--gen-n", type=int, default=512, help="test sequences at 2x max-T")
     ap.add_argument("--dmt-from", type=int, default=DMT_FROM, help="stages this long and longer need the student to pass")
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--rewrite", action="store_true", help="rewrite the .md and .png from the existing .json (no run)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--one-out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one:
         Path(args.one_out).write_text(json.dumps(run_one(json.loads(args.one))))
+        return 0
+    if args.rewrite:
+        data = json.loads((RESULTS / "length_scaling.json").read_text())
+        Ls = data["meta"]["lengths"]
+        data["answers"] = analyse(data["runs"], Ls)
+        (RESULTS / "length_scaling.json").write_text(json.dumps(data, indent=1))
+        (RESULTS / "length_scaling.md").write_text(markdown(data["runs"], data["answers"], data["meta"], Ls))
+        plot(data["runs"], Ls, RESULTS / "length_scaling.png")
         return 0
     flush_denormals()
     Ls = lengths(args.max_T)

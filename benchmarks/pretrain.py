@@ -33,6 +33,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks import stamp
+
 OUT = ROOT / "benchmarks" / "results"
 
 
@@ -165,6 +168,7 @@ def throughput(spec: str, steps: int) -> list[dict]:
 
 
 def main() -> None:
+    flushed = stamp.start()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=30, help="steps of the throughput runs")
     ap.add_argument("--rss-steps", type=int, default=10, help="steps of each peak-RSS process")
@@ -192,6 +196,7 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "pretrain.json").write_text(json.dumps(result, indent=1))
     (OUT / "pretrain.md").write_text(markdown(result))
+    stamp.stamp(OUT / "pretrain", flushed)
     print(markdown(result))
 
 

@@ -37,6 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import stamp
 from models.student_rnn import Student
 from models.teacher import Teacher, TeacherConfig
 from models.updaters import UpdaterConfig, matched_updater
@@ -237,6 +238,7 @@ def _line(r: dict) -> str:
 
 
 def main(argv=None) -> int:
+    flushed = stamp.start()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--T", type=int, nargs="+", default=[64])
     ap.add_argument("--archs", nargs="+", default=["mlp", "gru"])
@@ -310,6 +312,7 @@ def main(argv=None) -> int:
            "unfinished": unfinished}
     out.with_suffix(".json").write_text(json.dumps(res, indent=1))
     write_md(out, res, args)
+    stamp.stamp(out.with_suffix(""), flushed)
     return 0
 
 

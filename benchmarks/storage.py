@@ -24,6 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import stamp
 from storage.bucket import Bucket
 from storage.codec import to_columns
 from storage.formats import shard_sha256, zarr_store
@@ -171,6 +172,7 @@ def start_moto() -> tuple[object, str]:
 
 
 def main() -> int:
+    flushed = stamp.start()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--segments-per-shard", type=int, default=48)
     ap.add_argument("--shards", type=int, default=12)
@@ -218,6 +220,7 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "storage.json").write_text(json.dumps(results, indent=1))
     (OUT / "storage.md").write_text(markdown(results))
+    stamp.stamp(OUT / "storage", flushed)
     print(markdown(results))
     return 0
 

@@ -30,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import stamp
 from models.student_rnn import Student
 from models.teacher import TeacherConfig
 from models.updaters import UpdaterConfig
@@ -159,6 +160,7 @@ def free_port() -> int:
 
 
 def main() -> None:
+    flushed = stamp.start()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shards", type=int, default=32)
     ap.add_argument("--segments-per-shard", type=int, default=128)
@@ -216,6 +218,7 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "streaming.json").write_text(json.dumps(results, indent=2))
     (OUT / "streaming.md").write_text(report(results))
+    stamp.stamp(OUT / "streaming", flushed)
     print(report(results))
 
 
