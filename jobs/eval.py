@@ -40,6 +40,8 @@ class EvalJob:
     """Print JSON (with per-position curves) instead of a table."""
 
     def execute(self) -> int:
+        from trainers.ngram import counts_line
+
         res = evaluate_run(self)
         if self.json:
             print(json.dumps(res, indent=2))
@@ -52,6 +54,7 @@ class EvalJob:
                 d = r.get("drift_final")
                 print(f"{k:<10} {r['acc']:>7.3f} {r['loss']:>8.4f} {r['bits_per_token']:>9.4f} "
                       f"{(f'{d:.4f}' if d is not None else '-'):>9}  {r['url']}")
+        print(f"count baselines, bits/tok on the same targets (fit on train): {counts_line(res['counts'])}")
         return 0
 
 
@@ -144,6 +147,7 @@ def evaluate_run(job: EvalJob) -> dict:
     from models.checkpoint import load_student, load_teacher
     from pipeline.corpora import load_corpus
     from trainers.evaluate import eval_batch, evaluate_student, evaluate_teacher
+    from trainers.ngram import count_baselines
 
     corpus = load_corpus(job.corpus)
     t_url, s_url = resolve(job)
@@ -165,6 +169,8 @@ def evaluate_run(job: EvalJob) -> dict:
             res = evaluate_student(student, x, y, teacher if (sfp is not None or job.prompt) else None, job.prompt)
         out["student"] = {"url": s_url, "trained_by": cfg["meta"].get("trained_by"),
                           "arch": student.updater_cfg.arch, "teacher_fingerprint": sfp, **res}
+    # what local statistics give on the same targets: a bits figure is read against these
+    out["counts"] = count_baselines(corpus, job.size, job.prompt, job.split, job.seed)
     return out
 
 

@@ -27,6 +27,9 @@ def test_pretrain_eval_dmt_bptt_smoke(pretrained, tmp_path, capsys):
     assert smt(["eval", "--run", str(pretrained), "--corpus", TASK, "--size", "8", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert set(res) >= {"teacher", "student"} and 0 <= res["student"]["acc"] <= 1
+    # count baselines on the same targets beside every bits figure
+    assert res["counts"]["sequences"] == res["sequences"] and res["counts"]["targets"] == res["student"]["targets"]
+    assert 0 < res["counts"]["trigram"] and res["counts"]["unigram"] > 0
     assert smt(["dmt-online", "--run", str(pretrained), "--corpus", TASK, "--out", str(tmp_path / "dmt"),
                 "--steps", "2", "--eval-every", "1", "--eval-size", "8", "--batch-size", "4", "--quiet"]) == 0
     assert smt(["eval", "--run", str(tmp_path / "dmt" / "student"), "--teacher", str(pretrained / "teacher"),
@@ -36,7 +39,7 @@ def test_pretrain_eval_dmt_bptt_smoke(pretrained, tmp_path, capsys):
                 "--shape.d-model", "16", "--shape.n-heads", "2", "--shape.mem-tokens", "2"]) == 0
     assert smt(["eval", "--run", str(tmp_path / "bptt"), "--corpus", TASK, "--size", "8"]) == 0
     out = capsys.readouterr().out
-    assert "student" in out and "bptt" in out
+    assert "student" in out and "bptt" in out and "count baselines" in out and "unigram / bigram / trigram" in out
 
 
 TINY_RECIPE = ["--pretrain.teacher.d-model", "16", "--pretrain.teacher.n-heads", "2", "--pretrain.teacher.mem-tokens",
