@@ -5,7 +5,9 @@ Layout of a checkpoint folder:
     config.json           {"kind", "model": {...configs}, "fingerprint", "meta": {...}}
 The fingerprint is sha256 over the canonical JSON of `kind` + `model` and every tensor (name, dtype,
 shape, bytes) in name order: it names a teacher's target shards and changes when any weight changes.
-Loading recomputes it, so a corrupt or edited checkpoint is refused.
+Loading recomputes it, so a corrupt or edited checkpoint is refused. Teacher configs are read through
+`teacher_config`, which fills in what older checkpoints did not record (they keep their fingerprint:
+it is computed over the config as stored).
 """
 from __future__ import annotations
 
@@ -101,16 +103,28 @@ def has_checkpoint(url: str) -> bool:
 
 
 # ---- typed save/load for the project's models ---------------------------------------------------------
+LEGACY_TEACHER = {"mem_head": "linear"}
+"""Teacher config fields that checkpoints written before them lack, with the value those checkpoints mean:
+the causal memory head was one Linear(d, K*d) before `mem_head` existed."""
+
+
+def teacher_config(d: dict):
+    """The `TeacherConfig` of a checkpoint's teacher dict (a teacher's, or the one a student records)."""
+    from models.teacher import TeacherConfig
+
+    return TeacherConfig(**{**LEGACY_TEACHER, **d})
+
+
 def save_teacher(url: str, teacher, meta: dict | None = None) -> str:
     return save_checkpoint(url, "teacher", {"teacher": teacher.cfg.to_dict()}, teacher.state_dict(), meta)
 
 
 def load_teacher(url: str, device: str | torch.device = "cpu"):
     """Returns (teacher in eval mode, fingerprint, config dict)."""
-    from models.teacher import Teacher, TeacherConfig
+    from models.teacher import Teacher
 
     cfg, tensors = load_checkpoint(url, "teacher")
-    teacher = Teacher(TeacherConfig(**cfg["model"]["teacher"]))
+    teacher = Teacher(teacher_config(cfg["model"]["teacher"]))
     _load_state(teacher, tensors, url)
     return teacher.to(device).eval(), cfg["fingerprint"], cfg
 
@@ -124,12 +138,11 @@ def save_student(url: str, student, teacher_fingerprint: str | None, meta: dict 
 def load_student(url: str, device: str | torch.device = "cpu"):
     """Returns (student in eval mode, teacher fingerprint it was trained against (or None), config dict)."""
     from models.student_rnn import Student
-    from models.teacher import TeacherConfig
     from models.updaters import UpdaterConfig
 
     cfg, tensors = load_checkpoint(url, "student")
     m = cfg["model"]
-    student = Student(UpdaterConfig(**m["updater"]), TeacherConfig(**m["teacher"]))
+    student = Student(UpdaterConfig(**m["updater"]), teacher_config(m["teacher"]))
     _load_state(student, tensors, url)
     return student.to(device).eval(), m.get("teacher_fingerprint"), cfg
 

@@ -70,12 +70,16 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(d_model, n_heads) for _ in range(depth))
         self.norm = nn.RMSNorm(d_model)
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None, mask: torch.Tensor | None = None):
+    def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                last_input: bool = False):
+        """The normed output; with `last_input`, (output, the input of the last block)."""
         if pos is None:
             pos = torch.arange(x.shape[1], device=x.device)
+        before_last = x
         for blk in self.blocks:
+            before_last = x
             x = blk(x, pos, mask)
-        return self.norm(x)
+        return (self.norm(x), before_last) if last_input else self.norm(x)
 
 
 def causal_mask(L: int, device: torch.device, window: int | None = None) -> torch.Tensor:

@@ -4,10 +4,18 @@ that predicts the future from those tokens.
 Two encoders share one interface (`Encoder`: `CausalEncoder`, `RegisterEncoder`):
 - `register` (the reference design): context tokens followed by K learned register tokens, bidirectional
   attention; one encoder pass per memory.
-- `causal` (all-position): a causal Transformer over [start ; x_0 .. x_{T-1}] whose hidden state at
-  position t is projected into the K memory tokens, so one pass yields every memory m_0..m_T. With
+- `causal` (all-position): a causal Transformer over [start ; x_0 .. x_{T-1}] followed by a memory head
+  that turns every position t into the K tokens of m_t, so one pass yields every memory m_0..m_T. With
   `window` set, each layer attends to the last `window` positions, so a memory's receptive field is
-  encoder_depth*(window-1)+1 positions (a sliding context).
+  encoder_depth*(window-1)+1 positions (a sliding context). The head (`mem_head`):
+  - `attend` (default, `MemoryQueries`): K learned slot queries per position (plus h_t, the stack's
+    output at t) attend over the last block's input at the last `mem_span` positions, then an MLP: K
+    independent reads, so the memory has K*d degrees of freedom (its Jacobian rank grows with K), at
+    O(T * mem_span) extra work per slot, all slots and positions in one attention call.
+  - `linear` (checkpoints from before `mem_head`): m_t = Linear(d, K*d)(h_t), K linear images of one
+    d-vector, so the memory has rank <= d whatever K is.
+  Padding is moved behind the real tokens before the pass, so a left-padded context gives exactly the
+  memory of its real tokens (windows and spans count real tokens).
 
 Convention everywhere in this project: m_t is the memory after seeing x_0..x_{t-1}; the readout of
 m_t predicts y_{t-1}; decoding m_t with future inputs x_t.. predicts y_{t-1}, y_t, ...
@@ -19,9 +27,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from models.layers import Transformer, causal_mask, rms_normalize
+from models.layers import Rotary, Transformer, causal_mask, rms_normalize
+
+MEM_HEADS = ("attend", "linear")
 
 
 class ConfigError(Exception):
@@ -52,6 +63,16 @@ class TeacherConfig:
     window: int | None = None
     """Causal encoder only: each layer attends to at most this many positions (itself included), so m_t
     depends on the last encoder_depth*(window-1)+1 positions (None = the whole prefix)."""
+    mem_head: str = "attend"
+    """Causal encoder only: how position t becomes its K memory tokens. 'attend' (`MemoryQueries`): K learned
+    slot queries (plus h_t) attend over the stack's states at the last `mem_span` positions, then an MLP,
+    so the memory has K*d degrees of freedom; 'linear': one Linear(d, K*d) of h_t (rank <= d whatever K
+    is), the head of checkpoints written before this field existed (they load as 'linear')."""
+    mem_span: int | None = 32
+    """'attend' head: positions each memory query reads (t-span+1..t), capped by `window`; None = all the
+    window sees. The memory's rank is at most about (span+1)*d, so keep span >= K for the full K*d.
+    Cost per slot is O(T * span): 32 keeps causal labeling >= 100x the register teacher's
+    (benchmarks/labeling.py)."""
 
     def __post_init__(self) -> None:
         encoder_kind(self.encoder)  # refuses an unknown name
@@ -66,11 +87,22 @@ class TeacherConfig:
             raise ConfigError(f"vocab_size={self.vocab_size} must be >= 2")
         if self.window is not None and self.window < 1:
             raise ConfigError(f"window={self.window} must be >= 1 or None")
+        if self.mem_span is not None and self.mem_span < 1:
+            raise ConfigError(f"mem_span={self.mem_span} must be >= 1 or None")
+        if self.mem_head not in MEM_HEADS:
+            raise ConfigError(f"mem_head={self.mem_head!r} is unknown: use 'attend' (full-rank memory) or "
+                              "'linear' (the head of checkpoints from before mem_head)")
 
     @property
     def encoder_kind(self) -> Encoder:
         """The encoder this config names (`CausalEncoder` or `RegisterEncoder`)."""
         return encoder_kind(self.encoder)
+
+    @property
+    def mem_width(self) -> int | None:
+        """Positions an 'attend' memory query reads: mem_span capped by window (None: the whole prefix)."""
+        spans = [s for s in (self.mem_span, self.window) if s is not None]
+        return min(spans) if spans else None
 
     @property
     def Z(self) -> int:
@@ -107,6 +139,90 @@ class MemoryDecoder(nn.Module):
     def readout(self, m: torch.Tensor) -> torch.Tensor:
         """Logits (B, V) of the next target from memory alone."""
         return self.forward(m)[:, 0]
+
+
+class MemoryQueries(nn.Module):
+    """The causal encoder's `attend` head: K memory tokens per position, each its own read of the context.
+
+    Slot k's query at position t is Wq h_t + u_k (h_t the stack's output, u_k learned); with one attention
+    head of width d and rotary positions it reads the input z of the stack's last block at positions
+    t-span+1..t. z, not h: the last block's own queries see those positions, so the receptive field stays
+    the encoder's, encoder_depth*(window-1)+1. Then m_{t,k} = rms(r + MLP(r)) with r = h_t + e_k + the
+    attention output (e_k learned). The slots weigh the positions differently, so the K tokens are not
+    images of one d-vector: the memory's Jacobian has rank up to K*d, not d (a function of h_t alone,
+    such as the old `to_mem`, has rank <= d). All (T+1)*K queries go through one
+    scaled_dot_product_attention call (`banded_attention`): O(T * span) extra work per slot."""
+
+    def __init__(self, d_model: int, mem_tokens: int, n_heads: int = 1, mlp_ratio: int = 1):
+        super().__init__()
+        self.K, self.H = mem_tokens, n_heads
+        self.query = nn.Linear(d_model, d_model, bias=False)
+        self.slot_query = nn.Parameter(torch.randn(mem_tokens, d_model))  # u_k
+        self.slot = nn.Parameter(torch.randn(mem_tokens, d_model))  # e_k
+        self.norm_kv = nn.RMSNorm(d_model)
+        self.kv = nn.Linear(d_model, 2 * d_model, bias=False)
+        self.mlp = nn.Sequential(nn.Linear(d_model, mlp_ratio * d_model), nn.GELU(),
+                                 nn.Linear(mlp_ratio * d_model, d_model))
+        self.rotary = Rotary(d_model // n_heads)
+
+    def forward(self, h: torch.Tensor, z: torch.Tensor, span: int | None, first: int = 0) -> torch.Tensor:
+        """h: stack output (B, L, d); z: input of its last block (B, L, d), neither padded but at the end.
+        Returns the memory tokens of positions first..L-1 (B, L-first, K, d), RMS-normalised; position t
+        reads z at t-span+1..t."""
+        B, L, d = h.shape
+        K, H = self.K, self.H
+        Dh = d // H
+        lo = 0 if span is None else max(0, first - span + 1)  # the first key any of these queries reads
+        h, z = h[:, first:], z[:, lo:]
+        Lq, Lk = L - first, L - lo
+        qpos, kpos = torch.arange(first, L, device=h.device), torch.arange(lo, L, device=h.device)
+        # rotary is linear: R_t(Wq h_t + u_k) = R_t(Wq h_t) + R_t(u_k), the second one batch-free
+        qh = self.rotary(self.query(h).view(B, Lq, H, Dh).transpose(1, 2), qpos).transpose(1, 2)  # B Lq H Dh
+        qu = self.rotary(self.slot_query.to(qh.dtype).view(K * H, 1, Dh).expand(K * H, Lq, Dh), qpos)
+        q = qh[:, :, None] + qu.view(K, H, Lq, Dh).permute(2, 0, 1, 3)  # (B, Lq, K, H, Dh)
+        k, v = self.kv(self.norm_kv(z)).view(B, Lk, 2, H, Dh).permute(2, 0, 3, 1, 4)  # (B, H, Lk, Dh)
+        o = banded_attention(q, self.rotary(k, kpos), v, span)  # (B, Lq, K, H, Dh)
+        r = h[:, :, None] + self.slot + o.reshape(B, Lq, K, d)
+        return rms_normalize(r + self.mlp(r))
+
+
+def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, width: int | None) -> torch.Tensor:
+    """Causal attention of K queries per position over the last `width` positions (None: all up to it).
+
+    q (B, Lq, K, H, Dh) for the last Lq of the Lk positions of k, v (B, H, Lk, Dh) -> (B, Lq, K, H, Dh):
+    query (i, k) at position i' = Lk-Lq+i attends the keys j with i'-width < j <= i'. One
+    scaled_dot_product_attention call with a boolean mask. When the band is narrow, the queries are cut
+    into blocks of `width`, each against the width-1 keys before it and its own, so the work is
+    O(Lq * width) per slot rather than O(Lq * Lk)."""
+    B, Lq, K, H, Dh = q.shape
+    Lk, off = k.shape[2], k.shape[2] - Lq
+    w = Lk if width is None else min(width, Lk)
+    if 3 * w >= Lk:  # one dense block is as cheap
+        i, a = torch.arange(Lq, device=q.device), torch.arange(Lk, device=q.device)
+        mask = (a[None] <= i[:, None] + off) & (a[None] > i[:, None] + off - w)
+        mask = mask.repeat_interleave(K, 0)  # rows (i, k), as q
+        q = q.permute(0, 3, 1, 2, 4).reshape(B, H, Lq * K, Dh)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return o.view(B, H, Lq, K, Dh).permute(0, 2, 3, 1, 4)
+    c, n = w, -(-Lq // w)  # blocks of c queries; block j reads keys off+j*c-w+1 .. off+j*c+c-1
+    cw = c + w - 1
+    qb = F.pad(q, (0, 0, 0, 0, 0, 0, 0, n * c - Lq)).view(B, n, c, K, H, Dh)
+    qb = qb.permute(0, 1, 4, 2, 3, 5).reshape(B * n, H, c * K, Dh)
+    left = max(0, w - 1 - off)  # zero keys before position 0
+    s0 = off + left - w + 1  # where block 0 starts among the padded keys
+
+    def blocks(t: torch.Tensor) -> torch.Tensor:
+        t = F.pad(t, (0, 0, left, s0 + n * c + w - 1 - Lk - left))[:, :, s0:]
+        t = t.unfold(2, cw, c)  # (B, H, n, Dh, cw)
+        return t.permute(0, 2, 1, 4, 3).reshape(B * n, H, cw, Dh)
+
+    qa, kb = torch.arange(c, device=q.device), torch.arange(cw, device=q.device)
+    band = (kb[None] >= qa[:, None]) & (kb[None] < qa[:, None] + w)  # (c, cw): key b of query a
+    real = s0 + kb[None] + c * torch.arange(n, device=q.device)[:, None] >= left  # (n, cw): not padding
+    mask = (band[None] & real[:, None]).repeat_interleave(K, 1)  # (n, c*K, cw)
+    mask = mask[None].expand(B, n, c * K, cw).reshape(B * n, 1, c * K, cw)
+    o = F.scaled_dot_product_attention(qb, blocks(k), blocks(v), attn_mask=mask)  # (B*n, H, c*K, Dh)
+    return o.view(B, n, H, c, K, Dh).permute(0, 1, 3, 4, 2, 5).reshape(B, n * c, K, H, Dh)[:, :Lq]
 
 
 class Encoder:
@@ -151,31 +267,50 @@ class Encoder:
 
 
 class CausalEncoder(Encoder):
-    """A causal Transformer over [start ; x_0 .. x_{T-1}]: the hidden state at position t, projected into K
-    tokens, is m_t, so one pass yields every memory (with `window`, a sliding context)."""
+    """A causal Transformer over [start ; x_0 .. x_{T-1}] and a memory head that turns position t into the K
+    tokens of m_t (`mem_head`: `MemoryQueries`, or the old Linear `to_mem`), so one pass yields every memory
+    (with `window`, a sliding context)."""
 
     name, one_pass = "causal", True
 
     def build(self, t: Teacher) -> None:
         d, K = t.cfg.d_model, t.cfg.mem_tokens
         t.start = nn.Parameter(torch.randn(d) * 0.02)
-        t.to_mem = nn.Linear(d, K * d)
+        if t.cfg.mem_head == "linear":
+            t.to_mem = nn.Linear(d, K * d)
+        else:
+            t.mem_queries = MemoryQueries(d, K)
 
     def encode(self, t: Teacher, x_ctx: torch.Tensor) -> torch.Tensor:
         # the memory after the last real token (contexts are left-padded); all-padding -> m_empty
-        M = self.encode_all(t, x_ctx)
-        trailing = torch.flip(x_ctx == -1, [1]).long().cumprod(1).sum(1)
-        return M[torch.arange(M.shape[0], device=M.device), x_ctx.shape[1] - trailing]
+        valid = x_ctx != -1
+        M = self._compact_all(t, x_ctx, valid)
+        return M[torch.arange(M.shape[0], device=M.device), valid.sum(1)]
 
     def encode_all(self, t: Teacher, x: torch.Tensor) -> torch.Tensor:
+        valid = x != -1
+        M = self._compact_all(t, x, valid)
+        if bool(valid.all()):
+            return M
+        seen = torch.cat([torch.zeros_like(valid[:, :1], dtype=torch.long), valid.long().cumsum(1)], 1)
+        return M.gather(1, seen[..., None].expand(-1, -1, M.shape[-1]))  # m_t: after x_<t's real tokens
+
+    def _compact_all(self, t: Teacher, x: torch.Tensor, valid: torch.Tensor, first: int = 0) -> torch.Tensor:
+        """Memories after first..T real tokens (B, T+1-first, Z): padding is moved behind the real tokens
+        first, so every memory sees [start ; its real tokens] whatever the padding (and windows count real
+        tokens). The stack runs over every position; the memory head only over the ones returned."""
+        if not bool(valid.all()):
+            x = x.gather(1, torch.argsort((~valid).long(), dim=1, stable=True))
         B, T = x.shape
-        valid = torch.cat([torch.ones(B, 1, dtype=torch.bool, device=x.device), x != -1], 1)
         h = torch.cat([t.start.expand(B, 1, -1).to(t.embed.weight.dtype), t.embed(x.clamp(min=0))], 1)
-        pos = torch.cumsum(valid.long(), 1) - 1
-        mask = causal_mask(T + 1, x.device, t.cfg.window)[None, None] & valid[:, None, None, :]
-        out = t.encoder(h, pos=pos, mask=mask)
+        mask = causal_mask(T + 1, x.device, t.cfg.window)  # padding is last: no real token sees it
         K, d = t.cfg.mem_tokens, t.cfg.d_model
-        return rms_normalize(t.to_mem(out).view(B, T + 1, K, d)).view(B, T + 1, K * d)
+        L = T + 1 - first
+        if t.cfg.mem_head == "linear":
+            out = t.encoder(h, mask=mask)[:, first:]
+            return rms_normalize(t.to_mem(out).view(B, L, K, d)).view(B, L, K * d)
+        out, last_in = t.encoder(h, mask=mask, last_input=True)
+        return t.mem_queries(out, last_in, t.cfg.mem_width, first).view(B, L, K * d)
 
     def memories_at(self, t: Teacher, x: torch.Tensor, pos: torch.Tensor, window: int | None) -> torch.Tensor:
         return self.encode_all(t, x)[torch.arange(x.shape[0], device=x.device), pos]  # its own window
@@ -184,7 +319,9 @@ class CausalEncoder(Encoder):
         return cfg.window
 
     def stream_memories(self, t: Teacher, x: torch.Tensor, Tc: int) -> torch.Tensor:
-        return self.encode_all(t, x)[:, Tc:]  # the sliding window (== Tc, checked by the caller) does the cut
+        # the sliding window (== Tc, checked by the caller) does the cut; the head runs on m_Tc.. only
+        valid = x != -1
+        return self._compact_all(t, x, valid, Tc) if bool(valid.all()) else self.encode_all(t, x)[:, Tc:]
 
     def smt_memories(self, t, x, t_dec, lo, window, sample_dyn):
         T = x.shape[1]
