@@ -93,6 +93,7 @@ def run_smt(task: dict) -> dict:
     stages: list[dict] = []
     dmt = {"seconds": 0.0, "steps": 0, "sequences": 0}
     last = {"student": None, "teacher": None}
+    warm = task.get("dmt_warm", False)  # DMT starts from the previous stage's DMT student's updater
     t0 = time.process_time()
 
     def on_eval(row: dict) -> None:
@@ -110,12 +111,15 @@ def run_smt(task: dict) -> dict:
         if T >= task["dmt_from"]:
             left = cap - row["time"] - dmt["seconds"]
             s, t = copy.deepcopy(student), copy.deepcopy(teacher)
+            if warm and last["student"] is not None:
+                s.updater.load_state_dict(last["student"].updater.state_dict())
             if left <= 1:
                 rec.update(dmt_passed=False, dmt_note="no CPU left under the cap")
             else:
                 d = dmt_online(s, t, stage_corpus, OnlineDMTConfig(
                     optim=OptimConfig(lr=DMT_LR, schedule="cosine", warmup_steps=5), steps=task["dmt_steps"],
-                    seconds=left, batch_size=BATCH, stop_at_acc=ADVANCE, eval_every=10, eval_size=VALID,
+                    seconds=left, batch_size=BATCH, stop_at_acc=ADVANCE, eval_every=task.get("dmt_eval_every", 10),
+                    eval_size=VALID,
                     seed=seed, clock="process"), quiet=True)
                 accs = [h["dmt_acc"] for h in d["history"]]
                 dmt["seconds"] += d["seconds"]
@@ -320,14 +324,21 @@ def _ratio(per: dict, lo: int, hi: int):
 
 
 def crossover(smt: dict, bptt: dict, Ls: list[int]):
-    """The shortest stage T where SMT's cumulative CPU-s (DMT included) is below BPTT's, when both passed it;
-    a stage BPTT never passed counts as BPTT above any SMT figure."""
+    """The shortest stage T from which on SMT's cumulative CPU-s (DMT included) stays below BPTT's at every stage
+    SMT passed (a stage BPTT never passed counts as BPTT above any SMT figure); None if there is none."""
+    below = {}
     for L in Ls:
         s = next((x for x in smt["stages"] if x["T"] == L and x["passed"]), None)
+        if s is None:
+            break
         b = next((x for x in bptt["stages"] if x["T"] == L), None)
-        if s is not None and (b is None or s["cum_cpu_s"] < b["cum_cpu_s"]):
-            return L
-    return None
+        below[L] = b is None or s["cum_cpu_s"] < b["cum_cpu_s"]
+    out = None
+    for L in reversed(list(below)):
+        if not below[L]:
+            break
+        out = L
+    return out
 
 
 def write(runs: list[dict], args, Ls: list[int]) -> None:
@@ -336,7 +347,7 @@ def write(runs: list[dict], args, Ls: list[int]) -> None:
     meta = {"task": SPEC.format(T="<T>") + " (faithful needle: always in the first half, the reference's)",
             "lengths": Ls, "advance_at_valid_acc": ADVANCE, "cap_cpu_s_per_run": args.cap, "batch": BATCH,
             "teacher": TEACHER, "lrs": {"smt_pretrain": SMT_LR, "dmt": DMT_LR, "bptt": args.bptt_lr},
-            "dmt_from_T": args.dmt_from, "test_sequences": TEST, "valid_sequences": VALID,
+            "dmt_from_T": args.dmt_from, "dmt_warm_start": args.dmt_warm, "dmt_eval_every": args.dmt_eval_every, "test_sequences": TEST, "valid_sequences": VALID,
             "denormals_flushed": True, "clock": "process (CPU-s of each run, 1 torch thread, evaluation excluded)",
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
             "differences_from_reference": [
@@ -346,10 +357,14 @@ def write(runs: list[dict], args, Ls: list[int]) -> None:
                 (f"one lr per method, not a sweep: SMT pretraining {SMT_LR:g} (the retrieval-demo recipe's), DMT "
                  f"{DMT_LR:g} (the project default), BPTT {args.bptt_lr:g} (chosen on valid by every earlier BPTT "
                  "sweep on retrieval; a sweep would triple the CPU)")]}
-    (RESULTS / "length_scaling.json").write_text(json.dumps({"meta": meta, "answers": ans, "runs": runs}, indent=1))
-    (RESULTS / "length_scaling.md").write_text(markdown(runs, ans, meta, Ls))
+    if args.dmt_warm:
+        meta["differences_from_reference"].append(
+            "variant: each stage's DMT copy starts from the previous stage's DMT student's updater (warm start), not "
+            "from the jointly trained updater; the readout and m_0 are the current teacher's")
+    (RESULTS / f"{args.name}.json").write_text(json.dumps({"meta": meta, "answers": ans, "runs": runs}, indent=1))
+    (RESULTS / f"{args.name}.md").write_text(markdown(runs, ans, meta, Ls))
     try:
-        plot(runs, Ls, RESULTS / "length_scaling.png")
+        plot(runs, Ls, RESULTS / f"{args.name}.png")
     except Exception as e:  # noqa: BLE001 - the figure is optional, the tables are not
         print(f"no plot: {e}")
 
@@ -448,6 +463,11 @@ def main(argv=None) -> int:
     ap.add_argument("--gru", action=argparse.BooleanOptionalAction, default=True, help="the GRU-BPTT arm (first seed)")
     ap.add_argument("--gen-n", type=int, default=512, help="test sequences at 2x max-T")
     ap.add_argument("--dmt-from", type=int, default=DMT_FROM, help="stages this long and longer need the student to pass")
+    ap.add_argument("--dmt-warm", action="store_true",
+                    help="each stage's DMT copy starts from the previous stage's DMT student's updater")
+    ap.add_argument("--dmt-eval-every", type=int, default=10, help="DMT evaluates (valid) every N steps")
+    ap.add_argument("--no-bptt", action="store_true", help="only the SMT->DMT arms")
+    ap.add_argument("--name", default="length_scaling", help="result file stem under benchmarks/results/")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--rewrite", action="store_true", help="rewrite the .md and .png from the existing .json (no run)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
@@ -457,31 +477,33 @@ def main(argv=None) -> int:
         Path(args.one_out).write_text(json.dumps(run_one(json.loads(args.one))))
         return 0
     if args.rewrite:
-        data = json.loads((RESULTS / "length_scaling.json").read_text())
+        data = json.loads((RESULTS / f"{args.name}.json").read_text())
         Ls = data["meta"]["lengths"]
         data["answers"] = analyse(data["runs"], Ls)
-        (RESULTS / "length_scaling.json").write_text(json.dumps(data, indent=1))
-        (RESULTS / "length_scaling.md").write_text(markdown(data["runs"], data["answers"], data["meta"], Ls))
-        plot(data["runs"], Ls, RESULTS / "length_scaling.png")
+        (RESULTS / f"{args.name}.json").write_text(json.dumps(data, indent=1))
+        (RESULTS / f"{args.name}.md").write_text(markdown(data["runs"], data["answers"], data["meta"], Ls))
+        plot(data["runs"], Ls, RESULTS / f"{args.name}.png")
         return 0
     flush_denormals()
     Ls = lengths(args.max_T)
-    base = {"lengths": Ls, "cap": args.cap, "dmt_from": args.dmt_from, "dmt_steps": args.dmt_steps, "gen_n": args.gen_n}
+    base = {"lengths": Ls, "cap": args.cap, "dmt_from": args.dmt_from, "dmt_warm": args.dmt_warm,
+            "dmt_eval_every": args.dmt_eval_every, "dmt_steps": args.dmt_steps, "gen_n": args.gen_n}
     tasks = []
     for seed in args.seeds:
         tasks.append({**base, "method": "smt-dmt", "arch": "mlp", "seed": seed, "lr": SMT_LR})
-        tasks.append({**base, "method": "bptt", "arch": "mlp", "seed": seed, "lr": args.bptt_lr})
-    if args.gru:
+        if not args.no_bptt:
+            tasks.append({**base, "method": "bptt", "arch": "mlp", "seed": seed, "lr": args.bptt_lr})
+    if args.gru and not args.no_bptt:
         tasks.append({**base, "method": "bptt", "arch": "gru", "seed": args.seeds[0], "lr": args.bptt_lr})
     runs = run_parallel(tasks, args.jobs)
     args_cmd = "python benchmarks/length_scaling.py " + " ".join(argv if argv is not None else sys.argv[1:])
     write(runs, args, Ls)
-    meta_path = RESULTS / "length_scaling.json"
+    meta_path = RESULTS / f"{args.name}.json"
     data = json.loads(meta_path.read_text())
     data["meta"]["command"] = args_cmd.strip()
     meta_path.write_text(json.dumps(data, indent=1))
-    (RESULTS / "length_scaling.md").write_text(markdown(runs, data["answers"], data["meta"], Ls))
-    print((RESULTS / "length_scaling.md").read_text())
+    (RESULTS / f"{args.name}.md").write_text(markdown(runs, data["answers"], data["meta"], Ls))
+    print((RESULTS / f"{args.name}.md").read_text())
     return 0 if all("error" not in r for r in runs) else 1
 
 
