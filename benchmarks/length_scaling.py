@@ -295,25 +295,32 @@ def analyse(runs: list[dict], Ls: list[int]) -> dict:
         row = {"seed": s["seed"], "smt_passes_every_stage": s["passed_up_to"] == hi,
                "smt_passed_up_to": s["passed_up_to"], "bptt_passed_up_to": b["passed_up_to"] if b else None}
         row["smt_stage_sequences"] = stage_sequences(s)
-        row["smt_growth_lo_hi"] = _ratio(row["smt_stage_sequences"], lo, hi)
+        row["smt_growth_lo_hi"] = _ratio(stage_sequences(s, passed_only=True), lo, hi)
+        tstages = [x for x in s["stages"]]  # a stage is recorded when the teacher passes it
+        row["teacher_passed_up_to"] = max((x["T"] for x in tstages), default=None)
+        row["teacher_pretrain_sequences"] = max((x["pretrain_sequences"] for x in tstages), default=None)
         if b:
             row["bptt_stage_sequences"] = stage_sequences(b)
-            row["bptt_growth_lo_hi"] = _ratio(row["bptt_stage_sequences"], lo, hi)
+            row["bptt_growth_lo_hi"] = _ratio(stage_sequences(b, passed_only=True), lo, hi)
             row["bptt_fails_a_stage"] = b["passed_up_to"] != hi
             g_s, g_b = row["smt_growth_lo_hi"], row["bptt_growth_lo_hi"]
             row["bptt_grows_2x_faster"] = (g_s is not None and g_b is not None and g_b >= 2 * g_s)
             row["cpu_crossover_T"] = crossover(s, b, Ls)
         row["smt_growth_at_most_2x"] = row["smt_growth_lo_hi"] is not None and row["smt_growth_lo_hi"] <= 2.0
         ans["per_seed"].append(row)
+    ans["gru"] = [{"seed": g["seed"], "passed_up_to": g["passed_up_to"], "last_stage_T": g.get("last_stage_T"),
+                   "cap_note": g.get("cap_note")} for g in runs if g["method"] == "bptt-gru" and "error" not in g]
     ans["lengths"], ans["growth_from"], ans["growth_to"] = Ls, lo, hi
     return ans
 
 
-def stage_sequences(run: dict) -> dict:
-    """Sequences spent on each stage (its share of the cumulative count): {T: n}."""
+def stage_sequences(run: dict, passed_only: bool = False) -> dict:
+    """Sequences spent on each stage (its share of the cumulative count): {T: n}; `passed_only` leaves out a
+    stage the method did not pass (its count is what the cap allowed, not what passing took)."""
     out, prev = {}, 0
     for s in sorted(run["stages"], key=lambda s: s["T"]):
-        out[str(s["T"])] = s["cum_sequences"] - prev
+        if s["passed"] or not passed_only:
+            out[str(s["T"])] = s["cum_sequences"] - prev
         prev = s["cum_sequences"]
     return out
 
@@ -385,6 +392,14 @@ def markdown(runs, ans, meta, Ls) -> str:
             f"grew {_fmt(a.get('bptt_growth_lo_hi'), 'a stage missing')}x (>= 2x SMT's: "
             f"{'yes' if a.get('bptt_grows_2x_faster') else 'no'}); CPU crossover (SMT's cumulative CPU-s below "
             f"BPTT's): {_fmt(a.get('cpu_crossover_T'), 'none')}.")
+    for g in ans.get("gru", []):
+        lines.append(f"- GRU-BPTT (seed {g['seed']}), the strong baseline: passed up to {_fmt(g['passed_up_to'])}"
+                     + (f"; {g['cap_note']}" if g.get("cap_note") else "") + ".")
+    for a in ans["per_seed"]:
+        lines.append(f"- SMT's teacher (seed {a['seed']}) passed every stage up to T={_fmt(a.get('teacher_passed_up_to'))} "
+                     f"in {_fmt(a.get('teacher_pretrain_sequences'))} pretraining sequences.")
+    if meta.get("reading"):
+        lines += ["", "## Reading", ""] + [meta["reading"]]
     lines += ["", "## Per stage", "",
               ("| method | seed | T | stage sequences | cum. sequences | cum. steps | cum. CPU-s | test acc (student) "
                "| teacher test | DMT lowest valid | passed |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
