@@ -383,6 +383,11 @@ def markdown(runs, ans, meta, Ls) -> str:
               f"test accuracy on {TEST} test sequences; denormals flushed: yes. Command: `{meta.get('command', '')}`."),
              "", "## Answers", ""]
     for a in ans["per_seed"]:
+        if "bptt_stage_sequences" not in a:  # an SMT-only run (--no-bptt)
+            lines.append(f"- seed {a['seed']}: SMT->DMT passed every stage up to T={Ls[-1]}: "
+                         f"**{'yes' if a['smt_passes_every_stage'] else 'no'}** (passed up to "
+                         f"{_fmt(a['smt_passed_up_to'])}); no BPTT arm in this run (see length_scaling.md).")
+            continue
         lines.append(
             f"- seed {a['seed']}: SMT->DMT passed every stage up to T={Ls[-1]}: "
             f"**{'yes' if a['smt_passes_every_stage'] else 'no'}** (passed up to {_fmt(a['smt_passed_up_to'])}); "
