@@ -185,7 +185,7 @@ def test_length_study_answers_from_stage_records():
 
     def stages(seqs, cpus, passed=None):
         cum_s = np.cumsum(seqs).tolist()
-        return [{"T": T, "cum_sequences": s, "cum_steps": s // 32, "cum_cpu_s": c, "test_acc": 0.99,
+        return [{"T": T, "cum_sequences": s, "cum_steps": s // 32, "cum_cpu_s": c, "test_acc": 0.99, "pretrain_sequences": s,
                  "passed": True if passed is None else passed[i]}
                 for i, (T, s, c) in enumerate(zip(Ls, cum_s, cpus))]
 
@@ -201,6 +201,7 @@ def test_length_study_answers_from_stage_records():
     bptt["passed_up_to"] = ls._passed_up_to(bptt["stages"], Ls)
     a = ls.analyse([smt, bptt], Ls)["per_seed"][0]
     assert a["bptt_fails_a_stage"] and a["bptt_passed_up_to"] == 32 and a["bptt_growth_lo_hi"] is None
+    assert a["cpu_crossover_T"] == 64  # from T=64 on SMT stays below (BPTT never passed it)
     smt["stages"][2]["passed"] = False  # a failed DMT stage ends "passed up to"
     assert ls._passed_up_to(smt["stages"], Ls) == 32
     md = ls.markdown([smt, bptt], ls.analyse([smt, bptt], Ls), {"task": "t", "cap_cpu_s_per_run": 10,
