@@ -71,6 +71,7 @@ def bptt_sweep_lines(sw: dict | None) -> list[str]:
 
 
 def write_report(out: Path, res: dict) -> str:
+    from models.device import flush_denormals
     from trainers.report import markdown_table, plot_curves
 
     out = Path(out)
@@ -127,6 +128,8 @@ def write_report(out: Path, res: dict) -> str:
                 "DMT round on the student it relabeled (round 1 = the SMT-only student).*"), ""]
     if res.get("test"):
         md += heldout_section(out, res)
+    res["denormals_flushed"] = flush_denormals()  # every stage flushed them (pick_device); say so in the files
+    md.insert(1, f"\nDenormals flushed: {'yes' if res['denormals_flushed'] else 'no (this CPU cannot flush them)'}.")
     (out / "report.md").write_text("\n".join(md))
     res["report"] = str(out / "report.md")
     stored = {**res, **{k: relative_to_out(res[k], out) for k in PATH_KEYS if isinstance(res.get(k), str)}}
