@@ -376,6 +376,10 @@ def write(runs: list[dict], args, Ls: list[int]) -> None:
         print(f"no plot: {e}")
 
 
+def _growth(v) -> str:
+    return f"{v:.2f}x" if v is not None else "n/a (a stage was not passed)"
+
+
 def markdown(runs, ans, meta, Ls) -> str:
     lines = ["# Length scaling: SMT->DMT against BPTT on faithful retrieval (issue 22)", "",
              (f"Task `{meta['task']}`; curriculum {' -> '.join(map(str, Ls))}, advance at {ADVANCE} valid accuracy; "
@@ -391,10 +395,10 @@ def markdown(runs, ans, meta, Ls) -> str:
         lines.append(
             f"- seed {a['seed']}: SMT->DMT passed every stage up to T={Ls[-1]}: "
             f"**{'yes' if a['smt_passes_every_stage'] else 'no'}** (passed up to {_fmt(a['smt_passed_up_to'])}); "
-            f"its sequences-to-pass grew {_fmt(a['smt_growth_lo_hi'], 'a stage missing')}x from T={ans['growth_from']} "
+            f"its sequences-to-pass grew {_growth(a['smt_growth_lo_hi'])} from T={ans['growth_from']} "
             f"to T={ans['growth_to']} (at most ~2x: {'yes' if a['smt_growth_at_most_2x'] else 'no'}); BPTT-mlp passed up "
             f"to {_fmt(a.get('bptt_passed_up_to'))}, fails a stage: {'yes' if a.get('bptt_fails_a_stage') else 'no'}, "
-            f"grew {_fmt(a.get('bptt_growth_lo_hi'), 'a stage missing')}x (>= 2x SMT's: "
+            f"grew {_growth(a.get('bptt_growth_lo_hi'))} (>= 2x SMT's: "
             f"{'yes' if a.get('bptt_grows_2x_faster') else 'no'}); CPU crossover (SMT's cumulative CPU-s below "
             f"BPTT's): {_fmt(a.get('cpu_crossover_T'), 'none')}.")
     for g in ans.get("gru", []):
