@@ -66,7 +66,11 @@ def test_dmt_and_bptt_rules_read_only_train_and_valid(reads):
     reads.clear()
     d = dmt_online(pt["student"], pt["teacher"], corpus, OnlineDMTConfig(steps=5, eval_every=1, eval_size=8, batch_size=4,
                                                                    stop_at_acc=0.0), quiet=True)
-    assert d["steps"] == 1 and {s for s, _ in reads} == {"train", "valid"}
+    assert d["steps"] == 0 and {s for s, _ in reads} == {"valid"}  # it already passes: judged on valid, not trained
+    reads.clear()
+    d = dmt_online(pt["student"], pt["teacher"], corpus, OnlineDMTConfig(steps=2, eval_every=1, eval_size=8, batch_size=4,
+                                                                   stop_at_acc=1.01), quiet=True)
+    assert d["steps"] == 2 and {s for s, _ in reads} == {"train", "valid"}
     reads.clear()
     b = train_bptt(corpus, BPTTConfig(shape=TeacherConfig(**SMALL), steps=6, eval_every=1, eval_size=8, batch_size=4,
                                       curriculum=(6,), curriculum_acc=0.0, stop_at_acc=0.0), quiet=True)
@@ -176,6 +180,18 @@ def test_pretrain_stage_hook_runs_at_each_passed_stage_off_the_record():
     assert seen == [(6, 1, False), (12, 2, False)]  # stage 6 passed at step 1, the last stage stopped at step 2
     for (n, a), b in zip(plain["teacher"].state_dict().items(), hooked["teacher"].state_dict().values()):
         assert torch.equal(a, b), n
+
+
+def test_dmt_does_not_train_a_student_that_already_passes():
+    # length_scaling_warm.md: a student at 0.96 valid before its first DMT step was trained down to 0.25
+    corpus = _corpus()
+    pt = pretrain(corpus, PretrainConfig(teacher=TeacherConfig(**SMALL), steps=2, eval_every=1, eval_size=8,
+                                         batch_size=4), quiet=True)
+    before = {k: v.clone() for k, v in pt["student"].state_dict().items()}
+    d = dmt_online(pt["student"], pt["teacher"], corpus, OnlineDMTConfig(steps=5, eval_every=1, eval_size=8,
+                                                                   batch_size=4, stop_at_acc=0.0), quiet=True)
+    assert d["steps"] == 0 and [h["step"] for h in d["history"]] == [0]
+    assert all(torch.equal(before[k], v) for k, v in d["student"].state_dict().items())
 
 
 def test_length_study_answers_from_stage_records():

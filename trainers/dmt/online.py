@@ -53,7 +53,9 @@ class OnlineDMTConfig:
     eval_size: int = 256
     """Sequences of the valid split for the evaluations that drive `stop_at_acc`."""
     stop_at_acc: float | None = None
-    """Stop once the rolled-out accuracy on the valid split reaches this (None = never)."""
+    """Stop once the rolled-out accuracy on the valid split reaches this (None = never); checked before the first
+    step too, so a student that already passes is not trained (benchmarks/results/length_scaling_warm.md: DMT
+    trained a passing student into failure)."""
     beta: float = 0.0
     """Share of each batch's sequences trained from the teacher's own states m*_t at step 1 (DAgger's beta)."""
     beta_halflife: float = 10.0
@@ -160,6 +162,8 @@ def dmt_online(student, teacher, corpus, cfg: OnlineDMTConfig, out: str | Path |
         if on_eval:
             with log.paused():  # a caller's extra evaluation is not training time
                 on_eval(final)
+        if cfg.stop_at_acc is not None and final["dmt_acc"] >= cfg.stop_at_acc:
+            last = step0  # the student already passes: DMT would only move it (the dip), so train nothing
     step = step0
     for step in range(step0 + 1, last + 1):
         x, y = (torch.as_tensor(a, dtype=torch.long, device=dev) for a in corpus.sample(cfg.batch_size, rng))
