@@ -296,9 +296,9 @@ def analyse(runs: list[dict], Ls: list[int]) -> dict:
                "smt_passed_up_to": s["passed_up_to"], "bptt_passed_up_to": b["passed_up_to"] if b else None}
         row["smt_stage_sequences"] = stage_sequences(s)
         row["smt_growth_lo_hi"] = _ratio(stage_sequences(s, passed_only=True), lo, hi)
-        tstages = [x for x in s["stages"]]  # a stage is recorded when the teacher passes it
-        row["teacher_passed_up_to"] = max((x["T"] for x in tstages), default=None)
-        row["teacher_pretrain_sequences"] = max((x.get("pretrain_sequences", 0) for x in tstages), default=None)
+        # a stage is recorded when the teacher passes it
+        row["teacher_passed_up_to"] = max((x["T"] for x in s["stages"]), default=None)
+        row["teacher_pretrain_sequences"] = max((x.get("pretrain_sequences", 0) for x in s["stages"]), default=None)
         if b:
             row["bptt_stage_sequences"] = stage_sequences(b)
             row["bptt_growth_lo_hi"] = _ratio(stage_sequences(b, passed_only=True), lo, hi)

@@ -289,17 +289,19 @@ class CausalEncoder(Encoder):
 
     def encode_all(self, t: Teacher, x: torch.Tensor) -> torch.Tensor:
         valid = x != -1
-        M = self._compact_all(t, x, valid)
-        if bool(valid.all()):
+        padded = not bool(valid.all())  # one host sync per call, shared with _compact_all
+        M = self._compact_all(t, x, valid, padded=padded)
+        if not padded:
             return M
         seen = torch.cat([torch.zeros_like(valid[:, :1], dtype=torch.long), valid.long().cumsum(1)], 1)
         return M.gather(1, seen[..., None].expand(-1, -1, M.shape[-1]))  # m_t: after x_<t's real tokens
 
-    def _compact_all(self, t: Teacher, x: torch.Tensor, valid: torch.Tensor, first: int = 0) -> torch.Tensor:
+    def _compact_all(self, t: Teacher, x: torch.Tensor, valid: torch.Tensor, first: int = 0,
+                     padded: bool | None = None) -> torch.Tensor:
         """Memories after first..T real tokens (B, T+1-first, Z): padding is moved behind the real tokens
         first, so every memory sees [start ; its real tokens] whatever the padding (and windows count real
         tokens). The stack runs over every position; the memory head only over the ones returned."""
-        if not bool(valid.all()):
+        if padded if padded is not None else not bool(valid.all()):
             x = x.gather(1, torch.argsort((~valid).long(), dim=1, stable=True))
         B, T = x.shape
         h = torch.cat([t.start.expand(B, 1, -1).to(t.embed.weight.dtype), t.embed(x.clamp(min=0))], 1)
@@ -321,7 +323,9 @@ class CausalEncoder(Encoder):
     def stream_memories(self, t: Teacher, x: torch.Tensor, Tc: int) -> torch.Tensor:
         # the sliding window (== Tc, checked by the caller) does the cut; the head runs on m_Tc.. only
         valid = x != -1
-        return self._compact_all(t, x, valid, Tc) if bool(valid.all()) else self.encode_all(t, x)[:, Tc:]
+        if bool(valid.all()):
+            return self._compact_all(t, x, valid, Tc, padded=False)
+        return self.encode_all(t, x)[:, Tc:]
 
     def smt_memories(self, t, x, t_dec, lo, window, sample_dyn):
         T = x.shape[1]

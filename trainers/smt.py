@@ -164,8 +164,8 @@ def smt_losses(teacher, updater, x: torch.Tensor, y: torch.Tensor, cfg: SMTConfi
     K, d = teacher.cfg.mem_tokens, teacher.cfg.d_model
     lo = cfg.first_memory
     Tf = cfg.Tf or (T - lo)
-    if cfg.all_memories:  # every memory m_1..m_T decoded (m_0 has no target y_{-1}; the causal pass computes them all)
-        cfg.check_encoder(teacher.encoder_kind)
+    if cfg.all_memories:  # every memory m_1..m_T decoded (m_0 has no target y_{-1}; the causal pass computes them all;
+        # PretrainConfig refuses it for the register teacher)
         t_dec = torch.arange(1, T + 1, device=x.device).expand(x.shape[0], T)
     else:
         t_dec = _sample_positions(y, cfg.dec_positions, lo, T, cfg.target_frac, g, force_last=not cfg.streaming)
