@@ -80,10 +80,10 @@ class _Trainer:
 
 
 def _pretrain(root: Path, seconds: float) -> tuple[str, float, float]:
-    from models.checkpoint import save_teacher
     from models.teacher import TeacherConfig
     from models.updaters import UpdaterConfig
     from pipeline.corpora import load_corpus
+    from storage.checkpoints import save_teacher
     from trainers.common import OptimConfig
     from trainers.pretrain import PretrainConfig, pretrain
 
@@ -99,11 +99,11 @@ def _pretrain(root: Path, seconds: float) -> tuple[str, float, float]:
 def run(c: E2EConfig) -> dict:
     import torch
 
-    from models.checkpoint import load_student, load_teacher
     from models.updaters import UpdaterConfig
     from pipeline.corpora import load_corpus
     from pipeline.executors import RayActorPool, init_ray
     from pipeline.label import LabelConfig, label
+    from storage.checkpoints import load_student, load_teacher
     from storage.run_dir import RunDir
     from storage.stream import StreamConfig
     from trainers.common import OptimConfig

@@ -35,8 +35,8 @@ from benchmarks import stamp
 from jobs.pipeline import actor_config, dmt_phase_config, online_config
 from jobs.recipes import load_recipe
 from jobs.report import resolve_in_out
-from models.checkpoint import load_student, load_teacher
 from pipeline.corpora import load_corpus
+from storage.checkpoints import load_student, load_teacher
 from storage.run_dir import RunDir
 from trainers.dmt import dmt_online
 from trainers.dmt.actor import DMTLoop

@@ -34,12 +34,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.checkpoint import load_teacher, save_teacher
 from models.teacher import Teacher, TeacherConfig
 from pipeline.corpora import load_corpus
 from pipeline.executors import RayActorPool, SerialExecutor, init_ray
 from pipeline.label import LabelConfig, label
 from storage.bucket import Bucket
+from storage.checkpoints import load_teacher, save_teacher
 from storage.schema import Pairs
 from storage.writer import write_shard
 

@@ -86,11 +86,11 @@ def run_one(corpus_name: str, seed: int, archs: tuple[str, ...], b: Budgets) -> 
 
     torch.set_num_threads(1)
     from jobs.recipes import load_recipe
-    from models.checkpoint import load_student, save_teacher
     from models.updaters import UpdaterConfig
     from pipeline.corpora import load_corpus, spec_with
     from pipeline.executors import make_executor
     from pipeline.label import LabelConfig, label
+    from storage.checkpoints import load_student, save_teacher
     from storage.run_dir import RunDir
     from storage.stream import StreamConfig
     from trainers.bptt import BPTTConfig, train_bptt

@@ -155,11 +155,11 @@ def task_pipeline(path: str, lever: dict, teacher_seconds: float, students: list
     """Teacher -> labels (every `label_stride` bytes) -> one student per entry of `students` ({arch, depth,
     steps, lrs}: lr chosen on valid) -> online DMT; also the joint updater of pretraining as it is."""
     _setup()
-    from models.checkpoint import load_student, save_teacher
     from models.updaters import UpdaterConfig
     from pipeline.corpora import spec_with
     from pipeline.executors import make_executor
     from pipeline.label import LabelConfig, label
+    from storage.checkpoints import load_student, save_teacher
     from storage.run_dir import RunDir
     from storage.stream import StreamConfig
     from trainers.common import OptimConfig

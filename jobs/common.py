@@ -30,9 +30,9 @@ class Job(Protocol):
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    from models.checkpoint import CheckpointError
     from models.teacher import ConfigError
     from pipeline.corpora import CorpusError
+    from storage.checkpoints import CheckpointError
     from storage.errors import StorageError
 
     return (CheckpointError, ConfigError, CorpusError, StorageError, ValueError, FileNotFoundError)

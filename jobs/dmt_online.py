@@ -26,8 +26,8 @@ class DMTOnlineJob:
     """No progress bar."""
 
     def execute(self) -> int:
-        from models.checkpoint import load_student, load_teacher
         from pipeline.corpora import load_corpus
+        from storage.checkpoints import load_student, load_teacher
         from trainers.dmt import dmt_online
 
         teacher, fp, _ = load_teacher(f"{self.run}/teacher")

@@ -60,13 +60,13 @@ class EvalJob:
 
 def _exists(url: str) -> bool:
     """A teacher or student checkpoint (a train run's own config.json is not one)."""
-    from models.checkpoint import has_checkpoint, read_config
+    from storage.checkpoints import has_checkpoint, read_config
 
     return has_checkpoint(url) and read_config(url).get("kind") in ("teacher", "student")
 
 
 def _fingerprint(url: str) -> str | None:
-    from models.checkpoint import read_config
+    from storage.checkpoints import read_config
 
     return read_config(url).get("fingerprint")
 
@@ -92,7 +92,7 @@ def _run_student(r: str, step: int | None) -> str:
 
 def _teacher_beside(student: str, candidates: list[str]) -> str | None:
     """The first candidate teacher whose fingerprint the student was trained against."""
-    from models.checkpoint import read_config
+    from storage.checkpoints import read_config
 
     want = read_config(student, "student")["model"].get("teacher_fingerprint")
     return next((u for u in candidates if _exists(u) and _fingerprint(u) == want), None) if want else None
@@ -100,7 +100,7 @@ def _teacher_beside(student: str, candidates: list[str]) -> str | None:
 
 def resolve(job: EvalJob) -> tuple[str | None, str | None]:
     """(teacher_url, student_url) for a checkpoint folder or any folder an smt command writes."""
-    from models.checkpoint import read_config
+    from storage.checkpoints import read_config
 
     r = job.run.rstrip("/")
     parent = r.rsplit("/", 1)[0] if "/" in r else "."
@@ -144,8 +144,8 @@ def _dmt_report_run(r: str) -> str | None:
 def evaluate_run(job: EvalJob) -> dict:
     import torch
 
-    from models.checkpoint import load_student, load_teacher
     from pipeline.corpora import load_corpus
+    from storage.checkpoints import load_student, load_teacher
     from trainers.evaluate import eval_batch, evaluate_student, evaluate_teacher
     from trainers.ngram import count_baselines
 

@@ -88,10 +88,10 @@ def wired(cfg: T, where: str, **values) -> T:
 def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, say=None) -> dict:
     import torch
 
-    from models.checkpoint import load_student, save_teacher
     from pipeline.corpora import load_corpus
     from pipeline.executors import init_ray
     from pipeline.label import label
+    from storage.checkpoints import load_student, save_teacher
     from storage.run_dir import RunDir
     from trainers.evaluate import eval_batch, evaluate_student, evaluate_teacher
     from trainers.heldout import sample_models, score_models, split_sizes, token_unit
@@ -255,7 +255,7 @@ def _dmt_lockstep(rc, ray, targets, teacher_url, run_url, corpus, prompt, gpus, 
     """Aggregated DMT as the design draws it: a trainer actor streams the target set while the DMT actor
     appends one relabeled round per `dmt.every` trainer steps (lockstep: the trainer waits rather than
     train on relabels more than 2 x dmt.every steps old)."""
-    from models.checkpoint import load_student
+    from storage.checkpoints import load_student
     from storage.run_dir import RunDir, step_dir
     from trainers.dmt import DMTLoop, round_reports
 
@@ -335,7 +335,7 @@ def actor_config(rc, targets, run_url, corpus, teacher_url, prompt, first_step=N
 
 def _dmt_online(rc, ray, targets, teacher_url, run_url, corpus, teacher, fp, prompt, gpus, say, mark, evaluate):
     """The DMT actor relabels each round for the record; the student takes on-policy DMT steps in between."""
-    from models.checkpoint import load_student, save_student
+    from storage.checkpoints import load_student, save_student
     from storage.run_dir import RunDir
     from trainers.dmt import DMTLoop, dmt_online
 

@@ -12,7 +12,6 @@ with N Ray Train DDP workers (connecting to the job's cluster under `ray job sub
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -39,6 +38,8 @@ class PretrainJob:
     they resume from the newest checkpoint."""
     endpoint_url: str | None = None
     """S3 endpoint for every URL of this job (default: AWS_ENDPOINT_URL)."""
+    take_over: bool = False
+    """Take the run from a live writer (another process training it): that one stops at its next checkpoint."""
     quiet: bool = False
     """No progress bar."""
 
@@ -47,22 +48,23 @@ class PretrainJob:
             raise ValueError(f"--workers {self.workers} must be >= 1")
 
     def execute(self) -> int:
-        from models.checkpoint import publish_teacher
         from pipeline.corpora import load_corpus
         from storage.bucket import Bucket
+        from storage.checkpoints import publish_teacher
+        from storage.lease import Writer
         from trainers.pretrain import pretrain, run_summary
 
-        if self.endpoint_url:  # checkpoints are written through fsspec URLs too: one endpoint for the whole job
-            os.environ.setdefault("AWS_ENDPOINT_URL", self.endpoint_url)
         corpus = load_corpus(self.corpus)  # validates the spec before any worker starts
+        writer = Writer(take_over=self.take_over)  # every worker and restart of this job is this one writer
         if self.workers > 1:
             from trainers.distributed import pretrain_with_ray
 
             pretrain_with_ray(corpus.spec, self.pretrain, self.out, workers=self.workers,
                               endpoint_url=self.endpoint_url, gpus_per_worker=self.gpus_per_worker, quiet=self.quiet,
-                              max_failures=self.max_failures)
+                              max_failures=self.max_failures, writer=writer)
         else:
-            pretrain(corpus, self.pretrain, out=self.out, quiet=self.quiet, endpoint_url=self.endpoint_url)
+            pretrain(corpus, self.pretrain, out=self.out, quiet=self.quiet, endpoint_url=self.endpoint_url,
+                     writer=writer)
         s = run_summary(self.out, self.endpoint_url)
         f = s["final"]
         how = f"resumed at step {s['starts'][-1]}, " if len(s["starts"]) > 1 else ""

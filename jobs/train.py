@@ -43,6 +43,8 @@ class TrainJob:
     """Manifest generation to start from (default: the newest)."""
     endpoint_url: str | None = None
     """S3 endpoint (default: AWS_ENDPOINT_URL)."""
+    take_over: bool = False
+    """Take the run from a live writer (another process training it): that one stops at its next checkpoint."""
     quiet: bool = False
     """No progress bar."""
 
@@ -51,18 +53,22 @@ class TrainJob:
             raise ValueError(f"--workers {self.workers} must be >= 1")
 
     def execute(self) -> int:
+        from storage.lease import Writer
+
         cfg, hooks, arch = self.train, self.dmt.hooks(), self.train.updater.arch
+        writer = Writer(take_over=self.take_over)  # every worker and restart of this job is this one writer
         if self.workers > 1:
             from trainers.distributed import train_with_ray
 
             train_with_ray(self.targets, self.teacher, self.out, cfg, workers=self.workers,
-                           endpoint_url=self.endpoint_url, generation=self.generation, quiet=self.quiet, hooks=hooks)
+                           endpoint_url=self.endpoint_url, generation=self.generation, quiet=self.quiet, hooks=hooks,
+                           writer=writer)
             print(f"smt train: {self.workers} workers trained a {arch} student to step {cfg.steps}: {self.out}")
             return 0
         from trainers.student import run_training
 
         out = run_training(self.targets, self.teacher, self.out, cfg, endpoint_url=self.endpoint_url,
-                           generation=self.generation, quiet=self.quiet, hooks=hooks)
+                           generation=self.generation, quiet=self.quiet, hooks=hooks, writer=writer)
         how = f"resumed from step {out['resumed_from']}, " if out["resumed_from"] is not None else ""
         print(f"smt train: {how}{arch} student at step {out['step']}: {out['run']}")
         return 0

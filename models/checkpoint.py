@@ -1,4 +1,5 @@
-"""Checkpoints: safetensors weights + a JSON config + a fingerprint, at any fsspec URL. No pickle.
+"""Checkpoints as bytes: safetensors weights + a JSON config + a fingerprint. No pickle, and no I/O here:
+`storage/checkpoints.py` reads and writes them through a `Bucket` (one endpoint, retries, durable writes).
 
 Layout of a checkpoint folder:
     weights.safetensors   tensors only
@@ -15,7 +16,6 @@ import hashlib
 import json
 from typing import Any
 
-import fsspec
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
@@ -41,65 +41,42 @@ def fingerprint(kind: str, model: dict, tensors: dict[str, torch.Tensor]) -> str
     return h.hexdigest()
 
 
-def _join(url: str, name: str) -> str:
-    return url.rstrip("/") + "/" + name
-
-
-def save_checkpoint(url: str, kind: str, model: dict, tensors: dict[str, torch.Tensor],
-                    meta: dict | None = None) -> str:
-    """Write weights then config (config last: a folder without config.json is not a checkpoint).
-    Returns the fingerprint."""
+def encode(kind: str, model: dict, tensors: dict[str, torch.Tensor], meta: dict | None = None
+           ) -> tuple[dict[str, bytes], str]:
+    """The files of a checkpoint folder ({WEIGHTS: ..., CONFIG: ...}) and its fingerprint. Writers put
+    WEIGHTS first and CONFIG last: a folder without config.json is not a checkpoint."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     fp = fingerprint(kind, model, tensors)
-    fs, path = fsspec.core.url_to_fs(url)
-    fs.makedirs(path, exist_ok=True)
-    with fs.open(_join(path, WEIGHTS), "wb") as f:
-        f.write(st_save(tensors))
     cfg = {"kind": kind, "model": model, "fingerprint": fp, "meta": meta or {}}
-    with fs.open(_join(path, CONFIG), "wb") as f:
-        f.write(json.dumps(cfg, indent=2, sort_keys=True).encode())
-    return fp
+    return {WEIGHTS: st_save(tensors), CONFIG: json.dumps(cfg, indent=2, sort_keys=True).encode()}, fp
 
 
-def read_config(url: str, kind: str | tuple[str, ...] | None = None) -> dict:
-    """The checkpoint's config JSON only (kind, model, fingerprint, meta): a cheap check before heavy work."""
-    fs, path = fsspec.core.url_to_fs(url)
+def decode_config(data: bytes, where: str, kind: str | tuple[str, ...] | None = None) -> dict:
+    """A checkpoint's config.json, checked to be JSON of the expected `kind`; `where` names it in errors."""
     try:
-        with fs.open(_join(path, CONFIG), "rb") as f:
-            cfg = json.loads(f.read())
-    except FileNotFoundError:
-        raise CheckpointError(f"no checkpoint at {url} (missing {CONFIG}): check the path or create one "
-                              "with `smt pretrain`") from None
+        cfg = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"checkpoint {url}: {CONFIG} is not valid JSON ({e}): re-create the checkpoint") from None
+        raise CheckpointError(f"checkpoint {where}: {CONFIG} is not valid JSON ({e}): re-create the checkpoint") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"checkpoint {where}: {CONFIG} is not a JSON object: re-create the checkpoint")
     kinds = (kind,) if isinstance(kind, str) else kind
     if kinds and cfg.get("kind") not in kinds:
-        raise CheckpointError(f"checkpoint {url} is a {cfg.get('kind')!r} checkpoint, expected {' or '.join(kinds)}: "
+        raise CheckpointError(f"checkpoint {where} is a {cfg.get('kind')!r} checkpoint, expected {' or '.join(kinds)}: "
                               "pass the right path")
     return cfg
 
 
-def load_checkpoint(url: str, kind: str | tuple[str, ...] | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Read and verify a checkpoint; returns (config, tensors)."""
-    cfg = read_config(url, kind)
-    fs, path = fsspec.core.url_to_fs(url)
+def decode_weights(cfg: dict, data: bytes, where: str) -> dict[str, torch.Tensor]:
+    """The tensors of WEIGHTS, verified against the fingerprint `cfg` records (a torn or mixed folder is refused)."""
     try:
-        with fs.open(_join(path, WEIGHTS), "rb") as f:
-            tensors = st_load(f.read())
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {url} has no {WEIGHTS}: re-create the checkpoint") from None
+        tensors = st_load(data)
     except (SafetensorError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"checkpoint {url}: {WEIGHTS} is corrupt ({e}): re-create the checkpoint") from None
+        raise CheckpointError(f"checkpoint {where}: {WEIGHTS} is corrupt ({e}): re-create the checkpoint") from None
     fp = fingerprint(cfg["kind"], cfg["model"], tensors)
     if fp != cfg.get("fingerprint"):
-        raise CheckpointError(f"checkpoint {url}: weights do not match the recorded fingerprint "
+        raise CheckpointError(f"checkpoint {where}: weights do not match the recorded fingerprint "
                               f"({fp[:12]} != {str(cfg.get('fingerprint'))[:12]}): the files are corrupt or mixed")
-    return cfg, tensors
-
-
-def has_checkpoint(url: str) -> bool:
-    fs, path = fsspec.core.url_to_fs(url)
-    return fs.exists(_join(path, CONFIG))
+    return tensors
 
 
 # ---- typed save/load for the project's models ---------------------------------------------------------
@@ -115,67 +92,40 @@ def teacher_config(d: dict):
     return TeacherConfig(**{**LEGACY_TEACHER, **d})
 
 
-def save_teacher(url: str, teacher, meta: dict | None = None) -> str:
-    return save_checkpoint(url, "teacher", {"teacher": teacher.cfg.to_dict()}, teacher.state_dict(), meta)
+def teacher_model(teacher) -> dict:
+    """The `model` dict of a teacher checkpoint."""
+    return {"teacher": teacher.cfg.to_dict()}
 
 
-def load_teacher(url: str, device: str | torch.device = "cpu"):
-    """Returns (teacher in eval mode, fingerprint, config dict)."""
+def student_model(student, teacher_fingerprint: str | None) -> dict:
+    """The `model` dict of a student checkpoint (with the fingerprint of the teacher it was trained against)."""
+    return {"teacher": student.teacher_cfg.to_dict(), "updater": student.updater_cfg.to_dict(),
+            "teacher_fingerprint": teacher_fingerprint}
+
+
+def build_teacher(cfg: dict, tensors: dict[str, torch.Tensor], where: str):
+    """The teacher (eval mode, on CPU) of a verified teacher checkpoint."""
     from models.teacher import Teacher
 
-    cfg, tensors = load_checkpoint(url, "teacher")
     teacher = Teacher(teacher_config(cfg["model"]["teacher"]))
-    _load_state(teacher, tensors, url)
-    return teacher.to(device).eval(), cfg["fingerprint"], cfg
+    _load_state(teacher, tensors, where)
+    return teacher.eval()
 
 
-def save_student(url: str, student, teacher_fingerprint: str | None, meta: dict | None = None) -> str:
-    model = {"teacher": student.teacher_cfg.to_dict(), "updater": student.updater_cfg.to_dict(),
-             "teacher_fingerprint": teacher_fingerprint}
-    return save_checkpoint(url, "student", model, student.state_dict(), meta)
-
-
-def load_student(url: str, device: str | torch.device = "cpu"):
-    """Returns (student in eval mode, teacher fingerprint it was trained against (or None), config dict)."""
+def build_student(cfg: dict, tensors: dict[str, torch.Tensor], where: str):
+    """The student (eval mode, on CPU) of a verified student checkpoint."""
     from models.student_rnn import Student
     from models.updaters import UpdaterConfig
 
-    cfg, tensors = load_checkpoint(url, "student")
     m = cfg["model"]
     student = Student(UpdaterConfig(**m["updater"]), teacher_config(m["teacher"]))
-    _load_state(student, tensors, url)
-    return student.to(device).eval(), m.get("teacher_fingerprint"), cfg
+    _load_state(student, tensors, where)
+    return student.eval()
 
 
-def _load_state(module: torch.nn.Module, tensors: dict, url: str) -> None:
+def _load_state(module: torch.nn.Module, tensors: dict, where: str) -> None:
     try:
         module.load_state_dict(tensors, strict=True)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
-        raise CheckpointError(f"checkpoint {url} does not fit its recorded config ({first}): re-create it") from None
-
-
-
-# ---- publishing: where the pipeline looks for a target set's teacher ------------------------------------
-def teacher_home(fingerprint: str) -> str:
-    """`teachers/<fingerprint>`, relative to a bucket root: the teacher of its `targets/<fingerprint>/...`."""
-    return f"teachers/{fingerprint}"
-
-
-def publish_teacher(src: str, bucket) -> str:
-    """Copy the teacher checkpoint at `src` into `bucket` (a `storage.Bucket`: its endpoint and retries apply)
-    at `teacher_home(fp)`, weights first and config.json last, and return its URL, so that `smt train` and
-    `smt dmt` find it from a target set alone. `src` is verified first; a copy already there whose config
-    names the same fingerprint is kept, so publishing again (a rerun, a second labeling) is harmless."""
-    cfg, tensors = load_checkpoint(src, "teacher")
-    fp = cfg["fingerprint"]
-    home = teacher_home(fp)
-    if bucket.exists(f"{home}/{CONFIG}"):
-        try:
-            if json.loads(bucket.read_bytes(f"{home}/{CONFIG}")).get("fingerprint") == fp:
-                return bucket.url(home)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            pass  # a damaged copy: replace it
-    bucket.write_bytes(f"{home}/{WEIGHTS}", st_save({k: v.contiguous() for k, v in tensors.items()}))
-    bucket.write_bytes(f"{home}/{CONFIG}", json.dumps(cfg, indent=2, sort_keys=True).encode())
-    return bucket.url(home)
+        raise CheckpointError(f"checkpoint {where} does not fit its recorded config ({first}): re-create it") from None

@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from models.checkpoint import CheckpointError, load_teacher, publish_teacher
 from models.device import autocast, pick_device
 from pipeline.corpora import Corpus, CorpusError, load_corpus, spec_with
 from pipeline.stage import Resources, ShardRange, Stage, shard_ranges
 from storage.bucket import Bucket
+from storage.checkpoints import CheckpointError, load_teacher, publish_teacher
 from storage.codec import check_dtype
 from storage.errors import BucketError, ObjectNotFound, StorageError
 from storage.formats import FORMATS, shard_sha256
@@ -138,9 +138,9 @@ class LabelReport:
 
 
 # --------------------------------------------------------------------------------------------- driver
-def _load_teacher(url: str, device: str | torch.device = "cpu"):
+def _load_teacher(url: str, device: str | torch.device = "cpu", endpoint_url: str | None = None):
     try:
-        return load_teacher(url, device)
+        return load_teacher(url, device, endpoint_url=endpoint_url)
     except CheckpointError:
         raise
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -182,7 +182,7 @@ def prepare(cfg: LabelConfig) -> LabelPlan:
         corpus = load_corpus(spec_with(corpus.spec, stride=cfg.stride))
     if corpus.num_sequences < 1:
         raise CorpusError(f"corpus {corpus.spec!r} has no sequences: point it at non-empty data")
-    teacher, fp, ckpt = _load_teacher(cfg.teacher, "cpu")
+    teacher, fp, ckpt = _load_teacher(cfg.teacher, "cpu", cfg.endpoint_url)
     tcfg = teacher.cfg
     if corpus.vocab_size > tcfg.vocab_size:
         raise LabelError(f"corpus {corpus.spec!r} has tokens up to {corpus.vocab_size - 1} but the teacher's "
@@ -291,7 +291,7 @@ class LabelStage(Stage):
         if self.resources.num_cpus >= 1 and self.resources.num_gpus == 0:
             torch.set_num_threads(int(self.resources.num_cpus))
         self._device = pick_device(self.device)
-        self._model, fp, _ = _load_teacher(self.teacher, self._device)
+        self._model, fp, _ = _load_teacher(self.teacher, self._device, self.endpoint_url)
         if fp != self.fingerprint:
             raise CheckpointError(f"teacher {self.teacher} changed during labeling (fingerprint {fp[:12]} != "
                                   f"{self.fingerprint[:12]}): rerun")

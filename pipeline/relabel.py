@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from models.checkpoint import CheckpointError, load_student, load_teacher, read_config
 from models.device import pick_device
 from models.teacher import encoder_kind
 from pipeline.corpora import load_corpus
 from pipeline.stage import Resources, ShardRange, Stage
 from storage.bucket import Bucket
+from storage.checkpoints import CheckpointError, load_student, load_teacher, read_config
 from storage.manifest import Generation, ShardEntry, newest_generation, read_generation
 from storage.rounds import commit_rounds, register_run, rounds_bucket
 from storage.schema import Pairs
@@ -100,11 +100,11 @@ class RelabelStage(Stage):
         if self.resources.num_cpus >= 1 and self.resources.num_gpus == 0:
             torch.set_num_threads(int(self.resources.num_cpus))
         self._device = pick_device(self.device)
-        self._teacher, fp, _ = load_teacher(self.teacher, self._device)
+        self._teacher, fp, _ = load_teacher(self.teacher, self._device, endpoint_url=self.endpoint_url)
         if fp != self.fingerprint:
             raise CheckpointError(f"teacher {self.teacher} has fingerprint {fp[:16]}, the target set "
                                   f"{self.fingerprint[:16]}: pass the teacher that labeled it")
-        self._student, sfp, _ = load_student(self.student, self._device)
+        self._student, sfp, _ = load_student(self.student, self._device, endpoint_url=self.endpoint_url)
         if sfp != self.fingerprint:
             raise CheckpointError(f"student {self.student} was trained against teacher {str(sfp)[:16]}, the target "
                                   f"set is labeled by {self.fingerprint[:16]}: relabel with a matching student")
@@ -210,11 +210,11 @@ def check_relabel(cfg: RelabelConfig) -> tuple[Generation, object, int] | None:
         raise RelabelError(f"start={cfg.start}, Td={Td} does not fit sequences of length {corpus.seq_len}: "
                            "shorten --Td or --start")
     fp = gen.teacher_fingerprint
-    tfp = read_config(cfg.teacher, "teacher").get("fingerprint")
+    tfp = read_config(cfg.teacher, "teacher", endpoint_url=cfg.endpoint_url).get("fingerprint")
     if tfp != fp:
         raise RelabelError(f"teacher {cfg.teacher} has fingerprint {str(tfp)[:16]}, the target set {fp[:16]}: "
                            "pass the teacher that labeled it")
-    sfp = read_config(cfg.student, "student")["model"].get("teacher_fingerprint")
+    sfp = read_config(cfg.student, "student", endpoint_url=cfg.endpoint_url)["model"].get("teacher_fingerprint")
     if sfp != fp:
         raise RelabelError(f"student {cfg.student} was trained against teacher {str(sfp)[:16]}, the target set "
                            f"is labeled by {fp[:16]}: pass the run trained on this target set")

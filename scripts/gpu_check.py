@@ -46,10 +46,10 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pretrain-seconds", type=float, default=60)
     args = ap.parse_args()
-    from models.checkpoint import load_student, save_teacher
     from models.teacher import TeacherConfig
     from models.updaters import UpdaterConfig
     from pipeline.corpora import load_corpus
+    from storage.checkpoints import load_student, save_teacher
     from trainers.common import OptimConfig
     from trainers.evaluate import eval_batch, evaluate_student
     from trainers.pretrain import PretrainConfig, pretrain
@@ -143,7 +143,7 @@ def main() -> int:
 
     @step("dmt_online_gpu")
     def _dmt():
-        from models.checkpoint import load_teacher
+        from storage.checkpoints import load_teacher
         from trainers.dmt import OnlineDMTConfig, dmt_online
 
         teacher, _fp, _ = load_teacher(str(work / "pt" / "teacher"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.checkpoint import save_teacher
+from storage.checkpoints import save_teacher
 from tests.label_data import STREAM_T, STREAM_TC, VOCAB, tiny_teacher
 
 

@@ -2,7 +2,10 @@
 import pytest
 import torch
 
-from models.checkpoint import (
+from models.student_rnn import Student
+from models.teacher import Teacher, TeacherConfig
+from models.updaters import UpdaterConfig
+from storage.checkpoints import (
     CheckpointError,
     fingerprint,
     load_student,
@@ -11,9 +14,6 @@ from models.checkpoint import (
     save_student,
     save_teacher,
 )
-from models.student_rnn import Student
-from models.teacher import Teacher, TeacherConfig
-from models.updaters import UpdaterConfig
 
 CFG = {"vocab_size": 7, "d_model": 16, "n_heads": 2, "encoder_depth": 1, "decoder_depth": 1, "mem_tokens": 2}
 

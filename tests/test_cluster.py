@@ -80,7 +80,7 @@ def _submit(ray_bin: str, address: str, env: dict, args: list[str]) -> subproces
 def test_ray_job_submit_pretrains_on_two_workers_and_publishes(cluster):
     import json
 
-    from models.checkpoint import load_teacher
+    from storage.checkpoints import load_teacher
 
     ray_bin, address, env, tmp = cluster
     run, bucket = tmp / "runs" / "pt", tmp / "bucket"
@@ -101,9 +101,9 @@ def test_ray_job_submit_pretrains_on_two_workers_and_publishes(cluster):
 def test_ray_job_submit_labels_shards(cluster):
     import torch
 
-    from models.checkpoint import save_teacher
     from models.teacher import Teacher, TeacherConfig
     from pipeline.corpora import load_corpus
+    from storage.checkpoints import save_teacher
     from storage.reader import TargetSet
 
     ray_bin, address, env, tmp = cluster

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-from models.checkpoint import load_student, save_student, save_teacher
 from models.student_rnn import Student
 from models.updaters import UpdaterConfig, matched_updater
 from pipeline.corpora import load_corpus
@@ -23,6 +22,7 @@ from pipeline.executors import RayActorPool, SerialExecutor
 from pipeline.label import LabelConfig, label
 from pipeline.relabel import RelabelConfig, relabel, relabel_batch, round_items
 from storage.bucket import Bucket
+from storage.checkpoints import load_student, save_student, save_teacher
 from storage.manifest import newest_generation, read_generation
 from storage.reader import TargetSet
 from storage.rounds import RunSource, rounds_bucket
@@ -158,7 +158,8 @@ def test_loop_follows_a_real_training_run(labeled, tmp_path):
     reps = loop.run()
     assert [r["round"] for r in reps] == [2] and reps[0]["committed"]
     pins = [json.loads(rounds_bucket(run).read_bytes(f"dmt/intent-{r:03d}.json")) for r in (1, 2)]
-    assert pins == [{"step": 30, "path": "checkpoints/step-00000030"}, {"step": 50, "path": "checkpoints/step-00000050"}]
+    # each round pins a copy of its checkpoint in policy/, which the trainer's retention never prunes
+    assert pins == [{"step": 30, "path": "policy/step-00000030"}, {"step": 50, "path": "policy/step-00000050"}]
     assert [(r["student_step"], r["generation"]) for r in round_reports(run)] == [(30, 1), (50, 2)]
     assert load_student(f"{run}/checkpoints/step-00000050/student")[1] == d["fp"]
     assert loop.run() == []  # restart: nothing left to do
@@ -366,7 +367,7 @@ def test_fresh_round_replays_the_relabel_with_the_current_student(labeled, tmp_p
     seq = np.array([ts.read_shard(ts.shards[int(s)]).seq[int(i)] for s, i in zip(batch["shard"], batch["index"])])
     pos = np.array([ts.read_shard(ts.shards[int(s)]).pos[int(i)] for s, i in zip(batch["shard"], batch["index"])])
     x, y = corpus.get(np.unique(seq))
-    from models.checkpoint import load_teacher
+    from storage.checkpoints import load_teacher
     p, _, _ = relabel_batch(sb, load_teacher(d["teacher"])[0], x, y, np.unique(seq))
     want = {(int(q), int(t)): p.state_in[k] for k, (q, t) in enumerate(zip(p.seq, p.pos))}
     np.testing.assert_allclose(batch["state_in"].numpy(), np.stack([want[(int(q), int(t))] for q, t in zip(seq, pos)]),

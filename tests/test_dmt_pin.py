@@ -45,4 +45,4 @@ def test_failed_dmt_leaves_no_pin(tmp_path, capsys, fault):
     # the next, correct run is not bound by the failed one: it pins and relabels its own student
     assert _dmt(d, good) == 0
     pin = json.loads(rounds_bucket(good).read_bytes("dmt/intent-001.json"))
-    assert pin == {"step": 100, "path": "checkpoints/step-00000100"}
+    assert pin == {"step": 100, "path": "policy/step-00000100"}  # a copy retention never prunes

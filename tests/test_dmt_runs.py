@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from jobs.inspect import main as inspect_main
-from models.checkpoint import load_student, save_teacher
 from models.updaters import UpdaterConfig
 from pipeline.executors import SerialExecutor
 from pipeline.label import LabelConfig, label
 from storage.bucket import Bucket
+from storage.checkpoints import load_student, save_teacher
 from storage.manifest import newest_generation, read_generation
 from storage.rounds import rounds_bucket
 from storage.stream import StreamConfig
@@ -72,8 +72,8 @@ def _dmt(d: dict, run: str, arch: str, errors: list) -> list[threading.Thread]:
     return [threading.Thread(target=trainer), threading.Thread(target=loop)]
 
 
-def _weights(run: str, step: int) -> dict[str, torch.Tensor]:
-    return load_student(f"{run}/checkpoints/step-{step:08d}/student")[0].state_dict()
+def _weights(run: str, step: int, endpoint: str | None = None) -> dict[str, torch.Tensor]:
+    return load_student(f"{run}/checkpoints/step-{step:08d}/student", endpoint_url=endpoint)[0].state_dict()
 
 
 def _round_table(run: str, endpoint: str | None) -> list[tuple[int, str, str]]:
@@ -88,7 +88,6 @@ def test_two_students_dmt_on_one_target_set_each_on_its_own_rounds(where, tmp_pa
     alone (so neither trainer ever read the other's rounds)."""
     if where == "s3":
         url, endpoint = request.getfixturevalue("s3_bucket")
-        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)  # checkpoint loads read the run through the env
         root = url
     else:
         endpoint, root = None, str(tmp_path / "bucket")
@@ -126,7 +125,7 @@ def test_two_students_dmt_on_one_target_set_each_on_its_own_rounds(where, tmp_pa
     for run in (runs["mlp"], runs["gru"]):
         assert [(r["round"], r["student_step"], r["generation"]) for r in round_reports(run, endpoint)] == \
             [(1, 10, 1), (2, 15, 2)]
-    a, b = _weights(runs["mlp"], 20), _weights(runs["solo"], 20)
+    a, b = _weights(runs["mlp"], 20, endpoint), _weights(runs["solo"], 20, endpoint)
     for k in a:
         assert torch.equal(a[k], b[k]), k
     # inspect: the shared set, then each run's rounds pinned on its generation 1

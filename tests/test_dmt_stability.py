@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from models.checkpoint import load_student, load_teacher
 from models.student_rnn import Student
 from models.updaters import UpdaterConfig, matched_updater
 from pipeline.corpora import load_corpus
 from pipeline.executors import SerialExecutor
 from pipeline.relabel import RelabelConfig, relabel
+from storage.checkpoints import load_student, load_teacher
 from storage.reader import TargetSet
 from storage.rounds import RunSource, rounds_bucket
 from storage.run_dir import RunDir, unflatten_optimizer
@@ -89,7 +89,7 @@ def test_lockstep_beta_mixes_the_stated_share_of_round_0(labeled, tmp_path):
     """Each generation's epoch holds round-0 records in the share teacher_share(beta, half-life, newest-1,
     floor = round 0's configured share) gives, and the configured share without beta."""
     d = labeled
-    from models.checkpoint import save_student
+    from storage.checkpoints import save_student
     save_student(str(tmp_path / "s"), _student(d, 1), d["fp"], {})
     for r in (1, 2, 3):
         relabel(RelabelConfig(targets=d["targets"], run=d["run"], teacher=d["teacher"], student=str(tmp_path / "s"),

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from jobs.label import main
-from models.checkpoint import load_teacher
 from pipeline.corpora import load_corpus
 from pipeline.executors import SerialExecutor
 from pipeline.label import LabelConfig, label
+from storage.checkpoints import load_teacher
 from storage.reader import TargetSet
 from tests.label_data import (
     PREFIX_SPEC,

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from models.checkpoint import load_teacher
 from pipeline.corpora import load_corpus
 from pipeline.executors import SerialExecutor
 from pipeline.label import LabelConfig, label
+from storage.checkpoints import load_teacher
 from tests.label_data import PREFIX_SPEC, STREAM_TC, expected_states, read_segments, shard_table
 
 pytest_plugins = ["tests.label_fixtures"]

@@ -16,10 +16,10 @@ import torch
 
 from jobs.cli import main as smt
 from jobs.dmt import default_teacher
-from models.checkpoint import load_teacher
 from models.teacher import TeacherConfig
 from models.updaters import UpdaterConfig
 from pipeline.corpora import load_corpus
+from storage.checkpoints import load_teacher
 from storage.run_dir import LATEST, RunDir
 from trainers.pretrain import PretrainConfig, pretrain
 from trainers.pretrain_state import batch_at
@@ -139,7 +139,6 @@ def test_kill9_then_same_command_resumes_local_folder(tmp_path):
 @pytest.mark.slow  # two more process starts against the S3 endpoint: about a minute on a loaded 2-core machine
 def test_kill9_then_same_command_resumes_on_s3(s3_bucket, tmp_path, monkeypatch):
     bucket, endpoint = s3_bucket
-    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)   # checkpoints are written through fsspec URLs as well
     env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
     run = RunDir(f"{bucket}/runs/killed", endpoint_url=endpoint)
     first = _kill_and_rerun(run.url, lambda: (run.latest() or {}).get("step"), env,

@@ -12,9 +12,9 @@ import socket
 import pytest
 import torch
 
-from models.checkpoint import load_teacher
 from models.teacher import TeacherConfig
 from models.updaters import UpdaterConfig
+from storage.checkpoints import load_teacher
 from storage.run_dir import LATEST
 from trainers.pretrain import PretrainConfig
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import io
-import json
 import re
 
 import pytest
 
 from jobs.bptt import main as bptt_main
 from pipeline.progress import Progress
-from storage.bucket import Bucket
+from storage.run_dir import RunDir
 from storage.stream import StreamConfig
 from tests.train_fixtures import make_target_set
 from trainers.student import StudentTrainConfig, run_training
@@ -68,21 +67,25 @@ def test_bptt_seconds_budget_logs_plain_lines(tmp_path, capsys):
     assert re.match(r"bptt: \d+\.\d/0\.5 s \(\d+%\) step \d+ ", last)  # elapsed/total seconds, not a step total
 
 
-def test_student_run_on_s3_keeps_its_metrics(s3_bucket, tmp_path, monkeypatch):
-    url, endpoint = s3_bucket
-    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)  # the checkpoint writer's fsspec finds moto too
+def test_student_run_on_s3_keeps_its_metrics(s3_bucket, tmp_path):
+    url, endpoint = s3_bucket  # the endpoint is passed, never put in the environment: one store for the whole run
     d = make_target_set(str(tmp_path / "bucket"))
     run = f"{url}/runs/gru"
     stream = StreamConfig(batch_size=16, shuffle_buffer=64, seed=1, prefetch=0)
     cfg = StudentTrainConfig(stream=stream, steps=6, checkpoint_every=3, device="cpu")
     run_training(d["targets"], d["teacher"], run, cfg, endpoint_url=endpoint, quiet=True)
-    b = Bucket.from_url(run, endpoint_url=endpoint)
-    rows = [json.loads(ln) for ln in b.read_bytes("metrics.jsonl").decode().splitlines()]
+    rd = RunDir(run, endpoint_url=endpoint)
+    rows = rd.metrics()
     assert [r["step"] for r in rows] == list(range(1, 7)) and all("loss" in r for r in rows)
     more = StudentTrainConfig(stream=stream, steps=9, checkpoint_every=3, device="cpu")
     run_training(d["targets"], d["teacher"], run, more, endpoint_url=endpoint, quiet=True)  # resumes at 6
-    rows = [json.loads(ln) for ln in b.read_bytes("metrics.jsonl").decode().splitlines()]
-    assert [r["step"] for r in rows] == list(range(1, 10))
+    assert [r["step"] for r in rd.metrics()] == list(range(1, 10))
+    # appended in parts, one per flush (checkpoint): each row is uploaded once, nothing is re-put whole
+    parts = rd.bucket.glob("metrics/seg-*/part-*.jsonl")
+    assert len(parts) == 3 and not rd.bucket.exists("metrics.jsonl")
+    assert sum(rd.bucket.read_bytes(p).count(b"\n") for p in parts) == 9
+    # the weights went to the same endpoint as the pointer (and nowhere else: the env names no endpoint)
+    assert rd.bucket.exists(f"{rd.latest()['path']}/student/weights.safetensors")
 
 
 pytestmark = pytest.mark.timeout(300)

@@ -9,7 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from models.checkpoint import (
+from models.student_rnn import Student
+from models.teacher import ConfigError, Teacher, TeacherConfig, banded_attention
+from models.updaters import UpdaterConfig
+from storage.checkpoints import (
     CheckpointError,
     fingerprint,
     load_student,
@@ -17,9 +20,6 @@ from models.checkpoint import (
     save_student,
     save_teacher,
 )
-from models.student_rnn import Student
-from models.teacher import ConfigError, Teacher, TeacherConfig, banded_attention
-from models.updaters import UpdaterConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: tiny models, a shared machine
 V = 16

@@ -76,10 +76,10 @@ def test_label_stride_labels_a_fraction_of_a_stream_corpus_and_refuses_prefix_co
     import torch
 
     from jobs.recipes import load_recipe
-    from models.checkpoint import save_teacher
     from models.teacher import Teacher, TeacherConfig
     from pipeline.corpora import load_corpus
     from pipeline.label import LabelConfig, LabelError, prepare
+    from storage.checkpoints import save_teacher
 
     rc = load_recipe("text-bytes-tiny")
     assert rc.label.stride == 384  # the study's label share is the recipe's default

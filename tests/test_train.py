@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from jobs.train import main
-from models.checkpoint import load_student
 from models.updaters import UpdaterConfig
+from storage.checkpoints import load_student
 from storage.errors import FingerprintMismatch
 from storage.run_dir import LATEST
 from storage.stream import StreamConfig

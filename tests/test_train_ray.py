@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from models.checkpoint import load_student
 from models.updaters import UpdaterConfig
+from storage.checkpoints import load_student
 from storage.run_dir import LATEST
 from storage.stream import StreamConfig
 from tests.train_fixtures import make_target_set

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from models.checkpoint import save_teacher
 from models.teacher import Teacher, TeacherConfig
 from pipeline.corpora import load_corpus
 from storage import Segments, TargetSetWriter, target_set_path
+from storage.checkpoints import save_teacher
 
 CORPUS = "retrieval:T=16,vocab=8"
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.checkpoint import save_student
 from models.device import autocast, pick_device
 from models.student_rnn import Student
 from models.teacher import TeacherConfig
 from models.updaters import UpdaterConfig, matched_updater
+from storage.checkpoints import save_student
 from trainers.common import OptimConfig, clip_and_step, open_run
 from trainers.evaluate import eval_batch, evaluate_student
 from trainers.losses import masked_ce

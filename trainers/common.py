@@ -12,8 +12,7 @@ from typing import Any
 import torch
 
 from pipeline.progress import Progress
-from storage.bucket import Bucket
-from storage.errors import ObjectNotFound
+from storage.metrics import MetricsFile
 
 
 @dataclass(kw_only=True)
@@ -68,34 +67,21 @@ CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
 
 
 class MetricsLog:
-    """Keeps one JSON row per logged step (`history`), writes them to `path`, and shows the progress.
+    """Keeps one JSON row per logged step (`history`), writes them, and shows the progress.
 
-    `path` is a local file, or, with `bucket`, a path inside that bucket: on a local folder rows are
-    appended as they come; an object store has no append, so the whole log is re-put at most every
-    `flush_s` seconds, at `flush()` (checkpoints) and on close. A run on `s3://` keeps its metrics."""
+    Rows go to `store` (a run folder's `MetricsFile`, on any bucket: appended locally, one small part per
+    flush on an object store, at most every `flush_s` seconds, at `flush()` (checkpoints) and on close), or
+    to a local file `path` (BPTT and online DMT folders), or nowhere."""
 
     def __init__(self, path: str | Path | None, total: int, desc: str, quiet: bool = False, clock: str = "wall",
-                 start: float = 0.0, *, seconds: float | None = None, bucket: Bucket | None = None,
+                 start: float = 0.0, *, seconds: float | None = None, store: MetricsFile | None = None,
                  flush_s: float = 30.0):
         if clock not in CLOCKS:
             raise ValueError(f"clock={clock!r} is unknown: use one of {', '.join(CLOCKS)}")
-        self.path: Path | None = None
-        self.bucket: Bucket | None = None
-        self.rel = str(path) if path else ""
-        if bucket is not None and path:
-            if bucket.protocol == "file":
-                self.path = Path(bucket._path(self.rel))
-            else:
-                self.bucket = bucket
-        elif path:
-            self.path = Path(path)
+        self.store = store
+        self.path = Path(path) if path and store is None else None
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.head = b""  # an object store's rows from before this process (a resumed run), kept in front
-        if self.bucket is not None:
-            with contextlib.suppress(ObjectNotFound):
-                self.head = self.bucket.read_bytes(self.rel)
-        self.pending = 0
         self.flush_s, self.flushed_at = flush_s, time.monotonic()
         self.progress = Progress(desc, steps=total, seconds=seconds, quiet=quiet)
         self.now = CLOCKS[clock]
@@ -121,26 +107,26 @@ class MetricsLog:
         if self.path:
             with self.path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
-        elif self.bucket is not None:
-            self.pending += 1
+        elif self.store is not None:
+            self.store.append(row)
             if time.monotonic() - self.flushed_at >= self.flush_s:
                 self.flush()
         self.progress.postfix(**{k: v for k, v in row.items() if isinstance(v, float) and k != "time"})
         return row
 
     def flush(self) -> None:
-        """Put the whole log to the object store now (a no-op for local files, which are appended)."""
-        if self.bucket is not None and self.pending:
-            rows = "".join(json.dumps(r) + "\n" for r in self.history).encode()
-            self.bucket.write_bytes(self.rel, self.head + rows)
-            self.pending, self.flushed_at = 0, time.monotonic()
+        """Make the rows so far durable in the run folder (a checkpoint was just committed)."""
+        if self.store is not None:
+            self.store.flush()
+            self.flushed_at = time.monotonic()
 
     def advance(self, n: int = 1) -> None:
         self.progress.advance(n, elapsed=self.elapsed())
 
     def close(self) -> None:
         self.progress.close()
-        self.flush()
+        if self.store is not None:
+            self.store.close()
 
 
 def open_run(out: str | Path | None, stage: str, corpus_spec: str, cfg: Any, quiet: bool) -> tuple[Path | None, MetricsLog]:

@@ -14,6 +14,7 @@ rank 0 evaluates, decides the curriculum and stopping, and writes checkpoints an
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Callable
@@ -25,6 +26,7 @@ import torch
 from models.device import autocast, pick_device
 from models.teacher import TeacherConfig
 from models.updaters import UpdaterConfig
+from storage.lease import Writer
 from storage.run_dir import Retention, RunDir
 from trainers.common import MetricsLog, OptimConfig, clip_and_step
 from trainers.evaluate import eval_batch, evaluate_student, evaluate_teacher
@@ -98,8 +100,8 @@ def pretrain(corpus, cfg: PretrainConfig, out: str | Path | None = None, quiet: 
              on_stage_end: Callable[[torch.nn.Module, torch.nn.Module, object, dict], None] | None = None,
              endpoint_url: str | None = None, rank: int = 0,
              world_size: int = 1, sync: Callable[[list[int]], list[int]] | None = None,
-             wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None) -> dict:
-    """Train (or resume the run at `out`); returns {"teacher", "student", "history", "final", "seconds",
+             wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None, writer: Writer | None = None) -> dict:
+    """Train (or resume the run at `out`, as `writer`: the run's lease holder); returns {"teacher", "student", "history", "final", "seconds",
     "steps", "resumed_from", and with `out` "fingerprint", "run"}. Without `out` nothing is written.
     `sync` broadcasts rank 0's list of ints to every worker (needed when world_size > 1).
     `reporter(student, row) -> dict`, when given, runs after each evaluation off the training clock and its
@@ -110,93 +112,94 @@ def pretrain(corpus, cfg: PretrainConfig, out: str | Path | None = None, quiet: 
     dev = pick_device(cfg.device)
     cfg.smt.check_length(corpus.seq_len)
     run = RunDir(str(out), endpoint_url=endpoint_url) if out else None
-    state = build_state(corpus, cfg, run, dev)
-    teacher, student, tcfg = state.teacher, state.student, state.teacher.cfg
-    lead, resumed_from = rank == 0, (state.step if state.starts else None)
-    state.starts.append(state.step)
-    stages = [with_length(corpus, T) for T in cfg.curriculum] + [corpus]
-    cur = stages[state.stage]
-    ex, ey = (t.to(dev) for t in eval_batch(cur, cfg.eval_size, cfg.seed))
-    prompt = cfg.smt.start
-    if lead and run is not None:
-        run.write_json("run.json", {"stage": "pretrain", "corpus": corpus.spec, "config": asdict(cfg),
-                                    "world_size": world_size, "start_step": state.step})
-        run.truncate_metrics(state.step)  # rows past the checkpoint belong to the attempt that was killed
-    log = MetricsLog("metrics.jsonl" if lead and run else None, cfg.steps, "pretrain", quiet or not lead, cfg.clock,
-                     start=state.elapsed, seconds=cfg.seconds, bucket=run.bucket if run else None)
-    log.advance(state.step)
-    objective = JointObjective(teacher, student.updater, cfg.smt)
-    model = wrap(objective) if wrap else objective
-    if world_size > 1 and sync is None:
-        raise ValueError(f"world_size={world_size} needs `sync` (rank 0's decisions for every worker)")
-    share = sync if world_size > 1 else (lambda v: v)
+    with run.writing(writer) if run is not None and rank == 0 else contextlib.nullcontext():
+        state = build_state(corpus, cfg, run, dev)
+        teacher, student, tcfg = state.teacher, state.student, state.teacher.cfg
+        lead, resumed_from = rank == 0, (state.step if state.starts else None)
+        state.starts.append(state.step)
+        stages = [with_length(corpus, T) for T in cfg.curriculum] + [corpus]
+        cur = stages[state.stage]
+        ex, ey = (t.to(dev) for t in eval_batch(cur, cfg.eval_size, cfg.seed))
+        prompt = cfg.smt.start
+        if lead and run is not None:
+            run.write_json("run.json", {"stage": "pretrain", "corpus": corpus.spec, "config": asdict(cfg),
+                                        "world_size": world_size, "start_step": state.step})
+        # a resumed run's writer drops the rows past its checkpoint (they belong to the attempt that was killed)
+        log = MetricsLog(None, cfg.steps, "pretrain", quiet or not lead, cfg.clock, start=state.elapsed,
+                         seconds=cfg.seconds, store=run.metrics_writer(state.step) if lead and run else None)
+        log.advance(state.step)
+        objective = JointObjective(teacher, student.updater, cfg.smt)
+        model = wrap(objective) if wrap else objective
+        if world_size > 1 and sync is None:
+            raise ValueError(f"world_size={world_size} needs `sync` (rank 0's decisions for every worker)")
+        share = sync if world_size > 1 else (lambda v: v)
 
-    def evaluate() -> dict:
-        with log.paused():
-            teacher.eval()
-            state.sync_readout()
-            te = evaluate_teacher(teacher, ex, ey, prompt)
-            # drift needs every teacher memory: cheap for the causal encoder, one pass per prefix for register
-            st = evaluate_student(student, ex, ey, teacher if (tcfg.encoder_kind.one_pass or prompt) else None, prompt)
-            teacher.train()
-        return {"teacher_acc": te["acc"], "teacher_loss": te["loss"], "smt_acc": st["acc"], "smt_loss": st["loss"],
-                **({"drift_final": st["drift_final"]} if "drift_final" in st else {})}
+        def evaluate() -> dict:
+            with log.paused():
+                teacher.eval()
+                state.sync_readout()
+                te = evaluate_teacher(teacher, ex, ey, prompt)
+                # drift needs every teacher memory: cheap for the causal encoder, one pass per prefix for register
+                st = evaluate_student(student, ex, ey, teacher if (tcfg.encoder_kind.one_pass or prompt) else None, prompt)
+                teacher.train()
+            return {"teacher_acc": te["acc"], "teacher_loss": te["loss"], "smt_acc": st["acc"], "smt_loss": st["loss"],
+                    **({"drift_final": st["drift_final"]} if "drift_final" in st else {})}
 
-    done = state.finished or state.step >= cfg.steps
-    while not done:
-        step = state.step + 1
-        x, y = (torch.as_tensor(a, dtype=torch.long, device=dev)
-                for a in batch_at(cur, cfg.batch_size, cfg.seed, step, rank, world_size))
-        with autocast(dev):
-            losses = model(x, y, positions_generator(cfg.seed, step, rank))
-        losses["loss"].backward()
-        gn = clip_and_step(state.params, state.opt, state.sched, cfg.optim.grad_clip)
-        state.step = step
-        log.advance()
-        done = step >= cfg.steps or (cfg.seconds is not None and log.elapsed() >= cfg.seconds)
-        if cfg.seconds is not None:  # clocks differ between workers: rank 0's says when the budget is spent
-            done = bool(share([int(done)])[0])
-        if step % cfg.eval_every == 0 or done:
-            stage = state.stage
-            if lead:
-                state.last_eval = log.log(step, **losses, grad_norm=gn, lr=state.sched.get_last_lr()[0],
-                                          T=cur.seq_len, **evaluate())
-                if reporter:  # figures for the report (e.g. on the test split): never read by the rules below
-                    with log.paused():
-                        state.last_eval.update(reporter(student, state.last_eval))
-                if on_eval:
-                    with log.paused():  # a caller's extra evaluation is not training time
-                        on_eval(state.last_eval)
-                acc = state.last_eval["teacher_acc"]
-                passed = False
-                if stage < len(stages) - 1 and acc >= cfg.curriculum_acc:
-                    stage, passed = stage + 1, True
-                elif stage == len(stages) - 1 and cfg.stop_at_acc is not None and acc >= cfg.stop_at_acc:
-                    done = passed = True
-                if passed and on_stage_end:
-                    with log.paused():
-                        teacher.eval()
-                        state.sync_readout()
-                        on_stage_end(teacher, student, cur, state.last_eval)
-                        teacher.train()
-            stage, done = share([stage, int(done)])
-            done = bool(done)
-            if stage != state.stage:
-                state.stage, cur = stage, stages[stage]
-                ex, ey = (t.to(dev) for t in eval_batch(cur, cfg.eval_size, cfg.seed))
-        if lead and run is not None and (step % cfg.checkpoint_every == 0 or done):
-            state.elapsed, state.finished = log.elapsed(), done
-            save(state, run)
-    log.close()
-    if lead:
-        state.sync_readout()  # also on a resume of a finished run: outputs carry the final teacher's readout
-    teacher.eval()
-    student.eval()
-    result = {"teacher": teacher, "student": student, "history": log.history, "final": state.last_eval,
-              "seconds": log.elapsed(), "steps": state.step, "resumed_from": resumed_from}
-    if lead and run is not None:
-        result["fingerprint"], result["run"] = export(state, run), run.url
-    return result
+        done = state.finished or state.step >= cfg.steps
+        while not done:
+            step = state.step + 1
+            x, y = (torch.as_tensor(a, dtype=torch.long, device=dev)
+                    for a in batch_at(cur, cfg.batch_size, cfg.seed, step, rank, world_size))
+            with autocast(dev):
+                losses = model(x, y, positions_generator(cfg.seed, step, rank))
+            losses["loss"].backward()
+            gn = clip_and_step(state.params, state.opt, state.sched, cfg.optim.grad_clip)
+            state.step = step
+            log.advance()
+            done = step >= cfg.steps or (cfg.seconds is not None and log.elapsed() >= cfg.seconds)
+            if cfg.seconds is not None:  # clocks differ between workers: rank 0's says when the budget is spent
+                done = bool(share([int(done)])[0])
+            if step % cfg.eval_every == 0 or done:
+                stage = state.stage
+                if lead:
+                    state.last_eval = log.log(step, **losses, grad_norm=gn, lr=state.sched.get_last_lr()[0],
+                                              T=cur.seq_len, **evaluate())
+                    if reporter:  # figures for the report (e.g. on the test split): never read by the rules below
+                        with log.paused():
+                            state.last_eval.update(reporter(student, state.last_eval))
+                    if on_eval:
+                        with log.paused():  # a caller's extra evaluation is not training time
+                            on_eval(state.last_eval)
+                    acc = state.last_eval["teacher_acc"]
+                    passed = False
+                    if stage < len(stages) - 1 and acc >= cfg.curriculum_acc:
+                        stage, passed = stage + 1, True
+                    elif stage == len(stages) - 1 and cfg.stop_at_acc is not None and acc >= cfg.stop_at_acc:
+                        done = passed = True
+                    if passed and on_stage_end:
+                        with log.paused():
+                            teacher.eval()
+                            state.sync_readout()
+                            on_stage_end(teacher, student, cur, state.last_eval)
+                            teacher.train()
+                stage, done = share([stage, int(done)])
+                done = bool(done)
+                if stage != state.stage:
+                    state.stage, cur = stage, stages[stage]
+                    ex, ey = (t.to(dev) for t in eval_batch(cur, cfg.eval_size, cfg.seed))
+            if lead and run is not None and (step % cfg.checkpoint_every == 0 or done):
+                state.elapsed, state.finished = log.elapsed(), done
+                save(state, run)
+        log.close()
+        if lead:
+            state.sync_readout()  # also on a resume of a finished run: outputs carry the final teacher's readout
+        teacher.eval()
+        student.eval()
+        result = {"teacher": teacher, "student": student, "history": log.history, "final": state.last_eval,
+                  "seconds": log.elapsed(), "steps": state.step, "resumed_from": resumed_from}
+        if lead and run is not None:
+            result["fingerprint"], result["run"] = export(state, run), run.url
+        return result
 
 
 def run_summary(out: str, endpoint_url: str | None = None) -> dict:

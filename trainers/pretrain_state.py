@@ -20,10 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.checkpoint import load_student, load_teacher, save_student, save_teacher
 from models.student_rnn import Student
 from models.teacher import Teacher, TeacherConfig
 from models.updaters import matched_updater
+from storage.bucket import Bucket
+from storage.checkpoints import load_student, load_teacher, save_student, save_teacher
 from storage.run_dir import Retention, RunDir, flatten_optimizer, unflatten_optimizer
 from trainers.smt import SMTConfig, smt_losses
 
@@ -93,26 +94,32 @@ class PretrainState:
             self.student.m0.copy_(self.teacher.encode(torch.zeros(1, 0, dtype=torch.long, device=self.device))[0])
 
 
+def _load_checkpoint(run: RunDir, pointer: dict, device: torch.device) -> tuple:
+    """(teacher, student, state tensors, state JSON) of one checkpoint, every file verified."""
+    student_at, tensors, meta = run.load(pointer)
+    teacher, _, _ = load_teacher(run.bucket.child(f"{pointer['path']}/teacher"), device)
+    student, _, _ = load_student(student_at, device)
+    return teacher, student, tensors, meta
+
+
 def build_state(corpus, cfg, run: RunDir | None, device: torch.device) -> PretrainState:
     """A fresh state (weights from `cfg.seed`), or the one the run's newest checkpoint holds."""
     tcfg = TeacherConfig(**{**asdict(cfg.teacher), "vocab_size": corpus.vocab_size})
     ucfg = matched_updater(tcfg, cfg.updater)
-    pointer = run.latest() if run is not None else None
-    if pointer is None:
+    found = run.load_newest(lambda p: _load_checkpoint(run, p, device)) if run is not None else None
+    if found is None:
         torch.manual_seed(cfg.seed)
         teacher = Teacher(tcfg).to(device)
         student = Student.from_teacher(teacher, ucfg).to(device)
         return PretrainState(teacher, student, cfg, corpus.spec, device)
-    student_url, tensors, meta = run.load(pointer)
+    _, (teacher, student, tensors, meta) = found
     fix = "rerun with the run's settings, or give a new --out"
     if meta.get("kind") != KIND:
         raise ValueError(f"run {run.url} holds a {meta.get('kind', 'student')!r} run, not pretraining: give a new --out")
     if meta["corpus"] != corpus.spec:
         raise ValueError(f"run {run.url} pretrains on {meta['corpus']!r}, this command on {corpus.spec!r}: {fix}")
-    teacher, _, _ = load_teacher(run.bucket.url(f"{pointer['path']}/teacher"), device)
     if teacher.cfg != tcfg:
         raise ValueError(f"run {run.url} holds a teacher {asdict(teacher.cfg)}, this command asks for {asdict(tcfg)}: {fix}")
-    student, _, _ = load_student(student_url, device)
     if student.updater_cfg != ucfg:
         raise ValueError(f"run {run.url} holds a {student.updater_cfg.arch} updater {asdict(student.updater_cfg)}, "
                          f"this command asks for {asdict(ucfg)}: {fix}")
@@ -128,11 +135,11 @@ def save(state: PretrainState, run: RunDir) -> str:
     info = {"corpus": state.corpus_spec, "steps": state.step}
     fp: list[str] = []  # the teacher is written first; its fingerprint goes into the student's checkpoint
 
-    def write_teacher(url: str) -> None:
-        fp.append(save_teacher(url, state.teacher, info))
+    def write_teacher(where: Bucket) -> None:
+        fp.append(save_teacher(where, state.teacher, info))
 
-    def write_student(url: str) -> None:
-        save_student(url, state.student, fp[0], {**info, "trained_by": "smt"})
+    def write_student(where: Bucket) -> None:
+        save_student(where, state.student, fp[0], {**info, "trained_by": "smt"})
 
     retention = Retention(keep_last=state.cfg.keep_last, keep_every=state.cfg.keep_every)
     return run.save(state.step, write_student, tensors, meta, write_teacher=write_teacher, retention=retention)
@@ -141,7 +148,8 @@ def save(state: PretrainState, run: RunDir) -> str:
 def export(state: PretrainState, run: RunDir) -> str:
     """The run's outputs `<run>/teacher` and `<run>/student` (what `smt label`/`smt eval` read); returns the
     teacher fingerprint. Each checkpoint writes its config last, so a crash here leaves no half output."""
+    run.check_writer()
     info = {"corpus": state.corpus_spec, "steps": state.step}
-    fp = save_teacher(run.bucket.url("teacher"), state.teacher, info)
-    save_student(run.bucket.url("student"), state.student, fp, {**info, "trained_by": "smt"})
+    fp = save_teacher(run.bucket.child("teacher"), state.teacher, info)
+    save_student(run.bucket.child("student"), state.student, fp, {**info, "trained_by": "smt"})
     return fp

@@ -14,6 +14,7 @@ refresh of a batch: `trainers/dmt/`) is a `Hook` the loop is given.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -23,14 +24,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.checkpoint import load_student, save_student
 from models.device import autocast, pick_device
 from models.student_rnn import Student
 from models.updaters import UpdaterConfig, matched_updater
+from storage.bucket import Bucket
+from storage.checkpoints import load_student, save_student
 from storage.errors import FingerprintMismatch
+from storage.lease import Writer
 from storage.reader import TargetSet
 from storage.rounds import RunSource, rounds_bucket
-from storage.run_dir import Retention, RunDir, flatten_optimizer, unflatten_optimizer
+from storage.run_dir import Retention, RunDir, flatten_optimizer, step_dir, unflatten_optimizer
 from storage.stream import ShardStream, StreamConfig
 from trainers.common import MetricsLog, OptimConfig, clip_and_step
 from trainers.smt import SMTObjective
@@ -136,6 +139,13 @@ def check_teacher(teacher_fp: str, targets_fp: str, teacher_where: str, targets_
                                   f"{targets_where} was labelled by {targets_fp!r})")
 
 
+def _load_checkpoint(run: RunDir, pointer: dict) -> tuple:
+    """(student, its teacher fingerprint, state tensors, state JSON) of one checkpoint, every file verified."""
+    student_at, tensors, meta = run.load(pointer)
+    student, stored_fp, _ = load_student(student_at)
+    return student, stored_fp, tensors, meta
+
+
 def build_state(targets: TargetSet, teacher, teacher_fp: str, cfg: StudentTrainConfig, run: RunDir, *,
                 rank: int = 0, world_size: int = 1, agree: Callable[[int], int] | None = None) -> TrainState:
     """A fresh train state, or the one the run's newest checkpoint holds (resume)."""
@@ -144,13 +154,12 @@ def build_state(targets: TargetSet, teacher, teacher_fp: str, cfg: StudentTrainC
     # round 0 of the target set plus this run's own DMT rounds (never another run's)
     source = RunSource(targets, rounds_bucket(run.bucket))
     stream = ShardStream(source, cfg.stream, rank=rank, world_size=world_size, agree=agree)
-    pointer = run.latest()
-    if pointer is None:
+    found = run.load_newest(lambda p: _load_checkpoint(run, p))
+    if found is None:
         torch.manual_seed(cfg.seed)
         student = Student.from_teacher(teacher, matched_updater(teacher.cfg, cfg.updater))
         return TrainState(student.to(dev).train(), cfg, stream, teacher_fp, dev)
-    student_url, tensors, meta = run.load(pointer)
-    student, stored_fp, _ = load_student(student_url)
+    _, (student, stored_fp, tensors, meta) = found
     if stored_fp != teacher_fp:
         raise FingerprintMismatch(teacher_fp, str(stored_fp), f"run {run.url} (its student was trained "
                                   f"against {stored_fp!r}, the target set/teacher is {teacher_fp!r})")
@@ -189,8 +198,8 @@ class Hook:
         """After the optimiser step (`loop.state.step` counts it); returns extra columns of its metrics row."""
         return {}
 
-    def write(self, loop: Loop, folder: str) -> None:
-        """Add this hook's own files to a checkpoint folder (URL) being written, before its commit marker
+    def write(self, loop: Loop, folder: Bucket) -> None:
+        """Add this hook's own files to a checkpoint folder (a bucket rooted there) being written, before its commit marker
         (e.g. lockstep DMT's rollout policy, which a resume reads back)."""
 
     def pinned_steps(self, cfg: StudentTrainConfig) -> set[int]:
@@ -244,9 +253,8 @@ def train(state: TrainState, run: RunDir, *, hooks: Sequence[Hook] = (), rank: i
         name = f"config-phase-{cfg.phase_start:08d}.json" if cfg.phase_start else "config.json"
         extra = {k: v for h in hooks for k, v in h.record().items()}
         run.write_json(name, {"stage": "train", "config": asdict(cfg), **extra, "teacher_fingerprint": state.teacher_fp})
-    if lead and state.step:
-        run.truncate_metrics(state.step)  # rows past the checkpoint belong to the attempt that was killed
-    log = MetricsLog("metrics.jsonl" if lead else None, cfg.steps, "train", quiet or not lead, bucket=run.bucket)
+    # a resumed run's writer drops the rows past its checkpoint (they belong to the attempt that was killed)
+    log = MetricsLog(None, cfg.steps, "train", quiet or not lead, store=run.metrics_writer(state.step) if lead else None)
     log.advance(state.step)
     loop = Loop(state, run, log, lead, None if quiet or not lead else print)
     row: dict = {}
@@ -286,10 +294,10 @@ def save(state: TrainState, run: RunDir, extra: Callable[[str], Any] | None = No
     tensors, meta = state.state_dict()
     student, cfg = state.student, state.cfg
 
-    def write(url: str) -> None:
-        save_student(url, student, state.teacher_fp, {"trained_by": "smt", "step": state.step})
+    def write(where: Bucket) -> None:
+        save_student(where, student, state.teacher_fp, {"trained_by": "smt", "step": state.step})
         if extra is not None:
-            extra(url.rsplit("/", 1)[0])
+            extra(run.bucket.child(step_dir(state.step)))
 
     return run.save(state.step, write, tensors, meta,
                     retention=Retention(keep_last=cfg.keep_last, keep_every=cfg.keep_every), pinned=pinned)
@@ -310,12 +318,12 @@ def resolve_teacher(targets: TargetSet, teacher_url: str | None = None) -> str:
     """The teacher of a target set: `teacher_url` when given, else the one `smt pretrain --bucket` or
     `smt label` published at `<bucket root>/teachers/<fingerprint>/` (CheckpointError if there is none).
     Every downstream stage (train, dmt) finds its teacher through this one rule."""
-    from models.checkpoint import CheckpointError, has_checkpoint
+    from storage.checkpoints import CheckpointError, has_checkpoint
 
     if teacher_url is not None:
         return teacher_url
     url = teacher_url_for(targets)
-    if not has_checkpoint(url):
+    if not has_checkpoint(url, endpoint_url=targets.bucket.endpoint_url):
         raise CheckpointError(f"no teacher at {url} (the default for target set {targets.bucket.url()}, "
                               f"fingerprint {targets.fingerprint}); pass --teacher URL, or label with "
                               "`smt label`, which publishes its teacher there")
@@ -326,27 +334,30 @@ def run_training(targets_url: str, teacher_url: str | None, out: str, cfg: Stude
                  endpoint_url: str | None = None, generation: int | None = None, rank: int = 0,
                  world_size: int = 1, agree: Callable[[int], int] | None = None,
                  wrap: Callable[[nn.Module], nn.Module] | None = None, quiet: bool = False,
-                 stop_at: int | None = None, through_round: int | None = None, hooks: Sequence[Hook] = ()) -> dict:
+                 stop_at: int | None = None, through_round: int | None = None, hooks: Sequence[Hook] = (),
+                 writer: Writer | None = None) -> dict:
     """Open the target set and its teacher, build or resume the train state, train (with `hooks`, e.g.
     lockstep DMT: `trainers.dmt`). One worker's body. `stop_at`: stop (and checkpoint) at this step;
     `through_round`: first move the stream to the run's oldest rounds generation holding DMT round r
     (standalone DMT: train on round 0 + rounds 1..r)."""
-    from models.checkpoint import load_teacher
+    from storage.checkpoints import load_teacher
 
     check_hooks(cfg, hooks)  # before anything is opened
     targets = TargetSet.open(targets_url, None, generation, endpoint_url=endpoint_url)
     teacher_url = resolve_teacher(targets, teacher_url)
-    teacher, teacher_fp, _ = load_teacher(teacher_url)
+    teacher, teacher_fp, _ = load_teacher(teacher_url, endpoint_url=endpoint_url)
     check_teacher(teacher_fp, targets.fingerprint, teacher_url, targets.bucket.url())
     run = RunDir(out, endpoint_url=endpoint_url)
-    state = build_state(targets, teacher, teacher_fp, cfg, run, rank=rank, world_size=world_size, agree=agree)
-    resumed_from = state.resumed_from
-    if through_round is not None:
-        g = state.stream.first_generation_with_round(through_round)
-        if g is None:
-            raise ValueError(f"run {run.url} has no DMT round {through_round} to train on: relabel it first (smt dmt)")
-        state.stream.switch(g)  # a no-op on a resume inside the block: the saved stream is already there
-    row = train(state, run, hooks=hooks, rank=rank, quiet=quiet, wrap=wrap, stop_at=stop_at)
+    with run.writing(writer) if rank == 0 else contextlib.nullcontext():
+        state = build_state(targets, teacher, teacher_fp, cfg, run, rank=rank, world_size=world_size, agree=agree)
+        resumed_from = state.resumed_from
+        if through_round is not None:
+            g = state.stream.first_generation_with_round(through_round)
+            if g is None:
+                raise ValueError(f"run {run.url} has no DMT round {through_round} to train on: relabel it first "
+                                 "(smt dmt)")
+            state.stream.switch(g)  # a no-op on a resume inside the block: the saved stream is already there
+        row = train(state, run, hooks=hooks, rank=rank, quiet=quiet, wrap=wrap, stop_at=stop_at)
     return {"step": state.step, "run": run.url, "teacher_fingerprint": teacher_fp, "last": row,
             "resumed_from": resumed_from}
 

@@ -7,7 +7,8 @@ and the loop's pins and reports (`<run>/rounds/dmt/`); the shared target set (ro
    0 for round 1) + `every_steps`.
 3. Pin that checkpoint for round r with an exclusive-create intent file `dmt/intent-r.json`: a restarted
    actor re-reads the pin (without waiting for the trainer again), so it redoes round r from the same
-   student and writes the same bytes.
+   student and writes the same bytes. A full checkpoint is first copied to `policy/step-N` (weights only,
+   never pruned) and the pin names the copy: the trainer's retention cannot delete a pinned student.
 4. Relabel (pipeline/relabel.py): roll the student out, write round r as pair shards, save the round's
    report as `dmt/pending-r.json`, commit ONE new generation, then publish the report (drift against t,
    rollout accuracy, generation) as `dmt/round-r.json`. A crash between the commit and the report is
@@ -234,10 +235,28 @@ class DMTLoop:
             Td=c.Td, fmt=c.format, dtype=c.dtype, device=c.device, endpoint_url=c.endpoint_url,
             resources=c.resources)
 
+    def _pinnable(self, pointer: dict) -> dict:
+        """A checkpoint pointer made safe to pin: a copy of its student in `policy/` (never pruned), so the
+        trainer's retention (`--keep-last`) cannot delete a round's student under its pin. A checkpoint pruned
+        while it is copied is replaced by the run's newest one."""
+        for _ in range(5):
+            try:
+                return self.student_run.copy_to_policy(pointer)
+            except ObjectNotFound:
+                pointer = self.latest_checkpoint() or pointer
+        raise DMTTimeout(f"run {self.cfg.run}: every checkpoint was pruned before it could be copied for a DMT "
+                         "round: raise the trainer's --keep-last")
+
     def run_round(self, r: int, pointer: dict, quiet: bool = True) -> dict:
         if self.pinned(r) is None:  # validate before pinning: a pin from a bad run would bind later runs
             check_relabel(self._relabel_config(r, pointer))
+            if pointer["path"].startswith("checkpoints/"):
+                pointer = self._pinnable(pointer)
         pointer = self._pin(r, pointer)
+        if not self.run_dir.exists(f"{pointer['path']}/student/config.json"):
+            raise DMTTimeout(f"run {self.cfg.run}: DMT round {r} is pinned to {pointer['path']}, which no longer exists "
+                             f"(pruned by the trainer's retention): delete {self.rounds.url(f'dmt/intent-{r:03d}.json')} "
+                             "to pin the newest checkpoint instead")
 
         def save_pending(rep: dict) -> None:
             rep["student_step"] = int(pointer["step"])

@@ -17,8 +17,9 @@ from dataclasses import asdict, dataclass, field
 
 from torch import nn
 
-from models.checkpoint import load_student, save_student
-from storage.run_dir import ROLLOUT, RunDir, unflatten_optimizer
+from storage.bucket import Bucket
+from storage.checkpoints import load_student, save_student
+from storage.run_dir import ROLLOUT, RunDir, policy_dir, unflatten_optimizer
 from trainers.dmt.refresh import Refresh, RefreshConfig
 from trainers.dmt.stability import EMA, load_moments, moments_by_name, trainable_names
 from trainers.student import Hook, Loop, StudentTrainConfig, TrainState
@@ -106,15 +107,15 @@ class LockstepDMT(Hook):
                 raise ValueError(f"run {loop.run.url} checkpoint {rel.rsplit('/', 1)[0]} holds no {ROLLOUT}/ policy: it "
                                  "was trained without dmt ema; resume with the run's own settings")
             self.ema = EMA(state.student, self.cfg.ema)
-            self.ema.model.load_state_dict(load_student(loop.run.bucket.url(rel))[0].state_dict())
+            self.ema.model.load_state_dict(load_student(loop.run.bucket.child(rel))[0].state_dict())
 
     def policy(self, loop: Loop) -> nn.Module:
         """The student the refresh and the actor roll out: the EMA when there is one."""
         return self.ema.model if self.ema is not None else loop.state.student
 
-    def write(self, loop: Loop, folder: str) -> None:
+    def write(self, loop: Loop, folder: Bucket) -> None:
         if self.ema is not None:
-            save_student(f"{folder}/{ROLLOUT}", self.ema.model, loop.state.teacher_fp,
+            save_student(folder.child(ROLLOUT), self.ema.model, loop.state.teacher_fp,
                          {"trained_by": "ema of smt+dmt", "ema": self.cfg.ema, "step": loop.state.step})
 
     def before_step(self, loop: Loop) -> None:
@@ -173,10 +174,10 @@ class LockstepDMT(Hook):
 def save_policy(state: TrainState, run: RunDir, extra=None) -> str:
     """A weights-only snapshot of the student at this step (`policy/step-N`), for the actor to roll out;
     `extra(folder URL)` adds files (the EMA policy) before the commit marker."""
-    def write(url: str) -> None:
-        save_student(url, state.student, state.teacher_fp, {"trained_by": "smt+dmt", "step": state.step})
+    def write(where: Bucket) -> None:
+        save_student(where, state.student, state.teacher_fp, {"trained_by": "smt+dmt", "step": state.step})
         if extra is not None:
-            extra(url.rsplit("/", 1)[0])
+            extra(run.bucket.child(policy_dir(state.step)))
 
     return run.save_policy(state.step, write)
 

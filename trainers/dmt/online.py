@@ -20,8 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.checkpoint import save_student
 from models.device import autocast, pick_device
+from storage.checkpoints import save_student
 from trainers.common import OptimConfig, clip_and_step, open_run
 from trainers.dmt.stability import EMA, check_beta, load_moments, smt_moments, teacher_share
 from trainers.evaluate import eval_batch, evaluate_student

@@ -73,7 +73,7 @@ def load_moments(opt: torch.optim.Optimizer, named: list[tuple[str, nn.Parameter
 
 def smt_moments(run_url: str, endpoint_url: str | None = None) -> dict[str, dict]:
     """The AdamW moments (by parameter name) of a student run's newest checkpoint: the SMT phase's end state."""
-    from models.checkpoint import load_student
+    from storage.checkpoints import load_student
     from storage.run_dir import RunDir, unflatten_optimizer
 
     run = RunDir(run_url, endpoint_url=endpoint_url)
