@@ -250,8 +250,8 @@ class DMTLoop:
     def run_round(self, r: int, pointer: dict, quiet: bool = True) -> dict:
         if self.pinned(r) is None:  # validate before pinning: a pin from a bad run would bind later runs
             check_relabel(self._relabel_config(r, pointer))
-            if pointer["path"].startswith("checkpoints/"):
-                pointer = self._pinnable(pointer)
+            if self.cfg.first_step is None and pointer["path"].startswith("checkpoints/"):  # lockstep trainers
+                pointer = self._pinnable(pointer)  # spare the round's steps themselves (Hook.pinned_steps)
         pointer = self._pin(r, pointer)
         if not self.run_dir.exists(f"{pointer['path']}/student/config.json"):
             raise DMTTimeout(f"run {self.cfg.run}: DMT round {r} is pinned to {pointer['path']}, which no longer exists "
