@@ -143,7 +143,7 @@ class _Handler(BaseHTTPRequestHandler):
             data = re.sub(rb"<Condition>[^<]*</Condition>", b"", data)
         keep = {k: v for k, v in out_headers if k.lower() not in _HOP}
         if self.command == "HEAD":
-            keep["Content-Length"] = dict((k.lower(), v) for k, v in out_headers).get("content-length", "0")
+            keep["Content-Length"] = {k.lower(): v for k, v in out_headers}.get("content-length", "0")
             return self._reply(status, keep, b"", head=True)
         return self._reply(status, keep, data)
 
