@@ -66,7 +66,11 @@ Expect = dict[str, tuple[np.dtype, tuple[int, ...]]]
 
 
 def _fmt(dtype, shape) -> str:
-    return f"{np.dtype(dtype).name if not isinstance(dtype, str) else dtype}{list(shape)}"
+    """`float16[3, 5, 16]`; a byte order other than the native one is spelled out (`>f2[3]`)."""
+    if not isinstance(dtype, str):
+        dtype = np.dtype(dtype)
+        dtype = dtype.name if dtype.isnative or dtype.itemsize == 1 else dtype.str
+    return f"{dtype}{list(shape)}"
 
 
 # ---- Zarr ------------------------------------------------------------------------------------------

@@ -144,11 +144,14 @@ def test_zarr_metadata_is_checked_against_the_manifest(tmp_path, case):
     assert str(err.value) == f"shard {ts.bucket.url(entry.path)} disagrees with its manifest entry: {why}"
 
 
-@pytest.mark.parametrize("case", ["dtype", "rows", "length", "fortran"])
+@pytest.mark.parametrize("case", ["dtype", "byte_order", "rows", "length", "fortran"])
 def test_tar_npy_headers_are_checked_against_the_manifest(tmp_path, case):
     if case == "dtype":
         data = _tar({"000000.y.npy": _npy(np.zeros((3, 4), np.int64))})
         why = "tar member 000000.y.npy declares int64[3, 4], the manifest says int32[<=3, 4]"
+    elif case == "byte_order":
+        data = _tar({"000000.seq.npy": _npy_header(">i8", (3,)) + bytes(24)})
+        why = "tar member 000000.seq.npy declares >i8[3], the manifest says int64[<=3]"
     elif case == "rows":  # two blocks of 3 rows for a 3-row entry
         cols = {k: np.concatenate([v, v]) for k, v in to_columns(make_segments(n=3, S=4, Z=16), "float16").items()}
         data = encode_tar(cols, HEADER, chunk_bytes=3 * 5 * 16 * 2)
