@@ -195,7 +195,7 @@ def prepare(cfg: LabelConfig) -> LabelPlan:
     except BucketError as e:
         raise BucketError(f"output bucket {cfg.out} is unreachable: {e}") from None
     _check_same_encoding(latest_readable(target, n), target, cfg, Tc)
-    stage = LabelStage(teacher=cfg.teacher, corpus=corpus.spec, target=target.url(),
+    stage = LabelStage(teacher=cfg.teacher, corpus=corpus.spec, corpus_id=corpus.corpus_id, target=target.url(),
                        endpoint_url=cfg.endpoint_url, fingerprint=fp, fmt=cfg.format, dtype=cfg.dtype,
                        Tc=Tc, batch_size=cfg.batch_size, device=cfg.device, resources=cfg.resources)
     T = corpus.seq_len
@@ -234,6 +234,7 @@ def label(cfg: LabelConfig, executor, *, quiet: bool = False) -> LabelReport:
         raise StorageError(f"{len(missing)} work items returned no result (first: shard {missing[0]}); "
                            "rerun the same command to finish them")
     entries = [ShardEntry.from_json(results[i]["entry"], plan.target.url()) for i in sorted(results)]
+    _check_corpus_unchanged(plan.corpus)
     # the teacher goes where `smt train`/`smt dmt` look for it, before the target set becomes visible
     publish_teacher(cfg.teacher, Bucket.from_url(cfg.out, endpoint_url=cfg.endpoint_url))
     gen, committed = commit_once(plan, entries, Tc=plan.stage.Tc)
@@ -242,6 +243,16 @@ def label(cfg: LabelConfig, executor, *, quiet: bool = False) -> LabelReport:
                        records=sum(e.records for e in entries),
                        states=sum(r["states"] for r in results.values()),
                        seconds=time.perf_counter() - t0, busy_seconds=_busy(results.values()))
+
+
+def _check_corpus_unchanged(corpus: Corpus) -> None:
+    """The workers each checked the corpus id when they started; a change after that (between two items)
+    is caught here, by digesting the data once more before anything is committed."""
+    now = load_corpus(corpus.spec).corpus_id
+    if now != corpus.corpus_id:
+        raise LabelError(f"corpus {corpus.spec!r} changed while it was labeled: its corpus id is {now} now, "
+                         f"{corpus.corpus_id} when labeling started; nothing was committed: keep the data fixed "
+                         "while labeling, then rerun")
 
 
 def _busy(results) -> float:
@@ -278,6 +289,8 @@ class LabelStage(Stage):
     corpus: str
     target: str
     fingerprint: str
+    corpus_id: str = ""
+    """The corpus id the driver digested (and names the target set by); every worker checks its own."""
     fmt: str = "zarr"
     dtype: str = "float16"
     Tc: int | None = None
@@ -301,6 +314,7 @@ class LabelStage(Stage):
     # -- the work
     def run(self, item: ShardRange) -> dict:
         t0 = time.perf_counter()
+        self._check_corpus()
         states_per_seq = self._corpus.seq_len + 1 - (self.Tc or 0)
         found = self._existing(item)
         if found is not None:
@@ -314,10 +328,24 @@ class LabelStage(Stage):
                             pos0=np.full(item.size, p0, dtype=np.int64))
             entry = write_shard(self._bucket, segs, index=item.index, round=ROUND, fmt=self.fmt,
                                 dtype=self.dtype, teacher_fingerprint=self.fingerprint)
-            receipt = {"entry": entry.to_json(), "start": item.start, "stop": item.stop}
+            receipt = {"entry": entry.to_json(), "start": item.start, "stop": item.stop, "identity": self.identity()}
             self._bucket.write_bytes(receipt_path(item.index), json.dumps(receipt, sort_keys=True).encode())
             res = self._result(item, entry, states_per_seq, skipped=False, t0=t0)
         return res
+
+    def _check_corpus(self) -> None:
+        # The digest is computed once per worker (on its first item) and cached by the corpus object.
+        got = self._corpus.corpus_id
+        if self.corpus_id and got != self.corpus_id:
+            raise LabelError(f"corpus {self.corpus!r} is not the data the driver labels: its corpus id is {got} "
+                             f"here, {self.corpus_id} when labeling started (the data changed under it); keep the "
+                             "data fixed while labeling, then rerun")
+
+    def identity(self) -> dict:
+        """Everything a shard of this stage depends on besides its range: a receipt counts only for it."""
+        T = self._corpus.seq_len
+        return {"Tc": self.Tc, "S": T - (self.Tc or 0), "pos0": self.Tc or 0, "teacher": self.fingerprint,
+                "corpus_id": self.corpus_id, "format": self.fmt, "dtype": self.dtype, "round": ROUND}
 
     def memories(self, x: np.ndarray) -> np.ndarray:
         """Teacher states (n, S+1, Z) float32 for token rows x (n, T), batched."""
@@ -340,15 +368,18 @@ class LabelStage(Stage):
 
     # -- idempotency
     def _existing(self, item: ShardRange) -> ShardEntry | None:
-        """The entry of this item's shard if a receipt says it was written with these settings and its
-        files still match the recorded sha256; else None (recompute)."""
+        """The entry of this item's shard if a receipt says it was written by a stage of this identity (Tc,
+        S, pos0, teacher, corpus id, format, dtype) and its files still match the recorded sha256; else None
+        (recompute). A receipt of another identity (a crashed run with another --Tc, or one older than
+        identities) is never reused: its shard's records mean something else."""
         try:
             receipt = json.loads(self._bucket.read_bytes(receipt_path(item.index)))
             entry = ShardEntry.from_json(receipt["entry"], self._bucket.url(receipt_path(item.index)))
         except (ObjectNotFound, ValueError, KeyError, TypeError, StorageError):
             return None
+        identity = self.identity()
         if (receipt.get("start"), receipt.get("stop")) != (item.start, item.stop) or entry.dtype != self.dtype \
-                or entry.format != self.fmt \
+                or receipt.get("identity") != identity or entry.s != identity["S"] or entry.format != self.fmt \
                 or shard_key(entry.path) != shard_key(shard_path(ROUND, item.index, self.fmt)):
             return None
         try:

@@ -29,6 +29,18 @@ _PERMANENT = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirecto
 _MEMORY_LOCK = threading.Lock()  # memory:// has no atomic create; one process owns it, so a lock is enough
 _PROBE_LOCK = threading.Lock()  # one create-if-absent probe per S3 bucket and filesystem, even under threads
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+MAX_EXCLUSIVE_PUT = 5 << 30  # the largest object one S3 PUT takes; exclusive creates are one conditional PUT
+
+
+def _precondition_failed(e: BaseException | None) -> bool:
+    """Whether an error (or what it was translated from) is an HTTP 412 / PreconditionFailed reply."""
+    while e is not None:
+        resp = getattr(e, "response", None)
+        if isinstance(resp, dict) and (resp.get("Error", {}).get("Code") == "PreconditionFailed"
+                                       or resp.get("ResponseMetadata", {}).get("HTTPStatusCode") == 412):
+            return True
+        e = e.__cause__
+    return False
 
 
 def check_relpath(rel: str, what: str = "path") -> str:
@@ -201,7 +213,11 @@ class Bucket:
             self._call("write", rel, lambda: self.fs.pipe_file(path, data))
 
     def create_exclusive(self, rel: str, data: bytes) -> bool:
-        """Create the object only if absent; False if it already exists (S3 If-None-Match: *)."""
+        """Create the object only if absent; False if it already exists (S3: one PUT with If-None-Match: *).
+
+        On S3 the answer can be ambiguous: a create the store applied whose reply was lost is retried and
+        then finds the object, so False means "exists, maybe by this very call". Callers that must tell
+        compare the bytes (`writer._publish`, `manifest.commit`)."""
         path = self._path(rel)
 
         def create() -> bool:
@@ -213,50 +229,70 @@ class Bucket:
                         return False
                     self.fs.pipe_file(path, data)
                     return True
-            try:
-                with self.fs.open(path, "xb") as f:
-                    f.write(data)
-                return True
-            except FileExistsError:
-                return False
+            return self._put_if_absent(path, data)
 
         if self.protocol == "s3":
+            if len(data) > MAX_EXCLUSIVE_PUT:
+                raise BucketError(f"cannot create {self._where(rel)}: {len(data)} bytes is over the {MAX_EXCLUSIVE_PUT} "
+                                  "bytes one conditional PUT takes (exclusive creates never go multipart); "
+                                  "write smaller shards (fewer --shard-sequences)")
             self.check_exclusive_create()
         return self._call("create", rel, create)
+
+    def _put_if_absent(self, path: str, data: bytes) -> bool:
+        # Always ONE put_object with If-None-Match: * (S3 takes up to 5 GiB in one PUT): never s3fs's
+        # multipart path, whose conditional CompleteMultipartUpload the probe does not exercise and some
+        # stores ignore. So the probe checks exactly the request every exclusive create sends.
+        bucket, key, _ = self.fs.split_path(path)
+        try:
+            sync(self.fs.loop, self.fs._call_s3, "put_object", Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        except FileExistsError:
+            return False
+        except OSError as e:
+            if _precondition_failed(e):  # a 412 without its <Condition> element: the only condition sent
+                return False
+            raise
+        return True
 
     def check_exclusive_create(self) -> None:
         """Refuse (BucketError) if this S3 store ignores create-if-absent; probed once per S3 bucket.
 
         Manifest commits rely on `If-None-Match: *`: a store (or an s3fs older than 2025.7.0) that drops
         the condition lets racing commits overwrite each other's generation and lose it silently. The
-        probe creates one key twice with exclusive create; the second must fail."""
+        probe creates one key twice with exclusive create; the second must fail. Only a definite verdict
+        is remembered: a probe that errs (after its retries) raises and the next exclusive create probes
+        again."""
         name = self.root.split("/", 1)[0]
         verdicts = self.fs.__dict__.setdefault("_smt_exclusive_ok", {})  # lives with the (cached) filesystem
         with _PROBE_LOCK:
             if name not in verdicts:
-                verdicts[name] = self._probe_exclusive()
+                try:
+                    verdicts[name] = self._probe_exclusive()
+                except BucketError as e:
+                    raise BucketError(f"cannot tell whether {self.protocol}://{name}/"
+                                      f"{f' (endpoint {self.endpoint_url})' if self.endpoint_url else ''} honours "
+                                      f"create-if-absent (If-None-Match: *), the probe failed: {one_line(e)}; "
+                                      "nothing was written; retry (the next commit probes again)") from e
         if verdicts[name] is not True:
             raise BucketError(f"refusing to commit to {self._where(None)}: {verdicts[name]}")
 
     def _probe_exclusive(self) -> bool | str:
+        """True, or a definite reason why this store cannot commit; raises BucketError when it cannot tell."""
         path = f"{self.root}/.smt-probe/create-exclusive-{uuid.uuid4().hex}"
-
-        def create() -> bool:
-            try:
-                with self.fs.open(path, "xb") as f:
-                    f.write(b"probe")
-                return True
-            except FileExistsError:
-                return False
-
+        token = uuid.uuid4().hex.encode()  # this probe's own bytes: tell its own applied create from another's
         try:
-            first = self._call("probe", None, create)
-            second = first and self._call("probe", None, create)
+            first = self._call("probe", None, lambda: self._put_if_absent(path, token))
+            if not first:
+                # A fresh random key "existed": our first create was applied and its reply lost, then the
+                # retry found it (ours, if it holds our token), or the store's create-if-absent is broken.
+                first = self._call("probe", None, lambda: self.fs.cat_file(path)) == token
+            second = first and self._call("probe", None, lambda: self._put_if_absent(path, b"second"))
         finally:
             with contextlib.suppress(Exception):  # a leftover probe key is harmless
                 self.fs.rm(path)
         if not first:
-            return "a probe key with a fresh random name already existed: the store's create-if-absent is broken"
+            return ("a probe key with a fresh random name already existed holding other bytes: the store's "
+                    "create-if-absent is broken")
         if second:
             return ("the store ignores conditional puts (If-None-Match: *): a second exclusive create of a probe key "
                     "succeeded, so concurrent manifest commits would overwrite each other; use s3fs>=2025.7.0 "

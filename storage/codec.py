@@ -105,6 +105,15 @@ def column_spec(layout: str, dtype: str, S: int, Z: int, drift: bool = False) ->
     return spec
 
 
+def expected_columns(layout: str, dtype: str, S: int, Z: int,
+                     n: int) -> tuple[dict[str, tuple[np.dtype, tuple[int, ...]]], frozenset[str]]:
+    """({column: (dtype, full shape)}, optional column names) a shard of n rows must hold: what a reader
+    checks a shard's own metadata against before decoding it (`ShardFormat.read(files, expect, optional)`)."""
+    pairs = layout == "pairs"
+    spec = column_spec(layout, dtype, S, Z, drift=pairs)
+    return {k: (dt, (int(n), *shape)) for k, (dt, shape) in spec.items()}, frozenset({"drift"} if pairs else ())
+
+
 def check_columns(cols: dict[str, np.ndarray], layout: str, dtype: str, S: int, Z: int,
                   n: int) -> None:
     """Raise ValueError if the columns differ from the spec in names, dtypes, shapes or finiteness."""

@@ -56,6 +56,23 @@ def shard_sha256(files: dict[str, bytes]) -> str:
     return h.hexdigest()
 
 
+class LayoutMismatch(ValueError):
+    """A shard's own metadata (array shapes, dtypes, chunks, codecs, .npy headers) disagrees with what its
+    manifest entry says it holds; raised before anything is decoded."""
+
+
+Expect = dict[str, tuple[np.dtype, tuple[int, ...]]]
+"""{column: (dtype, full shape)} a shard must hold, from its manifest entry (`codec.expected_columns`)."""
+
+
+def _fmt(dtype, shape) -> str:
+    """`float16[3, 5, 16]`; a byte order other than the native one is spelled out (`>f2[3]`)."""
+    if not isinstance(dtype, str):
+        dtype = np.dtype(dtype)
+        dtype = dtype.name if dtype.isnative or dtype.itemsize == 1 else dtype.str
+    return f"{dtype}{list(shape)}"
+
+
 # ---- Zarr ------------------------------------------------------------------------------------------
 def encode_zarr(cols: dict[str, np.ndarray], header: dict, chunk_bytes: int = CHUNK_BYTES) -> bytes:
     """The shard as one zip of a Zarr v3 store (see the module docstring)."""
@@ -117,8 +134,106 @@ def unzip_store(data: bytes) -> dict[str, memoryview]:
     return out
 
 
-def decode_zarr(files: dict[str, bytes] | dict[str, memoryview]) -> tuple[dict[str, np.ndarray], dict]:
-    """Decode a Zarr v3 store given as files; every column is opened at its known path (no listing)."""
+_BLOSC_HEADER = 16  # c-blosc 1: version, versionlz, flags, typesize, nbytes u32, blocksize u32, cbytes u32
+_MISSING = (1 << 64) - 1  # a sharding index entry for an absent inner chunk
+
+
+def _check_blosc(chunk, nbytes: int, where: str) -> None:
+    """A blosc chunk must promise exactly its grid cell's bytes (blosc allocates what its header says)."""
+    head = bytes(chunk[:_BLOSC_HEADER])
+    if len(head) < _BLOSC_HEADER:
+        raise LayoutMismatch(f"chunk {where} is {len(head)} bytes, shorter than a blosc header")
+    promised, cbytes = int.from_bytes(head[4:8], "little"), int.from_bytes(head[12:16], "little")
+    if promised != nbytes or cbytes != len(chunk):
+        raise LayoutMismatch(f"chunk {where} promises {promised} bytes in {cbytes} (it holds {len(chunk)}); "
+                             f"its grid cell is {nbytes} bytes")
+
+
+def _plain_codecs(codecs) -> bool:
+    """bytes (little-endian, or no endianness for 1-byte types) then blosc: what this package writes."""
+    return (isinstance(codecs, list) and len(codecs) == 2 and all(isinstance(c, dict) for c in codecs)
+            and codecs[0].get("name") == "bytes"
+            and (codecs[0].get("configuration") or {}).get("endian", "little") == "little"
+            and codecs[1].get("name") == "blosc")
+
+
+def _codec_names(codecs) -> list:
+    return [c.get("name") if isinstance(c, dict) else c for c in codecs] if isinstance(codecs, list) else [codecs]
+
+
+def check_zarr_store(files, expect: Expect, optional: frozenset[str] = frozenset()) -> None:
+    """Raise LayoutMismatch unless the store holds exactly the expected arrays, each with the expected shape
+    and dtype, a regular grid of whole-row chunks that are ALL present (zarr fills a missing one with zeros),
+    only the codecs this package writes (bytes + blosc; old folder shards: the sharding codec of those) and
+    blosc headers that promise exactly a chunk's bytes. Reads the small JSON documents and 16-byte blosc
+    headers only: nothing is decoded, so nothing the shard declares is allocated."""
+    columns = zarr_columns(files)
+    if set(columns) - set(expect) or set(expect) - set(columns) - set(optional):
+        raise LayoutMismatch(f"columns {columns} differ from the expected {sorted(set(expect) - set(optional))}")
+    for name in columns:
+        dtype, shape = expect[name]
+        try:
+            meta = json.loads(bytes(files[f"{name}/zarr.json"]))
+            declared, data_type = [int(d) for d in meta["shape"]], str(meta["data_type"])
+            grid, codecs = meta["chunk_grid"], meta.get("codecs")
+            chunk = [int(d) for d in grid["configuration"]["chunk_shape"]]
+        except (ValueError, KeyError, TypeError) as e:
+            raise LayoutMismatch(f"column {name} has malformed array metadata ({type(e).__name__}: {e})") from None
+        if meta.get("node_type") != "array" or meta.get("zarr_format") != 3:
+            raise LayoutMismatch(f"column {name} is not a Zarr v3 array")
+        if data_type != dtype.name or declared != list(shape):
+            raise LayoutMismatch(f"column {name} declares {_fmt(data_type, declared)}, the manifest says "
+                                 f"{_fmt(dtype, shape)}")
+        if grid.get("name") != "regular" or len(chunk) != len(shape) or chunk[1:] != list(shape[1:]) \
+                or not 1 <= chunk[0] <= max(1, shape[0]):
+            raise LayoutMismatch(f"column {name} has chunk shape {chunk}: chunks must hold whole rows of {list(shape)}")
+        if meta.get("chunk_key_encoding") != {"name": "default", "configuration": {"separator": "/"}} \
+                or meta.get("storage_transformers") not in (None, []):
+            raise LayoutMismatch(f"column {name} has an unexpected chunk key encoding or storage transformer")
+        tail = "/0" * (len(shape) - 1)
+        want = [f"{name}/c/{i}{tail}" for i in range(-(-shape[0] // chunk[0]))]
+        have = sorted(k for k in files if k.startswith(f"{name}/c/"))
+        if have != want:
+            raise LayoutMismatch(f"column {name} has chunks {have}, its chunk grid {chunk} needs {want}")
+        cell = int(np.prod(chunk)) * dtype.itemsize
+        if _plain_codecs(codecs):
+            for key in want:
+                _check_blosc(files[key], cell, key)
+        elif isinstance(codecs, list) and len(codecs) == 1 and isinstance(codecs[0], dict) \
+                and codecs[0].get("name") == "sharding_indexed":
+            _check_sharded(name, codecs[0].get("configuration") or {}, chunk, dtype, want, files)
+        else:
+            raise LayoutMismatch(f"column {name} uses codecs {_codec_names(codecs)}; only bytes+blosc (or the "
+                                 "folder layout's sharding of them) are read")
+
+
+def _check_sharded(name: str, cfg: dict, chunk: list[int], dtype: np.dtype, keys: list[str], files) -> None:
+    """Old folder shards: each chunk is a sharding-codec object of inner bytes+blosc chunks with an index
+    (offset, nbytes u64 pairs + crc32c) at its end; every inner chunk must be present and promise its bytes."""
+    inner = cfg.get("chunk_shape")
+    if not isinstance(inner, list) or len(inner) != len(chunk) or not all(
+            isinstance(i, int) and i >= 1 and c % i == 0 for i, c in zip(inner, chunk)) \
+            or not _plain_codecs(cfg.get("codecs")) or cfg.get("index_location", "end") != "end" \
+            or _codec_names(cfg.get("index_codecs")) != ["bytes", "crc32c"]:
+        raise LayoutMismatch(f"column {name} has an unexpected sharding configuration")
+    n_inner = int(np.prod([c // i for c, i in zip(chunk, inner)]))
+    cell = int(np.prod(inner)) * dtype.itemsize
+    for key in keys:
+        data = files[key]
+        index_bytes = 16 * n_inner + 4
+        if len(data) < index_bytes:
+            raise LayoutMismatch(f"chunk {key} is shorter than its shard index")
+        index = np.frombuffer(bytes(data[len(data) - index_bytes:len(data) - 4]), dtype="<u8").reshape(-1, 2)
+        for j, (off, nb) in enumerate(index.tolist()):
+            if off == _MISSING or off + nb > len(data) - index_bytes:
+                raise LayoutMismatch(f"chunk {key} misses inner chunk {j} or points past its data")
+            _check_blosc(memoryview(data)[off:off + nb], cell, f"{key}#{j}")
+
+
+def decode_zarr(files: dict[str, bytes] | dict[str, memoryview], expect: Expect | None = None,
+                optional: frozenset[str] = frozenset()) -> tuple[dict[str, np.ndarray], dict]:
+    """Decode a Zarr v3 store given as files; every column is opened at its known path (no listing).
+    With `expect`, the store is checked against it first (`check_zarr_store`)."""
     import zarr
     import zarr.api.asynchronous
     from zarr.core.buffer import cpu
@@ -131,6 +246,8 @@ def decode_zarr(files: dict[str, bytes] | dict[str, memoryview]) -> tuple[dict[s
     if root.get("node_type") != "group" or root.get("zarr_format") != 3:
         raise ValueError("zarr.json is not a Zarr v3 group")
     columns = zarr_columns(files)
+    if expect is not None:
+        check_zarr_store(files, expect, optional)
     ms = MemoryStore({k: cpu.Buffer.from_bytes(v) for k, v in files.items()}, read_only=True)  # no copy
 
     async def read_all() -> list:
@@ -171,10 +288,37 @@ def encode_tar(cols: dict[str, np.ndarray], header: dict, chunk_bytes: int = CHU
     return out.getvalue()
 
 
-def decode_tar(data: bytes) -> tuple[dict[str, np.ndarray], dict]:
-    """Read a tar shard: only `_shard.json` and numeric `.npy` members, never unpickling anything."""
+def _check_npy(name: str, column: str, raw: bytes, expect: Expect, seen: dict[str, int]) -> None:
+    """Check a .npy member's header against the manifest before np.load allocates what it declares."""
+    if column not in expect:
+        raise LayoutMismatch(f"tar member {name} is column {column!r}, not one of {sorted(expect)}")
+    dtype, shape = expect[column]
+    fp = io.BytesIO(raw)
+    try:
+        version = np.lib.format.read_magic(fp)
+        read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}[version]
+        declared, fortran, got = read(fp)
+    except (ValueError, KeyError, SyntaxError) as e:
+        raise LayoutMismatch(f"tar member {name} has no valid .npy header ({type(e).__name__}: {e})") from None
+    left = shape[0] - seen.get(column, 0)
+    if got != dtype or len(declared) != len(shape) or list(declared[1:]) != list(shape[1:]) \
+            or not 1 <= declared[0] <= left:
+        raise LayoutMismatch(f"tar member {name} declares {_fmt(got, declared)}, the manifest says "
+                             f"{dtype.name}[<={left}{''.join(f', {d}' for d in shape[1:])}]")
+    if fortran:
+        raise LayoutMismatch(f"tar member {name} is Fortran-ordered; only C order is read")
+    size = int(np.prod(declared)) * dtype.itemsize
+    if len(raw) - fp.tell() != size:
+        raise LayoutMismatch(f"tar member {name} holds {len(raw) - fp.tell()} bytes of data, its header declares {size}")
+    seen[column] = seen.get(column, 0) + declared[0]
+
+
+def decode_tar(data: bytes, expect: Expect | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    """Read a tar shard: only `_shard.json` and numeric `.npy` members, never unpickling anything. With
+    `expect`, each member's .npy header is checked against it before the member is loaded."""
     header = None
     blocks: dict[int, dict[str, np.ndarray]] = {}
+    seen: dict[str, int] = {}
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
         for m in tar:
             match = _TAR_MEMBER.match(m.name)
@@ -187,6 +331,8 @@ def decode_tar(data: bytes) -> tuple[dict[str, np.ndarray], dict]:
             if match.group(1) is None:
                 header = json.loads(raw)
                 continue
+            if expect is not None:
+                _check_npy(m.name, match.group(2), raw, expect, seen)
             a = np.load(io.BytesIO(raw), allow_pickle=False)
             if a.dtype.kind not in "iuf":
                 raise ValueError(f"tar member {m.name!r} has non-numeric dtype {a.dtype}")
@@ -214,8 +360,12 @@ class ShardFormat:
         """The shard's files: `{"": bytes}` (every format writes one object)."""
         raise NotImplementedError
 
-    def read(self, files: dict[str, bytes]) -> tuple[dict[str, np.ndarray], dict]:
-        """(columns, header) of a shard's files (ValueError naming what is wrong when they are not one)."""
+    def read(self, files: dict[str, bytes], expect: Expect | None = None,
+             optional: frozenset[str] = frozenset()) -> tuple[dict[str, np.ndarray], dict]:
+        """(columns, header) of a shard's files (ValueError naming what is wrong when they are not one).
+        With `expect` (the columns its manifest entry implies; `optional` ones may be absent) the shard's
+        own metadata is checked against it BEFORE anything is decoded (LayoutMismatch), so no declared
+        shape is ever allocated that the manifest did not promise."""
         raise NotImplementedError
 
     def verify(self, path: str, listed: dict[str, int]) -> None:
@@ -230,8 +380,9 @@ class ZarrFormat(ShardFormat):
     def write(self, cols, header, chunk_bytes=CHUNK_BYTES):
         return {"": encode_zarr(cols, header, chunk_bytes)}
 
-    def read(self, files):
-        return decode_zarr(unzip_store(files[""]) if set(files) == {""} else files)  # zip, or an old folder
+    def read(self, files, expect=None, optional=frozenset()):
+        store = unzip_store(files[""]) if set(files) == {""} else files  # zip, or an old folder
+        return decode_zarr(store, expect, optional)
 
     def verify(self, path, listed):
         if bool(listed) == path.endswith(self.suffix):
@@ -244,8 +395,8 @@ class TarFormat(ShardFormat):
     def write(self, cols, header, chunk_bytes=CHUNK_BYTES):
         return {"": encode_tar(cols, header, chunk_bytes)}
 
-    def read(self, files):
-        return decode_tar(files[""])
+    def read(self, files, expect=None, optional=frozenset()):
+        return decode_tar(files[""], expect)
 
 
 FORMATS: dict[str, ShardFormat] = {f.name: f for f in (ZarrFormat(), TarFormat())}

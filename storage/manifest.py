@@ -244,12 +244,22 @@ def commit(bucket: Bucket, entries: list[ShardEntry], *, teacher_fingerprint: st
                          corpus_id=corpus_id, corpus_params=dict(corpus_params),
                          shards=_merge(prev, entries, bucket.url(gen_path(n + 1))), base=base)
         data = json.dumps(gen.to_json(), indent=1, sort_keys=False).encode()
-        if bucket.create_exclusive(gen_path(n + 1), data):
+        if bucket.create_exclusive(gen_path(n + 1), data) or _holds(bucket, gen_path(n + 1), data):
+            # (the second test: the store applied our create but its reply was lost, and the client's
+            # retry found our own generation; a rival's differs at least in its shards or `created`)
             _advance_hint(bucket, n + 1)
             return gen
         n = newest_generation(bucket, start=n + 1)  # lost the race: build on the winner's generation
     raise ManifestError(f"could not commit to {bucket.url('manifest')} after {max_attempts} attempts "
                         "(too many concurrent writers?); retry the commit")
+
+
+def _holds(bucket: Bucket, rel: str, data: bytes) -> bool:
+    """Whether `rel` holds exactly `data` (False when it is absent)."""
+    try:
+        return bucket.read_bytes(rel) == data
+    except ObjectNotFound:
+        return False
 
 
 def latest_readable(bucket: Bucket, n: int) -> Generation | None:

@@ -11,17 +11,21 @@ teacher fingerprint, schema version, NaN/inf states), `FingerprintMismatch` for 
 """
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 
 from storage.bucket import Bucket, check_relpath
-from storage.codec import check_columns, from_columns
+from storage.codec import check_columns, expected_columns, from_columns
 from storage.errors import FingerprintMismatch, ManifestError, ObjectNotFound, ShardError, one_line
-from storage.formats import shard_format, shard_sha256
+from storage.formats import LayoutMismatch, shard_format, shard_sha256
 from storage.manifest import Generation, ShardEntry, fetch_shard, gen_path, newest_generation, read_generation
 from storage.schema import SCHEMA_VERSION, Pairs, Segments, Transitions
 
 VERIFY_MODES = ("always", "first", "never")
+"""When `read_shard` hashes the fetched bytes (sha256) against the manifest: "always" and "first" (the
+default) on every fetch, re-fetches included (a stream re-fetches what its cache evicted; a replaced
+object of the same size would otherwise decode unchecked), "never" not at all. Sizes and the shard's own
+metadata (shapes, dtypes, chunks, codecs) are checked against the manifest in every mode. "first" once
+meant "only a shard's first fetch"; the name is kept so saved configs still load."""
 
 
 class TargetSet:
@@ -33,8 +37,6 @@ class TargetSet:
         self.bucket = bucket
         self.manifest = generation
         self.verify = verify
-        self._verified: set[tuple[str, str]] = set()
-        self._lock = threading.Lock()
 
     @classmethod
     def open(cls, bucket_or_url: Bucket | str, fingerprint: str | None, generation: int | None = None,
@@ -90,8 +92,11 @@ class TargetSet:
         where = self._where(entry)
         if self._should_verify(entry):
             self._check_sha(entry, files)
-        try:
-            cols, header = shard_format(entry.format).read(files)
+        try:  # the shard's own metadata is checked against the entry before anything is decoded
+            cols, header = shard_format(entry.format).read(
+                files, *expected_columns(entry.layout, entry.dtype, entry.s, entry.z, entry.rows))
+        except LayoutMismatch as e:
+            raise ShardError(f"shard {where} disagrees with its manifest entry: {one_line(e)}") from e
         except Exception as e:
             raise ShardError(f"shard {where} is corrupt or unreadable: {type(e).__name__}: "
                              f"{one_line(e)}; rewrite it (verify with `smt inspect --verify`)") from e
@@ -133,20 +138,13 @@ class TargetSet:
         return files
 
     def _should_verify(self, entry: ShardEntry) -> bool:
-        if self.verify == "always":
-            return True
-        if self.verify == "never":
-            return False
-        with self._lock:
-            return (entry.path, entry.sha256) not in self._verified
+        return self.verify != "never"
 
     def _check_sha(self, entry: ShardEntry, files: dict[str, bytes]) -> None:
         sha = shard_sha256(files)
         if sha != entry.sha256:
             raise ShardError(f"shard {self._where(entry)} fails its checksum (sha256 {sha[:12]}, manifest "
                              f"{entry.sha256[:12]}): the data is corrupt; rewrite the shard")
-        with self._lock:
-            self._verified.add((entry.path, entry.sha256))
 
     def _check_header(self, entry: ShardEntry, header: dict, where: str) -> None:
         if header.get("schema_version") != SCHEMA_VERSION:

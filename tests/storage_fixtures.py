@@ -29,3 +29,15 @@ def root_bucket(request, tmp_path) -> Bucket:
 def target(root_bucket) -> Bucket:
     """A bucket rooted at targets/<FP>/<CORPUS>."""
     return root_bucket.child(target_set_path(FP, CORPUS))
+
+
+@pytest.fixture
+def s3_proxy(s3_bucket):
+    """A fresh S3 bucket seen through a fault-injecting proxy (tests/s3_proxy.py) in front of the moto
+    endpoint; yields (bucket_url, proxy). Point clients at `proxy.url`."""
+    from tests.s3_proxy import S3FaultProxy
+
+    url, endpoint = s3_bucket
+    proxy = S3FaultProxy(endpoint)
+    yield url, proxy
+    proxy.close()
