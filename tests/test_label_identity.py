@@ -9,10 +9,10 @@ import json
 import numpy as np
 import pytest
 
-from models.checkpoint import load_teacher
 from pipeline.corpora import load_corpus
 from pipeline.executors import SerialExecutor
 from pipeline.label import LabelConfig, LabelError, label, prepare, receipt_path
+from storage.checkpoints import load_teacher
 from storage.manifest import newest_generation, read_generation
 from tests.faults import WrapStage
 from tests.label_data import STREAM_T, VOCAB, expected_states, read_segments, shard_table
