@@ -18,6 +18,7 @@ from typing import Annotated
 
 from jobs.common import FLAT, figure, job_main
 from trainers.pretrain import PretrainConfig
+from trainers.tracking import TrackingConfig
 
 
 @dataclass(kw_only=True)
@@ -41,6 +42,9 @@ class PretrainJob:
     """S3 endpoint for every URL of this job (default: AWS_ENDPOINT_URL)."""
     quiet: bool = False
     """No progress bar."""
+    log: TrackingConfig = field(default_factory=TrackingConfig)
+    """Experiment tracking: --log.tensorboard DIR (event files), --log.wandb PROJECT (W&B; WANDB_MODE=offline works
+    offline). metrics.jsonl stays the record."""
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -60,9 +64,10 @@ class PretrainJob:
 
             pretrain_with_ray(corpus.spec, self.pretrain, self.out, workers=self.workers,
                               endpoint_url=self.endpoint_url, gpus_per_worker=self.gpus_per_worker, quiet=self.quiet,
-                              max_failures=self.max_failures)
+                              max_failures=self.max_failures, tracking=self.log)
         else:
-            pretrain(corpus, self.pretrain, out=self.out, quiet=self.quiet, endpoint_url=self.endpoint_url)
+            pretrain(corpus, self.pretrain, out=self.out, quiet=self.quiet, endpoint_url=self.endpoint_url,
+                     tracking=self.log)
         s = run_summary(self.out, self.endpoint_url)
         f = s["final"]
         how = f"resumed at step {s['starts'][-1]}, " if len(s["starts"]) > 1 else ""
