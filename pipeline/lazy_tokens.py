@@ -12,7 +12,8 @@ range `[lo, hi)` on demand from the documents that hold it:
   `datasets`; rows are encoded to utf-8 one at a time (lengths in one pass at open, a small LRU of recent
   rows), and held as two int64 arrays rather than one object per row;
 - `ParquetRows`: the rows of one column of Parquet files (strings as utf-8 bytes, or list<int> token ids),
-  read through pyarrow a row group at a time (that column only), with the newest 2 decoded groups kept.
+  read through pyarrow a row group at a time (that column only), decoded groups kept up to 64 MiB
+  (`SMT_PARQUET_CACHE_MB`).
 
 Slicing (`tokens[a:b]`) gives a view, `subset(docs)` the stream of some documents only (what the
 train/valid/test split of `pipeline/corpora/streams.py` needs), `chunks()` a bounded-memory scan (digest, min/max).
@@ -104,16 +105,19 @@ class Rows:
 
     @classmethod
     def scan(cls, ds, field: str, batch_size: int = 10_000) -> Rows:
-        """Byte lengths of every non-null row, in one streaming pass over the column."""
-        rows, lengths = array("q"), array("q")
-        row = 0
-        for batch in ds.select_columns([field]).iter(batch_size=batch_size):
-            for s in batch[field]:
-                if s is not None:
-                    rows.append(row)
-                    lengths.append(len(s.encode("utf-8")))
-                row += 1
-        return cls(ds, field, np.frombuffer(rows, dtype=np.int64), np.frombuffer(lengths, dtype=np.int64))
+        """Byte lengths of every non-null row, in one streaming pass over the column's Arrow batches (pyarrow's
+        utf-8 length kernel: ~3x the row-by-row Python loop it replaced, benchmarks/results/formats_libs.md)."""
+        import pyarrow.compute as pc
+
+        rows, lengths, start = [], [], 0
+        for batch in ds.select_columns([field]).with_format("arrow").iter(batch_size=batch_size):
+            col = batch.column(field)
+            valid = pc.is_valid(col)
+            rows.append(np.flatnonzero(valid.to_numpy(zero_copy_only=False)) + start)
+            lengths.append(pc.binary_length(col.filter(valid)).to_numpy(zero_copy_only=False).astype(np.int64))
+            start += len(col)
+        cat = (lambda parts: np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64))
+        return cls(ds, field, cat(rows).astype(np.int64), cat(lengths))
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -133,22 +137,53 @@ class Rows:
         self._cache = _LRU(256, lambda r: self.ds[int(r)][self.field].encode("utf-8"))
 
 
+PARQUET_CACHE_MB = 64
+"""Decoded Parquet row groups kept per corpus (MiB; env SMT_PARQUET_CACHE_MB): a window whose row group is
+not kept decodes that whole row group (that column) again, so random windows over a corpus larger than this
+cost a row-group decode each (benchmarks/results/formats_libs.md)."""
+
+
+def parquet_cache_bytes() -> int:
+    import os
+
+    return int(float(os.environ.get("SMT_PARQUET_CACHE_MB", PARQUET_CACHE_MB)) * (1 << 20))
+
+
+class _BytesLRU(_LRU):
+    """An LRU of (offsets, values) pairs bounded by their bytes (`size`); the newest entry always stays."""
+
+    nbytes = 0
+
+    def get_or_make(self, key):
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        value = self[key] = self.make(key)
+        self.nbytes += value[0].nbytes + value[1].nbytes
+        while len(self) > 1 and self.nbytes > self.size:
+            _, (o, v) = self.popitem(last=False)
+            self.nbytes -= o.nbytes + v.nbytes
+        return value
+
+
 class ParquetRows:
     """The non-null rows of one column of Parquet files (local or any fsspec URL) as documents: a string
     column as utf-8 bytes, or a list<int> column as token ids. Held as int64 arrays (file, row group, row in
     the group, length: 32 bytes a row); a read decodes the row's whole row group through pyarrow (that
-    column only) and keeps the newest `cached` decoded groups, so memory is bounded by a few row groups,
-    not the file. `ParquetRows.scan` is the one pass at open that measures every row."""
+    column only) and keeps decoded groups up to `cache_bytes` (default SMT_PARQUET_CACHE_MB, 64 MiB), so memory
+    is bounded by that budget plus one row group, not the files. `ParquetRows.scan` is the one pass at open
+    that measures every row."""
 
     def __init__(self, fs, paths: Sequence[str], column: str, ids: bool, where: np.ndarray, lengths: np.ndarray,
-                 cached: int = 2) -> None:
+                 cache_bytes: int | None = None) -> None:
         self.fs, self.paths, self.column, self.ids = fs, list(paths), column, ids
-        self.where, self.lengths, self.cached = where, lengths, cached  # where: [n, 3] (file, group, row)
+        self.where, self.lengths = where, lengths  # where: [n, 3] (file, group, row)
+        self.cache_bytes = parquet_cache_bytes() if cache_bytes is None else cache_bytes
         self._reset()
 
     def _reset(self) -> None:
         self._files = _LRU(OPEN_FILES, self._open_parquet)
-        self._groups = _LRU(self.cached, self._decode)
+        self._groups = _BytesLRU(self.cache_bytes, self._decode)
 
     def _open_parquet(self, f: int):
         import pyarrow.parquet as pq
@@ -196,7 +231,7 @@ class ParquetRows:
     def subset(self, keep: Sequence[int]) -> ParquetRows:
         keep = np.asarray(keep, dtype=np.int64)
         return ParquetRows(self.fs, self.paths, self.column, self.ids, self.where[keep], self.lengths[keep],
-                           self.cached)
+                           self.cache_bytes)
 
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k not in ("_files", "_groups")}

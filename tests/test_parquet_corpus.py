@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -124,8 +125,9 @@ print(peak, pa.default_memory_pool().max_memory(), c.num_sequences)
 
 
 def test_memory_is_bounded_by_row_groups_not_the_corpus(tmp_path):
-    """24 MB of text in row groups of 1 MB: opening (one scan), sampling windows and the digest hold a few row
-    groups: both Python's allocations (tracemalloc) and Arrow's memory pool peak under 8 MiB, in a fresh process."""
+    """24 MB of text in row groups of 1 MB, a 2 MiB cache of decoded row groups (SMT_PARQUET_CACHE_MB): opening
+    (one scan), sampling windows and the digest hold a few row groups: both Python's allocations (tracemalloc)
+    and Arrow's memory pool peak under 8 MiB, in a fresh process."""
     rng = np.random.default_rng(2)
     rows = [rng.integers(32, 127, size=4096, dtype=np.uint8).tobytes().decode() for _ in range(6144)]  # 24 MiB
     write_rows(tmp_path / "big.parquet", rows, row_group_size=256)  # 1 MiB a row group
@@ -133,7 +135,8 @@ def test_memory_is_bounded_by_row_groups_not_the_corpus(tmp_path):
     del rows
     write_rows(tmp_path / "tiny.parquet", ROWS)
     spec = f"parquet:{tmp_path}/big.parquet|T=256"
-    p = subprocess.run([sys.executable, "-c", MEASURE, spec, f"parquet:{tmp_path}/tiny.parquet|T=8"], cwd=REPO, capture_output=True, text=True, timeout=200,
+    p = subprocess.run([sys.executable, "-c", MEASURE, spec, f"parquet:{tmp_path}/tiny.parquet|T=8"], cwd=REPO,
+                       env={**os.environ, "SMT_PARQUET_CACHE_MB": "2"}, capture_output=True, text=True, timeout=200,
                        check=False)
     assert p.returncode == 0, p.stderr[-2000:]
     py_peak, arrow_peak, n = map(int, p.stdout.split())
