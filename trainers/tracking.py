@@ -142,8 +142,10 @@ class WandbTracker:
                  job_type: str | None = None):
         import wandb
 
+        # WANDB_MODE / WANDB_DIR as they are now: wandb reads its environment once per process otherwise
         self.run = wandb.init(project=project, name=name, id=run_id, resume="allow" if run_id else None,
-                              group=group, job_type=job_type, reinit="create_new")
+                              group=group, job_type=job_type, reinit="create_new", mode=os.environ.get("WANDB_MODE"),
+                              dir=os.environ.get("WANDB_DIR"))
         self.closed = False
 
     def log(self, step: int, scalars: Mapping[str, float]) -> None:
