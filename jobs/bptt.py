@@ -15,6 +15,7 @@ from typing import Annotated
 
 from jobs.common import FLAT, figure, job_main
 from trainers.bptt import BPTTConfig
+from trainers.tracking import TrackingConfig
 
 
 @dataclass(kw_only=True)
@@ -27,6 +28,9 @@ class BPTTJob:
     """The BPTT baseline: updater (--updater.arch), memory shape, optimiser, budget, lr sweep (--lrs)."""
     quiet: bool = False
     """No progress bar."""
+    log: TrackingConfig = field(default_factory=TrackingConfig)
+    """Experiment tracking: --log.tensorboard DIR (event files), --log.wandb PROJECT (W&B; WANDB_MODE=offline works
+    offline). metrics.jsonl stays the record."""
 
     def execute(self) -> int:
         from pipeline.corpora import load_corpus
@@ -34,12 +38,12 @@ class BPTTJob:
 
         corpus = load_corpus(self.corpus)
         if self.bptt.lrs:
-            r = sweep_bptt(corpus, self.bptt, out=self.out, quiet=self.quiet)
+            r = sweep_bptt(corpus, self.bptt, out=self.out, quiet=self.quiet, tracking=self.log)
             sel = {"corpus": corpus.spec, "chosen_on": corpus.with_split("valid").spec, "chosen_lr": r["lr"],
                    "runs": r["runs"]}
             (Path(self.out) / "selection.json").write_text(json.dumps(sel, indent=1))
         else:
-            r = {**train_bptt(corpus, self.bptt, out=self.out, quiet=self.quiet), "lr": self.bptt.optim.lr}
+            r = {**train_bptt(corpus, self.bptt, out=self.out, quiet=self.quiet, tracking=self.log), "lr": self.bptt.optim.lr}
         print(f"bptt {self.bptt.updater.arch} -> {self.out}/student  lr={r['lr']:g} steps={r['steps']} "
               f"seconds={r['seconds']:.1f} valid_acc={figure(r['final'], 'bptt_acc')} (split=valid; report with smt eval)")
         return 0

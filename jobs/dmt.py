@@ -28,6 +28,7 @@ import tyro
 from jobs.common import FLAT, job_main
 from pipeline.stage import Resources
 from trainers.dmt import DMTLoopConfig
+from trainers.tracking import TrackingConfig
 
 
 @dataclass(kw_only=True)
@@ -45,6 +46,10 @@ class DMTJob:
     """Local folder for the per-round plot and JSON."""
     quiet: bool = False
     """Less output."""
+    log: TrackingConfig = field(default_factory=TrackingConfig)
+    """Experiment tracking: --log.tensorboard DIR (event files), --log.wandb PROJECT (W&B; WANDB_MODE=offline works
+    offline). The training blocks log as the run (DIR), each round's
+    report at step = round (DIR/rounds); metrics.jsonl and the round reports stay the record."""
 
     def execute(self) -> int:
         from trainers.dmt import DMTTimeout
@@ -73,7 +78,7 @@ class DMTJob:
                 tcfg.optim.lr = self.lr
             tcfg.device = c.device
             trainer = AggregateTrainer(targets=c.targets, teacher=cfg.teacher, run=c.run, cfg=tcfg,
-                                       endpoint_url=c.endpoint_url)
+                                       endpoint_url=c.endpoint_url, tracking=self.log)
             if not self.quiet:
                 print(f"smt dmt: {c.rounds} rounds on {c.run}, each followed by {c.every_steps} training "
                       "steps on round 0 + the run's rounds (no trainer attached)", flush=True)
@@ -96,6 +101,7 @@ class DMTJob:
             for ev in DMTLoop(cfg, trainer=trainer).events(quiet=self.quiet):
                 say(ev)
         reps = round_reports(c.run, c.endpoint_url)
+        log_rounds(self.log, c.run, reps)
         Path(self.report).mkdir(parents=True, exist_ok=True)
         (Path(self.report) / "dmt_rounds.json").write_text(json.dumps(reps, indent=1))
         png = plot_rounds(reps, self.report)
@@ -113,6 +119,23 @@ def defaults(argv: list[str]) -> DMTJob:
     gpus = 1.0 if torch.cuda.is_available() else 0.0
     return DMTJob(loop=DMTLoopConfig(targets=tyro.MISSING, run=tyro.MISSING, corpus=tyro.MISSING,
                                      resources=Resources(num_cpus=1.0, num_gpus=gpus)))
+
+
+def log_rounds(tracking: TrackingConfig, run: str, reports: list[dict]) -> None:
+    """The rounds' reports as scalars at step = round (a TensorBoard run of their own: DIR/rounds), rewritten
+    whole each time `smt dmt` ends (the reports are the record; a fresh writer hides the earlier copy)."""
+    from trainers.tracking import open_tracker, scalars_of
+
+    tracker = open_tracker(tracking.child("rounds"), "dmt-rounds", run=run)
+    if tracker is None:
+        return
+    try:
+        for rep in reports:
+            drift = rep.get("drift_by_step") or []
+            row = {k: rep.get(k) for k in ("rollout_acc", "records", "student_step", "states_per_second", "seconds")}
+            tracker.log(rep["round"], scalars_of({**row, **({"drift_final": drift[-1]} if drift else {})}))
+    finally:
+        tracker.close()
 
 
 def default_teacher(targets_url: str, endpoint_url: str | None) -> str:

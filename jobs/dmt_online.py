@@ -10,6 +10,7 @@ from typing import Annotated
 
 from jobs.common import FLAT, figure, job_main
 from trainers.dmt import OnlineDMTConfig
+from trainers.tracking import TrackingConfig
 
 
 @dataclass(kw_only=True)
@@ -24,6 +25,9 @@ class DMTOnlineJob:
     """Online DMT: optimiser, steps, budget, loss weights, rollouts."""
     quiet: bool = False
     """No progress bar."""
+    log: TrackingConfig = field(default_factory=TrackingConfig)
+    """Experiment tracking: --log.tensorboard DIR (event files), --log.wandb PROJECT (W&B; WANDB_MODE=offline works
+    offline). metrics.jsonl stays the record."""
 
     def execute(self) -> int:
         from pipeline.corpora import load_corpus
@@ -36,7 +40,8 @@ class DMTOnlineJob:
             raise ValueError(f"student in {self.run} was trained against teacher {sfp} but the teacher there is {fp}: "
                              "re-run smt pretrain")
         corpus = load_corpus(self.corpus)
-        r = dmt_online(student, teacher, corpus, self.dmt, out=self.out, teacher_fingerprint=fp, quiet=self.quiet)
+        r = dmt_online(student, teacher, corpus, self.dmt, out=self.out, teacher_fingerprint=fp, quiet=self.quiet,
+                       tracking=self.log)
         print(f"dmt -> {self.out}/student  steps={r['steps']} seconds={r['seconds']:.1f} "
               f"dmt_acc={figure(r['final'], 'dmt_acc')} (split=valid; report with smt eval)")
         return 0

@@ -28,6 +28,7 @@ from jobs.common import FLAT, job_main
 from jobs.recipes import Recipe, load_recipe, resolve_corpus
 from jobs.report import relative_to_out
 from models.teacher import ConfigError
+from trainers.tracking import TrackingConfig
 
 T = TypeVar("T")
 
@@ -45,6 +46,10 @@ class PipelineJob:
     """Bucket URL for teachers/ and targets/ (default: OUT/bucket); s3://... on a cluster."""
     quiet: bool = False
     """No progress bars."""
+    log: TrackingConfig = field(default_factory=TrackingConfig)
+    """Experiment tracking of every training stage: --log.tensorboard DIR (one TensorBoard run per stage:
+    DIR/pretrain, DIR/student, DIR/dmt-online, DIR/bptt[/lr-<lr>]), --log.wandb PROJECT (one W&B run per stage,
+    grouped by --log.group, default the --out folder's name)."""
 
     def execute(self) -> int:
         from jobs.report import print_table, write_report
@@ -52,7 +57,7 @@ class PipelineJob:
         rc = replace(self.tree, corpus=resolve_corpus(self.tree.corpus))
         out = Path(self.out)
         out.mkdir(parents=True, exist_ok=True)
-        res = run_pipeline(rc, out, self.bucket, self.quiet)
+        res = run_pipeline(rc, out, self.bucket, self.quiet, tracking=self.log)
         write_report(out, res)
         print_table(res)
         return 0
@@ -85,7 +90,8 @@ def wired(cfg: T, where: str, **values) -> T:
     return replace(cfg, **values)
 
 
-def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, say=None) -> dict:
+def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, say=None,
+                 tracking: TrackingConfig | None = None) -> dict:
     import torch
 
     from pipeline.corpora import load_corpus
@@ -113,6 +119,9 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
         log.info(" ".join(map(str, a)))
 
     bucket = bucket or str((out / "bucket").resolve())
+    tracking = tracking or TrackingConfig()
+    if tracking.enabled and tracking.group is None:
+        tracking = replace(tracking, group=out.resolve().name)
     corpus = load_corpus(rc.corpus)
     stream_mode = corpus.streaming
     prompt = rc.pretrain.smt.Tc if stream_mode else 0
@@ -128,7 +137,7 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
 
     say(f"[1/5] pretraining the teacher on {corpus.spec} (choices on the valid split; reported: {x.shape[0]} "
         f"sequences of the test split)")
-    pt = pretrain(corpus, rc.pretrain, out=out / "pretrain", quiet=quiet)
+    pt = pretrain(corpus, rc.pretrain, out=out / "pretrain", quiet=quiet, tracking=tracking.child("pretrain"))
     fp = pt["fingerprint"]
     teacher_url = f"{bucket.rstrip('/')}/teachers/{fp}"
     save_teacher(teacher_url, pt["teacher"], {"corpus": corpus.spec})
@@ -157,7 +166,7 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
         return evaluate_student(s, x, y, teacher, prompt)
 
     say(f"[3/5] student SMT from the shards: {arch} updater, {st.steps} steps")
-    run_training(targets, teacher_url, run_url, st, quiet=quiet)
+    run_training(targets, teacher_url, run_url, st, quiet=quiet, tracking=tracking.child("student"))
     smt_student = load_student(f"{run_url}/{RunDir(run_url).latest()['path']}/student")[0]
     r0 = student_acc()
     mark("student-smt", r0["acc"], drift_final=r0.get("drift_final"))
@@ -166,16 +175,16 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
     ray = init_ray()
     if not rc.dmt_online:
         rounds, ptr = _dmt_lockstep(rc, ray, targets, teacher_url, run_url, corpus, prompt, gpus, say, mark, t0,
-                                    lambda s: evaluate_student(s, x, y, teacher, prompt))
+                                    lambda s: evaluate_student(s, x, y, teacher, prompt), tracking.child("student"))
     else:
         rounds, ptr = _dmt_online(rc, ray, targets, teacher_url, run_url, corpus, teacher, fp, prompt, gpus, say, mark,
-                                  lambda s: evaluate_student(s, x, y, teacher, prompt))
+                                  lambda s: evaluate_student(s, x, y, teacher, prompt), tracking.child("dmt-online"))
     final_url = f"{run_url}/{ptr['path']}/student"
     smt_seconds = time.perf_counter() - t0
 
     bptt = None
     if rc.bptt:
-        bptt = _bptt_baseline(rc, corpus, smt_seconds, out, quiet, say)
+        bptt = _bptt_baseline(rc, corpus, smt_seconds, out, quiet, say, tracking.child("bptt"))
         bptt["acc"] = evaluate_student(bptt["student"], x, y)["acc"]
     say(f"      held-out figures on the test split ({corpus.with_split('test').spec})")
     students = {"smt": smt_student, "dmt": load_student(final_url)[0]}
@@ -211,7 +220,8 @@ BPTT_BUDGET_RULE = ("the whole lr sweep gets the SMT pipeline's wall-clock (pret
                     "rule leaves its rest unused")
 
 
-def _bptt_baseline(rc, corpus, smt_seconds: float, out: Path, quiet: bool, say) -> dict:
+def _bptt_baseline(rc, corpus, smt_seconds: float, out: Path, quiet: bool, say,
+                   tracking: TrackingConfig | None = None) -> dict:
     """The BPTT baseline with what the SMT teacher got: the same updater, memory shape and batch, the
     pretraining's length curriculum, stop rule and evaluation cadence, and an lr sweep chosen on valid
     (`trainers.bptt.sweep_bptt`), under `BPTT_BUDGET_RULE`."""
@@ -226,7 +236,7 @@ def _bptt_baseline(rc, corpus, smt_seconds: float, out: Path, quiet: bool, say) 
     say(f"[5/5] BPTT baseline: {rc.student.updater.arch} updater, lrs {', '.join(f'{lr:g}' for lr in lrs)} chosen on "
         f"valid, {budget / len(lrs):.0f} s each ({budget:.0f} s in all; the SMT pipeline took {smt_seconds:.0f} s)"
         + (f", curriculum {' -> '.join(map(str, p.curriculum))} -> {corpus.seq_len}" if p.curriculum else ""))
-    r = sweep_bptt(corpus, cfg, out=out / "bptt", quiet=quiet)
+    r = sweep_bptt(corpus, cfg, out=out / "bptt", quiet=quiet, tracking=tracking)
     for run in r["runs"]:
         say(f"      lr {run['lr']:g}: valid acc {_fig(run['valid_acc'], run.get('note'))} loss "
             f"{_fig(run['valid_loss'], run.get('note'))} ({run['steps']} steps, {run['seconds']:.0f} s)"
@@ -251,7 +261,8 @@ def _bits(fig: dict | None, prompt: int) -> float | None:
     return f["bits"]
 
 
-def _dmt_lockstep(rc, ray, targets, teacher_url, run_url, corpus, prompt, gpus, say, mark, t0, evaluate):
+def _dmt_lockstep(rc, ray, targets, teacher_url, run_url, corpus, prompt, gpus, say, mark, t0, evaluate,
+                  tracking: TrackingConfig | None = None):
     """Aggregated DMT as the design draws it: a trainer actor streams the target set while the DMT actor
     appends one relabeled round per `dmt.every` trainer steps (lockstep: the trainer waits rather than
     train on relabels more than 2 x dmt.every steps old)."""
@@ -269,7 +280,8 @@ def _dmt_lockstep(rc, ray, targets, teacher_url, run_url, corpus, prompt, gpus, 
         f"{', newest round re-rolled on-policy' if d.refresh.enabled else ''})")
     hooks = d.hooks()
     wall0 = time.time() - (time.perf_counter() - t0)  # the pipeline's start on the wall clock
-    trainer = ray.remote(num_cpus=1, num_gpus=gpus)(_train_remote).remote(targets, teacher_url, run_url, cfg, hooks)
+    trainer = ray.remote(num_cpus=1, num_gpus=gpus)(_train_remote).remote(targets, teacher_url, run_url, cfg, hooks,
+                                                                                   tracking)
     actor = ray.remote(num_cpus=1, num_gpus=gpus)(DMTLoop).remote(loop_cfg)
     loop_ref = actor.run.remote(True)
     done, _ = ray.wait([trainer, loop_ref], num_returns=1)
@@ -302,10 +314,10 @@ def _dmt_lockstep(rc, ray, targets, teacher_url, run_url, corpus, prompt, gpus, 
     return rounds, {"step": total, "path": step_dir(total)}
 
 
-def _train_remote(targets, teacher_url, run_url, cfg, hooks):
+def _train_remote(targets, teacher_url, run_url, cfg, hooks, tracking=None):
     from trainers.student import run_training
 
-    return run_training(targets, teacher_url, run_url, cfg, quiet=True, hooks=hooks)
+    return run_training(targets, teacher_url, run_url, cfg, quiet=True, hooks=hooks, tracking=tracking)
 
 
 def dmt_phase_config(rc):
@@ -333,7 +345,8 @@ def actor_config(rc, targets, run_url, corpus, teacher_url, prompt, first_step=N
                  format=rc.label.format, dtype=rc.label.dtype)
 
 
-def _dmt_online(rc, ray, targets, teacher_url, run_url, corpus, teacher, fp, prompt, gpus, say, mark, evaluate):
+def _dmt_online(rc, ray, targets, teacher_url, run_url, corpus, teacher, fp, prompt, gpus, say, mark, evaluate,
+                tracking: TrackingConfig | None = None):
     """The DMT actor relabels each round for the record; the student takes on-policy DMT steps in between."""
     from storage.checkpoints import load_student, save_student
     from storage.run_dir import RunDir
@@ -351,7 +364,7 @@ def _dmt_online(rc, ray, targets, teacher_url, run_url, corpus, teacher, fp, pro
     for r in range(1, d.rounds + 1):
         rr = ray.get(actor.run_round.remote(r, ptr, True))  # relabel the student the next steps start from
         o = dmt_online(student, teacher, corpus, dcfg, quiet=True, teacher_fingerprint=fp, carry=carry,
-                       stop_step=r * E, smt_run=run_url)
+                       stop_step=r * E, smt_run=run_url, tracking=tracking)
         student, carry = o["student"], o["carry"]
         step = st.steps + r * E
         ptr = {"step": step, "path": f"checkpoints/dmt-{step:08d}"}

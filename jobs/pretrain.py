@@ -17,6 +17,7 @@ from typing import Annotated
 
 from jobs.common import FLAT, figure, job_main
 from trainers.pretrain import PretrainConfig
+from trainers.tracking import TrackingConfig
 
 
 @dataclass(kw_only=True)
@@ -42,6 +43,9 @@ class PretrainJob:
     """Take the run from a live writer (another process training it): that one stops at its next checkpoint."""
     quiet: bool = False
     """No progress bar."""
+    log: TrackingConfig = field(default_factory=TrackingConfig)
+    """Experiment tracking: --log.tensorboard DIR (event files), --log.wandb PROJECT (W&B; WANDB_MODE=offline works
+    offline). metrics.jsonl stays the record."""
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -61,10 +65,10 @@ class PretrainJob:
 
             pretrain_with_ray(corpus.spec, self.pretrain, self.out, workers=self.workers,
                               endpoint_url=self.endpoint_url, gpus_per_worker=self.gpus_per_worker, quiet=self.quiet,
-                              max_failures=self.max_failures, writer=writer)
+                              max_failures=self.max_failures, tracking=self.log, writer=writer)
         else:
             pretrain(corpus, self.pretrain, out=self.out, quiet=self.quiet, endpoint_url=self.endpoint_url,
-                     writer=writer)
+                     tracking=self.log, writer=writer)
         s = run_summary(self.out, self.endpoint_url)
         f = s["final"]
         how = f"resumed at step {s['starts'][-1]}, " if len(s["starts"]) > 1 else ""

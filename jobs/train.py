@@ -23,6 +23,7 @@ from typing import Annotated
 from jobs.common import FLAT, job_main
 from trainers.dmt import LockstepDMTConfig
 from trainers.student import StudentTrainConfig
+from trainers.tracking import TrackingConfig
 
 
 @dataclass(kw_only=True)
@@ -47,6 +48,9 @@ class TrainJob:
     """Take the run from a live writer (another process training it): that one stops at its next checkpoint."""
     quiet: bool = False
     """No progress bar."""
+    log: TrackingConfig = field(default_factory=TrackingConfig)
+    """Experiment tracking: --log.tensorboard DIR (event files), --log.wandb PROJECT (W&B; WANDB_MODE=offline works
+    offline). metrics.jsonl stays the record."""
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -62,13 +66,14 @@ class TrainJob:
 
             train_with_ray(self.targets, self.teacher, self.out, cfg, workers=self.workers,
                            endpoint_url=self.endpoint_url, generation=self.generation, quiet=self.quiet, hooks=hooks,
-                           writer=writer)
+                           tracking=self.log, writer=writer)
             print(f"smt train: {self.workers} workers trained a {arch} student to step {cfg.steps}: {self.out}")
             return 0
         from trainers.student import run_training
 
         out = run_training(self.targets, self.teacher, self.out, cfg, endpoint_url=self.endpoint_url,
-                           generation=self.generation, quiet=self.quiet, hooks=hooks, writer=writer)
+                           generation=self.generation, quiet=self.quiet, hooks=hooks, tracking=self.log,
+                           writer=writer)
         how = f"resumed from step {out['resumed_from']}, " if out["resumed_from"] is not None else ""
         print(f"smt train: {how}{arch} student at step {out['step']}: {out['run']}")
         return 0

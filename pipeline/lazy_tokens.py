@@ -10,7 +10,10 @@ range `[lo, hi)` on demand from the documents that hold it:
 - `ArrayDoc`: an array that slices lazily itself (a Zarr array);
 - `Rows`: the rows of a text column of a Hugging Face dataset, whose Arrow cache is memory-mapped by
   `datasets`; rows are encoded to utf-8 one at a time (lengths in one pass at open, a small LRU of recent
-  rows), and held as two int64 arrays rather than one object per row.
+  rows), and held as two int64 arrays rather than one object per row;
+- `ParquetRows`: the rows of one column of Parquet files (strings as utf-8 bytes, or list<int> token ids),
+  read through pyarrow a row group at a time (that column only), decoded groups kept up to 64 MiB
+  (`SMT_PARQUET_CACHE_MB`).
 
 Slicing (`tokens[a:b]`) gives a view, `subset(docs)` the stream of some documents only (what the
 train/valid/test split of `pipeline/corpora/streams.py` needs), `chunks()` a bounded-memory scan (digest, min/max).
@@ -102,16 +105,19 @@ class Rows:
 
     @classmethod
     def scan(cls, ds, field: str, batch_size: int = 10_000) -> Rows:
-        """Byte lengths of every non-null row, in one streaming pass over the column."""
-        rows, lengths = array("q"), array("q")
-        row = 0
-        for batch in ds.select_columns([field]).iter(batch_size=batch_size):
-            for s in batch[field]:
-                if s is not None:
-                    rows.append(row)
-                    lengths.append(len(s.encode("utf-8")))
-                row += 1
-        return cls(ds, field, np.frombuffer(rows, dtype=np.int64), np.frombuffer(lengths, dtype=np.int64))
+        """Byte lengths of every non-null row, in one streaming pass over the column's Arrow batches (pyarrow's
+        utf-8 length kernel: ~3x the row-by-row Python loop it replaced, benchmarks/results/formats_libs.md)."""
+        import pyarrow.compute as pc
+
+        rows, lengths, start = [], [], 0
+        for batch in ds.select_columns([field]).with_format("arrow").iter(batch_size=batch_size):
+            col = batch.column(field)
+            valid = pc.is_valid(col)
+            rows.append(np.flatnonzero(valid.to_numpy(zero_copy_only=False)) + start)
+            lengths.append(pc.binary_length(col.filter(valid)).to_numpy(zero_copy_only=False).astype(np.int64))
+            start += len(col)
+        cat = (lambda parts: np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64))
+        return cls(ds, field, cat(rows).astype(np.int64), cat(lengths))
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -131,15 +137,135 @@ class Rows:
         self._cache = _LRU(256, lambda r: self.ds[int(r)][self.field].encode("utf-8"))
 
 
+PARQUET_CACHE_MB = 64
+"""Decoded Parquet row groups kept per corpus (MiB; env SMT_PARQUET_CACHE_MB): a window whose row group is
+not kept decodes that whole row group (that column) again, so random windows over a corpus larger than this
+cost a row-group decode each (benchmarks/results/formats_libs.md)."""
+
+
+def parquet_cache_bytes() -> int:
+    import os
+
+    return int(float(os.environ.get("SMT_PARQUET_CACHE_MB", PARQUET_CACHE_MB)) * (1 << 20))
+
+
+class _BytesLRU(_LRU):
+    """An LRU of (offsets, values) pairs bounded by their bytes (`size`); the newest entry always stays."""
+
+    nbytes = 0
+
+    def get_or_make(self, key):
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        value = self[key] = self.make(key)
+        self.nbytes += value[0].nbytes + value[1].nbytes
+        while len(self) > 1 and self.nbytes > self.size:
+            _, (o, v) = self.popitem(last=False)
+            self.nbytes -= o.nbytes + v.nbytes
+        return value
+
+
+class ParquetRows:
+    """The non-null rows of one column of Parquet files (local or any fsspec URL) as documents: a string
+    column as utf-8 bytes, or a list<int> column as token ids. Held as int64 arrays (file, row group, row in
+    the group, length: 32 bytes a row); a read decodes the row's whole row group through pyarrow (that
+    column only) and keeps decoded groups up to `cache_bytes` (default SMT_PARQUET_CACHE_MB, 64 MiB), so memory
+    is bounded by that budget plus one row group, not the files. `ParquetRows.scan` is the one pass at open
+    that measures every row."""
+
+    def __init__(self, fs, paths: Sequence[str], column: str, ids: bool, where: np.ndarray, lengths: np.ndarray,
+                 cache_bytes: int | None = None) -> None:
+        self.fs, self.paths, self.column, self.ids = fs, list(paths), column, ids
+        self.where, self.lengths = where, lengths  # where: [n, 3] (file, group, row)
+        self.cache_bytes = parquet_cache_bytes() if cache_bytes is None else cache_bytes
+        self._reset()
+
+    def _reset(self) -> None:
+        self._files = _LRU(OPEN_FILES, self._open_parquet)
+        self._groups = _BytesLRU(self.cache_bytes, self._decode)
+
+    def _open_parquet(self, f: int):
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(_open_file(self.fs, self.paths[f]))
+
+    def _decode(self, key: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        f, g = key
+        col = self._files.get_or_make(f).read_row_group(g, columns=[self.column]).column(0)
+        return flat_column(col.combine_chunks(), self.ids)
+
+    @classmethod
+    def scan(cls, fs, paths: Sequence[str], column: str, ids: bool) -> tuple[ParquetRows, int, int, list[int]]:
+        """Every row's length in one pass, a row group at a time; also the smallest and largest token id of an
+        id column (0, 0 for text) and each file's row count (nulls included)."""
+        import pyarrow.parquet as pq
+
+        where, lengths, lo, hi, rows = array("q"), array("q"), None, None, []
+        for f, path in enumerate(paths):
+            with _open_file(fs, path) as handle:
+                pf = pq.ParquetFile(handle)
+                rows.append(pf.metadata.num_rows)
+                for g in range(pf.metadata.num_row_groups):
+                    col = pf.read_row_group(g, columns=[column]).column(0).combine_chunks()
+                    offsets, values = flat_column(col, ids)
+                    keep = np.flatnonzero(~np.asarray(col.is_null(), dtype=bool))
+                    n = np.diff(offsets)[keep]
+                    where.extend(np.stack([np.full(len(keep), f), np.full(len(keep), g), keep], 1).ravel().tolist())
+                    lengths.extend(n.tolist())
+                    if ids and values.size:
+                        lo = int(values.min()) if lo is None else min(lo, int(values.min()))
+                        hi = int(values.max()) if hi is None else max(hi, int(values.max()))
+        w = np.frombuffer(where, dtype=np.int64).reshape(-1, 3)
+        return cls(fs, paths, column, ids, w, np.frombuffer(lengths, dtype=np.int64)), lo or 0, hi or 0, rows
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def read(self, i: int, lo: int, hi: int, handles: _LRU) -> np.ndarray:
+        f, g, r = (int(v) for v in self.where[i])
+        offsets, values = self._groups.get_or_make((f, g))
+        start = int(offsets[r])
+        return values[start + lo:start + hi]
+
+    def subset(self, keep: Sequence[int]) -> ParquetRows:
+        keep = np.asarray(keep, dtype=np.int64)
+        return ParquetRows(self.fs, self.paths, self.column, self.ids, self.where[keep], self.lengths[keep],
+                           self.cache_bytes)
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_files", "_groups")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._reset()
+
+
+def flat_column(col, ids: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets [n+1], values) of a pyarrow string / list<int> array, without copying the values: row r is
+    values[offsets[r]:offsets[r+1]] (utf-8 bytes, or token ids of the list's value type)."""
+    if ids:
+        if col.values.null_count:
+            raise ValueError("a list holds a null token id: drop or fill the nulls inside the lists")
+        offsets = np.asarray(col.offsets, dtype=np.int64)  # already shifted by the array's slice offset
+        values = col.values.to_numpy(zero_copy_only=True)
+        return offsets, values
+    bufs = col.buffers()
+    wide = np.int64 if str(col.type) in ("large_string", "large_utf8") else np.int32
+    offsets = np.frombuffer(bufs[1], dtype=wide)[col.offset:col.offset + len(col) + 1].astype(np.int64)
+    values = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, dtype=np.uint8)
+    return offsets, values
+
+
 class LazyTokens:
     """Documents joined by `sep` (-1: nothing between them) as one lazily read 1-D token array, or the
     range [start, stop) of such an array."""
 
     ndim = 1
 
-    def __init__(self, docs: DocList | Rows | Sequence, sep: int = -1, dtype=np.uint8, start: int = 0,
+    def __init__(self, docs: DocList | Rows | ParquetRows | Sequence, sep: int = -1, dtype=np.uint8, start: int = 0,
                  stop: int | None = None, open_file: Callable | None = None) -> None:
-        self.docs = docs if isinstance(docs, (DocList, Rows)) else DocList(docs)
+        self.docs = docs if isinstance(docs, (DocList, Rows, ParquetRows)) else DocList(docs)
         self.sep, self.dtype = int(sep), np.dtype(dtype)
         self._gap = 0 if sep < 0 else 1
         lengths = self.lengths = self.docs.lengths

@@ -23,6 +23,7 @@ from trainers.common import OptimConfig, clip_and_step, open_run
 from trainers.evaluate import eval_batch, evaluate_student
 from trainers.losses import masked_ce
 from trainers.pretrain import with_length
+from trainers.tracking import TrackingConfig
 
 
 @dataclass(kw_only=True)
@@ -82,9 +83,10 @@ def bptt_loss(student: Student, x: torch.Tensor, y: torch.Tensor, truncate: int 
 
 
 def train_bptt(corpus, cfg: BPTTConfig, out: str | Path | None = None, quiet: bool = False, on_eval=None,
-               reporter=None) -> dict:
+               reporter=None, tracking: TrackingConfig | None = None) -> dict:
     """Train the BPTT baseline; returns {"student", "history", "final", "seconds", "steps"}. `reporter` as in
-    `trainers.pretrain.pretrain` (report-only figures, off the training clock)."""
+    `trainers.pretrain.pretrain` (report-only figures, off the training clock). `tracking`: also log the rows
+    and the config to TensorBoard / W&B."""
     torch.manual_seed(cfg.seed)
     dev = pick_device(cfg.device)
     shape = TeacherConfig(**{**asdict(cfg.shape), "vocab_size": corpus.vocab_size})
@@ -95,7 +97,7 @@ def train_bptt(corpus, cfg: BPTTConfig, out: str | Path | None = None, quiet: bo
     stages = [with_length(corpus, T) for T in cfg.curriculum] + [corpus]
     stage, cur = 0, stages[0]
     ex, ey = (t.to(dev) for t in eval_batch(cur, cfg.eval_size, cfg.seed))
-    out, log = open_run(out, "bptt", corpus.spec, cfg, quiet)
+    out, log = open_run(out, "bptt", corpus.spec, cfg, quiet, tracking)
 
     def evaluate() -> dict:
         with log.paused():
@@ -149,18 +151,22 @@ def sweep_key(final: dict, acc: str, loss: str) -> tuple:
     return final.get("T") or 0, final.get(acc, -1.0), -final.get(loss, 0.0)
 
 
-def sweep_bptt(corpus, cfg: BPTTConfig, out: str | Path | None = None, quiet: bool = False) -> dict:
+def sweep_bptt(corpus, cfg: BPTTConfig, out: str | Path | None = None, quiet: bool = False,
+               tracking: TrackingConfig | None = None) -> dict:
     """One `train_bptt` run per lr of `cfg.lrs` (or one at optim.lr), each with the whole of `cfg` (its own
     `seconds`), under OUT/lr-<lr>/. Chosen on valid by `sweep_key`: the run furthest along the curriculum (the
     full length first), then the best final valid accuracy, then the lower valid loss. The winner goes to OUT/student.
     Returns the winner's `train_bptt` result plus "lr" and "runs" (per lr: steps, seconds, the length reached,
-    and the final valid figures, None with a `note` when the run never reached the full length)."""
+    and the final valid figures, None with a `note` when the run never reached the full length). `tracking`:
+    each lr's run is its own tracked run (TensorBoard under DIR/lr-<lr>)."""
     lrs = cfg.lrs or (cfg.optim.lr,)
     out = Path(out) if out else None
     results = []
     for lr in lrs:
         one = replace(cfg, optim=replace(cfg.optim, lr=lr), lrs=())
-        results.append((lr, train_bptt(corpus, one, out=out / f"lr-{lr:g}" if out else None, quiet=quiet)))
+        tr = tracking.child(f"lr-{lr:g}") if tracking is not None and len(lrs) > 1 else tracking
+        results.append((lr, train_bptt(corpus, one, out=out / f"lr-{lr:g}" if out else None, quiet=quiet,
+                                       tracking=tr)))
 
     lr, best = max(results, key=lambda p: sweep_key(p[1]["final"], "bptt_acc", "bptt_loss"))
     runs = []

@@ -13,6 +13,7 @@ import torch
 
 from pipeline.progress import Progress
 from storage.metrics import MetricsFile
+from trainers.tracking import Tracker, TrackingConfig, open_tracker, scalars_of
 
 
 @dataclass(kw_only=True)
@@ -71,11 +72,13 @@ class MetricsLog:
 
     Rows go to `store` (a run folder's `MetricsFile`, on any bucket: appended locally, one small part per
     flush on an object store, at most every `flush_s` seconds, at `flush()` (checkpoints) and on close), or
-    to a local file `path` (BPTT and online DMT folders), or nowhere."""
+    to a local file `path` (BPTT and online DMT folders), or nowhere. `tracker` (`trainers/tracking.py`),
+    when given, gets each row's numeric columns as it is logged (TensorBoard, W&B) and is closed with the
+    log; the rows here stay the source of truth."""
 
     def __init__(self, path: str | Path | None, total: int, desc: str, quiet: bool = False, clock: str = "wall",
                  start: float = 0.0, *, seconds: float | None = None, store: MetricsFile | None = None,
-                 flush_s: float = 30.0):
+                 flush_s: float = 30.0, tracker: Tracker | None = None):
         if clock not in CLOCKS:
             raise ValueError(f"clock={clock!r} is unknown: use one of {', '.join(CLOCKS)}")
         self.store = store
@@ -88,6 +91,7 @@ class MetricsLog:
         self.t0 = self.now() - start  # `start`: seconds a resumed run had already spent
         self.paused_for = 0.0
         self.history: list[dict[str, Any]] = []
+        self.tracker = tracker
 
     def elapsed(self) -> float:
         """Training seconds so far on this log's clock, minus the time spent inside `paused()` (evaluation)."""
@@ -111,6 +115,8 @@ class MetricsLog:
             self.store.append(row)
             if time.monotonic() - self.flushed_at >= self.flush_s:
                 self.flush()
+        if self.tracker is not None:
+            self.tracker.log(step, scalars_of(row))
         self.progress.postfix(**{k: v for k, v in row.items() if isinstance(v, float) and k != "time"})
         return row
 
@@ -127,18 +133,26 @@ class MetricsLog:
         self.progress.close()
         if self.store is not None:
             self.store.close()
+        if self.tracker is not None:
+            self.tracker.close()
 
 
-def open_run(out: str | Path | None, stage: str, corpus_spec: str, cfg: Any, quiet: bool) -> tuple[Path | None, MetricsLog]:
+def open_run(out: str | Path | None, stage: str, corpus_spec: str, cfg: Any, quiet: bool,
+             tracking: TrackingConfig | None = None, *, start_step: int = 0,
+             track_as: str | None = None) -> tuple[Path | None, MetricsLog]:
     """A stage's output folder with its resolved config (`run.json`), and its metrics log (`metrics.jsonl`).
     `cfg` needs `steps` and `clock` (and `seconds`, a time budget, if it has one). Without `out`, nothing is
-    written and the log only shows progress."""
+    written and the log only shows progress. `tracking`: also mirror rows and config to TensorBoard / W&B, as
+    the run `out` (or `track_as`) continuing after `start_step`."""
     path = Path(out) if out else None
+    record = {"stage": stage, "corpus": corpus_spec, "config": asdict(cfg)}
     if path:
         path.mkdir(parents=True, exist_ok=True)
-        write_json(path / "run.json", {"stage": stage, "corpus": corpus_spec, "config": asdict(cfg)})
+        write_json(path / "run.json", record)
     return path, MetricsLog(path / "metrics.jsonl" if path else None, cfg.steps, stage, quiet, cfg.clock,
-                            seconds=getattr(cfg, "seconds", None))
+                            seconds=getattr(cfg, "seconds", None),
+                            tracker=open_tracker(tracking, stage, run=path or track_as, start_step=start_step,
+                                                 config=record))
 
 
 def _num(v: Any) -> Any:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from trainers.student import Hook, StudentTrainConfig, check_hooks, run_training
+from trainers.tracking import TrackingConfig
 
 
 @dataclass
@@ -70,7 +71,8 @@ def _student_worker(config: dict[str, Any]) -> None:
         cfg.device = str(w.device)
     run_training(config["targets"], config["teacher"], config["out"], cfg, endpoint_url=config["endpoint_url"],
                  generation=config["generation"], rank=w.rank, world_size=w.world, agree=w.agree, wrap=w.wrap,
-                 quiet=config["quiet"], hooks=config["hooks"], writer=config.get("writer"))
+                 quiet=config["quiet"], hooks=config["hooks"], tracking=config.get("tracking"),
+                 writer=config.get("writer"))
 
 
 def _pretrain_worker(config: dict[str, Any]) -> None:
@@ -83,7 +85,8 @@ def _pretrain_worker(config: dict[str, Any]) -> None:
         cfg.device = str(w.device)
     pretrain(load_corpus(config["corpus"]), cfg, out=config["out"], quiet=config["quiet"],
              on_eval=config.get("on_eval"), endpoint_url=config["endpoint_url"], rank=w.rank,
-             world_size=w.world, sync=w.sync, wrap=w.wrap, writer=config.get("writer"))
+             world_size=w.world, sync=w.sync, wrap=w.wrap, tracking=config.get("tracking"),
+             writer=config.get("writer"))
 
 
 def fit(body: Callable[[dict[str, Any]], None], config: dict[str, Any], *, workers: int, device: str,
@@ -118,21 +121,24 @@ def fit(body: Callable[[dict[str, Any]], None], config: dict[str, Any], *, worke
 
 def train_with_ray(targets: str, teacher: str | None, out: str, cfg: StudentTrainConfig, *, workers: int,
                    endpoint_url: str | None = None, generation: int | None = None, quiet: bool = False,
-                   gpus_per_worker: float | None = None, hooks: Sequence[Hook] = (), writer=None) -> None:
+                   gpus_per_worker: float | None = None, hooks: Sequence[Hook] = (),
+                   tracking: TrackingConfig | None = None, writer=None) -> None:
     """Student SMT on `workers` DDP workers; rank r streams split r of the target set. Each worker gets its
     own copy of `hooks` (e.g. lockstep DMT: every rank waits for and switches to the same rounds)."""
     check_hooks(cfg, hooks)  # before any worker starts
     fit(_student_worker, {"targets": targets, "teacher": teacher, "out": out, "cfg": cfg, "hooks": list(hooks),
-                          "endpoint_url": endpoint_url, "generation": generation, "writer": writer},
+                          "endpoint_url": endpoint_url, "generation": generation, "tracking": tracking,
+                          "writer": writer},
         workers=workers, device=cfg.device, gpus_per_worker=gpus_per_worker, name="smt-train", quiet=quiet)
 
 
 def pretrain_with_ray(corpus: str, cfg, out: str, *, workers: int, endpoint_url: str | None = None,
                       gpus_per_worker: float | None = None, quiet: bool = False, max_failures: int = 0,
-                      on_eval: Callable[[dict], None] | None = None, writer=None) -> None:
+                      on_eval: Callable[[dict], None] | None = None, tracking: TrackingConfig | None = None,
+                      writer=None) -> None:
     """Teacher pretraining on `workers` DDP workers writing one run at `out` (resumes it if it has a checkpoint).
     `corpus` is a spec: every worker opens it itself (stream corpora read their windows lazily)."""
     fit(_pretrain_worker, {"corpus": corpus, "cfg": cfg, "out": out, "endpoint_url": endpoint_url,
-                           "on_eval": on_eval, "writer": writer},
+                           "on_eval": on_eval, "tracking": tracking, "writer": writer},
         workers=workers, device=cfg.device, gpus_per_worker=gpus_per_worker, name="smt-pretrain", quiet=quiet,
         max_failures=max_failures)

@@ -32,6 +32,7 @@ from trainers.common import MetricsLog, OptimConfig, clip_and_step
 from trainers.evaluate import eval_batch, evaluate_student, evaluate_teacher
 from trainers.pretrain_state import JointObjective, batch_at, build_state, export, positions_generator, save
 from trainers.smt import SMTConfig
+from trainers.tracking import TrackingConfig, open_tracker
 
 
 @dataclass(kw_only=True)
@@ -100,15 +101,17 @@ def pretrain(corpus, cfg: PretrainConfig, out: str | Path | None = None, quiet: 
              on_stage_end: Callable[[torch.nn.Module, torch.nn.Module, object, dict], None] | None = None,
              endpoint_url: str | None = None, rank: int = 0,
              world_size: int = 1, sync: Callable[[list[int]], list[int]] | None = None,
-             wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None, writer: Writer | None = None) -> dict:
-    """Train (or resume the run at `out`, as `writer`: the run's lease holder); returns {"teacher", "student", "history", "final", "seconds",
+             wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+             tracking: TrackingConfig | None = None, writer: Writer | None = None) -> dict:
+    """Train (or resume the run at `out`, holding its lease as `writer`); returns {"teacher", "student", "history", "final", "seconds",
     "steps", "resumed_from", and with `out` "fingerprint", "run"}. Without `out` nothing is written.
     `sync` broadcasts rank 0's list of ints to every worker (needed when world_size > 1).
     `reporter(student, row) -> dict`, when given, runs after each evaluation off the training clock and its
     figures join the row (for reports, e.g. on the test split; the curriculum and stop rules never read them).
     `on_stage_end(teacher, student, stage_corpus, row)`, when given, runs off the training clock each time the
     teacher passes a curriculum stage (and when `stop_at_acc` ends the last one): e.g. a DMT copy of the student
-    at that length (benchmarks/length_scaling.py). It must not change the models' weights."""
+    at that length (benchmarks/length_scaling.py). It must not change the models' weights.
+    `tracking`: rank 0 also logs each metrics row and the config to TensorBoard / W&B (`trainers/tracking.py`)."""
     dev = pick_device(cfg.device)
     cfg.smt.check_length(corpus.seq_len)
     run = RunDir(str(out), endpoint_url=endpoint_url) if out else None
@@ -121,12 +124,16 @@ def pretrain(corpus, cfg: PretrainConfig, out: str | Path | None = None, quiet: 
         cur = stages[state.stage]
         ex, ey = (t.to(dev) for t in eval_batch(cur, cfg.eval_size, cfg.seed))
         prompt = cfg.smt.start
+        record = {"stage": "pretrain", "corpus": corpus.spec, "config": asdict(cfg), "world_size": world_size,
+                  "start_step": state.step}
         if lead and run is not None:
-            run.write_json("run.json", {"stage": "pretrain", "corpus": corpus.spec, "config": asdict(cfg),
-                                        "world_size": world_size, "start_step": state.step})
+            run.write_json("run.json", record)
+        tracker = open_tracker(tracking, "pretrain", run=run.url if run else None, start_step=state.step,
+                               config=record) if lead else None
         # a resumed run's writer drops the rows past its checkpoint (they belong to the attempt that was killed)
         log = MetricsLog(None, cfg.steps, "pretrain", quiet or not lead, cfg.clock, start=state.elapsed,
-                         seconds=cfg.seconds, store=run.metrics_writer(state.step) if lead and run else None)
+                         seconds=cfg.seconds, store=run.metrics_writer(state.step) if lead and run else None,
+                         tracker=tracker)
         log.advance(state.step)
         objective = JointObjective(teacher, student.updater, cfg.smt)
         model = wrap(objective) if wrap else objective
@@ -146,51 +153,53 @@ def pretrain(corpus, cfg: PretrainConfig, out: str | Path | None = None, quiet: 
                     **({"drift_final": st["drift_final"]} if "drift_final" in st else {})}
 
         done = state.finished or state.step >= cfg.steps
-        while not done:
-            step = state.step + 1
-            x, y = (torch.as_tensor(a, dtype=torch.long, device=dev)
-                    for a in batch_at(cur, cfg.batch_size, cfg.seed, step, rank, world_size))
-            with autocast(dev):
-                losses = model(x, y, positions_generator(cfg.seed, step, rank))
-            losses["loss"].backward()
-            gn = clip_and_step(state.params, state.opt, state.sched, cfg.optim.grad_clip)
-            state.step = step
-            log.advance()
-            done = step >= cfg.steps or (cfg.seconds is not None and log.elapsed() >= cfg.seconds)
-            if cfg.seconds is not None:  # clocks differ between workers: rank 0's says when the budget is spent
-                done = bool(share([int(done)])[0])
-            if step % cfg.eval_every == 0 or done:
-                stage = state.stage
-                if lead:
-                    state.last_eval = log.log(step, **losses, grad_norm=gn, lr=state.sched.get_last_lr()[0],
-                                              T=cur.seq_len, **evaluate())
-                    if reporter:  # figures for the report (e.g. on the test split): never read by the rules below
-                        with log.paused():
-                            state.last_eval.update(reporter(student, state.last_eval))
-                    if on_eval:
-                        with log.paused():  # a caller's extra evaluation is not training time
-                            on_eval(state.last_eval)
-                    acc = state.last_eval["teacher_acc"]
-                    passed = False
-                    if stage < len(stages) - 1 and acc >= cfg.curriculum_acc:
-                        stage, passed = stage + 1, True
-                    elif stage == len(stages) - 1 and cfg.stop_at_acc is not None and acc >= cfg.stop_at_acc:
-                        done = passed = True
-                    if passed and on_stage_end:
-                        with log.paused():
-                            teacher.eval()
-                            state.sync_readout()
-                            on_stage_end(teacher, student, cur, state.last_eval)
-                            teacher.train()
-                stage, done = share([stage, int(done)])
-                done = bool(done)
-                if stage != state.stage:
-                    state.stage, cur = stage, stages[stage]
-                    ex, ey = (t.to(dev) for t in eval_batch(cur, cfg.eval_size, cfg.seed))
-            if lead and run is not None and (step % cfg.checkpoint_every == 0 or done):
-                state.elapsed, state.finished = log.elapsed(), done
-                save(state, run)
-        log.close()
+        try:
+            while not done:
+                step = state.step + 1
+                x, y = (torch.as_tensor(a, dtype=torch.long, device=dev)
+                        for a in batch_at(cur, cfg.batch_size, cfg.seed, step, rank, world_size))
+                with autocast(dev):
+                    losses = model(x, y, positions_generator(cfg.seed, step, rank))
+                losses["loss"].backward()
+                gn = clip_and_step(state.params, state.opt, state.sched, cfg.optim.grad_clip)
+                state.step = step
+                log.advance()
+                done = step >= cfg.steps or (cfg.seconds is not None and log.elapsed() >= cfg.seconds)
+                if cfg.seconds is not None:  # clocks differ between workers: rank 0's says when the budget is spent
+                    done = bool(share([int(done)])[0])
+                if step % cfg.eval_every == 0 or done:
+                    stage = state.stage
+                    if lead:
+                        state.last_eval = log.log(step, **losses, grad_norm=gn, lr=state.sched.get_last_lr()[0],
+                                                  T=cur.seq_len, **evaluate())
+                        if reporter:  # figures for the report (e.g. on the test split): never read by the rules below
+                            with log.paused():
+                                state.last_eval.update(reporter(student, state.last_eval))
+                        if on_eval:
+                            with log.paused():  # a caller's extra evaluation is not training time
+                                on_eval(state.last_eval)
+                        acc = state.last_eval["teacher_acc"]
+                        passed = False
+                        if stage < len(stages) - 1 and acc >= cfg.curriculum_acc:
+                            stage, passed = stage + 1, True
+                        elif stage == len(stages) - 1 and cfg.stop_at_acc is not None and acc >= cfg.stop_at_acc:
+                            done = passed = True
+                        if passed and on_stage_end:
+                            with log.paused():
+                                teacher.eval()
+                                state.sync_readout()
+                                on_stage_end(teacher, student, cur, state.last_eval)
+                                teacher.train()
+                    stage, done = share([stage, int(done)])
+                    done = bool(done)
+                    if stage != state.stage:
+                        state.stage, cur = stage, stages[stage]
+                        ex, ey = (t.to(dev) for t in eval_batch(cur, cfg.eval_size, cfg.seed))
+                if lead and run is not None and (step % cfg.checkpoint_every == 0 or done):
+                    state.elapsed, state.finished = log.elapsed(), done
+                    save(state, run)
+        finally:
+            log.close()  # on an exception too: trackers flush and close (W&B marks the run finished)
         if lead:
             state.sync_readout()  # also on a resume of a finished run: outputs carry the final teacher's readout
         teacher.eval()

@@ -37,6 +37,7 @@ from storage.run_dir import Retention, RunDir, flatten_optimizer, step_dir, unfl
 from storage.stream import ShardStream, StreamConfig
 from trainers.common import MetricsLog, OptimConfig, clip_and_step
 from trainers.smt import SMTObjective
+from trainers.tracking import TrackingConfig, open_tracker
 
 
 @dataclass(kw_only=True)
@@ -240,21 +241,26 @@ def check_hooks(cfg: StudentTrainConfig, hooks: Sequence[Hook]) -> None:
 
 
 def train(state: TrainState, run: RunDir, *, hooks: Sequence[Hook] = (), rank: int = 0, quiet: bool = False,
-          wrap: Callable[[nn.Module], nn.Module] | None = None, stop_at: int | None = None) -> dict:
+          wrap: Callable[[nn.Module], nn.Module] | None = None, stop_at: int | None = None,
+          tracking: TrackingConfig | None = None) -> dict:
     """Train up to cfg.steps (or `stop_at`, where it checkpoints too) from state.step; rank 0 logs and
     checkpoints. Each step: hooks' before_step, batch, hooks' transform, loss, optimiser step, hooks'
-    after_step, metrics row, checkpoint. Returns the last metrics row."""
+    after_step, metrics row, checkpoint. Returns the last metrics row. `tracking`: rank 0 also logs the rows
+    and the config to TensorBoard / W&B (`trainers/tracking.py`)."""
     cfg, dev = state.cfg, state.device
     stop = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
     objective = SMTObjective(state.student, cfg.readout_weight)
     model = wrap(objective) if wrap else objective
     lead = rank == 0
+    extra = {k: v for h in hooks for k, v in h.record().items()}
+    record = {"stage": "train", "config": asdict(cfg), **extra, "teacher_fingerprint": state.teacher_fp}
     if lead and state.step == cfg.phase_start:  # a later phase records its own config beside the first
         name = f"config-phase-{cfg.phase_start:08d}.json" if cfg.phase_start else "config.json"
-        extra = {k: v for h in hooks for k, v in h.record().items()}
-        run.write_json(name, {"stage": "train", "config": asdict(cfg), **extra, "teacher_fingerprint": state.teacher_fp})
+        run.write_json(name, record)
     # a resumed run's writer drops the rows past its checkpoint (they belong to the attempt that was killed)
-    log = MetricsLog(None, cfg.steps, "train", quiet or not lead, store=run.metrics_writer(state.step) if lead else None)
+    tracker = open_tracker(tracking, "train", run=run.url, start_step=state.step, config=record) if lead else None
+    log = MetricsLog(None, cfg.steps, "train", quiet or not lead,
+                     store=run.metrics_writer(state.step) if lead else None, tracker=tracker)
     log.advance(state.step)
     loop = Loop(state, run, log, lead, None if quiet or not lead else print)
     row: dict = {}
@@ -335,7 +341,7 @@ def run_training(targets_url: str, teacher_url: str | None, out: str, cfg: Stude
                  world_size: int = 1, agree: Callable[[int], int] | None = None,
                  wrap: Callable[[nn.Module], nn.Module] | None = None, quiet: bool = False,
                  stop_at: int | None = None, through_round: int | None = None, hooks: Sequence[Hook] = (),
-                 writer: Writer | None = None) -> dict:
+                 writer: Writer | None = None, tracking: TrackingConfig | None = None) -> dict:
     """Open the target set and its teacher, build or resume the train state, train (with `hooks`, e.g.
     lockstep DMT: `trainers.dmt`). One worker's body. `stop_at`: stop (and checkpoint) at this step;
     `through_round`: first move the stream to the run's oldest rounds generation holding DMT round r
@@ -357,7 +363,7 @@ def run_training(targets_url: str, teacher_url: str | None, out: str, cfg: Stude
                 raise ValueError(f"run {run.url} has no DMT round {through_round} to train on: relabel it first "
                                  "(smt dmt)")
             state.stream.switch(g)  # a no-op on a resume inside the block: the saved stream is already there
-        row = train(state, run, hooks=hooks, rank=rank, quiet=quiet, wrap=wrap, stop_at=stop_at)
+        row = train(state, run, hooks=hooks, rank=rank, quiet=quiet, wrap=wrap, stop_at=stop_at, tracking=tracking)
     return {"step": state.step, "run": run.url, "teacher_fingerprint": teacher_fp, "last": row,
             "resumed_from": resumed_from}
 

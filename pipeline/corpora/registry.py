@@ -1,4 +1,5 @@
-"""From a spec to a corpus: `load_corpus` (synthetic tasks, text, hf, tokens, mnist, digits), the fixed
+"""From a spec to a corpus: `load_corpus` (synthetic tasks, text, hf, parquet, tokens, mnist,
+digits), the fixed
 held-out sets `held_out`, and `manifest_json`. The top of the package: it imports every kind, none
 imports it back at module level (`Corpus.with_split` reaches it lazily)."""
 
@@ -11,7 +12,7 @@ import numpy as np
 from pipeline.corpora import synthetic
 from pipeline.corpora.base import Corpus
 from pipeline.corpora.images import DigitsCorpus, MnistCorpus
-from pipeline.corpora.sources import HFTextCorpus, TextCorpus, TokensCorpus
+from pipeline.corpora.sources import HFTextCorpus, ParquetCorpus, TextCorpus, TokensCorpus
 from pipeline.corpora.spec import SPLITS, CorpusError, parse_spec
 
 __all__ = ["held_out", "load_corpus", "manifest_json"]
@@ -30,6 +31,8 @@ def load_corpus(spec: str, *, storage_options: dict | None = None, cache_dir: st
         corpus = HFTextCorpus(location, raw, cache_dir, storage_options)
     elif name == "tokens":
         corpus = TokensCorpus(location, raw, storage_options)
+    elif name == "parquet":
+        corpus = ParquetCorpus(location, raw, storage_options)
     elif name == "mnist":
         corpus = MnistCorpus(location, raw, cache_dir, storage_options)
     elif name == "digits":
@@ -37,7 +40,7 @@ def load_corpus(spec: str, *, storage_options: dict | None = None, cache_dir: st
     if corpus is not None:
         corpus._reach = {"storage_options": storage_options, "cache_dir": cache_dir}
         return corpus
-    known = sorted(synthetic.TASKS) + ["digits", "hf", "mnist", "text", "tokens"]
+    known = sorted(synthetic.TASKS) + ["digits", "hf", "mnist", "parquet", "text", "tokens"]
     raise CorpusError(f"unknown corpus {name!r}: use one of {', '.join(known)}")
 
 

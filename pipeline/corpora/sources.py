@@ -1,6 +1,7 @@
 """Where a stream's tokens come from: `text:` (the bytes of files at an fsspec glob), `hf:` (a text column of
-a Hugging Face dataset) and `tokens:` (a 1-D .npy file or Zarr array of token ids). Data is read lazily,
-window by window; `hf_load` is shared with MNIST (images.py)."""
+a Hugging Face dataset), `parquet:` (a string or list<int> column of Parquet files at an fsspec glob) and
+`tokens:` (a 1-D .npy file or Zarr array of token ids). Data is read lazily, window by window; `hf_load` is
+shared with MNIST (images.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import numpy as np
 
 from pipeline.corpora.spec import CorpusError, Params
 from pipeline.corpora.streams import StreamCorpus, cut_stream, split_params, split_stream, stream_params
-from pipeline.lazy_tokens import ArrayDoc, FileDoc, LazyTokens, Rows, npy_doc
+from pipeline.lazy_tokens import ArrayDoc, FileDoc, LazyTokens, ParquetRows, Rows, _open_file, npy_doc
 
-__all__ = ["HFTextCorpus", "TextCorpus", "TokensCorpus", "hf_load"]
+__all__ = ["HFTextCorpus", "ParquetCorpus", "TextCorpus", "TokensCorpus", "hf_load"]
 
 
 class TextCorpus(StreamCorpus):
@@ -52,6 +53,121 @@ class TextCorpus(StreamCorpus):
 
     def params(self):
         return dict(kind=self.kind, location=self.location, num_files=len(self.files), **self.split_info, **self._p)
+
+
+class ParquetCorpus(StreamCorpus):
+    """`parquet:<fsspec url or glob>|column=text,T=256,stride=T,sep=0|-1,vocab=<max+1>,split=train,
+    valid_frac=0.05,test_frac=0.1`: the non-null rows of one column of the matching Parquet files (sorted by
+    path; local, s3://, any fsspec URL), each row a document, read lazily a row group at a time through pyarrow.
+
+    A string column gives utf-8 bytes (vocab 256, rows joined with the byte `sep`, default 0x00): the same
+    stream, splits, windows and data digest as `text:` over one file per row. A list<int> column gives token
+    ids (vocab = `vocab` or the largest id + 1, rows joined with nothing by default, or with the id `sep`):
+    the same as `tokens:` over the rows concatenated, except that rows are documents for the splits.
+    """
+
+    kind = "parquet"
+
+    def __init__(self, location: str, raw: dict[str, str], storage_options: dict | None = None):
+        import fsspec
+
+        p = Params(self.kind, raw)
+        column = p.str("column", "text")
+        T, stride = stream_params(p)
+        sep_raw = p.raw.get("sep")
+        sep = p.int("sep", 0, lo=-1)
+        vocab = p.int("vocab", None, lo=1)
+        self.split, vf, tf = split_params(p)
+        p.finish()
+        try:
+            fs, _, paths = fsspec.core.get_fs_token_paths(location, storage_options=storage_options or {})
+            paths = sorted(pth for pth in paths if fs.isfile(pth))
+        except Exception as e:  # noqa: BLE001 - report any filesystem failure in one line
+            raise CorpusError(f"parquet: cannot open {location!r} ({type(e).__name__}: {e}): check the URL") from None
+        if not paths:
+            raise CorpusError(f"parquet: no files match {location!r}: check the path or glob")
+        ids = _parquet_column_kind(fs, paths, column)
+        if ids:
+            if sep_raw is None:
+                sep = p.values["sep"] = -1  # token ids: rows follow each other unless a separator id is asked for
+            if vocab is not None and sep >= vocab:
+                raise CorpusError(f"parquet: sep={sep} outside vocab={vocab}: use a separator id < vocab, or sep=-1")
+        elif sep > 255:
+            raise CorpusError(f"parquet: sep={sep} too large for a text column (bytes): need sep <= 255, or sep=-1")
+        elif vocab is not None:
+            raise CorpusError(f"parquet: vocab={vocab} is for a list<int> column; column={column!r} is text "
+                              "(bytes, vocab 256): drop vocab")
+        try:
+            docs, lo, hi, rows = ParquetRows.scan(fs, paths, column, ids)
+        except CorpusError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a file that changed or cannot be decoded, in one line
+            raise CorpusError(f"parquet: cannot read column {column!r} of {location!r} ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}): check the files") from None
+        if not len(docs):
+            raise CorpusError(f"parquet: {location!r} has no non-null rows in column {column!r} ({sum(rows)} rows "
+                              "in all): point the spec at files with data")
+        if ids:
+            if lo < 0:
+                raise CorpusError(f"parquet: token {lo} < 0 in column {column!r} of {location!r}: ids must be 0..vocab-1")
+            if vocab is None:
+                vocab = p.values["vocab"] = max(hi, sep) + 1
+            elif hi >= vocab:
+                raise CorpusError(f"parquet: token {hi} outside vocab={vocab} in column {column!r} of {location!r}: "
+                                  f"raise vocab to >= {hi + 1} or drop the param")
+            dtype = docs_dtype(fs, paths[0], column)
+        else:
+            vocab, dtype = 256, np.uint8
+        self.files, self.location, self.column, self.num_rows = paths, location, column, len(docs)
+        data, info = split_stream(LazyTokens(docs, sep, dtype), self.split, vf, tf)
+        self._init_stream(data, T, stride, vocab, f"column {column!r} of {len(paths)} file(s) {location!r}", info)
+        self._p = p.values
+        self.spec = f"parquet:{location}|{p.canonical()}"
+
+    def params(self):
+        return dict(kind=self.kind, location=self.location, num_files=len(self.files), num_rows=self.num_rows,
+                    **self.split_info, **self._p)
+
+
+def _parquet_column_kind(fs, paths: list[str], column: str) -> bool:
+    """Checks every file's footer: a Parquet file holding `column` as a string column (False) or a list of
+    integers (True), the same kind and value type in every file. One-line CorpusError otherwise."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    kinds = {}
+    for path in paths:
+        try:
+            with _open_file(fs, path) as f:
+                schema = pq.ParquetFile(f).schema_arrow
+        except Exception as e:  # noqa: BLE001 - an empty or foreign file, in one line
+            msg = str(e).splitlines()[0] if str(e) else ""
+            raise CorpusError(f"parquet: {path} is not a readable Parquet file ({type(e).__name__}: {msg}): "
+                              "remove it or fix the glob") from None
+        if column not in schema.names:
+            raise CorpusError(f"parquet: no column {column!r} in {path} (columns: {schema.names}): set column=<name>")
+        t = schema.field(column).type
+        if pa.types.is_string(t) or pa.types.is_large_string(t):
+            kinds[path] = "string"
+        elif (pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_integer(t.value_type):
+            kinds[path] = f"list<{t.value_type}>"
+        else:
+            raise CorpusError(f"parquet: column {column!r} of {path} is {t}: need a string column (text) or "
+                              "list<int> (token ids); pick another column=")
+    if len(set(kinds.values())) > 1:
+        raise CorpusError(f"parquet: column {column!r} has different types across files ({kinds}): "
+                          "give files of one schema")
+    return next(iter(kinds.values())) != "string"
+
+
+def docs_dtype(fs, path: str, column: str) -> np.dtype:
+    """The numpy dtype of the token ids of a list<int> column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with _open_file(fs, path) as f:
+        t = pq.ParquetFile(f).schema_arrow.field(column).type.value_type
+    return np.dtype(f"{'i' if pa.types.is_signed_integer(t) else 'u'}{t.bit_width // 8}")
 
 
 class HFTextCorpus(StreamCorpus):

@@ -8,8 +8,9 @@ Spec syntax (one string names a corpus and all its parameters):
     text:<fsspec glob>[|k=v,...]   raw bytes of the matching files
     hf:<dataset>[|k=v,...]         a text column of a Hugging Face dataset, as utf-8 bytes
     tokens:<fsspec url>[|k=v,...]  a 1-D .npy file or Zarr array of integer token ids
+    parquet:<fsspec glob>[|k=v,...] a string (utf-8 bytes) or list<int> (token ids) column of Parquet files
 
-For the located corpora (text, hf, tokens, mnist) everything after the LAST '|' is the parameter list, so a
+For the located corpora (text, hf, tokens, mnist, parquet) everything after the LAST '|' is the parameter list, so a
 location may contain ':' and ',' freely; a location that itself contains '|' must be followed by a final
 '|' (possibly with no parameters). Parameters are `key=value` items separated by ','; only `data_files`
 may contain ',' in its value. Unknown or invalid parameters raise `CorpusError` naming the parameter.
@@ -47,7 +48,7 @@ class CorpusError(ValueError):
     """A bad spec, bad parameter or unusable data. The message is one line: what is wrong and the fix."""
 
 
-_LOCATED = ("text", "hf", "tokens", "mnist")
+_LOCATED = ("text", "hf", "tokens", "mnist", "parquet")
 _LIST_VALUED = ("data_files",)
 
 

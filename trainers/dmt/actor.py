@@ -38,6 +38,7 @@ from storage.manifest import newest_generation, read_generation
 from storage.rounds import rounds_bucket
 from storage.run_dir import ROLLOUT, RunDir
 from trainers.student import StudentTrainConfig, run_training
+from trainers.tracking import TrackingConfig
 
 
 class DMTTimeout(RuntimeError):
@@ -322,12 +323,14 @@ class AggregateTrainer:
     cfg: StudentTrainConfig
     endpoint_url: str | None = None
     quiet: bool = True
+    tracking: TrackingConfig | None = None
+    """Also log each block's metrics rows to TensorBoard / W&B (one run continued block after block)."""
 
     def __call__(self, *, round: int, phase_start: int, stop_at: int, phase_end: int) -> dict:
         cfg = replace(self.cfg, phase_start=phase_start, steps=phase_end,
                       stream=replace(self.cfg.stream, follow="never", follow_every=0))
         return run_training(self.targets, self.teacher, self.run, cfg, endpoint_url=self.endpoint_url,
-                            quiet=self.quiet, stop_at=stop_at, through_round=round)
+                            quiet=self.quiet, stop_at=stop_at, through_round=round, tracking=self.tracking)
 
 
 def round_line(rep: dict) -> str:

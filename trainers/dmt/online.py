@@ -26,6 +26,7 @@ from trainers.common import OptimConfig, clip_and_step, open_run
 from trainers.dmt.stability import EMA, check_beta, load_moments, smt_moments, teacher_share
 from trainers.evaluate import eval_batch, evaluate_student
 from trainers.losses import masked_ce
+from trainers.tracking import TrackingConfig
 
 
 @dataclass(kw_only=True)
@@ -114,11 +115,13 @@ def dmt_losses(student, M: torch.Tensor, x: torch.Tensor, y: torch.Tensor, start
 
 def dmt_online(student, teacher, corpus, cfg: OnlineDMTConfig, out: str | Path | None = None,
                teacher_fingerprint: str | None = None, quiet: bool = False, on_eval=None, reporter=None,
-               carry: dict | None = None, stop_step: int | None = None, smt_run: str | None = None) -> dict:
+               carry: dict | None = None, stop_step: int | None = None, smt_run: str | None = None,
+               tracking: TrackingConfig | None = None) -> dict:
     """Train `student` by online DMT. With `stop_step`, stop there and return a `carry` (optimiser, schedule,
     data RNG, step, EMA policy) that a later call continues from, so one cosine schedule spans several DMT
     rounds. `reporter` as in `trainers.pretrain.pretrain` (report-only figures, off the training clock).
-    `smt_run`: the student run the SMT student comes from (its AdamW moments start DMT with carry_optimizer)."""
+    `smt_run`: the student run the SMT student comes from (its AdamW moments start DMT with carry_optimizer).
+    `tracking`: also log the rows and the config to TensorBoard / W&B (calls that carry on continue one run)."""
     dev = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     teacher = teacher.to(dev).eval()
@@ -144,7 +147,7 @@ def dmt_online(student, teacher, corpus, cfg: OnlineDMTConfig, out: str | Path |
     Td = cfg.Td or (T - cfg.prompt)
     if cfg.prompt + Td > T:
         raise ValueError(f"prompt+Td={cfg.prompt}+{Td} > T={T}: shorten Td")
-    out, log = open_run(out, "dmt", corpus.spec, cfg, quiet)
+    out, log = open_run(out, "dmt", corpus.spec, cfg, quiet, tracking, start_step=step0, track_as=smt_run)
 
     def evaluate() -> dict:
         with log.paused():
