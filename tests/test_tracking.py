@@ -13,12 +13,12 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from jobs.cli import main as smt
-from models.checkpoint import save_teacher
 from models.teacher import TeacherConfig
 from models.updaters import UpdaterConfig
 from pipeline.corpora import load_corpus
 from pipeline.executors import SerialExecutor
 from pipeline.label import LabelConfig, label
+from storage.checkpoints import save_teacher
 from tests.label_data import tiny_teacher
 from trainers.dmt.actor import round_reports
 from trainers.pretrain import PretrainConfig, pretrain
