@@ -126,6 +126,11 @@ class KVCache:
         per = self._k[:, :, :1].numel() * self._k.element_size()
         return 2 * per * len(self)
 
+    @property
+    def allocated_bytes(self) -> int:
+        """Bytes of the storage behind the cache (up to about twice `nbytes`: it grows by doubling)."""
+        return 0 if self._k is None else 2 * self._k.numel() * self._k.element_size()
+
     def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Append the keys/values of L new positions (B, H, L, Dh); returns (keys, values, mask) to attend with:
         the cached positions then the new ones, and a boolean (L, n) mask (None when every query reads every key:
