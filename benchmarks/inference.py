@@ -296,9 +296,9 @@ def plot(res: dict, path: Path) -> Path:
         a.plot(xs, [r["tokens_per_s"] for r in rows], marker=".", linestyle=":", color=line.get_color(),
                label=f"{label} (wall)")
         if name != "teacher_recompute":
-            b.plot(xs, [r["state_bytes"] for r in rows], marker="o", label=f"{label}: state")
+            b.plot(xs, [r["state_bytes"] for r in rows], marker="o", color=line.get_color(), label=f"{label}: state")
             b.plot(xs, [max(r["peak_rss_growth_bytes"], 1) for r in rows], marker="x", linestyle=":",
-                   label=f"{label}: peak RSS growth")
+                   color=line.get_color(), label=f"{label}: peak RSS growth")
     for ax, title, ylabel in ((a, "generation speed", "tokens / s"), (b, "memory per generated token", "bytes")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
