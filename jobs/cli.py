@@ -16,6 +16,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "bptt": ("jobs.bptt", "train the BPTT baseline (same updater architectures, own readout)"),
     "eval": ("jobs.eval", "evaluate a teacher, an SMT/DMT student or a BPTT run on a corpus"),
     "inspect": ("jobs.inspect", "summarise and verify target sets in a bucket"),
+    "generate": ("jobs.generate", "continue a prompt with a run's student or teacher, or an exported student"),
+    "export": ("jobs.export", "write a run's student as a self-contained folder (weights, config, vocabulary)"),
 }
 
 

@@ -100,31 +100,38 @@ def _teacher_beside(student: str, candidates: list[str]) -> str | None:
 
 def resolve(job: EvalJob) -> tuple[str | None, str | None]:
     """(teacher_url, student_url) for a checkpoint folder or any folder an smt command writes."""
+    return resolve_run(job.run, job.step, job.teacher)
+
+
+def resolve_run(run: str, step: int | None = None, teacher: str | None = None) -> tuple[str | None, str | None]:
+    """(teacher_url, student_url) of RUN: a checkpoint folder (an exported student is one) or any folder an smt
+    command writes (see the module docstring); `step` picks a checkpoint, `teacher` overrides the one found."""
     from storage.checkpoints import read_config
 
-    r = job.run.rstrip("/")
+    r = run.rstrip("/")
     parent = r.rsplit("/", 1)[0] if "/" in r else "."
-    no_steps = (f"--step applies to runs with checkpoints/ (smt pretrain, train, dmt --run, pipeline); {job.run} "
+    no_steps = (f"--step applies to runs with checkpoints/ (smt pretrain, train, dmt --run, pipeline); {run} "
                 "keeps only its final model: drop --step")
     if _exists(r):  # a checkpoint folder
-        if job.step is not None:
+        if step is not None:
             raise ValueError(no_steps)
         if read_config(r)["kind"] == "teacher":
             return r, None
-        return job.teacher or _teacher_beside(r, [f"{parent}/teacher", f"{parent}/../teacher"]), r
+        return teacher or _teacher_beside(r, [f"{parent}/teacher", f"{parent}/../teacher"]), r
     report = _dmt_report_run(r)
     for folder, teachers in ((r, [f"{r}/teacher", f"{parent}/teacher", f"{parent}/pretrain/teacher"]),
                              (f"{r}/student", [f"{r}/pretrain/teacher", f"{r}/teacher"]),
                              *(((report, []),) if report else ())):
         if _train_run(folder):  # smt train / smt dmt --run / smt pipeline's student run
-            s = _run_student(folder, job.step)  # a pretrain checkpoint holds the teacher of its step beside it
-            return job.teacher or _teacher_beside(s, [f"{s.rsplit('/', 1)[0]}/teacher", *teachers]), s
-    t = job.teacher or (f"{r}/teacher" if _exists(f"{r}/teacher") else None)
+            s = _run_student(folder, step)  # a pretrain checkpoint holds the teacher of its step beside it
+            return teacher or _teacher_beside(s, [f"{s.rsplit('/', 1)[0]}/teacher", *teachers]), s
+    t = teacher or (f"{r}/teacher" if _exists(f"{r}/teacher") else None)
     s = f"{r}/student" if _exists(f"{r}/student") else None
     if t is None and s is None:
-        raise FileNotFoundError(f"no teacher or student checkpoint (nor checkpoints/) in {job.run}: pass a folder "
-                                "written by smt pretrain/train/dmt/dmt-online/bptt/pipeline, or a checkpoint folder")
-    if job.step is not None:
+        raise FileNotFoundError(f"no teacher or student checkpoint (nor checkpoints/) in {run}: pass a folder "
+                                "written by smt pretrain/train/dmt/dmt-online/bptt/pipeline/export, or a checkpoint "
+                                "folder")
+    if step is not None:
         raise ValueError(no_steps)
     return t, s
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import Rotary, Transformer, causal_mask, rms_normalize
+from models.layers import KVCache, Rotary, Transformer, causal_mask, rms_normalize
 
 MEM_HEADS = ("attend", "linear")
 
@@ -169,19 +169,28 @@ class MemoryQueries(nn.Module):
         """h: stack output (B, L, d); z: input of its last block (B, L, d), neither padded but at the end.
         Returns the memory tokens of positions first..L-1 (B, L-first, K, d), RMS-normalised; position t
         reads z at t-span+1..t."""
-        B, L, d = h.shape
+        L = h.shape[1]
+        lo = 0 if span is None else max(0, first - span + 1)  # the first key any of these queries reads
+        k, v = self.keys(z[:, lo:], torch.arange(lo, L, device=h.device))
+        return self.read(h[:, first:], torch.arange(first, L, device=h.device), k, v, span)
+
+    def keys(self, z: torch.Tensor, kpos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotated keys and values (B, H, Lk, Dh) of the last block's inputs z (B, Lk, d) at positions kpos."""
+        B, Lk, d = z.shape
+        k, v = self.kv(self.norm_kv(z)).view(B, Lk, 2, self.H, d // self.H).permute(2, 0, 3, 1, 4)
+        return self.rotary(k, kpos), v
+
+    def read(self, h: torch.Tensor, qpos: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+             span: int | None) -> torch.Tensor:
+        """The memory tokens (B, Lq, K, d) of positions qpos (the last Lq of the keys' positions), h (B, Lq, d)."""
+        B, Lq, d = h.shape
         K, H = self.K, self.H
         Dh = d // H
-        lo = 0 if span is None else max(0, first - span + 1)  # the first key any of these queries reads
-        h, z = h[:, first:], z[:, lo:]
-        Lq, Lk = L - first, L - lo
-        qpos, kpos = torch.arange(first, L, device=h.device), torch.arange(lo, L, device=h.device)
         # rotary is linear: R_t(Wq h_t + u_k) = R_t(Wq h_t) + R_t(u_k), the second one batch-free
         qh = self.rotary(self.query(h).view(B, Lq, H, Dh).transpose(1, 2), qpos).transpose(1, 2)  # B Lq H Dh
         qu = self.rotary(self.slot_query.to(qh.dtype).view(K * H, 1, Dh).expand(K * H, Lq, Dh), qpos)
         q = qh[:, :, None] + qu.view(K, H, Lq, Dh).permute(2, 0, 1, 3)  # (B, Lq, K, H, Dh)
-        k, v = self.kv(self.norm_kv(z)).view(B, Lk, 2, H, Dh).permute(2, 0, 3, 1, 4)  # (B, H, Lk, Dh)
-        o = banded_attention(q, self.rotary(k, kpos), v, span)  # (B, Lq, K, H, Dh)
+        o = banded_attention(q, k, v, span)  # (B, Lq, K, H, Dh)
         r = h[:, :, None] + self.slot + o.reshape(B, Lq, K, d)
         return rms_normalize(r + self.mlp(r))
 
@@ -451,3 +460,71 @@ class Teacher(nn.Module):
 
     def readout(self, m: torch.Tensor) -> torch.Tensor:
         return self.decoder.readout(m)
+
+    # ---- inference ----------------------------------------------------------------------------
+    def memory_after(self, x: torch.Tensor) -> torch.Tensor:
+        """m_T of each row of x (B, T), recomputed from scratch (no cache): the causal encoder runs its stack
+        over every position and its memory head at the last one only; the register one encodes x."""
+        if not self.encoder_kind.one_pass:
+            return self.encode(x)
+        return self.encoder_kind.stream_memories(self, x, x.shape[1])[:, 0]
+
+    def incremental(self, batch: int = 1) -> IncrementalMemory:
+        """Incremental decoding with a KV cache (causal encoder only): `IncrementalMemory`."""
+        return IncrementalMemory(self, batch)
+
+
+class IncrementalMemory:
+    """Causal decoding of a causal teacher with a KV cache: the memory after each new token without re-encoding.
+
+    Starts at m_0 (the memory of the empty context, `memory`); `feed(x)` appends L tokens (B, L) and returns
+    m_{t+1}..m_{t+L} (B, L, Z), equal to `encode_all` on the whole sequence up to float rounding. Each encoder
+    block keeps the keys and values of earlier positions (`KVCache`: all of them, or the last window-1 with
+    `window`), and the 'attend' memory head keeps its own keys of the last mem_span positions, so a token
+    costs O(cached positions), not a pass over the sequence. `nbytes` is the state carried between tokens."""
+
+    def __init__(self, teacher: Teacher, batch: int = 1):
+        cfg = teacher.cfg
+        if not teacher.encoder_kind.one_pass:
+            raise ConfigError(f"incremental decoding needs the causal encoder (the {cfg.encoder} one encodes each "
+                              "memory from its whole context): use memory_after(x) to recompute, or a causal teacher")
+        self.teacher, self.batch, self.pos = teacher, batch, 0
+        self.caches = [KVCache(cfg.window) for _ in teacher.encoder.blocks]
+        self.head = KVCache(cfg.mem_width) if cfg.mem_head == "attend" else None
+        start = teacher.start.expand(batch, 1, -1).to(teacher.embed.weight.dtype)
+        self.memory = self._extend(start)[:, 0]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the keys and values carried to the next token (every block's, and the memory head's)."""
+        return sum(c.nbytes for c in self.caches) + (self.head.nbytes if self.head is not None else 0)
+
+    @property
+    def positions(self) -> int:
+        """Tokens fed so far (the start token not counted)."""
+        return self.pos - 1
+
+    def feed(self, x: torch.Tensor) -> torch.Tensor:
+        """Append tokens x (B, L) (no padding); returns their memories m_{t+1}..m_{t+L} (B, L, Z)."""
+        if x.dim() != 2 or x.shape[0] != self.batch:
+            raise ValueError(f"feed takes tokens of shape ({self.batch}, L), got {tuple(x.shape)}: one row per sequence")
+        if x.numel() and int(x.min()) < 0:
+            raise ValueError("incremental decoding takes no padding (-1): feed the real tokens only")
+        if x.shape[1] == 0:
+            return self.memory[:, None, :0]
+        M = self._extend(self.teacher.embed(x))
+        self.memory = M[:, -1]
+        return M
+
+    def _extend(self, h: torch.Tensor) -> torch.Tensor:
+        t, cfg = self.teacher, self.teacher.cfg
+        B, L, d = h.shape
+        pos = torch.arange(self.pos, self.pos + L, device=h.device)
+        self.pos += L
+        out, last_in = t.encoder.forward_cached(h, pos, self.caches)
+        K = cfg.mem_tokens
+        if self.head is None:
+            return rms_normalize(t.to_mem(out).view(B, L, K, d)).view(B, L, K * d)
+        k, v = t.mem_queries.keys(last_in, pos)
+        k, v, _ = self.head.extend(k, v)  # the span's band is the head's own (banded_attention)
+        return t.mem_queries.read(out, pos, k, v, cfg.mem_width).view(B, L, K * d)

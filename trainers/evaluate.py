@@ -100,10 +100,9 @@ def evaluate_student(student, x: torch.Tensor, y: torch.Tensor, teacher=None, pr
 
 
 def _draw(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
-    logits = logits.float()
-    if temperature <= 0:
-        return logits.argmax(-1)
-    return torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator)[:, 0]
+    from models.sampling import draw
+
+    return draw(logits, temperature, generator)
 
 
 @torch.no_grad()

@@ -7,6 +7,7 @@
     sources.py    the streams' sources: text files, Hugging Face text, token arrays
     images.py     pixel corpora: digits, MNIST
     registry.py   `load_corpus`, `held_out`, `manifest_json` (the top: imports every kind)
+    vocab.py      `token_format`: how a spec's token ids read (bytes, pixels, ids), from the spec alone
 
 Each module imports only those above it in this list (base imports the registry lazily, for
 `with_split`). Import the public names from `pipeline.corpora`.
@@ -18,6 +19,7 @@ from pipeline.corpora.registry import held_out, load_corpus, manifest_json
 from pipeline.corpora.sources import HFTextCorpus, TextCorpus, TokensCorpus
 from pipeline.corpora.spec import SPLITS, CorpusError, Params, parse_spec, spec_with
 from pipeline.corpora.streams import StreamCorpus
+from pipeline.corpora.vocab import token_format
 
 __all__ = [
     "SPLITS",
@@ -36,4 +38,5 @@ __all__ = [
     "manifest_json",
     "parse_spec",
     "spec_with",
+    "token_format",
 ]
