@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
+from pipeline.progress import beats, tick
 from pipeline.relabel import RelabelConfig, check_relabel, relabel
 from pipeline.stage import Resources
 from storage.errors import ObjectNotFound
@@ -41,6 +42,10 @@ from trainers.student import StudentTrainConfig, run_training
 
 class DMTTimeout(RuntimeError):
     """The run produced no new checkpoint in time."""
+
+
+class DMTStalled(DMTTimeout):
+    """The DMT actor made no progress (no event, relabeled shard, training step or poll) for too long."""
 
 
 @dataclass(kw_only=True)
@@ -186,6 +191,7 @@ class DMTLoop:
             p = self._ready_pointer(r)
             if p is not None:
                 return p
+            tick()  # a poll is progress: the wait has its own bound (timeout_seconds)
             if time.monotonic() > deadline:
                 raise DMTTimeout(f"round {r}: waited {c.timeout_seconds:.0f} s for {self._awaited(r)} in vain: is that "
                                  "trainer running? (with no trainer, run `smt dmt` alone: no --first-step, no --no-train)")
@@ -288,6 +294,11 @@ class DMTLoop:
 
     def config(self) -> dict:
         return asdict(self.cfg)
+
+    def progress(self) -> int:
+        """Work done so far in this process (relabeled shards, training steps, polls): a Ray actor answers
+        this beside `events` (max_concurrency=2), and a watcher that sees it unchanged knows the loop is stuck."""
+        return beats()
 
 
 @dataclass
