@@ -26,6 +26,7 @@ inside a Ray actor.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -33,6 +34,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pipeline.progress import beats, tick
 from pipeline.relabel import RelabelConfig, check_relabel, relabel
 from pipeline.stage import Resources
+from storage.codec import STATE_DTYPES
 from storage.errors import ObjectNotFound
 from storage.manifest import newest_generation, read_generation
 from storage.rounds import rounds_bucket
@@ -88,6 +90,30 @@ class DMTLoopConfig:
     """S3 endpoint."""
     resources: Resources = field(default_factory=Resources)
     """Resources of the relabel work (the actor's own)."""
+
+    def __post_init__(self) -> None:
+        """Refuse bad values at construction, each named with its flag and the fix (all of them in one line)."""
+        bad = []
+
+        def need(ok: bool, what: str) -> None:
+            if not ok:
+                bad.append(what)
+
+        need(self.rounds >= 1, f"--rounds={self.rounds} must be >= 1")
+        need(self.every_steps >= 1, f"--every-steps={self.every_steps} must be >= 1")
+        need(self.first_step is None or self.first_step >= 0, f"--first-step={self.first_step} must be >= 0 (or unset)")
+        need(self.sequences >= 1, f"--sequences={self.sequences} must be >= 1")
+        need(self.shard_sequences >= 1, f"--shard-sequences={self.shard_sequences} must be >= 1")
+        need(self.start >= 0, f"--start={self.start} must be >= 0")
+        need(self.Td is None or self.Td >= 1, f"--Td={self.Td} must be >= 1 (or unset: to the end)")
+        need(self.format in ("zarr", "wds"), f"--format={self.format!r} must be zarr or wds")
+        need(self.dtype in STATE_DTYPES, f"--dtype={self.dtype!r} must be one of {', '.join(STATE_DTYPES)}")
+        need(self.poll_seconds > 0, f"--poll-seconds={self.poll_seconds} must be > 0")
+        need(self.timeout_seconds > 0, f"--timeout-seconds={self.timeout_seconds} must be > 0")
+        need(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device) is not None,
+             f"--device={self.device!r} must be auto, cpu, cuda, cuda:N or mps")
+        if bad:
+            raise ValueError(f"dmt: {'; '.join(bad)}")
 
 
 class DMTLoop:
