@@ -42,6 +42,10 @@ class DMTJob:
     """Learning rate of the training phase `smt dmt` runs alone (default: the run's stored optim.lr)."""
     actor: bool = True
     """Run the loop inside a Ray actor (False: in this process)."""
+    stall_timeout_s: float = 900.0
+    """With --actor: fail when the DMT actor shows no progress (no event, relabeled shard, training step or poll
+    for a checkpoint) for this long: it is stuck (a hung device, a blocking socket), so it is killed and the
+    command exits naming it; a rerun resumes. Long rounds are fine as long as they move."""
     report: str = "dmt-report"
     """Local folder for the per-round plot and JSON."""
     quiet: bool = False
@@ -50,6 +54,11 @@ class DMTJob:
     """Experiment tracking: --log.tensorboard DIR (event files), --log.wandb PROJECT (W&B; WANDB_MODE=offline works
     offline). The training blocks log as the run (DIR), each round's
     report at step = round (DIR/rounds); metrics.jsonl and the round reports stay the record."""
+
+    def __post_init__(self) -> None:
+        if not self.stall_timeout_s > 0:
+            raise ValueError(f"--stall-timeout-s={self.stall_timeout_s} must be > 0 (seconds without progress "
+                             "before the DMT actor counts as stuck)")
 
     def execute(self) -> int:
         from trainers.dmt import DMTTimeout
@@ -91,12 +100,13 @@ class DMTJob:
             from pipeline.executors import init_ray
 
             ray = init_ray()
+            # max_concurrency=2: `progress` is answered beside the running `events`
             actor = ray.remote(num_cpus=c.resources.num_cpus, num_gpus=c.resources.num_gpus, max_restarts=2,
-                               max_task_retries=2)(DMTLoop).remote(cfg, None, trainer)
-            # a streaming generator: each event reaches this process (and the log) as it happens
-            for ref in actor.events.options(num_returns="streaming").remote(True):
-                say(ray.get(ref))
-            ray.kill(actor)
+                               max_task_retries=2, max_concurrency=2)(DMTLoop).remote(cfg, None, trainer)
+            try:
+                follow_actor(ray, actor, self.stall_timeout_s, say, f"on run {c.run}")
+            finally:
+                ray.kill(actor)
         else:
             for ev in DMTLoop(cfg, trainer=trainer).events(quiet=self.quiet):
                 say(ev)
@@ -109,6 +119,46 @@ class DMTJob:
         print(f"{len(reps)} DMT rounds in {c.run}; newest student: step {latest.get('step')}; "
               f"report: {png or self.report}")
         return 0
+
+
+def follow_actor(ray, actor, stall_s: float, say, what: str) -> None:
+    """Stream the DMT actor's events to `say` as they happen, bounded by progress rather than a wall clock: while
+    no event comes, ask the actor for its progress count (`DMTLoop.progress`) every few seconds; when neither an
+    event nor a changed count (nor an answer) came for `stall_s` seconds, raise DMTStalled naming the actor.
+    A round or training block may take hours as long as its shards and steps keep moving."""
+    import time
+
+    from trainers.dmt import DMTStalled
+
+    gen = actor.events.options(num_returns="streaming").remote(True)  # each event reaches us as it happens
+    poll = min(10.0, stall_s / 4)
+    moved, seen, ask, last = time.monotonic(), None, None, "none yet"
+    while True:
+        ready, _ = ray.wait([gen], num_returns=1, timeout=poll)
+        if ready:
+            try:
+                ref = next(gen)
+            except StopIteration:
+                return
+            ev = ray.get(ref)
+            last = ev.get("text", "?")
+            say(ev)
+            moved = time.monotonic()
+            continue
+        if ask is None:
+            ask = actor.progress.remote()
+        answered, _ = ray.wait([ask], timeout=0)
+        if answered:
+            count = ray.get(answered[0])
+            ask = None
+            if count != seen:
+                seen, moved = count, time.monotonic()
+        if time.monotonic() - moved > stall_s:
+            raise DMTStalled(
+                f"the DMT actor {actor._actor_id.hex()} {what} made no progress for {stall_s:g} s (no event, "
+                f"relabeled shard, training step or poll; last event: {last}): it is stuck (a hung device or a "
+                "blocking socket?), so it was stopped; see its log, then rerun this command to resume, or raise "
+                "--stall-timeout-s if one shard or step takes longer")
 
 
 def defaults(argv: list[str]) -> DMTJob:

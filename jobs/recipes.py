@@ -12,8 +12,11 @@ import copy
 import dataclasses
 import json
 import os
+import re
 import sys
 import tempfile
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -237,21 +240,119 @@ def load_recipe(name_or_file: str) -> Recipe:
     return dataclasses.replace(rc, corpus=resolve_corpus(rc.corpus))
 
 
-def _apply(obj, changes: dict, where: str):
-    """A copy of dataclass `obj` with nested `changes` applied; unknown fields name the path and the fix."""
+def _apply(obj, changes: dict, where: str, prefix: str = ""):
+    """A copy of dataclass `obj` with nested `changes` applied, each value checked against its field's type
+    (`typed`); an unknown field or a wrong type names the file, the key, the expected type and the value."""
+    if not isinstance(changes, dict):
+        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'the recipe'} must be a mapping of "
+                          f"{type(obj).__name__} fields, got {changes!r} ({type(changes).__name__})")
     kw = {}
     names = {f.name: f for f in dataclasses.fields(obj)}
+    hints = typing.get_type_hints(type(obj))
     for k, v in changes.items():
-        k = k.replace("-", "_")  # a file may spell fields like the flags
+        k = str(k).replace("-", "_")  # a file may spell fields like the flags
         if k not in names:
             raise ConfigError(f"{where}: unknown field {k!r} of {type(obj).__name__}: use one of {', '.join(names)}")
-        cur = getattr(obj, k)
-        if dataclasses.is_dataclass(cur) and isinstance(v, dict):
-            kw[k] = _apply(cur, v, where)
-        elif isinstance(cur, tuple) and isinstance(v, list):
-            kw[k] = tuple(v)
+        cur, key = getattr(obj, k), prefix + k
+        if dataclasses.is_dataclass(cur):
+            kw[k] = _apply(cur, v, where, key + ".")
         else:
-            kw[k] = v
+            kw[k] = typed(v, hints[k], where, key)
     return dataclasses.replace(obj, **kw)
 
 
+# A string is taken for a float field only when it is a plain decimal number: YAML 1.2 reads `3e-4` as a float,
+# PyYAML (YAML 1.1) as the string '3e-4', and nothing else could be meant. Nothing else is coerced: a string
+# for an int or bool field, a float for an int field, 'nan'/'inf'/'1_000' for a float field are refused.
+_NUMBER = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?")
+
+
+def type_name(tp) -> str:
+    """A field type as a recipe file spells it: float, int or null, list of int, mapping of str to float."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is type(None):
+        return "null"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(type_name(a) for a in args)
+    if origin in (tuple, list):
+        return f"list of {type_name(args[0])}" if args else "list"
+    if origin is dict:
+        return f"mapping of {type_name(args[0])} to {type_name(args[1])}" if args else "mapping"
+    if origin is typing.Literal:
+        return " or ".join(repr(a) for a in args)
+    return getattr(tp, "__name__", str(tp))
+
+
+class _Mismatch(Exception):
+    pass
+
+
+def _convert(v, tp):
+    """`v` as a value of `tp`, or _Mismatch."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Annotated:
+        return _convert(v, args[0])
+    if tp is typing.Any:
+        return v
+    if tp is type(None):
+        if v is None:
+            return None
+        raise _Mismatch
+    if origin in (typing.Union, types.UnionType):
+        for a in sorted(args, key=lambda a: a is not type(None)):  # null first, then the others in order
+            try:
+                return _convert(v, a)
+            except _Mismatch:
+                continue
+        raise _Mismatch
+    if origin is typing.Literal:
+        if v in args:
+            return v
+        raise _Mismatch
+    if origin in (tuple, list):
+        if not isinstance(v, (list, tuple)):
+            raise _Mismatch
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(v) != len(args):
+                raise _Mismatch
+            return tuple(_convert(x, a) for x, a in zip(v, args))
+        out = [_convert(x, args[0]) if args else x for x in v]
+        return tuple(out) if origin is tuple else out
+    if origin is dict:
+        if not isinstance(v, dict):
+            raise _Mismatch
+        kt, vt = args or (typing.Any, typing.Any)
+        # YAML reads the key `0:` as the int 0: an int key of a str-keyed mapping is its digits
+        return {(str(k) if kt is str and isinstance(k, int) and not isinstance(k, bool) else _convert(k, kt)):
+                _convert(x, vt) for k, x in v.items()}
+    if tp is bool:
+        if isinstance(v, bool):
+            return v
+        raise _Mismatch
+    if tp is int:
+        if isinstance(v, int) and not isinstance(v, bool):
+            return v
+        raise _Mismatch
+    if tp is float:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return float(v)
+        if isinstance(v, str) and _NUMBER.fullmatch(v):
+            return float(v)
+        raise _Mismatch
+    if tp is str:
+        if isinstance(v, str):
+            return v
+        raise _Mismatch
+    if isinstance(tp, type) and not isinstance(v, tp):
+        raise _Mismatch
+    return v
+
+
+def typed(value, tp, where: str, key: str):
+    """`value` checked against (and, for unambiguous cases, converted to) the field type `tp`: ConfigError
+    naming the file, the key, the expected type and the value otherwise."""
+    try:
+        return _convert(value, tp)
+    except _Mismatch:
+        raise ConfigError(f"{where}: {key} must be {type_name(tp)}, got {value!r} ({type(value).__name__}): "
+                          f"write it as {type_name(tp)}, as --{key.replace('_', '-')} takes it") from None

@@ -13,8 +13,12 @@ crash mid-write gives the same bytes (or, if they differ, a content-named varian
 A hung actor (stopped, deadlocked, stuck in I/O) is not dead to Ray, so the driver never waits
 unbounded: actors are threaded (one work item, plus heartbeats answered beside it). Every
 `heartbeat_s` a busy actor gets a heartbeat; one unanswered for `hang_timeout_s` (a stopped or
-wedged process), or an item running past `item_timeout_s` (a live but stuck stage), gets the actor
-killed; Ray restarts it and its item goes back on the queue like any actor death's.
+wedged process), or an item running past the item timeout (a live but stuck stage: a CUDA hang or a
+blocking socket releases the GIL, so its heartbeats are still answered), gets the actor killed; Ray
+restarts it and its item goes back on the queue like any actor death's. The item timeout is on by
+default: `item_timeout_s` when given (`--item-timeout-s`), else `item_timeout_factor` x the slowest item
+finished so far, at least `item_timeout_min_s`. An item that times out on every try fails the map with
+one line naming it and the flag. (The serial executor runs items in the caller's thread: no bound there.)
 """
 from __future__ import annotations
 
@@ -122,11 +126,26 @@ class RayActorPool:
     hang_timeout_s: float = 120.0
     """A heartbeat unanswered this long marks the actor hung: it is killed, restarted, its item re-queued."""
     item_timeout_s: float | None = None
-    """Kill an actor whose item runs longer than this (a stage stuck while its process answers); None: off."""
+    """Kill an actor whose item runs longer than this (a stage stuck while its process answers heartbeats)
+    and retry the item; None: derived from the work (`item_timeout_factor`, `item_timeout_min_s`)."""
+    item_timeout_factor: float = 10.0
+    """With item_timeout_s=None: an item may run this many times as long as the slowest finished item..."""
+    item_timeout_min_s: float = 600.0
+    """...and at least this long (also the bound before any item has finished)."""
 
     def __post_init__(self) -> None:
         if self.num_actors < 1:
             raise ValueError(f"num_actors={self.num_actors} must be >= 1 (use SerialExecutor for 0)")
+        check_item_timeout(self.item_timeout_s)
+        if self.item_timeout_factor < 1 or self.item_timeout_min_s <= 0:
+            raise ValueError(f"item_timeout_factor={self.item_timeout_factor} must be >= 1 and item_timeout_min_s="
+                             f"{self.item_timeout_min_s} > 0")
+
+    def item_timeout(self, slowest: float | None) -> float:
+        """Seconds an item may run, given the slowest item finished so far (None: none yet)."""
+        if self.item_timeout_s is not None:
+            return self.item_timeout_s
+        return max(self.item_timeout_min_s, self.item_timeout_factor * (slowest or 0.0))
 
     def actor_options(self, stage: Stage) -> dict:
         res = stage.resources
@@ -154,6 +173,9 @@ class RayActorPool:
         beats: dict[Any, tuple[int, float]] = {}  # heartbeat ref -> (actor, sent at)
         last_beat: dict[int, float] = {}  # actor -> when it last answered (or got work)
         killed: set[int] = set()  # hung actors killed, whose item's error has not come back yet
+        overdue: dict[int, float] = {}  # actor -> the item timeout its item ran past (killed for that)
+        timeouts: Counter = Counter()  # item -> times it ran past the item timeout
+        slowest: list[float] = []  # the longest a finished item took (empty: none finished yet)
 
         def submit(a: int) -> None:
             item = pending.popleft()
@@ -174,16 +196,26 @@ class RayActorPool:
                     continue
                 late = outstanding.get(a)
                 hung = late is not None and now - late > self.hang_timeout_s
-                stuck = self.item_timeout_s is not None and now - started[a] > self.item_timeout_s
+                limit = self.item_timeout(max(slowest) if slowest else None)
+                stuck = now - started[a] > limit
                 if hung or stuck:  # Ray sees a live process: kill it, the death path re-queues the item
                     killed.add(a)
+                    if stuck and not hung:
+                        overdue[a] = self.stats["item_timeout_s"] = limit
                     self.stats["hung_actors"] += 1
                     ray.kill(actors[a], no_restart=False)
                 elif late is None and now - last_beat[a] >= self.heartbeat_s:
                     beats[actors[a].heartbeat.remote()] = (a, now)
 
-        def retry(item: Any, err: BaseException) -> None:
+        def retry(item: Any, err: BaseException, timed_out: float | None = None) -> None:
             attempts[item] += 1
+            if timed_out is not None:
+                timeouts[item] += 1
+            if attempts[item] > self.task_retries and timed_out is not None and timeouts[item] == attempts[item]:
+                raise ExecutorError(
+                    f"{stage.name}: item {item} ran past the item timeout ({timed_out:.0f} s) on "
+                    f"{attempts[item]} of {attempts[item]} tries while its actor answered heartbeats (stuck: a hung device or a "
+                    "blocking socket?); if items this size take longer, raise --item-timeout-s")
             if attempts[item] > self.task_retries:
                 cause = getattr(err, "cause", None)
                 if isinstance(err, RayTaskError) and isinstance(cause, Exception):
@@ -231,7 +263,7 @@ class RayActorPool:
                         else:  # the actor died under this item: Ray restarts it, the item goes back
                             deaths[a] += 1
                             self.stats["actor_deaths"] += 1
-                            retry(item, e)
+                            retry(item, e, overdue.pop(a, None))
                             if deaths[a] > self.max_restarts:
                                 alive.discard(a)
                             else:
@@ -241,6 +273,7 @@ class RayActorPool:
                         retry(item, e)
                     else:
                         if item is not _PING:
+                            slowest[:] = [max(slowest + [time.monotonic() - started[a]])]
                             done += 1
                             bar.advance(stage.records(res))
                             bar.postfix(shards=done, actor_deaths=self.stats["actor_deaths"],
@@ -279,10 +312,14 @@ class ExecutorConfig:
     """Times a failed work item is resubmitted to a live actor."""
     gpus_per_worker: float | None = None
     """GPUs per Ray actor (default: this machine's GPUs shared among the workers, at most 1 each; 0 without CUDA)."""
+    item_timeout_s: float | None = None
+    """Seconds a work item may run on a Ray actor before the actor is killed and the item retried (a stuck
+    device or socket; default: 10x the slowest finished item, at least 600 s)."""
 
     def __post_init__(self) -> None:
         if self.workers < 0:
             raise ValueError(f"--workers={self.workers} must be >= 0 (0 = serial, in-process)")
+        check_item_timeout(self.item_timeout_s)
 
     def gpus(self) -> float:
         """GPUs per actor: the given figure, else a guess from the driver's machine (asking for more GPUs than
@@ -298,4 +335,10 @@ class ExecutorConfig:
         if self.workers == 0:
             return SerialExecutor()
         return RayActorPool(num_actors=self.workers, max_restarts=self.max_restarts, task_retries=self.task_retries,
-                            num_gpus=self.gpus())
+                            num_gpus=self.gpus(), item_timeout_s=self.item_timeout_s)
+
+
+def check_item_timeout(seconds: float | None) -> None:
+    if seconds is not None and not seconds > 0:
+        raise ValueError(f"--item-timeout-s={seconds} must be > 0 (seconds an item may run; leave it unset for "
+                         "10x the slowest finished item, at least 600 s)")

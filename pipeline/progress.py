@@ -9,6 +9,9 @@ budget (`seconds`), with the step count beside it, so a run capped by time does 
 10,000,000 steps that never fills. When the output is not a terminal (a log file, `ray job logs`,
 CI), carriage-return frames would fill the log with thousands of partial lines, so it prints one
 plain line every `every_s` seconds instead, and a last one on close.
+
+Every advance also counts towards this process's `beats()`: the DMT actor reports them, so `smt dmt` can
+tell a long but moving round from a stuck one (jobs/dmt.py).
 """
 from __future__ import annotations
 
@@ -19,6 +22,20 @@ from typing import IO, Any
 
 def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+_beats = [0]  # units advanced by every Progress of this process, and explicit ticks
+
+
+def tick(n: int = 1) -> None:
+    """Count work this process did outside a Progress (e.g. one poll of a waiting loop)."""
+    _beats[0] += n
+
+
+def beats() -> int:
+    """How much work this process has advanced so far (every Progress.advance and tick): a watcher that
+    sees it unchanged for long knows the process is stuck, even when its threads still answer calls."""
+    return _beats[0]
 
 
 class Progress:
@@ -47,6 +64,7 @@ class Progress:
 
     def advance(self, n: int = 1, *, elapsed: float | None = None) -> None:
         """`n` more units done; `elapsed` is the budgeted clock's seconds (default: wall time since start)."""
+        tick(max(1, n))
         self.count += n
         self.elapsed = self.now() - self.t0 if elapsed is None else float(elapsed)
         if self.quiet:

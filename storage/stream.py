@@ -20,6 +20,8 @@ One epoch, for a generation and a seed, is a pure function of (seed, epoch):
    (generation, epoch, position, batches); with several workers the batches are taken round-robin
    (worker 0, 1, ..., exactly as a torch DataLoader with `in_order=True` does), so the state also
    records which worker is next.
+The plan is never materialised (`EpochPlan`: per shard a saved generator state, its permutation re-drawn when
+a window needs it), so memory does not grow with the records of an epoch; the opened generations are an LRU.
 Decoded shards live in a small LRU cache; a background thread builds the next windows while the
 current one is consumed, fetching each window's shards concurrently. Nothing here lists the bucket: a newer
 generation is found by existence probes of manifest/gen-<n+1>.json. A student run's stream reads a
@@ -154,11 +156,17 @@ def beta_weights(round_weights: dict[str, float], newest: int, beta: float, half
     return {**round_weights, "0": wd * share / (1.0 - share) if share < 1 else wd * 1e9}
 
 
-def epoch_plan(shards: tuple[ShardEntry, ...], seed: int, epoch: int,
-               round_weights: dict[str, float] | None, mix_shards: int = 1,
-               round_decay: float = 1.0, beta: float | None = None,
-               beta_halflife: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
-    """(shard index, record index) for every position of one epoch, before the window shuffle.
+class EpochPlan:
+    """The (shard index, record index) of every position of one epoch, before the window shuffle, without
+    holding them: `slice(a, b)` computes positions [a, b) on demand.
+
+    The order is `epoch_plan`'s (below), draw for draw: one Generator seeded by (seed, epoch, 1) permutes
+    the shards, draws the weighted counts, then permutes each shard's records in plan order. Building the plan
+    runs those draws once, keeping per shard only the Generator's state before its permutation (a few
+    ints), its count (`base`, plus one bit per record drawn once more, packed, only with round weights) and
+    its length; a slice re-draws the permutations of the shards it touches from their saved states (an LRU of
+    `keep` of them: about 2 x mix_shards, the shards the decoded-shard cache holds anyway). So a plan costs
+    O(shards) + O(kept shards' records) memory instead of 12 bytes per record of the epoch.
 
     Without weights every record appears once. With weights, the epoch still has E records, E = the
     records of all groups with a positive weight; group g gets q_g = E * w_g / sum(w) of them
@@ -166,25 +174,48 @@ def epoch_plan(shards: tuple[ShardEntry, ...], seed: int, epoch: int,
     random q_g mod n_g of them once more. Groups: a round's own key, else 'dmt' for rounds >= 1; with
     round_decay < 1 the 'dmt' weight is split over its rounds in proportion to round_decay ** (newest - r).
     Consecutive groups of `mix_shards` shards (in permuted order) are interleaved: chunk j of each
-    shard of the group (its records in a seeded random order), for j = 0..mix_shards-1, so a shuffle
-    window holds records of ~mix_shards shards; mix_shards >= the shard count makes every window a
-    proportional sample of the whole epoch (lockstep DMT switches generations every few steps).
-    With `beta`, round 0's weight follows `beta_weights` of the newest DMT round of the generation.
+    shard of the group (its records in a seeded random order; `np.array_split`'s cut into as many chunks as
+    the group has shards), for j = 0..len(group)-1, so a shuffle window holds records of ~mix_shards
+    shards; mix_shards >= the shard count makes every window a proportional sample of the whole epoch
+    (lockstep DMT switches generations every few steps). With `beta`, round 0's weight follows
+    `beta_weights` of the newest DMT round of the generation.
     """
-    rng = np.random.default_rng([seed, epoch, 1])
-    dmt_rounds = [e.round for e in shards if e.round >= 1]
-    if beta is not None and round_weights is not None and dmt_rounds:
-        round_weights = beta_weights(round_weights, max(dmt_rounds), beta, beta_halflife)
-    order = rng.permutation(len(shards))
-    sizes = np.array([e.records for e in shards], dtype=np.int64)
-    counts = [np.ones(n, dtype=np.int64) for n in sizes]
-    if round_weights is not None:
+
+    def __init__(self, shards: tuple[ShardEntry, ...], seed: int, epoch: int,
+                 round_weights: dict[str, float] | None, mix_shards: int = 1, round_decay: float = 1.0,
+                 beta: float | None = None, beta_halflife: float = 5.0, keep: int | None = None) -> None:
+        rng = np.random.default_rng([seed, epoch, 1])
+        dmt_rounds = [e.round for e in shards if e.round >= 1]
+        if beta is not None and round_weights is not None and dmt_rounds:
+            round_weights = beta_weights(round_weights, max(dmt_rounds), beta, beta_halflife)
+        order = rng.permutation(len(shards))
+        sizes = [int(e.records) for e in shards]
+        self.sizes = sizes
+        self.base = [1] * len(shards)
+        self.extra: list[np.ndarray | None] = [None] * len(shards)  # packed bits: drawn once more
+        if round_weights is not None:
+            self._weights(shards, round_weights, round_decay, rng)
+        self.lengths = np.array([self.base[i] * n + (int(np.unpackbits(x, count=n).sum()) if x is not None else 0)
+                                 for i, (n, x) in enumerate(zip(sizes, self.extra))], dtype=np.int64)
+        self.states: list[dict | None] = [None] * len(shards)
+        for i in order:  # the permutations' draws, in plan order: keep the state before each
+            self.states[i] = rng.bit_generator.state
+            rng.permutation(int(self.lengths[i]))  # the draws depend on the length only (a 1-D shuffle)
+        self.groups = [order[g:g + mix_shards] for g in range(0, len(order), mix_shards)]
+        self.group_start = np.concatenate([[0], np.cumsum([int(self.lengths[m].sum()) for m in self.groups])])
+        self.length = int(self.group_start[-1])
+        self._chunks: OrderedDict[int, np.ndarray] = OrderedDict()  # group -> start of each chunk (small)
+        self._perms: OrderedDict[int, np.ndarray] = OrderedDict()
+        self.keep = keep if keep is not None else max(2, 2 * mix_shards)
+        self._lock = threading.Lock()
+
+    def _weights(self, shards, round_weights: dict[str, float], round_decay: float, rng) -> None:
         groups: dict[str, list[int]] = {}
         for i, e in enumerate(shards):
             g = round_group(e.round, round_weights)
             groups.setdefault(g if g is not None and round_weights[g] > 0 else "", []).append(i)
         for i in groups.pop("", []):
-            counts[i][:] = 0
+            self.base[i] = 0
         weights = dict(round_weights)
         if round_decay < 1 and "dmt" in groups:
             members = groups.pop("dmt")
@@ -195,7 +226,7 @@ def epoch_plan(shards: tuple[ShardEntry, ...], seed: int, epoch: int,
             for r, d in decay.items():
                 weights[f"dmt:{r}"] = round_weights["dmt"] * d / sum(decay.values())
         names = sorted(groups)
-        total = int(sum(sizes[i] for g in names for i in groups[g]))
+        total = int(sum(self.sizes[i] for g in names for i in groups[g]))
         w = np.array([weights[g] for g in names])
         exact = total * w / w.sum()
         quota = np.floor(exact).astype(np.int64)
@@ -203,23 +234,89 @@ def epoch_plan(shards: tuple[ShardEntry, ...], seed: int, epoch: int,
             quota[j] += 1
         for g, q in zip(names, quota):
             idx = groups[g]
-            n_g = int(sum(sizes[i] for i in idx))
-            c = np.full(n_g, q // n_g, dtype=np.int64)
-            c[rng.choice(n_g, int(q % n_g), replace=False)] += 1
-            for i, part in zip(idx, np.split(c, np.cumsum([sizes[i] for i in idx])[:-1])):
-                counts[i] = part
-    pieces: list[tuple[np.ndarray, np.ndarray]] = []
-    for g in range(0, len(order), mix_shards):  # interleave each group of mix_shards shards in chunks
-        # each shard's records in a seeded random order, so that any chunk of it (and so the first window of
-        # an epoch, which a generation switch may cut short) is a random sample of the shard, not its head
-        group = [(i, rng.permutation(np.repeat(np.arange(sizes[i], dtype=np.int64), counts[i])))
-                 for i in order[g:g + mix_shards]]
-        chunks = [(i, np.array_split(recs, len(group))) for i, recs in group]
-        for j in range(len(group)):
-            pieces += [(np.full(len(parts[j]), i, dtype=np.int32), parts[j]) for i, parts in chunks]
-    if not pieces:
-        return np.zeros(0, np.int32), np.zeros(0, np.int64)
-    return np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces])
+            n_g = int(sum(self.sizes[i] for i in idx))
+            once_more = np.zeros(n_g, dtype=bool)
+            once_more[rng.choice(n_g, int(q % n_g), replace=False)] = True
+            for i, part in zip(idx, np.split(once_more, np.cumsum([self.sizes[i] for i in idx])[:-1])):
+                self.base[i] = int(q // n_g)
+                self.extra[i] = np.packbits(part) if part.any() else None
+
+    def __len__(self) -> int:
+        return self.length
+
+    def perm(self, i: int) -> np.ndarray:
+        """Shard i's records in this epoch's order (each as often as its count), re-drawn from its saved state."""
+        with self._lock:
+            if i in self._perms:
+                self._perms.move_to_end(i)
+                return self._perms[i]
+        n = self.sizes[i]
+        counts = np.full(n, self.base[i], dtype=np.int64)
+        if self.extra[i] is not None:
+            counts += np.unpackbits(self.extra[i], count=n)
+        recs = np.arange(n, dtype=np.int64) if self.base[i] == 1 and self.extra[i] is None else \
+            np.repeat(np.arange(n, dtype=np.int64), counts)
+        rng = np.random.default_rng()
+        rng.bit_generator.state = self.states[i]
+        p = rng.permutation(recs)
+        with self._lock:
+            self._perms[i] = p
+            while len(self._perms) > self.keep:
+                self._perms.popitem(last=False)
+        return p
+
+    def _chunk_starts(self, g: int) -> np.ndarray:
+        """Start of each chunk j within group g (relative to the group): chunk j holds part j of each member."""
+        with self._lock:
+            if g in self._chunks:
+                return self._chunks[g]
+        L, k = self.lengths[self.groups[g]], len(self.groups[g])
+        sizes = (L // k).sum() + np.array([(L % k > j).sum() for j in range(k)], dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(sizes)])
+        with self._lock:
+            self._chunks[g] = starts
+            while len(self._chunks) > 4:
+                self._chunks.popitem(last=False)
+        return starts
+
+    def slice(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """(shard index, record index) of plan positions [a, b)."""
+        a, b = max(0, a), min(b, self.length)
+        shard_parts, rec_parts = [], []
+        pos = a
+        while pos < b:
+            g = int(np.searchsorted(self.group_start, pos, side="right")) - 1
+            members, k = self.groups[g], len(self.groups[g])
+            L = self.lengths[members]
+            starts = self._chunk_starts(g)
+            j = int(np.searchsorted(starts, pos - self.group_start[g], side="right")) - 1
+            parts = L // k + (L % k > j)  # part j of each member: np.array_split's sizes
+            first = j * (L // k) + np.minimum(j, L % k)  # where part j starts in each member's permutation
+            off = pos - int(self.group_start[g] + starts[j])
+            for i, size, at in zip(members, parts, first):
+                if pos >= b:
+                    break
+                if off >= size:
+                    off -= int(size)
+                    continue
+                take = min(int(size) - off, b - pos)
+                rec_parts.append(self.perm(int(i))[int(at) + off:int(at) + off + take])
+                shard_parts.append(np.full(take, i, dtype=np.int32))
+                pos += take
+                off = 0
+        if not rec_parts:
+            return np.zeros(0, np.int32), np.zeros(0, np.int64)
+        return np.concatenate(shard_parts), np.concatenate(rec_parts)
+
+
+def epoch_plan(shards: tuple[ShardEntry, ...], seed: int, epoch: int,
+               round_weights: dict[str, float] | None, mix_shards: int = 1,
+               round_decay: float = 1.0, beta: float | None = None,
+               beta_halflife: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
+    """The whole `EpochPlan` as two arrays (tests, tools; the stream never materialises it)."""
+    plan = EpochPlan(shards, seed, epoch, round_weights, mix_shards, round_decay, beta, beta_halflife,
+                     keep=len(shards) or 1)
+    return plan.slice(0, len(plan))
 
 
 def split_range(length: int, rank: int, world_size: int, worker: int, num_workers: int) -> tuple[int, int]:
@@ -284,11 +381,14 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.cache = ShardCache(self.cfg.cache_shards)
         self.source = TargetSetSource(source) if isinstance(source, TargetSet) else source
         first = self.source.view(self.source.initial)
-        self._sets: dict[int, TargetSet | RunView] = {first.generation: first}
+        # the generations opened, an LRU: lockstep DMT moves to a new one every few steps, and a long run must
+        # not keep every manifest it ever read (an evicted one in use is opened again: one manifest GET)
+        self._sets: OrderedDict[int, TargetSet | RunView] = OrderedDict({first.generation: first})
+        self._keep_sets = num_workers + 2
         self.fingerprint = first.fingerprint
         self.cursors = [Cursor(first.generation) for _ in range(num_workers)]
         self.next_worker = 0
-        self._plans: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._plans: OrderedDict[tuple[int, int], EpochPlan] = OrderedDict()
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._io_pool: ThreadPoolExecutor | None = None
@@ -351,6 +451,8 @@ class ShardStream(torch.utils.data.IterableDataset):
     def _target_set(self, n: int) -> TargetSet | RunView:
         with self._lock:
             ts = self._sets.get(n)
+            if ts is not None:
+                self._sets.move_to_end(n)
         if ts is None:
             ts = self.source.view(n)
             if ts.fingerprint != self.fingerprint:
@@ -358,6 +460,8 @@ class ShardStream(torch.utils.data.IterableDataset):
                                        f"{ts.fingerprint!r}, the stream was opened on {self.fingerprint!r}")
             with self._lock:
                 self._sets[n] = ts
+                while len(self._sets) > self._keep_sets:
+                    self._sets.popitem(last=False)
         return ts
 
     def _maybe_switch(self, cur: Cursor) -> None:
@@ -397,13 +501,14 @@ class ShardStream(torch.utils.data.IterableDataset):
             self._move(cur, generation)
 
     # ---- the order -------------------------------------------------------------------------------
-    def plan(self, generation: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    def plan(self, generation: int, epoch: int) -> EpochPlan:
         key = (generation, epoch)
         with self._lock:
             if key in self._plans:
                 return self._plans[key]
-        p = epoch_plan(self._target_set(generation).shards, self.cfg.seed, epoch, self.cfg.round_weights,
-                       self.cfg.mix_shards, self.cfg.round_decay, self.cfg.beta, self.cfg.beta_halflife)
+        c = self.cfg
+        p = EpochPlan(self._target_set(generation).shards, c.seed, epoch, c.round_weights, c.mix_shards,
+                      c.round_decay, c.beta, c.beta_halflife, keep=max(2 * c.mix_shards, c.cache_shards))
         with self._lock:
             self._plans[key] = p
             while len(self._plans) > 2:
@@ -411,7 +516,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         return p
 
     def split(self, generation: int, epoch: int, worker: int) -> tuple[int, int]:
-        n = len(self.plan(generation, epoch)[0])
+        n = len(self.plan(generation, epoch))
         lo, hi = split_range(n, self.rank, self.world_size, worker, self.num_workers)
         if hi <= lo:
             raise StreamStateError(
@@ -421,10 +526,9 @@ class ShardStream(torch.utils.data.IterableDataset):
 
     def window(self, generation: int, epoch: int, worker: int, k: int) -> dict[str, np.ndarray]:
         """Window k of a split: its records, permuted (a pure function of the arguments)."""
-        shard, rec = self.plan(generation, epoch)
         lo, hi = self.split(generation, epoch, worker)
         a, b = lo + k * self.cfg.shuffle_buffer, min(hi, lo + (k + 1) * self.cfg.shuffle_buffer)
-        s, r = shard[a:b], rec[a:b]
+        s, r = self.plan(generation, epoch).slice(a, b)
         perm = np.random.default_rng([self.cfg.seed, epoch, 2, a]).permutation(b - a)
         s, r = s[perm], r[perm]
         ts = self._target_set(generation)
@@ -553,6 +657,7 @@ class ShardStream(torch.utils.data.IterableDataset):
     def __getstate__(self) -> dict:  # DataLoader workers get a copy without the thread pool/locks
         d = dict(self.__dict__)
         d["_pool"], d["_io_pool"], d["_lock"], d["cache"] = None, None, None, None
+        d["_plans"] = OrderedDict()  # plans hold locks; a worker builds its own
         return d
 
     def __setstate__(self, d: dict) -> None:
@@ -567,4 +672,4 @@ def to_torch(b: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
             torch.from_numpy(v.astype(np.int64)) for k, v in b.items()}
 
 
-__all__ = ["Cursor", "ShardStream", "StreamConfig", "StreamStateError", "epoch_plan", "split_range"]
+__all__ = ["Cursor", "EpochPlan", "ShardStream", "StreamConfig", "StreamStateError", "epoch_plan", "split_range"]

@@ -2,6 +2,9 @@
 
 - `DiesOnce(stage, exit_after=, marker=)`: a stage whose worker process dies (os._exit) once, when it has
   finished `exit_after` items; the marker file makes it happen once across actor restarts and processes.
+- `StuckOn(stage, index, how)`: a stage whose item `index` never returns, blocked with the GIL released
+  (`sleep`: time.sleep; `recv`: a socket recv nobody answers), so its actor still answers heartbeats: a
+  CUDA hang or a dead peer, as the driver sees it.
 - `WrapStage(executor, wrap)`: an executor that runs `wrap(stage)` on `executor`, so a test hands
   `label(cfg, WrapStage(pool, ...))` the stage wrapper through the executor parameter it already takes.
 - `python -m tests.faults N HOW MODULE ARGS...`: runs `MODULE.main(ARGS)` (an `smt` job) in this process
@@ -14,7 +17,9 @@ from __future__ import annotations
 import importlib
 import os
 import signal
+import socket
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +51,33 @@ class DiesOnce(Stage):
         res = self.inner.run(item)
         self._done += 1
         return res
+
+    def records(self, result: dict) -> int:
+        return self.inner.records(result)
+
+
+@dataclass
+class StuckOn(Stage):
+    """`inner`, except that the item with `index` blocks forever with the GIL released (heartbeats still answered)."""
+
+    inner: Stage
+    index: int
+    how: str = "sleep"
+
+    def __post_init__(self) -> None:
+        self.name, self.resources = self.inner.name, self.inner.resources
+
+    def setup(self) -> None:
+        self.inner.setup()
+
+    def run(self, item: Any) -> dict:
+        if item.index == self.index:
+            if self.how == "recv":
+                a, _peer = socket.socketpair()  # _peer never sends: recv waits in the kernel, like a dead peer
+                a.recv(1)
+            while True:
+                time.sleep(3600)
+        return self.inner.run(item)
 
     def records(self, result: dict) -> int:
         return self.inner.records(result)

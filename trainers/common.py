@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -52,6 +53,61 @@ class OptimConfig:
             return 1.0
 
         return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+# fields a resume may change without it being a change of the run: where it runs, and the permission below
+_NOT_THE_RUN = ("device", "allow_seed_change")
+
+
+def config_changes(saved: dict, now: dict, prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    """{dotted field: (recorded, now)} for every field whose value differs between a run's recorded config
+    (JSON) and this one (`asdict`); fields the recorded config does not hold (an older version) are skipped."""
+    out: dict[str, tuple[Any, Any]] = {}
+    for k, v in now.items():
+        if k in _NOT_THE_RUN or k not in saved:
+            continue
+        old = saved[k]
+        if isinstance(v, dict) and isinstance(old, dict) and not k.endswith("weights"):
+            out.update(config_changes(old, v, f"{prefix}{k}."))
+        elif json.loads(json.dumps(v, default=str)) != old:
+            out[f"{prefix}{k}"] = (old, v)
+    return out
+
+
+def check_resume(run_url: str, step: int, saved: dict | None, now: dict, *, seeds: dict[str, str],
+                 allow_seed_change: bool) -> dict[str, tuple[Any, Any]]:
+    """The changes of this config against the one the run recorded (`config_changes`). A changed seed is
+    refused in one line unless `allow_seed_change` (`seeds` maps each seed field to what depends on it): the
+    resumed run would not be the run an uninterrupted one is. Anything else is allowed (the caller says it)."""
+    changes = config_changes(saved or {}, now)
+    for k, what in seeds.items():
+        if k in changes and not allow_seed_change:
+            old, new = changes[k]
+            raise ValueError(f"run {run_url} (step {step}) was trained with {k}={old}, this command gives {k}={new}: "
+                             f"it decides the {what}, so the resume would not be exact; pass --{k.replace('_', '-')} "
+                             f"{old}, or --allow-seed-change to resume with {new} anyway, or give a new --out")
+    return changes
+
+
+def announce_resume(run, step: int, changes: dict[str, tuple[Any, Any]]) -> str | None:
+    """Say in one line what a resume changed (old -> new) and record it in the run as `resume-<step>.json`;
+    returns the line (None: nothing changed)."""
+    if not changes:
+        return None
+    name = f"resume-{step:08d}.json"
+    run.write_json(name, {"step": step, "changes": {k: {"old": a, "new": b} for k, (a, b) in changes.items()}})
+    what = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changes.items())
+    line = f"resuming {run.url} at step {step} with a changed config: {what} (applied from here; recorded in {name})"
+    print(line, file=sys.stderr, flush=True)
+    return line
+
+
+def apply_optim(opt, sched, o: OptimConfig) -> None:
+    """This config's optimiser settings on a resumed AdamW and schedule (the same numbers when unchanged)."""
+    sched.base_lrs = [o.lr for _ in opt.param_groups]
+    for g, f in zip(opt.param_groups, sched.lr_lambdas):
+        g.update(initial_lr=o.lr, lr=o.lr * f(sched.last_epoch), weight_decay=o.weight_decay, betas=(o.beta1, o.beta2))
+    sched._last_lr = [g["lr"] for g in opt.param_groups]
 
 
 def clip_and_step(params, opt, sched, clip: float) -> float:

@@ -28,7 +28,7 @@ from models.teacher import TeacherConfig
 from models.updaters import UpdaterConfig
 from storage.lease import Writer
 from storage.run_dir import Retention, RunDir
-from trainers.common import MetricsLog, OptimConfig, clip_and_step
+from trainers.common import MetricsLog, OptimConfig, announce_resume, clip_and_step
 from trainers.evaluate import eval_batch, evaluate_student, evaluate_teacher
 from trainers.pretrain_state import JointObjective, batch_at, build_state, export, positions_generator, save
 from trainers.smt import SMTConfig
@@ -75,6 +75,9 @@ class PretrainConfig:
     """Clock of `seconds` and of logged times: 'wall', or 'process' (this process's CPU seconds)."""
     device: str = "auto"
     """'auto' (GPU when present), 'cpu' or 'cuda'."""
+    allow_seed_change: bool = False
+    """On resume, accept a `seed` other than the run's (refused by default: the batches and loss positions
+    of every later step change, so the run is no longer the one an uninterrupted run would be)."""
 
     def __post_init__(self) -> None:
         Retention(keep_last=self.keep_last, keep_every=self.keep_every)  # refuses 0 or negative
@@ -125,8 +128,10 @@ def pretrain(corpus, cfg: PretrainConfig, out: str | Path | None = None, quiet: 
         ex, ey = (t.to(dev) for t in eval_batch(cur, cfg.eval_size, cfg.seed))
         prompt = cfg.smt.start
         record = {"stage": "pretrain", "corpus": corpus.spec, "config": asdict(cfg), "world_size": world_size,
-                  "start_step": state.step}
+                  "start_step": state.step,
+                  "changes": {k: {"old": a, "new": b} for k, (a, b) in state.changes.items()}}
         if lead and run is not None:
+            announce_resume(run, state.step, state.changes)
             run.write_json("run.json", record)
         tracker = open_tracker(tracking, "pretrain", run=run.url if run else None, start_step=state.step,
                                config=record) if lead else None

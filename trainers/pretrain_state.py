@@ -26,6 +26,7 @@ from models.updaters import matched_updater
 from storage.bucket import Bucket
 from storage.checkpoints import load_student, load_teacher, save_student, save_teacher
 from storage.run_dir import Retention, RunDir, flatten_optimizer, unflatten_optimizer
+from trainers.common import apply_optim, check_resume
 from trainers.smt import SMTConfig, smt_losses
 
 KIND = "pretrain"
@@ -68,6 +69,7 @@ class PretrainState:
         self.step, self.stage, self.elapsed, self.finished = 0, 0, 0.0, False
         self.last_eval: dict[str, Any] = {}
         self.starts: list[int] = []  # the step every start of this run began at (0, then each resume)
+        self.changes: dict[str, tuple] = {}  # config fields this resume changed: {field: (recorded, now)}
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """(tensors, JSON); the weights travel separately (teacher/ and student/ checkpoints)."""
@@ -82,6 +84,7 @@ class PretrainState:
     def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         self.opt.load_state_dict(unflatten_optimizer(tensors, meta["optimizer"]))
         self.sched.load_state_dict(meta["scheduler"])
+        apply_optim(self.opt, self.sched, self.cfg.optim)  # a changed lr applies from here (announced by the caller)
         torch.set_rng_state(tensors["rng.torch"])
         self.step, self.stage = int(meta["step"]), int(meta["stage"])
         self.elapsed, self.finished = float(meta["elapsed"]), bool(meta["finished"])
@@ -123,8 +126,12 @@ def build_state(corpus, cfg, run: RunDir | None, device: torch.device) -> Pretra
     if student.updater_cfg != ucfg:
         raise ValueError(f"run {run.url} holds a {student.updater_cfg.arch} updater {asdict(student.updater_cfg)}, "
                          f"this command asks for {asdict(ucfg)}: {fix}")
+    changes = check_resume(run.url, int(meta["step"]), meta.get("config"), asdict(cfg),
+                           seeds={"seed": "batches and loss positions of every later step"},
+                           allow_seed_change=cfg.allow_seed_change)
     state = PretrainState(teacher.train(), student.train(), cfg, corpus.spec, device)
     state.load_state_dict(tensors, meta)
+    state.changes = changes
     return state
 
 

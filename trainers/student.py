@@ -35,7 +35,7 @@ from storage.reader import TargetSet
 from storage.rounds import RunSource, rounds_bucket
 from storage.run_dir import Retention, RunDir, flatten_optimizer, step_dir, unflatten_optimizer
 from storage.stream import ShardStream, StreamConfig
-from trainers.common import MetricsLog, OptimConfig, clip_and_step
+from trainers.common import MetricsLog, OptimConfig, announce_resume, apply_optim, check_resume, clip_and_step
 from trainers.smt import SMTObjective
 from trainers.tracking import TrackingConfig, open_tracker
 
@@ -68,6 +68,9 @@ class StudentTrainConfig:
     phase_start: int = 0
     """Step where this config's phase starts: resuming a run there (e.g. DMT fine-tuning after SMT) starts
     fresh AdamW moments, warm-up and decay at `optim.lr`, and a new record order (other round weights)."""
+    allow_seed_change: bool = False
+    """On resume, accept a `stream.seed` other than the run's (refused by default: the record order changes, so
+    the run is no longer the one an uninterrupted run would be; with this the stream restarts at a fresh epoch)."""
 
     def __post_init__(self) -> None:
         Retention(keep_last=self.keep_last, keep_every=self.keep_every)  # refuses 0 or negative
@@ -102,7 +105,9 @@ class TrainState:
                 "rng_numpy": _np_rng_state(), "config": asdict(self.cfg)}
         return tensors, meta
 
-    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any], *,
+                        new_order: bool = False) -> None:
+        """`new_order`: the stream restarts at a fresh epoch (an allowed change of its seed) instead of resuming."""
         if meta["teacher_fingerprint"] != self.teacher_fp:
             raise FingerprintMismatch(self.teacher_fp, meta["teacher_fingerprint"], "the run's checkpoint")
         new_phase = int(meta["step"]) == self.cfg.phase_start > 0
@@ -113,13 +118,8 @@ class TrainState:
             self.sched.load_state_dict(meta["scheduler"])
         # this config's optimiser settings win (a new phase may change them); within one phase they are the
         # checkpoint's own, so an exact resume is unchanged
-        o = self.cfg.optim
-        self.sched.base_lrs = [o.lr for _ in self.opt.param_groups]
-        for g, f in zip(self.opt.param_groups, self.sched.lr_lambdas):
-            g.update(initial_lr=o.lr, lr=o.lr * f(self.sched.last_epoch), weight_decay=o.weight_decay,
-                     betas=(o.beta1, o.beta2))
-        self.sched._last_lr = [g["lr"] for g in self.opt.param_groups]
-        if new_phase:  # its own record order
+        apply_optim(self.opt, self.sched, self.cfg.optim)
+        if new_phase or new_order:  # its own record order
             self.stream.start_phase(meta["stream"])
         else:
             self.stream.load_state_dict(meta["stream"])
@@ -169,8 +169,15 @@ def build_state(targets: TargetSet, teacher, teacher_fp: str, cfg: StudentTrainC
         raise ValueError(f"run {run.url} holds a {student.updater_cfg.arch} student {asdict(student.updater_cfg)}, "
                          f"this command asks for {asdict(want)}: use the run's settings or a new --out")
     state = TrainState(student.to(dev).train(), cfg, stream, teacher_fp, dev)
-    state.load_state_dict(tensors, meta)
+    changes = {}
+    if int(meta["step"]) != cfg.phase_start or not cfg.phase_start:  # within a phase: the run's own config
+        changes = check_resume(run.url, int(meta["step"]), meta.get("config"), asdict(cfg),
+                               seeds={"stream.seed": "record order"},  # `seed` only initialises
+                               allow_seed_change=cfg.allow_seed_change)
+    state.load_state_dict(tensors, meta, new_order="stream.seed" in changes)
     state.resumed_from = state.step
+    if rank == 0:
+        announce_resume(run, state.step, changes)
     return state
 
 

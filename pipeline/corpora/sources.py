@@ -292,6 +292,10 @@ class TokensCorpus(StreamCorpus):
                 return LazyTokens([doc], dtype=doc.dtype) if isinstance(doc, FileDoc) else doc
             import zarr
 
+            # the metadata JSON is checked before zarr parses it or decodes a chunk (object codecs run code)
+            check_zarr_codecs(location, location, storage_options)
+            if key is not None:
+                check_zarr_codecs(location, f"{location.rstrip('/')}/{key}", storage_options)
             node = zarr.open(store=location, mode="r", storage_options=storage_options or None)
             if hasattr(node, "array_keys"):  # a group
                 keys = sorted(node.array_keys())
@@ -305,6 +309,7 @@ class TokensCorpus(StreamCorpus):
                     raise CorpusError(
                         f"tokens: key={key!r} not in Zarr group {location!r} (arrays {keys}): fix key"
                     )
+                check_zarr_codecs(location, f"{location.rstrip('/')}/{key}", storage_options)
                 node = node[key]
             if len(node.shape) == 1:  # Zarr slices lazily: read chunks as windows need them
                 return LazyTokens([ArrayDoc(node)], dtype=node.dtype)
@@ -319,6 +324,59 @@ class TokensCorpus(StreamCorpus):
 
     def params(self):
         return dict(kind=self.kind, location=self.location, **self.split_info, **self._p)
+
+
+# Codecs a token array may use: byte-level compressors, checksums and numeric filters. Object codecs
+# (pickle, json2, msgpack2, vlen-*, ...) turn stored bytes into Python objects (pickle.loads runs code), so a
+# `tokens:` store naming one is refused before any chunk is read, whatever zarr/numcodecs version is installed.
+SAFE_CODECS = frozenset({
+    "blosc", "zstd", "lz4", "zlib", "gzip", "bz2", "lzma", "delta", "shuffle", "bitround", "fixedscaleoffset",
+    "packbits", "astype", "crc32", "crc32c", "adler32", "fletcher32", "jenkins_lookup3",  # v2 ids (numcodecs)
+    "bytes", "endian", "transpose", "sharding_indexed",  # v3 core codec names
+})
+
+
+def _v3_codec_names(codecs: list) -> list[str]:
+    names = []
+    for c in codecs or []:
+        name = c if isinstance(c, str) else str(c.get("name", "?"))
+        names.append(name.removeprefix("numcodecs."))
+        conf = {} if isinstance(c, str) else (c.get("configuration") or {})
+        names += _v3_codec_names(conf.get("codecs", [])) + _v3_codec_names(conf.get("index_codecs", []))
+    return names
+
+
+def check_zarr_codecs(location: str, path: str, storage_options: dict) -> None:
+    """Refuse a Zarr token array at `path` whose metadata names a dtype other than integers or a codec outside
+    `SAFE_CODECS` (CorpusError naming the codec and the fix). Reads the metadata JSON only; a group, or a
+    path holding neither `.zarray` nor an array's `zarr.json`, passes (zarr reports what it is)."""
+    import json
+
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(path, **storage_options)
+    root = root.rstrip("/")
+    if fs.exists(f"{root}/.zarray"):  # Zarr v2
+        meta = json.loads(fs.cat_file(f"{root}/.zarray"))
+        names = [str(c.get("id", "?")) for c in [meta.get("compressor"), *(meta.get("filters") or [])] if c]
+        dtype = str(meta.get("dtype"))
+        integer = dtype[-2:-1] in ("i", "u") and dtype[:1] in "<>|="
+    else:  # Zarr v3
+        if not fs.exists(f"{root}/zarr.json"):
+            return
+        meta = json.loads(fs.cat_file(f"{root}/zarr.json"))
+        if meta.get("node_type") != "array":
+            return
+        names = _v3_codec_names(meta.get("codecs", []))
+        dtype = str(meta.get("data_type"))
+        integer = dtype in {f"{k}{b}" for k in ("int", "uint") for b in (8, 16, 32, 64)}
+    bad = [n for n in names if n not in SAFE_CODECS]
+    if bad:
+        raise CorpusError(f"tokens: {location!r} uses the codec {bad[0]!r}, which can run code when read: only "
+                          f"{', '.join(sorted(SAFE_CODECS))} are read; re-save the tokens as an integer array "
+                          "with one of them (or no compressor)")
+    if not integer:
+        raise CorpusError(f"tokens: {location!r} has dtype {dtype}: store integer token ids")
 
 
 def _min_max(data) -> tuple[int, int]:

@@ -10,11 +10,11 @@ Everything DMT is in this package, as components the rest of the system is given
   trains the run between rounds itself (`AggregateTrainer`).
 - `online.py`: online DMT without shards (`OnlineDMTConfig`, `dmt_online`): fresh rollouts every step.
 """
-from trainers.dmt.actor import AggregateTrainer, DMTLoop, DMTLoopConfig, DMTTimeout, round_reports
+from trainers.dmt.actor import AggregateTrainer, DMTLoop, DMTLoopConfig, DMTStalled, DMTTimeout, round_reports
 from trainers.dmt.lockstep import DMTWaitTimeout, LockstepDMT, LockstepDMTConfig
 from trainers.dmt.online import OnlineDMTConfig, dmt_losses, dmt_online
 from trainers.dmt.refresh import FreshRound, Refresh, RefreshConfig
 
-__all__ = ["AggregateTrainer", "DMTLoop", "DMTLoopConfig", "DMTTimeout", "DMTWaitTimeout", "FreshRound",
+__all__ = ["AggregateTrainer", "DMTLoop", "DMTLoopConfig", "DMTStalled", "DMTTimeout", "DMTWaitTimeout", "FreshRound",
            "LockstepDMT", "LockstepDMTConfig", "OnlineDMTConfig", "Refresh", "RefreshConfig", "dmt_losses",
            "dmt_online", "round_reports"]

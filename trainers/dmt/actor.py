@@ -27,12 +27,15 @@ inside a Ray actor.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
+from pipeline.progress import beats, tick
 from pipeline.relabel import RelabelConfig, check_relabel, relabel
 from pipeline.stage import Resources
+from storage.codec import STATE_DTYPES
 from storage.errors import ObjectNotFound
 from storage.manifest import newest_generation, read_generation
 from storage.rounds import rounds_bucket
@@ -43,6 +46,10 @@ from trainers.tracking import TrackingConfig
 
 class DMTTimeout(RuntimeError):
     """The run produced no new checkpoint in time."""
+
+
+class DMTStalled(DMTTimeout):
+    """The DMT actor made no progress (no event, relabeled shard, training step or poll) for too long."""
 
 
 @dataclass(kw_only=True)
@@ -85,6 +92,30 @@ class DMTLoopConfig:
     """S3 endpoint."""
     resources: Resources = field(default_factory=Resources)
     """Resources of the relabel work (the actor's own)."""
+
+    def __post_init__(self) -> None:
+        """Refuse bad values at construction, each named with its flag and the fix (all of them in one line)."""
+        bad = []
+
+        def need(ok: bool, what: str) -> None:
+            if not ok:
+                bad.append(what)
+
+        need(self.rounds >= 1, f"--rounds={self.rounds} must be >= 1")
+        need(self.every_steps >= 1, f"--every-steps={self.every_steps} must be >= 1")
+        need(self.first_step is None or self.first_step >= 0, f"--first-step={self.first_step} must be >= 0 (or unset)")
+        need(self.sequences >= 1, f"--sequences={self.sequences} must be >= 1")
+        need(self.shard_sequences >= 1, f"--shard-sequences={self.shard_sequences} must be >= 1")
+        need(self.start >= 0, f"--start={self.start} must be >= 0")
+        need(self.Td is None or self.Td >= 1, f"--Td={self.Td} must be >= 1 (or unset: to the end)")
+        need(self.format in ("zarr", "wds"), f"--format={self.format!r} must be zarr or wds")
+        need(self.dtype in STATE_DTYPES, f"--dtype={self.dtype!r} must be one of {', '.join(STATE_DTYPES)}")
+        need(self.poll_seconds > 0, f"--poll-seconds={self.poll_seconds} must be > 0")
+        need(self.timeout_seconds > 0, f"--timeout-seconds={self.timeout_seconds} must be > 0")
+        need(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device) is not None,
+             f"--device={self.device!r} must be auto, cpu, cuda, cuda:N or mps")
+        if bad:
+            raise ValueError(f"dmt: {'; '.join(bad)}")
 
 
 class DMTLoop:
@@ -188,6 +219,7 @@ class DMTLoop:
             p = self._ready_pointer(r)
             if p is not None:
                 return p
+            tick()  # a poll is progress: the wait has its own bound (timeout_seconds)
             if time.monotonic() > deadline:
                 raise DMTTimeout(f"round {r}: waited {c.timeout_seconds:.0f} s for {self._awaited(r)} in vain: is that "
                                  "trainer running? (with no trainer, run `smt dmt` alone: no --first-step, no --no-train)")
@@ -308,6 +340,11 @@ class DMTLoop:
 
     def config(self) -> dict:
         return asdict(self.cfg)
+
+    def progress(self) -> int:
+        """Work done so far in this process (relabeled shards, training steps, polls): a Ray actor answers
+        this beside `events` (max_concurrency=2), and a watcher that sees it unchanged knows the loop is stuck."""
+        return beats()
 
 
 @dataclass
