@@ -20,7 +20,8 @@ from storage.checkpoints import load_student, load_teacher
 from storage.stream import StreamConfig
 from tests.train_fixtures import make_target_set
 from trainers.bptt import BPTTConfig, train_bptt
-from trainers.dmt import OnlineDMTConfig, dmt_online
+from trainers.dmt import OnlineDMT, OnlineDMTConfig, dmt_online
+from trainers.loop import Callbacks
 from trainers.pretrain import PretrainConfig, pretrain
 from trainers.student import StudentTrainConfig, run_training
 
@@ -79,7 +80,7 @@ def test_pretraining_weights_and_losses_and_a_resume_of_it(tmp_path):
         if row["step"] == 10:
             raise KeyboardInterrupt  # after the checkpoint of step 8, at a curriculum stage change
     with pytest.raises(KeyboardInterrupt):
-        pretrain(corpus, pt_config(), out=tmp_path / "b", quiet=True, on_eval=crash)
+        pretrain(corpus, pt_config(), out=tmp_path / "b", quiet=True, callbacks=Callbacks(on_eval=crash))
     b = pretrain(corpus, pt_config(), out=tmp_path / "b", quiet=True)
     assert b["resumed_from"] == 8 and b["steps"] == 14
     assert digest(b["teacher"], b["student"]) == PRETRAIN_WEIGHTS
@@ -135,8 +136,8 @@ def test_online_dmt_weights_in_one_call_and_carried_over_two(tmp_path):
     assert loss_digest(one["history"]) == loss_digest(metrics_rows(tmp_path / "dmt" / "metrics.jsonl")) == DMT_LOSSES
     saved, _, _ = load_student(str(tmp_path / "dmt" / "student"))
     assert digest(saved) == DMT_WEIGHTS
-    first = dmt_online(student(), teacher, corpus, cfg, quiet=True, stop_step=4)
-    assert first["steps"] == 4
-    second = dmt_online(first["student"], teacher, corpus, cfg, quiet=True, carry=first["carry"])
+    dmt = OnlineDMT(student(), teacher, corpus, cfg)
+    assert dmt.run(quiet=True, until=4)["steps"] == 4
+    second = dmt.run(quiet=True)
     assert second["steps"] == 6 and digest(second["student"]) == DMT_WEIGHTS
     assert np.isfinite(second["final"]["dmt_loss"])

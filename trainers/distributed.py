@@ -77,15 +77,17 @@ def _student_worker(config: dict[str, Any]) -> None:
 
 def _pretrain_worker(config: dict[str, Any]) -> None:
     from pipeline.corpora import load_corpus
+    from storage.run_dir import RunDir
+    from trainers.loop import Callbacks, Workers
     from trainers.pretrain import pretrain
 
     w = _worker(config["use_gpu"])
     cfg = config["cfg"]
     if w.cuda:
         cfg.device = str(w.device)
-    pretrain(load_corpus(config["corpus"]), cfg, out=config["out"], quiet=config["quiet"],
-             on_eval=config.get("on_eval"), endpoint_url=config["endpoint_url"], rank=w.rank,
-             world_size=w.world, sync=w.sync, wrap=w.wrap, tracking=config.get("tracking"),
+    pretrain(load_corpus(config["corpus"]), cfg, RunDir(config["out"], endpoint_url=config["endpoint_url"]),
+             config["quiet"], callbacks=Callbacks(on_eval=config.get("on_eval")),
+             workers=Workers(w.rank, w.world, sync=w.sync, wrap=w.wrap), tracking=config.get("tracking"),
              writer=config.get("writer"))
 
 
