@@ -36,7 +36,7 @@ from storage.rounds import RunSource, rounds_bucket
 from storage.run_dir import Retention, RunDir, flatten_optimizer, step_dir, unflatten_optimizer
 from storage.stream import ShardStream, StreamConfig
 from trainers.common import MetricsLog, OptimConfig, announce_resume, apply_optim, check_resume
-from trainers.loop import Checkpoints, Evaluation, Hook, Loop, Objective
+from trainers.loop import Checkpoints, Evaluation, Hook, Loop, Objective, Workers
 from trainers.loop import train as train_loop
 from trainers.smt import SMTObjective
 from trainers.tracking import TrackingConfig, open_tracker
@@ -305,25 +305,27 @@ def resolve_teacher(targets: TargetSet, teacher_url: str | None = None) -> str:
 
 
 def run_training(targets_url: str, teacher_url: str | None, out: str, cfg: StudentTrainConfig, *,
-                 endpoint_url: str | None = None, generation: int | None = None, rank: int = 0,
-                 world_size: int = 1, agree: Callable[[int], int] | None = None,
-                 wrap: Callable[[nn.Module], nn.Module] | None = None, quiet: bool = False,
+                 endpoint_url: str | None = None, generation: int | None = None, workers: Workers | None = None,
+                 quiet: bool = False,
                  stop_at: int | None = None, through_round: int | None = None, hooks: Sequence[Hook] = (),
                  writer: Writer | None = None, tracking: TrackingConfig | None = None) -> dict:
     """Open the target set and its teacher, build or resume the train state, train (with `hooks`, e.g.
-    lockstep DMT: `trainers.dmt`). One worker's body. `stop_at`: stop (and checkpoint) at this step;
+    lockstep DMT: `trainers.dmt`). One worker's body (`workers`: its rank, world size, `agree` for the stream's
+    generation switches, DDP `wrap`; `trainers/loop.py`). `stop_at`: stop (and checkpoint) at this step;
     `through_round`: first move the stream to the run's oldest rounds generation holding DMT round r
     (standalone DMT: train on round 0 + rounds 1..r)."""
     from storage.checkpoints import load_teacher
 
     check_hooks(cfg, hooks)  # before anything is opened
+    w = workers or Workers()
     targets = TargetSet.open(targets_url, None, generation, endpoint_url=endpoint_url)
     teacher_url = resolve_teacher(targets, teacher_url)
     teacher, teacher_fp, _ = load_teacher(teacher_url, endpoint_url=endpoint_url)
     check_teacher(teacher_fp, targets.fingerprint, teacher_url, targets.bucket.url())
     run = RunDir(out, endpoint_url=endpoint_url)
-    with run.writing(writer) if rank == 0 else contextlib.nullcontext():
-        state = build_state(targets, teacher, teacher_fp, cfg, run, rank=rank, world_size=world_size, agree=agree)
+    with run.writing(writer) if w.rank == 0 else contextlib.nullcontext():
+        state = build_state(targets, teacher, teacher_fp, cfg, run, rank=w.rank, world_size=w.world_size,
+                            agree=w.agree)
         resumed_from = state.resumed_from
         if through_round is not None:
             g = state.stream.first_generation_with_round(through_round)
@@ -331,7 +333,8 @@ def run_training(targets_url: str, teacher_url: str | None, out: str, cfg: Stude
                 raise ValueError(f"run {run.url} has no DMT round {through_round} to train on: relabel it first "
                                  "(smt dmt)")
             state.stream.switch(g)  # a no-op on a resume inside the block: the saved stream is already there
-        row = train(state, run, hooks=hooks, rank=rank, quiet=quiet, wrap=wrap, stop_at=stop_at, tracking=tracking)
+        row = train(state, run, hooks=hooks, rank=w.rank, quiet=quiet, wrap=w.wrap, stop_at=stop_at,
+                    tracking=tracking)
     return {"step": state.step, "run": run.url, "teacher_fingerprint": teacher_fp, "last": row,
             "resumed_from": resumed_from}
 
