@@ -38,7 +38,7 @@ from jobs.report import resolve_in_out
 from pipeline.corpora import load_corpus
 from storage.checkpoints import load_student, load_teacher
 from storage.run_dir import RunDir
-from trainers.dmt import dmt_online
+from trainers.dmt import OnlineDMT
 from trainers.dmt.actor import DMTLoop
 from trainers.evaluate import eval_batch, evaluate_student
 from trainers.report import markdown_table
@@ -122,7 +122,7 @@ def run_online(rc, base: Path, teacher, corpus, s0: int, every: int) -> dict:
     student, _, _ = load_student(str(base / "checkpoints" / f"step-{s0:08d}" / "student"))
     cfg = replace(online_config(rc, 0), eval_every=every, eval_size=1024, clock="process")
     c0 = time.process_time()
-    r = dmt_online(student, teacher, corpus, cfg, quiet=True, smt_run=str(base))
+    r = OnlineDMT(student, teacher, corpus, cfg, smt_run=str(base)).run(quiet=True)
     curve = [(s0 + h["step"], h["dmt_acc"]) for h in r["history"] if "dmt_acc" in h]
     return {"curve": curve, "student": r["student"], "seconds": time.process_time() - c0}
 

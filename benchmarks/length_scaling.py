@@ -44,6 +44,7 @@ from trainers.bptt import BPTTConfig, train_bptt
 from trainers.common import OptimConfig
 from trainers.dmt import OnlineDMTConfig, dmt_online
 from trainers.evaluate import evaluate_student, evaluate_teacher
+from trainers.loop import Callbacks
 from trainers.losses import masked_ce
 from trainers.pretrain import PretrainConfig, pretrain
 
@@ -147,7 +148,7 @@ def run_smt(task: dict) -> dict:
                          eval_size=VALID, seed=seed, clock="process")
     capped = False
     try:
-        r = pretrain(corpus, cfg, quiet=True, on_eval=on_eval, on_stage_end=on_stage_end)
+        r = pretrain(corpus, cfg, quiet=True, callbacks=Callbacks(on_eval=on_eval, on_stage_end=on_stage_end))
         capped = r["seconds"] >= cap
         final_T = r["final"].get("T")
     except CapReached:
@@ -209,7 +210,7 @@ def run_bptt(task: dict) -> dict:
                                       optim=OptimConfig(lr=task["lr"], warmup_steps=20), steps=10**6, seconds=cap,
                                       batch_size=BATCH, eval_every=25, eval_size=VALID, seed=seed, clock="process",
                                       curriculum=tuple(Ls[:-1]), curriculum_acc=ADVANCE, stop_at_acc=ADVANCE),
-                   quiet=True, reporter=reporter)
+                   quiet=True, callbacks=Callbacks(reporter=reporter))
     f = b["final"]
     capped = b["seconds"] >= cap
     out = {**task, "method": f"bptt-{arch}", "stages": stages, "capped": capped, "last_stage_T": f.get("T"),

@@ -98,6 +98,7 @@ def run_one(corpus_name: str, seed: int, archs: tuple[str, ...], b: Budgets) -> 
     from trainers.dmt import OnlineDMTConfig, dmt_online
     from trainers.evaluate import eval_batch, evaluate_student, evaluate_teacher
     from trainers.heldout import score_models
+    from trainers.loop import Callbacks
     from trainers.pretrain import pretrain
     from trainers.student import StudentTrainConfig, run_training
 
@@ -175,7 +176,7 @@ def run_one(corpus_name: str, seed: int, archs: tuple[str, ...], b: Budgets) -> 
                                                shape=rc.pretrain.teacher, optim=OptimConfig(lr=lr, warmup_steps=20),
                                                steps=10**7, seconds=budget, eval_every=b.bptt_eval_every,
                                                eval_size=16, batch_size=rc.pretrain.batch_size, seed=seed,
-                                               clock="process"), quiet=True, reporter=probe)
+                                               clock="process"), quiet=True, callbacks=Callbacks(reporter=probe))
             vb = valid_bits(shots[-1])
             bsweep.append({"lr": lr, "seconds": bp["seconds"], "steps": bp["steps"], "valid_bits": vb,
                            "probes": [{"seconds": row["time"], "step": row["step"]} for row in bp["history"]]})

@@ -46,6 +46,7 @@ from trainers.bptt import BPTTConfig, bptt_loss, train_bptt
 from trainers.common import OptimConfig
 from trainers.dmt import OnlineDMTConfig, dmt_online
 from trainers.evaluate import evaluate_student
+from trainers.loop import Callbacks
 from trainers.pretrain import PretrainConfig, pretrain
 from trainers.report import markdown_table
 from trainers.smt import SMTConfig, smt_losses
@@ -87,7 +88,7 @@ def run_smt(corpus, test, arch: str, encoder: str, curr: bool, lr: float, budget
         teacher=teacher, updater=UpdaterConfig(arch=arch), optim=OptimConfig(lr=lr, warmup_steps=20),
         steps=10**6, seconds=0.75 * budget, batch_size=BATCH, curriculum=curriculum(corpus.seq_len) if curr else (),
         curriculum_acc=CURR_ACC, stop_at_acc=STOP_AT, eval_every=25, eval_size=VALID, seed=seed, clock=clock),
-        quiet=True, reporter=rep)
+        quiet=True, callbacks=Callbacks(reporter=rep))
     full = [r for r in pt["history"] if r["T"] == corpus.seq_len]
     tl = [[r["time"], r["test_acc"]] for r in pt["history"]]
     vtl = [[r["time"], r["smt_acc"] if r["T"] == corpus.seq_len else None] for r in pt["history"]]
@@ -100,7 +101,7 @@ def run_smt(corpus, test, arch: str, encoder: str, curr: bool, lr: float, budget
         dm = dmt_online(pt["student"], pt["teacher"], corpus, OnlineDMTConfig(
             optim=OptimConfig(lr=DMT_LR, schedule="cosine", warmup_steps=10), steps=400, seconds=left,
             batch_size=BATCH, stop_at_acc=STOP_AT, eval_every=10, eval_size=VALID, seed=seed, clock=clock),
-            quiet=True, reporter=rep)
+            quiet=True, callbacks=Callbacks(reporter=rep))
         tl += [[pt["seconds"] + r["time"], r["test_acc"]] for r in dm["history"][1:]]
         vtl += [[pt["seconds"] + r["time"], r["dmt_acc"]] for r in dm["history"][1:]]
         valid_final = dm["final"]["dmt_acc"]
@@ -118,7 +119,7 @@ def run_bptt(corpus, test, arch: str, curr: bool, lr: float, budget: float, seed
                                       batch_size=BATCH, eval_every=25, eval_size=VALID, seed=seed, clock=clock,
                                       curriculum=curriculum(corpus.seq_len) if curr else (), curriculum_acc=CURR_ACC,
                                       stop_at_acc=STOP_AT),
-                   quiet=True, reporter=_reporter(corpus, test))
+                   quiet=True, callbacks=Callbacks(reporter=_reporter(corpus, test)))
     at_full = b["final"].get("T") == corpus.seq_len
     return {"timeline": [[r["time"], r["test_acc"]] for r in b["history"]],
             "valid_timeline": [[r["time"], r["bptt_acc"] if r["T"] == corpus.seq_len else None] for r in b["history"]],

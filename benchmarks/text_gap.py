@@ -233,6 +233,7 @@ def task_bptt(path: str, arch: str, depth: int, lr: float, seconds: float, seed:
     from models.updaters import UpdaterConfig
     from trainers.bptt import BPTTConfig, train_bptt
     from trainers.common import OptimConfig
+    from trainers.loop import Callbacks
 
     rc = load_recipe("text-bytes-tiny")
     corpus = _corpus(path)
@@ -245,7 +246,7 @@ def task_bptt(path: str, arch: str, depth: int, lr: float, seconds: float, seed:
     bp = train_bptt(corpus, BPTTConfig(updater=UpdaterConfig(arch=arch, depth=depth), shape=rc.pretrain.teacher,
                                        optim=OptimConfig(lr=lr, warmup_steps=20), steps=10**7, seconds=seconds,
                                        eval_every=every, eval_size=16, batch_size=32, seed=seed, clock="process"),
-                    quiet=True, reporter=probe)
+                    quiet=True, callbacks=Callbacks(reporter=probe))
     probes = [{"seconds": row["time"], "step": row["step"], "bytes": row["step"] * 32 * T,
                "valid": _split_bits(corpus, "valid", bptt=s)["m0"], "test": _split_bits(corpus, "test", bptt=s)["m0"]}
               for s, row in zip(shots, bp["history"])]

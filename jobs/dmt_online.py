@@ -32,7 +32,7 @@ class DMTOnlineJob:
     def execute(self) -> int:
         from pipeline.corpora import load_corpus
         from storage.checkpoints import load_student, load_teacher
-        from trainers.dmt import dmt_online
+        from trainers.dmt import OnlineDMT
 
         teacher, fp, _ = load_teacher(f"{self.run}/teacher")
         student, sfp, _ = load_student(f"{self.run}/student")
@@ -40,8 +40,8 @@ class DMTOnlineJob:
             raise ValueError(f"student in {self.run} was trained against teacher {sfp} but the teacher there is {fp}: "
                              "re-run smt pretrain")
         corpus = load_corpus(self.corpus)
-        r = dmt_online(student, teacher, corpus, self.dmt, out=self.out, teacher_fingerprint=fp, quiet=self.quiet,
-                       tracking=self.log)
+        r = OnlineDMT(student, teacher, corpus, self.dmt, teacher_fingerprint=fp).run(self.out, self.quiet,
+                                                                                      tracking=self.log)
         print(f"dmt -> {self.out}/student  steps={r['steps']} seconds={r['seconds']:.1f} "
               f"dmt_acc={figure(r['final'], 'dmt_acc')} (split=valid; report with smt eval)")
         return 0

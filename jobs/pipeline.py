@@ -350,7 +350,7 @@ def _dmt_online(rc, ray, targets, teacher_url, run_url, corpus, teacher, fp, pro
     """The DMT actor relabels each round for the record; the student takes on-policy DMT steps in between."""
     from storage.checkpoints import load_student, save_student
     from storage.run_dir import RunDir
-    from trainers.dmt import DMTLoop, dmt_online
+    from trainers.dmt import DMTLoop, OnlineDMT
 
     d, st, E = rc.dmt, rc.student, rc.dmt.every
     say(f"[4/5] DMT, online: {d.rounds} rounds; each: the DMT actor relabels the latest student into a new round "
@@ -360,12 +360,10 @@ def _dmt_online(rc, ray, targets, teacher_url, run_url, corpus, teacher, fp, pro
     ptr = RunDir(run_url).latest()
     student, _, _ = load_student(f"{run_url}/{ptr['path']}/student")
     dcfg = online_config(rc, prompt)
-    rounds, carry = [], None
+    rounds, dmt = [], OnlineDMT(student, teacher, corpus, dcfg, smt_run=run_url, teacher_fingerprint=fp)
     for r in range(1, d.rounds + 1):
         rr = ray.get(actor.run_round.remote(r, ptr, True))  # relabel the student the next steps start from
-        o = dmt_online(student, teacher, corpus, dcfg, quiet=True, teacher_fingerprint=fp, carry=carry,
-                       stop_step=r * E, smt_run=run_url, tracking=tracking)
-        student, carry = o["student"], o["carry"]
+        student = dmt.run(quiet=True, until=r * E, tracking=tracking)["student"]  # one schedule over the rounds
         step = st.steps + r * E
         ptr = {"step": step, "path": f"checkpoints/dmt-{step:08d}"}
         save_student(f"{run_url}/{ptr['path']}/student", student, fp, {"trained_by": "smt+dmt", "dmt_round": r})

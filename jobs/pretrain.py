@@ -56,6 +56,7 @@ class PretrainJob:
         from storage.bucket import Bucket
         from storage.checkpoints import publish_teacher
         from storage.lease import Writer
+        from storage.run_dir import RunDir
         from trainers.pretrain import pretrain, run_summary
 
         corpus = load_corpus(self.corpus)  # validates the spec before any worker starts
@@ -67,7 +68,7 @@ class PretrainJob:
                               endpoint_url=self.endpoint_url, gpus_per_worker=self.gpus_per_worker, quiet=self.quiet,
                               max_failures=self.max_failures, tracking=self.log, writer=writer)
         else:
-            pretrain(corpus, self.pretrain, out=self.out, quiet=self.quiet, endpoint_url=self.endpoint_url,
+            pretrain(corpus, self.pretrain, out=RunDir(self.out, endpoint_url=self.endpoint_url), quiet=self.quiet,
                      tracking=self.log, writer=writer)
         s = run_summary(self.out, self.endpoint_url)
         f = s["final"]

@@ -25,7 +25,7 @@ from storage.run_dir import RunDir, unflatten_optimizer
 from storage.stream import ShardStream, StreamConfig, teacher_share
 from tests.test_dmt import _label
 from trainers.common import OptimConfig
-from trainers.dmt import LockstepDMTConfig, OnlineDMTConfig, RefreshConfig, dmt_online
+from trainers.dmt import LockstepDMTConfig, OnlineDMT, OnlineDMTConfig, RefreshConfig, dmt_online
 from trainers.dmt.actor import DMTLoop, DMTLoopConfig
 from trainers.dmt.online import dmt_inputs, dmt_losses
 from trainers.dmt.stability import EMA
@@ -138,9 +138,10 @@ def test_ema_update_and_online_rollout_use_the_ema_weights(labeled):
     S = a.step(dmt_inputs(b, M, x, 0, 12).reshape(-1, M.shape[-1]), x.reshape(-1))
     torch.testing.assert_close(via["loss_state"], torch.nn.functional.mse_loss(S, M[:, 1:].reshape(-1, M.shape[-1])))
     assert not torch.isclose(own["loss_state"], via["loss_state"])
-    r = dmt_online(_student(d, 1), d["model"], corpus, OnlineDMTConfig(steps=3, batch_size=4, ema=0.5, eval_every=3,
-                                                                 eval_size=8, device="cpu"), quiet=True)
-    pol = r["carry"]["ema"].model
+    dmt = OnlineDMT(_student(d, 1), d["model"], corpus, OnlineDMTConfig(steps=3, batch_size=4, ema=0.5, eval_every=3,
+                                                                   eval_size=8, device="cpu"))
+    r = dmt.run(quiet=True)
+    pol = dmt.state.ema.model
     assert any(not torch.equal(p, q) for p, q in zip(pol.parameters(), r["student"].parameters()))
 
 
@@ -197,9 +198,10 @@ def test_carried_optimizer_state_is_the_smt_end_state(labeled):
     # online DMT: the updater continues SMT's moments (20 steps + 1), the readout (not trained by SMT) starts fresh
     cfg = OnlineDMTConfig(steps=1, batch_size=4, eval_every=1, eval_size=8, device="cpu", carry_optimizer=True)
     student = load_student(rd.student_url(20))[0]
-    r = dmt_online(student, teacher, load_corpus(SPEC), cfg, quiet=True, smt_run=d["run"])
-    steps = {n: float(r["carry"]["opt"].state[p]["step"]) for n, p in student.named_parameters()
-             if p in r["carry"]["opt"].state}
+    dmt = OnlineDMT(student, teacher, load_corpus(SPEC), cfg, smt_run=d["run"])
+    dmt.run(quiet=True)
+    opt = dmt.state.opt
+    steps = {n: float(opt.state[p]["step"]) for n, p in student.named_parameters() if p in opt.state}
     assert {v for n, v in steps.items() if n.startswith("updater.")} == {21.0}
     assert {v for n, v in steps.items() if n.startswith("readout_net.")} == {1.0}
     with pytest.raises(ValueError, match="needs the SMT run"):

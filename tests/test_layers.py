@@ -3,7 +3,10 @@ package or one below it, never one above (that would make a cycle: every upper p
 ones). Parsed with `ast`, so lazy imports inside functions count too. Library code never imports tests/,
 benchmarks/ or scripts/, and below jobs/ no two modules share a name (jobs/ are entry points named after the
 stage they run). Library code holds no test hooks either, and no modules import each other in a loop at module
-level (inside a package too: e.g. pipeline.corpora's registry imports the synthetic tasks, never back)."""
+level (inside a package too: e.g. pipeline.corpora's registry imports the synthetic tasks, never back).
+Every trainer steps on the one loop of trainers/loop.py (no other loop calls backward or takes an optimiser
+step), and only storage/ and pipeline/ reach files through fsspec (models/, trainers/ and jobs/ go through
+storage/'s Bucket)."""
 from __future__ import annotations
 
 import ast
@@ -169,3 +172,72 @@ def test_the_cycle_checker_finds_loops():
     assert import_cycle(graph) == ["pkg.a", "pkg.b", "pkg.c", "pkg.a"]
     graph["pkg.c"] = module_level_imports("def f():\n    from pkg.a import A\n", "pkg.c", False, known)
     assert graph["pkg.c"] == set() and import_cycle(graph) is None
+
+
+LOOP_MODULE = "trainers/loop.py"
+STEPS = ("backward", "clip_and_step")  # a gradient, an optimiser step: what makes a loop a training loop
+
+
+def training_loops(source: str, where: str) -> list[str]:
+    """One line per `for`/`while` loop of `source` whose body calls `.backward()` or `clip_and_step(...)`."""
+    bad = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, (ast.For, ast.AsyncFor, ast.While)):
+            continue
+        for call in ast.walk(node):
+            f = call.func if isinstance(call, ast.Call) else None
+            name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else None
+            if name in STEPS:
+                bad.append(f"{where}:{node.lineno} a loop that calls {name} (line {call.lineno}): a training loop "
+                           f"outside {LOOP_MODULE}; give the method an Objective and hooks and run it there")
+                break
+    return bad
+
+
+def test_every_training_loop_is_the_one_loop():
+    bad = []
+    for package in ORDER:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            rel = path.relative_to(ROOT).as_posix()
+            if rel != LOOP_MODULE:
+                bad += training_loops(path.read_text(), rel)
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("source, n_bad", [
+    ("for b in batches:\n    loss = f(b)\n    loss.backward()\n    opt.step()\n", 1),
+    ("while step < n:\n    if True:\n        gn = clip_and_step(params, opt, sched, 1.0)\n", 1),  # nested in the body
+    ("def f():\n    for i in range(3):\n        out['loss'].backward()\n", 1),
+    ("loss.backward()\nfor p in params:\n    p.grad = None\n", 0),  # one backward, not in a loop
+    ("for t in range(T):\n    m = student.step(m, x[:, t])\n", 0),  # a rollout is not a training step
+])
+def test_the_checker_flags_training_loops(source, n_bad):
+    """The guard above can fail: a loop that calls backward or clip_and_step is reported with file and line."""
+    bad = training_loops(source, "x.py")
+    assert len(bad) == n_bad and all(b.startswith("x.py:") for b in bad)
+
+
+NO_FSSPEC = ("models", "trainers", "jobs")
+
+
+def fsspec_imports(source: str, where: str) -> list[str]:
+    return [f"{where}:{line} imports fsspec: reach files through storage/'s Bucket (storage.bucket)"
+            for line, top in imported_packages(source, "models") if top == "fsspec"]
+
+
+def test_models_trainers_and_jobs_do_not_import_fsspec():
+    bad = []
+    for package in NO_FSSPEC:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            bad += fsspec_imports(path.read_text(), path.relative_to(ROOT).as_posix())
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("source, n_bad", [
+    ("import fsspec\n", 1),
+    ("def f():\n    from fsspec.core import url_to_fs\n", 1),  # a lazy import counts too
+    ("import fsspec.implementations.local as loc\n", 1),
+    ("from storage.bucket import Bucket\n", 0),
+])
+def test_the_checker_flags_fsspec_imports(source, n_bad):
+    assert len(fsspec_imports(source, "x.py")) == n_bad

@@ -21,6 +21,7 @@ from models.updaters import UpdaterConfig
 from pipeline.corpora import load_corpus
 from storage.checkpoints import load_teacher
 from storage.run_dir import LATEST, RunDir
+from trainers.loop import Callbacks
 from trainers.pretrain import PretrainConfig, pretrain
 from trainers.pretrain_state import batch_at
 
@@ -71,7 +72,7 @@ def test_crash_then_rerun_equals_uninterrupted_across_curriculum_stages(tmp_path
         if row["step"] == 10:
             raise KeyboardInterrupt  # after the checkpoint of step 8, at the second stage change
     with pytest.raises(KeyboardInterrupt):
-        pretrain(corpus, config(), out=tmp_path / "b", quiet=True, on_eval=crash)
+        pretrain(corpus, config(), out=tmp_path / "b", quiet=True, callbacks=Callbacks(on_eval=crash))
     assert json.loads((tmp_path / "b" / LATEST).read_text())["step"] == 8
     b = pretrain(corpus, config(), out=tmp_path / "b", quiet=True)
     assert b["resumed_from"] == 8 and b["fingerprint"] == a["fingerprint"]

@@ -44,13 +44,15 @@ def _plain_rank(rank: int, out: str, port: int) -> None:
 
     from pipeline.corpora import load_corpus
     from trainers.distributed import Worker
+    from trainers.loop import Workers
     from trainers.pretrain import pretrain
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     w = Worker(rank, 2, torch.device("cpu"), False)
     try:
-        pretrain(load_corpus(SPEC), config(), out=out, quiet=True, rank=rank, world_size=2, sync=w.sync, wrap=w.wrap)
+        pretrain(load_corpus(SPEC), config(), out=out, quiet=True,
+                 workers=Workers(rank, 2, sync=w.sync, wrap=w.wrap))
     finally:
         dist.destroy_process_group()
 

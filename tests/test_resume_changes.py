@@ -20,6 +20,7 @@ from storage.stream import StreamConfig
 from tests.train_fixtures import make_target_set
 from trainers.common import OptimConfig
 from trainers.dmt import DMTLoopConfig
+from trainers.loop import Callbacks
 from trainers.pretrain import PretrainConfig, pretrain
 from trainers.student import StudentTrainConfig, run_training
 
@@ -58,7 +59,7 @@ def interrupted(out) -> None:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        pretrain(load_corpus(SPEC), pt_config(), out=out, quiet=True, on_eval=crash)
+        pretrain(load_corpus(SPEC), pt_config(), out=out, quiet=True, callbacks=Callbacks(on_eval=crash))
     assert json.loads((out / "checkpoints" / "latest.json").read_text())["step"] == 4
 
 

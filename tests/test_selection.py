@@ -16,6 +16,7 @@ from pipeline.corpora.synthetic import SyntheticTask
 from trainers.bptt import BPTTConfig, train_bptt
 from trainers.dmt import OnlineDMTConfig, dmt_online
 from trainers.evaluate import evaluate_student
+from trainers.loop import Callbacks
 from trainers.pretrain import PretrainConfig, pretrain
 
 SPEC = "retrieval:T=12,vocab=4"
@@ -97,7 +98,7 @@ def test_report_hook_reads_test_without_changing_any_decision(reads):
 
     plain = train_bptt(corpus, cfg, quiet=True)
     assert "test" not in {s for s, _ in reads}
-    rep = train_bptt(corpus, cfg, quiet=True, reporter=report)
+    rep = train_bptt(corpus, cfg, quiet=True, callbacks=Callbacks(reporter=report))
     assert ("test", 12) in reads  # the hook did read test ...
     keys = ("step", "T", "bptt_acc", "bptt_loss")
     assert [[h[k] for k in keys] for h in rep["history"]] == [[h[k] for k in keys] for h in plain["history"]]
@@ -176,7 +177,7 @@ def test_pretrain_stage_hook_runs_at_each_passed_stage_off_the_record():
         student.rollout(torch.zeros(2, 3, dtype=torch.long))  # a caller may use the models (no update)
 
     plain = pretrain(corpus, cfg, quiet=True)
-    hooked = pretrain(corpus, cfg, quiet=True, on_stage_end=hook)
+    hooked = pretrain(corpus, cfg, quiet=True, callbacks=Callbacks(on_stage_end=hook))
     assert seen == [(6, 1, False), (12, 2, False)]  # stage 6 passed at step 1, the last stage stopped at step 2
     for (n, a), b in zip(plain["teacher"].state_dict().items(), hooked["teacher"].state_dict().values()):
         assert torch.equal(a, b), n

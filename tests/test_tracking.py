@@ -21,6 +21,7 @@ from pipeline.label import LabelConfig, label
 from storage.checkpoints import save_teacher
 from tests.label_data import tiny_teacher
 from trainers.dmt.actor import round_reports
+from trainers.loop import Callbacks
 from trainers.pretrain import PretrainConfig, pretrain
 from trainers.tracking import TrackingConfig
 
@@ -112,7 +113,7 @@ def test_a_resumed_pretrain_shows_each_step_once_with_the_resumed_values(tmp_pat
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        pretrain(corpus, config(), out=out, quiet=True, on_eval=crash, tracking=track)
+        pretrain(corpus, config(), out=out, quiet=True, callbacks=Callbacks(on_eval=crash), tracking=track)
     killed = tb_scalars(tb, "loss")
     assert [s for s, _ in killed] == [5, 10]  # the killed attempt's row of step 10 reached the event file
     r = pretrain(corpus, config(), out=out, quiet=True, tracking=track)
@@ -254,7 +255,7 @@ def test_wandb_resume_continues_the_same_run(tmp_path, monkeypatch):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        pretrain(corpus, config(), out=out, quiet=True, on_eval=crash, tracking=track)
+        pretrain(corpus, config(), out=out, quiet=True, callbacks=Callbacks(on_eval=crash), tracking=track)
     pretrain(corpus, config(), out=out, quiet=True, tracking=track)
     files = sorted((tmp_path / "wb").rglob("run-*.wandb"))
     assert len(files) == 2 and files[0].name == files[1].name  # one run id

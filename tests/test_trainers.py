@@ -9,6 +9,7 @@ from models.updaters import UpdaterConfig
 from pipeline.corpora import load_corpus
 from trainers.bptt import BPTTConfig, bptt_loss, train_bptt
 from trainers.dmt import OnlineDMTConfig, dmt_losses, dmt_online
+from trainers.loop import Callbacks
 from trainers.pretrain import PretrainConfig, pretrain
 from trainers.smt import SMTConfig, smt_losses
 
@@ -136,7 +137,7 @@ def test_curriculum_moves_through_lengths():
     seen = []
     pretrain(corpus, PretrainConfig(teacher=TeacherConfig(**SMALL), steps=4, eval_every=1, eval_size=8, batch_size=4,
                                     curriculum=(6, 10), curriculum_acc=0.0), quiet=True,
-             on_eval=lambda f: seen.append(f["T"]))
+             callbacks=Callbacks(on_eval=lambda f: seen.append(f["T"])))
     assert seen == [6, 10, 16, 16]
 
 

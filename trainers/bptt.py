@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.device import autocast, pick_device
+from models.device import pick_device
 from models.student_rnn import Student
 from models.teacher import TeacherConfig
 from models.updaters import UpdaterConfig, matched_updater
 from storage.checkpoints import save_student
-from trainers.common import OptimConfig, clip_and_step, open_run
-from trainers.evaluate import eval_batch, evaluate_student
+from trainers.common import OptimConfig, open_run
+from trainers.evaluate import evaluate_student
+from trainers.loop import Callbacks, Curriculum, Evaluation, Loop, Objective, train
 from trainers.losses import masked_ce
 from trainers.pretrain import with_length
 from trainers.tracking import TrackingConfig
@@ -82,65 +83,61 @@ def bptt_loss(student: Student, x: torch.Tensor, y: torch.Tensor, truncate: int 
     return masked_ce(logits, torch.stack(targets, 1))
 
 
-def train_bptt(corpus, cfg: BPTTConfig, out: str | Path | None = None, quiet: bool = False, on_eval=None,
-               reporter=None, tracking: TrackingConfig | None = None) -> dict:
-    """Train the BPTT baseline; returns {"student", "history", "final", "seconds", "steps"}. `reporter` as in
-    `trainers.pretrain.pretrain` (report-only figures, off the training clock). `tracking`: also log the rows
-    and the config to TensorBoard / W&B."""
+class BPTTState:
+    """What the loop steps: the student, its AdamW and schedule, the data RNG, the step."""
+
+    def __init__(self, student: Student, cfg: BPTTConfig) -> None:
+        self.student, self.params = student, list(student.parameters())
+        self.opt, self.sched = cfg.optim.build(self.params, cfg.steps)
+        self.rng, self.step = np.random.default_rng([cfg.seed, 0xB977]), 0
+
+
+class BPTT(Objective):
+    """BPTT's step: sequences of the current curriculum stage, the loss through time (truncated every k)."""
+
+    def __init__(self, student: Student, cfg: BPTTConfig, curriculum: Curriculum, device: torch.device) -> None:
+        self.student, self.cfg, self.curriculum, self.device = student, cfg, curriculum, device
+
+    def batch(self, loop: Loop) -> tuple[torch.Tensor, torch.Tensor]:
+        return tuple(torch.as_tensor(a, dtype=torch.long, device=self.device)
+                     for a in self.curriculum.corpus.sample(self.cfg.batch_size, loop.state.rng))
+
+    def loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"loss": bptt_loss(self.student, *batch, self.cfg.truncate)}
+
+    def columns(self, loop: Loop) -> dict:
+        return {"lr": loop.state.sched.get_last_lr()[0], "T": self.curriculum.corpus.seq_len}
+
+
+def train_bptt(corpus, cfg: BPTTConfig, out: str | Path | None = None, quiet: bool = False, *,
+               callbacks: Callbacks | None = None, tracking: TrackingConfig | None = None) -> dict:
+    """Train the BPTT baseline on the loop of `trainers/loop.py`; returns {"student", "history", "final",
+    "seconds", "steps"}. `callbacks` as in `trainers.pretrain.pretrain` (`on_eval`, and `reporter`: report-only
+    figures, off the training clock). `tracking`: also log the rows and the config to TensorBoard / W&B."""
     torch.manual_seed(cfg.seed)
     dev = pick_device(cfg.device)
     shape = TeacherConfig(**{**asdict(cfg.shape), "vocab_size": corpus.vocab_size})
-    student = Student(matched_updater(shape, cfg.updater), shape).to(dev)
-    params = list(student.parameters())
-    opt, sched = cfg.optim.build(params, cfg.steps)
-    rng = np.random.default_rng([cfg.seed, 0xB977])
-    stages = [with_length(corpus, T) for T in cfg.curriculum] + [corpus]
-    stage, cur = 0, stages[0]
-    ex, ey = (t.to(dev) for t in eval_batch(cur, cfg.eval_size, cfg.seed))
+    state = BPTTState(Student(matched_updater(shape, cfg.updater), shape).to(dev), cfg)
+    student = state.student
+    curriculum = Curriculum([with_length(corpus, T) for T in cfg.curriculum] + [corpus], "bptt_acc",
+                            cfg.curriculum_acc, cfg.stop_at_acc, eval_size=cfg.eval_size, seed=cfg.seed, device=dev)
     out, log = open_run(out, "bptt", corpus.spec, cfg, quiet, tracking)
 
-    def evaluate() -> dict:
-        with log.paused():
-            return _evaluate()
-
-    def _evaluate() -> dict:
+    def figures() -> dict:
         student.eval()
-        r = evaluate_student(student, ex, ey)
+        r = evaluate_student(student, *curriculum.batch)
         student.train()
         return {"bptt_acc": r["acc"], "bptt_loss": r["loss"]}
 
-    final: dict = {}
-    step = 0
-    for step in range(1, cfg.steps + 1):
-        x, y = (torch.as_tensor(a, dtype=torch.long, device=dev) for a in cur.sample(cfg.batch_size, rng))
-        with autocast(dev):
-            loss = bptt_loss(student, x, y, cfg.truncate)
-        loss.backward()
-        gn = clip_and_step(params, opt, sched, cfg.optim.grad_clip)
-        log.advance()
-        done = (cfg.seconds is not None and log.elapsed() >= cfg.seconds) or step == cfg.steps
-        if step % cfg.eval_every == 0 or done:
-            final = log.log(step, loss=loss, grad_norm=gn, lr=sched.get_last_lr()[0], T=cur.seq_len, **evaluate())
-            if reporter:  # figures for the report (e.g. on the test split): never read by the rules below
-                with log.paused():
-                    final.update(reporter(student, final))
-            if on_eval:
-                with log.paused():  # a caller's extra evaluation is not training time
-                    on_eval(final)
-            if stage < len(stages) - 1 and final["bptt_acc"] >= cfg.curriculum_acc:
-                stage += 1
-                cur = stages[stage]
-                ex, ey = (t.to(dev) for t in eval_batch(cur, cfg.eval_size, cfg.seed))
-            elif stage == len(stages) - 1 and cfg.stop_at_acc is not None and final["bptt_acc"] >= cfg.stop_at_acc:
-                done = True
-        if done:
-            break
-    log.close()
+    loop = Loop(state, None, log, True, None, stop=cfg.steps, seconds=cfg.seconds)
+    final = train(loop, BPTT(student, cfg, curriculum, dev), [Evaluation(cfg.eval_every, figures, curriculum=curriculum, callbacks=callbacks,
+                                               model=student)], cfg.optim.grad_clip, dev)
     student.eval()
     if out:
-        save_student(str(out / "student"), student, None, {"corpus": corpus.spec, "trained_by": "bptt", "steps": step})
+        save_student(str(out / "student"), student, None,
+                     {"corpus": corpus.spec, "trained_by": "bptt", "steps": state.step})
     return {"student": student, "history": log.history, "final": final, "seconds": log.elapsed(),
-            "steps": step}
+            "steps": state.step}
 
 
 def sweep_key(final: dict, acc: str, loss: str) -> tuple:

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from trainers.loop import Workers
 from trainers.student import Hook, StudentTrainConfig, check_hooks, run_training
 from trainers.tracking import TrackingConfig
 
@@ -70,22 +71,24 @@ def _student_worker(config: dict[str, Any]) -> None:
     if w.cuda:
         cfg.device = str(w.device)
     run_training(config["targets"], config["teacher"], config["out"], cfg, endpoint_url=config["endpoint_url"],
-                 generation=config["generation"], rank=w.rank, world_size=w.world, agree=w.agree, wrap=w.wrap,
+                 generation=config["generation"], workers=Workers(w.rank, w.world, agree=w.agree, wrap=w.wrap),
                  quiet=config["quiet"], hooks=config["hooks"], tracking=config.get("tracking"),
                  writer=config.get("writer"))
 
 
 def _pretrain_worker(config: dict[str, Any]) -> None:
     from pipeline.corpora import load_corpus
+    from storage.run_dir import RunDir
+    from trainers.loop import Callbacks
     from trainers.pretrain import pretrain
 
     w = _worker(config["use_gpu"])
     cfg = config["cfg"]
     if w.cuda:
         cfg.device = str(w.device)
-    pretrain(load_corpus(config["corpus"]), cfg, out=config["out"], quiet=config["quiet"],
-             on_eval=config.get("on_eval"), endpoint_url=config["endpoint_url"], rank=w.rank,
-             world_size=w.world, sync=w.sync, wrap=w.wrap, tracking=config.get("tracking"),
+    pretrain(load_corpus(config["corpus"]), cfg, RunDir(config["out"], endpoint_url=config["endpoint_url"]),
+             config["quiet"], callbacks=Callbacks(on_eval=config.get("on_eval")),
+             workers=Workers(w.rank, w.world, sync=w.sync, wrap=w.wrap), tracking=config.get("tracking"),
              writer=config.get("writer"))
 
 

@@ -23,13 +23,14 @@ from pathlib import Path
 
 import torch
 
-from models.device import autocast, pick_device
+from models.device import pick_device
 from models.teacher import TeacherConfig
 from models.updaters import UpdaterConfig
 from storage.lease import Writer
 from storage.run_dir import Retention, RunDir
-from trainers.common import MetricsLog, OptimConfig, announce_resume, clip_and_step
-from trainers.evaluate import eval_batch, evaluate_student, evaluate_teacher
+from trainers.common import MetricsLog, OptimConfig, announce_resume
+from trainers.evaluate import evaluate_student, evaluate_teacher
+from trainers.loop import Callbacks, Checkpoints, Curriculum, Evaluation, Loop, Objective, Workers, train
 from trainers.pretrain_state import JointObjective, batch_at, build_state, export, positions_generator, save
 from trainers.smt import SMTConfig
 from trainers.tracking import TrackingConfig, open_tracker
@@ -98,122 +99,125 @@ def with_length(corpus, T: int):
     return load_corpus(re.sub(r"(?<=[:,])T=\d+", f"T={T}", corpus.spec, count=1))
 
 
-def pretrain(corpus, cfg: PretrainConfig, out: str | Path | None = None, quiet: bool = False,
-             on_eval: Callable[[dict], None] | None = None, *,
-             reporter: Callable[[torch.nn.Module, dict], dict] | None = None,
-             on_stage_end: Callable[[torch.nn.Module, torch.nn.Module, object, dict], None] | None = None,
-             endpoint_url: str | None = None, rank: int = 0,
-             world_size: int = 1, sync: Callable[[list[int]], list[int]] | None = None,
-             wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+class JointSMT(Objective):
+    """Pretraining's step: this worker's rows of the step's global batch, the joint SMT loss at the step's positions."""
+
+    def __init__(self, model: torch.nn.Module, cfg: PretrainConfig, curriculum: Curriculum, workers: Workers) -> None:
+        self.model, self.cfg, self.curriculum, self.workers = model, cfg, curriculum, workers
+
+    def batch(self, loop: Loop) -> tuple:
+        step, w = loop.state.step + 1, self.workers
+        x, y = (torch.as_tensor(a, dtype=torch.long, device=loop.state.device)
+                for a in batch_at(self.curriculum.corpus, self.cfg.batch_size, self.cfg.seed, step, w.rank,
+                                  w.world_size))
+        return x, y, positions_generator(self.cfg.seed, step, w.rank)
+
+    def loss(self, batch: tuple) -> dict[str, torch.Tensor]:
+        return self.model(*batch)
+
+    def columns(self, loop: Loop) -> dict:
+        return {"lr": loop.state.sched.get_last_lr()[0], "T": self.curriculum.corpus.seq_len}
+
+
+def _figures(state, curriculum: Curriculum, prompt: int) -> dict:
+    """The valid figures an evaluation reads: the teacher's readout, and the reference updater rolled out."""
+    teacher = state.teacher
+    teacher.eval()
+    state.sync_readout()
+    ex, ey = curriculum.batch
+    te = evaluate_teacher(teacher, ex, ey, prompt)
+    # drift needs every teacher memory: cheap for the causal encoder, one pass per prefix for register
+    st = evaluate_student(state.student, ex, ey, teacher if (teacher.cfg.encoder_kind.one_pass or prompt) else None,
+                          prompt)
+    teacher.train()
+    return {"teacher_acc": te["acc"], "teacher_loss": te["loss"], "smt_acc": st["acc"], "smt_loss": st["loss"],
+            **({"drift_final": st["drift_final"]} if "drift_final" in st else {})}
+
+
+def _stage_end(state, on_stage_end: Callable) -> Callable[[object, dict], None]:
+    def passed(stage_corpus, row: dict) -> None:
+        state.teacher.eval()
+        state.sync_readout()
+        on_stage_end(state.teacher, state.student, stage_corpus, row)
+        state.teacher.train()
+    return passed
+
+
+def _open_log(state, cfg: PretrainConfig, run: RunDir | None, quiet: bool, lead: bool, record: dict,
+              tracking: TrackingConfig | None) -> MetricsLog:
+    """Rank 0's metrics log (and tracker); a resumed run's writer drops the rows past its checkpoint (they belong
+    to the attempt that was killed)."""
+    if lead and run is not None:
+        announce_resume(run, state.step, state.changes)
+        run.write_json("run.json", record)
+    tracker = open_tracker(tracking, "pretrain", run=run.url if run else None, start_step=state.step,
+                           config=record) if lead else None
+    log = MetricsLog(None, cfg.steps, "pretrain", quiet or not lead, cfg.clock, start=state.elapsed,
+                     seconds=cfg.seconds, store=run.metrics_writer(state.step) if lead and run else None,
+                     tracker=tracker)
+    log.advance(state.step)
+    return log
+
+
+def pretrain(corpus, cfg: PretrainConfig, out: str | Path | RunDir | None = None, quiet: bool = False, *,
+             callbacks: Callbacks | None = None, workers: Workers | None = None,
              tracking: TrackingConfig | None = None, writer: Writer | None = None) -> dict:
-    """Train (or resume the run at `out`, holding its lease as `writer`); returns {"teacher", "student", "history", "final", "seconds",
-    "steps", "resumed_from", and with `out` "fingerprint", "run"}. Without `out` nothing is written.
-    `sync` broadcasts rank 0's list of ints to every worker (needed when world_size > 1).
-    `reporter(student, row) -> dict`, when given, runs after each evaluation off the training clock and its
-    figures join the row (for reports, e.g. on the test split; the curriculum and stop rules never read them).
-    `on_stage_end(teacher, student, stage_corpus, row)`, when given, runs off the training clock each time the
-    teacher passes a curriculum stage (and when `stop_at_acc` ends the last one): e.g. a DMT copy of the student
-    at that length (benchmarks/length_scaling.py). It must not change the models' weights.
-    `tracking`: rank 0 also logs each metrics row and the config to TensorBoard / W&B (`trainers/tracking.py`)."""
-    dev = pick_device(cfg.device)
+    """Train (or resume the run at `out`, holding its lease as `writer`) on the loop of `trainers/loop.py`;
+    returns {"teacher", "student", "history", "final", "seconds", "steps", "resumed_from", and with `out`
+    "fingerprint", "run"}. Without `out` nothing is written; a `RunDir` as `out` names an S3 endpoint.
+    `workers` (`trainers/loop.py`): this worker's rank, world size, `sync` (rank 0's decisions for every
+    worker, needed when world_size > 1) and DDP `wrap`. `callbacks` (off the training clock, never read by the
+    curriculum or stop rules): `on_eval(row)`, `reporter(student, row) -> dict` (report figures joining the row,
+    e.g. on the test split), `on_stage_end(teacher, student, stage_corpus, row)` each time the teacher passes a
+    curriculum stage (and when `stop_at_acc` ends the last one), e.g. a DMT copy of the student at that length
+    (benchmarks/length_scaling.py). `tracking`: rank 0 also logs each metrics row and the config to
+    TensorBoard / W&B (`trainers/tracking.py`)."""
+    dev, w, cb = pick_device(cfg.device), workers or Workers(), callbacks or Callbacks()
+    share = w.share()  # refuses several workers without `sync`
     cfg.smt.check_length(corpus.seq_len)
-    run = RunDir(str(out), endpoint_url=endpoint_url) if out else None
-    with run.writing(writer) if run is not None and rank == 0 else contextlib.nullcontext():
+    run = out if isinstance(out, RunDir) or out is None else RunDir(str(out))
+    lead = w.rank == 0
+    with run.writing(writer) if run is not None and lead else contextlib.nullcontext():
         state = build_state(corpus, cfg, run, dev)
-        teacher, student, tcfg = state.teacher, state.student, state.teacher.cfg
-        lead, resumed_from = rank == 0, (state.step if state.starts else None)
+        resumed_from = state.step if state.starts else None
         state.starts.append(state.step)
-        stages = [with_length(corpus, T) for T in cfg.curriculum] + [corpus]
-        cur = stages[state.stage]
-        ex, ey = (t.to(dev) for t in eval_batch(cur, cfg.eval_size, cfg.seed))
-        prompt = cfg.smt.start
-        record = {"stage": "pretrain", "corpus": corpus.spec, "config": asdict(cfg), "world_size": world_size,
+        record = {"stage": "pretrain", "corpus": corpus.spec, "config": asdict(cfg), "world_size": w.world_size,
                   "start_step": state.step,
                   "changes": {k: {"old": a, "new": b} for k, (a, b) in state.changes.items()}}
-        if lead and run is not None:
-            announce_resume(run, state.step, state.changes)
-            run.write_json("run.json", record)
-        tracker = open_tracker(tracking, "pretrain", run=run.url if run else None, start_step=state.step,
-                               config=record) if lead else None
-        # a resumed run's writer drops the rows past its checkpoint (they belong to the attempt that was killed)
-        log = MetricsLog(None, cfg.steps, "pretrain", quiet or not lead, cfg.clock, start=state.elapsed,
-                         seconds=cfg.seconds, store=run.metrics_writer(state.step) if lead and run else None,
-                         tracker=tracker)
-        log.advance(state.step)
-        objective = JointObjective(teacher, student.updater, cfg.smt)
-        model = wrap(objective) if wrap else objective
-        if world_size > 1 and sync is None:
-            raise ValueError(f"world_size={world_size} needs `sync` (rank 0's decisions for every worker)")
-        share = sync if world_size > 1 else (lambda v: v)
+        log = _open_log(state, cfg, run, quiet, lead, record, tracking)
+        objective = JointObjective(state.teacher, state.student.updater, cfg.smt)
+        curriculum = Curriculum([with_length(corpus, T) for T in cfg.curriculum] + [corpus], "teacher_acc",
+                                cfg.curriculum_acc, cfg.stop_at_acc, eval_size=cfg.eval_size, seed=cfg.seed,
+                                device=dev, stage=state.stage)
+        loop = Loop(state, run, log, lead, None, stop=cfg.steps, seconds=cfg.seconds, share=share,
+                    done=state.finished or state.step >= cfg.steps)
 
-        def evaluate() -> dict:
-            with log.paused():
-                teacher.eval()
-                state.sync_readout()
-                te = evaluate_teacher(teacher, ex, ey, prompt)
-                # drift needs every teacher memory: cheap for the causal encoder, one pass per prefix for register
-                st = evaluate_student(student, ex, ey, teacher if (tcfg.encoder_kind.one_pass or prompt) else None, prompt)
-                teacher.train()
-            return {"teacher_acc": te["acc"], "teacher_loss": te["loss"], "smt_acc": st["acc"], "smt_loss": st["loss"],
-                    **({"drift_final": st["drift_final"]} if "drift_final" in st else {})}
+        def checkpoint(loop: Loop) -> None:
+            state.stage, state.last_eval = curriculum.stage, loop.row or state.last_eval
+            state.elapsed, state.finished = log.elapsed(), loop.done
+            save(state, run)
 
-        done = state.finished or state.step >= cfg.steps
-        try:
-            while not done:
-                step = state.step + 1
-                x, y = (torch.as_tensor(a, dtype=torch.long, device=dev)
-                        for a in batch_at(cur, cfg.batch_size, cfg.seed, step, rank, world_size))
-                with autocast(dev):
-                    losses = model(x, y, positions_generator(cfg.seed, step, rank))
-                losses["loss"].backward()
-                gn = clip_and_step(state.params, state.opt, state.sched, cfg.optim.grad_clip)
-                state.step = step
-                log.advance()
-                done = step >= cfg.steps or (cfg.seconds is not None and log.elapsed() >= cfg.seconds)
-                if cfg.seconds is not None:  # clocks differ between workers: rank 0's says when the budget is spent
-                    done = bool(share([int(done)])[0])
-                if step % cfg.eval_every == 0 or done:
-                    stage = state.stage
-                    if lead:
-                        state.last_eval = log.log(step, **losses, grad_norm=gn, lr=state.sched.get_last_lr()[0],
-                                                  T=cur.seq_len, **evaluate())
-                        if reporter:  # figures for the report (e.g. on the test split): never read by the rules below
-                            with log.paused():
-                                state.last_eval.update(reporter(student, state.last_eval))
-                        if on_eval:
-                            with log.paused():  # a caller's extra evaluation is not training time
-                                on_eval(state.last_eval)
-                        acc = state.last_eval["teacher_acc"]
-                        passed = False
-                        if stage < len(stages) - 1 and acc >= cfg.curriculum_acc:
-                            stage, passed = stage + 1, True
-                        elif stage == len(stages) - 1 and cfg.stop_at_acc is not None and acc >= cfg.stop_at_acc:
-                            done = passed = True
-                        if passed and on_stage_end:
-                            with log.paused():
-                                teacher.eval()
-                                state.sync_readout()
-                                on_stage_end(teacher, student, cur, state.last_eval)
-                                teacher.train()
-                    stage, done = share([stage, int(done)])
-                    done = bool(done)
-                    if stage != state.stage:
-                        state.stage, cur = stage, stages[stage]
-                        ex, ey = (t.to(dev) for t in eval_batch(cur, cfg.eval_size, cfg.seed))
-                if lead and run is not None and (step % cfg.checkpoint_every == 0 or done):
-                    state.elapsed, state.finished = log.elapsed(), done
-                    save(state, run)
-        finally:
-            log.close()  # on an exception too: trackers flush and close (W&B marks the run finished)
-        if lead:
-            state.sync_readout()  # also on a resume of a finished run: outputs carry the final teacher's readout
-        teacher.eval()
-        student.eval()
-        result = {"teacher": teacher, "student": student, "history": log.history, "final": state.last_eval,
-                  "seconds": log.elapsed(), "steps": state.step, "resumed_from": resumed_from}
-        if lead and run is not None:
-            result["fingerprint"], result["run"] = export(state, run), run.url
-        return result
+        hooks = [Evaluation(cfg.eval_every, lambda: _figures(state, curriculum, cfg.smt.start), curriculum=curriculum,
+                            callbacks=cb, model=state.student,
+                            on_pass=_stage_end(state, cb.on_stage_end) if cb.on_stage_end else None),
+                 Checkpoints(cfg.checkpoint_every, checkpoint)]
+        train(loop, JointSMT(w.wrap(objective) if w.wrap else objective, cfg, curriculum, w), hooks,
+              cfg.optim.grad_clip, dev)
+        state.stage, state.last_eval = curriculum.stage, loop.row or state.last_eval
+        return _finish(state, run, log, lead, resumed_from)
+
+
+def _finish(state, run: RunDir | None, log: MetricsLog, lead: bool, resumed_from: int | None) -> dict:
+    """The run's outputs (rank 0 with a run: teacher/ and student/) and what `pretrain` returns."""
+    if lead:
+        state.sync_readout()  # also on a resume of a finished run: outputs carry the final teacher's readout
+    state.teacher.eval()
+    state.student.eval()
+    result = {"teacher": state.teacher, "student": state.student, "history": log.history, "final": state.last_eval,
+              "seconds": log.elapsed(), "steps": state.step, "resumed_from": resumed_from}
+    if lead and run is not None:
+        result["fingerprint"], result["run"] = export(state, run), run.url
+    return result
 
 
 def run_summary(out: str, endpoint_url: str | None = None) -> dict:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.device import autocast, pick_device
+from models.device import pick_device
 from models.student_rnn import Student
 from models.updaters import UpdaterConfig, matched_updater
 from storage.bucket import Bucket
@@ -35,7 +35,9 @@ from storage.reader import TargetSet
 from storage.rounds import RunSource, rounds_bucket
 from storage.run_dir import Retention, RunDir, flatten_optimizer, step_dir, unflatten_optimizer
 from storage.stream import ShardStream, StreamConfig
-from trainers.common import MetricsLog, OptimConfig, announce_resume, apply_optim, check_resume, clip_and_step
+from trainers.common import MetricsLog, OptimConfig, announce_resume, apply_optim, check_resume
+from trainers.loop import Checkpoints, Evaluation, Hook, Loop, Objective, Workers
+from trainers.loop import train as train_loop
 from trainers.smt import SMTObjective
 from trainers.tracking import TrackingConfig, open_tracker
 
@@ -181,51 +183,10 @@ def build_state(targets: TargetSet, teacher, teacher_fp: str, cfg: StudentTrainC
     return state
 
 
-class Hook:
-    """Something the loop is given (lockstep DMT, a batch transform, ...): it is called at fixed points of
-    every step, in the order the hooks were given. Every method is optional (these defaults do nothing).
-    A hook builds its per-run state in `start`, so one object can be shipped to every DDP worker."""
-
-    def check(self, cfg: StudentTrainConfig) -> None:
-        """Refuse a training config this hook cannot run with (ValueError naming the fix); called first."""
-
-    def record(self) -> dict[str, Any]:
-        """Entries the run's config file records beside the training config (e.g. {"dmt": {...}})."""
-        return {}
-
-    def start(self, loop: Loop) -> None:
-        """Once per process, before its first step."""
-
-    def before_step(self, loop: Loop) -> None:
-        """Before the batch of step `loop.state.step + 1` is drawn (e.g. wait for data, `loop.switch`)."""
-
-    def transform(self, loop: Loop, batch: dict[str, torch.Tensor]) -> None:
-        """Rewrite the batch (already on the device) in place before the loss."""
-
-    def after_step(self, loop: Loop, out: dict[str, torch.Tensor]) -> dict[str, float]:
-        """After the optimiser step (`loop.state.step` counts it); returns extra columns of its metrics row."""
-        return {}
-
-    def write(self, loop: Loop, folder: Bucket) -> None:
-        """Add this hook's own files to a checkpoint folder (a bucket rooted there) being written, before its commit marker
-        (e.g. lockstep DMT's rollout policy, which a resume reads back)."""
-
-    def pinned_steps(self, cfg: StudentTrainConfig) -> set[int]:
-        """Steps whose checkpoint someone reads later by step: checkpoint retention never deletes them."""
-        return set()
-
-
 @dataclass
-class Loop:
-    """What a hook sees of the running loop."""
+class StreamLoop(Loop):
+    """The loop as a student's hooks see it: the stream's batches, and `switch` to another generation."""
 
-    state: TrainState
-    run: RunDir
-    log: MetricsLog
-    lead: bool
-    """Rank 0: the process that logs and writes checkpoints."""
-    say: Callable[[str], None] | None
-    """One-line notes for the user (None when quiet, and on other ranks)."""
     batches: Iterator[dict[str, torch.Tensor]] | None = None
     """The stream's iterator, made at the first batch and again after a `switch`."""
 
@@ -241,6 +202,22 @@ class Loop:
         return {k: v.to(self.state.device, non_blocking=True) for k, v in next(self.batches).items()}
 
 
+class StreamSMT(Objective):
+    """The student's step: the stream's next batch, the SMT loss on its transitions."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def batch(self, loop: StreamLoop) -> dict[str, torch.Tensor]:
+        return loop.next_batch()
+
+    def loss(self, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.model(b["state_in"], b["token"], b["state_out"], b["y"])
+
+    def columns(self, loop: StreamLoop) -> dict[str, Any]:
+        return {"lr": loop.state.sched.get_last_lr()[0], "generation": loop.state.stream.generation}
+
+
 def check_hooks(cfg: StudentTrainConfig, hooks: Sequence[Hook]) -> None:
     """Every hook's `check` (the entry points call it before opening anything)."""
     for h in hooks:
@@ -250,14 +227,13 @@ def check_hooks(cfg: StudentTrainConfig, hooks: Sequence[Hook]) -> None:
 def train(state: TrainState, run: RunDir, *, hooks: Sequence[Hook] = (), rank: int = 0, quiet: bool = False,
           wrap: Callable[[nn.Module], nn.Module] | None = None, stop_at: int | None = None,
           tracking: TrackingConfig | None = None) -> dict:
-    """Train up to cfg.steps (or `stop_at`, where it checkpoints too) from state.step; rank 0 logs and
-    checkpoints. Each step: hooks' before_step, batch, hooks' transform, loss, optimiser step, hooks'
-    after_step, metrics row, checkpoint. Returns the last metrics row. `tracking`: rank 0 also logs the rows
-    and the config to TensorBoard / W&B (`trainers/tracking.py`)."""
-    cfg, dev = state.cfg, state.device
+    """Train up to cfg.steps (or `stop_at`, where it checkpoints too) from state.step on the loop of
+    `trainers/loop.py`; rank 0 logs a row every step and checkpoints (with the hooks' files, sparing their
+    pinned steps). Returns the last metrics row. `tracking`: rank 0 also logs the rows and the config to
+    TensorBoard / W&B (`trainers/tracking.py`)."""
+    cfg = state.cfg
     stop = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
     objective = SMTObjective(state.student, cfg.readout_weight)
-    model = wrap(objective) if wrap else objective
     lead = rank == 0
     extra = {k: v for h in hooks for k, v in h.record().items()}
     record = {"stage": "train", "config": asdict(cfg), **extra, "teacher_fingerprint": state.teacher_fp}
@@ -269,35 +245,20 @@ def train(state: TrainState, run: RunDir, *, hooks: Sequence[Hook] = (), rank: i
     log = MetricsLog(None, cfg.steps, "train", quiet or not lead,
                      store=run.metrics_writer(state.step) if lead else None, tracker=tracker)
     log.advance(state.step)
-    loop = Loop(state, run, log, lead, None if quiet or not lead else print)
-    row: dict = {}
+    loop = StreamLoop(state, run, log, lead, None if quiet or not lead else print, stop=stop,
+                      done=state.step >= stop)
+
+    def checkpoint(loop: Loop) -> None:
+        save(state, run, lambda folder: [h.write(loop, folder) for h in hooks],
+             pinned=set().union(*(h.pinned_steps(cfg) for h in hooks)))
+        log.flush()  # an object store's metrics reach the checkpoint too
+
     try:
-        for h in hooks:
-            h.start(loop)
-        while state.step < stop:
-            for h in hooks:
-                h.before_step(loop)
-            b = loop.next_batch()
-            for h in hooks:
-                h.transform(loop, b)
-            with autocast(dev):
-                out = model(b["state_in"], b["token"], b["state_out"], b["y"])
-            out["loss"].backward()
-            gn = clip_and_step(state.params, state.opt, state.sched, cfg.optim.grad_clip)
-            state.step += 1
-            log.advance()
-            extra = {k: v for h in hooks for k, v in h.after_step(loop, out).items()}
-            if lead:
-                row = log.log(state.step, **out, grad_norm=gn, lr=state.sched.get_last_lr()[0],
-                              generation=state.stream.generation, **extra)
-            if lead and (state.step % cfg.checkpoint_every == 0 or state.step == stop):
-                save(state, run, lambda folder: [h.write(loop, folder) for h in hooks],
-                     pinned=set().union(*(h.pinned_steps(cfg) for h in hooks)))
-                log.flush()  # an object store's metrics reach the checkpoint too
+        return train_loop(loop, StreamSMT(wrap(objective) if wrap else objective),
+                          [*hooks, Evaluation(1), Checkpoints(cfg.checkpoint_every, checkpoint)],
+                          cfg.optim.grad_clip, state.device)
     finally:
-        log.close()
         state.stream.close()
-    return row
 
 
 def save(state: TrainState, run: RunDir, extra: Callable[[str], Any] | None = None,
@@ -344,25 +305,27 @@ def resolve_teacher(targets: TargetSet, teacher_url: str | None = None) -> str:
 
 
 def run_training(targets_url: str, teacher_url: str | None, out: str, cfg: StudentTrainConfig, *,
-                 endpoint_url: str | None = None, generation: int | None = None, rank: int = 0,
-                 world_size: int = 1, agree: Callable[[int], int] | None = None,
-                 wrap: Callable[[nn.Module], nn.Module] | None = None, quiet: bool = False,
+                 endpoint_url: str | None = None, generation: int | None = None, workers: Workers | None = None,
+                 quiet: bool = False,
                  stop_at: int | None = None, through_round: int | None = None, hooks: Sequence[Hook] = (),
                  writer: Writer | None = None, tracking: TrackingConfig | None = None) -> dict:
     """Open the target set and its teacher, build or resume the train state, train (with `hooks`, e.g.
-    lockstep DMT: `trainers.dmt`). One worker's body. `stop_at`: stop (and checkpoint) at this step;
+    lockstep DMT: `trainers.dmt`). One worker's body (`workers`: its rank, world size, `agree` for the stream's
+    generation switches, DDP `wrap`; `trainers/loop.py`). `stop_at`: stop (and checkpoint) at this step;
     `through_round`: first move the stream to the run's oldest rounds generation holding DMT round r
     (standalone DMT: train on round 0 + rounds 1..r)."""
     from storage.checkpoints import load_teacher
 
     check_hooks(cfg, hooks)  # before anything is opened
+    w = workers or Workers()
     targets = TargetSet.open(targets_url, None, generation, endpoint_url=endpoint_url)
     teacher_url = resolve_teacher(targets, teacher_url)
     teacher, teacher_fp, _ = load_teacher(teacher_url, endpoint_url=endpoint_url)
     check_teacher(teacher_fp, targets.fingerprint, teacher_url, targets.bucket.url())
     run = RunDir(out, endpoint_url=endpoint_url)
-    with run.writing(writer) if rank == 0 else contextlib.nullcontext():
-        state = build_state(targets, teacher, teacher_fp, cfg, run, rank=rank, world_size=world_size, agree=agree)
+    with run.writing(writer) if w.rank == 0 else contextlib.nullcontext():
+        state = build_state(targets, teacher, teacher_fp, cfg, run, rank=w.rank, world_size=w.world_size,
+                            agree=w.agree)
         resumed_from = state.resumed_from
         if through_round is not None:
             g = state.stream.first_generation_with_round(through_round)
@@ -370,7 +333,8 @@ def run_training(targets_url: str, teacher_url: str | None, out: str, cfg: Stude
                 raise ValueError(f"run {run.url} has no DMT round {through_round} to train on: relabel it first "
                                  "(smt dmt)")
             state.stream.switch(g)  # a no-op on a resume inside the block: the saved stream is already there
-        row = train(state, run, hooks=hooks, rank=rank, quiet=quiet, wrap=wrap, stop_at=stop_at, tracking=tracking)
+        row = train(state, run, hooks=hooks, rank=w.rank, quiet=quiet, wrap=w.wrap, stop_at=stop_at,
+                    tracking=tracking)
     return {"step": state.step, "run": run.url, "teacher_fingerprint": teacher_fp, "last": row,
             "resumed_from": resumed_from}
 

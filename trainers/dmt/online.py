@@ -22,9 +22,10 @@ import torch.nn.functional as F
 
 from models.device import autocast, pick_device
 from storage.checkpoints import save_student
-from trainers.common import OptimConfig, clip_and_step, open_run
+from trainers.common import OptimConfig, open_run
 from trainers.dmt.stability import EMA, check_beta, load_moments, smt_moments, teacher_share
-from trainers.evaluate import eval_batch, evaluate_student
+from trainers.evaluate import evaluate_student
+from trainers.loop import Callbacks, Curriculum, Evaluation, Hook, Loop, Objective, train
 from trainers.losses import masked_ce
 from trainers.tracking import TrackingConfig
 
@@ -113,91 +114,114 @@ def dmt_losses(student, M: torch.Tensor, x: torch.Tensor, y: torch.Tensor, start
     return {"loss": w_state * l_state + w_readout * l_read, "loss_state": l_state, "loss_readout": l_read}
 
 
-def dmt_online(student, teacher, corpus, cfg: OnlineDMTConfig, out: str | Path | None = None,
-               teacher_fingerprint: str | None = None, quiet: bool = False, on_eval=None, reporter=None,
-               carry: dict | None = None, stop_step: int | None = None, smt_run: str | None = None,
-               tracking: TrackingConfig | None = None) -> dict:
-    """Train `student` by online DMT. With `stop_step`, stop there and return a `carry` (optimiser, schedule,
-    data RNG, step, EMA policy) that a later call continues from, so one cosine schedule spans several DMT
-    rounds. `reporter` as in `trainers.pretrain.pretrain` (report-only figures, off the training clock).
-    `smt_run`: the student run the SMT student comes from (its AdamW moments start DMT with carry_optimizer).
-    `tracking`: also log the rows and the config to TensorBoard / W&B (calls that carry on continue one run)."""
-    dev = pick_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    teacher = teacher.to(dev).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    student = student.to(dev).train()
-    named = [(n, p) for n, p in student.named_parameters()
-             if n.startswith("updater.") or (cfg.train_readout and n.startswith("readout_net."))]
-    params = [p for _, p in named]
-    if carry is None:
-        opt, sched = cfg.optim.build(params, cfg.steps)
+class OnlineDMTState:
+    """What the loop steps, kept between calls of `OnlineDMT.run` (one schedule over several DMT rounds): the
+    trained parameters, AdamW and schedule, the data RNG, the step, the EMA policy."""
+
+    def __init__(self, student, cfg: OnlineDMTConfig, smt_run: str | None) -> None:
+        named = [(n, p) for n, p in student.named_parameters()
+                 if n.startswith("updater.") or (cfg.train_readout and n.startswith("readout_net."))]
+        self.params = [p for _, p in named]
+        self.opt, self.sched = cfg.optim.build(self.params, cfg.steps)
         if cfg.carry_optimizer:
             if smt_run is None:
                 raise ValueError("OnlineDMTConfig.carry_optimizer needs the SMT run: pass smt_run=<student run URL>")
-            load_moments(opt, named, smt_moments(smt_run))
-        rng, step0 = np.random.default_rng([cfg.seed, 0xD317]), 0
-        ema = EMA(student, cfg.ema) if cfg.ema else None
-    else:
-        opt, sched, rng, step0, ema = carry["opt"], carry["sched"], carry["rng"], carry["step"], carry.get("ema")
-    last = min(cfg.steps, stop_step or cfg.steps)
-    ex, ey = (t.to(dev) for t in eval_batch(corpus, cfg.eval_size, cfg.seed))
-    T = corpus.seq_len
-    Td = cfg.Td or (T - cfg.prompt)
-    if cfg.prompt + Td > T:
-        raise ValueError(f"prompt+Td={cfg.prompt}+{Td} > T={T}: shorten Td")
-    out, log = open_run(out, "dmt", corpus.spec, cfg, quiet, tracking, start_step=step0, track_as=smt_run)
+            load_moments(self.opt, named, smt_moments(smt_run))
+        self.rng, self.step = np.random.default_rng([cfg.seed, 0xD317]), 0
+        self.ema = EMA(student, cfg.ema) if cfg.ema else None
 
-    def evaluate() -> dict:
-        with log.paused():
-            return _evaluate()
 
-    def _evaluate() -> dict:
+class OnlineDMTStep(Objective, Hook):
+    """Online DMT's step: fresh sequences, the teacher's memories of them, the one-step loss from the policy's
+    (or, for a decaying share of rows, the teacher's) states; after the step, the EMA policy follows."""
+
+    def __init__(self, dmt: OnlineDMT, Td: int, device: torch.device) -> None:
+        self.dmt, self.Td, self.device = dmt, Td, device
+
+    def batch(self, loop: Loop) -> tuple:
+        cfg, state = self.dmt.cfg, loop.state
+        x, y = (torch.as_tensor(a, dtype=torch.long, device=self.device)
+                for a in self.dmt.corpus.sample(cfg.batch_size, state.rng))
+        with torch.no_grad(), autocast(self.device):
+            M = self.dmt.teacher.encode_all(x)
+        self.n_teacher = round(teacher_share(cfg.beta, cfg.beta_halflife, state.step) * x.shape[0])
+        return M, x, y
+
+    def loss(self, batch: tuple) -> dict[str, torch.Tensor]:
+        cfg, ema = self.dmt.cfg, self.dmt.state.ema
+        return dmt_losses(self.dmt.student, *batch, cfg.prompt, self.Td, cfg.w_state, cfg.w_readout,
+                          policy=ema.model if ema else None, n_teacher=self.n_teacher)
+
+    def columns(self, loop: Loop) -> dict:
+        return {"teacher_rows": self.n_teacher}
+
+    def after_step(self, loop: Loop, out: dict) -> dict:
+        if loop.state.ema:
+            loop.state.ema.update(self.dmt.student)
+        return {}
+
+
+class OnlineDMT:
+    """Online DMT of `student` under `cfg`'s one schedule, trained in one `run()` or over several (`run(until=s)`
+    stops at step s; the next call continues from there: optimiser, schedule, data RNG, step and EMA policy).
+    `smt_run`: the student run the SMT student comes from (its AdamW moments start DMT with carry_optimizer;
+    a run without `out` is tracked as its continuation). `teacher_fingerprint` is recorded in the saved student."""
+
+    def __init__(self, student, teacher, corpus, cfg: OnlineDMTConfig, *, smt_run: str | None = None,
+                 teacher_fingerprint: str | None = None) -> None:
+        self.dev = pick_device(cfg.device)
+        self.teacher = teacher.to(self.dev).eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.student, self.corpus, self.cfg = student.to(self.dev).train(), corpus, cfg
+        self.smt_run, self.teacher_fingerprint = smt_run, teacher_fingerprint
+        self.Td = cfg.Td or (corpus.seq_len - cfg.prompt)
+        if cfg.prompt + self.Td > corpus.seq_len:
+            raise ValueError(f"prompt+Td={cfg.prompt}+{self.Td} > T={corpus.seq_len}: shorten Td")
+        torch.manual_seed(cfg.seed)
+        self.state: OnlineDMTState | None = None
+
+    def run(self, out: str | Path | None = None, quiet: bool = False, *, until: int | None = None,
+            callbacks: Callbacks | None = None, tracking: TrackingConfig | None = None) -> dict:
+        """Train up to `until` (default: cfg.steps) on the loop of `trainers/loop.py`; the first call evaluates the
+        student at step 0 first and trains nothing if it already reaches `stop_at_acc`. `callbacks` as in
+        `trainers.pretrain.pretrain`. `tracking`: also log the rows and the config to TensorBoard / W&B (calls
+        that continue one schedule continue one tracked run). Returns {"student", "history", "final",
+        "seconds", "steps"}."""
+        cfg, student, first = self.cfg, self.student.train(), self.state is None
+        if first:
+            self.state = OnlineDMTState(student, cfg, self.smt_run)
+        else:
+            torch.manual_seed(cfg.seed)
+        state = self.state
+        stop = min(cfg.steps, until or cfg.steps)
+        curriculum = Curriculum([self.corpus], "dmt_acc", 1.0, cfg.stop_at_acc, eval_size=cfg.eval_size,
+                                seed=cfg.seed, device=self.dev)  # one stage: the stop rule and the valid set
+        out, log = open_run(out, "dmt", self.corpus.spec, cfg, quiet, tracking, start_step=state.step,
+                            track_as=self.smt_run)
+
+        def figures() -> dict:
+            student.eval()
+            r = evaluate_student(student, *curriculum.batch, self.teacher, cfg.prompt)
+            student.train()
+            return {"dmt_acc": r["acc"], "dmt_loss": r["loss"], "drift_final": r["drift_final"]}
+
+        evaluation = Evaluation(cfg.eval_every, figures, curriculum=curriculum, callbacks=callbacks, model=student)
+        loop = Loop(state, None, log, True, None, stop=stop, seconds=cfg.seconds, done=state.step >= stop)
+        if first:  # a student that already passes is not trained: DMT would only move it (the dip)
+            evaluation.evaluate(loop, 0, {}, report=False)
+        step = OnlineDMTStep(self, self.Td, self.dev)
+        final = train(loop, step, [step, evaluation], cfg.optim.grad_clip, self.dev)
         student.eval()
-        r = evaluate_student(student, ex, ey, teacher, cfg.prompt)
-        student.train()
-        return {"dmt_acc": r["acc"], "dmt_loss": r["loss"], "drift_final": r["drift_final"]}
+        if out:
+            save_student(str(out / "student"), student, self.teacher_fingerprint,
+                         {"corpus": self.corpus.spec, "trained_by": "smt+dmt", "dmt_steps": state.step})
+        return {"student": student, "history": log.history, "final": final, "seconds": log.elapsed(),
+                "steps": state.step}
 
-    final: dict = {}
-    if carry is None:
-        final = log.log(0, **evaluate())
-        if on_eval:
-            with log.paused():  # a caller's extra evaluation is not training time
-                on_eval(final)
-        if cfg.stop_at_acc is not None and final["dmt_acc"] >= cfg.stop_at_acc:
-            last = step0  # the student already passes: DMT would only move it (the dip), so train nothing
-    step = step0
-    for step in range(step0 + 1, last + 1):
-        x, y = (torch.as_tensor(a, dtype=torch.long, device=dev) for a in corpus.sample(cfg.batch_size, rng))
-        with torch.no_grad(), autocast(dev):
-            M = teacher.encode_all(x)
-        n_teacher = round(teacher_share(cfg.beta, cfg.beta_halflife, step - 1) * x.shape[0])
-        with autocast(dev):
-            losses = dmt_losses(student, M, x, y, cfg.prompt, Td, cfg.w_state, cfg.w_readout,
-                                policy=ema.model if ema else None, n_teacher=n_teacher)
-        losses["loss"].backward()
-        gn = clip_and_step(params, opt, sched, cfg.optim.grad_clip)
-        if ema:
-            ema.update(student)
-        log.advance()
-        done = (cfg.seconds is not None and log.elapsed() >= cfg.seconds) or step == last
-        if step % cfg.eval_every == 0 or done:
-            final = log.log(step, **losses, grad_norm=gn, teacher_rows=n_teacher, **evaluate())
-            if reporter:  # figures for the report (e.g. on the test split): never read by the rules below
-                with log.paused():
-                    final.update(reporter(student, final))
-            if on_eval:
-                with log.paused():  # a caller's extra evaluation is not training time
-                    on_eval(final)
-            if cfg.stop_at_acc is not None and final["dmt_acc"] >= cfg.stop_at_acc:
-                done = True
-        if done:
-            break
-    log.close()
-    student.eval()
-    if out:
-        save_student(str(out / "student"), student, teacher_fingerprint,
-                     {"corpus": corpus.spec, "trained_by": "smt+dmt", "dmt_steps": step})
-    return {"student": student, "history": log.history, "final": final, "seconds": log.elapsed(),
-            "steps": step, "carry": {"opt": opt, "sched": sched, "rng": rng, "step": step, "ema": ema}}
+
+def dmt_online(student, teacher, corpus, cfg: OnlineDMTConfig, out: str | Path | None = None, quiet: bool = False,
+               *, callbacks: Callbacks | None = None, tracking: TrackingConfig | None = None) -> dict:
+    """Train `student` by online DMT in one call (`OnlineDMT` for a schedule over several calls, the SMT run's
+    moments, or the teacher fingerprint recorded in the saved student); returns `OnlineDMT.run`'s dict."""
+    return OnlineDMT(student, teacher, corpus, cfg).run(out, quiet, callbacks=callbacks, tracking=tracking)
