@@ -5,8 +5,11 @@ $OUT/gpu_check.json (or ./gpu_check.json). Steps:
  1. joint SMT pretraining of a causal teacher + mlp updater on retrieval T=64 (bf16 autocast), to >= 0.99;
  2. labeling: serial on the GPU, then a 2-actor Ray pool with num_gpus=0.5 each: checksums compared;
  3. the SMT student trained from the shards in-process on the GPU (bf16), then 1 Ray Train GPU worker;
- 4. a DMT relabel round on the GPU and online DMT; rolled-out accuracy of each student.
-Usage: python scripts/gpu_check.py [--pretrain-seconds 60]
+ 4. a DMT relabel round on the GPU and online DMT; rolled-out accuracy of each student;
+ 5. the efficiency table (benchmarks/efficiency.py, device=cuda: bf16 autocast, label actors with num_gpus): every
+    stage against its bare compute on a local folder and a moto S3 endpoint, and 1 vs 2 label actors; written as
+    $OUT/efficiency-gpu.{json,md} and printed (--efficiency quick|full|off).
+Usage: python scripts/gpu_check.py [--pretrain-seconds 60] [--efficiency quick|full|off]
 """
 from __future__ import annotations
 
@@ -45,6 +48,8 @@ def step(name):
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pretrain-seconds", type=float, default=60)
+    ap.add_argument("--efficiency", default="full", choices=["quick", "full", "off"],
+                    help="the efficiency table's sizes (benchmarks/efficiency.py), or off")
     args = ap.parse_args()
     from models.teacher import TeacherConfig
     from models.updaters import UpdaterConfig
@@ -153,7 +158,28 @@ def main() -> int:
         return {"steps": r["steps"], "dmt_acc": r["final"]["dmt_acc"],
                 "ms_per_step": round(1000 * r["seconds"] / max(1, r["steps"]), 1)}
 
-    for fn in (_pretrain, _label_serial, _label_ray, _train, _ray_train, _relabel, _dmt):
+    @step("efficiency_table_gpu")
+    def _efficiency():
+        from benchmarks import efficiency, stamp
+
+        flushed = stamp.start()
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+        res = efficiency.run_all(device=dev, quick=args.efficiency == "quick", repeats=2)
+        res["denormals_flushed"] = flushed
+        res["command"] = "python scripts/gpu_check.py " + " ".join(sys.argv[1:])
+        stem = Path(os.environ.get("OUT", ".")) / "efficiency-gpu"
+        stem.with_suffix(".json").write_text(json.dumps(res, indent=1, default=float))
+        stem.with_suffix(".md").write_text(efficiency.markdown(res, res["command"]))
+        stamp.stamp(stem, flushed)
+        print(stem.with_suffix(".md").read_text(), flush=True)
+        return {"ratios": {name: {w: round(s[w]["ratio"], 3) for w in efficiency.WHERE}
+                           for name, s in res["stages"].items()},
+                "label_2_vs_1_actor": res.get("scaling", {}).get("executors", {}).get("2", {}).get("vs_one_actor")}
+
+    checks = [_pretrain, _label_serial, _label_ray, _train, _ray_train, _relabel, _dmt]
+    if args.efficiency != "off":
+        checks.append(_efficiency)
+    for fn in checks:
         fn()
     out = Path(os.environ.get("OUT", ".")) / "gpu_check.json"
     out.write_text(json.dumps(REPORT, indent=1, default=str))

@@ -22,6 +22,7 @@ format name (`zarr`, `wds`: manifests, configs, the CLI) becomes one.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import io
 import json
@@ -80,24 +81,61 @@ def encode_zarr(cols: dict[str, np.ndarray], header: dict, chunk_bytes: int = CH
 
 
 def zarr_store(cols: dict[str, np.ndarray], header: dict, chunk_bytes: int = CHUNK_BYTES) -> dict[str, bytes]:
-    """The Zarr v3 store's files {key: bytes}: a group with one array per column."""
-    import zarr
+    """The Zarr v3 store's files {key: bytes}: a group with one array per column.
+
+    The metadata documents are zarr's own (`_group_json`, `_array_json`: the same zarr calls as a
+    `zarr.create_array` without data); the chunks are what zarr's codec pipeline writes for them (bytes codec,
+    little endian, then its Blosc codec's numcodecs compressor, partial last chunks padded with the fill value
+    0, every chunk written), computed here without zarr's event loop: through it, one trip per array and per
+    chunk write cost ~30x the compression itself (labeling's largest overhead: benchmarks/results/
+    efficiency.md). tests/test_storage_zarr_layout.py checks these bytes against zarr's own writer."""
+    files = {"zarr.json": _group_json(json.dumps(dict(sorted(header.items())), sort_keys=False))}
+    for name, a in cols.items():
+        a = np.ascontiguousarray(a)
+        rows = _rows_per_chunk(a, chunk_bytes)
+        le = a.dtype.newbyteorder("<") if a.dtype.itemsize > 1 else a.dtype
+        files[f"{name}/zarr.json"] = _array_json(name, a.shape, a.dtype.str, rows)
+        blosc = _blosc(a.dtype.itemsize)
+        for i, start in enumerate(range(0, a.shape[0], rows)):
+            chunk = a[start:start + rows].astype(le, copy=False)
+            if chunk.shape[0] < rows:  # the last chunk, padded with the fill value as zarr writes it
+                chunk = np.concatenate([chunk, np.zeros((rows - chunk.shape[0], *a.shape[1:]), le)])
+            files["/".join([name, "c", str(i), *["0"] * (a.ndim - 1)])] = bytes(blosc.encode(np.ascontiguousarray(chunk)))
+    return dict(sorted(files.items()))
+
+
+@functools.lru_cache(maxsize=64)
+def _group_json(attributes_json: str) -> bytes:
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.group import GroupMetadata
+
+    meta = GroupMetadata(attributes=json.loads(attributes_json))
+    return meta.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes()
+
+
+def _blosc_codec(typesize: int):
     from zarr.codecs import BloscCodec
+
+    return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle", typesize=typesize)
+
+
+@functools.lru_cache(maxsize=16)
+def _blosc(typesize: int):
+    """The numcodecs compressor zarr's BloscCodec of these settings encodes chunks with."""
+    return _blosc_codec(typesize)._blosc_codec
+
+
+@functools.lru_cache(maxsize=256)
+def _array_json(name: str, shape: tuple[int, ...], dtype: str, rows: int) -> bytes:
+    """zarr.json of one column, written by zarr itself into a scratch store (no data: no chunks)."""
+    import zarr
     from zarr.storage import MemoryStore
 
     store: dict = {}
-    ms = MemoryStore(store)
-    zarr.create_group(ms, attributes=dict(sorted(header.items())))
-    for name, a in cols.items():
-        # Plain chunks, no sharding codec: the zip already makes the shard one object, and an inner
-        # shard index per column cost ~25% more decode CPU for nothing.
-        arr = zarr.create_array(
-            ms, name=name, shape=a.shape, dtype=a.dtype, chunks=(_rows_per_chunk(a, chunk_bytes), *a.shape[1:]),
-            fill_value=0,
-            compressors=BloscCodec(cname="lz4", clevel=5, shuffle="shuffle", typesize=a.dtype.itemsize),
-            config={"write_empty_chunks": True})
-        arr[...] = a
-    return {key: buf.to_bytes() for key, buf in sorted(store.items())}
+    zarr.create_array(MemoryStore(store), name=name, shape=shape, dtype=np.dtype(dtype), chunks=(rows, *shape[1:]),
+                      fill_value=0, compressors=_blosc_codec(np.dtype(dtype).itemsize),
+                      config={"write_empty_chunks": True})
+    return store[f"{name}/zarr.json"].to_bytes()
 
 
 def zip_store(files: dict[str, bytes]) -> bytes:

@@ -63,6 +63,36 @@ def test_zip_bytes_are_a_function_of_the_data():
     assert {k: bytes(v) for k, v in unzip_store(a).items()} == zarr_store(cols, HEADER)
 
 
+def _zarr_written(cols: dict, header: dict, chunk_bytes: int) -> dict[str, bytes]:
+    """The store zarr's own writer makes of these columns (the reference `zarr_store` must match byte for byte)."""
+    import zarr
+    from zarr.codecs import BloscCodec
+    from zarr.storage import MemoryStore
+
+    from storage.formats import _rows_per_chunk
+
+    store: dict = {}
+    ms = MemoryStore(store)
+    zarr.create_group(ms, attributes=dict(sorted(header.items())))
+    for name, a in cols.items():
+        arr = zarr.create_array(ms, name=name, shape=a.shape, dtype=a.dtype,
+                                chunks=(_rows_per_chunk(a, chunk_bytes), *a.shape[1:]), fill_value=0,
+                                compressors=BloscCodec(cname="lz4", clevel=5, shuffle="shuffle",
+                                                       typesize=a.dtype.itemsize),
+                                config={"write_empty_chunks": True})
+        arr[...] = a
+    return {k: v.to_bytes() for k, v in sorted(store.items())}
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "int8", "float32"])
+@pytest.mark.parametrize("chunk_bytes", [100, 1 << 10, 16 << 20])
+def test_zarr_store_is_byte_identical_to_zarrs_own_writer(dtype, chunk_bytes):
+    for obj in (make_segments(n=7, S=4, Z=32, seed=2), make_pairs(n=13, Z=16, seed=3)):
+        cols = to_columns(obj, dtype)
+        header = {**HEADER, "layout": obj.layout, "dtype": dtype, "rows": obj.n}
+        assert zarr_store(cols, header, chunk_bytes) == _zarr_written(cols, header, chunk_bytes)
+
+
 def test_folder_layout_still_reads_locally():
     ts = TargetSet.open(str(FOLDER_SET), FP, verify="always")
     assert [e.path for e in ts.shards] == ["round-000/shard-00000.zarr", "round-001/shard-00000.zarr"]
