@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from jobs.inspect import main as inspect_main
+from jobs.inspect_bucket import main as inspect_main
 from models.updaters import UpdaterConfig
 from pipeline.executors import SerialExecutor
 from pipeline.label import LabelConfig, label

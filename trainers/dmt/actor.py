@@ -19,7 +19,7 @@ Who trains the student between rounds:
   what it waits for and for how long;
 - nobody (standalone, the README's `smt train` then `smt dmt`): the loop is given a `trainer` and after
   round r trains the run itself on round 0 + rounds 1..r for `every_steps` steps (one new training phase
-  from round 1's step: `trainers.student.AggregateTrainer`); round r+1 rolls out that student.
+  from round 1's step: `AggregateTrainer` below); round r+1 rolls out that student.
 `events()` yields one line-sized event per wait, round and training block as it happens (a Ray actor
 streams them); `run()` returns the round reports. This module is plain Python; `jobs/dmt.py` runs it
 inside a Ray actor.

@@ -1,5 +1,5 @@
 """Three ways to keep DMT from undoing a good SMT student in its first steps (measured side by side in
-benchmarks/dmt_dip.py), shared by online DMT (trainers/dmt.py) and lockstep DMT (trainers/student.py):
+benchmarks/dmt_dip.py), shared by online DMT (trainers/dmt/online.py) and lockstep DMT (trainers/dmt/lockstep.py):
 
 - teacher-state mixing (DAgger's beta): a share of the transitions of each DMT step starts from the teacher's
   own memory m*_t (round 0) instead of the student's rolled-out m_hat_t; the share decays with a half-life

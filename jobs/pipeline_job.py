@@ -24,9 +24,9 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Annotated, TypeVar
 
-from jobs.common import FLAT, job_main
+from jobs.cli_common import FLAT, job_main
 from jobs.recipes import Recipe, load_recipe, resolve_corpus
-from jobs.report import relative_to_out
+from jobs.pipeline_report import relative_to_out
 from models.teacher import ConfigError
 from trainers.tracking import TrackingConfig
 
@@ -52,7 +52,7 @@ class PipelineJob:
     grouped by --log.group, default the --out folder's name)."""
 
     def execute(self) -> int:
-        from jobs.report import print_table, write_report
+        from jobs.pipeline_report import print_table, write_report
 
         rc = replace(self.tree, corpus=resolve_corpus(self.tree.corpus))
         out = Path(self.out)
