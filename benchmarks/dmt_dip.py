@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import stamp
 from jobs.pipeline_job import actor_config, dmt_phase_config, online_config
-from jobs.recipes import load_recipe
 from jobs.pipeline_report import resolve_in_out
+from jobs.recipes import load_recipe
 from pipeline.corpora import load_corpus
 from storage.checkpoints import load_student, load_teacher
 from storage.run_dir import RunDir

@@ -24,10 +24,10 @@ from models.teacher import ConfigError, TeacherConfig
 from models.updaters import UpdaterConfig
 from pipeline.executors import ExecutorConfig
 from pipeline.label import LabelConfig
-from storage.stream import StreamConfig
 from trainers.bptt import BPTTConfig
 from trainers.common import OptimConfig
 from trainers.dmt import DMTLoopConfig, LockstepDMTConfig, OnlineDMTConfig, RefreshConfig
+from trainers.dmt.mixing import StreamConfig
 from trainers.pretrain import PretrainConfig
 from trainers.smt import SMTConfig
 from trainers.student import StudentTrainConfig

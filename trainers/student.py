@@ -34,8 +34,9 @@ from storage.lease import Writer
 from storage.reader import TargetSet
 from storage.rounds import RunSource, rounds_bucket
 from storage.run_dir import Retention, RunDir, flatten_optimizer, step_dir, unflatten_optimizer
-from storage.stream import ShardStream, StreamConfig
+from storage.stream import ShardStream
 from trainers.common import MetricsLog, OptimConfig, announce_resume, apply_optim, check_resume, clip_and_step
+from trainers.dmt.mixing import StreamConfig  # the stream's settings + how it mixes the rounds
 from trainers.smt import SMTObjective
 from trainers.tracking import TrackingConfig, open_tracker
 
