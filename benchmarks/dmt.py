@@ -105,10 +105,10 @@ def run(c: E2EConfig) -> dict:
     from pipeline.label import LabelConfig, label
     from storage.checkpoints import load_student, load_teacher
     from storage.run_dir import RunDir
-    from storage.stream import StreamConfig
     from trainers.common import OptimConfig
     from trainers.dmt import LockstepDMTConfig, OnlineDMTConfig, RefreshConfig, dmt_online
     from trainers.dmt.actor import DMTLoop, DMTLoopConfig, round_reports
+    from trainers.dmt.mixing import StreamConfig
     from trainers.evaluate import eval_batch, evaluate_student, evaluate_teacher
     from trainers.student import StudentTrainConfig
 

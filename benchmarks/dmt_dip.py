@@ -3,11 +3,11 @@
 From the SMT student of a finished `smt demo` run (its step-400 checkpoint, with the AdamW state), optionally
 trained `--smt-extra` more SMT steps (a stronger student: the case where DMT dipped most), this runs the
 demo recipe's DMT once per variant, both ways the pipeline can:
-- lockstep DMT (the demo's default): the pipeline's own trainer config (`jobs.pipeline.dmt_phase_config`,
+- lockstep DMT (the demo's default): the pipeline's own trainer config (`jobs.pipeline_job.dmt_phase_config`,
   the recipe's `dmt` hooks) and
   DMT actor (`DMTLoop`, lockstep pins), here in one process (the actor in a thread, a serial executor);
   the pins make the result independent of timing. Valid accuracy of the student at every round boundary;
-- online DMT (`--dmt-online`): `dmt_online` with the pipeline's config (`jobs.pipeline.online_config`),
+- online DMT (`--dmt-online`): `dmt_online` with the pipeline's config (`jobs.pipeline_job.online_config`),
   valid accuracy every `--online-every` steps.
 Variants are recipe overrides of the `dmt` step: the baseline (fresh AdamW), DAgger's beta (teacher-state
 transitions mixed in with a decaying share), an EMA rollout policy, carried SMT AdamW moments, and a
@@ -32,9 +32,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import stamp
-from jobs.pipeline import actor_config, dmt_phase_config, online_config
+from jobs.pipeline_job import actor_config, dmt_phase_config, online_config
+from jobs.pipeline_report import resolve_in_out
 from jobs.recipes import load_recipe
-from jobs.report import resolve_in_out
 from pipeline.corpora import load_corpus
 from storage.checkpoints import load_student, load_teacher
 from storage.run_dir import RunDir

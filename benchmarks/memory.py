@@ -32,8 +32,9 @@ from benchmarks import stamp
 from storage.manifest import ShardEntry
 from storage.reader import TargetSet
 from storage.schema import Segments
-from storage.stream import EpochPlan, ShardStream, StreamConfig, epoch_plan
+from storage.stream import EpochPlan, ShardStream
 from storage.writer import TargetSetWriter
+from trainers.dmt.mixing import StreamConfig, epoch_plan
 
 OUT = Path(__file__).resolve().parent / "results"
 S, Z = 16, 16  # segment length, state size (float16 states)

@@ -92,10 +92,10 @@ def run_one(corpus_name: str, seed: int, archs: tuple[str, ...], b: Budgets) -> 
     from pipeline.label import LabelConfig, label
     from storage.checkpoints import load_student, save_teacher
     from storage.run_dir import RunDir
-    from storage.stream import StreamConfig
     from trainers.bptt import BPTTConfig, train_bptt
     from trainers.common import OptimConfig
     from trainers.dmt import OnlineDMTConfig, dmt_online
+    from trainers.dmt.mixing import StreamConfig
     from trainers.evaluate import eval_batch, evaluate_student, evaluate_teacher
     from trainers.heldout import score_models
     from trainers.loop import Callbacks

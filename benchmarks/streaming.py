@@ -37,8 +37,9 @@ from models.updaters import UpdaterConfig
 from storage.bucket import Bucket
 from storage.reader import TargetSet
 from storage.schema import Segments
-from storage.stream import ShardStream, StreamConfig
+from storage.stream import ShardStream
 from storage.writer import TargetSetWriter
+from trainers.dmt.mixing import StreamConfig
 from trainers.smt import SMTObjective
 
 K, D, S, BATCH = 4, 64, 16, 256

@@ -161,9 +161,9 @@ def task_pipeline(path: str, lever: dict, teacher_seconds: float, students: list
     from pipeline.label import LabelConfig, label
     from storage.checkpoints import load_student, save_teacher
     from storage.run_dir import RunDir
-    from storage.stream import StreamConfig
     from trainers.common import OptimConfig
     from trainers.dmt import OnlineDMTConfig, dmt_online
+    from trainers.dmt.mixing import StreamConfig
     from trainers.pretrain import pretrain
     from trainers.student import StudentTrainConfig, run_training
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
-from jobs.common import FLAT, figure, job_main
+from jobs.cli_common import FLAT, figure, job_main
 from trainers.bptt import BPTTConfig
 from trainers.tracking import TrackingConfig
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from jobs.common import job_main
-from jobs.pipeline import PipelineJob, recipe_flag
+from jobs.cli_common import job_main
+from jobs.pipeline_job import PipelineJob, recipe_flag
 from jobs.recipes import load_recipe
 
 

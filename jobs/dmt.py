@@ -25,7 +25,7 @@ from typing import Annotated
 
 import tyro
 
-from jobs.common import FLAT, job_main
+from jobs.cli_common import FLAT, job_main
 from pipeline.stage import Resources
 from trainers.dmt import DMTLoopConfig
 from trainers.tracking import TrackingConfig

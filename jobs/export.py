@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from jobs.common import job_main
+from jobs.cli_common import job_main
 
 
 @dataclass(kw_only=True)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
-from jobs.common import FLAT, job_main
+from jobs.cli_common import FLAT, job_main
 from models.sampling import SamplingConfig
 
 DEFAULT_TOKENS = {"byte": 200, "token": 32}

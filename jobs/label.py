@@ -16,7 +16,7 @@ from typing import Annotated
 
 import tyro
 
-from jobs.common import FLAT, job_main
+from jobs.cli_common import FLAT, job_main
 from pipeline.executors import ExecutorConfig
 from pipeline.label import LabelConfig
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from jobs.common import FLAT, figure, job_main
+from jobs.cli_common import FLAT, figure, job_main
 from trainers.pretrain import PretrainConfig
 from trainers.tracking import TrackingConfig
 

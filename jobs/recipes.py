@@ -24,10 +24,10 @@ from models.teacher import ConfigError, TeacherConfig
 from models.updaters import UpdaterConfig
 from pipeline.executors import ExecutorConfig
 from pipeline.label import LabelConfig
-from storage.stream import StreamConfig
 from trainers.bptt import BPTTConfig
 from trainers.common import OptimConfig
 from trainers.dmt import DMTLoopConfig, LockstepDMTConfig, OnlineDMTConfig, RefreshConfig
+from trainers.dmt.mixing import StreamConfig
 from trainers.pretrain import PretrainConfig
 from trainers.smt import SMTConfig
 from trainers.student import StudentTrainConfig
@@ -89,8 +89,8 @@ def _actor(sequences: int) -> DMTLoopConfig:
 
 
 def _dmt_phase(batch: int) -> StudentTrainConfig:
-    """AdamW at lr 1e-4 with a cosine decay over the phase, continuing the SMT phase's moments (`_lockstep`:
-    the least dip in benchmarks/results/dmt_dip.md); `batch` transitions per step (32 sequences of the
+    """A fresh AdamW at lr 1e-4 with a cosine decay over the phase (`LockstepDMTConfig.carry_optimizer` is off:
+    benchmarks/results/dmt_dip.md and its lr control, dmt_dip_lr_control.md); `batch` transitions per step (32 sequences of the
     rollout's length), relabeled rounds at twice the weight of round 0 and the newest rounds favoured."""
     return StudentTrainConfig(optim=OptimConfig(lr=1e-4, warmup_steps=5, schedule="cosine"), checkpoint_every=50,
                               stream=StreamConfig(batch_size=batch, round_weights={"0": 1.0, "dmt": 2.0},

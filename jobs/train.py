@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from jobs.common import FLAT, job_main
+from jobs.cli_common import FLAT, job_main
 from trainers.dmt import LockstepDMTConfig
 from trainers.student import StudentTrainConfig
 from trainers.tracking import TrackingConfig

@@ -2,7 +2,8 @@
 
 Both have `map(stage, items, *, total_records=None, quiet=False) -> iterator of results` (results in
 completion order; callers key them by item) and show progress (pipeline/progress.py) in records. Only this
-module (and jobs/) imports `ray`, lazily, so the serial path works without a cluster.
+module and trainers/distributed.py (Ray Train) import `ray`, both lazily, so the serial path works without a
+cluster; everything else that starts Ray actors (jobs/, the DMT phase) gets `ray` from `init_ray()` here.
 
 Fault model of the pool: each actor calls `stage.setup()` once in its constructor (Ray re-runs it when
 it restarts the actor, up to `max_restarts` times). Ray's own task retries are off: a failed item goes

@@ -111,7 +111,7 @@ def main() -> int:
 
     @step("train_student_gpu")
     def _train():
-        from storage.stream import StreamConfig
+        from trainers.dmt.mixing import StreamConfig
         from trainers.student import StudentTrainConfig, run_training
 
         cfg = StudentTrainConfig(updater=UpdaterConfig(arch="mlp"), optim=OptimConfig(lr=1e-3, warmup_steps=20),
@@ -126,8 +126,8 @@ def main() -> int:
 
     @step("ray_train_1_gpu_worker")
     def _ray_train():
-        from storage.stream import StreamConfig
         from trainers.distributed import train_with_ray
+        from trainers.dmt.mixing import StreamConfig
         from trainers.student import StudentTrainConfig
 
         train_with_ray(state["targets"], None, str(work / "run_ray"),

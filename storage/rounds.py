@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from storage.bucket import Bucket
@@ -49,6 +50,30 @@ def commit_rounds(rounds: Bucket, entries: list[ShardEntry], targets: Generation
     return commit(rounds, entries, teacher_fingerprint=targets.teacher_fingerprint,
                   teacher_config=targets.teacher_config, corpus_id=targets.corpus_id,
                   corpus_params=targets.corpus_params, base=base)
+
+
+def first_generation_with_round(r: int, start: int, shards: Callable[[int], Iterable[ShardEntry]],
+                                exists: Callable[[int], bool]) -> int | None:
+    """The oldest generation n >= `start` whose `shards(n)` hold round r: `start` (taken as existing: a stream's
+    current view, or view 0 of a run, which has no manifest), then start+1, ... while `exists`; None while none
+    does. Probes and manifest reads only, never a listing. A generation holds its parent's shards plus the new
+    ones (`storage/manifest.py` `commit`), so from any start up to the generation that committed round r, this
+    is that generation. The shard stream (lockstep DMT's switches) and the DMT actor (its round reports) both ask."""
+    n = start
+    while True:
+        if any(e.round == r for e in shards(n)):
+            return n
+        if not exists(n + 1):
+            return None
+        n += 1
+
+
+def round_generation(rounds: Bucket, r: int) -> int | None:
+    """The rounds generation of a run (`rounds_bucket`) that committed DMT round r; None while none holds it."""
+    if not rounds.exists(gen_path(1)):
+        return None
+    return first_generation_with_round(r, 1, lambda n: read_generation(rounds, n).shards,
+                                       lambda n: rounds.exists(gen_path(n)))
 
 
 def register_run(targets: Bucket, run_url: str) -> None:

@@ -1,12 +1,13 @@
 """The shard stream: shuffled, split, resumable batches of transitions from one manifest generation.
 
-    stream = ShardStream(TargetSet.open(url, fp), StreamConfig(batch_size=256, seed=0), rank=r, world_size=R)
+    stream = ShardStream(TargetSet.open(url, fp), ShardStreamConfig(batch_size=256, seed=0), rank=r, world_size=R)
     for batch in stream:            # {"state_in", "token", "state_out", "y", "round", "shard", "index"}
         ...
     ckpt["stream"] = stream.state_dict()     # resume on exactly the next record: load_state_dict(...)
 
 One epoch, for a generation and a seed, is a pure function of (seed, epoch):
-1. the shards are permuted, then each record gets a count (1, or drawn by `round_weights`), and the
+1. the shards are permuted, then each record gets a count (1, or drawn by the config's weight function:
+   `RoundWeights`; lockstep DMT's policy is `trainers/dmt/mixing.py`), and the
    records are laid out group after group of `mix_shards` shards, each group interleaved in chunks
    (chunk 0 of every shard, chunk 1, ...): the epoch *plan* of E records;
 2. rank r takes plan positions [r*L, (r+1)*L) with L = E // world_size (so every rank has the same
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -43,7 +44,7 @@ import torch
 from storage.errors import StorageError
 from storage.manifest import ShardEntry
 from storage.reader import TargetSet
-from storage.rounds import RunSource, RunView, TargetSetSource
+from storage.rounds import RunSource, RunView, TargetSetSource, first_generation_with_round
 from storage.schema import Transitions
 
 STATE_VERSION = 1
@@ -51,18 +52,37 @@ FOLLOW = ("never", "epoch", "steps")
 _FIELDS = ("state_in", "token", "state_out", "y", "round")
 
 
-def teacher_share(beta: float, halflife: float, steps: float, floor: float = 0.0) -> float:
-    """The share of teacher-state transitions after `steps` DMT steps (or rounds): `beta` at 0, then
-    halving its distance to `floor` every `halflife`."""
-    if beta <= floor:
-        return floor
-    return floor + (beta - floor) * 0.5 ** (max(0.0, steps) / halflife)
+Groups = dict[str, tuple[list[int], float]]
+"""Sampling groups of one generation: name -> (indices of its shards, weight)."""
+RoundWeights = Callable[[tuple[ShardEntry, ...]], Groups]
+"""A weight function: a generation's shards -> its `Groups`. Each group gets the share weight / sum(weights) of
+the epoch's records, spread evenly over the group's records; shards in no group are not sampled. It is
+called once per (generation, epoch) plan and must be a pure function of the shards (the order is a pure
+function of (seed, epoch))."""
 
 
-def check_beta(beta: float, halflife: float, what: str) -> None:
-    """Refuse a share outside [0, 1] or a half-life <= 0, naming the setting."""
-    if not 0.0 <= beta <= 1.0 or halflife <= 0:
-        raise ValueError(f"{what}: beta={beta} must be in [0, 1] and its half-life={halflife} > 0")
+def round_group(r: int, weights: Mapping[str, float]) -> str | None:
+    """The key of `weights` that governs round r (None: the round is not sampled): its own 'N', else 'dmt'
+    for every round >= 1."""
+    if str(r) in weights:
+        return str(r)
+    return "dmt" if r >= 1 and "dmt" in weights else None
+
+
+@dataclass(frozen=True)
+class by_round:
+    """The weight function of fixed weights by round key ('0' = the teacher's labels, 'dmt' = rounds >= 1,
+    'N' = round N); a key of weight 0 samples nothing. A class, so a stream holding one pickles."""
+
+    weights: Mapping[str, float]
+
+    def __call__(self, shards: tuple[ShardEntry, ...]) -> Groups:
+        out: Groups = {}
+        for i, e in enumerate(shards):
+            g = round_group(e.round, self.weights)
+            if g is not None and self.weights[g] > 0:
+                out.setdefault(g, ([], float(self.weights[g])))[0].append(i)
+        return out
 
 
 class StreamStateError(StorageError):
@@ -70,23 +90,16 @@ class StreamStateError(StorageError):
 
 
 @dataclass(kw_only=True)
-class StreamConfig:
+class ShardStreamConfig:
+    """The stream's own settings. Every record once per epoch; a config that samples rounds by weight (the student's
+    `trainers.dmt.mixing.StreamConfig`) returns its weight function from `weights()`."""
+
     batch_size: int = 256
     """Records per batch (per rank)."""
     seed: int = 0
     """Seed of the shard order, the window shuffles and the round sampling."""
     shuffle_buffer: int = 8192
     """Records per shuffle window (the bounded shuffle buffer)."""
-    round_weights: dict[str, float] | None = None
-    """Per-epoch sampling weights by round group: keys '0' (base labels), 'dmt' (rounds >= 1) or 'N'."""
-    round_decay: float = 1.0
-    """Recency within the 'dmt' group: round r gets a share proportional to round_decay ** (newest - r)
-    (1 = every DMT round alike; DMT relabels of an old student hurt, so lockstep DMT uses 0.5)."""
-    beta: float | None = None
-    """Lockstep DMT, DAgger's beta: round 0's share of an epoch starts at this once DMT rounds exist and decays
-    towards the share `round_weights` give it, halving every `beta_halflife` rounds (None = off)."""
-    beta_halflife: float = 5.0
-    """Rounds over which round 0's extra share (`beta`) halves."""
     follow: str = "never"
     """Switch to a newer manifest generation: 'never', at each 'epoch' boundary, or every N 'steps'."""
     follow_every: int = 0
@@ -109,21 +122,18 @@ class StreamConfig:
         if (self.follow == "steps") != (self.follow_every > 0):
             raise ValueError(f"follow={self.follow!r} with follow_every={self.follow_every}: "
                              "follow='steps' needs follow_every >= 1, other modes need follow_every=0")
-        if self.round_weights is not None:
-            self.round_weights = {str(k): float(v) for k, v in self.round_weights.items()}
-            for k, v in self.round_weights.items():
-                if not (k == "dmt" or k.isdigit()) or v < 0:
-                    raise ValueError(f"round_weights entry {k!r}: {v}: keys are '0', 'dmt' or a round "
-                                     "number, weights >= 0")
-            if not any(v > 0 for v in self.round_weights.values()):
-                raise ValueError(f"round_weights={self.round_weights} has no positive weight")
-        if not 0 < self.round_decay <= 1:
-            raise ValueError(f"round_decay={self.round_decay} must be in (0, 1]")
-        if self.beta is not None:
-            check_beta(self.beta, self.beta_halflife, "StreamConfig")
-            if not self.round_weights or self.round_weights.get("0", 0) <= 0 or self.round_weights.get("dmt", 0) <= 0:
-                raise ValueError(f"beta={self.beta} mixes round 0 into DMT rounds: round_weights={self.round_weights} "
-                                 "needs positive '0' and 'dmt' weights")
+
+    def weights(self) -> RoundWeights | None:
+        """The weight function of each epoch's records; None: every record once."""
+        return None
+
+    def layout(self) -> dict[str, Any]:
+        """The settings the record order depends on besides the world size and workers (a resume must keep them)."""
+        return {"seed": self.seed, "shuffle_buffer": self.shuffle_buffer, "mix_shards": self.mix_shards}
+
+    def layout_defaults(self) -> dict[str, Any]:
+        """Values of `layout` keys that states saved by older versions lack."""
+        return {}
 
 
 def _check_version(state: dict[str, Any]) -> None:
@@ -141,21 +151,6 @@ class Cursor:
     batches: int = 0
 
 
-def round_group(r: int, weights: dict[str, float]) -> str | None:
-    """The key of `round_weights` that governs round r (None: the round is not sampled)."""
-    if str(r) in weights:
-        return str(r)
-    return "dmt" if r >= 1 and "dmt" in weights else None
-
-
-def beta_weights(round_weights: dict[str, float], newest: int, beta: float, halflife: float) -> dict[str, float]:
-    """`round_weights` with round 0's weight set so that its share of the '0' + 'dmt' records is
-    teacher_share(beta, halflife, newest - 1, floor=its configured share): DAgger's decaying beta over rounds."""
-    w0, wd = round_weights["0"], round_weights["dmt"]
-    share = teacher_share(beta, halflife, newest - 1, floor=w0 / (w0 + wd))
-    return {**round_weights, "0": wd * share / (1.0 - share) if share < 1 else wd * 1e9}
-
-
 class EpochPlan:
     """The (shard index, record index) of every position of one epoch, before the window shuffle, without
     holding them: `slice(a, b)` computes positions [a, b) on demand.
@@ -168,33 +163,29 @@ class EpochPlan:
     `keep` of them: about 2 x mix_shards, the shards the decoded-shard cache holds anyway). So a plan costs
     O(shards) + O(kept shards' records) memory instead of 12 bytes per record of the epoch.
 
-    Without weights every record appears once. With weights, the epoch still has E records, E = the
-    records of all groups with a positive weight; group g gets q_g = E * w_g / sum(w) of them
-    (largest remainder rounding); each of its n_g records appears q_g // n_g times, and a seeded
-    random q_g mod n_g of them once more. Groups: a round's own key, else 'dmt' for rounds >= 1; with
-    round_decay < 1 the 'dmt' weight is split over its rounds in proportion to round_decay ** (newest - r).
+    Without weights every record appears once. With a weight function (`RoundWeights`; a mapping of
+    fixed weights by round key is `by_round`'s), the epoch still has E records, E = the records of all its
+    groups; group g gets q_g = E * w_g / sum(w) of them (largest remainder rounding, groups in name order);
+    each of its n_g records appears q_g // n_g times, and a seeded random q_g mod n_g of them once more.
     Consecutive groups of `mix_shards` shards (in permuted order) are interleaved: chunk j of each
     shard of the group (its records in a seeded random order; `np.array_split`'s cut into as many chunks as
     the group has shards), for j = 0..len(group)-1, so a shuffle window holds records of ~mix_shards
     shards; mix_shards >= the shard count makes every window a proportional sample of the whole epoch
-    (lockstep DMT switches generations every few steps). With `beta`, round 0's weight follows
-    `beta_weights` of the newest DMT round of the generation.
+    (lockstep DMT switches generations every few steps).
     """
 
     def __init__(self, shards: tuple[ShardEntry, ...], seed: int, epoch: int,
-                 round_weights: dict[str, float] | None, mix_shards: int = 1, round_decay: float = 1.0,
-                 beta: float | None = None, beta_halflife: float = 5.0, keep: int | None = None) -> None:
+                 weights: RoundWeights | Mapping[str, float] | None, mix_shards: int = 1,
+                 keep: int | None = None) -> None:
         rng = np.random.default_rng([seed, epoch, 1])
-        dmt_rounds = [e.round for e in shards if e.round >= 1]
-        if beta is not None and round_weights is not None and dmt_rounds:
-            round_weights = beta_weights(round_weights, max(dmt_rounds), beta, beta_halflife)
+        groups = None if weights is None else (by_round(weights) if isinstance(weights, Mapping) else weights)(shards)
         order = rng.permutation(len(shards))
         sizes = [int(e.records) for e in shards]
         self.sizes = sizes
         self.base = [1] * len(shards)
         self.extra: list[np.ndarray | None] = [None] * len(shards)  # packed bits: drawn once more
-        if round_weights is not None:
-            self._weights(shards, round_weights, round_decay, rng)
+        if groups is not None:
+            self._weights(groups, rng)
         self.lengths = np.array([self.base[i] * n + (int(np.unpackbits(x, count=n).sum()) if x is not None else 0)
                                  for i, (n, x) in enumerate(zip(sizes, self.extra))], dtype=np.int64)
         self.states: list[dict | None] = [None] * len(shards)
@@ -209,31 +200,18 @@ class EpochPlan:
         self.keep = keep if keep is not None else max(2, 2 * mix_shards)
         self._lock = threading.Lock()
 
-    def _weights(self, shards, round_weights: dict[str, float], round_decay: float, rng) -> None:
-        groups: dict[str, list[int]] = {}
-        for i, e in enumerate(shards):
-            g = round_group(e.round, round_weights)
-            groups.setdefault(g if g is not None and round_weights[g] > 0 else "", []).append(i)
-        for i in groups.pop("", []):
-            self.base[i] = 0
-        weights = dict(round_weights)
-        if round_decay < 1 and "dmt" in groups:
-            members = groups.pop("dmt")
-            newest = max(shards[i].round for i in members)
-            decay = {r: round_decay ** (newest - r) for r in {shards[i].round for i in members}}
-            for i in members:
-                groups.setdefault(f"dmt:{shards[i].round}", []).append(i)
-            for r, d in decay.items():
-                weights[f"dmt:{r}"] = round_weights["dmt"] * d / sum(decay.values())
+    def _weights(self, groups: Groups, rng) -> None:
+        """Each record's count from the groups' weights (draws from `rng`, groups in name order)."""
+        self.base = [0] * len(self.sizes)  # in no group: not sampled
         names = sorted(groups)
-        total = int(sum(self.sizes[i] for g in names for i in groups[g]))
-        w = np.array([weights[g] for g in names])
+        total = int(sum(self.sizes[i] for g in names for i in groups[g][0]))
+        w = np.array([groups[g][1] for g in names])
         exact = total * w / w.sum()
         quota = np.floor(exact).astype(np.int64)
         for j in np.argsort(-(exact - quota), kind="stable")[: total - int(quota.sum())]:
             quota[j] += 1
         for g, q in zip(names, quota):
-            idx = groups[g]
+            idx = groups[g][0]
             n_g = int(sum(self.sizes[i] for i in idx))
             once_more = np.zeros(n_g, dtype=bool)
             once_more[rng.choice(n_g, int(q % n_g), replace=False)] = True
@@ -310,12 +288,9 @@ class EpochPlan:
 
 
 def epoch_plan(shards: tuple[ShardEntry, ...], seed: int, epoch: int,
-               round_weights: dict[str, float] | None, mix_shards: int = 1,
-               round_decay: float = 1.0, beta: float | None = None,
-               beta_halflife: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
+               weights: RoundWeights | Mapping[str, float] | None, mix_shards: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """The whole `EpochPlan` as two arrays (tests, tools; the stream never materialises it)."""
-    plan = EpochPlan(shards, seed, epoch, round_weights, mix_shards, round_decay, beta, beta_halflife,
-                     keep=len(shards) or 1)
+    plan = EpochPlan(shards, seed, epoch, weights, mix_shards, keep=len(shards) or 1)
     return plan.slice(0, len(plan))
 
 
@@ -367,13 +342,14 @@ class ShardCache:
 class ShardStream(torch.utils.data.IterableDataset):
     """Infinite batches of one (rank, worker) split; see the module docstring for the order."""
 
-    def __init__(self, source: TargetSet | RunSource, cfg: StreamConfig | None = None, *, rank: int = 0,
+    def __init__(self, source: TargetSet | RunSource, cfg: ShardStreamConfig | None = None, *, rank: int = 0,
                  world_size: int = 1, num_workers: int = 1,
                  agree: Callable[[int], int] | None = None) -> None:
         """`source`: one generation of a target set (its newer generations are followed), or a run's
         `RunSource` (round 0 + the run's own DMT rounds; generation numbers are the run's rounds generations)."""
         super().__init__()
-        self.cfg = cfg or StreamConfig()
+        self.cfg = cfg or ShardStreamConfig()
+        self.weights = self.cfg.weights()  # how each epoch samples the rounds (None: every record once)
         if not 0 <= rank < world_size or num_workers < 1:
             raise ValueError(f"rank={rank} must be in [0, world_size={world_size}) and num_workers={num_workers} >= 1")
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
@@ -397,10 +373,7 @@ class ShardStream(torch.utils.data.IterableDataset):
     # ---- state -----------------------------------------------------------------------------------
     def layout(self) -> dict[str, Any]:
         c = self.cfg
-        return {"world_size": self.world_size, "num_workers": self.num_workers, "seed": c.seed,
-                "shuffle_buffer": c.shuffle_buffer, "mix_shards": c.mix_shards,
-                "round_weights": c.round_weights, "round_decay": c.round_decay,
-                **({"beta": c.beta, "beta_halflife": c.beta_halflife} if c.beta is not None else {})}
+        return {"world_size": self.world_size, "num_workers": self.num_workers, **c.layout()}
 
     @property
     def generation(self) -> int:
@@ -418,7 +391,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         """Resume on exactly the next record. Another world size, worker count, seed, shuffle buffer or
         round weights would give another order, so they are refused (StreamStateError)."""
         _check_version(state)
-        mine, theirs = self.layout(), {"round_decay": 1.0, **state.get("layout", {})}  # older states: no decay
+        mine, theirs = self.layout(), {**self.cfg.layout_defaults(), **state.get("layout", {})}
         diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
         if diff:
             what = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
@@ -483,16 +456,10 @@ class ShardStream(torch.utils.data.IterableDataset):
             cur.generation = generation
 
     def first_generation_with_round(self, r: int) -> int | None:
-        """The oldest generation after the current one that holds round r (existence probes and manifest
+        """The oldest generation from the current one on that holds round r (existence probes and manifest
         reads only, no listing); None while no such generation is committed."""
-        n = min(c.generation for c in self.cursors)
-        if any(e.round == r for e in self._target_set(n).shards):
-            return n
-        while self.source.exists(n + 1):
-            n += 1
-            if any(e.round == r for e in self._target_set(n).shards):
-                return n
-        return None
+        return first_generation_with_round(r, min(c.generation for c in self.cursors),
+                                           lambda n: self._target_set(n).shards, self.source.exists)
 
     def switch(self, generation: int) -> None:
         """Move every split to `generation` now (a batch boundary), exactly as a followed switch does.
@@ -507,8 +474,8 @@ class ShardStream(torch.utils.data.IterableDataset):
             if key in self._plans:
                 return self._plans[key]
         c = self.cfg
-        p = EpochPlan(self._target_set(generation).shards, c.seed, epoch, c.round_weights, c.mix_shards,
-                      c.round_decay, c.beta, c.beta_halflife, keep=max(2 * c.mix_shards, c.cache_shards))
+        p = EpochPlan(self._target_set(generation).shards, c.seed, epoch, self.weights, c.mix_shards,
+                      keep=max(2 * c.mix_shards, c.cache_shards))
         with self._lock:
             self._plans[key] = p
             while len(self._plans) > 2:
@@ -672,4 +639,5 @@ def to_torch(b: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
             torch.from_numpy(v.astype(np.int64)) for k, v in b.items()}
 
 
-__all__ = ["Cursor", "EpochPlan", "ShardStream", "StreamConfig", "StreamStateError", "epoch_plan", "split_range"]
+__all__ = ["Cursor", "EpochPlan", "Groups", "RoundWeights", "ShardStream", "ShardStreamConfig", "StreamStateError",
+           "by_round", "epoch_plan", "round_group", "split_range"]

@@ -17,10 +17,10 @@ from models.teacher import TeacherConfig
 from models.updaters import UpdaterConfig
 from pipeline.corpora import load_corpus
 from storage.checkpoints import load_student, load_teacher
-from storage.stream import StreamConfig
 from tests.train_fixtures import make_target_set
 from trainers.bptt import BPTTConfig, train_bptt
 from trainers.dmt import OnlineDMT, OnlineDMTConfig, dmt_online
+from trainers.dmt.mixing import StreamConfig
 from trainers.loop import Callbacks
 from trainers.pretrain import PretrainConfig, pretrain
 from trainers.student import StudentTrainConfig, run_training

@@ -12,8 +12,9 @@ import pytest
 from storage.manifest import ShardEntry
 from storage.reader import TargetSet
 from storage.schema import Segments
-from storage.stream import EpochPlan, ShardStream, StreamConfig, epoch_plan
+from storage.stream import EpochPlan, ShardStream
 from storage.writer import TargetSetWriter
+from trainers.dmt.mixing import StreamConfig, epoch_plan
 
 
 def shards(spec) -> tuple[ShardEntry, ...]:

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from jobs.common import parse
+from jobs.cli_common import parse
 from jobs.dmt import main as dmt_main
 from jobs.label import LabelJob
 from jobs.label import defaults as label_defaults

@@ -26,11 +26,12 @@ from storage.checkpoints import load_student, save_student, save_teacher
 from storage.manifest import newest_generation, read_generation
 from storage.reader import TargetSet
 from storage.rounds import RunSource, rounds_bucket
-from storage.stream import ShardStream, StreamConfig
+from storage.stream import ShardStream
 from tests.label_data import tiny_teacher
 from trainers.common import OptimConfig
 from trainers.dmt import LockstepDMTConfig, RefreshConfig
 from trainers.dmt.actor import DMTLoop, DMTLoopConfig, round_reports
+from trainers.dmt.mixing import StreamConfig
 from trainers.student import StudentTrainConfig, check_hooks, run_training
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from jobs.inspect import main as inspect_main
+from jobs.inspect_bucket import main as inspect_main
 from models.updaters import UpdaterConfig
 from pipeline.executors import SerialExecutor
 from pipeline.label import LabelConfig, label
@@ -22,11 +22,11 @@ from storage.bucket import Bucket
 from storage.checkpoints import load_student, save_teacher
 from storage.manifest import newest_generation, read_generation
 from storage.rounds import rounds_bucket
-from storage.stream import StreamConfig
 from tests.label_data import tiny_teacher
 from trainers.common import OptimConfig
 from trainers.dmt import LockstepDMTConfig
 from trainers.dmt.actor import DMTLoop, DMTLoopConfig, round_reports
+from trainers.dmt.mixing import StreamConfig
 from trainers.student import StudentTrainConfig, run_training
 
 pytestmark = pytest.mark.timeout(600)

@@ -22,11 +22,12 @@ from storage.checkpoints import load_student, load_teacher
 from storage.reader import TargetSet
 from storage.rounds import RunSource, rounds_bucket
 from storage.run_dir import RunDir, unflatten_optimizer
-from storage.stream import ShardStream, StreamConfig, teacher_share
+from storage.stream import ShardStream
 from tests.test_dmt import _label
 from trainers.common import OptimConfig
 from trainers.dmt import LockstepDMTConfig, OnlineDMT, OnlineDMTConfig, RefreshConfig, dmt_online
 from trainers.dmt.actor import DMTLoop, DMTLoopConfig
+from trainers.dmt.mixing import StreamConfig, teacher_share
 from trainers.dmt.online import dmt_inputs, dmt_losses
 from trainers.dmt.stability import EMA
 from trainers.student import Loop, StudentTrainConfig, build_state, run_training

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from jobs.cli import main as smt
-from storage.stream import StreamConfig
 from tests.test_cli import TASK, TINY
 from tests.test_dmt import SPEC, _label
 from tests.test_dmt_pin import _dmt, _fake_run
 from tests.train_fixtures import CORPUS, make_target_set
+from trainers.dmt.mixing import StreamConfig
 from trainers.student import StudentTrainConfig, run_training
 
 pytestmark = pytest.mark.timeout(300)

@@ -103,7 +103,7 @@ def test_from_m0_rollout_reads_the_prompt_itself():
 
 
 def test_missing_figures_are_null_and_na(tmp_path):
-    from jobs.report import heldout_section
+    from jobs.pipeline_report import heldout_section
 
     corpus = load_corpus("digits:raw=1")
     teacher, student = _models(17)
@@ -128,7 +128,7 @@ def test_missing_figures_are_null_and_na(tmp_path):
 
 
 def test_samplers_produce_valid_tokens_and_images(tmp_path):
-    from jobs.report import _fence, image_grid
+    from jobs.pipeline_report import _fence, image_grid
 
     teacher, student = _models(17)
     g = torch.Generator().manual_seed(0)

@@ -2,7 +2,9 @@
 package or one below it, never one above (that would make a cycle: every upper package imports the lower
 ones). Parsed with `ast`, so lazy imports inside functions count too. Library code never imports tests/,
 benchmarks/ or scripts/, and below jobs/ no two modules share a name (jobs/ are entry points named after the
-stage they run). Library code holds no test hooks either, and no modules import each other in a loop at module
+stage they run), and no module anywhere in the library is named after a top-level package of the project or a
+standard-library module (`import inspect` or `import pipeline` would find it first when its folder is on the
+path, e.g. under `python jobs/x.py`, and a reader cannot tell which is meant). Library code holds no test hooks either, and no modules import each other in a loop at module
 level (inside a package too: e.g. pipeline.corpora's registry imports the synthetic tasks, never back).
 Every trainer steps on the one loop of trainers/loop.py (no other loop calls backward or takes an optimiser
 step), and only storage/ and pipeline/ reach files through fsspec (models/, trainers/ and jobs/ go through
@@ -10,6 +12,7 @@ storage/'s Bucket)."""
 from __future__ import annotations
 
 import ast
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -71,6 +74,40 @@ def test_the_checker_flags_upward_imports(source, package, n_bad):
 def test_library_module_names_are_unique():
     names = Counter(p.stem for pkg in ORDER[:-1] for p in (ROOT / pkg).rglob("*.py") if p.stem != "__init__")
     assert not [n for n, c in names.items() if c > 1], names
+
+
+def shadowing_names(paths: list[Path], packages: set[str]) -> list[str]:
+    """One line per module or package folder in `paths` whose name is a top-level package of the project or a
+    standard-library module."""
+    bad = []
+    for path in paths:
+        name = path.parent.name if path.stem == "__init__" else path.stem
+        clash = ("a package of this project" if name in packages else
+                 "a standard-library module" if name in sys.stdlib_module_names else None)
+        if clash:
+            bad.append(f"{path.relative_to(ROOT).as_posix()}: {name!r} is also {clash}")
+    return sorted(set(bad))
+
+
+def project_packages() -> set[str]:
+    return {p.name for p in ROOT.iterdir() if p.is_dir() and (p / "__init__.py").exists()} | set(ORDER) | set(OUTSIDE)
+
+
+def test_no_library_module_shadows_a_package_or_the_standard_library():
+    """E.g. jobs/pipeline.py beside the pipeline/ package, jobs/inspect.py shadowing `inspect`."""
+    paths = [p for pkg in ORDER for p in sorted((ROOT / pkg).rglob("*.py")) if p.parent != ROOT / pkg or p.stem != "__init__"]
+    bad = shadowing_names(paths, project_packages())
+    assert not bad, "\n".join(bad)
+
+
+def test_the_shadowing_checker_flags_both_kinds():
+    """The guard above can fail: a module named after a project package or a stdlib module is reported."""
+    fake = [ROOT / "jobs" / "pipeline.py", ROOT / "jobs" / "inspect.py", ROOT / "jobs" / "pipeline_job.py",
+            ROOT / "trainers" / "dmt" / "__init__.py", ROOT / "storage" / "json" / "__init__.py"]
+    assert shadowing_names(fake, {"pipeline", "jobs"}) == [
+        "jobs/inspect.py: 'inspect' is also a standard-library module",
+        "jobs/pipeline.py: 'pipeline' is also a package of this project",
+        "storage/json/__init__.py: 'json' is also a standard-library module"]
 
 
 def test_library_code_holds_no_test_hooks():

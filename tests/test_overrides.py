@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from jobs.common import parse
-from jobs.pipeline import PipelineJob, defaults, wired
+from jobs.cli_common import parse
+from jobs.pipeline_job import PipelineJob, defaults, wired
 from jobs.recipes import RECIPES, load_recipe
 from models.teacher import ConfigError
 
@@ -75,7 +75,7 @@ def test_fields_the_pipeline_derives_are_refused_when_set():
 
 
 def test_bptt_baseline_takes_the_teachers_curriculum_and_refuses_its_own():
-    from jobs.pipeline import _bptt_baseline
+    from jobs.pipeline_job import _bptt_baseline
 
     rc = _parse(["--baseline.curriculum", "8"]).tree
     with pytest.raises(ConfigError, match="baseline.curriculum is set by the pipeline.*drop --baseline.curriculum"):

@@ -10,8 +10,8 @@ import pytest
 from jobs.bptt import main as bptt_main
 from pipeline.progress import Progress
 from storage.run_dir import RunDir
-from storage.stream import StreamConfig
 from tests.train_fixtures import make_target_set
+from trainers.dmt.mixing import StreamConfig
 from trainers.student import StudentTrainConfig, run_training
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.pipeline import main as pipeline_main
+from jobs.pipeline_job import main as pipeline_main
 from jobs.recipes import load_recipe
 from models.teacher import ConfigError
 from pipeline.corpora import CorpusError, load_corpus

@@ -1,5 +1,5 @@
 """Committed results name no folder of the machine they ran on: paths in benchmarks/results are relative
-to the result folder (jobs/report.py, the benchmark scripts), never /tmp, /work or a home directory."""
+to the result folder (jobs/pipeline_report.py, the benchmark scripts), never /tmp, /work or a home directory."""
 from __future__ import annotations
 
 import re

@@ -16,10 +16,10 @@ from models.teacher import TeacherConfig
 from models.updaters import UpdaterConfig
 from pipeline.corpora import load_corpus
 from storage.run_dir import RunDir
-from storage.stream import StreamConfig
 from tests.train_fixtures import make_target_set
 from trainers.common import OptimConfig
 from trainers.dmt import DMTLoopConfig
+from trainers.dmt.mixing import StreamConfig
 from trainers.loop import Callbacks
 from trainers.pretrain import PretrainConfig, pretrain
 from trainers.student import StudentTrainConfig, run_training

@@ -13,9 +13,9 @@ from models.updaters import UpdaterConfig
 from pipeline.corpora import load_corpus
 from storage.bucket import Bucket
 from storage.run_dir import Retention, RunDir, step_dir
-from storage.stream import StreamConfig
 from tests.train_fixtures import CORPUS, make_target_set
 from trainers.dmt.lockstep import LockstepDMT, LockstepDMTConfig
+from trainers.dmt.mixing import StreamConfig
 from trainers.pretrain import PretrainConfig, pretrain
 from trainers.student import Hook, StudentTrainConfig, run_training
 

@@ -18,8 +18,8 @@ from storage.bucket import Bucket
 from storage.checkpoints import load_student
 from storage.lease import LeaseLost, RunLocked, Writer
 from storage.run_dir import LATEST, Retention, RunConflict, RunDir, step_dir
-from storage.stream import StreamConfig
 from tests.train_fixtures import make_target_set
+from trainers.dmt.mixing import StreamConfig
 from trainers.student import StudentTrainConfig, run_training
 
 pytestmark = pytest.mark.timeout(300)

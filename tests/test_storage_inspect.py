@@ -1,11 +1,11 @@
-"""Smoke tests of `smt inspect` (jobs.inspect.main)."""
+"""Smoke tests of `smt inspect` (jobs.inspect_bucket.main)."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from jobs.inspect import main
+from jobs.inspect_bucket import main
 from storage.bucket import Bucket
 from storage.manifest import target_set_path
 from storage.writer import TargetSetWriter

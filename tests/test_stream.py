@@ -8,8 +8,9 @@ from collections import Counter
 import pytest
 
 from storage import Bucket, TargetSet, TargetSetWriter
-from storage.stream import ShardStream, StreamConfig, StreamStateError
+from storage.stream import ShardStream, StreamStateError
 from tests.storage_data import FP, make_pairs, make_segments, writer_kwargs
+from trainers.dmt.mixing import StreamConfig
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from models.updaters import UpdaterConfig
-from storage.stream import StreamConfig
 from tests.train_fixtures import make_target_set
+from trainers.dmt.mixing import StreamConfig
 from trainers.student import Hook, Loop, StudentTrainConfig, run_training
 
 pytestmark = pytest.mark.timeout(120)

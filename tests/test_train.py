@@ -18,8 +18,8 @@ from models.updaters import UpdaterConfig
 from storage.checkpoints import load_student
 from storage.errors import FingerprintMismatch
 from storage.run_dir import LATEST
-from storage.stream import StreamConfig
 from tests.train_fixtures import make_target_set
+from trainers.dmt.mixing import StreamConfig
 from trainers.evaluate import evaluate_student
 from trainers.student import StudentTrainConfig, run_training
 

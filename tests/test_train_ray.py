@@ -8,8 +8,8 @@ import pytest
 from models.updaters import UpdaterConfig
 from storage.checkpoints import load_student
 from storage.run_dir import LATEST
-from storage.stream import StreamConfig
 from tests.train_fixtures import make_target_set
+from trainers.dmt.mixing import StreamConfig
 from trainers.student import StudentTrainConfig
 
 pytestmark = pytest.mark.timeout(300)

@@ -6,7 +6,8 @@
   every global batch; rank 0 evaluates and broadcasts the curriculum and stopping decisions.
 DDP averages gradients (gloo on CPU, NCCL with GPUs). All state lives in our own run URL (rank 0 writes
 checkpoints; a rerun resumes from them); Ray's checkpoint mechanism is not used, and Ray's storage path is
-a throwaway local folder. This and `jobs/` are the only modules that import ray.
+a throwaway local folder. This module and pipeline/executors.py (`init_ray`, which jobs/ and the DMT phase
+call) are the only ones that import ray.
 """
 from __future__ import annotations
 

@@ -34,8 +34,9 @@ from storage.lease import Writer
 from storage.reader import TargetSet
 from storage.rounds import RunSource, rounds_bucket
 from storage.run_dir import Retention, RunDir, flatten_optimizer, step_dir, unflatten_optimizer
-from storage.stream import ShardStream, StreamConfig
+from storage.stream import ShardStream
 from trainers.common import MetricsLog, OptimConfig, announce_resume, apply_optim, check_resume
+from trainers.dmt.mixing import StreamConfig  # the stream's settings + how it mixes the rounds
 from trainers.loop import Checkpoints, Evaluation, Hook, Loop, Objective, Workers
 from trainers.loop import train as train_loop
 from trainers.smt import SMTObjective

@@ -19,7 +19,7 @@ Who trains the student between rounds:
   what it waits for and for how long;
 - nobody (standalone, the README's `smt train` then `smt dmt`): the loop is given a `trainer` and after
   round r trains the run itself on round 0 + rounds 1..r for `every_steps` steps (one new training phase
-  from round 1's step: `trainers.student.AggregateTrainer`); round r+1 rolls out that student.
+  from round 1's step: `AggregateTrainer` below); round r+1 rolls out that student.
 `events()` yields one line-sized event per wait, round and training block as it happens (a Ray actor
 streams them); `run()` returns the round reports. This module is plain Python; `jobs/dmt.py` runs it
 inside a Ray actor.
@@ -38,7 +38,7 @@ from pipeline.stage import Resources
 from storage.codec import STATE_DTYPES
 from storage.errors import ObjectNotFound
 from storage.manifest import newest_generation, read_generation
-from storage.rounds import rounds_bucket
+from storage.rounds import round_generation, rounds_bucket
 from storage.run_dir import ROLLOUT, RunDir
 from trainers.student import StudentTrainConfig, run_training
 from trainers.tracking import TrackingConfig
@@ -161,16 +161,6 @@ class DMTLoop:
         p = self.pinned(r) if r >= 1 else None
         return int(p["step"]) if p else 0
 
-    def _first_generation_with(self, r: int) -> int | None:
-        n = newest_generation(self.rounds)
-        found = None
-        while n:  # walk back while round r is present: the oldest such generation committed it
-            gen = read_generation(self.rounds, n)
-            if not any(e.round == r for e in gen.shards):
-                break
-            found, n = n, gen.parent or 0
-        return found
-
     def _repair_report(self, r: int) -> None:
         """Round r is committed but its report may be missing (crash after the commit): publish it."""
         rel = f"dmt/round-{r:03d}.json"
@@ -181,7 +171,7 @@ class DMTLoop:
         except ObjectNotFound:  # committed by something other than this loop: a minimal report
             p = self.pinned(r) or {}
             rep = {"round": r, "student_step": p.get("step"), "drift_by_step": None, "note": "no report"}
-        rep.update(generation=self._first_generation_with(r), committed=True)
+        rep.update(generation=round_generation(self.rounds, r), committed=True)
         self.rounds.write_bytes(rel, json.dumps(rep, indent=1).encode())
 
     def _ready_pointer(self, r: int) -> dict | None:

@@ -19,9 +19,9 @@ from torch import nn
 
 from storage.bucket import Bucket
 from storage.checkpoints import load_student, save_student
-from storage.run_dir import ROLLOUT, RunDir, policy_dir, unflatten_optimizer
+from storage.run_dir import ROLLOUT, RunDir, policy_dir
 from trainers.dmt.refresh import Refresh, RefreshConfig
-from trainers.dmt.stability import EMA, load_moments, moments_by_name, trainable_names
+from trainers.dmt.stability import EMA, checkpoint_moments, load_moments
 from trainers.student import Hook, Loop, StudentTrainConfig, TrainState
 
 
@@ -185,10 +185,8 @@ def save_policy(state: TrainState, run: RunDir, extra=None) -> str:
 def carry_moments(loop: Loop) -> int:
     """Start the phase's AdamW from the moments in the run's newest checkpoint (the previous phase's end,
     matched by parameter name); returns how many parameters were carried."""
-    run, state = loop.run, loop.state
-    _, tensors, meta = run.load(run.latest())
-    moments = moments_by_name(unflatten_optimizer(tensors, meta["optimizer"]),
-                              trainable_names(state.student, bool(meta["config"].get("train_readout", False))))
+    state = loop.state
+    moments = checkpoint_moments(loop.run, state.student)
     named = dict(state.student.named_parameters())
     names = [n for n, p in named.items() if p.requires_grad]  # the train state's parameters, in its order
     return load_moments(state.opt, [(n, named[n]) for n in names], moments)

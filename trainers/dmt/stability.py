@@ -1,5 +1,5 @@
 """Three ways to keep DMT from undoing a good SMT student in its first steps (measured side by side in
-benchmarks/dmt_dip.py), shared by online DMT (trainers/dmt.py) and lockstep DMT (trainers/student.py):
+benchmarks/dmt_dip.py), shared by online DMT (trainers/dmt/online.py) and lockstep DMT (trainers/dmt/lockstep.py):
 
 - teacher-state mixing (DAgger's beta): a share of the transitions of each DMT step starts from the teacher's
   own memory m*_t (round 0) instead of the student's rolled-out m_hat_t; the share decays with a half-life
@@ -17,9 +17,10 @@ import copy
 import torch
 from torch import nn
 
-from storage.stream import check_beta, teacher_share  # the schedule lives beside lockstep DMT's round mixing
+from trainers.dmt.mixing import check_beta, teacher_share  # the schedule lockstep DMT's round mixing uses too
 
-__all__ = ["EMA", "check_beta", "load_moments", "moments_by_name", "smt_moments", "teacher_share", "trainable_names"]
+__all__ = ["EMA", "check_beta", "checkpoint_moments", "load_moments", "moments_by_name", "smt_moments", "teacher_share",
+           "trainable_names"]
 
 
 class EMA:
@@ -71,17 +72,27 @@ def load_moments(opt: torch.optim.Optimizer, named: list[tuple[str, nn.Parameter
     return carried
 
 
-def smt_moments(run_url: str, endpoint_url: str | None = None) -> dict[str, dict]:
-    """The AdamW moments (by parameter name) of a student run's newest checkpoint: the SMT phase's end state."""
+def checkpoint_moments(run, student: nn.Module | None = None) -> dict[str, dict]:
+    """The AdamW moments (by parameter name) of a student run's (`storage.run_dir.RunDir`) newest checkpoint: the
+    previous phase's end state. `student` (of the run's architecture) names the parameters; None: the
+    checkpoint's own student is loaded for that. What lockstep DMT (`lockstep.carry_moments`) and online DMT
+    (`smt_moments`) carry."""
     from storage.checkpoints import load_student
-    from storage.run_dir import RunDir, unflatten_optimizer
+    from storage.run_dir import unflatten_optimizer
 
-    run = RunDir(run_url, endpoint_url=endpoint_url)
     pointer = run.latest()
     if pointer is None:
         raise ValueError(f"run {run.url} has no checkpoint to carry the SMT optimizer state from: train it first "
                          "(smt train), or set carry_optimizer off")
     student_url, tensors, meta = run.load(pointer)
-    student, _, _ = load_student(student_url)
+    if student is None:
+        student, _, _ = load_student(student_url)
     names = trainable_names(student, bool(meta["config"].get("train_readout", False)))
     return moments_by_name(unflatten_optimizer(tensors, meta["optimizer"]), names)
+
+
+def smt_moments(run_url: str, endpoint_url: str | None = None) -> dict[str, dict]:
+    """The AdamW moments (by parameter name) of a student run's newest checkpoint: the SMT phase's end state."""
+    from storage.run_dir import RunDir
+
+    return checkpoint_moments(RunDir(run_url, endpoint_url=endpoint_url))

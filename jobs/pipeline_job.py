@@ -24,9 +24,9 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Annotated, TypeVar
 
-from jobs.common import FLAT, job_main
+from jobs.cli_common import FLAT, job_main
+from jobs.pipeline_report import relative_to_out
 from jobs.recipes import Recipe, load_recipe, resolve_corpus
-from jobs.report import relative_to_out
 from models.teacher import ConfigError
 from trainers.tracking import TrackingConfig
 
@@ -52,7 +52,7 @@ class PipelineJob:
     grouped by --log.group, default the --out folder's name)."""
 
     def execute(self) -> int:
-        from jobs.report import print_table, write_report
+        from jobs.pipeline_report import print_table, write_report
 
         rc = replace(self.tree, corpus=resolve_corpus(self.tree.corpus))
         out = Path(self.out)
@@ -95,10 +95,10 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
     import torch
 
     from pipeline.corpora import load_corpus
-    from pipeline.executors import init_ray
     from pipeline.label import label
     from storage.checkpoints import load_student, save_teacher
     from storage.run_dir import RunDir
+    from trainers.dmt import run_dmt
     from trainers.evaluate import eval_batch, evaluate_student, evaluate_teacher
     from trainers.heldout import sample_models, score_models, split_sizes, token_unit
     from trainers.ngram import count_baselines
@@ -172,13 +172,12 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
     mark("student-smt", r0["acc"], drift_final=r0.get("drift_final"))
     say(f"      rolled out alone: acc={r0['acc']:.3f} drift_T={r0.get('drift_final', float('nan')):.4f}")
 
-    ray = init_ray()
-    if not rc.dmt_online:
-        rounds, ptr = _dmt_lockstep(rc, ray, targets, teacher_url, run_url, corpus, prompt, gpus, say, mark, t0,
-                                    lambda s: evaluate_student(s, x, y, teacher, prompt), tracking.child("student"))
-    else:
-        rounds, ptr = _dmt_online(rc, ray, targets, teacher_url, run_url, corpus, teacher, fp, prompt, gpus, say, mark,
-                                  lambda s: evaluate_student(s, x, y, teacher, prompt), tracking.child("dmt-online"))
+    phase = dmt_phase(rc, targets, run_url, corpus, teacher_url, prompt, gpus,
+                      started=time.time() - (time.perf_counter() - t0))  # the pipeline's start on the wall clock
+    say(f"[4/5] {phase.describe()}")
+    rounds, ptr = run_dmt(phase, teacher=teacher, teacher_fingerprint=fp, corpus=corpus, say=say, mark=mark,
+                          evaluate=lambda s: evaluate_student(s, x, y, teacher, prompt),
+                          tracking=tracking.child("dmt-online" if rc.dmt_online else "student"))
     final_url = f"{run_url}/{ptr['path']}/student"
     smt_seconds = time.perf_counter() - t0
 
@@ -261,65 +260,6 @@ def _bits(fig: dict | None, prompt: int) -> float | None:
     return f["bits"]
 
 
-def _dmt_lockstep(rc, ray, targets, teacher_url, run_url, corpus, prompt, gpus, say, mark, t0, evaluate,
-                  tracking: TrackingConfig | None = None):
-    """Aggregated DMT as the design draws it: a trainer actor streams the target set while the DMT actor
-    appends one relabeled round per `dmt.every` trainer steps (lockstep: the trainer waits rather than
-    train on relabels more than 2 x dmt.every steps old)."""
-    from storage.checkpoints import load_student
-    from storage.run_dir import RunDir, step_dir
-    from trainers.dmt import DMTLoop, round_reports
-
-    d, st = rc.dmt, rc.student
-    s0, E = st.steps, d.every
-    total = s0 + d.rounds * E + rc.dmt_extra_steps
-    cfg = dmt_phase_config(rc)
-    loop_cfg = actor_config(rc, targets, run_url, corpus, teacher_url, prompt, first_step=s0)
-    say(f"[4/5] DMT, lockstep: {d.rounds} rounds of {loop_cfg.sequences} sequences; the DMT actor relabels the student "
-        f"every {E} steps while a trainer actor streams the rounds ({cfg.stream.batch_size} transitions per step"
-        f"{', newest round re-rolled on-policy' if d.refresh.enabled else ''})")
-    hooks = d.hooks()
-    wall0 = time.time() - (time.perf_counter() - t0)  # the pipeline's start on the wall clock
-    trainer = ray.remote(num_cpus=1, num_gpus=gpus)(_train_remote).remote(targets, teacher_url, run_url, cfg, hooks,
-                                                                                   tracking)
-    actor = ray.remote(num_cpus=1, num_gpus=gpus)(DMTLoop).remote(loop_cfg)
-    loop_ref = actor.run.remote(True)
-    done, _ = ray.wait([trainer, loop_ref], num_returns=1)
-    if done[0] == trainer:
-        ray.get(trainer)  # a failed trainer raises here instead of leaving the loop waiting
-    ray.get(loop_ref)
-    ray.get(trainer)
-    ray.kill(actor)
-    rounds = []
-    reports = round_reports(run_url)
-    # held-out evaluation after the first rounds, then about every tenth of them, and the last
-    scored = {1, 2, 3, 4, len(reports)} | {round(i * len(reports) / 10) for i in range(1, 10)}
-    for rep in reports:
-        r = rep["round"]
-        step = total if r == len(reports) else min(s0 + (r + 1) * E, total)  # last E steps trained on round r
-        ev = evaluate(load_student(RunDir(run_url).student_url(step))[0]) if r in scored else {}
-        rounds.append({"round": r, "student_step_rolled_out": rep.get("student_step"),
-                       "rollout_acc_before": rep.get("rollout_acc"), "drift_by_step": rep.get("drift_by_step"),
-                       "records": rep.get("records"), "student_step_after": step, "acc_after": ev.get("acc"),
-                       "drift_final_after": ev.get("drift_final")})
-        if ev:
-            url = RunDir(run_url).student_url(step).removeprefix("file://")
-            written = (Path(url) / "config.json").stat().st_mtime  # when the trainer got there
-            mark(f"dmt-{r}", ev["acc"], drift_final=ev.get("drift_final"), at=written - wall0)
-    last = rounds[-1] if rounds else {}
-    low = min((r for r in rounds if r["acc_after"] is not None), key=lambda r: r["acc_after"], default={})
-    say(f"      {len(rounds)} rounds; drift_T of the rolled-out student {rounds[0]['drift_by_step'][-1]:.4f} (round 1) -> "
-        f"{last.get('drift_final_after', float('nan')):.4f}; acc={last.get('acc_after', float('nan')):.3f} (lowest "
-        f"{low.get('acc_after', float('nan')):.3f}, after round {low.get('round')})")
-    return rounds, {"step": total, "path": step_dir(total)}
-
-
-def _train_remote(targets, teacher_url, run_url, cfg, hooks, tracking=None):
-    from trainers.student import run_training
-
-    return run_training(targets, teacher_url, run_url, cfg, quiet=True, hooks=hooks, tracking=tracking)
-
-
 def dmt_phase_config(rc):
     """Lockstep DMT's training config: the recipe's `dmt_phase`, with the student's updater, from the end of its
     SMT phase to the last round's boundary + `dmt_extra_steps` (the hooks are `rc.dmt.hooks()`)."""
@@ -345,38 +285,20 @@ def actor_config(rc, targets, run_url, corpus, teacher_url, prompt, first_step=N
                  format=rc.label.format, dtype=rc.label.dtype)
 
 
-def _dmt_online(rc, ray, targets, teacher_url, run_url, corpus, teacher, fp, prompt, gpus, say, mark, evaluate,
-                tracking: TrackingConfig | None = None):
-    """The DMT actor relabels each round for the record; the student takes on-policy DMT steps in between."""
-    from storage.checkpoints import load_student, save_student
-    from storage.run_dir import RunDir
-    from trainers.dmt import DMTLoop, OnlineDMT
+def dmt_phase(rc, targets, run_url, corpus, teacher_url, prompt, gpus: float, started: float | None = None):
+    """The recipe's DMT phase (`trainers.dmt.DMTPhase`) on the student run: lockstep, or online with
+    `dmt_online`. Each of its Ray actors reserves the DMT actor's CPUs (`dmt_actor.resources.num_cpus`) and the
+    labeling workers' GPUs per worker (`gpus`, 0 without CUDA)."""
+    from pipeline.stage import Resources
+    from trainers.dmt import DMTPhase
 
-    d, st, E = rc.dmt, rc.student, rc.dmt.every
-    say(f"[4/5] DMT, online: {d.rounds} rounds; each: the DMT actor relabels the latest student into a new round "
-        f"of shards, then {E} on-policy DMT steps")
-    loop_cfg = actor_config(rc, targets, run_url, corpus, teacher_url, prompt)
-    actor = ray.remote(num_cpus=1, num_gpus=gpus)(DMTLoop).remote(loop_cfg)
-    ptr = RunDir(run_url).latest()
-    student, _, _ = load_student(f"{run_url}/{ptr['path']}/student")
-    dcfg = online_config(rc, prompt)
-    rounds, dmt = [], OnlineDMT(student, teacher, corpus, dcfg, smt_run=run_url, teacher_fingerprint=fp)
-    for r in range(1, d.rounds + 1):
-        rr = ray.get(actor.run_round.remote(r, ptr, True))  # relabel the student the next steps start from
-        student = dmt.run(quiet=True, until=r * E, tracking=tracking)["student"]  # one schedule over the rounds
-        step = st.steps + r * E
-        ptr = {"step": step, "path": f"checkpoints/dmt-{step:08d}"}
-        save_student(f"{run_url}/{ptr['path']}/student", student, fp, {"trained_by": "smt+dmt", "dmt_round": r})
-        ev = evaluate(student)
-        rounds.append({"round": r, "student_step_rolled_out": rr.get("student_step"),
-                       "rollout_acc_before": rr.get("rollout_acc"), "drift_by_step": rr.get("drift_by_step"),
-                       "records": rr.get("records"), "acc_after": ev["acc"], "drift_final_after": ev.get("drift_final")})
-        mark(f"dmt-{r}", ev["acc"], drift_final=ev.get("drift_final"))
-        say(f"      round {r}: relabeled {rr.get('records')} states of step {rr.get('student_step')} (drift_T "
-            f"{rr['drift_by_step'][-1]:.4f}); after {E} DMT steps: acc={ev['acc']:.3f} "
-            f"drift_T={ev.get('drift_final', float('nan')):.4f}")
-    ray.kill(actor)
-    return rounds, ptr
+    resources = Resources(num_cpus=rc.dmt_actor.resources.num_cpus, num_gpus=gpus)
+    if rc.dmt_online:
+        return DMTPhase(lockstep=rc.dmt, actor=actor_config(rc, targets, run_url, corpus, teacher_url, prompt),
+                        online=online_config(rc, prompt), resources=resources, started=started)
+    return DMTPhase(lockstep=rc.dmt, actor=actor_config(rc, targets, run_url, corpus, teacher_url, prompt,
+                                                         first_step=rc.student.steps),
+                    trainer=dmt_phase_config(rc), resources=resources, started=started)
 
 
 main = job_main("pipeline", PipelineJob, __doc__, defaults)

@@ -17,7 +17,7 @@ from typing import Annotated
 
 import tyro
 
-from jobs.common import job_main
+from jobs.cli_common import job_main
 from storage.bucket import Bucket
 from storage.errors import ShardError, StorageError
 from storage.manifest import LATEST, gen_path, newest_generation
