@@ -692,7 +692,7 @@ against 0.4 ms for the Blosc compression itself. Labeling's first full run here 
 17 shards (wall ratio 0.54 local, 0.35 S3). The encoder now takes zarr's own metadata documents (cached per
 column layout) and runs zarr's own Blosc compressor on the chunks: 23-33 ms -> 3.5-4.3 ms a 64-window shard,
 old and new alternated in one process (best of 5 x 10), and 0.14 s for the 17 shards above. The bytes are
-zarr's: sha256 of 20 shapes/chunkings identical before and after, and `tests/test_storage_zarr_layout.py`
+zarr's: sha256 of 20 shapes/chunkings identical before and after, and `tests/storage/test_storage_zarr_layout.py`
 compares the store with zarr's own writer for every state dtype and chunking; the label-identity, round-trip,
 commit, stream and label tests pass unchanged.
 

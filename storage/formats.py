@@ -88,7 +88,7 @@ def zarr_store(cols: dict[str, np.ndarray], header: dict, chunk_bytes: int = CHU
     little endian, then its Blosc codec's numcodecs compressor, partial last chunks padded with the fill value
     0, every chunk written), computed here without zarr's event loop: through it, one trip per array and per
     chunk write cost ~30x the compression itself (labeling's largest overhead: benchmarks/results/
-    efficiency.md). tests/test_storage_zarr_layout.py checks these bytes against zarr's own writer."""
+    efficiency.md). tests/storage/test_storage_zarr_layout.py checks these bytes against zarr's own writer."""
     files = {"zarr.json": _group_json(json.dumps(dict(sorted(header.items())), sort_keys=False))}
     for name, a in cols.items():
         a = np.ascontiguousarray(a)

@@ -20,7 +20,7 @@ from trainers.evaluate import generate, generate_teacher
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--steps", "2", "--eval-every", "1", "--eval-size", "8", "--batch-size", "4", "--quiet",
         "--teacher.d-model", "16", "--teacher.n-heads", "2", "--teacher.encoder-depth", "1",
         "--teacher.decoder-depth", "1", "--teacher.mem-tokens", "2"]
@@ -196,7 +196,7 @@ def in_terminal(argv: list[str], cwd: Path) -> str:
 
 @pytest.mark.slow
 def test_demo_and_text_recipe_students_continue_a_prompt_in_a_terminal(tmp_path, ray_local, monkeypatch):
-    from tests.test_cli import TINY_RECIPE
+    from tests.jobs.test_cli import TINY_RECIPE
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SMT_CACHE", str(tmp_path / "cache"))

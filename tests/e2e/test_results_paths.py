@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 TEXT = {".json", ".jsonl", ".md", ".log", ".txt", ".csv", ".yaml", ".yml"}
 # an absolute local path: at the start of a token (not inside a URL such as https://host/tmp/...)
 MACHINE_PATH = re.compile(r"(?<![\w.\-/])(?:file://)?/(?:tmp|work|root|home|Users|private/var|var/folders|mnt)/")

@@ -23,7 +23,7 @@ from tests.storage_data import FP, make_pairs, make_segments, writer_kwargs
 
 # Written by the folder-layout writer (before shards became one zip); regenerating it needs that code.
 # Round 0: make_segments(n=3, S=4, Z=16, seed=0) as float16; round 1: make_pairs(n=10, Z=16, seed=1) as int8.
-FOLDER_SET = Path(__file__).parent / "data" / "zarr-folder-layout"
+FOLDER_SET = Path(__file__).parents[1] / "data" / "zarr-folder-layout"
 HEADER = {"schema_version": 1, "teacher_fingerprint": FP, "layout": "segments", "dtype": "float16", "z": 16,
           "s": 4, "rows": 3, "round": 0}
 

@@ -117,7 +117,7 @@ def test_missing_figures_are_null_and_na(tmp_path):
     assert "n/a (BPTT baseline not run" in md and "n/a (not trained in this run)" in md
     assert "n/a (prefix corpus: no prompt" in md
     # the benchmark's table cells and verdicts follow the same rule
-    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
     from real_corpora import fmt, wins
 
     assert fmt(None, "no probe that early") == "n/a (no probe that early)"
@@ -155,7 +155,7 @@ def test_samplers_produce_valid_tokens_and_images(tmp_path):
 
 
 def test_benchmark_public_spec_names_no_local_path():
-    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
     from real_corpora import _public
 
     spec = load_recipe("text-bytes-tiny").corpus
@@ -163,7 +163,7 @@ def test_benchmark_public_spec_names_no_local_path():
 
 
 def test_benchmark_lr_choice_reads_valid_only_and_takes_the_lowest():
-    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
     from real_corpora import choose_lr
 
     # test figures kept in the entries point the other way: the choice must follow valid bits alone

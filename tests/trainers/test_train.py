@@ -24,7 +24,7 @@ from trainers.evaluate import evaluate_student
 from trainers.student import StudentTrainConfig, run_training
 
 pytestmark = pytest.mark.timeout(300)
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")

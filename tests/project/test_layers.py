@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ORDER = ("models", "storage", "pipeline", "trainers", "jobs")
 OUTSIDE = ("tests", "benchmarks", "scripts")  # never imported by library code
 

@@ -9,7 +9,7 @@ import pytest
 
 from jobs.dmt import main as dmt_main
 from storage.rounds import rounds_bucket
-from tests.test_dmt import SPEC, _label, _student
+from tests.trainers.test_dmt import SPEC, _label, _student
 
 
 def _fake_run(d: dict, run: Path, fp: str, step: int = 100) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CORPUS = ("retrieval:T=64,vocab=8", "retrieval:T=48,vocab=8,n=64")
 TINY = {  # flags appended per stage: small models, batches and rollouts
     "pretrain": "--steps 40 --batch-size 16 --eval-every 20 --eval-size 16 --teacher.d-model 16 --teacher.n-heads 2 "

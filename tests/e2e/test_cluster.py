@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(420)]
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _port() -> int:

@@ -135,7 +135,7 @@ def test_tiny_recipes_run_offline(recipe, tmp_path, ray_local, monkeypatch):
 ])
 def test_user_errors_are_one_line_without_traceback(argv, needle, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
     p = subprocess.run([sys.executable, "-m", "jobs.cli", *argv], capture_output=True, text=True, timeout=120,
                        cwd=tmp_path, env=env, check=False)
     assert p.returncode == 2, p.stderr

@@ -17,7 +17,7 @@ from jobs.recipes import load_recipe
 from models.teacher import ConfigError
 from pipeline.corpora import CorpusError, load_corpus
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _write(tmp_path: Path, text: str, name: str = "r.yaml") -> str:

@@ -30,7 +30,7 @@ from trainers.dmt.mixing import StreamConfig
 from trainers.student import StudentTrainConfig, run_training
 
 pytestmark = pytest.mark.timeout(600)
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SPEC = "retrieval:T=12,vocab=8,n=48"
 
 

@@ -4,7 +4,7 @@ follow the rules the report states."""
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks.text_gap import english_text, final_bits, pretrain_config
 from benchmarks.text_gap_report import bptt_at, time_to_reach

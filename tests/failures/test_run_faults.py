@@ -23,7 +23,7 @@ from trainers.dmt.mixing import StreamConfig
 from trainers.student import StudentTrainConfig, run_training
 
 pytestmark = pytest.mark.timeout(300)
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 STREAM = StreamConfig(batch_size=16, shuffle_buffer=64, seed=1, prefetch=0)
 
 
@@ -226,8 +226,8 @@ def test_a_torn_metrics_line_is_skipped_with_a_warning(targets, tmp_path):
 
 # ---- 2. a DMT round's pin under the trainer's retention --------------------------------------------------
 def test_a_dmt_pin_survives_the_trainers_retention(tmp_path):
-    from tests.test_dmt import _label
-    from tests.test_dmt_pin import _dmt, _fake_run
+    from tests.trainers.test_dmt import _label
+    from tests.trainers.test_dmt_pin import _dmt, _fake_run
     from trainers.dmt.actor import DMTLoop, DMTLoopConfig
 
     d = _label(tmp_path)

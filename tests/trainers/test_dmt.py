@@ -34,7 +34,7 @@ from trainers.dmt.actor import DMTLoop, DMTLoopConfig, round_reports
 from trainers.dmt.mixing import StreamConfig
 from trainers.student import StudentTrainConfig, check_hooks, run_training
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SPEC = "retrieval:T=12,vocab=8,n=48"
 
 

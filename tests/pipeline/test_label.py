@@ -29,7 +29,7 @@ from tests.label_data import (
 
 pytest_plugins = ["tests.label_fixtures"]
 pytestmark = pytest.mark.timeout(300)
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("encoder", ["causal", "register"])

@@ -272,7 +272,7 @@ def test_wandb_resume_continues_the_same_run(tmp_path, monkeypatch):
 
 
 def test_pipeline_logs_every_training_stage(tmp_path, ray_local):
-    from tests.test_cli import TINY_RECIPE
+    from tests.jobs.test_cli import TINY_RECIPE
 
     out, tb = tmp_path / "d", tmp_path / "tb"
     assert smt(["pipeline", "--recipe", "retrieval-demo", "--out", str(out), "--quiet",

@@ -24,7 +24,7 @@ from storage.reader import TargetSet
 from tests.label_data import read_segments
 
 pytestmark = pytest.mark.timeout(300)
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 WHOLE = "valid_frac=0,test_frac=0"
 ROWS = [f"row {i}: " + "abcdefghij"[: i % 10] * (i % 4 + 1) + "\n" for i in range(60)]
 

@@ -23,7 +23,7 @@ from storage.reader import TargetSet
 from storage.rounds import RunSource, rounds_bucket
 from storage.run_dir import RunDir, unflatten_optimizer
 from storage.stream import ShardStream
-from tests.test_dmt import _label
+from tests.trainers.test_dmt import _label
 from trainers.common import OptimConfig
 from trainers.dmt import LockstepDMTConfig, OnlineDMT, OnlineDMTConfig, RefreshConfig, dmt_online
 from trainers.dmt.actor import DMTLoop, DMTLoopConfig

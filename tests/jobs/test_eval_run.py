@@ -1,5 +1,5 @@
 """`smt eval --run RUN` accepts every folder an smt command writes and evaluates its newest checkpoint;
-`--step N` picks another; anything else is a one-line error. (The pipeline folder: tests/test_cli.py.)"""
+`--step N` picks another; anything else is a one-line error. (The pipeline folder: tests/jobs/test_cli.py.)"""
 from __future__ import annotations
 
 import json
@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from jobs.cli import main as smt
-from tests.test_cli import TASK, TINY
-from tests.test_dmt import SPEC, _label
-from tests.test_dmt_pin import _dmt, _fake_run
+from tests.jobs.test_cli import TASK, TINY
+from tests.trainers.test_dmt import SPEC, _label
+from tests.trainers.test_dmt_pin import _dmt, _fake_run
 from tests.train_fixtures import CORPUS, make_target_set
 from trainers.dmt.mixing import StreamConfig
 from trainers.student import StudentTrainConfig, run_training

@@ -14,12 +14,12 @@ from safetensors.torch import load_file
 from jobs.cli import main as smt
 from storage.checkpoints import CheckpointError, load_student
 from storage.export import load_exported
-from tests.test_generate import TINY, as_text, run
+from tests.jobs.test_generate import TINY, as_text, run
 from trainers.evaluate import generate
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TEXT = "Sphinx of black quartz, judge my vow. How vexingly quick daft zebras jump!\n" * 60
 
 
