@@ -148,9 +148,13 @@ def _cli(module: str, *argv: str, env: dict | None = None) -> subprocess.Complet
                           env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})}, check=False)
 
 
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # subprocesses compute like the in-process calls under the one_thread fixture
+
+
 def _smt_train(d: dict, run: str) -> None:
     p = _cli("jobs.train", "--targets", d["targets"], "--teacher", d["teacher"], "--out", run, "--steps", "20",
-             "--stream.batch-size", "32", "--stream.shuffle-buffer", "128", "--checkpoint-every", "10", "--device", "cpu", "--quiet")
+             "--stream.batch-size", "32", "--stream.shuffle-buffer", "128", "--checkpoint-every", "10", "--device", "cpu",
+             "--quiet", env=ONE_THREAD)
     assert p.returncode == 0, p.stderr[-2000:]
 
 
@@ -160,6 +164,7 @@ def _dmt_argv(d: dict, run: str, rounds: int, *extra: str) -> list[str]:
             "--device", "cpu", "--report", str(Path(run).parent / "report"), *extra]
 
 
+@pytest.mark.usefixtures("one_thread")  # the subprocess and the in-process runs must share their kernels
 def test_train_then_dmt_alone_from_the_command_line(tmp_path, capsys):
     """The README's order as a new user runs it: `smt train` (finished), then `smt dmt --rounds 2` with no trainer
     attached. It relabels, trains, relabels, trains, and ends: 2 rounds and a student 2 x 5 steps further, each
@@ -167,7 +172,7 @@ def test_train_then_dmt_alone_from_the_command_line(tmp_path, capsys):
     d = _setup(str(tmp_path / "bucket"), tmp_path)
     run, split = str(tmp_path / "runs" / "gru"), str(tmp_path / "runs" / "gru-split")
     _smt_train(d, run)
-    p = _cli("jobs.dmt", *_dmt_argv(d, run, 2, "--no-actor"))
+    p = _cli("jobs.dmt", *_dmt_argv(d, run, 2, "--no-actor"), env=ONE_THREAD)
     assert p.returncode == 0, p.stderr[-2000:]
     lines = [line for line in p.stdout.splitlines() if line.startswith("round ")]
     assert [line.split(":")[0] for line in lines] == ["round 1"] * 3 + ["round 2"] * 3, p.stdout
