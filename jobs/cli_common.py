@@ -14,14 +14,44 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import tyro
+
+from trainers.tracking import TrackingConfig
 
 T = TypeVar("T")
 
 FLAT = tyro.conf.arg(name="")
 """`Annotated[Config, FLAT]`: the component's fields are the job's own flags (`--steps`, not `--pretrain.steps`)."""
+
+
+@dataclass(kw_only=True)
+class RunWriterJob:
+    """The options of every job that trains into a run folder (`smt pretrain`, `smt train`), declared once."""
+
+    workers: int = 1
+    """Ray Train DDP workers; 1 trains in-process without Ray. Batch sizes are per worker."""
+    endpoint_url: str | None = None
+    """S3 endpoint for every URL of this job, weights included (default: AWS_ENDPOINT_URL)."""
+    take_over: bool = False
+    """Take the run from a live writer (another process training it): that one stops at its next checkpoint."""
+    quiet: bool = False
+    """No progress bar."""
+    log: TrackingConfig = field(default_factory=TrackingConfig)
+    """Experiment tracking: --log.tensorboard DIR (event files), --log.wandb PROJECT (W&B; WANDB_MODE=offline works
+    offline). metrics.jsonl stays the record."""
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"--workers {self.workers} must be >= 1")
+
+    def writer(self):
+        """This job's writer identity: every worker and restart of the job holds the run's lease as one writer."""
+        from storage.lease import Writer
+
+        return Writer(take_over=self.take_over)
 
 
 class Job(Protocol):

@@ -15,13 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from jobs.cli_common import FLAT, figure, job_main
+from jobs.cli_common import FLAT, RunWriterJob, figure, job_main
 from trainers.pretrain import PretrainConfig
-from trainers.tracking import TrackingConfig
 
 
 @dataclass(kw_only=True)
-class PretrainJob:
+class PretrainJob(RunWriterJob):
     corpus: str
     """Corpus spec, e.g. retrieval:T=64,vocab=8 (see pipeline/README.md)."""
     out: str
@@ -30,37 +29,21 @@ class PretrainJob:
     """Joint SMT pretraining: teacher, reference updater, losses, optimiser, budget."""
     bucket: str | None = None
     """Bucket root to publish the finished teacher to (<bucket>/teachers/<fingerprint>/); none by default."""
-    workers: int = 1
-    """Ray Train DDP workers; 1 trains in-process without Ray. --batch-size is per worker."""
     gpus_per_worker: float | None = None
     """GPUs per Ray Train worker (default: 1 when this machine has CUDA, else 0)."""
     max_failures: int = 0
     """With --workers > 1: times Ray Train restarts the workers after a failure (e.g. a preempted node);
     they resume from the newest checkpoint."""
-    endpoint_url: str | None = None
-    """S3 endpoint for every URL of this job (default: AWS_ENDPOINT_URL)."""
-    take_over: bool = False
-    """Take the run from a live writer (another process training it): that one stops at its next checkpoint."""
-    quiet: bool = False
-    """No progress bar."""
-    log: TrackingConfig = field(default_factory=TrackingConfig)
-    """Experiment tracking: --log.tensorboard DIR (event files), --log.wandb PROJECT (W&B; WANDB_MODE=offline works
-    offline). metrics.jsonl stays the record."""
-
-    def __post_init__(self) -> None:
-        if self.workers < 1:
-            raise ValueError(f"--workers {self.workers} must be >= 1")
 
     def execute(self) -> int:
         from pipeline.corpora import load_corpus
         from storage.bucket import Bucket
         from storage.checkpoints import publish_teacher
-        from storage.lease import Writer
         from storage.run_dir import RunDir
         from trainers.pretrain import pretrain, run_summary
 
         corpus = load_corpus(self.corpus)  # validates the spec before any worker starts
-        writer = Writer(take_over=self.take_over)  # every worker and restart of this job is this one writer
+        writer = self.writer()
         if self.workers > 1:
             from trainers.distributed import pretrain_with_ray
 

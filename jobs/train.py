@@ -20,14 +20,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from jobs.cli_common import FLAT, job_main
+from jobs.cli_common import FLAT, RunWriterJob, job_main
 from trainers.dmt import LockstepDMTConfig
 from trainers.student import StudentTrainConfig
-from trainers.tracking import TrackingConfig
 
 
 @dataclass(kw_only=True)
-class TrainJob:
+class TrainJob(RunWriterJob):
     targets: str
     """Target set URL: <bucket>/targets/<fingerprint>/<corpus-id> (local path, file://, s3://, memory://)."""
     out: str
@@ -38,29 +37,13 @@ class TrainJob:
     """Student SMT: updater, optimiser, shard stream, steps, phases."""
     dmt: LockstepDMTConfig = field(default_factory=LockstepDMTConfig)
     """Lockstep DMT beside a `smt dmt --first-step` actor (off unless --dmt.every and --dmt.rounds are set)."""
-    workers: int = 1
-    """Ray Train workers (DDP); 1 runs in-process without Ray. --stream.batch-size is per worker."""
     generation: int | None = None
     """Manifest generation to start from (default: the newest)."""
-    endpoint_url: str | None = None
-    """S3 endpoint (default: AWS_ENDPOINT_URL)."""
-    take_over: bool = False
-    """Take the run from a live writer (another process training it): that one stops at its next checkpoint."""
-    quiet: bool = False
-    """No progress bar."""
-    log: TrackingConfig = field(default_factory=TrackingConfig)
-    """Experiment tracking: --log.tensorboard DIR (event files), --log.wandb PROJECT (W&B; WANDB_MODE=offline works
-    offline). metrics.jsonl stays the record."""
-
-    def __post_init__(self) -> None:
-        if self.workers < 1:
-            raise ValueError(f"--workers {self.workers} must be >= 1")
 
     def execute(self) -> int:
-        from storage.lease import Writer
 
         cfg, hooks, arch = self.train, self.dmt.hooks(), self.train.updater.arch
-        writer = Writer(take_over=self.take_over)  # every worker and restart of this job is this one writer
+        writer = self.writer()
         if self.workers > 1:
             from trainers.distributed import train_with_ray
 
