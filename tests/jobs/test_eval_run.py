@@ -9,9 +9,9 @@ import pytest
 
 from jobs.cli import main as smt
 from tests.jobs.test_cli import TASK, TINY
+from tests.train_fixtures import CORPUS, make_target_set
 from tests.trainers.test_dmt import SPEC, _label
 from tests.trainers.test_dmt_pin import _dmt, _fake_run
-from tests.train_fixtures import CORPUS, make_target_set
 from trainers.dmt.mixing import StreamConfig
 from trainers.student import StudentTrainConfig, run_training
 
