@@ -157,141 +157,212 @@ class RayActorPool:
 
     def map(self, stage: Stage, items: Sequence[Any], *, total_records: int | None = None,
             quiet: bool = False) -> Iterator[dict]:
-        ray = init_ray()
-        from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
-
-        actor_cls = ray.remote(_StageHost).options(**self.actor_options(stage))
-        actors = [actor_cls.remote(stage) for _ in range(min(self.num_actors, max(1, len(items))))]
-        pending: deque = deque(items)
-        inflight: dict[Any, tuple[int, Any]] = {}
-        alive = set(range(len(actors)))
-        deaths: Counter = Counter()
-        waiting: dict[int, float] = {}  # actor -> deadline for its restart
-        attempts: Counter = Counter()
-        done = 0
-        self.stats = {"actor_deaths": 0, "retried_items": 0, "hung_actors": 0}
-        started: dict[int, float] = {}  # actor -> when its current item was submitted
-        beats: dict[Any, tuple[int, float]] = {}  # heartbeat ref -> (actor, sent at)
-        last_beat: dict[int, float] = {}  # actor -> when it last answered (or got work)
-        killed: set[int] = set()  # hung actors killed, whose item's error has not come back yet
-        overdue: dict[int, float] = {}  # actor -> the item timeout its item ran past (killed for that)
-        timeouts: Counter = Counter()  # item -> times it ran past the item timeout
-        slowest: list[float] = []  # the longest a finished item took (empty: none finished yet)
-
-        def submit(a: int) -> None:
-            item = pending.popleft()
-            inflight[actors[a].run.remote(item)] = (a, item)
-            started[a] = last_beat[a] = time.monotonic()
-
-        def check_hung() -> None:
-            now = time.monotonic()
-            outstanding = {a: sent for a, sent in beats.values()}
-            for ref, (a, item) in list(inflight.items()):
-                if item is _PING:
-                    if now > waiting[a]:  # setup() never finished (hung or too slow): give the actor up
-                        del inflight[ref]
-                        alive.discard(a)
-                        ray.kill(actors[a], no_restart=True)
-                    continue
-                if a in killed:
-                    continue
-                late = outstanding.get(a)
-                hung = late is not None and now - late > self.hang_timeout_s
-                limit = self.item_timeout(max(slowest) if slowest else None)
-                stuck = now - started[a] > limit
-                if hung or stuck:  # Ray sees a live process: kill it, the death path re-queues the item
-                    killed.add(a)
-                    if stuck and not hung:
-                        overdue[a] = self.stats["item_timeout_s"] = limit
-                    self.stats["hung_actors"] += 1
-                    ray.kill(actors[a], no_restart=False)
-                elif late is None and now - last_beat[a] >= self.heartbeat_s:
-                    beats[actors[a].heartbeat.remote()] = (a, now)
-
-        def retry(item: Any, err: BaseException, timed_out: float | None = None) -> None:
-            attempts[item] += 1
-            if timed_out is not None:
-                timeouts[item] += 1
-            if attempts[item] > self.task_retries and timed_out is not None and timeouts[item] == attempts[item]:
-                raise ExecutorError(
-                    f"{stage.name}: item {item} ran past the item timeout ({timed_out:.0f} s) on "
-                    f"{attempts[item]} of {attempts[item]} tries while its actor answered heartbeats (stuck: a hung device or a "
-                    "blocking socket?); if items this size take longer, raise --item-timeout-s")
-            if attempts[item] > self.task_retries:
-                cause = getattr(err, "cause", None)
-                if isinstance(err, RayTaskError) and isinstance(cause, Exception):
-                    raise cause  # the stage's own (typed, one-line) error
-                raise ExecutorError(f"{stage.name}: item {item} failed {attempts[item]} times; last error: "
-                                    f"{' '.join(str(err).split())[:300]}")
-            self.stats["retried_items"] += 1
-            pending.appendleft(item)
-
-        def ping(a: int) -> None:  # a restarted actor gets work again once its setup() has finished
-            inflight[actors[a].ready.remote()] = (a, _PING)
-
+        run = _PoolRun(self, stage, items, init_ray())
         try:
-            with _progress(total_records, quiet, f"{stage.name} x{len(actors)}") as bar:
-                for a in sorted(alive):  # work goes to an actor once its setup() is done: a slow setup
-                    waiting[a] = time.monotonic() + self.restart_timeout_s  # is not a hang
-                    ping(a)
-                while inflight:
-                    check_hung()
-                    if not alive:
-                        raise ExecutorError(f"{stage.name}: no actor finished its setup within "
-                                            f"{self.restart_timeout_s:.0f} s; see the actor logs")
-                    ready, _ = ray.wait(list(inflight) + list(beats), num_returns=1, timeout=self.heartbeat_s)
-                    if not ready:
+            with _progress(total_records, quiet, f"{stage.name} x{len(run.actors)}") as bar:
+                run.probe_all()
+                while run.inflight:
+                    ref = run.next_finished()
+                    if ref is None:
                         continue
-                    [ref] = ready
-                    if ref in beats:  # an answer (or the error of a dead actor, which its item reports too)
-                        a, _sent = beats.pop(ref)
-                        last_beat[a] = time.monotonic()
-                        continue
-                    a, item = inflight.pop(ref)
-                    if item is not _PING:
-                        killed.discard(a)
-                        for r in [r for r, (b, _) in beats.items() if b == a]:
-                            del beats[r]  # this item is over: its heartbeats no longer matter
-                    try:
-                        res = ray.get(ref)
-                    except RayActorError as e:
-                        if item is _PING:
-                            if isinstance(e, ActorUnavailableError) and time.monotonic() < waiting[a]:
-                                time.sleep(0.2)  # still restarting
-                                ping(a)
-                            else:
-                                alive.discard(a)  # gone for good (or never came back)
-                        else:  # the actor died under this item: Ray restarts it, the item goes back
-                            deaths[a] += 1
-                            self.stats["actor_deaths"] += 1
-                            retry(item, e, overdue.pop(a, None))
-                            if deaths[a] > self.max_restarts:
-                                alive.discard(a)
-                            else:
-                                waiting[a] = time.monotonic() + self.restart_timeout_s
-                                ping(a)
-                    except RayTaskError as e:  # the stage raised
-                        retry(item, e)
-                    else:
-                        if item is not _PING:
-                            slowest[:] = [max(slowest + [time.monotonic() - started[a]])]
-                            done += 1
-                            bar.advance(stage.records(res))
-                            bar.postfix(shards=done, actor_deaths=self.stats["actor_deaths"],
-                                        hung=self.stats["hung_actors"])
-                            yield res
-                    if not alive:
-                        raise ExecutorError(f"{stage.name}: all {len(actors)} actors died; "
-                                            f"{len(pending) + len(inflight)} items left: see the actor logs")
-                    busy = {x for x, _ in inflight.values()}
-                    for b in sorted(alive - busy):
-                        if pending:
-                            submit(b)
-                    if not pending and all(it is _PING for _, it in inflight.values()):
+                    res = run.collect(ref)
+                    if res is not _NO_RESULT:
+                        run.report(bar, res)
+                        yield res
+                    if run.feed_idle():
                         break  # every item is done: do not wait for restarting actors
         finally:
-            for actor in actors:
-                ray.kill(actor, no_restart=True)
+            run.kill_all()
+
+
+_NO_RESULT = object()  # what `_PoolRun.collect` returns for a probe or a failed item (no result to yield)
+
+
+class _PoolRun:
+    """The driver's side of one `RayActorPool.map`: its actors, the work queue, and their faults' bookkeeping.
+
+    Actors are indexes into `actors`; an item goes to an actor once its readiness probe (`_PING`) has
+    answered, i.e. its setup() is done (a slow setup is not a hang)."""
+
+    def __init__(self, pool: RayActorPool, stage: Stage, items: Sequence[Any], ray: Any) -> None:
+        self.pool, self.stage, self.ray = pool, stage, ray
+        actor_cls = ray.remote(_StageHost).options(**pool.actor_options(stage))
+        self.actors = [actor_cls.remote(stage) for _ in range(min(pool.num_actors, max(1, len(items))))]
+        self.pending: deque = deque(items)
+        self.inflight: dict[Any, tuple[int, Any]] = {}  # task ref -> (actor, item or _PING)
+        self.alive = set(range(len(self.actors)))
+        self.deaths: Counter = Counter()  # actor -> times it died under an item
+        self.waiting: dict[int, float] = {}  # actor -> deadline for its restart
+        self.attempts: Counter = Counter()  # item -> times it failed
+        self.done = 0
+        pool.stats = {"actor_deaths": 0, "retried_items": 0, "hung_actors": 0}
+        self.started: dict[int, float] = {}  # actor -> when its current item was submitted
+        self.beats: dict[Any, tuple[int, float]] = {}  # heartbeat ref -> (actor, sent at)
+        self.last_beat: dict[int, float] = {}  # actor -> when it last answered (or got work)
+        self.killed: set[int] = set()  # hung actors killed, whose item's error has not come back yet
+        self.overdue: dict[int, float] = {}  # actor -> the item timeout its item ran past (killed for that)
+        self.timeouts: Counter = Counter()  # item -> times it ran past the item timeout
+        self.slowest: float | None = None  # the longest a finished item took (None: none finished yet)
+
+    def probe_all(self) -> None:
+        """Asks every actor whether its setup() is done, each with `restart_timeout_s` to answer."""
+        for a in sorted(self.alive):
+            self.waiting[a] = time.monotonic() + self.pool.restart_timeout_s
+            self.ping(a)
+
+    def ping(self, a: int) -> None:
+        """Probes actor `a`: a (re)started actor gets work again once its setup() has finished."""
+        self.inflight[self.actors[a].ready.remote()] = (a, _PING)
+
+    def submit(self, a: int) -> None:
+        """Hands the next pending item to actor `a`."""
+        item = self.pending.popleft()
+        self.inflight[self.actors[a].run.remote(item)] = (a, item)
+        self.started[a] = self.last_beat[a] = time.monotonic()
+
+    def next_finished(self) -> Any:
+        """Deals with hung actors, then waits up to `heartbeat_s`: the ref of a finished item or probe, else
+        None (nothing finished, or a heartbeat answered)."""
+        self.check_hung()
+        if not self.alive:
+            raise ExecutorError(f"{self.stage.name}: no actor finished its setup within "
+                                f"{self.pool.restart_timeout_s:.0f} s; see the actor logs")
+        ready, _ = self.ray.wait(list(self.inflight) + list(self.beats), num_returns=1,
+                                 timeout=self.pool.heartbeat_s)
+        if not ready:
+            return None
+        [ref] = ready
+        if ref in self.beats:  # an answer (or the error of a dead actor, which its item reports too)
+            a, _sent = self.beats.pop(ref)
+            self.last_beat[a] = time.monotonic()
+            return None
+        return ref
+
+    def check_hung(self) -> None:
+        """Gives up actors whose setup() overran its deadline, kills hung or stuck ones (the death path then
+        re-queues their item), and sends a heartbeat to each busy actor that is due one."""
+        now = time.monotonic()
+        outstanding = {a: sent for a, sent in self.beats.values()}
+        for ref, (a, item) in list(self.inflight.items()):
+            if item is _PING:
+                if now > self.waiting[a]:  # setup() never finished (hung or too slow): give the actor up
+                    del self.inflight[ref]
+                    self.alive.discard(a)
+                    self.ray.kill(self.actors[a], no_restart=True)
+                continue
+            if a in self.killed:
+                continue
+            late = outstanding.get(a)
+            hung = late is not None and now - late > self.pool.hang_timeout_s
+            limit = self.pool.item_timeout(self.slowest)
+            stuck = now - self.started[a] > limit
+            if hung or stuck:
+                self.kill_hung(a, stuck_only=stuck and not hung, limit=limit)
+            elif late is None and now - self.last_beat[a] >= self.pool.heartbeat_s:
+                self.beats[self.actors[a].heartbeat.remote()] = (a, now)
+
+    def kill_hung(self, a: int, *, stuck_only: bool, limit: float) -> None:
+        """Ray sees a live process: kill it (Ray restarts it), and its item comes back through the death path;
+        `stuck_only`: its heartbeats were answered but the item ran past `limit` (the item timeout)."""
+        self.killed.add(a)
+        if stuck_only:
+            self.overdue[a] = self.pool.stats["item_timeout_s"] = limit
+        self.pool.stats["hung_actors"] += 1
+        self.ray.kill(self.actors[a], no_restart=False)
+
+    def collect(self, ref: Any) -> Any:
+        """Takes a finished item or probe off the queue: the item's result, else `_NO_RESULT` (a probe, or a
+        failure, whose item is re-queued or fails the map)."""
+        from ray.exceptions import RayActorError, RayTaskError
+
+        a, item = self.inflight.pop(ref)
+        if item is not _PING:
+            self.killed.discard(a)
+            for r in [r for r, (b, _) in self.beats.items() if b == a]:
+                del self.beats[r]  # this item is over: its heartbeats no longer matter
+        try:
+            res = self.ray.get(ref)
+        except RayActorError as e:
+            if item is _PING:
+                self.probe_failed(a, e)
+            else:
+                self.died_under_item(a, item, e)
+        except RayTaskError as e:  # the stage raised
+            self.retry(item, e)
+        else:
+            if item is not _PING:
+                elapsed = time.monotonic() - self.started[a]
+                self.slowest = elapsed if self.slowest is None else max(self.slowest, elapsed)
+                self.done += 1
+                return res
+        return _NO_RESULT
+
+    def probe_failed(self, a: int, err: BaseException) -> None:
+        """Actor `a` did not answer its probe: probe again while it is restarting, else give it up."""
+        from ray.exceptions import ActorUnavailableError
+
+        if isinstance(err, ActorUnavailableError) and time.monotonic() < self.waiting[a]:
+            time.sleep(0.2)  # still restarting
+            self.ping(a)
+        else:
+            self.alive.discard(a)  # gone for good (or never came back)
+
+    def died_under_item(self, a: int, item: Any, err: BaseException) -> None:
+        """Actor `a` died under `item`: the item goes back on the queue; Ray restarts the actor (it is probed
+        again) unless it has died more than `max_restarts` times."""
+        self.deaths[a] += 1
+        self.pool.stats["actor_deaths"] += 1
+        self.retry(item, err, self.overdue.pop(a, None))
+        if self.deaths[a] > self.pool.max_restarts:
+            self.alive.discard(a)
+        else:
+            self.waiting[a] = time.monotonic() + self.pool.restart_timeout_s
+            self.ping(a)
+
+    def retry(self, item: Any, err: BaseException, timed_out: float | None = None) -> None:
+        """Puts a failed item back at the head of the queue, or fails the map once it has used its
+        `task_retries` (`timed_out`: the item timeout it ran past, when that is why its actor was killed)."""
+        from ray.exceptions import RayTaskError
+
+        stage, attempts = self.stage, self.attempts
+        attempts[item] += 1
+        if timed_out is not None:
+            self.timeouts[item] += 1
+        out_of_tries = attempts[item] > self.pool.task_retries
+        if out_of_tries and timed_out is not None and self.timeouts[item] == attempts[item]:
+            raise ExecutorError(
+                f"{stage.name}: item {item} ran past the item timeout ({timed_out:.0f} s) on "
+                f"{attempts[item]} of {attempts[item]} tries while its actor answered heartbeats (stuck: a "
+                "hung device or a blocking socket?); if items this size take longer, raise --item-timeout-s")
+        if out_of_tries:
+            cause = getattr(err, "cause", None)
+            if isinstance(err, RayTaskError) and isinstance(cause, Exception):
+                raise cause  # the stage's own (typed, one-line) error
+            raise ExecutorError(f"{stage.name}: item {item} failed {attempts[item]} times; last error: "
+                                f"{' '.join(str(err).split())[:300]}")
+        self.pool.stats["retried_items"] += 1
+        self.pending.appendleft(item)
+
+    def report(self, bar: Any, res: dict) -> None:
+        """Advances the progress bar by a finished item's records."""
+        bar.advance(self.stage.records(res))
+        stats = self.pool.stats
+        bar.postfix(shards=self.done, actor_deaths=stats["actor_deaths"], hung=stats["hung_actors"])
+
+    def feed_idle(self) -> bool:
+        """Hands pending items to the idle live actors; True once every item is done (only probes left)."""
+        if not self.alive:
+            raise ExecutorError(f"{self.stage.name}: all {len(self.actors)} actors died; "
+                                f"{len(self.pending) + len(self.inflight)} items left: see the actor logs")
+        busy = {x for x, _ in self.inflight.values()}
+        for b in sorted(self.alive - busy):
+            if self.pending:
+                self.submit(b)
+        return not self.pending and all(it is _PING for _, it in self.inflight.values())
+
+    def kill_all(self) -> None:
+        for actor in self.actors:
+            self.ray.kill(actor, no_restart=True)
 
 
 def make_executor(workers: int, **pool_options: Any):
