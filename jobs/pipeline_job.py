@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 from jobs.cli_common import FLAT, job_main
-from jobs.pipeline_report import relative_to_out
+from jobs.pipeline_report import PipelineResult, relative_to_out
 from jobs.recipes import Recipe, load_recipe, resolve_corpus
 from models.teacher import ConfigError
 from trainers.tracking import TrackingConfig
@@ -120,7 +120,7 @@ class _Run:
 
 
 def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, say=None,
-                 tracking: TrackingConfig | None = None) -> dict:
+                 tracking: TrackingConfig | None = None) -> PipelineResult:
     run = _start(rc, out, bucket, quiet, say, tracking)
     pt = _pretrain_stage(run)
     rep, gpus = _label_stage(run, pt)
@@ -194,7 +194,8 @@ def _label_stage(run: _Run, pt: dict):
     from pipeline.label import label
 
     rc = run.rc
-    run.say(f"[2/5] labeling with {rc.label_executor.workers or 'no'} Ray actors -> {relative_to_out(run.bucket, run.out)}")
+    run.say(f"[2/5] labeling with {rc.label_executor.workers or 'no'} Ray actors -> "
+            f"{relative_to_out(run.bucket, run.out)}")
     gpus = rc.label_executor.gpus() if torch.cuda.is_available() else 0.0  # also each DMT actor's
     lcfg = wired(rc.label, "label", teacher=pt["teacher_url"], corpus=run.corpus.spec, out=run.bucket,
                  Tc=run.prompt or None)
@@ -249,9 +250,9 @@ def _baseline_stage(run: _Run, smt_seconds: float) -> dict | None:
     return bptt
 
 
-def _results(run: _Run, pt: dict, rep, st: dict, dmt: dict, bptt: dict | None) -> dict:
+def _results(run: _Run, pt: dict, rep, st: dict, dmt: dict, bptt: dict | None) -> PipelineResult:
     """The report's stage: every model's held-out figures on the test split, the count baselines and samples,
-    and the results (results.json's fields)."""
+    and the results (`PipelineResult`: results.json's fields)."""
     from storage.checkpoints import load_student
     from trainers.heldout import sample_models, score_models, split_sizes, token_unit
     from trainers.ngram import count_baselines
@@ -266,24 +267,25 @@ def _results(run: _Run, pt: dict, rep, st: dict, dmt: dict, bptt: dict | None) -
     metrics = [json.loads(ln) for ln in (out / "student" / "metrics.jsonl").read_text().splitlines() if ln.strip()] \
         if (out / "student" / "metrics.jsonl").exists() else []
     te, r0 = pt["te"], st["r0"]
-    return {"task": corpus.spec, "recipe": rc.name, "chance": corpus.chance, "bucket": run.bucket,
-            "targets": rep.target_url, "eval_split": "test", "test_corpus": run.test_spec,
-            "test_sequences": int(run.x.shape[0]), "teacher_fingerprint": pt["fingerprint"],
-            "teacher_encoder": rc.pretrain.teacher.encoder, "student": rc.student.updater.arch,
-            "student_checkpoint": dmt["final_url"],
-            "teacher_acc": te["acc"], "teacher_bits_per_token": te["bits_per_token"],
-            "smt_acc": r0["acc"], "dmt_acc": final["acc"], "bptt_acc": bptt["acc"] if bptt else None,
-            "unit": token_unit(corpus),
-            "test": test, "splits": split_sizes(corpus), "samples": {k: v.tolist() for k, v in samples.items()},
-            "teacher_bits": test["teacher"]["bits"], "smt_bits": _bits(test["smt"], prompt),
-            "dmt_bits": _bits(test["dmt"], prompt), "bptt_bits": _bits(test["bptt"], 0),
-            "count_bits": {k: test["counts"][k] for k in ("unigram", "bigram", "trigram")},
-            "seconds": time.perf_counter() - run.t0, "smt_pipeline_seconds": dmt["smt_seconds"],
-            "stage_seconds": {"pretrain": pt["seconds"]}, "timeline": run.timeline, "dmt_rounds": dmt["rounds"],
-            "pretrain_history": pt["history"], "student_metrics": metrics[-2000:],
-            "bptt_history": bptt["history"] if bptt else [],
-            "bptt_sweep": {k: v for k, v in bptt.items() if k not in ("student", "history", "acc")} if bptt else None,
-            "label": {"states_per_s": rep.states / rep.seconds, "records": rep.records}}
+    return PipelineResult(task=corpus.spec, recipe=rc.name, chance=corpus.chance, bucket=run.bucket,
+                          targets=rep.target_url, eval_split="test", test_corpus=run.test_spec,
+                          test_sequences=int(run.x.shape[0]), teacher_fingerprint=pt["fingerprint"],
+                          teacher_encoder=rc.pretrain.teacher.encoder, student=rc.student.updater.arch,
+                          student_checkpoint=dmt["final_url"],
+                          teacher_acc=te["acc"], teacher_bits_per_token=te["bits_per_token"],
+                          smt_acc=r0["acc"], dmt_acc=final["acc"], bptt_acc=bptt["acc"] if bptt else None,
+                          unit=token_unit(corpus),
+                          test=test, splits=split_sizes(corpus), samples={k: v.tolist() for k, v in samples.items()},
+                          teacher_bits=test["teacher"]["bits"], smt_bits=_bits(test["smt"], prompt),
+                          dmt_bits=_bits(test["dmt"], prompt), bptt_bits=_bits(test["bptt"], 0),
+                          count_bits={k: test["counts"][k] for k in ("unigram", "bigram", "trigram")},
+                          seconds=time.perf_counter() - run.t0, smt_pipeline_seconds=dmt["smt_seconds"],
+                          stage_seconds={"pretrain": pt["seconds"]}, timeline=run.timeline, dmt_rounds=dmt["rounds"],
+                          pretrain_history=pt["history"], student_metrics=metrics[-2000:],
+                          bptt_history=bptt["history"] if bptt else [],
+                          bptt_sweep={k: v for k, v in bptt.items() if k not in ("student", "history", "acc")}
+                          if bptt else None,
+                          label={"states_per_s": rep.states / rep.seconds, "records": rep.records})
 
 
 BPTT_BUDGET_RULE = ("the whole lr sweep gets the SMT pipeline's wall-clock (pretraining through DMT, capped by "
