@@ -20,12 +20,13 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from jobs.cli_common import FLAT, job_main
-from jobs.pipeline_report import relative_to_out
+from jobs.pipeline_report import PipelineResult, relative_to_out
 from jobs.recipes import Recipe, load_recipe, resolve_corpus
 from models.teacher import ConfigError
 from trainers.tracking import TrackingConfig
@@ -90,20 +91,50 @@ def wired(cfg: T, where: str, **values) -> T:
     return replace(cfg, **values)
 
 
-def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, say=None,
-                 tracking: TrackingConfig | None = None) -> dict:
-    import torch
+@dataclass
+class _Run:
+    """What every stage of one pipeline run reads: the recipe, the folders, the console, the corpus and its fixed
+    test sample, and the timeline (pipeline seconds -> accuracy of the updater rolled out alone)."""
+    rc: Recipe
+    out: Path
+    bucket: str
+    quiet: bool
+    say: Callable[..., None]
+    tracking: TrackingConfig
+    corpus: Any
+    prompt: int
+    x: Any
+    y: Any
+    test_spec: str
+    t0: float
+    timeline: list[dict] = field(default_factory=list)
 
+    def mark(self, stage: str, acc: float | None = None, at: float | None = None, **kw) -> None:
+        seconds = time.perf_counter() - self.t0 if at is None else at
+        self.timeline.append({"seconds": round(seconds, 2), "stage": stage, "acc": acc, **kw})
+
+    def evaluate(self, student, teacher) -> dict:
+        from trainers.evaluate import evaluate_student
+
+        return evaluate_student(student, self.x, self.y, teacher, self.prompt)
+
+
+def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, say=None,
+                 tracking: TrackingConfig | None = None) -> PipelineResult:
+    run = _start(rc, out, bucket, quiet, say, tracking)
+    pt = _pretrain_stage(run)
+    rep, gpus = _label_stage(run, pt)
+    st = _student_stage(run, pt, rep.target_url)
+    dmt = _dmt_stage(run, pt, st, rep.target_url, gpus)
+    bptt = _baseline_stage(run, dmt["smt_seconds"])
+    return _results(run, pt, rep, st, dmt, bptt)
+
+
+def _start(rc, out: Path, bucket: str | None, quiet: bool, say, tracking: TrackingConfig | None) -> _Run:
+    """The run's folder, its log (OUT/pipeline.log beside the console), its bucket and tracking, the corpus and
+    the fixed sample of the test split every reported figure is on (the trainers choose on valid)."""
     from pipeline.corpora import load_corpus
-    from pipeline.label import label
-    from storage.checkpoints import load_student, save_teacher
-    from storage.run_dir import RunDir
-    from trainers.dmt import run_dmt
-    from trainers.evaluate import eval_batch, evaluate_student, evaluate_teacher
-    from trainers.heldout import sample_models, score_models, split_sizes, token_unit
-    from trainers.ngram import count_baselines
-    from trainers.pretrain import pretrain
-    from trainers.student import run_training
+    from trainers.evaluate import eval_batch
 
     out.mkdir(parents=True, exist_ok=True)
     log = logging.getLogger("smt.pipeline")
@@ -114,7 +145,7 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
         log.setLevel(logging.INFO)
     show = say or (lambda *a: print(*a, flush=True))
 
-    def say(*a) -> None:  # the console and OUT/pipeline.log
+    def say_and_log(*a) -> None:  # the console and OUT/pipeline.log
         show(*a)
         log.info(" ".join(map(str, a)))
 
@@ -123,95 +154,138 @@ def run_pipeline(rc, out: Path, bucket: str | None = None, quiet: bool = False, 
     if tracking.enabled and tracking.group is None:
         tracking = replace(tracking, group=out.resolve().name)
     corpus = load_corpus(rc.corpus)
-    stream_mode = corpus.streaming
-    prompt = rc.pretrain.smt.Tc if stream_mode else 0
-    # every figure reported below is on a fixed sample of the test split; the trainers choose on valid
+    prompt = rc.pretrain.smt.Tc if corpus.streaming else 0
     x, y = eval_batch(corpus, rc.eval_size, 12345, split="test")
     test_spec = corpus.with_split("test").spec
-    t0 = time.perf_counter()
-    timeline: list[dict] = []  # pipeline seconds -> accuracy of the updater rolled out alone
+    return _Run(rc=rc, out=out, bucket=bucket, quiet=quiet, say=say_and_log, tracking=tracking, corpus=corpus,
+                prompt=prompt, x=x, y=y, test_spec=test_spec, t0=time.perf_counter())
 
-    def mark(stage: str, acc: float | None = None, at: float | None = None, **kw) -> None:
-        seconds = time.perf_counter() - t0 if at is None else at
-        timeline.append({"seconds": round(seconds, 2), "stage": stage, "acc": acc, **kw})
 
-    say(f"[1/5] pretraining the teacher on {corpus.spec} (choices on the valid split; reported: {x.shape[0]} "
-        f"sequences of the test split)")
-    pt = pretrain(corpus, rc.pretrain, out=out / "pretrain", quiet=quiet, tracking=tracking.child("pretrain"))
+def _pretrain_stage(run: _Run) -> dict:
+    """[1/5] The teacher (and the jointly trained updater), saved to the bucket; `pt` of `trainers.pretrain`
+    with the teacher on the CPU, its fingerprint, URL and test figures."""
+    from storage.checkpoints import save_teacher
+    from trainers.evaluate import evaluate_teacher
+    from trainers.pretrain import pretrain
+
+    rc, corpus = run.rc, run.corpus
+    run.say(f"[1/5] pretraining the teacher on {corpus.spec} (choices on the valid split; reported: {run.x.shape[0]} "
+            f"sequences of the test split)")
+    pt = pretrain(corpus, rc.pretrain, out=run.out / "pretrain", quiet=run.quiet,
+                  tracking=run.tracking.child("pretrain"))
     fp = pt["fingerprint"]
-    teacher_url = f"{bucket.rstrip('/')}/teachers/{fp}"
+    teacher_url = f"{run.bucket.rstrip('/')}/teachers/{fp}"
     save_teacher(teacher_url, pt["teacher"], {"corpus": corpus.spec})
     teacher = pt["teacher"].cpu()
-    te = evaluate_teacher(teacher, x, y, prompt)
-    drift_teacher = teacher if (stream_mode or teacher.encoder_kind.one_pass) else None
-    s0 = evaluate_student(pt["student"].cpu(), x, y, drift_teacher, prompt)
-    mark("pretrain", s0["acc"], teacher_acc=te["acc"])
-    say(f"      teacher {fp[:12]}: acc={te['acc']:.3f} bits/token={te['bits_per_token']:.3f} ({pt['seconds']:.0f} s)")
+    te = evaluate_teacher(teacher, run.x, run.y, run.prompt)
+    drift_teacher = teacher if (corpus.streaming or teacher.encoder_kind.one_pass) else None
+    s0 = run.evaluate(pt["student"].cpu(), drift_teacher)
+    run.mark("pretrain", s0["acc"], teacher_acc=te["acc"])
+    run.say(f"      teacher {fp[:12]}: acc={te['acc']:.3f} bits/token={te['bits_per_token']:.3f} "
+            f"({pt['seconds']:.0f} s)")
+    return {**pt, "teacher": teacher, "teacher_url": teacher_url, "te": te}
 
-    say(f"[2/5] labeling with {rc.label_executor.workers or 'no'} Ray actors -> {relative_to_out(bucket, out)}")
+
+def _label_stage(run: _Run, pt: dict):
+    """[2/5] Labeling by Ray actors into the bucket: the labeling report and the GPUs per worker (also each
+    DMT actor's)."""
+    import torch
+
+    from pipeline.label import label
+
+    rc = run.rc
+    run.say(f"[2/5] labeling with {rc.label_executor.workers or 'no'} Ray actors -> "
+            f"{relative_to_out(run.bucket, run.out)}")
     gpus = rc.label_executor.gpus() if torch.cuda.is_available() else 0.0  # also each DMT actor's
-    lcfg = wired(rc.label, "label", teacher=teacher_url, corpus=corpus.spec, out=bucket, Tc=prompt or None)
-    rep = label(lcfg, replace(rc.label_executor, gpus_per_worker=gpus).build(), quiet=quiet)
-    targets = rep.target_url
-    mark("label")
-    say(f"      {rep.summary()}")
+    lcfg = wired(rc.label, "label", teacher=pt["teacher_url"], corpus=run.corpus.spec, out=run.bucket,
+                 Tc=run.prompt or None)
+    rep = label(lcfg, replace(rc.label_executor, gpus_per_worker=gpus).build(), quiet=run.quiet)
+    run.mark("label")
+    run.say(f"      {rep.summary()}")
+    return rep, gpus
 
-    run_url = str((out / "student").resolve())
-    st = rc.student
-    arch = st.updater.arch
 
-    def student_acc() -> dict:
-        ptr = RunDir(run_url).latest()
-        s, _, _ = load_student(f"{run_url}/{ptr['path']}/student")
-        return evaluate_student(s, x, y, teacher, prompt)
+def _student_stage(run: _Run, pt: dict, targets: str) -> dict:
+    """[3/5] The student SMT run (OUT/student) from the shards: its URL, the student and its test figures."""
+    from storage.checkpoints import load_student
+    from storage.run_dir import RunDir
+    from trainers.student import run_training
 
-    say(f"[3/5] student SMT from the shards: {arch} updater, {st.steps} steps")
-    run_training(targets, teacher_url, run_url, st, quiet=quiet, tracking=tracking.child("student"))
+    run_url = str((run.out / "student").resolve())
+    st = run.rc.student
+    run.say(f"[3/5] student SMT from the shards: {st.updater.arch} updater, {st.steps} steps")
+    run_training(targets, pt["teacher_url"], run_url, st, quiet=run.quiet, tracking=run.tracking.child("student"))
     smt_student = load_student(f"{run_url}/{RunDir(run_url).latest()['path']}/student")[0]
-    r0 = student_acc()
-    mark("student-smt", r0["acc"], drift_final=r0.get("drift_final"))
-    say(f"      rolled out alone: acc={r0['acc']:.3f} drift_T={r0.get('drift_final', float('nan')):.4f}")
+    s, _, _ = load_student(f"{run_url}/{RunDir(run_url).latest()['path']}/student")
+    r0 = run.evaluate(s, pt["teacher"])
+    run.mark("student-smt", r0["acc"], drift_final=r0.get("drift_final"))
+    run.say(f"      rolled out alone: acc={r0['acc']:.3f} drift_T={r0.get('drift_final', float('nan')):.4f}")
+    return {"run_url": run_url, "student": smt_student, "r0": r0}
 
-    phase = dmt_phase(rc, targets, run_url, corpus, teacher_url, prompt, gpus,
-                      started=time.time() - (time.perf_counter() - t0))  # the pipeline's start on the wall clock
-    say(f"[4/5] {phase.describe()}")
-    rounds, ptr = run_dmt(phase, teacher=teacher, teacher_fingerprint=fp, corpus=corpus, say=say, mark=mark,
-                          evaluate=lambda s: evaluate_student(s, x, y, teacher, prompt),
-                          tracking=tracking.child("dmt-online" if rc.dmt_online else "student"))
-    final_url = f"{run_url}/{ptr['path']}/student"
-    smt_seconds = time.perf_counter() - t0
 
-    bptt = None
-    if rc.bptt:
-        bptt = _bptt_baseline(rc, corpus, smt_seconds, out, quiet, say, tracking.child("bptt"))
-        bptt["acc"] = evaluate_student(bptt["student"], x, y)["acc"]
-    say(f"      held-out figures on the test split ({corpus.with_split('test').spec})")
-    students = {"smt": smt_student, "dmt": load_student(final_url)[0]}
+def _dmt_stage(run: _Run, pt: dict, st: dict, targets: str, gpus: float) -> dict:
+    """[4/5] The recipe's DMT phase on the student run: its rounds, the final student's URL, and the SMT
+    pipeline's seconds (pretraining through DMT: the BPTT baseline's budget)."""
+    from trainers.dmt import run_dmt
+
+    rc, teacher = run.rc, pt["teacher"]
+    phase = dmt_phase(rc, targets, st["run_url"], run.corpus, pt["teacher_url"], run.prompt, gpus,
+                      started=time.time() - (time.perf_counter() - run.t0))  # the pipeline's start on the wall clock
+    run.say(f"[4/5] {phase.describe()}")
+    rounds, ptr = run_dmt(phase, teacher=teacher, teacher_fingerprint=pt["fingerprint"], corpus=run.corpus,
+                          say=run.say, mark=run.mark, evaluate=lambda s: run.evaluate(s, teacher),
+                          tracking=run.tracking.child("dmt-online" if rc.dmt_online else "student"))
+    return {"rounds": rounds, "final_url": f"{st['run_url']}/{ptr['path']}/student",
+            "smt_seconds": time.perf_counter() - run.t0}
+
+
+def _baseline_stage(run: _Run, smt_seconds: float) -> dict | None:
+    """[5/5] The BPTT baseline (`_bptt_baseline`) with its test accuracy; None when the recipe has none."""
+    from trainers.evaluate import evaluate_student
+
+    if not run.rc.bptt:
+        return None
+    bptt = _bptt_baseline(run.rc, run.corpus, smt_seconds, run.out, run.quiet, run.say, run.tracking.child("bptt"))
+    bptt["acc"] = evaluate_student(bptt["student"], run.x, run.y)["acc"]
+    return bptt
+
+
+def _results(run: _Run, pt: dict, rep, st: dict, dmt: dict, bptt: dict | None) -> PipelineResult:
+    """The report's stage: every model's held-out figures on the test split, the count baselines and samples,
+    and the results (`PipelineResult`: results.json's fields)."""
+    from storage.checkpoints import load_student
+    from trainers.heldout import sample_models, score_models, split_sizes, token_unit
+    from trainers.ngram import count_baselines
+
+    rc, corpus, prompt, out, teacher = run.rc, run.corpus, run.prompt, run.out, pt["teacher"]
+    run.say(f"      held-out figures on the test split ({corpus.with_split('test').spec})")
+    students = {"smt": st["student"], "dmt": load_student(dmt["final_url"])[0]}
     test = score_models(corpus, rc.eval_size, prompt, teacher, students, bptt and bptt["student"])
     test["counts"] = count_baselines(corpus, rc.eval_size, prompt)  # what local statistics alone give, same targets
     samples = sample_models(corpus, prompt, teacher, students, bptt and bptt["student"], k=4 if prompt else 8)
-    final = timeline[-1]
+    final = run.timeline[-1]
     metrics = [json.loads(ln) for ln in (out / "student" / "metrics.jsonl").read_text().splitlines() if ln.strip()] \
         if (out / "student" / "metrics.jsonl").exists() else []
-    res = {"task": corpus.spec, "recipe": rc.name, "chance": corpus.chance, "bucket": bucket, "targets": targets,
-           "eval_split": "test", "test_corpus": test_spec, "test_sequences": int(x.shape[0]),
-           "teacher_fingerprint": fp, "teacher_encoder": rc.pretrain.teacher.encoder, "student": arch,
-           "student_checkpoint": final_url,
-           "teacher_acc": te["acc"], "teacher_bits_per_token": te["bits_per_token"],
-           "smt_acc": r0["acc"], "dmt_acc": final["acc"], "bptt_acc": bptt["acc"] if bptt else None,
-           "unit": token_unit(corpus),
-           "test": test, "splits": split_sizes(corpus), "samples": {k: v.tolist() for k, v in samples.items()},
-           "teacher_bits": test["teacher"]["bits"], "smt_bits": _bits(test["smt"], prompt),
-           "dmt_bits": _bits(test["dmt"], prompt), "bptt_bits": _bits(test["bptt"], 0),
-           "count_bits": {k: test["counts"][k] for k in ("unigram", "bigram", "trigram")},
-           "seconds": time.perf_counter() - t0, "smt_pipeline_seconds": smt_seconds,
-           "stage_seconds": {"pretrain": pt["seconds"]}, "timeline": timeline, "dmt_rounds": rounds,
-           "pretrain_history": pt["history"], "student_metrics": metrics[-2000:],
-           "bptt_history": bptt["history"] if bptt else [],
-           "bptt_sweep": {k: v for k, v in bptt.items() if k not in ("student", "history", "acc")} if bptt else None,
-           "label": {"states_per_s": rep.states / rep.seconds,
-                                                                       "records": rep.records}}
-    return res
+    te, r0 = pt["te"], st["r0"]
+    return PipelineResult(task=corpus.spec, recipe=rc.name, chance=corpus.chance, bucket=run.bucket,
+                          targets=rep.target_url, eval_split="test", test_corpus=run.test_spec,
+                          test_sequences=int(run.x.shape[0]), teacher_fingerprint=pt["fingerprint"],
+                          teacher_encoder=rc.pretrain.teacher.encoder, student=rc.student.updater.arch,
+                          student_checkpoint=dmt["final_url"],
+                          teacher_acc=te["acc"], teacher_bits_per_token=te["bits_per_token"],
+                          smt_acc=r0["acc"], dmt_acc=final["acc"], bptt_acc=bptt["acc"] if bptt else None,
+                          unit=token_unit(corpus),
+                          test=test, splits=split_sizes(corpus), samples={k: v.tolist() for k, v in samples.items()},
+                          teacher_bits=test["teacher"]["bits"], smt_bits=_bits(test["smt"], prompt),
+                          dmt_bits=_bits(test["dmt"], prompt), bptt_bits=_bits(test["bptt"], 0),
+                          count_bits={k: test["counts"][k] for k in ("unigram", "bigram", "trigram")},
+                          seconds=time.perf_counter() - run.t0, smt_pipeline_seconds=dmt["smt_seconds"],
+                          stage_seconds={"pretrain": pt["seconds"]}, timeline=run.timeline, dmt_rounds=dmt["rounds"],
+                          pretrain_history=pt["history"], student_metrics=metrics[-2000:],
+                          bptt_history=bptt["history"] if bptt else [],
+                          bptt_sweep={k: v for k, v in bptt.items() if k not in ("student", "history", "acc")}
+                          if bptt else None,
+                          label={"states_per_s": rep.states / rep.seconds, "records": rep.records})
 
 
 BPTT_BUDGET_RULE = ("the whole lr sweep gets the SMT pipeline's wall-clock (pretraining through DMT, capped by "

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 TEACHER_CHOICE = (
@@ -19,6 +20,54 @@ it says nothing about text or MNIST runs."""
 PATH_KEYS = ("bucket", "targets", "student_checkpoint", "report")  # results.json fields that name files
 
 
+@dataclass
+class PipelineResult:
+    """What `smt pipeline` measured (`jobs.pipeline_job.run_pipeline`), read by `write_report` and `print_table`;
+    results.json is `to_json()` with the paths of `PATH_KEYS` relative to OUT. `write_report` sets the last two."""
+    task: str
+    recipe: str
+    chance: float | None
+    bucket: str
+    targets: str
+    eval_split: str
+    test_corpus: str
+    test_sequences: int
+    teacher_fingerprint: str
+    teacher_encoder: str
+    student: str
+    student_checkpoint: str
+    teacher_acc: float
+    teacher_bits_per_token: float
+    smt_acc: float
+    dmt_acc: float | None
+    bptt_acc: float | None
+    unit: str
+    test: dict
+    splits: dict
+    samples: dict
+    teacher_bits: float | None
+    smt_bits: float | None
+    dmt_bits: float | None
+    bptt_bits: float | None
+    count_bits: dict
+    seconds: float
+    smt_pipeline_seconds: float
+    stage_seconds: dict
+    timeline: list[dict]
+    dmt_rounds: list[dict]
+    pretrain_history: list[dict]
+    student_metrics: list[dict]
+    bptt_history: list[dict]
+    bptt_sweep: dict | None
+    label: dict
+    denormals_flushed: bool | None = None
+    report: str | None = None
+
+    def to_json(self) -> dict:
+        """The fields in declaration order (results.json's key order), the values themselves (not copies)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
 def relative_to_out(value: str, out: Path) -> str:
     """A path or file:// URL inside OUT as a path relative to OUT, so result files name no folder of the
     machine they ran on (and stay valid when OUT is moved or committed); anything else unchanged."""
@@ -34,27 +83,27 @@ def resolve_in_out(value: str, out: Path) -> str:
     return value if "://" in value or Path(value).is_absolute() else str(Path(out) / value)
 
 
-def print_table(res: dict) -> None:
+def print_table(res: PipelineResult) -> None:
     def f(v):
         return f"{v:.3f}" if isinstance(v, (int, float)) else "-"
 
     print()
     print(f"{'task':<40} {'student':>7} {'teacher':>8} {'smt':>6} {'dmt':>6} {'bptt':>6} {'seconds':>8}")
-    print(f"{res['task'][:40]:<40} {res['student']:>7} {f(res['teacher_acc']):>8} {f(res['smt_acc']):>6} "
-          f"{f(res['dmt_acc']):>6} {f(res.get('bptt_acc')):>6} {res['seconds']:>8.0f}")
-    if res.get("test"):
-        label = f"test bits per {res.get('unit', 'token')}"
-        print(f"{label:<40} {'':>7} {f(res['teacher_bits']):>8} {f(res['smt_bits']):>6} "
-              f"{f(res['dmt_bits']):>6} {f(res.get('bptt_bits')):>6}")
-        if res.get("count_bits"):
+    print(f"{res.task[:40]:<40} {res.student:>7} {f(res.teacher_acc):>8} {f(res.smt_acc):>6} "
+          f"{f(res.dmt_acc):>6} {f(res.bptt_acc):>6} {res.seconds:>8.0f}")
+    if res.test:
+        label = f"test bits per {res.unit}"
+        print(f"{label:<40} {'':>7} {f(res.teacher_bits):>8} {f(res.smt_bits):>6} "
+              f"{f(res.dmt_bits):>6} {f(res.bptt_bits):>6}")
+        if res.count_bits:
             from trainers.ngram import counts_line
 
-            print(f"{'  count baselines (train counts)':<40} {counts_line(res['count_bits'])}")
-    for line in bptt_sweep_lines(res.get("bptt_sweep")):
+            print(f"{'  count baselines (train counts)':<40} {counts_line(res.count_bits)}")
+    for line in bptt_sweep_lines(res.bptt_sweep):
         print(line)
-    print(f"bucket: {res['bucket']}")
-    if res.get("report"):
-        print(f"report: {res['report']}")
+    print(f"bucket: {res.bucket}")
+    if res.report:
+        print(f"report: {res.report}")
 
 
 def bptt_sweep_lines(sw: dict | None) -> list[str]:
@@ -73,18 +122,18 @@ def bptt_sweep_lines(sw: dict | None) -> list[str]:
     return lines
 
 
-def write_report(out: Path, res: dict) -> str:
+def write_report(out: Path, res: PipelineResult) -> str:
     from models.device import flush_denormals
     from trainers.report import markdown_table, plot_curves
 
     out = Path(out)
-    ph, sm, bh = res.get("pretrain_history", []), res.get("student_metrics", []), res.get("bptt_history", [])
+    ph, sm, bh = res.pretrain_history, res.student_metrics, res.bptt_history
     loss_png = plot_curves(out / "loss_curves.png", {
         "teacher decoder loss (pretraining)": ([r["step"] for r in ph], [r["loss_decoder"] for r in ph]),
         "dynamics loss (pretraining)": ([r["step"] for r in ph], [r["loss_dyn"] for r in ph]),
         "student SMT loss from shards": ([r["step"] for r in sm], [r["loss"] for r in sm if "loss" in r][:len(sm)]),
     }, xlabel="step", ylabel="loss", title="training losses", logy=True)
-    tl = res["timeline"]
+    tl = res.timeline
     curves = {
         "teacher (own memories, pretraining)": ([r["time"] for r in ph], [r.get("teacher_acc") for r in ph]),
         "updater alone, joint SMT (pretraining)": ([r["time"] for r in ph], [r.get("smt_acc") for r in ph]),
@@ -94,12 +143,12 @@ def write_report(out: Path, res: dict) -> str:
                                                              and p["stage"] != "pretrain"]),
     }
     if bh:
-        curves[f"BPTT ({res['student']} updater"
-               + (f", chosen lr {res['bptt_sweep']['chosen_lr']:g})" if res.get("bptt_sweep") else ")")] = ([r["time"] for r in bh], [r["bptt_acc"] for r in bh])
+        curves[f"BPTT ({res.student} updater"
+               + (f", chosen lr {res.bptt_sweep['chosen_lr']:g})" if res.bptt_sweep else ")")] = ([r["time"] for r in bh], [r["bptt_acc"] for r in bh])
     acc_png = plot_curves(out / "accuracy_vs_time.png", curves, xlabel="seconds since the pipeline started",
-                          ylabel="answer accuracy (held-out)", title=f"{res['task']}: SMT->DMT vs BPTT",
-                          hline=res.get("chance"))
-    rounds = res.get("dmt_rounds", [])
+                          ylabel="answer accuracy (held-out)", title=f"{res.task}: SMT->DMT vs BPTT",
+                          hline=res.chance)
+    rounds = res.dmt_rounds
     if len(rounds) > 6:  # a readable plot: the first round, the last, and four evenly spaced between
         keep = sorted({round(i * (len(rounds) - 1) / 5) for i in range(6)})
         rounds = [rounds[i] for i in keep]
@@ -109,16 +158,16 @@ def write_report(out: Path, res: dict) -> str:
         title="student drift measured by each DMT round") if rounds else None
     rows = [{"stage": p["stage"], "seconds": p["seconds"], "acc": p["acc"] if p["acc"] is not None else "-",
              "drift_T": p.get("drift_final", "-")} for p in tl]
-    md = [f"# {res['recipe']}: {res['task']}", "",
-          (f"Teacher: {res['teacher_encoder']} encoder, fingerprint `{res['teacher_fingerprint'][:16]}`; student "
-           f"updater `{res['student']}`; bucket `{relative_to_out(res['bucket'], out)}`. Accuracies here and in the "
+    md = [f"# {res.recipe}: {res.task}", "",
+          (f"Teacher: {res.teacher_encoder} encoder, fingerprint `{res.teacher_fingerprint[:16]}`; student "
+           f"updater `{res.student}`; bucket `{relative_to_out(res.bucket, out)}`. Accuracies here and in the "
            "timeline: answer accuracy on a fixed sample of the test split (choices read valid), the student updater "
            "rolled out alone (teacher-forced inputs, teacher readout)" + ("; bits per token of every model follow "
-                                                                          "below." if res.get("test") else ".")), "",
-          markdown_table([res], ["teacher_acc", "smt_acc", "dmt_acc", "bptt_acc", "seconds"]), "",
-          *([RECIPE_NOTES[res["recipe"]], ""] if res.get("recipe") in RECIPE_NOTES else []),
-          *(["BPTT baseline, " + "; ".join(ln.strip() for ln in bptt_sweep_lines(res.get("bptt_sweep"))) + ".", ""]
-            if res.get("bptt_sweep") else []),
+                                                                          "below." if res.test else ".")), "",
+          markdown_table([res.to_json()], ["teacher_acc", "smt_acc", "dmt_acc", "bptt_acc", "seconds"]), "",
+          *([RECIPE_NOTES[res.recipe], ""] if res.recipe in RECIPE_NOTES else []),
+          *(["BPTT baseline, " + "; ".join(ln.strip() for ln in bptt_sweep_lines(res.bptt_sweep)) + ".", ""]
+            if res.bptt_sweep else []),
           markdown_table(rows, ["stage", "seconds", "acc", "drift_T"]), "",
           f"![accuracy against wall-clock]({acc_png.name})", "",
           ("*Accuracy against seconds since the pipeline started: the teacher and the jointly trained updater during "
@@ -129,15 +178,16 @@ def write_report(out: Path, res: dict) -> str:
         md += [f"![drift]({drift_png.name})", "",
                ("*Drift between the student's rolled-out memory and the teacher's, against t, as measured by each "
                 "DMT round on the student it relabeled (round 1 = the SMT-only student).*"), ""]
-    if res.get("test"):
-        md += heldout_section(out, res)
-    res["denormals_flushed"] = flush_denormals()  # every stage flushed them (pick_device); say so in the files
-    md.insert(1, f"\nDenormals flushed: {'yes' if res['denormals_flushed'] else 'no (this CPU cannot flush them)'}.")
+    if res.test:
+        md += heldout_section(out, res.to_json())
+    res.denormals_flushed = flush_denormals()  # every stage flushed them (pick_device); say so in the files
+    md.insert(1, f"\nDenormals flushed: {'yes' if res.denormals_flushed else 'no (this CPU cannot flush them)'}.")
     (out / "report.md").write_text("\n".join(md))
-    res["report"] = str(out / "report.md")
-    stored = {**res, **{k: relative_to_out(res[k], out) for k in PATH_KEYS if isinstance(res.get(k), str)}}
+    res.report = str(out / "report.md")
+    doc = res.to_json()
+    stored = {**doc, **{k: relative_to_out(doc[k], out) for k in PATH_KEYS if isinstance(doc[k], str)}}
     (out / "results.json").write_text(json.dumps(stored, indent=1, default=str))
-    return res["report"]
+    return res.report
 
 
 def heldout_section(out: Path, res: dict) -> list[str]:
