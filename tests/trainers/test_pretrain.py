@@ -52,7 +52,8 @@ def config(**kw) -> PretrainConfig:
                           **{"steps": 20, **kw})
 
 
-def max_diff(a_url: str, b_url: str) -> float:
+def max_diff(a_url, b_url) -> float:
+    """Largest weight difference of two teacher checkpoints (URLs or buckets: an S3 run's carries its endpoint)."""
     a, _, _ = load_teacher(a_url)
     b, _, _ = load_teacher(b_url)
     return max((p - q).abs().max().item() for p, q in zip(a.state_dict().values(), b.state_dict().values()))
@@ -138,7 +139,7 @@ def test_kill9_then_same_command_resumes_local_folder(tmp_path):
 
 
 @pytest.mark.slow  # two more process starts against the S3 endpoint: about a minute on a loaded 2-core machine
-def test_kill9_then_same_command_resumes_on_s3(s3_bucket, tmp_path, monkeypatch):
+def test_kill9_then_same_command_resumes_on_s3(s3_bucket, tmp_path):
     bucket, endpoint = s3_bucket
     env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
     run = RunDir(f"{bucket}/runs/killed", endpoint_url=endpoint)
@@ -146,9 +147,9 @@ def test_kill9_then_same_command_resumes_on_s3(s3_bucket, tmp_path, monkeypatch)
                             ["--endpoint-url", endpoint, "--bucket", bucket])
     assert run.latest()["step"] == 40 and first < 40
     assert smt(["pretrain", *ARGS, "--out", str(tmp_path / "straight")]) == 0
-    assert max_diff(f"{run.url}/teacher", str(tmp_path / "straight" / "teacher")) <= 1e-6
+    assert max_diff(run.bucket.child("teacher"), str(tmp_path / "straight" / "teacher")) <= 1e-6
     fp = json.loads(run.bucket.read_bytes("teacher/config.json"))["fingerprint"]
-    _, published_fp, _ = load_teacher(f"{bucket}/teachers/{fp}")   # --bucket published it
+    _, published_fp, _ = load_teacher(f"{bucket}/teachers/{fp}", endpoint_url=endpoint)   # --bucket published it
     assert published_fp == fp
 
 
