@@ -38,6 +38,8 @@ class EvalJob:
     """Runs with checkpoints (smt train, dmt, pipeline): evaluate the student of this step (default: newest)."""
     json: bool = False
     """Print JSON (with per-position curves) instead of a table."""
+    endpoint_url: str | None = None
+    """S3 endpoint of RUN and its checkpoints (default: AWS_ENDPOINT_URL)."""
 
     def execute(self) -> int:
         from trainers.ngram import counts_line
@@ -58,30 +60,30 @@ class EvalJob:
         return 0
 
 
-def _exists(url: str) -> bool:
-    """A teacher or student checkpoint (a train run's own config.json is not one)."""
+def _exists(url: str, ep: str | None) -> bool:
+    """A teacher or student checkpoint (a train run's own config.json is not one); `ep`: the S3 endpoint."""
     from storage.checkpoints import has_checkpoint, read_config
 
-    return has_checkpoint(url) and read_config(url).get("kind") in ("teacher", "student")
+    return has_checkpoint(url, endpoint_url=ep) and read_config(url, endpoint_url=ep).get("kind") in ("teacher", "student")
 
 
-def _fingerprint(url: str) -> str | None:
+def _fingerprint(url: str, ep: str | None) -> str | None:
     from storage.checkpoints import read_config
 
-    return read_config(url).get("fingerprint")
+    return read_config(url, endpoint_url=ep).get("fingerprint")
 
 
-def _train_run(r: str) -> bool:
+def _train_run(r: str, ep: str | None) -> bool:
     from storage.bucket import Bucket
 
-    return Bucket.from_url(r).exists("checkpoints/latest.json")
+    return Bucket.from_url(r, endpoint_url=ep).exists("checkpoints/latest.json")
 
 
-def _run_student(r: str, step: int | None) -> str:
+def _run_student(r: str, step: int | None, ep: str | None) -> str:
     """The student of `step` (default: the newest checkpoint) of a train run (checkpoints/latest.json)."""
     from storage.run_dir import RunDir
 
-    run = RunDir(r)
+    run = RunDir(r, endpoint_url=ep)
     rel = run.latest()["path"] if step is None else run.student_dir(step)
     if rel is None:
         have = sorted({int(p.split("step-")[1].split("/")[0]) for p in run.bucket.glob("*/step-*/student/config.json")})
@@ -90,43 +92,45 @@ def _run_student(r: str, step: int | None) -> str:
     return f"{r}/{rel}/student"  # spelled like RUN, so the output names what the user passed
 
 
-def _teacher_beside(student: str, candidates: list[str]) -> str | None:
+def _teacher_beside(student: str, candidates: list[str], ep: str | None) -> str | None:
     """The first candidate teacher whose fingerprint the student was trained against."""
     from storage.checkpoints import read_config
 
-    want = read_config(student, "student")["model"].get("teacher_fingerprint")
-    return next((u for u in candidates if _exists(u) and _fingerprint(u) == want), None) if want else None
+    want = read_config(student, "student", endpoint_url=ep)["model"].get("teacher_fingerprint")
+    return next((u for u in candidates if _exists(u, ep) and _fingerprint(u, ep) == want), None) if want else None
 
 
 def resolve(job: EvalJob) -> tuple[str | None, str | None]:
     """(teacher_url, student_url) for a checkpoint folder or any folder an smt command writes."""
-    return resolve_run(job.run, job.step, job.teacher)
+    return resolve_run(job.run, job.step, job.teacher, job.endpoint_url)
 
 
-def resolve_run(run: str, step: int | None = None, teacher: str | None = None) -> tuple[str | None, str | None]:
+def resolve_run(run: str, step: int | None = None, teacher: str | None = None,
+                ep: str | None = None) -> tuple[str | None, str | None]:
     """(teacher_url, student_url) of RUN: a checkpoint folder (an exported student is one) or any folder an smt
-    command writes (see the module docstring); `step` picks a checkpoint, `teacher` overrides the one found."""
+    command writes (see the module docstring); `step` picks a checkpoint, `teacher` overrides the one found;
+    `ep`: the S3 endpoint of every URL involved."""
     from storage.checkpoints import read_config
 
     r = run.rstrip("/")
     parent = r.rsplit("/", 1)[0] if "/" in r else "."
     no_steps = (f"--step applies to runs with checkpoints/ (smt pretrain, train, dmt --run, pipeline); {run} "
                 "keeps only its final model: drop --step")
-    if _exists(r):  # a checkpoint folder
+    if _exists(r, ep):  # a checkpoint folder
         if step is not None:
             raise ValueError(no_steps)
-        if read_config(r)["kind"] == "teacher":
+        if read_config(r, endpoint_url=ep)["kind"] == "teacher":
             return r, None
-        return teacher or _teacher_beside(r, [f"{parent}/teacher", f"{parent}/../teacher"]), r
+        return teacher or _teacher_beside(r, [f"{parent}/teacher", f"{parent}/../teacher"], ep), r
     report = _dmt_report_run(r)
     for folder, teachers in ((r, [f"{r}/teacher", f"{parent}/teacher", f"{parent}/pretrain/teacher"]),
                              (f"{r}/student", [f"{r}/pretrain/teacher", f"{r}/teacher"]),
                              *(((report, []),) if report else ())):
-        if _train_run(folder):  # smt train / smt dmt --run / smt pipeline's student run
-            s = _run_student(folder, step)  # a pretrain checkpoint holds the teacher of its step beside it
-            return teacher or _teacher_beside(s, [f"{s.rsplit('/', 1)[0]}/teacher", *teachers]), s
-    t = teacher or (f"{r}/teacher" if _exists(f"{r}/teacher") else None)
-    s = f"{r}/student" if _exists(f"{r}/student") else None
+        if _train_run(folder, ep):  # smt train / smt dmt --run / smt pipeline's student run
+            s = _run_student(folder, step, ep)  # a pretrain checkpoint holds the teacher of its step beside it
+            return teacher or _teacher_beside(s, [f"{s.rsplit('/', 1)[0]}/teacher", *teachers], ep), s
+    t = teacher or (f"{r}/teacher" if _exists(f"{r}/teacher", ep) else None)
+    s = f"{r}/student" if _exists(f"{r}/student", ep) else None
     if t is None and s is None:
         raise FileNotFoundError(f"no teacher or student checkpoint (nor checkpoints/) in {run}: pass a folder "
                                 "written by smt pretrain/train/dmt/dmt-online/bptt/pipeline/export, or a checkpoint "
@@ -163,11 +167,11 @@ def evaluate_run(job: EvalJob) -> dict:
     x, y = eval_batch(corpus, job.size, job.seed, job.split)
     out["sequences"] = int(x.shape[0])
     if t_url:
-        teacher, fp, _ = load_teacher(t_url)
+        teacher, fp, _ = load_teacher(t_url, endpoint_url=job.endpoint_url)
         _check_vocab(corpus, teacher.cfg.vocab_size, t_url)
         out["teacher"] = {"url": t_url, "fingerprint": fp, **evaluate_teacher(teacher, x, y, job.prompt)}
     if s_url:
-        student, sfp, cfg = load_student(s_url)
+        student, sfp, cfg = load_student(s_url, endpoint_url=job.endpoint_url)
         _check_vocab(corpus, student.teacher_cfg.vocab_size, s_url)
         if teacher is not None and sfp is not None and sfp != fp:
             raise ValueError(f"student {s_url} was trained against teacher {sfp}, not {fp} ({t_url}): "

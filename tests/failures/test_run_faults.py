@@ -259,3 +259,9 @@ def test_every_file_of_an_s3_run_goes_to_the_given_endpoint(targets, s3_bucket, 
         assert rel in files
     out = run_training(targets["targets"], targets["teacher"], run, _cfg(3), endpoint_url=endpoint, quiet=True)
     assert out["resumed_from"] == 2
+    # and `smt eval` reads the run at the same endpoint (its flag, not the environment)
+    from jobs.cli import main as smt
+    from tests.train_fixtures import CORPUS
+
+    assert smt(["eval", "--run", run, "--corpus", CORPUS, "--teacher", targets["teacher"], "--endpoint-url", endpoint,
+                "--size", "8", "--json"]) == 0
