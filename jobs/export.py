@@ -20,6 +20,8 @@ class ExportJob:
     """Runs with checkpoints: the student of this step (default: newest)."""
     corpus: str | None = None
     """Corpus spec saying how tokens read (default: the one recorded with the run's models)."""
+    endpoint_url: str | None = None
+    """S3 endpoint of RUN and --out (default: AWS_ENDPOINT_URL)."""
 
     def execute(self) -> int:
         from jobs.eval import resolve_run
@@ -27,19 +29,20 @@ class ExportJob:
         from pipeline.corpora import token_format
         from storage.export import export_student
 
-        t_url, s_url = resolve_run(self.run, self.step)
+        ep = self.endpoint_url
+        t_url, s_url = resolve_run(self.run, self.step, None, ep)
         if s_url is None:
             raise ValueError(f"{self.run} holds a teacher and no student (updater + readout + m_0) to export: pass a "
                              "run that trained a student (smt pretrain, train, dmt, dmt-online, bptt, pipeline)")
-        spec = self.corpus or recorded_corpus([u for u in (s_url, t_url) if u])
+        spec = self.corpus or recorded_corpus([u for u in (s_url, t_url) if u], ep)
         if spec is None:
             raise ValueError(f"no corpus is recorded with the models of {self.run}, so how its tokens read is unknown: "
                              "pass --corpus SPEC (the corpus it was trained on)")
-        fmt = token_format(spec, model_vocab(s_url))
-        student, meta = load_model(s_url, "student", fmt)
+        fmt = token_format(spec, model_vocab(s_url, ep))
+        student, meta = load_model(s_url, "student", fmt, ep)
         source = {"run": self.run, "student": s_url, "trained_by": meta.get("trained_by"),
                   **({"step": meta["step"]} if "step" in meta else {})}
-        fp = export_student(student, self.out, fmt, meta.get("teacher_fingerprint"), source)
+        fp = export_student(student, self.out, fmt, meta.get("teacher_fingerprint"), source, ep)
         print(f"exported the {meta.get('trained_by') or ''} student ({student.updater_cfg.arch} updater, "
               f"{sum(p.numel() for p in student.parameters()):,} parameters, {fmt.unit}s, vocabulary "
               f"{fmt.vocab_size}) of {s_url} to {self.out} (fingerprint {fp[:12]})")

@@ -53,6 +53,8 @@ class GenerateJob:
     """Pixel runs: the PNG grid to write."""
     sampling: Annotated[SamplingConfig, FLAT] = field(default_factory=SamplingConfig)
     """Temperature, top-k, top-p, seed."""
+    endpoint_url: str | None = None
+    """S3 endpoint of RUN (and of --out) (default: AWS_ENDPOINT_URL)."""
 
     def execute(self) -> int:
         import torch
@@ -126,7 +128,7 @@ class GenerateJob:
             if t_url is None:
                 raise ValueError(f"{self.run} has no teacher to read out (a BPTT run or an exported student holds "
                                  "only a student): drop --model teacher, or pass --teacher URL")
-            teacher, fp = load_model(t_url, "teacher", fmt)
+            teacher, fp = load_model(t_url, "teacher", fmt, self.endpoint_url)
             cache = self.cache and teacher.encoder_kind.one_pass
             how = ("incremental decoding with a KV cache" if cache else
                    "re-encoding the whole sequence for every token" + ("" if self.cache else ", --no-cache")
@@ -136,14 +138,14 @@ class GenerateJob:
         if s_url is None:
             raise ValueError(f"{self.run} holds a teacher and no student, so no student readout to sample: pass "
                              "--model teacher")
-        student, meta = load_model(s_url, "student", fmt)
+        student, meta = load_model(s_url, "student", fmt, self.endpoint_url)
         who = f"{meta.get('trained_by') or 'exported'} student ({student.updater_cfg.arch} updater) of {s_url}"
         if self.prompt_memory == "own":
             def memory(p):
                 return student.rollout(p)[:, -1]
             what = f"{who}: the prompt read by the student's own updater from its m_0"
         else:
-            teacher = prompt_teacher(t_url, s_url, meta, fmt, self.run)
+            teacher = prompt_teacher(t_url, s_url, meta, fmt, self.run, self.endpoint_url)
             what = (f"{who}: the prompt read by the teacher {t_url} (its memory of the prompt); the student "
                     "continues alone from there")
 
@@ -162,54 +164,55 @@ def locate(job: GenerateJob):
     from pipeline.corpora import token_format
     from storage.export import TokenFormat, is_exported, read_export
 
-    if is_exported(job.run):
+    ep = job.endpoint_url
+    if is_exported(job.run, ep):
         if job.step is not None:
             raise ValueError(f"{job.run} is an exported student (one model, no checkpoints): drop --step")
-        fmt = TokenFormat(**read_export(job.run)["tokens"]) if job.corpus is None else None
+        fmt = TokenFormat(**read_export(job.run, ep)["tokens"]) if job.corpus is None else None
         t_url, s_url = job.teacher, job.run.rstrip("/")
     else:
-        t_url, s_url = resolve_run(job.run, job.step, job.teacher)
+        t_url, s_url = resolve_run(job.run, job.step, job.teacher, ep)
         fmt = None
     if fmt is None:
-        spec = job.corpus or recorded_corpus([u for u in (s_url, t_url) if u])
+        spec = job.corpus or recorded_corpus([u for u in (s_url, t_url) if u], ep)
         if spec is None:
             raise ValueError(f"no corpus is recorded with the models of {job.run}, so how its tokens read is "
                              "unknown: pass --corpus SPEC (the corpus it was trained on)")
-        vocab = model_vocab(s_url if job.model == "student" and s_url else t_url or s_url)
+        vocab = model_vocab(s_url if job.model == "student" and s_url else t_url or s_url, ep)
         fmt = token_format(spec, vocab)
     return t_url, s_url, fmt
 
 
 # ---- checkpoint reads: every import of the checkpoint module in this job is here -----------------------
-def recorded_corpus(urls: list[str]) -> str | None:
+def recorded_corpus(urls: list[str], ep: str | None = None) -> str | None:
     """The corpus spec recorded with the first of these checkpoints that has one (pretrain, bptt, dmt-online and
     the pipeline record it; a `smt train` student's teacher does)."""
     from storage.checkpoints import read_config
 
     for u in urls:
-        spec = read_config(u).get("meta", {}).get("corpus")
+        spec = read_config(u, endpoint_url=ep).get("meta", {}).get("corpus")
         if spec:
             return spec
     return None
 
 
-def model_vocab(url: str) -> int:
+def model_vocab(url: str, ep: str | None = None) -> int:
     from storage.checkpoints import read_config
 
-    m = read_config(url)["model"]
+    m = read_config(url, endpoint_url=ep)["model"]
     return int(m["teacher"]["vocab_size"])
 
 
-def load_model(url: str, kind: str, fmt):
+def load_model(url: str, kind: str, fmt, ep: str | None = None):
     """(teacher, fingerprint) or (student, its config's meta + teacher_fingerprint), checked against `fmt`."""
     from storage.checkpoints import load_student, load_teacher
 
     if kind == "teacher":
-        model, fp, _ = load_teacher(url)
+        model, fp, _ = load_teacher(url, endpoint_url=ep)
         vocab = model.cfg.vocab_size
         out = (model, fp)
     else:
-        model, tfp, cfg = load_student(url)
+        model, tfp, cfg = load_student(url, endpoint_url=ep)
         vocab = model.teacher_cfg.vocab_size
         out = (model, {**cfg.get("meta", {}), "teacher_fingerprint": tfp})
     if vocab != fmt.vocab_size:
@@ -218,7 +221,7 @@ def load_model(url: str, kind: str, fmt):
     return out
 
 
-def prompt_teacher(t_url: str | None, s_url: str, meta: dict, fmt, run: str):
+def prompt_teacher(t_url: str | None, s_url: str, meta: dict, fmt, run: str, ep: str | None = None):
     """The teacher whose memory of the prompt the student starts from: the one it was trained against."""
     if meta.get("teacher_fingerprint") is None:
         raise ValueError(f"the student {s_url} was not trained on a teacher's memories (a BPTT student), so a "
@@ -226,7 +229,7 @@ def prompt_teacher(t_url: str | None, s_url: str, meta: dict, fmt, run: str):
     if t_url is None:
         raise ValueError(f"no teacher of the student found beside {run}: pass --teacher URL (the teacher it was "
                          "trained against) or drop --prompt-memory teacher")
-    teacher, fp = load_model(t_url, "teacher", fmt)
+    teacher, fp = load_model(t_url, "teacher", fmt, ep)
     if fp != meta["teacher_fingerprint"]:
         raise ValueError(f"the student {s_url} was trained against teacher {meta['teacher_fingerprint'][:12]}, not "
                          f"{fp[:12]} ({t_url}): pass the matching --teacher")

@@ -86,18 +86,19 @@ class Exported:
     info: dict
 
 
-def is_exported(url: str) -> bool:
-    return Bucket.from_url(url).exists(EXPORT)
+def is_exported(url: str, endpoint_url: str | None = None) -> bool:
+    return Bucket.from_url(url, endpoint_url=endpoint_url).exists(EXPORT)
 
 
 def export_student(student, out: str, tokens: TokenFormat, teacher_fingerprint: str | None,
-                   source: dict | None = None) -> str:
-    """Write `student` as a self-contained folder at `out` (any fsspec URL); returns its fingerprint."""
+                   source: dict | None = None, endpoint_url: str | None = None) -> str:
+    """Write `student` as a self-contained folder at `out` (any fsspec URL, `endpoint_url` for S3); returns its
+    fingerprint."""
     from storage.checkpoints import has_checkpoint, save_student
 
-    if has_checkpoint(out):
+    b = Bucket.from_url(out, endpoint_url=endpoint_url)
+    if has_checkpoint(b):
         raise ValueError(f"{out} already holds a checkpoint: pass a new --out folder (or delete it)")
-    b = Bucket.from_url(out)
     info = {"format": FORMAT, "tokens": tokens.to_dict(), "parts": PARTS,
             "prompt": "read by the student's own updater from m_0 (no teacher needed)",
             "updater": student.updater_cfg.to_dict(), "memory": {"K": student.teacher_cfg.mem_tokens,
@@ -106,14 +107,14 @@ def export_student(student, out: str, tokens: TokenFormat, teacher_fingerprint: 
             "source": source or {}, "teacher_fingerprint": teacher_fingerprint}
     b.write_bytes(EXPORT, json.dumps(info, indent=2, sort_keys=True).encode())
     b.write_bytes("README.md", _readme(info).encode())
-    return save_student(out, student, teacher_fingerprint, {"exported": True, **(source or {})})
+    return save_student(b, student, teacher_fingerprint, {"exported": True, **(source or {})})
 
 
-def read_export(url: str) -> dict:
+def read_export(url: str, endpoint_url: str | None = None) -> dict:
     """export.json of an exported student folder (checked: present, this format)."""
     from storage.checkpoints import CheckpointError
 
-    b = Bucket.from_url(url)
+    b = Bucket.from_url(url, endpoint_url=endpoint_url)
     if not b.exists(EXPORT):
         raise CheckpointError(f"{url} is not an exported student (no {EXPORT}): write one with "
                               "`smt export --run RUN --out DIR`")
@@ -124,14 +125,14 @@ def read_export(url: str) -> dict:
     return info
 
 
-def load_exported(url: str, device: str | torch.device = "cpu") -> Exported:
+def load_exported(url: str, device: str | torch.device = "cpu", endpoint_url: str | None = None) -> Exported:
     """Load an exported student folder: `Exported(student, tokens, info)`. One call, no teacher, no run."""
     from storage.checkpoints import CheckpointError, has_checkpoint, load_student
 
-    info = read_export(url)
-    if not has_checkpoint(url):
+    info = read_export(url, endpoint_url)
+    if not has_checkpoint(url, endpoint_url=endpoint_url):
         raise CheckpointError(f"{url} has no config.json (the export was interrupted): run `smt export` again")
-    student, _, _ = load_student(url, device)
+    student, _, _ = load_student(url, device, endpoint_url=endpoint_url)
     return Exported(student, TokenFormat(**info["tokens"]), info)
 
 

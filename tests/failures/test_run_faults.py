@@ -265,3 +265,8 @@ def test_every_file_of_an_s3_run_goes_to_the_given_endpoint(targets, s3_bucket, 
 
     assert smt(["eval", "--run", run, "--corpus", CORPUS, "--teacher", targets["teacher"], "--endpoint-url", endpoint,
                 "--size", "8", "--json"]) == 0
+    # `smt export` writes to the same store, and `smt generate` samples the export there
+    export = f"{url}/exports/one-store"
+    assert smt(["export", "--run", run, "--corpus", CORPUS, "--out", export, "--endpoint-url", endpoint]) == 0
+    assert Bucket.from_url(export, endpoint_url=endpoint).exists("export.json")
+    assert smt(["generate", "--run", export, "--prompt", "1 2 3", "--tokens", "4", "--endpoint-url", endpoint]) == 0
