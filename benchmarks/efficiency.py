@@ -255,6 +255,7 @@ def run_e2e(fn) -> dict:
 # ------------------------------------------------------------------------------------------------ stages
 def stage_pretrain(b: Bench, repeats: int) -> dict:
     import trainers.common
+    import trainers.loop
     import trainers.pretrain as tp
     from models.device import autocast, pick_device
     from trainers.pretrain_state import JointObjective
@@ -287,15 +288,16 @@ def stage_pretrain(b: Bench, repeats: int) -> dict:
             p.wrap(tp, "build_state", "start-up", phase=True)
             p.wrap(tp.RunDir, "acquire", "start-up", phase=True)
             p.wrap(tp, "batch_at", "fetch / decode inputs")
-            for f in ("evaluate_teacher", "evaluate_student", "eval_batch"):
+            for f in ("evaluate_teacher", "evaluate_student"):
                 p.wrap(tp, f, "eval", phase=True)
+            p.wrap(trainers.loop, "eval_batch", "eval", phase=True)  # the curriculum's valid sets
             p.wrap(tp, "save", "checkpoint")
             p.wrap(tp, "export", "checkpoint")
-            p.wrap(tp, "clip_and_step", "compute")
+            p.wrap(trainers.loop, "clip_and_step", "compute")  # the one loop steps every trainer
             p.wrap(tp.JointObjective, "forward", "compute")
             p.wrap(trainers.common.MetricsLog, "log", "metrics")
             p.wrap(trainers.common.MetricsLog, "close", "metrics")
-            tp.pretrain(b.corpus, cfg, out=url, quiet=True, endpoint_url=endpoint)
+            tp.pretrain(b.corpus, cfg, out=tp.RunDir(url, endpoint_url=endpoint), quiet=True)
         return run_e2e(go)
 
     runs: dict = {"bare": [], **{w: [] for w in WHERE}}
@@ -387,6 +389,7 @@ def student_cfg(b: Bench, steps: int):
 
 def stage_train(b: Bench, repeats: int) -> dict:
     import trainers.common
+    import trainers.loop
     import trainers.student as ts
     from models.device import autocast, pick_device
     from models.student_rnn import Student
@@ -435,9 +438,9 @@ def stage_train(b: Bench, repeats: int) -> dict:
             p.wrap(TS, "open", "start-up", phase=True)
             p.wrap(ts, "build_state", "start-up", phase=True)
             p.wrap(ts.RunDir, "acquire", "start-up", phase=True)
-            p.wrap(ts.Loop, "next_batch", "fetch / decode inputs")
+            p.wrap(ts.StreamLoop, "next_batch", "fetch / decode inputs")
             p.wrap(SMTObjective, "forward", "compute")
-            p.wrap(ts, "clip_and_step", "compute")
+            p.wrap(trainers.loop, "clip_and_step", "compute")
             p.wrap(ts, "save", "checkpoint")
             p.wrap(trainers.common.MetricsLog, "log", "metrics")
             p.wrap(trainers.common.MetricsLog, "close", "metrics")
