@@ -47,7 +47,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from models.checkpoint import CheckpointError
+from models.checkpoint import CONFIG, WEIGHTS, CheckpointError
 from storage.bucket import Bucket
 from storage.errors import ObjectNotFound, StorageError
 from storage.lease import Lease, Writer, acquire
@@ -168,26 +168,27 @@ class RunDir:
             self.lease.check()
 
     # ---- the pointer -------------------------------------------------------------------------------
+    def _read_pointer(self) -> dict | None:
+        """latest.json as stored: None when absent, {"torn": True, ...} when it is not valid JSON."""
+        try:
+            return json.loads(self.bucket.read_bytes(LATEST))
+        except ObjectNotFound:
+            return None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return {"step": -1, "path": "", "torn": True}
+
     def latest(self) -> dict | None:
         """The checkpoint pointer, or None for a fresh run."""
-        try:
-            ptr = json.loads(self.bucket.read_bytes(LATEST))
-        except ObjectNotFound:
-            ptr = None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"run {self.url}: {LATEST} is not valid JSON ({e}): delete it to resume from "
-                                  "the newest checkpoint folder that verifies") from None
+        ptr = self._read_pointer()
+        if ptr is not None and ptr.get("torn"):
+            raise CheckpointError(f"run {self.url}: {LATEST} is not valid JSON: delete it to resume from the newest "
+                                  "checkpoint folder that verifies")
         self._seen = ptr
         return ptr
 
     def _commit_pointer(self, step: int, rel: str) -> None:
         self.check_writer()
-        try:
-            cur = json.loads(self.bucket.read_bytes(LATEST))
-        except ObjectNotFound:
-            cur = None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            cur = {"step": -1, "path": "", "torn": True}  # replaced: it named nothing readable
+        cur = self._read_pointer()  # a torn pointer named nothing readable: it is replaced
         moved = (cur != self._seen) if self._seen is not _UNSET else (cur is not None and int(cur["step"]) > step)
         if moved and not (cur or {}).get("torn"):
             raise RunConflict(f"run {self.url}: {LATEST} now names step {cur['step'] if cur else None} (written by "
@@ -233,11 +234,8 @@ class RunDir:
         again here, after the lease check) nor a `pinned` step; returns the deleted steps. Folders past the
         pointer (a save that crashed before its commit; the next save of that step rewrites it) are left alone."""
         self.check_writer()
-        try:
-            pointer = json.loads(self.bucket.read_bytes(LATEST))
-        except (ObjectNotFound, json.JSONDecodeError, UnicodeDecodeError):
-            return []
-        if retention.keep_last is None:
+        pointer = self._read_pointer()
+        if pointer is None or pointer.get("torn") or retention.keep_last is None:
             return []
         latest = int(pointer["step"])
         keep = retention.kept(self.checkpoints(), latest, pinned)
@@ -313,7 +311,7 @@ class RunDir:
         rel = policy_dir(step)
         if not self.bucket.exists(f"{rel}/done.json"):
             for sub in ("student", ROLLOUT):
-                for name in ("weights.safetensors", "config.json"):  # config last: it marks the folder whole
+                for name in (WEIGHTS, CONFIG):  # config last: it marks the folder whole
                     try:
                         data = self.bucket.read_bytes(f"{src}/{sub}/{name}")
                     except ObjectNotFound:
