@@ -186,7 +186,10 @@ class RunDir:
         self._seen = ptr
         return ptr
 
-    def _commit_pointer(self, step: int, rel: str) -> None:
+    def _check_pointer(self, step: int) -> None:
+        """Refuse (RunConflict) when the pointer is no longer what this process last read or wrote (or, never
+        read, names a later step): another process writes this run. Checked before a save writes anything and
+        again before its commit."""
         self.check_writer()
         cur = self._read_pointer()  # a torn pointer named nothing readable: it is replaced
         moved = (cur != self._seen) if self._seen is not _UNSET else (cur is not None and int(cur["step"]) > step)
@@ -195,6 +198,9 @@ class RunDir:
                               f"another process since this one read step "
                               f"{(self._seen or {}).get('step') if self._seen is not _UNSET else None}): refusing to "
                               f"point it at step {step}; run one writer per run folder")
+
+    def _commit_pointer(self, step: int, rel: str) -> None:
+        self._check_pointer(step)
         ptr = {"step": step, "path": rel, "writer": self.writer}
         self.write_json(LATEST, ptr)  # the commit point
         self._seen = ptr
@@ -208,7 +214,7 @@ class RunDir:
         """Write a complete step folder, then point latest.json at it, then prune by `retention` (sparing
         `pinned` steps); returns the folder's URL. `write_student(bucket)` writes the student into the bucket
         it is given; `write_teacher` (pretraining: the teacher is trained too) writes `<step>/teacher` first."""
-        self.check_writer()
+        self._check_pointer(step)  # a second writer is refused before it touches any folder
         rel = step_dir(step)
         if self.bucket.exists(f"{rel}/state.json"):  # an older write of this step (walked back past it)
             self.bucket.remove(f"{rel}/state.json")  # first: no reader takes the folder while it is rewritten

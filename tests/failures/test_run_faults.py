@@ -93,9 +93,9 @@ def test_a_writer_that_slipped_past_the_lease_cannot_move_the_pointer_back_or_un
         b.save(2, student(b"b"), {}, {"step": 2}, retention=Retention(keep_last=1))
     ptr = RunDir(run).latest()
     assert ptr["step"] == 3 and ptr["writer"] == a.writer  # not moved back, and step 3 was not pruned
-    assert RunDir(run).checkpoints() == [2, 3]  # b's folder at step 2 has no pointer: retention leaves it,
-    fresh = RunDir(run)                          # and nothing reads it (resume starts at the pointer)
-    assert fresh.resume_points()[0] == ptr
+    # b was refused before it wrote anything: a's retention pruned step 2 and b did not write it back
+    assert RunDir(run).checkpoints() == [3] and not Bucket.from_url(run).glob(f"{step_dir(2)}*")
+    assert RunDir(run).resume_points()[0] == ptr
 
 
 def test_train_cli_on_a_live_run_exits_with_one_line_naming_the_holder(targets, tmp_path):
