@@ -72,10 +72,10 @@ class E2EConfig:
 
 class _Trainer:
     def train(self, targets, teacher, out, cfg, hooks=()):
-        from trainers.student import run_training
+        from trainers.student import StudentRun, run_training
 
         t0 = time.perf_counter()
-        res = run_training(targets, teacher, out, cfg, quiet=True, hooks=hooks)
+        res = run_training(StudentRun(targets, teacher, out), cfg, quiet=True, hooks=hooks)
         return {**res, "seconds": time.perf_counter() - t0}
 
 

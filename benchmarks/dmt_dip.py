@@ -42,7 +42,7 @@ from trainers.dmt import OnlineDMT
 from trainers.dmt.actor import DMTLoop
 from trainers.evaluate import eval_batch, evaluate_student
 from trainers.report import markdown_table
-from trainers.student import run_config, run_training
+from trainers.student import StudentRun, run_config, run_training
 
 # the recipe's DMT before this benchmark chose (fresh AdamW at lr 3e-5), both modes; each variant changes it
 BASELINE = {"dmt": {"carry_optimizer": False}, "dmt_phase": {"optim": {"lr": 3e-5}},
@@ -106,7 +106,7 @@ def run_lockstep(rc, base: Path, run: Path, targets: str, teacher_url: str, corp
     th = threading.Thread(target=actor, daemon=True)
     c0 = time.process_time()
     th.start()
-    run_training(targets, teacher_url, str(run), cfg, quiet=True, hooks=hooks)
+    run_training(StudentRun(targets, teacher_url, str(run)), cfg, quiet=True, hooks=hooks)
     th.join()
     if failed:
         raise failed[0]
@@ -178,7 +178,8 @@ def main(argv=None) -> int:
         copy_run(demo / "student", base, SMT_STEP)
         if extra:  # the demo's SMT phase, continued: same config, stream and AdamW, more steps
             cfg = run_config(RunDir(str(base)))
-            run_training(targets, teacher_url, str(base), replace(cfg, steps=s0, checkpoint_every=s0), quiet=True)
+            run_training(StudentRun(targets, teacher_url, str(base)),
+                         replace(cfg, steps=s0, checkpoint_every=s0), quiet=True)
         smt_student = load_student(str(base / "checkpoints" / f"step-{s0:08d}" / "student"))[0]
         starts[s0] = {"valid acc": evaluate_student(smt_student, *valid)["acc"],
                       "test acc": evaluate_student(smt_student, *test)["acc"]}

@@ -446,7 +446,7 @@ def stage_train(b: Bench, repeats: int) -> dict:
             p.wrap(trainers.common.MetricsLog, "close", "metrics")
             import storage.checkpoints as sc
             p.wrap(sc, "load_teacher", "start-up", phase=True)
-            ts.run_training(targets, None, url, cfg, endpoint_url=endpoint, quiet=True)
+            ts.run_training(ts.StudentRun(targets, None, url, endpoint_url=endpoint), cfg, quiet=True)
             b.student_runs[where] = (url, endpoint)
         return run_e2e(go)
 
@@ -496,7 +496,7 @@ def stage_dmt(b: Bench, repeats: int) -> dict:
         teacher = teacher_url if where == "local" else published_teacher(targets)
         cfg = pr.RelabelConfig(targets=targets, run=run, teacher=teacher, student=student_url(where),
                                corpus=b.label_spec, round=r, sequences=a.sequences, shard_sequences=a.shard_sequences,
-                               start=Tc, fmt=a.format, dtype=a.dtype, device=b.device, endpoint_url=endpoint)
+                               start=Tc, format=a.format, dtype=a.dtype, device=b.device, endpoint_url=endpoint)
 
         def go(p: Probe):
             p.wrap(pr, "check_relabel", "start-up", phase=True)

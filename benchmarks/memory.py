@@ -32,6 +32,7 @@ from benchmarks import stamp
 from storage.manifest import ShardEntry
 from storage.reader import TargetSet
 from storage.schema import Segments
+from storage.settings import ShardEncoding
 from storage.stream import EpochPlan, ShardStream
 from storage.writer import TargetSetWriter
 from trainers.dmt.mixing import StreamConfig, epoch_plan
@@ -77,7 +78,7 @@ def write_generation(url: str, g: int, segments: int) -> None:
     """Commit one more generation: shard g, as a DMT round would add it."""
     rng = np.random.default_rng(g)
     with TargetSetWriter(url, teacher_fingerprint="bench", teacher_config={}, corpus_id="bench",
-                         dtype="float16") as w:
+                         encoding=ShardEncoding(dtype="float16")) as w:
         w.write_segments(g, Segments(states=rng.standard_normal((segments, S + 1, Z), dtype=np.float32),
                                      tokens=rng.integers(0, 8, (segments, S)), y=rng.integers(0, 8, (segments, S)),
                                      seq=np.arange(segments) + g * segments, pos0=np.zeros(segments, np.int64)))

@@ -147,7 +147,8 @@ def throughput(spec: str, steps: int) -> list[dict]:
     import torch
 
     from pipeline.corpora import load_corpus
-    from trainers.distributed import pretrain_with_ray
+    from storage.run_dir import RunDir
+    from trainers.distributed import RayGroup, pretrain_with_ray
     from trainers.pretrain import pretrain
 
     torch.set_num_threads(1)
@@ -158,7 +159,7 @@ def throughput(spec: str, steps: int) -> list[dict]:
     try:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}})
-        pretrain_with_ray(spec, cfg, str(tmp / "w2"), workers=2, quiet=True)
+        pretrain_with_ray(spec, cfg, RunDir(str(tmp / "w2")), RayGroup(2), quiet=True)
         res.append(rate(tmp / "w2", cfg.batch_size, 2))
     except Exception as e:  # noqa: BLE001 - a missing figure is null with its reason
         res.append({"workers": 2, "steps_per_s": None, "sequences_per_s": None, "why": f"{type(e).__name__}: {e}"})

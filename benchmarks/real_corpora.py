@@ -100,7 +100,7 @@ def run_one(corpus_name: str, seed: int, archs: tuple[str, ...], b: Budgets) -> 
     from trainers.heldout import score_models
     from trainers.loop import Callbacks
     from trainers.pretrain import pretrain
-    from trainers.student import StudentTrainConfig, run_training
+    from trainers.student import StudentRun, StudentTrainConfig, run_training
 
     rc = load_recipe(RECIPES[corpus_name])
     corpus = load_corpus(spec_with(rc.corpus, stride=b.text_stride) if corpus_name == "text" else rc.corpus)
@@ -144,7 +144,7 @@ def run_one(corpus_name: str, seed: int, archs: tuple[str, ...], b: Budgets) -> 
                                      stream=StreamConfig(batch_size=rc.student.stream.batch_size),
                                      checkpoint_every=b.student_steps)
             c0 = cpu()
-            run_training(rep.target_url, teacher_url, run_url, cfg, quiet=True)
+            run_training(StudentRun(rep.target_url, teacher_url, run_url), cfg, quiet=True)
             smt_cost = cpu() - c0
             student = load_student(f"{run_url}/{RunDir(run_url).latest()['path']}/student")[0]
             sweep.append({"lr": lr, "own_seconds": smt_cost, "valid_bits": valid_bits(student)})

@@ -31,6 +31,7 @@ from storage.formats import shard_sha256, zarr_store
 from storage.manifest import ShardEntry, commit
 from storage.reader import TargetSet
 from storage.schema import SCHEMA_VERSION, Pairs, Segments
+from storage.settings import ShardEncoding
 from storage.writer import TargetSetWriter
 
 Z, S = 4096, 16
@@ -80,7 +81,7 @@ def run_format(bucket: Bucket, fmt: str, data: list[Segments], local_root: str |
         write_folder_layout(bucket, data)
     else:
         with TargetSetWriter(bucket, teacher_fingerprint=FP, teacher_config={"bench": True},
-                             corpus_id=CORPUS, fmt=fmt, dtype="float16") as w:
+                             corpus_id=CORPUS, encoding=ShardEncoding(format=fmt, dtype="float16")) as w:
             for i, seg in enumerate(data):
                 w.write_segments(i, seg)
     t_write = time.perf_counter() - t0
@@ -145,8 +146,7 @@ def sizes(tmp: str, seg: Segments) -> dict:
         for dtype in ("float16", "int8"):
             for layout, obj in (("segments", seg), ("pairs", pairs_of(seg))):
                 bb = b.child(f"{fmt}-{dtype}-{layout}")
-                with TargetSetWriter(bb, teacher_fingerprint=FP, teacher_config={}, corpus_id=CORPUS, fmt=fmt,
-                                     dtype=dtype) as w:
+                with TargetSetWriter(bb, teacher_fingerprint=FP, teacher_config={}, corpus_id=CORPUS, encoding=ShardEncoding(format=fmt, dtype=dtype)) as w:
                     e = w.write_shard(0, obj)
                 out[f"{fmt}/{dtype}/{layout}"] = e.bytes / e.records
         out[f"{fmt}/segments_vs_pairs_f16"] = out[f"{fmt}/float16/segments"] / out[f"{fmt}/float16/pairs"]

@@ -37,6 +37,7 @@ from models.updaters import UpdaterConfig
 from storage.bucket import Bucket
 from storage.reader import TargetSet
 from storage.schema import Segments
+from storage.settings import ShardEncoding
 from storage.stream import ShardStream
 from storage.writer import TargetSetWriter
 from trainers.dmt.mixing import StreamConfig
@@ -52,7 +53,7 @@ SOURCES = tuple(f"{w}/{f}" for w in ("local", "moto_s3") for f in FORMATS)
 
 def write_set(bucket: Bucket, shards: int, n: int, fmt: str) -> None:
     with TargetSetWriter(bucket, teacher_fingerprint=FP, teacher_config={"bench": True}, corpus_id=CORPUS,
-                         fmt=fmt, dtype="float16") as w:
+                         encoding=ShardEncoding(format=fmt, dtype="float16")) as w:
         for i in range(shards):
             rng = np.random.default_rng(i)
             w.write_segments(i, Segments(states=rng.standard_normal((n, S + 1, Z), dtype=np.float32),

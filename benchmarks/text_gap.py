@@ -165,7 +165,7 @@ def task_pipeline(path: str, lever: dict, teacher_seconds: float, students: list
     from trainers.dmt import OnlineDMTConfig, dmt_online
     from trainers.dmt.mixing import StreamConfig
     from trainers.pretrain import pretrain
-    from trainers.student import StudentTrainConfig, run_training
+    from trainers.student import StudentRun, StudentTrainConfig, run_training
 
     cpu = time.process_time
     corpus = _corpus(path)
@@ -210,7 +210,7 @@ def task_pipeline(path: str, lever: dict, teacher_seconds: float, students: list
                                       optim=OptimConfig(lr=lr, warmup_steps=20), steps=s["steps"],
                                       stream=StreamConfig(batch_size=512), checkpoint_every=s["steps"])
             c0 = cpu()
-            run_training(rep.target_url, url, run_url, scfg, quiet=True)
+            run_training(StudentRun(rep.target_url, url, run_url), scfg, quiet=True)
             cost = cpu() - c0
             st = load_student(f"{run_url}/{RunDir(run_url).latest()['path']}/student")[0]
             sweep.append({"lr": lr, "seconds": cost, "valid": _split_bits(corpus, "valid", teacher, st)})

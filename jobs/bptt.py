@@ -13,24 +13,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
-from jobs.cli_common import FLAT, figure, job_main
+from jobs.cli_common import FLAT, Tracked, figure, job_main
 from trainers.bptt import BPTTConfig
-from trainers.tracking import TrackingConfig
 
 
 @dataclass(kw_only=True)
-class BPTTJob:
+class BPTTJob(Tracked):
     corpus: str
     """Corpus spec, e.g. retrieval:T=64,vocab=8 (training reads its train split, choices its valid split)."""
     out: str
     """Output folder."""
     bptt: Annotated[BPTTConfig, FLAT] = field(default_factory=BPTTConfig)
     """The BPTT baseline: updater (--updater.arch), memory shape, optimiser, budget, lr sweep (--lrs)."""
-    quiet: bool = False
-    """No progress bar."""
-    log: TrackingConfig = field(default_factory=TrackingConfig)
-    """Experiment tracking: --log.tensorboard DIR (event files), --log.wandb PROJECT (W&B; WANDB_MODE=offline works
-    offline). metrics.jsonl stays the record."""
 
     def execute(self) -> int:
         from pipeline.corpora import load_corpus

@@ -19,6 +19,7 @@ from typing import Any, Protocol, TypeVar
 
 import tyro
 
+from storage.settings import AtEndpoint
 from trainers.tracking import TrackingConfig
 
 T = TypeVar("T")
@@ -28,20 +29,32 @@ FLAT = tyro.conf.arg(name="")
 
 
 @dataclass(kw_only=True)
-class RunWriterJob:
+class Quiet:
+    """The console option every job shares."""
+
+    quiet: bool = False
+    """No progress bars."""
+
+
+@dataclass(kw_only=True)
+class Tracked(Quiet):
+    """The tracking option of every job that trains."""
+
+    log: TrackingConfig = field(default_factory=TrackingConfig)
+    """Experiment tracking: --log.tensorboard DIR (TensorBoard event files), --log.wandb PROJECT (W&B;
+    WANDB_MODE=offline works offline). `smt pipeline` logs one run per stage (DIR/pretrain, DIR/student, ...,
+    one W&B run each, grouped by --log.group); `smt dmt` logs its training blocks as DIR and each round's report
+    at step = round as DIR/rounds. metrics.jsonl and the round reports stay the record."""
+
+
+@dataclass(kw_only=True)
+class RunWriterJob(AtEndpoint, Tracked):
     """The options of every job that trains into a run folder (`smt pretrain`, `smt train`), declared once."""
 
     workers: int = 1
     """Ray Train DDP workers; 1 trains in-process without Ray. Batch sizes are per worker."""
-    endpoint_url: str | None = None
-    """S3 endpoint for every URL of this job, weights included (default: AWS_ENDPOINT_URL)."""
     take_over: bool = False
     """Take the run from a live writer (another process training it): that one stops at its next checkpoint."""
-    quiet: bool = False
-    """No progress bar."""
-    log: TrackingConfig = field(default_factory=TrackingConfig)
-    """Experiment tracking: --log.tensorboard DIR (event files), --log.wandb PROJECT (W&B; WANDB_MODE=offline works
-    offline). metrics.jsonl stays the record."""
 
     def __post_init__(self) -> None:
         if self.workers < 1:

@@ -25,14 +25,14 @@ from typing import Annotated
 
 import tyro
 
-from jobs.cli_common import FLAT, job_main
+from jobs.cli_common import FLAT, Tracked, job_main
 from pipeline.stage import Resources
 from trainers.dmt import DMTLoopConfig
 from trainers.tracking import TrackingConfig
 
 
 @dataclass(kw_only=True)
-class DMTJob:
+class DMTJob(Tracked):
     loop: Annotated[DMTLoopConfig, FLAT] = field(default_factory=DMTLoopConfig)
     """The DMT actor's loop: run, target set, corpus, teacher, rounds, schedule, rollouts."""
     train: bool = True
@@ -48,12 +48,6 @@ class DMTJob:
     command exits naming it; a rerun resumes. Long rounds are fine as long as they move."""
     report: str = "dmt-report"
     """Local folder for the per-round plot and JSON."""
-    quiet: bool = False
-    """Less output."""
-    log: TrackingConfig = field(default_factory=TrackingConfig)
-    """Experiment tracking: --log.tensorboard DIR (event files), --log.wandb PROJECT (W&B; WANDB_MODE=offline works
-    offline). The training blocks log as the run (DIR), each round's
-    report at step = round (DIR/rounds); metrics.jsonl and the round reports stay the record."""
 
     def __post_init__(self) -> None:
         if not self.stall_timeout_s > 0:

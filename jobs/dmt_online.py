@@ -8,26 +8,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from jobs.cli_common import FLAT, figure, job_main
+from jobs.cli_common import FLAT, Tracked, figure, job_main
 from trainers.dmt import OnlineDMTConfig
-from trainers.tracking import TrackingConfig
 
 
 @dataclass(kw_only=True)
-class DMTOnlineJob:
+class DMTOnlineJob(Tracked):
     run: str
     """A pretrain output folder (holding teacher/ and student/)."""
     corpus: str
     """Corpus spec (the one the teacher was pretrained on)."""
     out: str
     """Output folder for the DMT student."""
-    dmt: Annotated[OnlineDMTConfig, FLAT] = field(default_factory=OnlineDMTConfig)
+    dmt: Annotated[OnlineDMTConfig, FLAT] = field(default_factory=lambda: OnlineDMTConfig(steps=1500))
     """Online DMT: optimiser, steps, budget, loss weights, rollouts."""
-    quiet: bool = False
-    """No progress bar."""
-    log: TrackingConfig = field(default_factory=TrackingConfig)
-    """Experiment tracking: --log.tensorboard DIR (event files), --log.wandb PROJECT (W&B; WANDB_MODE=offline works
-    offline). metrics.jsonl stays the record."""
 
     def execute(self) -> int:
         from pipeline.corpora import load_corpus

@@ -16,10 +16,11 @@ import json
 from dataclasses import dataclass
 
 from jobs.cli_common import job_main
+from storage.settings import AtEndpoint
 
 
 @dataclass(kw_only=True)
-class EvalJob:
+class EvalJob(AtEndpoint):
     run: str
     """Checkpoint or run folder/URL."""
     corpus: str
@@ -38,8 +39,6 @@ class EvalJob:
     """Runs with checkpoints (smt train, dmt, pipeline): evaluate the student of this step (default: newest)."""
     json: bool = False
     """Print JSON (with per-position curves) instead of a table."""
-    endpoint_url: str | None = None
-    """S3 endpoint of RUN and its checkpoints (default: AWS_ENDPOINT_URL)."""
 
     def execute(self) -> int:
         from trainers.ngram import counts_line

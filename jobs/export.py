@@ -8,10 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from jobs.cli_common import job_main
+from storage.settings import AtEndpoint
 
 
 @dataclass(kw_only=True)
-class ExportJob:
+class ExportJob(AtEndpoint):
     run: str
     """Run folder/URL or student checkpoint folder to export the student of."""
     out: str
@@ -20,8 +21,6 @@ class ExportJob:
     """Runs with checkpoints: the student of this step (default: newest)."""
     corpus: str | None = None
     """Corpus spec saying how tokens read (default: the one recorded with the run's models)."""
-    endpoint_url: str | None = None
-    """S3 endpoint of RUN and --out (default: AWS_ENDPOINT_URL)."""
 
     def execute(self) -> int:
         from jobs.eval import resolve_run

@@ -21,12 +21,13 @@ from typing import Annotated, Literal
 
 from jobs.cli_common import FLAT, job_main
 from models.sampling import SamplingConfig
+from storage.settings import AtEndpoint
 
 DEFAULT_TOKENS = {"byte": 200, "token": 32}
 
 
 @dataclass(kw_only=True)
-class GenerateJob:
+class GenerateJob(AtEndpoint):
     run: str
     """Run folder/URL, checkpoint folder, or exported student folder (smt export)."""
     prompt: str | None = None
@@ -53,8 +54,6 @@ class GenerateJob:
     """Pixel runs: the PNG grid to write."""
     sampling: Annotated[SamplingConfig, FLAT] = field(default_factory=SamplingConfig)
     """Temperature, top-k, top-p, seed."""
-    endpoint_url: str | None = None
-    """S3 endpoint of RUN (and of --out) (default: AWS_ENDPOINT_URL)."""
 
     def execute(self) -> int:
         import torch

@@ -23,10 +23,11 @@ from storage.errors import ShardError, StorageError
 from storage.manifest import LATEST, gen_path, newest_generation
 from storage.reader import TargetSet
 from storage.rounds import RUNS, rounds_bucket
+from storage.settings import AtEndpoint
 
 
 @dataclass(kw_only=True)
-class InspectJob:
+class InspectJob(AtEndpoint):
     url: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="URL")]
     """Target set folder (holding manifest/), bucket root or student run (local path, file://, s3://, memory://)."""
     json: bool = False
@@ -35,8 +36,6 @@ class InspectJob:
     """Fetch every shard, check its sha256 and decode it."""
     generation: int | None = None
     """Generation to inspect (default: newest)."""
-    endpoint_url: str | None = None
-    """S3 endpoint (default: AWS_ENDPOINT_URL / AWS config)."""
 
     def execute(self) -> int:
         summaries, bad = inspect(self)

@@ -16,19 +16,17 @@ from typing import Annotated
 
 import tyro
 
-from jobs.cli_common import FLAT, job_main
+from jobs.cli_common import FLAT, Quiet, job_main
 from pipeline.executors import ExecutorConfig
 from pipeline.label import LabelConfig
 
 
 @dataclass(kw_only=True)
-class LabelJob:
+class LabelJob(Quiet):
     label: Annotated[LabelConfig, FLAT] = field(default_factory=LabelConfig)
     """The label stage: teacher, corpus, bucket, shard format and dtype."""
     executor: Annotated[ExecutorConfig, FLAT] = field(default_factory=ExecutorConfig)
     """Where the shards are labeled: in-process or a Ray actor pool."""
-    quiet: bool = False
-    """No progress bar."""
 
     def execute(self) -> int:
         from pipeline.label import label

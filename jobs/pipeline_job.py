@@ -25,7 +25,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-from jobs.cli_common import FLAT, job_main
+from jobs.cli_common import FLAT, Tracked, job_main
 from jobs.pipeline_report import PipelineResult, relative_to_out
 from jobs.recipes import Recipe, load_recipe, resolve_corpus
 from models.teacher import ConfigError
@@ -35,7 +35,7 @@ T = TypeVar("T")
 
 
 @dataclass(kw_only=True)
-class PipelineJob:
+class PipelineJob(Tracked):
     recipe: str = "retrieval-demo"
     """Named recipe (retrieval-demo, text-bytes-tiny, digits-pixels-tiny, tinystories-bytes, mnist-pixels[-tiny])
     or a JSON/YAML file; its values are the defaults of the flags below."""
@@ -45,12 +45,6 @@ class PipelineJob:
     """Local output folder (results, report, logs, student run)."""
     bucket: str | None = None
     """Bucket URL for teachers/ and targets/ (default: OUT/bucket); s3://... on a cluster."""
-    quiet: bool = False
-    """No progress bars."""
-    log: TrackingConfig = field(default_factory=TrackingConfig)
-    """Experiment tracking of every training stage: --log.tensorboard DIR (one TensorBoard run per stage:
-    DIR/pretrain, DIR/student, DIR/dmt-online, DIR/bptt[/lr-<lr>]), --log.wandb PROJECT (one W&B run per stage,
-    grouped by --log.group, default the --out folder's name)."""
 
     def execute(self) -> int:
         from jobs.pipeline_report import print_table, write_report
@@ -79,16 +73,21 @@ def defaults(argv: list[str]) -> PipelineJob:
     return PipelineJob(recipe=name, tree=load_recipe(name))
 
 
-def wired(cfg: T, where: str, **values) -> T:
-    """`cfg` with the fields the pipeline derives from its earlier stages set to `values`; a field a recipe or
-    a flag changed from its class default is refused (it would be silently replaced)."""
+def wired(cfg, where: str, **values):
+    """The stage config of recipe field `where` (a `pipeline_view`, whose derived fields `smt pipeline` hides
+    from its flags): a plain config with the derived fields set to `values`. One a recipe file changed from
+    its class default is refused (it would be silently replaced)."""
+    view = type(cfg)
+    if set(values) != set(view.derived):
+        raise TypeError(f"{where}: the pipeline sets {sorted(values)}, its recipe view hides {sorted(view.derived)}")
     for f in fields(cfg):
         if f.name in values:
             default = f.default_factory() if f.default_factory is not MISSING else f.default
             if getattr(cfg, f.name) != default:
-                raise ConfigError(f"{where}.{f.name} is set by the pipeline from its earlier stages: drop "
-                                  f"--{where.replace('_', '-')}.{f.name.replace('_', '-')}")
-    return replace(cfg, **values)
+                raise ConfigError(f"{where}.{f.name} is set by the pipeline from its earlier stages: drop it "
+                                  "from the recipe file")
+    plain = view.__mro__[1]
+    return plain(**{**{f.name: getattr(cfg, f.name) for f in fields(plain)}, **values})
 
 
 @dataclass
@@ -209,12 +208,13 @@ def _student_stage(run: _Run, pt: dict, targets: str) -> dict:
     """[3/5] The student SMT run (OUT/student) from the shards: its URL, the student and its test figures."""
     from storage.checkpoints import load_student
     from storage.run_dir import RunDir
-    from trainers.student import run_training
+    from trainers.student import StudentRun, run_training
 
     run_url = str((run.out / "student").resolve())
     st = run.rc.student
     run.say(f"[3/5] student SMT from the shards: {st.updater.arch} updater, {st.steps} steps")
-    run_training(targets, pt["teacher_url"], run_url, st, quiet=run.quiet, tracking=run.tracking.child("student"))
+    run_training(StudentRun(targets, pt["teacher_url"], run_url), st, quiet=run.quiet,
+                 tracking=run.tracking.child("student"))
     smt_student = load_student(f"{run_url}/{RunDir(run_url).latest()['path']}/student")[0]
     s, _, _ = load_student(f"{run_url}/{RunDir(run_url).latest()['path']}/student")
     r0 = run.evaluate(s, pt["teacher"])

@@ -45,11 +45,11 @@ class PretrainJob(RunWriterJob):
         corpus = load_corpus(self.corpus)  # validates the spec before any worker starts
         writer = self.writer()
         if self.workers > 1:
-            from trainers.distributed import pretrain_with_ray
+            from trainers.distributed import RayGroup, pretrain_with_ray
 
-            pretrain_with_ray(corpus.spec, self.pretrain, self.out, workers=self.workers,
-                              endpoint_url=self.endpoint_url, gpus_per_worker=self.gpus_per_worker, quiet=self.quiet,
-                              max_failures=self.max_failures, tracking=self.log, writer=writer)
+            group = RayGroup(self.workers, self.gpus_per_worker, self.max_failures)
+            pretrain_with_ray(corpus.spec, self.pretrain, RunDir(self.out, endpoint_url=self.endpoint_url), group,
+                              quiet=self.quiet, tracking=self.log, writer=writer)
         else:
             pretrain(corpus, self.pretrain, out=RunDir(self.out, endpoint_url=self.endpoint_url), quiet=self.quiet,
                      tracking=self.log, writer=writer)

@@ -19,6 +19,9 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
+
+import tyro
 
 from models.teacher import ConfigError, TeacherConfig
 from models.updaters import UpdaterConfig
@@ -33,6 +36,36 @@ from trainers.smt import SMTConfig
 from trainers.student import StudentTrainConfig
 
 
+def pipeline_view(cls: type, *derived: str) -> type:
+    """`cls` as a stage of the recipe tree: the fields in `derived`, which `smt pipeline` sets from its earlier
+    stages (`jobs.pipeline_job.wired`), are hidden from its flags and `--help`. The view is a subclass (every
+    function taking `cls` takes it); `wired` hands the stage a plain `cls` with those fields set."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    by_name = {f.name: f for f in dataclasses.fields(cls)}
+
+    def same_default(f: dataclasses.Field) -> dataclasses.Field:
+        if f.default_factory is not dataclasses.MISSING:
+            return field(default_factory=f.default_factory)
+        return field(default=f.default)
+
+    view = dataclasses.make_dataclass(cls.__name__, [(n, Annotated[hints[n], tyro.conf.Suppress],
+                                                      same_default(by_name[n])) for n in derived],
+                                      bases=(cls,), kw_only=True)
+    view.__doc__, view.__module__, view.derived = cls.__doc__ or "", __name__, derived
+    return view
+
+
+PipelineLabel = pipeline_view(LabelConfig, "teacher", "corpus", "out", "Tc")
+PipelineDMTActor = pipeline_view(DMTLoopConfig, "targets", "run", "corpus", "teacher", "rounds", "every_steps",
+                                 "first_step", "start", "format", "dtype")
+PipelineDMTPhase = pipeline_view(StudentTrainConfig, "updater", "steps", "phase_start")
+PipelineOnline = pipeline_view(OnlineDMTConfig, "steps", "prompt")
+PipelineBaseline = pipeline_view(BPTTConfig, "updater", "shape", "batch_size", "curriculum", "curriculum_acc",
+                                 "stop_at_acc", "eval_every", "eval_size", "seconds")
+_VIEWS = {"label": PipelineLabel, "dmt_actor": PipelineDMTActor, "dmt_phase": PipelineDMTPhase,
+          "online": PipelineOnline, "baseline": PipelineBaseline}
+
+
 @dataclass(kw_only=True)
 class Recipe:
     name: str = "retrieval-demo"
@@ -41,7 +74,7 @@ class Recipe:
     """Corpus spec."""
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     """Teacher pretraining (joint SMT)."""
-    label: LabelConfig = field(default_factory=LabelConfig)
+    label: PipelineLabel = field(default_factory=PipelineLabel)
     """Labeling (teacher, corpus, bucket and Tc come from the earlier stages)."""
     label_executor: ExecutorConfig = field(default_factory=lambda: ExecutorConfig(workers=2, gpus_per_worker=0.0))
     """Labeling workers (Ray actors; 0 = in-process); its GPUs per worker also go to the DMT actors."""
@@ -50,10 +83,10 @@ class Recipe:
     dmt: LockstepDMTConfig = field(default_factory=lambda: _lockstep(40))
     """DMT rounds after the student's SMT phase: `rounds` of them, one per `every` student steps, the newest
     round re-rolled on-policy before each step (`refresh`)."""
-    dmt_actor: DMTLoopConfig = field(default_factory=lambda: _actor(64))
+    dmt_actor: PipelineDMTActor = field(default_factory=lambda: _actor(64))
     """The DMT actor: sequences rolled out and relabeled per round (its schedule comes from `dmt`, the rest from
     the earlier stages)."""
-    dmt_phase: StudentTrainConfig = field(default_factory=lambda: _dmt_phase(2048))
+    dmt_phase: PipelineDMTPhase = field(default_factory=lambda: _dmt_phase(2048))
     """The student run's DMT phase: optimiser and stream over round 0 + the DMT rounds (its updater, steps and
     phase start come from `student` and `dmt`)."""
     dmt_extra_steps: int = 20
@@ -61,7 +94,7 @@ class Recipe:
     dmt_online: bool = False
     """Online DMT instead of lockstep: the actor relabels each round for the record and the driver takes
     `dmt.every` on-policy DMT steps between rounds (`online`)."""
-    online: OnlineDMTConfig = field(default_factory=lambda: OnlineDMTConfig(
+    online: PipelineOnline = field(default_factory=lambda: OnlineDMTConfig(
         optim=OptimConfig(lr=1e-4, schedule="cosine", warmup_steps=10), batch_size=32, eval_every=10**9, eval_size=64))
     """With dmt_online: the online DMT steps (their count and the rollout start come from `dmt` and the corpus;
     fresh AdamW at lr 1e-4: benchmarks/results/dmt_dip.md and its lr control, dmt_dip_lr_control.md)."""
@@ -70,13 +103,19 @@ class Recipe:
     sweep chosen on valid, the SMT pipeline's wall-clock for the whole sweep (an equal share per lr)."""
     bptt_max_seconds: float | None = None
     """Cap on the BPTT baseline's whole budget (None: exactly the SMT pipeline's wall-clock)."""
-    baseline: BPTTConfig = field(default_factory=lambda: BPTTConfig(
+    baseline: PipelineBaseline = field(default_factory=lambda: BPTTConfig(
         optim=OptimConfig(lr=1e-3, warmup_steps=20), steps=10**7, lrs=(3e-4, 1e-3, 3e-3)))
     """The BPTT baseline's optimiser and lr sweep (its updater, memory shape, batch, curriculum, stop rule,
     evaluation and budget come from `student`, `pretrain` and the SMT pipeline's wall-clock)."""
     eval_size: int = 1024
     """Test-split sequences for every reported figure (the whole split when smaller; >= 1024 for synthetic
     tasks, >= 256 windows for real corpora)."""
+
+    def __post_init__(self) -> None:
+        for name, view in _VIEWS.items():  # a recipe built from the plain configs holds their pipeline views
+            v = getattr(self, name)
+            if type(v) is not view:
+                setattr(self, name, view(**{f.name: getattr(v, f.name) for f in dataclasses.fields(v)}))
 
 
 def _lockstep(rounds: int, every: int = 2) -> LockstepDMTConfig:

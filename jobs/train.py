@@ -33,7 +33,8 @@ class TrainJob(RunWriterJob):
     """Run URL for checkpoints, config and metrics; resumes if it already holds a checkpoint."""
     teacher: str | None = None
     """Teacher checkpoint URL (default: <bucket root>/teachers/<fingerprint>/)."""
-    train: Annotated[StudentTrainConfig, FLAT] = field(default_factory=StudentTrainConfig)
+    train: Annotated[StudentTrainConfig, FLAT] = field(
+        default_factory=lambda: StudentTrainConfig(steps=1000, checkpoint_every=100))
     """Student SMT: updater, optimiser, shard stream, steps, phases."""
     dmt: LockstepDMTConfig = field(default_factory=LockstepDMTConfig)
     """Lockstep DMT beside a `smt dmt --first-step` actor (off unless --dmt.every and --dmt.rounds are set)."""
@@ -44,19 +45,18 @@ class TrainJob(RunWriterJob):
 
         cfg, hooks, arch = self.train, self.dmt.hooks(), self.train.updater.arch
         writer = self.writer()
-        if self.workers > 1:
-            from trainers.distributed import train_with_ray
+        from trainers.student import Session, StudentRun, run_training
 
-            train_with_ray(self.targets, self.teacher, self.out, cfg, workers=self.workers,
-                           endpoint_url=self.endpoint_url, generation=self.generation, quiet=self.quiet, hooks=hooks,
-                           tracking=self.log, writer=writer)
+        src = StudentRun(self.targets, self.teacher, self.out, endpoint_url=self.endpoint_url,
+                         generation=self.generation)
+        if self.workers > 1:
+            from trainers.distributed import RayGroup, train_with_ray
+
+            train_with_ray(src, cfg, RayGroup(self.workers), quiet=self.quiet, hooks=hooks, tracking=self.log,
+                           writer=writer)
             print(f"smt train: {self.workers} workers trained a {arch} student to step {cfg.steps}: {self.out}")
             return 0
-        from trainers.student import run_training
-
-        out = run_training(self.targets, self.teacher, self.out, cfg, endpoint_url=self.endpoint_url,
-                           generation=self.generation, quiet=self.quiet, hooks=hooks, tracking=self.log,
-                           writer=writer)
+        out = run_training(src, cfg, quiet=self.quiet, hooks=hooks, tracking=self.log, session=Session(writer=writer))
         how = f"resumed from step {out['resumed_from']}, " if out["resumed_from"] is not None else ""
         print(f"smt train: {how}{arch} student at step {out['step']}: {out['run']}")
         return 0

@@ -6,8 +6,17 @@ both run models and must agree on the precision (a label written under autocast 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import torch
+
+
+@dataclass(kw_only=True)
+class OnDevice:
+    """The device field of every config that runs a model, declared once (configs inherit it)."""
+
+    device: str = "auto"
+    """'auto' (the GPU when present), 'cpu' or 'cuda'."""
 
 
 def flush_denormals() -> bool:

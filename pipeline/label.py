@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from models.device import autocast, pick_device
+from models.device import OnDevice, autocast, pick_device
 from pipeline.corpora import Corpus, CorpusError, load_corpus, spec_with
 from pipeline.stage import Resources, ShardRange, Stage, shard_ranges
 from storage.bucket import Bucket
@@ -50,6 +50,7 @@ from storage.manifest import (
     target_set_path,
 )
 from storage.schema import Segments
+from storage.settings import AtEndpoint, ShardEncoding
 from storage.writer import write_shard
 
 ROUND = 0
@@ -60,17 +61,13 @@ class LabelError(ValueError):
 
 
 @dataclass(kw_only=True)
-class LabelConfig:
+class LabelConfig(OnDevice, AtEndpoint, ShardEncoding):
     teacher: str = ""
     """Teacher checkpoint folder or URL (holding weights.safetensors and config.json)."""
     corpus: str = ""
     """Corpus spec, e.g. 'retrieval:T=64,vocab=8' or 'tokens:/d/ids.npy|T=320'."""
     out: str = ""
     """Bucket root URL; shards go to <out>/targets/<fingerprint>/<corpus-id>/."""
-    format: str = "zarr"
-    """Shard format: zarr or wds."""
-    dtype: str = "float16"
-    """Stored state dtype: float32, float16, bfloat16 or int8."""
     shard_sequences: int = 256
     """Corpus sequences per shard (one work item each)."""
     Tc: int | None = None
@@ -81,10 +78,6 @@ class LabelConfig:
     (benchmarks/results/text_gap.md)."""
     batch_size: int = 32
     """Sequences per teacher forward pass."""
-    device: str = "auto"
-    """Torch device for the teacher ('auto': cuda if available, else cpu)."""
-    endpoint_url: str | None = None
-    """S3 endpoint for the bucket (default: AWS_ENDPOINT_URL)."""
     resources: Resources = field(default_factory=Resources)
     """Per-worker CPUs/GPUs."""
 
@@ -102,6 +95,11 @@ class LabelConfig:
             raise LabelError(f"Tc={self.Tc} must be >= 1 (or leave it unset)")
         if self.stride is not None and self.stride < 1:
             raise LabelError(f"stride={self.stride} must be >= 1 (or leave it unset: the corpus's stride)")
+
+    def build(self, corpus, target: str, fingerprint: str, Tc: int | None) -> LabelStage:
+        """The stage the workers run: this config plus what the driver resolved (the loaded corpus, the target
+        set's URL, the teacher's fingerprint and the context length)."""
+        return LabelStage(self, corpus.spec, target, fingerprint, corpus.corpus_id, Tc)
 
 
 @dataclass
@@ -195,9 +193,7 @@ def prepare(cfg: LabelConfig) -> LabelPlan:
     except BucketError as e:
         raise BucketError(f"output bucket {cfg.out} is unreachable: {e}") from None
     _check_same_encoding(latest_readable(target, n), target, cfg, Tc)
-    stage = LabelStage(teacher=cfg.teacher, corpus=corpus.spec, corpus_id=corpus.corpus_id, target=target.url(),
-                       endpoint_url=cfg.endpoint_url, fingerprint=fp, fmt=cfg.format, dtype=cfg.dtype,
-                       Tc=Tc, batch_size=cfg.batch_size, device=cfg.device, resources=cfg.resources)
+    stage = cfg.build(corpus, target.url(), fp, Tc)
     T = corpus.seq_len
     return LabelPlan(stage=stage, items=shard_ranges(corpus.num_sequences, cfg.shard_sequences), target=target,
                      fingerprint=fp, teacher_config=ckpt["model"]["teacher"], corpus=corpus,
@@ -283,33 +279,36 @@ def receipt_path(index: int) -> str:
 
 @dataclass
 class LabelStage(Stage):
-    """Teacher memories of corpus ranges -> one segments shard per range. Picklable: config only."""
+    """Teacher memories of corpus ranges -> one segments shard per range. Picklable: config only.
+    Built by `LabelConfig.build` from the config and what the driver resolved (corpus, target set, teacher)."""
 
-    teacher: str
+    cfg: LabelConfig
     corpus: str
+    """The corpus spec as loaded (normalised)."""
     target: str
+    """URL of the target set the shards go to."""
     fingerprint: str
+    """The teacher's fingerprint the driver loaded; every worker checks its own."""
     corpus_id: str = ""
     """The corpus id the driver digested (and names the target set by); every worker checks its own."""
-    fmt: str = "zarr"
-    dtype: str = "float16"
     Tc: int | None = None
-    batch_size: int = 32
-    device: str = "auto"
-    endpoint_url: str | None = None
-    resources: Resources = field(default_factory=Resources)
-    name: str = "label"
+    """The resolved context length (None: prefix corpora)."""
+    name = "label"
+
+    @property
+    def resources(self) -> Resources:
+        return self.cfg.resources
 
     def setup(self) -> None:
         if self.resources.num_cpus >= 1 and self.resources.num_gpus == 0:
             torch.set_num_threads(int(self.resources.num_cpus))
-        self._device = pick_device(self.device)
-        self._model, fp, _ = _load_teacher(self.teacher, self._device, self.endpoint_url)
+        self._device = pick_device(self.cfg.device)
+        self._model, fp, _ = _load_teacher(self.cfg.teacher, self._device, self.cfg.endpoint_url)
         if fp != self.fingerprint:
-            raise CheckpointError(f"teacher {self.teacher} changed during labeling (fingerprint {fp[:12]} != "
+            raise CheckpointError(f"teacher {self.cfg.teacher} changed during labeling (fingerprint {fp[:12]} != "
                                   f"{self.fingerprint[:12]}): rerun")
         self._corpus = load_corpus(self.corpus)
-        self._bucket = Bucket.from_url(self.target, endpoint_url=self.endpoint_url)
+        self._bucket = Bucket.from_url(self.target, endpoint_url=self.cfg.endpoint_url)
 
     # -- the work
     def run(self, item: ShardRange) -> dict:
@@ -326,8 +325,8 @@ class LabelStage(Stage):
             segs = Segments(states=states, tokens=x[:, p0:], y=y[:, p0:],
                             seq=np.arange(item.start, item.stop, dtype=np.int64),
                             pos0=np.full(item.size, p0, dtype=np.int64))
-            entry = write_shard(self._bucket, segs, index=item.index, round=ROUND, fmt=self.fmt,
-                                dtype=self.dtype, teacher_fingerprint=self.fingerprint)
+            entry = write_shard(self._bucket, segs, index=item.index, round=ROUND, fmt=self.cfg.format,
+                                dtype=self.cfg.dtype, teacher_fingerprint=self.fingerprint)
             receipt = {"entry": entry.to_json(), "start": item.start, "stop": item.stop, "identity": self.identity()}
             self._bucket.write_bytes(receipt_path(item.index), json.dumps(receipt, sort_keys=True).encode())
             res = self._result(item, entry, states_per_seq, skipped=False, t0=t0)
@@ -345,7 +344,7 @@ class LabelStage(Stage):
         """Everything a shard of this stage depends on besides its range: a receipt counts only for it."""
         T = self._corpus.seq_len
         return {"Tc": self.Tc, "S": T - (self.Tc or 0), "pos0": self.Tc or 0, "teacher": self.fingerprint,
-                "corpus_id": self.corpus_id, "format": self.fmt, "dtype": self.dtype, "round": ROUND}
+                "corpus_id": self.corpus_id, "format": self.cfg.format, "dtype": self.cfg.dtype, "round": ROUND}
 
     def memories(self, x: np.ndarray) -> np.ndarray:
         """Teacher states (n, S+1, Z) float32 for token rows x (n, T), batched."""
@@ -355,8 +354,8 @@ class LabelStage(Stage):
                              f"{self.corpus!r}: use a teacher trained on this vocabulary")
         out = []
         with torch.inference_mode(), autocast(self._device):
-            for i in range(0, x.shape[0], self.batch_size):
-                xb = torch.from_numpy(x[i:i + self.batch_size]).to(self._device)
+            for i in range(0, x.shape[0], self.cfg.batch_size):
+                xb = torch.from_numpy(x[i:i + self.cfg.batch_size]).to(self._device)
                 out.append(self._memories(xb).float().cpu().numpy())
         return np.concatenate(out)
 
@@ -378,9 +377,9 @@ class LabelStage(Stage):
         except (ObjectNotFound, ValueError, KeyError, TypeError, StorageError):
             return None
         identity = self.identity()
-        if (receipt.get("start"), receipt.get("stop")) != (item.start, item.stop) or entry.dtype != self.dtype \
-                or receipt.get("identity") != identity or entry.s != identity["S"] or entry.format != self.fmt \
-                or shard_key(entry.path) != shard_key(shard_path(ROUND, item.index, self.fmt)):
+        if (receipt.get("start"), receipt.get("stop")) != (item.start, item.stop) or entry.dtype != self.cfg.dtype \
+                or receipt.get("identity") != identity or entry.s != identity["S"] or entry.format != self.cfg.format \
+                or shard_key(entry.path) != shard_key(shard_path(ROUND, item.index, self.cfg.format)):
             return None
         try:
             files = fetch_shard(self._bucket, entry)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from models.device import pick_device
+from models.device import OnDevice, pick_device
 from models.teacher import encoder_kind
 from pipeline.corpora import load_corpus
 from pipeline.stage import Resources, ShardRange, Stage
@@ -25,6 +25,7 @@ from storage.checkpoints import CheckpointError, load_student, load_teacher, rea
 from storage.manifest import Generation, ShardEntry, newest_generation, read_generation
 from storage.rounds import commit_rounds, register_run, rounds_bucket
 from storage.schema import Pairs
+from storage.settings import AtEndpoint, ShardEncoding
 from storage.writer import write_shard
 
 
@@ -78,38 +79,38 @@ class RelabelError(ValueError):
 
 @dataclass
 class RelabelStage(Stage):
-    """Student rollouts over corpus ranges -> one pairs shard per range, as round `round`. Config only."""
+    """Student rollouts over corpus ranges -> one pairs shard per range, as round `cfg.round`. Config only;
+    built by `RelabelConfig.build` from the config and what the driver resolved."""
 
-    teacher: str
-    student: str
+    cfg: RelabelConfig
     corpus: str
+    """The corpus spec as loaded (normalised)."""
     target: str
+    """URL of the run's rounds, where the shards go."""
     fingerprint: str
-    round: int
-    start: int = 0
-    Td: int | None = None
-    fmt: str = "zarr"
-    dtype: str = "float16"
+    """The target set's teacher fingerprint; the teacher and the student must match it."""
     batch_size: int = 64
-    device: str = "auto"
-    endpoint_url: str | None = None
-    resources: Resources = field(default_factory=Resources)
-    name: str = "relabel"
+    """Sequences rolled out per batch."""
+    name = "relabel"
+
+    @property
+    def resources(self) -> Resources:
+        return self.cfg.resources
 
     def setup(self) -> None:
         if self.resources.num_cpus >= 1 and self.resources.num_gpus == 0:
             torch.set_num_threads(int(self.resources.num_cpus))
-        self._device = pick_device(self.device)
-        self._teacher, fp, _ = load_teacher(self.teacher, self._device, endpoint_url=self.endpoint_url)
+        self._device = pick_device(self.cfg.device)
+        self._teacher, fp, _ = load_teacher(self.cfg.teacher, self._device, endpoint_url=self.cfg.endpoint_url)
         if fp != self.fingerprint:
-            raise CheckpointError(f"teacher {self.teacher} has fingerprint {fp[:16]}, the target set "
+            raise CheckpointError(f"teacher {self.cfg.teacher} has fingerprint {fp[:16]}, the target set "
                                   f"{self.fingerprint[:16]}: pass the teacher that labeled it")
-        self._student, sfp, _ = load_student(self.student, self._device, endpoint_url=self.endpoint_url)
+        self._student, sfp, _ = load_student(self.cfg.student, self._device, endpoint_url=self.cfg.endpoint_url)
         if sfp != self.fingerprint:
-            raise CheckpointError(f"student {self.student} was trained against teacher {str(sfp)[:16]}, the target "
+            raise CheckpointError(f"student {self.cfg.student} was trained against teacher {str(sfp)[:16]}, the target "
                                   f"set is labeled by {self.fingerprint[:16]}: relabel with a matching student")
         self._corpus = load_corpus(self.corpus)
-        self._bucket = Bucket.from_url(self.target, endpoint_url=self.endpoint_url)
+        self._bucket = Bucket.from_url(self.target, endpoint_url=self.cfg.endpoint_url)
 
     def run(self, item: ShardRange) -> dict:
         t0 = time.perf_counter()
@@ -118,21 +119,38 @@ class RelabelStage(Stage):
         for i in range(0, x.shape[0], self.batch_size):
             sl = slice(i, i + self.batch_size)
             seq = np.arange(item.start + i, item.start + i + x[sl].shape[0])
-            p, d, (c, n) = relabel_batch(self._student, self._teacher, x[sl], y[sl], seq, self.start, self.Td,
+            p, d, (c, n) = relabel_batch(self._student, self._teacher, x[sl], y[sl], seq, self.cfg.start, self.cfg.Td,
                                          self._device)
             parts.append(p)
             correct, targets = correct + c, targets + n
             drift_sum = d * len(seq) if drift_sum is None else drift_sum + d * len(seq)
         pairs = Pairs(**{k: np.concatenate([getattr(p, k) for p in parts])
                          for k in ("state_in", "tokens", "state_out", "y", "seq", "pos", "drift")})
-        entry = write_shard(self._bucket, pairs, index=item.index, round=self.round, fmt=self.fmt, dtype=self.dtype,
+        entry = write_shard(self._bucket, pairs, index=item.index, round=self.cfg.round, fmt=self.cfg.format, dtype=self.cfg.dtype,
                             teacher_fingerprint=self.fingerprint)
         return {"index": item.index, "entry": entry.to_json(), "records": entry.records, "sequences": item.size,
                 "drift_sum": [float(v) for v in drift_sum], "correct": correct, "targets": targets, "seconds": time.perf_counter() - t0}
 
 
 @dataclass(kw_only=True)
-class RelabelConfig:
+class Rollouts(OnDevice, AtEndpoint, ShardEncoding):
+    """How a DMT round is rolled out and stored: declared once for `RelabelConfig` (one round) and the DMT
+    actor's `DMTLoopConfig` (every round of a run), which builds the former from it."""
+
+    sequences: int = 512
+    """Sequences rolled out per round (a window of the corpus that moves with the round)."""
+    shard_sequences: int = 128
+    """Sequences per shard (one work item each)."""
+    start: int = 0
+    """Rollout start position (0 in prefix mode; Tc in stream mode)."""
+    Td: int | None = None
+    """Rollout steps (None = to the end of each sequence)."""
+    resources: Resources = field(default_factory=Resources)
+    """Resources of the relabel work (each worker's, or the DMT actor's own)."""
+
+
+@dataclass(kw_only=True)
+class RelabelConfig(Rollouts):
     targets: str
     """Target set URL (the folder holding manifest/): round 0, only read."""
     run: str
@@ -145,24 +163,11 @@ class RelabelConfig:
     """Corpus spec (the one the target set was labeled from)."""
     round: int
     """DMT round number (>= 1; round 0 is the teacher's own labels)."""
-    sequences: int = 512
-    """Sequences rolled out in this round (a window of the corpus that moves with the round)."""
-    shard_sequences: int = 128
-    """Sequences per shard (one work item each)."""
-    start: int = 0
-    """Rollout start position (0 in prefix mode; Tc in stream mode)."""
-    Td: int | None = None
-    """Rollout steps (None = to the end of each sequence)."""
-    fmt: str = "zarr"
-    """Shard format."""
-    dtype: str = "float16"
-    """Stored state dtype."""
-    device: str = "auto"
-    """Torch device."""
-    endpoint_url: str | None = None
-    """S3 endpoint."""
-    resources: Resources = field(default_factory=Resources)
-    """Per-worker resources."""
+
+    def build(self, corpus, target: str, fingerprint: str) -> RelabelStage:
+        """The stage the workers run: this config plus the loaded corpus, the rounds' URL and the target set's
+        teacher fingerprint."""
+        return RelabelStage(self, corpus.spec, target, fingerprint)
 
 
 def round_items(num_sequences: int, round: int, sequences: int, per_shard: int) -> list[ShardRange]:
@@ -234,10 +239,7 @@ def relabel(cfg: RelabelConfig, executor, quiet: bool = False, before_commit=Non
         return {"round": cfg.round, "generation": newest_generation(rounds), "committed": False, "records": 0,
                 "drift_by_step": None, "note": "round already committed"}
     gen, corpus, Td = checked
-    stage = RelabelStage(teacher=cfg.teacher, student=cfg.student, corpus=corpus.spec, target=rounds.url(),
-                         fingerprint=gen.teacher_fingerprint, round=cfg.round, start=cfg.start, Td=cfg.Td,
-                         fmt=cfg.fmt, dtype=cfg.dtype, device=cfg.device, endpoint_url=cfg.endpoint_url,
-                         resources=cfg.resources)
+    stage = cfg.build(corpus, rounds.url(), gen.teacher_fingerprint)
     items = round_items(corpus.num_sequences, cfg.round, cfg.sequences, cfg.shard_sequences)
     t0 = time.perf_counter()
     results = {}

@@ -112,12 +112,12 @@ def main() -> int:
     @step("train_student_gpu")
     def _train():
         from trainers.dmt.mixing import StreamConfig
-        from trainers.student import StudentTrainConfig, run_training
+        from trainers.student import StudentRun, StudentTrainConfig, run_training
 
         cfg = StudentTrainConfig(updater=UpdaterConfig(arch="mlp"), optim=OptimConfig(lr=1e-3, warmup_steps=20),
                                  stream=StreamConfig(batch_size=512), steps=600, checkpoint_every=300)
         t0 = time.perf_counter()
-        r = run_training(state["targets"], None, str(work / "run"), cfg, quiet=True)
+        r = run_training(StudentRun(state["targets"], None, str(work / "run")), cfg, quiet=True)
         s, _, _ = load_student(str(work / "run" / "checkpoints" / "step-00000600" / "student"))
         acc = evaluate_student(s, ex, ey)["acc"]
         state["student_url"] = str(work / "run" / "checkpoints" / "step-00000600" / "student")
@@ -126,13 +126,13 @@ def main() -> int:
 
     @step("ray_train_1_gpu_worker")
     def _ray_train():
-        from trainers.distributed import train_with_ray
+        from trainers.distributed import RayGroup, train_with_ray
         from trainers.dmt.mixing import StreamConfig
-        from trainers.student import StudentTrainConfig
+        from trainers.student import StudentRun, StudentTrainConfig
 
-        train_with_ray(state["targets"], None, str(work / "run_ray"),
+        train_with_ray(StudentRun(state["targets"], None, str(work / "run_ray")),
                        StudentTrainConfig(stream=StreamConfig(batch_size=256), steps=20, checkpoint_every=10),
-                       workers=1, quiet=True)
+                       RayGroup(1), quiet=True)
         return {"latest": json.loads((work / "run_ray" / "checkpoints" / "latest.json").read_text())}
 
     @step("dmt_relabel_gpu")

@@ -1,7 +1,7 @@
 """Writing a target set: write-once shards first, one manifest generation last.
 
     with TargetSetWriter(bucket, teacher_fingerprint=fp, teacher_config=cfg, corpus_id="c4-en",
-                         corpus_params={...}, round=0, fmt="zarr", dtype="float16") as w:
+                         corpus_params={...}, round=0, encoding=ShardEncoding(format="zarr")) as w:
         w.write_segments(42, segs)        # -> round-000/shard-00042.zarr.zip
     # leaving the block normally commits manifest/gen-<n+1>.json; an exception commits nothing.
 
@@ -24,6 +24,7 @@ from storage.errors import ManifestError, ObjectNotFound, ShardError
 from storage.formats import CHUNK_BYTES, FORMATS, shard_format, shard_sha256
 from storage.manifest import Generation, ShardEntry, commit, fetch_shard, shard_path, target_set_path
 from storage.schema import SCHEMA_VERSION, Pairs, Segments
+from storage.settings import ShardEncoding
 
 
 def write_shard(bucket: Bucket, obj: Segments | Pairs, *, index: int, round: int, fmt: str, dtype: str,
@@ -78,9 +79,11 @@ class TargetSetWriter:
     """Context manager that writes shards and commits them as one new manifest generation."""
 
     def __init__(self, bucket: Bucket | str, *, teacher_fingerprint: str, teacher_config: dict,
-                 corpus_id: str, corpus_params: dict | None = None, round: int = 0, fmt: str = "zarr",
-                 dtype: str = "float16", chunk_bytes: int = CHUNK_BYTES) -> None:
+                 corpus_id: str, corpus_params: dict | None = None, round: int = 0,
+                 encoding: ShardEncoding | None = None, chunk_bytes: int = CHUNK_BYTES) -> None:
         target_set_path(teacher_fingerprint, corpus_id)  # validates both as folder names
+        encoding = encoding or ShardEncoding()
+        fmt, dtype = encoding.format, encoding.dtype
         if fmt not in FORMATS:
             raise ValueError(f"fmt={fmt!r} is not a shard format; choose one of {tuple(FORMATS)}")
         self.bucket = Bucket.from_url(bucket) if isinstance(bucket, str) else bucket

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from storage.schema import Pairs, Segments
+from storage.settings import ShardEncoding
 
 FP = "teacher-abc123"
 CORPUS = "tiny-corpus"
@@ -43,7 +44,7 @@ def race_commits(target, n_writers: int, timeout: float = 60) -> dict:
 
     def work(i: int) -> None:
         try:
-            w = TargetSetWriter(target, fmt="wds", **writer_kwargs())
+            w = TargetSetWriter(target, encoding=ShardEncoding(format="wds"), **writer_kwargs())
             w.write_segments(i, make_segments(seed=i))
             barrier.wait(timeout=timeout)
             done[i] = w.commit()

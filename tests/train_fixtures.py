@@ -8,6 +8,7 @@ from models.teacher import Teacher, TeacherConfig
 from pipeline.corpora import load_corpus
 from storage import Segments, TargetSetWriter, target_set_path
 from storage.checkpoints import save_teacher
+from storage.settings import ShardEncoding
 
 CORPUS = "retrieval:T=16,vocab=8"
 
@@ -27,7 +28,7 @@ def make_target_set(root: str, seed: int = 0, shards: int = 4, seqs: int = 16) -
     targets = f"{root}/{target_set_path(fp, 'retrieval')}"
     rng = np.random.default_rng(seed)
     with TargetSetWriter(targets, teacher_fingerprint=fp, teacher_config=teacher.cfg.to_dict(),
-                         corpus_id="retrieval", corpus_params={"spec": CORPUS}, dtype="float32") as w:
+                         corpus_id="retrieval", corpus_params={"spec": CORPUS}, encoding=ShardEncoding(dtype="float32")) as w:
         for i in range(shards):
             x, y = corpus.sample(seqs, rng)
             x, y = torch.as_tensor(x, dtype=torch.long), torch.as_tensor(y, dtype=torch.long)

@@ -19,6 +19,7 @@ from models.student_rnn import Student
 from models.teacher import TeacherConfig
 from models.updaters import UpdaterConfig, matched_updater
 from storage.checkpoints import save_student
+from trainers.budget import Budget, LengthCurriculum
 from trainers.common import OptimConfig, open_run
 from trainers.evaluate import evaluate_student
 from trainers.loop import Callbacks, Curriculum, Evaluation, Loop, Objective, train
@@ -28,38 +29,15 @@ from trainers.tracking import TrackingConfig
 
 
 @dataclass(kw_only=True)
-class BPTTConfig:
+class BPTTConfig(Budget, LengthCurriculum):
     updater: UpdaterConfig = field(default_factory=UpdaterConfig)
     """Updater architecture (K, d, vocab from `shape`)."""
     shape: TeacherConfig = field(default_factory=TeacherConfig)
     """Memory shape (K, d) and readout depth, matched to the SMT teacher for a fair comparison."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     """Optimiser."""
-    steps: int = 2000
-    """Maximum steps."""
-    seconds: float | None = None
-    """Training budget in seconds of `clock` (evaluation excluded)."""
-    batch_size: int = 32
-    """Sequences per step."""
     truncate: int | None = None
     """Truncated BPTT: detach the state every k steps (None = full BPTT)."""
-    eval_every: int = 50
-    """Evaluate every N steps."""
-    eval_size: int = 256
-    """Sequences of the valid split for the evaluations that drive the curriculum and `stop_at_acc`."""
-    stop_at_acc: float | None = None
-    """Stop once the rolled-out accuracy on the valid split reaches this at the full length (None = never)."""
-    curriculum: tuple[int, ...] = ()
-    """Length curriculum, as in SMT pretraining: train at these lengths first (ascending, each < T), moving on
-    once the rolled-out accuracy on the valid split reaches `curriculum_acc`. Synthetic tasks only."""
-    curriculum_acc: float = 0.95
-    """Valid accuracy that ends a curriculum stage."""
-    seed: int = 0
-    """Random seed."""
-    clock: str = "wall"
-    """Clock of `seconds` and of logged times: 'wall', or 'process' (this process's CPU seconds)."""
-    device: str = "auto"
-    """'auto', 'cpu' or 'cuda'."""
     lrs: tuple[float, ...] = ()
     """Learning-rate sweep (e.g. 3e-4 1e-3 3e-3) run by `sweep_bptt`, one run per lr with this whole config,
     chosen on valid; empty = one run at optim.lr."""

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from trainers.loop import Workers
-from trainers.student import Hook, StudentTrainConfig, check_hooks, run_training
+from trainers.student import Hook, Session, StudentRun, StudentTrainConfig, check_hooks, run_training
 from trainers.tracking import TrackingConfig
 
 
@@ -71,10 +71,9 @@ def _student_worker(config: dict[str, Any]) -> None:
     cfg: StudentTrainConfig = config["cfg"]
     if w.cuda:
         cfg.device = str(w.device)
-    run_training(config["targets"], config["teacher"], config["out"], cfg, endpoint_url=config["endpoint_url"],
-                 generation=config["generation"], workers=Workers(w.rank, w.world, agree=w.agree, wrap=w.wrap),
-                 quiet=config["quiet"], hooks=config["hooks"], tracking=config.get("tracking"),
-                 writer=config.get("writer"))
+    run_training(config["src"], cfg, quiet=config["quiet"], hooks=config["hooks"], tracking=config.get("tracking"),
+                 session=Session(workers=Workers(w.rank, w.world, agree=w.agree, wrap=w.wrap),
+                                 writer=config.get("writer")))
 
 
 def _pretrain_worker(config: dict[str, Any]) -> None:
@@ -93,56 +92,61 @@ def _pretrain_worker(config: dict[str, Any]) -> None:
              writer=config.get("writer"))
 
 
-def fit(body: Callable[[dict[str, Any]], None], config: dict[str, Any], *, workers: int, device: str,
-        gpus_per_worker: float | None, name: str, quiet: bool, max_failures: int = 0) -> None:
-    """Run `body(config)` on `workers` Ray Train workers (starting a local Ray instance if none is running).
-    GPUs: `gpus_per_worker` (default 1 when this machine has CUDA and `device` allows it, else 0). After a
-    worker failure (a preempted node, a crash) Ray Train restarts the whole group up to `max_failures` times;
-    the body resumes from the run URL's newest checkpoint."""
+@dataclass(frozen=True)
+class RayGroup:
+    """A DDP worker group on Ray Train: its size, the GPUs of each worker (None: 1 when this machine has CUDA
+    and the config's device allows it, else 0) and how often Ray Train restarts the whole group after a worker
+    failure (a preempted node, a crash); the body then resumes from the run URL's newest checkpoint."""
+
+    workers: int
+    gpus_per_worker: float | None = None
+    max_failures: int = 0
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"workers={self.workers} must be >= 1")
+
+
+def fit(body: Callable[[dict[str, Any]], None], config: dict[str, Any], group: RayGroup, *, device: str, name: str,
+        quiet: bool) -> None:
+    """Run `body(config)` on the Ray Train worker `group` (starting a local Ray instance if none is running)."""
     import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    if workers < 1:
-        raise ValueError(f"workers={workers} must be >= 1")
     if not ray.is_initialized():
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = {} if os.environ.get("RAY_ADDRESS") else {"runtime_env": {"env_vars": {"PYTHONPATH": root}}}
         ray.init(include_dashboard=False, log_to_driver=not quiet, **env)
-    if gpus_per_worker is None:
-        gpus_per_worker = 1.0 if (torch.cuda.is_available() and device != "cpu") else 0.0
-    use_gpu = gpus_per_worker > 0
-    scaling = ScalingConfig(num_workers=workers, use_gpu=use_gpu,
-                            resources_per_worker={"CPU": 1, "GPU": gpus_per_worker} if use_gpu else None)
+    gpus = group.gpus_per_worker
+    if gpus is None:
+        gpus = 1.0 if (torch.cuda.is_available() and device != "cpu") else 0.0
+    use_gpu = gpus > 0
+    scaling = ScalingConfig(num_workers=group.workers, use_gpu=use_gpu,
+                            resources_per_worker={"CPU": 1, "GPU": gpus} if use_gpu else None)
     trainer = TorchTrainer(
         body, train_loop_config={**config, "use_gpu": use_gpu, "quiet": quiet},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"), scaling_config=scaling,
         run_config=RunConfig(storage_path=tempfile.mkdtemp(prefix="smt-ray-train-"), name=name,
-                             failure_config=FailureConfig(max_failures=max_failures)),
+                             failure_config=FailureConfig(max_failures=group.max_failures)),
     )
     trainer.fit()
 
 
-def train_with_ray(targets: str, teacher: str | None, out: str, cfg: StudentTrainConfig, *, workers: int,
-                   endpoint_url: str | None = None, generation: int | None = None, quiet: bool = False,
-                   gpus_per_worker: float | None = None, hooks: Sequence[Hook] = (),
-                   tracking: TrackingConfig | None = None, writer=None) -> None:
-    """Student SMT on `workers` DDP workers; rank r streams split r of the target set. Each worker gets its
+def train_with_ray(src: StudentRun, cfg: StudentTrainConfig, group: RayGroup, *, quiet: bool = False,
+                   hooks: Sequence[Hook] = (), tracking: TrackingConfig | None = None, writer=None) -> None:
+    """Student SMT on the DDP worker `group`; rank r streams split r of the target set. Each worker gets its
     own copy of `hooks` (e.g. lockstep DMT: every rank waits for and switches to the same rounds)."""
     check_hooks(cfg, hooks)  # before any worker starts
-    fit(_student_worker, {"targets": targets, "teacher": teacher, "out": out, "cfg": cfg, "hooks": list(hooks),
-                          "endpoint_url": endpoint_url, "generation": generation, "tracking": tracking,
-                          "writer": writer},
-        workers=workers, device=cfg.device, gpus_per_worker=gpus_per_worker, name="smt-train", quiet=quiet)
+    fit(_student_worker, {"src": src, "cfg": cfg, "hooks": list(hooks), "tracking": tracking, "writer": writer},
+        group, device=cfg.device, name="smt-train", quiet=quiet)
 
 
-def pretrain_with_ray(corpus: str, cfg, out: str, *, workers: int, endpoint_url: str | None = None,
-                      gpus_per_worker: float | None = None, quiet: bool = False, max_failures: int = 0,
+def pretrain_with_ray(corpus: str, cfg, run, group: RayGroup, *, quiet: bool = False,
                       on_eval: Callable[[dict], None] | None = None, tracking: TrackingConfig | None = None,
                       writer=None) -> None:
-    """Teacher pretraining on `workers` DDP workers writing one run at `out` (resumes it if it has a checkpoint).
-    `corpus` is a spec: every worker opens it itself (stream corpora read their windows lazily)."""
-    fit(_pretrain_worker, {"corpus": corpus, "cfg": cfg, "out": out, "endpoint_url": endpoint_url,
+    """Teacher pretraining on the DDP worker `group` writing one run (a `RunDir`; resumes it if it has a
+    checkpoint). `corpus` is a spec: every worker opens it itself (stream corpora read their windows lazily)."""
+    fit(_pretrain_worker, {"corpus": corpus, "cfg": cfg, "out": run.url, "endpoint_url": run.bucket.endpoint_url,
                            "on_eval": on_eval, "tracking": tracking, "writer": writer},
-        workers=workers, device=cfg.device, gpus_per_worker=gpus_per_worker, name="smt-pretrain", quiet=quiet,
-        max_failures=max_failures)
+        group, device=cfg.device, name="smt-pretrain", quiet=quiet)

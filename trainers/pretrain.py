@@ -27,7 +27,8 @@ from models.device import pick_device
 from models.teacher import TeacherConfig
 from models.updaters import UpdaterConfig
 from storage.lease import Writer
-from storage.run_dir import Retention, RunDir
+from storage.run_dir import RunDir
+from trainers.budget import Budget, Checkpointing, LengthCurriculum
 from trainers.common import MetricsLog, OptimConfig, announce_resume
 from trainers.evaluate import evaluate_student, evaluate_teacher
 from trainers.loop import Callbacks, Checkpoints, Curriculum, Evaluation, Loop, Objective, Workers, train
@@ -37,7 +38,7 @@ from trainers.tracking import TrackingConfig, open_tracker
 
 
 @dataclass(kw_only=True)
-class PretrainConfig:
+class PretrainConfig(Budget, LengthCurriculum, Checkpointing):
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     """Teacher architecture (vocab_size is taken from the corpus)."""
     updater: UpdaterConfig = field(default_factory=UpdaterConfig)
@@ -46,45 +47,9 @@ class PretrainConfig:
     """Loss weights and position sampling."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     """Optimiser."""
-    steps: int = 2000
-    """Maximum optimiser steps."""
-    seconds: float | None = None
-    """Training budget in seconds of `clock` (evaluation excluded, summed over resumes); stops early when spent."""
-    batch_size: int = 32
-    """Sequences per step per worker."""
-    eval_every: int = 50
-    """Evaluate (teacher and rolled-out updater) every N steps."""
-    eval_size: int = 256
-    """Sequences of the valid split for the evaluations that drive the curriculum and `stop_at_acc`."""
-    checkpoint_every: int = 500
-    """Checkpoint the full train state to the run URL every N steps (and when the run stops)."""
-    keep_last: int | None = None
-    """Retention: keep the newest N checkpoints, deleting older ones after each commit (None = keep all;
-    e.g. 3 for a long run on a bucket). The newest and any step another component pins always stay."""
-    keep_every: int | None = None
-    """Retention: also keep checkpoints whose step is a multiple of this (milestones; with keep_last)."""
-    stop_at_acc: float | None = None
-    """Stop once the teacher's answer accuracy on the valid split reaches this at the full length (None = never)."""
-    curriculum: tuple[int, ...] = ()
-    """Length curriculum: train at these sequence lengths first (ascending, each < T), moving on once the
-    teacher's accuracy on the valid split reaches `curriculum_acc`; then at the corpus length. Synthetic tasks only."""
-    curriculum_acc: float = 0.95
-    """Teacher accuracy that ends a curriculum stage."""
-    seed: int = 0
-    """Random seed (model init, batches, positions)."""
-    clock: str = "wall"
-    """Clock of `seconds` and of logged times: 'wall', or 'process' (this process's CPU seconds)."""
-    device: str = "auto"
-    """'auto' (GPU when present), 'cpu' or 'cuda'."""
-    allow_seed_change: bool = False
-    """On resume, accept a `seed` other than the run's (refused by default: the batches and loss positions
-    of every later step change, so the run is no longer the one an uninterrupted run would be)."""
 
     def __post_init__(self) -> None:
-        Retention(keep_last=self.keep_last, keep_every=self.keep_every)  # refuses 0 or negative
-        if self.steps < 1 or self.eval_every < 1 or self.checkpoint_every < 1 or self.batch_size < 1:
-            raise ValueError(f"steps={self.steps}, eval_every={self.eval_every}, checkpoint_every="
-                             f"{self.checkpoint_every} and batch_size={self.batch_size} must all be >= 1")
+        super().__post_init__()
         self.smt.check_encoder(self.teacher.encoder_kind)
 
 

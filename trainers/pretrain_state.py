@@ -25,7 +25,7 @@ from models.teacher import Teacher, TeacherConfig
 from models.updaters import matched_updater
 from storage.bucket import Bucket
 from storage.checkpoints import load_student, load_teacher, save_student, save_teacher
-from storage.run_dir import Retention, RunDir, flatten_optimizer, unflatten_optimizer
+from storage.run_dir import RunDir, flatten_optimizer, unflatten_optimizer
 from trainers.common import apply_optim, check_resume
 from trainers.smt import SMTConfig, smt_losses
 
@@ -148,7 +148,7 @@ def save(state: PretrainState, run: RunDir) -> str:
     def write_student(where: Bucket) -> None:
         save_student(where, state.student, fp[0], {**info, "trained_by": "smt"})
 
-    retention = Retention(keep_last=state.cfg.keep_last, keep_every=state.cfg.keep_every)
+    retention = state.cfg.retention()
     return run.save(state.step, write_student, tensors, meta, write_teacher=write_teacher, retention=retention)
 
 

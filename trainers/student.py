@@ -33,8 +33,9 @@ from storage.errors import FingerprintMismatch
 from storage.lease import Writer
 from storage.reader import TargetSet
 from storage.rounds import RunSource, rounds_bucket
-from storage.run_dir import Retention, RunDir, flatten_optimizer, step_dir, unflatten_optimizer
+from storage.run_dir import RunDir, flatten_optimizer, step_dir, unflatten_optimizer
 from storage.stream import ShardStream
+from trainers.budget import Checkpointing, Steps
 from trainers.common import MetricsLog, OptimConfig, announce_resume, apply_optim, check_resume
 from trainers.dmt.mixing import StreamConfig  # the stream's settings + how it mixes the rounds
 from trainers.loop import Checkpoints, Evaluation, Hook, Loop, Objective, Workers
@@ -44,41 +45,23 @@ from trainers.tracking import TrackingConfig, open_tracker
 
 
 @dataclass(kw_only=True)
-class StudentTrainConfig:
+class StudentTrainConfig(Steps, Checkpointing):
     updater: UpdaterConfig = field(default_factory=UpdaterConfig)
     """Student updater (K, d and vocab are taken from the teacher)."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     """Optimiser and schedule."""
     stream: StreamConfig = field(default_factory=StreamConfig)
     """Shard stream: batch size, shuffle, round weights, generation following."""
-    steps: int = 1000
-    """Total optimiser steps (a resumed run continues up to this)."""
-    checkpoint_every: int = 100
-    """Write a checkpoint every this many steps (and at the end)."""
-    keep_last: int | None = None
-    """Retention: keep the newest N checkpoints, deleting older ones after each commit (None = keep all;
-    e.g. 3 for a long run on a bucket). The newest and any step another component pins always stay."""
-    keep_every: int | None = None
-    """Retention: also keep checkpoints whose step is a multiple of this (milestones; with keep_last)."""
     readout_weight: float = 0.0
     """Weight of the readout cross-entropy through the teacher decoder (0 = pure MSE)."""
     train_readout: bool = False
     """Train the readout (the teacher decoder) too; frozen by default."""
-    seed: int = 0
-    """Seed of the student's initialisation (the stream has its own)."""
-    device: str = "auto"
-    """'auto', 'cpu' or 'cuda'."""
     phase_start: int = 0
     """Step where this config's phase starts: resuming a run there (e.g. DMT fine-tuning after SMT) starts
     fresh AdamW moments, warm-up and decay at `optim.lr`, and a new record order (other round weights)."""
-    allow_seed_change: bool = False
-    """On resume, accept a `stream.seed` other than the run's (refused by default: the record order changes, so
-    the run is no longer the one an uninterrupted run would be; with this the stream restarts at a fresh epoch)."""
 
     def __post_init__(self) -> None:
-        Retention(keep_last=self.keep_last, keep_every=self.keep_every)  # refuses 0 or negative
-        if self.steps < 1 or self.checkpoint_every < 1:
-            raise ValueError(f"steps={self.steps} and checkpoint_every={self.checkpoint_every} must be >= 1")
+        super().__post_init__()
         if self.readout_weight < 0:
             raise ValueError(f"readout_weight={self.readout_weight} must be >= 0")
         if not 0 <= self.phase_start < self.steps:
@@ -275,7 +258,7 @@ def save(state: TrainState, run: RunDir, extra: Callable[[str], Any] | None = No
             extra(run.bucket.child(step_dir(state.step)))
 
     return run.save(state.step, write, tensors, meta,
-                    retention=Retention(keep_last=cfg.keep_last, keep_every=cfg.keep_every), pinned=pinned)
+                    retention=cfg.retention(), pinned=pinned)
 
 
 def teacher_url_for(targets: TargetSet) -> str:
@@ -305,26 +288,46 @@ def resolve_teacher(targets: TargetSet, teacher_url: str | None = None) -> str:
     return url
 
 
-def run_training(targets_url: str, teacher_url: str | None, out: str, cfg: StudentTrainConfig, *,
-                 endpoint_url: str | None = None, generation: int | None = None, workers: Workers | None = None,
-                 quiet: bool = False,
-                 stop_at: int | None = None, through_round: int | None = None, hooks: Sequence[Hook] = (),
-                 writer: Writer | None = None, tracking: TrackingConfig | None = None) -> dict:
+@dataclass(frozen=True)
+class StudentRun:
+    """What a student run is pointed at: its target set (from a manifest generation, default the newest), the
+    teacher that labeled it (None: the one published for the target set) and the run URL it writes, all at
+    one S3 endpoint. Reusing a target set across student architectures is one `StudentRun` per run URL."""
+
+    targets: str
+    teacher: str | None
+    out: str
+    endpoint_url: str | None = None
+    generation: int | None = None
+
+
+@dataclass(frozen=True)
+class Session:
+    """How this process takes part in a run beyond its config: its worker slot (rank, world size, `agree`
+    for the stream's generation switches, DDP `wrap`; `trainers/loop.py`), the writer identity that holds
+    the run's lease, and, for standalone DMT's blocks, `stop_at` (stop and checkpoint at this step) and
+    `through_round` (first move the stream to the run's oldest rounds generation holding DMT round r)."""
+
+    workers: Workers | None = None
+    writer: Writer | None = None
+    stop_at: int | None = None
+    through_round: int | None = None
+
+
+def run_training(src: StudentRun, cfg: StudentTrainConfig, *, quiet: bool = False, hooks: Sequence[Hook] = (),
+                 tracking: TrackingConfig | None = None, session: Session = Session()) -> dict:
     """Open the target set and its teacher, build or resume the train state, train (with `hooks`, e.g.
-    lockstep DMT: `trainers.dmt`). One worker's body (`workers`: its rank, world size, `agree` for the stream's
-    generation switches, DDP `wrap`; `trainers/loop.py`). `stop_at`: stop (and checkpoint) at this step;
-    `through_round`: first move the stream to the run's oldest rounds generation holding DMT round r
-    (standalone DMT: train on round 0 + rounds 1..r)."""
+    lockstep DMT: `trainers.dmt`) as one worker of the run (`session`)."""
     from storage.checkpoints import load_teacher
 
     check_hooks(cfg, hooks)  # before anything is opened
-    w = workers or Workers()
-    targets = TargetSet.open(targets_url, None, generation, endpoint_url=endpoint_url)
-    teacher_url = resolve_teacher(targets, teacher_url)
-    teacher, teacher_fp, _ = load_teacher(teacher_url, endpoint_url=endpoint_url)
+    w, through_round = session.workers or Workers(), session.through_round
+    targets = TargetSet.open(src.targets, None, src.generation, endpoint_url=src.endpoint_url)
+    teacher_url = resolve_teacher(targets, src.teacher)
+    teacher, teacher_fp, _ = load_teacher(teacher_url, endpoint_url=src.endpoint_url)
     check_teacher(teacher_fp, targets.fingerprint, teacher_url, targets.bucket.url())
-    run = RunDir(out, endpoint_url=endpoint_url)
-    with run.writing(writer) if w.rank == 0 else contextlib.nullcontext():
+    run = RunDir(src.out, endpoint_url=src.endpoint_url)
+    with run.writing(session.writer) if w.rank == 0 else contextlib.nullcontext():
         state = build_state(targets, teacher, teacher_fp, cfg, run, rank=w.rank, world_size=w.world_size,
                             agree=w.agree)
         resumed_from = state.resumed_from
@@ -334,7 +337,7 @@ def run_training(targets_url: str, teacher_url: str | None, out: str, cfg: Stude
                 raise ValueError(f"run {run.url} has no DMT round {through_round} to train on: relabel it first "
                                  "(smt dmt)")
             state.stream.switch(g)  # a no-op on a resume inside the block: the saved stream is already there
-        row = train(state, run, hooks=hooks, rank=w.rank, quiet=quiet, wrap=w.wrap, stop_at=stop_at,
+        row = train(state, run, hooks=hooks, rank=w.rank, quiet=quiet, wrap=w.wrap, stop_at=session.stop_at,
                     tracking=tracking)
     return {"step": state.step, "run": run.url, "teacher_fingerprint": teacher_fp, "last": row,
             "resumed_from": resumed_from}

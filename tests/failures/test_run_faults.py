@@ -20,7 +20,7 @@ from storage.lease import LeaseLost, RunLocked, Writer
 from storage.run_dir import LATEST, Retention, RunConflict, RunDir, step_dir
 from tests.train_fixtures import make_target_set
 from trainers.dmt.mixing import StreamConfig
-from trainers.student import StudentTrainConfig, run_training
+from trainers.student import StudentRun, StudentTrainConfig, run_training
 
 pytestmark = pytest.mark.timeout(300)
 ROOT = Path(__file__).resolve().parents[2]
@@ -134,10 +134,10 @@ def test_train_cli_on_a_live_run_exits_with_one_line_naming_the_holder(targets, 
 # ---- 4. kills and power loss -----------------------------------------------------------------------------
 def test_a_kill_at_every_write_of_a_checkpoint_save_resumes_to_the_same_weights(targets, tmp_path, monkeypatch):
     clean = str(tmp_path / "clean")
-    run_training(targets["targets"], targets["teacher"], clean, _cfg(3), quiet=True)
+    run_training(StudentRun(targets["targets"], targets["teacher"], clean), _cfg(3), quiet=True)
     want = _weights(clean, 3)
     run = str(tmp_path / "run")
-    run_training(targets["targets"], targets["teacher"], run, _cfg(2), quiet=True)
+    run_training(StudentRun(targets["targets"], targets["teacher"], run), _cfg(2), quiet=True)
     real = Bucket.write_bytes
     writes: list[str] = []
 
@@ -148,7 +148,7 @@ def test_a_kill_at_every_write_of_a_checkpoint_save_resumes_to_the_same_weights(
 
     monkeypatch.setattr(Bucket, "write_bytes", counting)
     probe = str(tmp_path / "probe")
-    run_training(targets["targets"], targets["teacher"], probe, _cfg(1), quiet=True)
+    run_training(StudentRun(targets["targets"], targets["teacher"], probe), _cfg(1), quiet=True)
     n = len(writes)  # the writes of one checkpoint save (weights, config, state, marker, pointer)
     assert n >= 5
     for k in range(1, n + 1):
@@ -163,24 +163,24 @@ def test_a_kill_at_every_write_of_a_checkpoint_save_resumes_to_the_same_weights(
 
         monkeypatch.setattr(Bucket, "write_bytes", dies)
         with pytest.raises(Killed):
-            run_training(targets["targets"], targets["teacher"], run, _cfg(3), quiet=True)
+            run_training(StudentRun(targets["targets"], targets["teacher"], run), _cfg(3), quiet=True)
         monkeypatch.setattr(Bucket, "write_bytes", real)
         assert RunDir(run).latest()["step"] == 2  # the pointer never named the half-written step 3
-    out = run_training(targets["targets"], targets["teacher"], run, _cfg(3), quiet=True)
+    out = run_training(StudentRun(targets["targets"], targets["teacher"], run), _cfg(3), quiet=True)
     assert out["resumed_from"] == 2 and _same(_weights(run, 3), want)
 
 
 @pytest.mark.parametrize("torn", ["state.safetensors", "state.json", "student/weights.safetensors"])
 def test_a_file_torn_by_a_power_loss_walks_back_to_the_previous_checkpoint(targets, tmp_path, torn):
     clean = str(tmp_path / "clean")
-    run_training(targets["targets"], targets["teacher"], clean, _cfg(4), quiet=True)
+    run_training(StudentRun(targets["targets"], targets["teacher"], clean), _cfg(4), quiet=True)
     run = str(tmp_path / "run")
-    run_training(targets["targets"], targets["teacher"], run, _cfg(3), quiet=True)
+    run_training(StudentRun(targets["targets"], targets["teacher"], run), _cfg(3), quiet=True)
     path = Path(run) / step_dir(3) / torn
     path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 3])  # what a power loss leaves
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        out = run_training(targets["targets"], targets["teacher"], run, _cfg(4), quiet=True)
+        out = run_training(StudentRun(targets["targets"], targets["teacher"], run), _cfg(4), quiet=True)
     said = [str(w.message) for w in caught if "does not load" in str(w.message)]
     assert len(said) == 1 and "checkpoint step 3" in said[0] and "trying the one before" in said[0]
     assert out["resumed_from"] == 2 and _same(_weights(run, 4), _weights(clean, 4))
@@ -190,35 +190,35 @@ def test_no_checkpoint_that_loads_is_one_line_naming_the_run(targets, tmp_path):
     from storage.checkpoints import CheckpointError
 
     run = str(tmp_path / "run")
-    run_training(targets["targets"], targets["teacher"], run, _cfg(2), quiet=True)
+    run_training(StudentRun(targets["targets"], targets["teacher"], run), _cfg(2), quiet=True)
     for s in (1, 2):
         (Path(run) / step_dir(s) / "state.safetensors").write_bytes(b"")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(CheckpointError) as e:
-            run_training(targets["targets"], targets["teacher"], run, _cfg(3), quiet=True)
+            run_training(StudentRun(targets["targets"], targets["teacher"], run), _cfg(3), quiet=True)
     assert "\n" not in str(e.value) and "no checkpoint loads" in str(e.value) and "step 2" in str(e.value)
 
 
 def test_a_pointer_naming_a_pruned_step_resumes_from_the_newest_complete_one(targets, tmp_path):
     run = str(tmp_path / "run")
-    run_training(targets["targets"], targets["teacher"], run, _cfg(3), quiet=True)
+    run_training(StudentRun(targets["targets"], targets["teacher"], run), _cfg(3), quiet=True)
     Bucket.from_url(run).remove(step_dir(3), recursive=True)  # what the second writer left behind
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        out = run_training(targets["targets"], targets["teacher"], run, _cfg(4), quiet=True)
+        out = run_training(StudentRun(targets["targets"], targets["teacher"], run), _cfg(4), quiet=True)
     assert out["resumed_from"] == 2 and RunDir(run).latest()["step"] == 4
 
 
 # ---- 5. a torn metrics line --------------------------------------------------------------------------------
 def test_a_torn_metrics_line_is_skipped_with_a_warning(targets, tmp_path):
     run = str(tmp_path / "run")
-    run_training(targets["targets"], targets["teacher"], run, _cfg(2), quiet=True)
+    run_training(StudentRun(targets["targets"], targets["teacher"], run), _cfg(2), quiet=True)
     with open(Path(run) / "metrics.jsonl", "a") as f:
         f.write('{"step": 3, "loss": 0.4')  # the process died mid-append
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        out = run_training(targets["targets"], targets["teacher"], run, _cfg(4), quiet=True)
+        out = run_training(StudentRun(targets["targets"], targets["teacher"], run), _cfg(4), quiet=True)
     assert out["resumed_from"] == 2
     assert any("metrics.jsonl line 3 is torn" in str(w.message) for w in caught)
     assert [r["step"] for r in RunDir(run).metrics()] == [1, 2, 3, 4]
@@ -251,13 +251,15 @@ def test_every_file_of_an_s3_run_goes_to_the_given_endpoint(targets, s3_bucket, 
     url, endpoint = s3_bucket
     assert "AWS_ENDPOINT_URL" not in os.environ and "AWS_ENDPOINT_URL_S3" not in os.environ
     run = f"{url}/runs/one-store"
-    run_training(targets["targets"], targets["teacher"], run, _cfg(2), endpoint_url=endpoint, quiet=True)
+    run_training(StudentRun(targets["targets"], targets["teacher"], run, endpoint_url=endpoint), _cfg(2),
+                 quiet=True)
     b = Bucket.from_url(run, endpoint_url=endpoint)
     files = set(b.glob("**"))
     for rel in (f"{step_dir(2)}/student/weights.safetensors", f"{step_dir(2)}/student/config.json",
                 f"{step_dir(2)}/state.safetensors", f"{step_dir(2)}/state.json", LATEST):
         assert rel in files
-    out = run_training(targets["targets"], targets["teacher"], run, _cfg(3), endpoint_url=endpoint, quiet=True)
+    out = run_training(StudentRun(targets["targets"], targets["teacher"], run, endpoint_url=endpoint),
+                       _cfg(3), quiet=True)
     assert out["resumed_from"] == 2
     # and `smt eval` reads the run at the same endpoint (its flag, not the environment)
     from jobs.cli import main as smt

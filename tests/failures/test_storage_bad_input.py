@@ -18,6 +18,7 @@ from storage.errors import BucketError, FingerprintMismatch, ManifestError, Shar
 from storage.formats import shard_sha256
 from storage.manifest import ShardEntry, commit, gen_path
 from storage.reader import TargetSet
+from storage.settings import ShardEncoding
 from storage.writer import TargetSetWriter
 from tests.storage_data import FP, make_segments, writer_kwargs
 
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.timeout(300)
 
 
 def _write(target: Bucket, fmt: str) -> TargetSet:
-    with TargetSetWriter(target, fmt=fmt, **writer_kwargs()) as w:
+    with TargetSetWriter(target, encoding=ShardEncoding(format=fmt), **writer_kwargs()) as w:
         w.write_segments(0, make_segments(n=4, S=4, Z=32))
     return TargetSet.open(target, FP)
 

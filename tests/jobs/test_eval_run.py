@@ -13,7 +13,7 @@ from tests.train_fixtures import CORPUS, make_target_set
 from tests.trainers.test_dmt import SPEC, _label
 from tests.trainers.test_dmt_pin import _dmt, _fake_run
 from trainers.dmt.mixing import StreamConfig
-from trainers.student import StudentTrainConfig, run_training
+from trainers.student import StudentRun, StudentTrainConfig, run_training
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -57,7 +57,7 @@ def test_train_run_newest_and_step(tmp_path, capsys):
     run = tmp_path / "runs" / "gru"
     cfg = StudentTrainConfig(stream=StreamConfig(batch_size=16, shuffle_buffer=64, seed=1, prefetch=0), steps=6,
                              checkpoint_every=3, device="cpu")
-    run_training(d["targets"], d["teacher"], str(run), cfg, quiet=True)
+    run_training(StudentRun(d["targets"], d["teacher"], str(run)), cfg, quiet=True)
     newest = _eval(capsys, run, CORPUS)
     assert newest["student"]["url"].endswith("checkpoints/step-00000006/student") and "teacher" not in newest
     step3 = _eval(capsys, run, CORPUS, "--step", "3", "--teacher", d["teacher"])

@@ -66,19 +66,36 @@ def test_bad_names_are_one_line(tmp_path, capsys):
         load_recipe(str(tmp_path / "missing.yaml"))
 
 
-def test_fields_the_pipeline_derives_are_refused_when_set():
-    rc = _parse(["--label.teacher", "somewhere"]).tree
-    with pytest.raises(ConfigError, match="label.teacher is set by the pipeline.*drop --label.teacher"):
+def test_fields_the_pipeline_derives_are_hidden_from_its_flags_and_refused_in_a_file(tmp_path, capsys):
+    from jobs.pipeline_job import main
+    from jobs.recipes import _VIEWS
+    from pipeline.label import LabelConfig
+
+    with pytest.raises(SystemExit) as e:
+        _parse(["--label.teacher", "somewhere"])
+    assert e.value.code == 2 and "--label.teacher" in capsys.readouterr().err
+    assert main(["--help"]) == 0
+    shown = capsys.readouterr().out
+    for name, view in _VIEWS.items():  # every field the pipeline sets is absent from --help, 28 in all
+        prefix = "--" + name.replace("_", "-") + "."
+        for f in view.derived:
+            assert prefix + f.replace("_", "-") + " " not in shown and prefix + f + " " not in shown
+    assert sum(len(v.derived) for v in _VIEWS.values()) == 28
+    assert "--label.format" in shown and "--baseline.lrs" in shown and "--online.w-state" in shown
+    (tmp_path / "r.json").write_text(json.dumps({"label": {"teacher": "somewhere"}}))
+    rc = load_recipe(str(tmp_path / "r.json"))
+    with pytest.raises(ConfigError, match="label.teacher is set by the pipeline.*drop it from the recipe file"):
         wired(rc.label, "label", teacher="t", corpus="c", out="o", Tc=None)
-    rc = load_recipe("retrieval-demo")
-    assert wired(rc.label, "label", teacher="t", corpus="c", out="o", Tc=None).teacher == "t"
+    lc = wired(load_recipe("retrieval-demo").label, "label", teacher="t", corpus="c", out="o", Tc=None)
+    assert type(lc) is LabelConfig and (lc.teacher, lc.corpus, lc.out) == ("t", "c", "o")
 
 
-def test_bptt_baseline_takes_the_teachers_curriculum_and_refuses_its_own():
+def test_bptt_baseline_takes_the_teachers_curriculum_and_refuses_its_own(tmp_path):
     from jobs.pipeline_job import _bptt_baseline
 
-    rc = _parse(["--baseline.curriculum", "8"]).tree
-    with pytest.raises(ConfigError, match="baseline.curriculum is set by the pipeline.*drop --baseline.curriculum"):
+    (tmp_path / "r.yaml").write_text("baseline:\n  curriculum: [8]\n")
+    rc = load_recipe(str(tmp_path / "r.yaml"))
+    with pytest.raises(ConfigError, match="baseline.curriculum is set by the pipeline.*drop it from the recipe"):
         _bptt_baseline(rc, None, 10.0, None, True, print)
     rc = _parse(["--baseline.lrs", "1e-3", "3e-3"]).tree
     assert rc.baseline.lrs == (1e-3, 3e-3) and rc.pretrain.curriculum == (16, 32)

@@ -8,6 +8,7 @@ import pytest
 from jobs.inspect_bucket import main
 from storage.bucket import Bucket
 from storage.manifest import target_set_path
+from storage.settings import ShardEncoding
 from storage.writer import TargetSetWriter
 from tests.storage_data import CORPUS, FP, make_pairs, make_segments, writer_kwargs
 
@@ -16,10 +17,10 @@ pytestmark = pytest.mark.timeout(300)
 
 def _populate(root: Bucket) -> Bucket:
     target = root.child(target_set_path(FP, CORPUS))
-    with TargetSetWriter(target, fmt="zarr", **writer_kwargs()) as w:
+    with TargetSetWriter(target, encoding=ShardEncoding(format="zarr"), **writer_kwargs()) as w:
         w.write_segments(0, make_segments())
         w.write_segments(1, make_segments(seed=1))
-    with TargetSetWriter(target, fmt="wds", round=1, dtype="int8", **writer_kwargs()) as w:
+    with TargetSetWriter(target, encoding=ShardEncoding(format="wds", dtype="int8"), round=1, **writer_kwargs()) as w:
         w.write_pairs(0, make_pairs())
     return target
 

@@ -12,6 +12,7 @@ import pytest
 from storage.manifest import ShardEntry
 from storage.reader import TargetSet
 from storage.schema import Segments
+from storage.settings import ShardEncoding
 from storage.stream import EpochPlan, ShardStream
 from storage.writer import TargetSetWriter
 from trainers.dmt.mixing import StreamConfig, epoch_plan
@@ -91,7 +92,7 @@ def _set_with_generations(root, n: int) -> str:
     url = f"{root}/targets/fp/c"
     rng = np.random.default_rng(0)
     for g in range(n):  # one shard per generation, as DMT rounds arrive
-        with TargetSetWriter(url, teacher_fingerprint="fp", teacher_config={}, corpus_id="c", dtype="float32") as w:
+        with TargetSetWriter(url, teacher_fingerprint="fp", teacher_config={}, corpus_id="c", encoding=ShardEncoding(dtype="float32")) as w:
             w.write_segments(g, Segments(states=rng.standard_normal((4, 5, 8), dtype=np.float32),
                                          tokens=rng.integers(0, 4, (4, 4)), y=rng.integers(0, 4, (4, 4)),
                                          seq=np.arange(4) + 4 * g, pos0=np.zeros(4, dtype=np.int64)))

@@ -17,7 +17,7 @@ from tests.train_fixtures import CORPUS, make_target_set
 from trainers.dmt.lockstep import LockstepDMT, LockstepDMTConfig
 from trainers.dmt.mixing import StreamConfig
 from trainers.pretrain import PretrainConfig, pretrain
-from trainers.student import Hook, StudentTrainConfig, run_training
+from trainers.student import Hook, StudentRun, StudentTrainConfig, run_training
 
 pytestmark = pytest.mark.timeout(300)
 STREAM = StreamConfig(batch_size=16, shuffle_buffer=64, seed=1, prefetch=0)
@@ -64,7 +64,8 @@ class PinsStep(Hook):
 def test_the_training_loop_spares_the_steps_its_hooks_pin(tmp_path):
     d = make_target_set(str(tmp_path / "bucket"))
     run = str(tmp_path / "runs" / "gru")
-    run_training(d["targets"], d["teacher"], run, _cfg(5, keep_last=1), quiet=True, hooks=[PinsStep(2)])
+    run_training(StudentRun(d["targets"], d["teacher"], run), _cfg(5, keep_last=1), quiet=True,
+                 hooks=[PinsStep(2)])
     assert RunDir(run).checkpoints() == [2, 5]
 
 
@@ -76,13 +77,13 @@ def test_student_run_keeps_exactly_the_expected_steps_and_resumes(where, tmp_pat
     if where == "s3":
         url, endpoint = request.getfixturevalue("s3_bucket")
         run = f"{url}/runs/gru"
-    run_training(d["targets"], d["teacher"], run, _cfg(10, keep_last=2, keep_every=4), endpoint_url=endpoint,
-                 quiet=True)
+    run_training(StudentRun(d["targets"], d["teacher"], run, endpoint_url=endpoint),
+                 _cfg(10, keep_last=2, keep_every=4), quiet=True)
     rd = RunDir(run, endpoint_url=endpoint)
     assert rd.checkpoints() == [4, 8, 9, 10] and rd.latest()["step"] == 10
     assert {p.split("/")[1] for p in rd.bucket.glob("checkpoints/step-*")} == {f"step-{s:08d}" for s in (4, 8, 9, 10)}
-    run_training(d["targets"], d["teacher"], run, _cfg(13, keep_last=2, keep_every=4), endpoint_url=endpoint,
-                 quiet=True)  # resumes at 10
+    run_training(StudentRun(d["targets"], d["teacher"], run, endpoint_url=endpoint),
+                 _cfg(13, keep_last=2, keep_every=4), quiet=True)  # resumes at 10
     assert rd.checkpoints() == [4, 8, 12, 13]
     if where == "local":
         capsys.readouterr()
@@ -113,7 +114,7 @@ class Killed(BaseException):
 def test_a_crash_between_commit_and_prune_or_inside_it_leaves_a_resumable_run(tmp_path, monkeypatch):
     d = make_target_set(str(tmp_path / "bucket"))
     run = str(tmp_path / "runs" / "gru")
-    run_training(d["targets"], d["teacher"], run, _cfg(3), quiet=True)  # keep all: steps 1, 2, 3
+    run_training(StudentRun(d["targets"], d["teacher"], run), _cfg(3), quiet=True)  # keep all: steps 1, 2, 3
     rd = RunDir(run)
     real_remove = Bucket.remove
     calls: list[str] = []
@@ -130,17 +131,17 @@ def test_a_crash_between_commit_and_prune_or_inside_it_leaves_a_resumable_run(tm
     # 1. dead at the first delete: step 4 is committed, nothing pruned yet
     monkeypatch.setattr(Bucket, "remove", dies_at(1))
     with pytest.raises(Killed):
-        run_training(d["targets"], d["teacher"], run, _cfg(4, keep_last=1), quiet=True)
+        run_training(StudentRun(d["targets"], d["teacher"], run), _cfg(4, keep_last=1), quiet=True)
     assert rd.latest()["step"] == 4 and rd.checkpoints() == [1, 2, 3, 4]
     # 2. dead inside the prune: step 5 committed, step 1 lost its marker but not its folder
     calls.clear()
     monkeypatch.setattr(Bucket, "remove", dies_at(2))
     with pytest.raises(Killed):
-        run_training(d["targets"], d["teacher"], run, _cfg(5, keep_last=1), quiet=True)
+        run_training(StudentRun(d["targets"], d["teacher"], run), _cfg(5, keep_last=1), quiet=True)
     assert rd.latest()["step"] == 5 and rd.checkpoints() == [2, 3, 4, 5]
     assert rd.student_dir(1) is None and rd.bucket.exists(f"{step_dir(1)}/student/config.json")  # half-deleted
     # 3. the same command again resumes from step 5 and the next prune clears everything older
     monkeypatch.setattr(Bucket, "remove", real_remove)
-    out = run_training(d["targets"], d["teacher"], run, _cfg(6, keep_last=1), quiet=True)
+    out = run_training(StudentRun(d["targets"], d["teacher"], run), _cfg(6, keep_last=1), quiet=True)
     assert out["resumed_from"] == 5 and rd.checkpoints() == [6]
     assert rd.bucket.glob("checkpoints/step-*") == [step_dir(6)]

@@ -20,6 +20,7 @@ from storage.manifest import (
     target_set_path,
 )
 from storage.reader import TargetSet
+from storage.settings import ShardEncoding
 from storage.writer import TargetSetWriter, write_shard
 from tests.storage_data import CORPUS, FP, make_pairs, make_segments, race_commits, writer_kwargs
 
@@ -54,12 +55,12 @@ def test_exception_in_body_commits_nothing(target):
 @pytest.mark.parametrize("fmt", ["zarr", "wds"])
 def test_retry_is_deterministic_and_idempotent(target, fmt):
     seg = make_segments(n=4, S=8)
-    with TargetSetWriter(target, fmt=fmt, round=3, **writer_kwargs()) as w:
+    with TargetSetWriter(target, encoding=ShardEncoding(format=fmt), round=3, **writer_kwargs()) as w:
         first = w.write_segments(7, seg)
     assert first.path == f"round-003/shard-00007.{'zarr.zip' if fmt == 'zarr' else 'tar'}"
     # a retried writer (same data) produces the same checksum, skips the existing shard, and its
     # commit does not list the shard twice
-    with TargetSetWriter(target, fmt=fmt, round=3, **writer_kwargs()) as w:
+    with TargetSetWriter(target, encoding=ShardEncoding(format=fmt), round=3, **writer_kwargs()) as w:
         again = w.write_segments(7, make_segments(n=4, S=8))
     assert again == first
     ts = TargetSet.open(target, FP)
@@ -95,7 +96,7 @@ def test_driver_commits_worker_shards(target):
 
 def test_latest_hint_is_advisory(target):
     for i in range(5):
-        with TargetSetWriter(target, fmt="wds", **writer_kwargs()) as w:
+        with TargetSetWriter(target, encoding=ShardEncoding(format="wds"), **writer_kwargs()) as w:
             w.write_pairs(i, make_pairs(n=2, seed=i))
     assert target.read_bytes(LATEST) == b"5"
     for hint in (b"2", b"garbage", b"99"):
@@ -155,7 +156,7 @@ def test_store_ignoring_create_if_absent_is_refused(s3_bucket):
     fs = IgnoresIfNoneMatch(endpoint_url=endpoint, use_listings_cache=False)
     target = Bucket(fs, url.removeprefix("s3://"), protocol="s3", endpoint_url=endpoint,
                     retries=1).child(target_set_path(FP, CORPUS))
-    w = TargetSetWriter(target, fmt="zarr", **writer_kwargs())
+    w = TargetSetWriter(target, encoding=ShardEncoding(format="zarr"), **writer_kwargs())
     with pytest.raises(BucketError, match="ignores conditional puts") as err:
         w.write_segments(0, make_segments())  # a shard is an exclusive create too: refused up front
     assert "\n" not in str(err.value) and "refusing to commit" in str(err.value)
@@ -163,7 +164,7 @@ def test_store_ignoring_create_if_absent_is_refused(s3_bucket):
     # the verdict is probed once per bucket and remembered; the honest client on the same bucket commits
     with pytest.raises(BucketError, match="ignores conditional puts"):
         target.create_exclusive("manifest/other.json", b"{}")
-    with TargetSetWriter(_s3_target(s3_bucket), fmt="zarr", **writer_kwargs()) as honest:
+    with TargetSetWriter(_s3_target(s3_bucket), encoding=ShardEncoding(format="zarr"), **writer_kwargs()) as honest:
         honest.write_segments(0, make_segments())
     assert honest.generation.number == 1
 
@@ -186,7 +187,7 @@ def test_torn_newest_generation_does_not_block_commits(tmp_path, torn):
 
 
 def test_a_record_is_never_committed_twice(target):
-    with TargetSetWriter(target, fmt="zarr", **writer_kwargs()) as w:
+    with TargetSetWriter(target, encoding=ShardEncoding(format="zarr"), **writer_kwargs()) as w:
         w.write_segments(0, make_segments())
     again = write_shard(target, make_segments(), index=0, round=0, fmt="wds", dtype="float16",
                         teacher_fingerprint=FP)

@@ -7,6 +7,7 @@ import pytest
 from storage.bucket import Bucket
 from storage.errors import ObjectNotFound
 from storage.reader import TargetSet
+from storage.settings import ShardEncoding
 from storage.writer import TargetSetWriter
 from tests.storage_data import FP, make_pairs, make_segments, writer_kwargs
 
@@ -39,7 +40,7 @@ def test_bucket_basics(root_bucket):
 @pytest.mark.parametrize("layout", ["segments", "pairs"])
 def test_roundtrip_bit_exact(target, fmt, layout):
     data = {}
-    with TargetSetWriter(target, fmt=fmt, dtype="float16", **writer_kwargs()) as w:
+    with TargetSetWriter(target, encoding=ShardEncoding(format=fmt, dtype="float16"), **writer_kwargs()) as w:
         for i in range(2):
             if layout == "segments":
                 data[i] = make_segments(seed=i)
@@ -75,7 +76,7 @@ def test_segments_semantics():
 def test_roundtrip_dtypes_local(tmp_path, fmt, dtype, tol):
     b = Bucket.from_url(str(tmp_path))
     seg, pairs = make_segments(dtype=np.float32), make_pairs(dtype=np.float32)
-    with TargetSetWriter(b, fmt=fmt, dtype=dtype, **writer_kwargs()) as w:
+    with TargetSetWriter(b, encoding=ShardEncoding(format=fmt, dtype=dtype), **writer_kwargs()) as w:
         w.write_segments(0, seg)
         w.write_pairs(1, pairs)
     ts = TargetSet.open(b, FP)
@@ -111,6 +112,6 @@ def test_refuses_non_finite_and_empty(tmp_path):
     big = make_segments(dtype=np.float32)
     big.states[0, 0, 0] = 1e6
     with pytest.raises(ValueError, match="float16"):
-        TargetSetWriter(b, dtype="float16", **writer_kwargs()).write_segments(0, big)
+        TargetSetWriter(b, encoding=ShardEncoding(dtype="float16"), **writer_kwargs()).write_segments(0, big)
     with pytest.raises(ValueError, match="empty"):
         TargetSetWriter(b, **writer_kwargs()).write_segments(0, make_segments(n=0))

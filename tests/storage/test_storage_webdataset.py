@@ -8,13 +8,14 @@ import webdataset as wds
 from storage.bucket import Bucket
 from storage.codec import to_columns
 from storage.formats import decode_tar
+from storage.settings import ShardEncoding
 from storage.writer import TargetSetWriter
 from tests.storage_data import FP, make_pairs, make_segments, writer_kwargs
 
 
 def test_webdataset_reads_our_tar_shards(tmp_path):
     seg = make_segments(n=7, S=4, Z=16)
-    with TargetSetWriter(Bucket.from_url(str(tmp_path)), fmt="wds", chunk_bytes=500, **writer_kwargs()) as w:
+    with TargetSetWriter(Bucket.from_url(str(tmp_path)), encoding=ShardEncoding(format="wds"), chunk_bytes=500, **writer_kwargs()) as w:
         entry = w.write_segments(0, seg)
     samples = list(wds.WebDataset(str(tmp_path / entry.path), shardshuffle=False).decode())
     header, blocks = samples[0], samples[1:]

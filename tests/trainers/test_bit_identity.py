@@ -23,7 +23,7 @@ from trainers.dmt import OnlineDMT, OnlineDMTConfig, dmt_online
 from trainers.dmt.mixing import StreamConfig
 from trainers.loop import Callbacks
 from trainers.pretrain import PretrainConfig, pretrain
-from trainers.student import StudentTrainConfig, run_training
+from trainers.student import Session, StudentRun, StudentTrainConfig, run_training
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("one_thread")]
 SPEC = "retrieval:T=12,vocab=4"
@@ -94,12 +94,13 @@ def test_student_run_weights_and_a_resume_of_it(tmp_path):
     d = make_target_set(str(tmp_path / "bucket"))
     cfg = StudentTrainConfig(updater=UpdaterConfig(arch="mlp", depth=1, hidden=32), steps=8, checkpoint_every=3,
                              readout_weight=0.5, stream=StreamConfig(batch_size=32, shuffle_buffer=64), device="cpu")
-    r = run_training(d["targets"], d["teacher"], str(tmp_path / "a"), cfg, quiet=True)
+    r = run_training(StudentRun(d["targets"], d["teacher"], str(tmp_path / "a")), cfg, quiet=True)
     assert r["step"] == 8
     whole, _, _ = load_student(f"{tmp_path}/a/checkpoints/step-00000008/student")
     assert digest(whole) == STUDENT_WEIGHTS
-    run_training(d["targets"], d["teacher"], str(tmp_path / "b"), cfg, quiet=True, stop_at=5)
-    assert run_training(d["targets"], d["teacher"], str(tmp_path / "b"), cfg, quiet=True)["resumed_from"] == 5
+    run_training(StudentRun(d["targets"], d["teacher"], str(tmp_path / "b")), cfg, quiet=True,
+                 session=Session(stop_at=5))
+    assert run_training(StudentRun(d["targets"], d["teacher"], str(tmp_path / "b")), cfg, quiet=True)["resumed_from"] == 5
     resumed, _, _ = load_student(f"{tmp_path}/b/checkpoints/step-00000008/student")
     assert digest(resumed) == STUDENT_WEIGHTS
 

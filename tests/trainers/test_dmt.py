@@ -32,7 +32,7 @@ from trainers.common import OptimConfig
 from trainers.dmt import LockstepDMTConfig, RefreshConfig
 from trainers.dmt.actor import DMTLoop, DMTLoopConfig, round_reports
 from trainers.dmt.mixing import StreamConfig
-from trainers.student import StudentTrainConfig, check_hooks, run_training
+from trainers.student import StudentRun, StudentTrainConfig, check_hooks, run_training
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = "retrieval:T=12,vocab=8,n=48"
@@ -152,9 +152,9 @@ def _loop_cfg(d: dict, run: str, rounds: int, every_steps: int, **kw) -> DMTLoop
 def test_loop_follows_a_real_training_run(labeled, tmp_path):
     d = labeled
     run = str(tmp_path / "run")
-    run_training(d["targets"], d["teacher"], run, _train_cfg(30), quiet=True)
+    run_training(StudentRun(d["targets"], d["teacher"], run), _train_cfg(30), quiet=True)
     assert [r["student_step"] for r in DMTLoop(_loop_cfg(d, run, rounds=1, every_steps=20)).run()] == [30]
-    run_training(d["targets"], d["teacher"], run, _train_cfg(50), quiet=True)  # resumes: 20 more steps
+    run_training(StudentRun(d["targets"], d["teacher"], run), _train_cfg(50), quiet=True)  # resumes: 20 more steps
     loop = DMTLoop(_loop_cfg(d, run, rounds=2, every_steps=20))
     reps = loop.run()
     assert [r["round"] for r in reps] == [2] and reps[0]["committed"]
@@ -172,7 +172,8 @@ def test_loop_rounds_pin_advancing_checkpoints(labeled, tmp_path):
     d = labeled
     run = str(tmp_path / "run")
     cfg = _train_cfg(90, every=10, follow_every=5, round_weights={"0": 1.0, "dmt": 1.0})
-    t = threading.Thread(target=run_training, args=(d["targets"], d["teacher"], run, cfg), kwargs={"quiet": True})
+    t = threading.Thread(target=run_training, args=(StudentRun(d["targets"], d["teacher"], run), cfg),
+                         kwargs={"quiet": True})
     t.start()
     try:
         reps = DMTLoop(_loop_cfg(d, run, rounds=3, every_steps=20)).run()
@@ -219,7 +220,8 @@ def test_streaming_trainer_during_commits(labeled, tmp_path, monkeypatch):
     cfg = _train_cfg(90, every=10, follow_every=every, round_weights={"0": 1.0, "dmt": 2.0})
     rec = _Recorder()
     rec.install(monkeypatch)
-    t = threading.Thread(target=run_training, args=(d["targets"], d["teacher"], run, cfg), kwargs={"quiet": True})
+    t = threading.Thread(target=run_training, args=(StudentRun(d["targets"], d["teacher"], run), cfg),
+                         kwargs={"quiet": True})
     t.start()
     try:
         DMTLoop(_loop_cfg(d, run, rounds=3, every_steps=20)).run()
@@ -280,14 +282,14 @@ def _lockstep(d: dict, run: str, monkeypatch) -> tuple[list[dict], list[dict]]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
-    run_training(d["targets"], d["teacher"], run, _train_cfg(20), quiet=True)
+    run_training(StudentRun(d["targets"], d["teacher"], run), _train_cfg(20), quiet=True)
     rec = _Recorder()
     rec.install(monkeypatch)
     err: list[BaseException] = []
 
     def trainer():
         try:
-            run_training(d["targets"], d["teacher"], run, _dmt_phase_cfg(40, 20, 5), quiet=True,
+            run_training(StudentRun(d["targets"], d["teacher"], run), _dmt_phase_cfg(40, 20, 5), quiet=True,
                          hooks=_lockstep_hooks(5, 3, wait_seconds=60))
         except Exception as e:  # noqa: BLE001 - re-raised by the assertion below
             err.append(e)
@@ -379,8 +381,8 @@ def test_fresh_round_replays_the_relabel_with_the_current_student(labeled, tmp_p
 def test_lockstep_with_refresh_trains(labeled, tmp_path):
     d = labeled
     run = str(tmp_path / "run")
-    run_training(d["targets"], d["teacher"], run, _train_cfg(20), quiet=True)
-    t = threading.Thread(target=run_training, args=(d["targets"], d["teacher"], run,
+    run_training(StudentRun(d["targets"], d["teacher"], run), _train_cfg(20), quiet=True)
+    t = threading.Thread(target=run_training, args=(StudentRun(d["targets"], d["teacher"], run),
                                                     _dmt_phase_cfg(30, 20, 5)),
                          kwargs={"quiet": True, "hooks": _lockstep_hooks(5, 2, refresh=True)})
     t.start()
@@ -398,17 +400,17 @@ def test_lockstep_with_refresh_trains(labeled, tmp_path):
 def test_lockstep_refresh_on_two_ddp_workers(ray_local, labeled, tmp_path):
     """The DMT phase on 2 Ray Train workers (DDP, gloo) beside the loop: both ranks wait for and switch to the
     same rounds, re-roll them, and the phase may change the world size of the SMT run it resumes."""
-    from trainers.distributed import train_with_ray
+    from trainers.distributed import RayGroup, train_with_ray
 
     d = labeled
     run = str(tmp_path / "run")
-    run_training(d["targets"], d["teacher"], run, _train_cfg(20), quiet=True)
+    run_training(StudentRun(d["targets"], d["teacher"], run), _train_cfg(20), quiet=True)
     box: dict = {}
     loop = threading.Thread(target=lambda: box.setdefault(
         "reps", DMTLoop(_loop_cfg(d, run, rounds=2, every_steps=5, first_step=20, timeout_seconds=120)).run()))
     loop.start()
     try:
-        train_with_ray(d["targets"], d["teacher"], run, _dmt_phase_cfg(35, 20, 5), workers=2, quiet=True,
+        train_with_ray(StudentRun(d["targets"], d["teacher"], run), _dmt_phase_cfg(35, 20, 5), RayGroup(2), quiet=True,
                        hooks=_lockstep_hooks(5, 2, wait_seconds=120, refresh=True))
     finally:
         loop.join(timeout=180)
@@ -423,9 +425,9 @@ def test_lockstep_trainer_without_actor_names_the_fix(labeled, tmp_path):
 
     d = labeled
     run = str(tmp_path / "run")
-    run_training(d["targets"], d["teacher"], run, _train_cfg(20), quiet=True)
+    run_training(StudentRun(d["targets"], d["teacher"], run), _train_cfg(20), quiet=True)
     with pytest.raises(DMTWaitTimeout, match=r"DMT round 1 was not committed .* \(smt dmt .*--first-step 20 --every-steps 5"):
-        run_training(d["targets"], d["teacher"], run, _dmt_phase_cfg(30, 20, 5), quiet=True,
+        run_training(StudentRun(d["targets"], d["teacher"], run), _dmt_phase_cfg(30, 20, 5), quiet=True,
                      hooks=_lockstep_hooks(5, 2, wait_seconds=0.5))
     # the wait happened after the round-1 checkpoint (step 20, already there): nothing trained, nothing lost
     assert json.loads(Path(f"{run}/checkpoints/latest.json").read_text())["step"] == 20
@@ -436,7 +438,7 @@ def test_lockstep_loop_refuses_a_run_without_the_boundary_checkpoint(labeled, tm
 
     d = labeled
     run = str(tmp_path / "run")
-    run_training(d["targets"], d["teacher"], run, _train_cfg(30, every=10), quiet=True)
+    run_training(StudentRun(d["targets"], d["teacher"], run), _train_cfg(30, every=10), quiet=True)
     with pytest.raises(DMTTimeout, match=r"no checkpoint or policy snapshot at step 25 .*--dmt\.every 5"):
         DMTLoop(_loop_cfg(d, run, rounds=1, every_steps=5, first_step=25)).run()
     assert newest_generation(rounds_bucket(run)) == 0
@@ -469,12 +471,12 @@ def _dmt_cli(d: dict, run: str, rounds: int, die: list[str] = ()) -> subprocess.
 def test_killed_dmt_driver_leaves_no_partial_round_and_resumes_once(tmp_path):
     d, ref = _label(tmp_path / "a"), _label(tmp_path / "b")
     run = str(tmp_path / "run")
-    run_training(d["targets"], d["teacher"], run, _train_cfg(20), quiet=True)
+    run_training(StudentRun(d["targets"], d["teacher"], run), _train_cfg(20), quiet=True)
     p = _dmt_cli(d, run, 1)  # round 1 completes
     assert p.returncode == 0, p.stderr
     b = rounds_bucket(run)
     assert newest_generation(b) == 1
-    run_training(d["targets"], d["teacher"], run, _train_cfg(40), quiet=True)  # the student moves on
+    run_training(StudentRun(d["targets"], d["teacher"], run), _train_cfg(40), quiet=True)  # the student moves on
     p = _dmt_cli(d, run, 2, ["2", "sigkill"])  # killed (SIGKILL) after 2 of round 2's 4 shards
     assert p.returncode == -9, (p.returncode, p.stderr[-2000:])
     assert newest_generation(b) == 1  # the partial round is invisible
@@ -482,7 +484,7 @@ def test_killed_dmt_driver_leaves_no_partial_round_and_resumes_once(tmp_path):
     assert len(written) == 2
     pin = json.loads(b.read_bytes("dmt/intent-002.json"))
     assert pin["step"] == 40
-    run_training(d["targets"], d["teacher"], run, _train_cfg(60), quiet=True)  # newer checkpoint: not used
+    run_training(StudentRun(d["targets"], d["teacher"], run), _train_cfg(60), quiet=True)  # newer checkpoint: not used
     p = _dmt_cli(d, run, 2)
     assert p.returncode == 0, p.stderr
     assert newest_generation(b) == 2
@@ -529,7 +531,7 @@ def test_lockstep_from_the_command_line(labeled, tmp_path):
 def test_crash_after_commit_repairs_report(labeled, tmp_path):
     d = labeled
     run = str(tmp_path / "run")
-    run_training(d["targets"], d["teacher"], run, _train_cfg(20), quiet=True)
+    run_training(StudentRun(d["targets"], d["teacher"], run), _train_cfg(20), quiet=True)
     loop = DMTLoop(_loop_cfg(d, run, rounds=1, every_steps=10))
     loop.run()
     b = rounds_bucket(run)
@@ -543,7 +545,7 @@ def test_crash_after_commit_repairs_report(labeled, tmp_path):
 def test_ray_actor_loop(ray_local, labeled, tmp_path):
     d = labeled
     run = str(tmp_path / "run")
-    run_training(d["targets"], d["teacher"], run, _train_cfg(20), quiet=True)
+    run_training(StudentRun(d["targets"], d["teacher"], run), _train_cfg(20), quiet=True)
     actor = ray_local.remote(num_cpus=1)(DMTLoop).remote(_loop_cfg(d, run, rounds=1, every_steps=10))
     reps = ray_local.get(actor.run.remote(True), timeout=120)
     ray_local.kill(actor)

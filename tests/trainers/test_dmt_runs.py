@@ -27,7 +27,7 @@ from trainers.common import OptimConfig
 from trainers.dmt import LockstepDMTConfig
 from trainers.dmt.actor import DMTLoop, DMTLoopConfig, round_reports
 from trainers.dmt.mixing import StreamConfig
-from trainers.student import StudentTrainConfig, run_training
+from trainers.student import StudentRun, StudentTrainConfig, run_training
 
 pytestmark = pytest.mark.timeout(600)
 REPO = Path(__file__).resolve().parents[2]
@@ -54,9 +54,9 @@ def _dmt(d: dict, run: str, arch: str, errors: list) -> list[threading.Thread]:
     """A lockstep DMT phase (steps 10..20, a round every 5 steps) and its DMT loop, as two threads."""
     def trainer():
         try:
-            run_training(d["targets"], d["teacher"], run, _cfg(arch, 20, 10, dmt=True), endpoint_url=d["endpoint"],
-                         hooks=LockstepDMTConfig(every=5, rounds=2, wait_seconds=120).hooks(),
-                         quiet=True)
+            run_training(StudentRun(d["targets"], d["teacher"], run, endpoint_url=d["endpoint"]),
+                         _cfg(arch, 20, 10, dmt=True),
+                         hooks=LockstepDMTConfig(every=5, rounds=2, wait_seconds=120).hooks(), quiet=True)
         except Exception as e:  # noqa: BLE001 - asserted empty by the caller
             errors.append(e)
 
@@ -98,8 +98,8 @@ def test_two_students_dmt_on_one_target_set_each_on_its_own_rounds(where, tmp_pa
         d = _setup(root, tmp_path, endpoint)
         runs = {"mlp": f"{root}/runs/mlp", "gru": f"{root}/runs/gru", "solo": f"{root}/runs/mlp-alone"}
         for name, run in runs.items():  # the SMT phase (deterministic from the seed: "solo" equals "mlp")
-            run_training(d["targets"], d["teacher"], run, _cfg("gru" if name == "gru" else "mlp", 10),
-                         endpoint_url=endpoint, quiet=True)
+            run_training(StudentRun(d["targets"], d["teacher"], run, endpoint_url=endpoint),
+                         _cfg("gru" if name == "gru" else "mlp", 10), quiet=True)
         errors: list = []
         both = _dmt(d, runs["mlp"], "mlp", errors) + _dmt(d, runs["gru"], "gru", errors)
         for t in both:
@@ -209,7 +209,7 @@ def test_dmt_alone_in_a_ray_actor_prints_each_round(ray_local, tmp_path, capsys)
 
     d = _setup(str(tmp_path / "bucket"), tmp_path)
     run = str(tmp_path / "runs" / "mlp")
-    run_training(d["targets"], d["teacher"], run, _cfg("mlp", 10), quiet=True)
+    run_training(StudentRun(d["targets"], d["teacher"], run), _cfg("mlp", 10), quiet=True)
     capsys.readouterr()
     assert dmt_main(_dmt_argv(d, run, 2, "--resources.num-cpus", "1")) == 0
     out = [line for line in capsys.readouterr().out.splitlines() if line.startswith("round ")]
@@ -232,7 +232,7 @@ def test_attached_dmt_says_what_it_waits_for(tmp_path):
     trainer that never comes ends in a one-line error instead of hanging."""
     d = _setup(str(tmp_path / "bucket"), tmp_path)
     run = str(tmp_path / "runs" / "mlp")
-    run_training(d["targets"], d["teacher"], run, _cfg("mlp", 10), quiet=True)
+    run_training(StudentRun(d["targets"], d["teacher"], run), _cfg("mlp", 10), quiet=True)
     p = _cli("jobs.dmt", *_dmt_argv(d, run, 2, "--no-actor", "--no-train", "--timeout-seconds", "1",
                                     "--poll-seconds", "0.05"))
     assert p.returncode == 2

@@ -30,7 +30,7 @@ from trainers.dmt.actor import DMTLoop, DMTLoopConfig
 from trainers.dmt.mixing import StreamConfig, teacher_share
 from trainers.dmt.online import dmt_inputs, dmt_losses
 from trainers.dmt.stability import EMA
-from trainers.student import Loop, StudentTrainConfig, build_state, run_training
+from trainers.student import Loop, StudentRun, StudentTrainConfig, build_state, run_training
 
 SPEC = "retrieval:T=12,vocab=8,n=48"
 
@@ -45,9 +45,9 @@ def _stream(**kw) -> StreamConfig:
 
 
 def _smt(d: dict, steps: int = 20) -> None:
-    run_training(d["targets"], d["teacher"], d["run"], StudentTrainConfig(
-        updater=UpdaterConfig(arch="mlp"), stream=_stream(), steps=steps, checkpoint_every=steps, device="cpu"),
-        quiet=True)
+    run_training(StudentRun(d["targets"], d["teacher"], d["run"]),
+                 StudentTrainConfig( updater=UpdaterConfig(arch="mlp"), stream=_stream(), steps=steps, checkpoint_every=steps, device="cpu"),
+                 quiet=True)
 
 
 def _dmt_cfg(steps: int, start: int, every: int, rounds: int, **dmt) -> tuple[StudentTrainConfig, list]:
@@ -135,8 +135,8 @@ def test_ema_update_and_online_rollout_use_the_ema_weights(labeled):
     corpus = load_corpus(SPEC)
     x, y = (torch.as_tensor(v, dtype=torch.long) for v in corpus.sample(4, np.random.default_rng(1)))
     M = d["model"].encode_all(x).detach()
-    own = dmt_losses(a, M, x, y, 0, 12, 10.0, 1.0)
-    via = dmt_losses(a, M, x, y, 0, 12, 10.0, 1.0, policy=b)
+    own = dmt_losses(a, M, x, y, range(12), (10.0, 1.0))
+    via = dmt_losses(a, M, x, y, range(12), (10.0, 1.0), policy=b)
     S = a.step(dmt_inputs(b, M, x, 0, 12).reshape(-1, M.shape[-1]), x.reshape(-1))
     torch.testing.assert_close(via["loss_state"], torch.nn.functional.mse_loss(S, M[:, 1:].reshape(-1, M.shape[-1])))
     assert not torch.isclose(own["loss_state"], via["loss_state"])
@@ -152,7 +152,7 @@ def test_lockstep_actor_rolls_out_the_ema_policy_and_a_resume_keeps_it(labeled):
     run = d["run"]
     _smt(d)
     cfg, hooks = _dmt_cfg(30, 20, 5, 2, ema=0.5)
-    t = threading.Thread(target=run_training, args=(d["targets"], d["teacher"], run, cfg),
+    t = threading.Thread(target=run_training, args=(StudentRun(d["targets"], d["teacher"], run), cfg),
                          kwargs={"quiet": True, "hooks": hooks})
     t.start()
     try:

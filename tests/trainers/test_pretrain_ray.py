@@ -15,7 +15,7 @@ import torch
 from models.teacher import TeacherConfig
 from models.updaters import UpdaterConfig
 from storage.checkpoints import load_teacher
-from storage.run_dir import LATEST
+from storage.run_dir import LATEST, RunDir
 from trainers.pretrain import PretrainConfig
 
 # two Ray Train worker-group starts and a 2-process oracle: tens of seconds even on a quiet machine
@@ -63,7 +63,7 @@ def rows(run):
 
 
 def test_two_workers_fail_resume_and_equal_an_uninterrupted_run(ray_local, tmp_path):
-    from trainers.distributed import pretrain_with_ray
+    from trainers.distributed import RayGroup, pretrain_with_ray
 
     oracle, run = tmp_path / "oracle", tmp_path / "ray"
     with socket.socket() as s:
@@ -72,7 +72,7 @@ def test_two_workers_fail_resume_and_equal_an_uninterrupted_run(ray_local, tmp_p
     torch.multiprocessing.spawn(_plain_rank, args=(str(oracle), port), nprocs=2)
 
     crash = functools.partial(crash_once, str(tmp_path / "crashed"))
-    pretrain_with_ray(SPEC, config(), str(run), workers=2, quiet=True, max_failures=1, on_eval=crash)
+    pretrain_with_ray(SPEC, config(), RunDir(str(run)), RayGroup(2, max_failures=1), quiet=True, on_eval=crash)
     assert (tmp_path / "crashed").exists()                          # the first attempt did fail
     state = json.loads((run / "checkpoints" / "step-00000016" / "state.json").read_text())
     assert state["starts"] == [0, 8] and state["finished"] and state["stage"] == 2

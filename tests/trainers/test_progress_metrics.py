@@ -12,7 +12,7 @@ from pipeline.progress import Progress
 from storage.run_dir import RunDir
 from tests.train_fixtures import make_target_set
 from trainers.dmt.mixing import StreamConfig
-from trainers.student import StudentTrainConfig, run_training
+from trainers.student import StudentRun, StudentTrainConfig, run_training
 
 
 class Clock:
@@ -73,12 +73,12 @@ def test_student_run_on_s3_keeps_its_metrics(s3_bucket, tmp_path):
     run = f"{url}/runs/gru"
     stream = StreamConfig(batch_size=16, shuffle_buffer=64, seed=1, prefetch=0)
     cfg = StudentTrainConfig(stream=stream, steps=6, checkpoint_every=3, device="cpu")
-    run_training(d["targets"], d["teacher"], run, cfg, endpoint_url=endpoint, quiet=True)
+    run_training(StudentRun(d["targets"], d["teacher"], run, endpoint_url=endpoint), cfg, quiet=True)
     rd = RunDir(run, endpoint_url=endpoint)
     rows = rd.metrics()
     assert [r["step"] for r in rows] == list(range(1, 7)) and all("loss" in r for r in rows)
     more = StudentTrainConfig(stream=stream, steps=9, checkpoint_every=3, device="cpu")
-    run_training(d["targets"], d["teacher"], run, more, endpoint_url=endpoint, quiet=True)  # resumes at 6
+    run_training(StudentRun(d["targets"], d["teacher"], run, endpoint_url=endpoint), more, quiet=True)  # resumes at 6
     assert [r["step"] for r in rd.metrics()] == list(range(1, 10))
     # appended in parts, one per flush (checkpoint): each row is uploaded once, nothing is re-put whole
     parts = rd.bucket.glob("metrics/seg-*/part-*.jsonl")

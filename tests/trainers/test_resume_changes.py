@@ -22,7 +22,7 @@ from trainers.dmt import DMTLoopConfig
 from trainers.dmt.mixing import StreamConfig
 from trainers.loop import Callbacks
 from trainers.pretrain import PretrainConfig, pretrain
-from trainers.student import StudentTrainConfig, run_training
+from trainers.student import StudentRun, StudentTrainConfig, run_training
 
 pytestmark = pytest.mark.timeout(300)
 SPEC = "retrieval:T=12,vocab=4"
@@ -109,7 +109,7 @@ def test_a_student_resume_refuses_another_stream_seed_and_applies_a_new_lr(targe
     t, out = target_set, tmp_path / "run"
 
     def train(cfg):
-        return run_training(t["targets"], t["teacher"], str(out), cfg, quiet=True)
+        return run_training(StudentRun(t["targets"], t["teacher"], str(out)), cfg, quiet=True)
 
     train(st_config())
     capsys.readouterr()

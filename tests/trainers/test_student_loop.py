@@ -12,7 +12,7 @@ import torch
 from models.updaters import UpdaterConfig
 from tests.train_fixtures import make_target_set
 from trainers.dmt.mixing import StreamConfig
-from trainers.student import Hook, Loop, StudentTrainConfig, run_training
+from trainers.student import Hook, Loop, StudentRun, StudentTrainConfig, run_training
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -54,7 +54,7 @@ def _cfg(steps: int) -> StudentTrainConfig:
 def test_hooks_are_called_in_loop_order_and_shape_the_run(tmp_path):
     d = make_target_set(str(tmp_path / "bucket"), shards=2, seqs=8)
     rec = Recorder()
-    run_training(d["targets"], d["teacher"], str(tmp_path / "a"), _cfg(3), quiet=True, hooks=[rec])
+    run_training(StudentRun(d["targets"], d["teacher"], str(tmp_path / "a")), _cfg(3), quiet=True, hooks=[rec])
     # check before anything is opened, start once, then per step: before_step, transform, after_step
     want = [("check", -1), ("start", 0)]
     for s in range(3):
@@ -66,7 +66,8 @@ def test_hooks_are_called_in_loop_order_and_shape_the_run(tmp_path):
     # a transform changes what the loss sees: zero targets make the first loss the mean square of the prediction,
     # which differs from the untouched run's first loss on the same batch and weights
     zeroed = Recorder(zero_targets=True)
-    run_training(d["targets"], d["teacher"], str(tmp_path / "b"), _cfg(1), quiet=True, hooks=[zeroed])
+    run_training(StudentRun(d["targets"], d["teacher"], str(tmp_path / "b")), _cfg(1), quiet=True,
+                 hooks=[zeroed])
     first = json.loads(Path(tmp_path / "b" / "metrics.jsonl").read_text().splitlines()[0])
     assert first["loss"] != pytest.approx(rows[0]["loss"])
 
@@ -79,5 +80,6 @@ def test_a_refusing_hook_stops_the_run_before_anything_is_written(tmp_path):
             raise ValueError(f"needs more than {cfg.steps} steps")
 
     with pytest.raises(ValueError, match="needs more than 2 steps"):
-        run_training(d["targets"], d["teacher"], str(tmp_path / "run"), _cfg(2), quiet=True, hooks=[Refuse()])
+        run_training(StudentRun(d["targets"], d["teacher"], str(tmp_path / "run")), _cfg(2), quiet=True,
+                     hooks=[Refuse()])
     assert not (tmp_path / "run").exists()

@@ -21,7 +21,7 @@ from storage.run_dir import LATEST
 from tests.train_fixtures import make_target_set
 from trainers.dmt.mixing import StreamConfig
 from trainers.evaluate import evaluate_student
-from trainers.student import StudentTrainConfig, run_training
+from trainers.student import StudentRun, StudentTrainConfig, run_training
 
 pytestmark = pytest.mark.timeout(300)
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -83,7 +83,7 @@ def test_one_target_set_serves_every_updater(two_sets, tmp_path):
     for arch in ("transformer", "mlp", "gru"):
         cfg = StudentTrainConfig(updater=UpdaterConfig(arch=arch, depth=1, hidden=64, n_heads=2),
                                  stream=StreamConfig(batch_size=64), steps=3, checkpoint_every=3, device="cpu")
-        out = run_training(a["targets"], a["teacher"], str(tmp_path / arch), cfg, quiet=True)
+        out = run_training(StudentRun(a["targets"], a["teacher"], str(tmp_path / arch)), cfg, quiet=True)
         assert out["step"] == 3 and out["teacher_fingerprint"] == a["fp"]
         student, fp, _ = load_student(str(tmp_path / arch / "checkpoints" / "step-00000003" / "student"))
         assert fp == a["fp"] and student.updater_cfg.arch == arch
@@ -96,12 +96,12 @@ def test_other_teachers_are_refused(two_sets, tmp_path):
     a, b, _ = two_sets
     cfg = StudentTrainConfig(stream=StreamConfig(batch_size=32), steps=2, checkpoint_every=2, device="cpu")
     with pytest.raises(FingerprintMismatch) as e:         # a teacher that did not label the target set
-        run_training(a["targets"], b["teacher"], str(tmp_path / "x"), cfg, quiet=True)
+        run_training(StudentRun(a["targets"], b["teacher"], str(tmp_path / "x")), cfg, quiet=True)
     assert a["fp"] in str(e.value) and b["fp"] in str(e.value)
-    run_training(a["targets"], a["teacher"], str(tmp_path / "run"), cfg, quiet=True)
+    run_training(StudentRun(a["targets"], a["teacher"], str(tmp_path / "run")), cfg, quiet=True)
     more = StudentTrainConfig(stream=StreamConfig(batch_size=32), steps=4, checkpoint_every=2, device="cpu")
     with pytest.raises(FingerprintMismatch) as e:         # resuming a student of teacher A on B's target set
-        run_training(b["targets"], b["teacher"], str(tmp_path / "run"), more, quiet=True)
+        run_training(StudentRun(b["targets"], b["teacher"], str(tmp_path / "run")), more, quiet=True)
     assert a["fp"] in str(e.value) and b["fp"] in str(e.value)
 
 

@@ -84,7 +84,7 @@ def test_dmt_is_one_step_gradient_from_detached_states():
     with torch.no_grad():
         M = t.encode_all(x)
     rec = CallRecorder(s.updater)
-    out = dmt_losses(s, M, x, y, 0, x.shape[1], 10.0, 1.0)
+    out = dmt_losses(s, M, x, y, range(x.shape[1]), (10.0, 1.0))
     out["loss"].backward()
     assert all(not i.requires_grad for i in rec.inputs), "DMT must detach the rolled-out state between steps"
     # the rollout (T-1 steps) carries no graph; one batched application on every rolled-out state does

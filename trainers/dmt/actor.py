@@ -30,17 +30,16 @@ import json
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
 from pipeline.progress import beats, tick
-from pipeline.relabel import RelabelConfig, check_relabel, relabel
-from pipeline.stage import Resources
+from pipeline.relabel import RelabelConfig, Rollouts, check_relabel, relabel
 from storage.codec import STATE_DTYPES
 from storage.errors import ObjectNotFound
 from storage.manifest import newest_generation, read_generation
 from storage.rounds import round_generation, rounds_bucket
 from storage.run_dir import ROLLOUT, RunDir
-from trainers.student import StudentTrainConfig, run_training
+from trainers.student import Session, StudentRun, StudentTrainConfig, run_training
 from trainers.tracking import TrackingConfig
 
 
@@ -53,7 +52,7 @@ class DMTStalled(DMTTimeout):
 
 
 @dataclass(kw_only=True)
-class DMTLoopConfig:
+class DMTLoopConfig(Rollouts):
     targets: str = ""
     """Target set URL (the folder holding manifest/): round 0, shared and only read."""
     run: str = ""
@@ -70,28 +69,10 @@ class DMTLoopConfig:
     """Lockstep: round r rolls out exactly the checkpoint of step first_step + (r-1) * every_steps (the
     trainer's lockstep hook (`lockstep.py`) writes them), so the round schedule is reproducible. None: round r
     takes the newest checkpoint once the run is `every_steps` past the previous round's."""
-    sequences: int = 512
-    """Sequences rolled out per round."""
-    shard_sequences: int = 128
-    """Sequences per shard."""
-    start: int = 0
-    """Rollout start (0 in prefix mode, Tc in stream mode)."""
-    Td: int | None = None
-    """Rollout steps (None = to the end)."""
-    format: str = "zarr"
-    """Shard format of the relabeled rounds: zarr or wds."""
-    dtype: str = "float16"
-    """Stored state dtype."""
     poll_seconds: float = 1.0
     """How often to look for a new checkpoint."""
     timeout_seconds: float = 3600.0
     """Give up when no suitable checkpoint appears for this long."""
-    device: str = "auto"
-    """Torch device for rollouts."""
-    endpoint_url: str | None = None
-    """S3 endpoint."""
-    resources: Resources = field(default_factory=Resources)
-    """Resources of the relabel work (the actor's own)."""
 
     def __post_init__(self) -> None:
         """Refuse bad values at construction, each named with its flag and the fix (all of them in one line)."""
@@ -255,7 +236,7 @@ class DMTLoop:
         return RelabelConfig(
             targets=c.targets, run=c.run, teacher=c.teacher, student=self._policy_url(pointer),
             corpus=c.corpus, round=r, sequences=c.sequences, shard_sequences=c.shard_sequences, start=c.start,
-            Td=c.Td, fmt=c.format, dtype=c.dtype, device=c.device, endpoint_url=c.endpoint_url,
+            Td=c.Td, format=c.format, dtype=c.dtype, device=c.device, endpoint_url=c.endpoint_url,
             resources=c.resources)
 
     def _pinnable(self, pointer: dict) -> dict:
@@ -356,8 +337,9 @@ class AggregateTrainer:
     def __call__(self, *, round: int, phase_start: int, stop_at: int, phase_end: int) -> dict:
         cfg = replace(self.cfg, phase_start=phase_start, steps=phase_end,
                       stream=replace(self.cfg.stream, follow="never", follow_every=0))
-        return run_training(self.targets, self.teacher, self.run, cfg, endpoint_url=self.endpoint_url,
-                            quiet=self.quiet, stop_at=stop_at, through_round=round, tracking=self.tracking)
+        return run_training(StudentRun(self.targets, self.teacher, self.run, endpoint_url=self.endpoint_url),
+                            cfg, quiet=self.quiet, tracking=self.tracking,
+                            session=Session(stop_at=stop_at, through_round=round))
 
 
 def round_line(rep: dict) -> str:

@@ -21,7 +21,7 @@ from storage.bucket import Bucket
 from storage.checkpoints import load_student, save_student
 from storage.run_dir import ROLLOUT, RunDir, policy_dir
 from trainers.dmt.refresh import Refresh, RefreshConfig
-from trainers.dmt.stability import EMA, checkpoint_moments, load_moments
+from trainers.dmt.stability import EMA, PolicyStability, checkpoint_moments, load_moments
 from trainers.student import Hook, Loop, StudentTrainConfig, TrainState
 
 
@@ -30,7 +30,7 @@ class DMTWaitTimeout(RuntimeError):
 
 
 @dataclass(kw_only=True)
-class LockstepDMTConfig:
+class LockstepDMTConfig(PolicyStability):
     every: int = 0
     """Snapshot the student every this many steps from the phase start for the DMT actor, and never train on
     relabels older than 2x this many steps (wait for the actor instead); 0 = lockstep DMT off."""
@@ -40,12 +40,6 @@ class LockstepDMTConfig:
     """Give up when the round the trainer needs is not committed within this time."""
     refresh: RefreshConfig = field(default_factory=RefreshConfig)
     """On-policy refresh of the newest round's states before every step (a batch transform)."""
-    ema: float = 0.0
-    """Roll out an EMA of the student (this decay per step) in the refresh and the actor's relabels; 0 = the
-    student itself."""
-    carry_optimizer: bool = False
-    """At the phase start, keep the previous phase's (SMT's) AdamW moments instead of fresh ones; the lr
-    schedule (warm-up, decay) is still the phase's own."""
 
     def __post_init__(self) -> None:
         if self.every < 0 or (self.every > 0) != (self.rounds > 0):

@@ -22,8 +22,9 @@ import torch.nn.functional as F
 
 from models.device import autocast, pick_device
 from storage.checkpoints import save_student
+from trainers.budget import Budget
 from trainers.common import OptimConfig, open_run
-from trainers.dmt.stability import EMA, check_beta, load_moments, smt_moments, teacher_share
+from trainers.dmt.stability import EMA, PolicyStability, check_beta, load_moments, smt_moments, teacher_share
 from trainers.evaluate import evaluate_student
 from trainers.loop import Callbacks, Curriculum, Evaluation, Hook, Loop, Objective, train
 from trainers.losses import masked_ce
@@ -31,15 +32,9 @@ from trainers.tracking import TrackingConfig
 
 
 @dataclass(kw_only=True)
-class OnlineDMTConfig:
+class OnlineDMTConfig(Budget, PolicyStability):
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-5, schedule="cosine"))
     """Optimiser (reference: lr 3e-5, cosine decay)."""
-    steps: int = 1500
-    """Maximum steps."""
-    seconds: float | None = None
-    """Training budget in seconds of `clock` (evaluation excluded)."""
-    batch_size: int = 32
-    """Sequences per step."""
     Td: int | None = None
     """Rollout steps per sequence (None = to the end of the sequence)."""
     prompt: int = 0
@@ -50,28 +45,10 @@ class OnlineDMTConfig:
     """Weight of the readout cross-entropy (on detached memories: trains the readout only)."""
     train_readout: bool = True
     """Train the student's readout (initialised from the teacher decoder)."""
-    eval_every: int = 50
-    """Evaluate the rolled-out student every N steps."""
-    eval_size: int = 256
-    """Sequences of the valid split for the evaluations that drive `stop_at_acc`."""
-    stop_at_acc: float | None = None
-    """Stop once the rolled-out accuracy on the valid split reaches this (None = never); checked before the first
-    step too, so a student that already passes is not trained (benchmarks/results/length_scaling_warm.md: DMT
-    trained a passing student into failure)."""
     beta: float = 0.0
     """Share of each batch's sequences trained from the teacher's own states m*_t at step 1 (DAgger's beta)."""
     beta_halflife: float = 10.0
     """DMT steps over which that share halves (towards 0)."""
-    ema: float = 0.0
-    """Roll out an EMA copy of the student with this decay per step (0 = roll out the student itself)."""
-    carry_optimizer: bool = False
-    """Start from the SMT run's AdamW moments (`dmt_online(smt_run=...)`) instead of fresh ones."""
-    seed: int = 0
-    """Random seed."""
-    clock: str = "wall"
-    """Clock of `seconds` and of logged times: 'wall', or 'process' (this process's CPU seconds)."""
-    device: str = "auto"
-    """'auto', 'cpu' or 'cuda'."""
 
     def __post_init__(self) -> None:
         check_beta(self.beta, self.beta_halflife, "OnlineDMTConfig")
@@ -94,11 +71,14 @@ def dmt_inputs(policy, M: torch.Tensor, x: torch.Tensor, start: int, Td: int, n_
     return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
-def dmt_losses(student, M: torch.Tensor, x: torch.Tensor, y: torch.Tensor, start: int, Td: int,
-               w_state: float, w_readout: float, policy=None, n_teacher: int = 0) -> dict:
-    """One DMT batch: teacher memories M (B, T+1, Z) of x (B, T). The states come from `policy` (default the
-    student itself; the gradient never crosses a step, so rolling out first and predicting every step in one
-    batched call is the same one-step loss), the first `n_teacher` rows from the teacher's own states."""
+def dmt_losses(student, M: torch.Tensor, x: torch.Tensor, y: torch.Tensor, window: range,
+               weights: tuple[float, float], policy=None, n_teacher: int = 0) -> dict:
+    """One DMT batch: teacher memories M (B, T+1, Z) of x (B, T), rolled out over the positions `window`
+    (range(start, start + Td)), the loss weighted by `weights` (w_state, w_readout). The states come from
+    `policy` (default the student itself; the gradient never crosses a step, so rolling out first and predicting
+    every step in one batched call is the same one-step loss), the first `n_teacher` rows from the teacher's
+    own states."""
+    start, Td, (w_state, w_readout) = window.start, len(window), weights
     m_in = dmt_inputs(student if policy is None else policy, M, x, start, Td, n_teacher)
     B, _, Z = m_in.shape
     S = student.step(m_in.reshape(-1, Z), x[:, start:start + Td].reshape(-1)).view(B, Td, Z)  # m_hat_{t+1}
@@ -149,8 +129,8 @@ class OnlineDMTStep(Objective, Hook):
 
     def loss(self, batch: tuple) -> dict[str, torch.Tensor]:
         cfg, ema = self.dmt.cfg, self.dmt.state.ema
-        return dmt_losses(self.dmt.student, *batch, cfg.prompt, self.Td, cfg.w_state, cfg.w_readout,
-                          policy=ema.model if ema else None, n_teacher=self.n_teacher)
+        return dmt_losses(self.dmt.student, *batch, range(cfg.prompt, cfg.prompt + self.Td),
+                          (cfg.w_state, cfg.w_readout), policy=ema.model if ema else None, n_teacher=self.n_teacher)
 
     def columns(self, loop: Loop) -> dict:
         return {"teacher_rows": self.n_teacher}

@@ -26,7 +26,7 @@ from pipeline.stage import Resources
 from trainers.dmt.actor import DMTLoop, DMTLoopConfig, round_reports
 from trainers.dmt.lockstep import LockstepDMTConfig
 from trainers.dmt.online import OnlineDMT, OnlineDMTConfig
-from trainers.student import Hook, Loop, StudentTrainConfig, run_training
+from trainers.student import Hook, Loop, StudentRun, StudentTrainConfig, run_training
 from trainers.tracking import TrackingConfig
 
 Evaluate = Callable[[nn.Module], dict]
@@ -78,7 +78,7 @@ def run_dmt(phase: DMTPhase, *, teacher: nn.Module, teacher_fingerprint: str, co
     mark = mark or (lambda *a, **k: None)
     if phase.trainer is not None:
         return _lockstep(phase, ray, evaluate, say, mark, tracking)
-    return _online(phase, ray, teacher, teacher_fingerprint, corpus, evaluate, say, mark, tracking)
+    return _online(phase, teacher, teacher_fingerprint, corpus, evaluate, say, mark, tracking)
 
 
 def _options(res: Resources) -> dict:
@@ -101,7 +101,8 @@ def _train(targets: str, teacher_url: str, run_url: str, cfg: StudentTrainConfig
            tracking: TrackingConfig | None, steps: set[int]) -> dict[int, float]:
     """The lockstep trainer (a Ray task): the DMT phase of the run; returns when it reached each of `steps`."""
     clock = StepClock(steps)
-    run_training(targets, teacher_url, run_url, cfg, quiet=True, hooks=[*hooks, clock], tracking=tracking)
+    run_training(StudentRun(targets, teacher_url, run_url), cfg, quiet=True, hooks=[*hooks, clock],
+                 tracking=tracking)
     return clock.times
 
 
@@ -150,8 +151,10 @@ def _lockstep(phase: DMTPhase, ray, evaluate: Evaluate, say, mark: Mark, trackin
     return rounds, {"step": total, "path": step_dir(total)}
 
 
-def _online(phase: DMTPhase, ray, teacher: nn.Module, fp: str, corpus, evaluate: Evaluate, say, mark: Mark,
+def _online(phase: DMTPhase, teacher: nn.Module, fp: str, corpus, evaluate: Evaluate, say, mark: Mark,
             tracking) -> tuple[list[dict], dict]:
+    import ray  # started by run_dmt
+
     from storage.checkpoints import load_student, save_student
     from storage.run_dir import RunDir, policy_dir
 

@@ -13,6 +13,7 @@ benchmarks/dmt_dip.py), shared by online DMT (trainers/dmt/online.py) and lockst
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -21,6 +22,18 @@ from trainers.dmt.mixing import check_beta, teacher_share  # the schedule lockst
 
 __all__ = ["EMA", "check_beta", "checkpoint_moments", "load_moments", "moments_by_name", "smt_moments", "teacher_share",
            "trainable_names"]
+
+
+@dataclass(kw_only=True)
+class PolicyStability:
+    """The two stabilisers both DMT variants offer (online `OnlineDMTConfig`, lockstep `LockstepDMTConfig`),
+    declared once."""
+
+    ema: float = 0.0
+    """Roll out an EMA of the student (this decay per step) instead of the student itself (0 = the student)."""
+    carry_optimizer: bool = False
+    """Start the DMT phase from the SMT phase's AdamW moments instead of fresh ones (the lr schedule, warm-up
+    and decay, is still the phase's own)."""
 
 
 class EMA:
