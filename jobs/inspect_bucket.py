@@ -20,7 +20,7 @@ import tyro
 from jobs.cli_common import job_main
 from storage.bucket import Bucket
 from storage.errors import ShardError, StorageError
-from storage.manifest import LATEST, gen_path, newest_generation
+from storage.manifest import LATEST, TARGET_SET_MANIFESTS, gen_path, newest_generation
 from storage.reader import TargetSet
 from storage.rounds import RUNS, rounds_bucket
 from storage.settings import AtEndpoint
@@ -49,7 +49,7 @@ def find_target_sets(bucket: Bucket) -> list[Bucket]:
     """The bucket itself if it is a target set folder, else every targets/*/*/ holding a manifest."""
     if bucket.exists(gen_path(1)) or bucket.exists(LATEST):
         return [bucket]
-    found = bucket.glob("targets/*/*/manifest")
+    found = bucket.glob(TARGET_SET_MANIFESTS)
     return [bucket.child(rel.rsplit("/", 1)[0]) for rel in found]
 
 

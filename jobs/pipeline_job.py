@@ -163,7 +163,7 @@ def _start(rc, out: Path, bucket: str | None, quiet: bool, say, tracking: Tracki
 def _pretrain_stage(run: _Run) -> dict:
     """[1/5] The teacher (and the jointly trained updater), saved to the bucket; `pt` of `trainers.pretrain`
     with the teacher on the CPU, its fingerprint, URL and test figures."""
-    from storage.checkpoints import save_teacher
+    from storage.checkpoints import save_teacher, teacher_home
     from trainers.evaluate import evaluate_teacher
     from trainers.pretrain import pretrain
 
@@ -173,7 +173,7 @@ def _pretrain_stage(run: _Run) -> dict:
     pt = pretrain(corpus, rc.pretrain, out=run.out / "pretrain", quiet=run.quiet,
                   tracking=run.tracking.child("pretrain"))
     fp = pt["fingerprint"]
-    teacher_url = f"{run.bucket.rstrip('/')}/teachers/{fp}"
+    teacher_url = f"{run.bucket.rstrip('/')}/{teacher_home(fp)}"
     save_teacher(teacher_url, pt["teacher"], {"corpus": corpus.spec})
     teacher = pt["teacher"].cpu()
     te = evaluate_teacher(teacher, run.x, run.y, run.prompt)

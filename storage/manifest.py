@@ -45,6 +45,10 @@ def target_set_path(fingerprint: str, corpus_id: str) -> str:
     return f"targets/{fingerprint}/{corpus_id}"
 
 
+TARGET_SET_MANIFESTS = "targets/*/*/manifest"
+"""Glob, relative to a bucket root, of the manifest folder of every target set (`target_set_path`)."""
+
+
 @dataclass(frozen=True)
 class ShardEntry:
     """One shard as the manifest records it."""
