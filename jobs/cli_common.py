@@ -28,11 +28,10 @@ FLAT = tyro.conf.arg(name="")
 
 
 @dataclass(kw_only=True)
-class RunWriterJob:
-    """The options of every job that trains into a run folder (`smt pretrain`, `smt train`), declared once."""
+class RunOutputJob:
+    """The options of every job that writes a run folder (`smt pretrain`, `train`, `bptt`, `dmt-online`), declared
+    once: where (any URL, `--endpoint-url` for S3) and as which writer (the run's lease, `--take-over`)."""
 
-    workers: int = 1
-    """Ray Train DDP workers; 1 trains in-process without Ray. Batch sizes are per worker."""
     endpoint_url: str | None = None
     """S3 endpoint for every URL of this job, weights included (default: AWS_ENDPOINT_URL)."""
     take_over: bool = False
@@ -41,17 +40,31 @@ class RunWriterJob:
     """No progress bar."""
     log: TrackingConfig = field(default_factory=TrackingConfig)
     """Experiment tracking: --log.tensorboard DIR (event files), --log.wandb PROJECT (W&B; WANDB_MODE=offline works
-    offline). metrics.jsonl stays the record."""
-
-    def __post_init__(self) -> None:
-        if self.workers < 1:
-            raise ValueError(f"--workers {self.workers} must be >= 1")
+    offline). The run's metrics stay the record."""
 
     def writer(self):
         """This job's writer identity: every worker and restart of the job holds the run's lease as one writer."""
         from storage.lease import Writer
 
         return Writer(take_over=self.take_over)
+
+    def run_dir(self, url: str):
+        """The run folder `url` at this job's endpoint."""
+        from storage.run_dir import RunDir
+
+        return RunDir(url, endpoint_url=self.endpoint_url)
+
+
+@dataclass(kw_only=True)
+class RunWriterJob(RunOutputJob):
+    """The options of the jobs that train a run with checkpoints (`smt pretrain`, `smt train`): also workers."""
+
+    workers: int = 1
+    """Ray Train DDP workers; 1 trains in-process without Ray. Batch sizes are per worker."""
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"--workers {self.workers} must be >= 1")
 
 
 class Job(Protocol):

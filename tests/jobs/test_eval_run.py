@@ -49,7 +49,8 @@ def test_pretrain_bptt_and_dmt_online_folders(tmp_path, capsys):
                 "--shape.d-model", "16", "--shape.n-heads", "2", "--shape.mem-tokens", "2"]) == 0
     assert _eval(capsys, tmp_path / "bptt", TASK)["student"]["trained_by"] == "bptt"
     assert "--step applies to runs with checkpoints/" in _error(capsys, tmp_path / "bptt", TASK, "--step", "2")
-    assert "no teacher or student checkpoint (nor checkpoints/)" in _error(capsys, tmp_path / "nothing-here", TASK)
+    assert "nothing-here is not a run folder or checkpoint: expected run.json (a run) or config.json" in _error(
+        capsys, tmp_path / "nothing-here", TASK)
 
 
 def test_train_run_newest_and_step(tmp_path, capsys):
