@@ -146,7 +146,7 @@ def _train_bptt(corpus, cfg: BPTTConfig, run: RunDir | None, quiet: bool, callba
         student.train()
         return {"bptt_acc": r["acc"], "bptt_loss": r["loss"]}
 
-    loop = Loop(state, None, log, True, None, stop=cfg.steps, seconds=cfg.seconds)
+    loop = Loop(state, run, log, True, None, stop=cfg.steps, seconds=cfg.seconds)
     final = train(loop, BPTT(student, cfg, curriculum, dev), [Evaluation(cfg.eval_every, figures, curriculum=curriculum, callbacks=callbacks,
                                                model=student)], cfg.optim.grad_clip, dev)
     student.eval()

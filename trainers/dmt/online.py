@@ -221,7 +221,7 @@ class OnlineDMT:
             return {"dmt_acc": r["acc"], "dmt_loss": r["loss"], "drift_final": r["drift_final"]}
 
         evaluation = Evaluation(cfg.eval_every, figures, curriculum=curriculum, callbacks=callbacks, model=student)
-        loop = Loop(state, None, log, True, None, stop=stop, seconds=cfg.seconds, done=state.step >= stop)
+        loop = Loop(state, run, log, True, None, stop=stop, seconds=cfg.seconds, done=state.step >= stop)
         if first:  # a student that already passes is not trained: DMT would only move it (the dip)
             evaluation.evaluate(loop, 0, {}, report=False)
         step = OnlineDMTStep(self, self.Td, self.dev)
