@@ -128,18 +128,20 @@ class MetricsLog:
     """Keeps one JSON row per logged step (`history`), writes them, and shows the progress.
 
     Rows go to `store` (a run folder's `MetricsFile`, on any bucket: appended locally, one small part per
-    flush on an object store, at most every `flush_s` seconds, at `flush()` (checkpoints) and on close), or
+    flush on an object store, at most every `FLUSH_S` seconds, at `flush()` (checkpoints) and on close), or
     nowhere (a run kept in memory). `tracker` (`trainers/tracking.py`),
     when given, gets each row's numeric columns as it is logged (TensorBoard, W&B) and is closed with the
     log; the rows here stay the source of truth."""
 
+    FLUSH_S = 30.0
+    """Seconds between two flushes of an object store's rows (a part each)."""
+
     def __init__(self, total: int, desc: str, quiet: bool = False, clock: str = "wall", start: float = 0.0, *,
-                 seconds: float | None = None, store: MetricsFile | None = None, flush_s: float = 30.0,
-                 tracker: Tracker | None = None):
+                 seconds: float | None = None, store: MetricsFile | None = None, tracker: Tracker | None = None):
         if clock not in CLOCKS:
             raise ValueError(f"clock={clock!r} is unknown: use one of {', '.join(CLOCKS)}")
         self.store = store
-        self.flush_s, self.flushed_at = flush_s, time.monotonic()
+        self.flush_s, self.flushed_at = self.FLUSH_S, time.monotonic()
         self.progress = Progress(desc, steps=total, seconds=seconds, quiet=quiet)
         self.now = CLOCKS[clock]
         self.t0 = self.now() - start  # `start`: seconds a resumed run had already spent
