@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from jobs.cli import main as smt
+from storage.run_dir import RunDir
 from tests.jobs.test_cli import TASK, TINY
 from tests.train_fixtures import CORPUS, make_target_set
 from tests.trainers.test_dmt import SPEC, _label
@@ -72,6 +73,7 @@ def test_dmt_run_and_report_folder(tmp_path, capsys):
     d = _label(tmp_path)
     run = _fake_run(d, tmp_path / "run", d["fp"])
     assert _dmt(d, run) == 0  # writes its report to tmp_path/rep, the round rolled out the run's student
+    assert RunDir(str(tmp_path / "rep")).record()["kind"] == "dmt"  # its record names the run (storage/layout.py)
     for folder in (run, tmp_path / "rep"):
         res = _eval(capsys, folder, SPEC)
         assert res["student"]["url"].endswith(f"{run}/checkpoints/step-00000100/student")  # the report says file://
