@@ -134,6 +134,8 @@ def resolve_run(run: str, step: int | None = None, teacher: str | None = None,
         return teacher or _teacher_beside(r, [join(r, "../teacher"), join(r, "../../teacher")], ep), r
     lay = layout(rec, r)
     if lay.follows:  # smt dmt's report: the run its rounds rolled out
+        if not rec.get(lay.follows):
+            raise ValueError(f"{r}/{RECORD} (kind {rec['kind']}) names no {lay.follows}: rerun the command that wrote it")
         return resolve_run(rec[lay.follows], step, teacher, ep)
     teachers = [join(r, t) for t in lay.teachers]
     if lay.checkpoints is not None:  # a pretrain checkpoint holds the teacher of its step beside its student
