@@ -44,27 +44,40 @@ class Tracked(Quiet):
     """Experiment tracking: --log.tensorboard DIR (TensorBoard event files), --log.wandb PROJECT (W&B;
     WANDB_MODE=offline works offline). `smt pipeline` logs one run per stage (DIR/pretrain, DIR/student, ...,
     one W&B run each, grouped by --log.group); `smt dmt` logs its training blocks as DIR and each round's report
-    at step = round as DIR/rounds. metrics.jsonl and the round reports stay the record."""
+    at step = round as DIR/rounds. The run's metrics and the round reports stay the record."""
 
 
 @dataclass(kw_only=True)
-class RunWriterJob(AtEndpoint, Tracked):
-    """The options of every job that trains into a run folder (`smt pretrain`, `smt train`), declared once."""
+class RunOutputJob(AtEndpoint, Tracked):
+    """The options of every job that writes a run folder (`smt pretrain`, `train`, `bptt`, `dmt-online`), declared
+    once: where (any URL, `--endpoint-url` for S3) and as which writer (the run's lease, `--take-over`)."""
 
-    workers: int = 1
-    """Ray Train DDP workers; 1 trains in-process without Ray. Batch sizes are per worker."""
     take_over: bool = False
     """Take the run from a live writer (another process training it): that one stops at its next checkpoint."""
-
-    def __post_init__(self) -> None:
-        if self.workers < 1:
-            raise ValueError(f"--workers {self.workers} must be >= 1")
 
     def writer(self):
         """This job's writer identity: every worker and restart of the job holds the run's lease as one writer."""
         from storage.lease import Writer
 
         return Writer(take_over=self.take_over)
+
+    def run_dir(self, url: str):
+        """The run folder `url` at this job's endpoint."""
+        from storage.run_dir import RunDir
+
+        return RunDir(url, endpoint_url=self.endpoint_url)
+
+
+@dataclass(kw_only=True)
+class RunWriterJob(RunOutputJob):
+    """The options of the jobs that train a run with checkpoints (`smt pretrain`, `smt train`): also workers."""
+
+    workers: int = 1
+    """Ray Train DDP workers; 1 trains in-process without Ray. Batch sizes are per worker."""
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"--workers {self.workers} must be >= 1")
 
 
 class Job(Protocol):

@@ -47,7 +47,8 @@ class DMTJob(Tracked):
     for a checkpoint) for this long: it is stuck (a hung device, a blocking socket), so it is killed and the
     command exits naming it; a rerun resumes. Long rounds are fine as long as they move."""
     report: str = "dmt-report"
-    """Local folder for the per-round plot and JSON."""
+    """Local folder for the per-round plot and JSON, and its record run.json naming the run (`smt eval --run`
+    on the folder evaluates that run)."""
 
     def __post_init__(self) -> None:
         if not self.stall_timeout_s > 0:
@@ -107,6 +108,7 @@ class DMTJob(Tracked):
         reps = round_reports(c.run, c.endpoint_url)
         log_rounds(self.log, c.run, reps)
         Path(self.report).mkdir(parents=True, exist_ok=True)
+        RunDir(self.report).write_record("dmt", run=c.run)  # what `smt eval --run REPORT` reads: storage/layout.py
         (Path(self.report) / "dmt_rounds.json").write_text(json.dumps(reps, indent=1))
         png = plot_rounds(reps, self.report)
         latest = RunDir(c.run, endpoint_url=c.endpoint_url).latest() or {}

@@ -1,10 +1,13 @@
 """`smt eval`: evaluate a teacher, an SMT/DMT student or a BPTT run on a corpus.
 
-RUN is any folder an smt command writes, or a checkpoint folder (teacher or student):
+RUN is any folder an smt command writes, or a checkpoint folder (teacher or student; an exported student is
+one). A run folder says what it is in its record, RUN/run.json (`kind`); where each kind keeps its models is
+defined once, in storage/layout.py:
   smt pretrain / train / dmt --run RUN     RUN/checkpoints/...: the newest checkpoint (or --step N)
   smt bptt / dmt-online OUT                OUT/student (and OUT/teacher when present)
   smt pipeline OUT                         OUT/student (a train run) with OUT/pretrain/teacher
-  smt dmt --report FOLDER                  the run its rounds rolled out
+  smt dmt --report FOLDER                  the run its rounds rolled out (named in its record)
+A folder with neither a record nor a checkpoint's config.json is refused in one line.
 Students are rolled out alone with teacher-forced inputs; with a teacher (found beside the run, or
 given by --teacher) drift against the teacher's memories is reported too, after checking that the
 student was trained against that teacher.
@@ -72,18 +75,18 @@ def _fingerprint(url: str, ep: str | None) -> str | None:
     return read_config(url, endpoint_url=ep).get("fingerprint")
 
 
-def _train_run(r: str, ep: str | None) -> bool:
-    from storage.bucket import Bucket
-
-    return Bucket.from_url(r, endpoint_url=ep).exists("checkpoints/latest.json")
-
-
 def _run_student(r: str, step: int | None, ep: str | None) -> str:
-    """The student of `step` (default: the newest checkpoint) of a train run (checkpoints/latest.json)."""
+    """The student of `step` (default: the newest checkpoint) of a run with checkpoints/ (checkpoints/latest.json)."""
     from storage.run_dir import RunDir
 
     run = RunDir(r, endpoint_url=ep)
-    rel = run.latest()["path"] if step is None else run.student_dir(step)
+    if step is None:
+        latest = run.latest()
+        if latest is None:
+            raise FileNotFoundError(f"run {r} has no checkpoint yet: evaluate it once it has written one")
+        rel = latest["path"]
+    else:
+        rel = run.student_dir(step)
     if rel is None:
         have = sorted({int(p.split("step-")[1].split("/")[0]) for p in run.bucket.glob("*/step-*/student/config.json")})
         raise FileNotFoundError(f"run {r} has no checkpoint or policy snapshot of step {step}; it has steps "
@@ -95,6 +98,8 @@ def _teacher_beside(student: str, candidates: list[str], ep: str | None) -> str 
     """The first candidate teacher whose fingerprint the student was trained against."""
     from storage.checkpoints import read_config
 
+    if not candidates:
+        return None
     want = read_config(student, "student", endpoint_url=ep)["model"].get("teacher_fingerprint")
     return next((u for u in candidates if _exists(u, ep) and _fingerprint(u, ep) == want), None) if want else None
 
@@ -107,48 +112,38 @@ def resolve(job: EvalJob) -> tuple[str | None, str | None]:
 def resolve_run(run: str, step: int | None = None, teacher: str | None = None,
                 ep: str | None = None) -> tuple[str | None, str | None]:
     """(teacher_url, student_url) of RUN: a checkpoint folder (an exported student is one) or any folder an smt
-    command writes (see the module docstring); `step` picks a checkpoint, `teacher` overrides the one found;
-    `ep`: the S3 endpoint of every URL involved."""
-    from storage.checkpoints import read_config
+    command writes, read by its record's kind (module docstring, storage/layout.py); `step` picks a checkpoint,
+    `teacher` overrides the one found; `ep`: the S3 endpoint of every URL involved."""
+    from storage.bucket import Bucket
+    from storage.checkpoints import CONFIG, read_config
+    from storage.layout import RECORD, join, layout, read_record
 
     r = run.rstrip("/")
-    parent = r.rsplit("/", 1)[0] if "/" in r else "."
     no_steps = (f"--step applies to runs with checkpoints/ (smt pretrain, train, dmt --run, pipeline); {run} "
                 "keeps only its final model: drop --step")
-    if _exists(r, ep):  # a checkpoint folder
+    rec = read_record(Bucket.from_url(r, endpoint_url=ep))
+    if rec is None:
+        if not _exists(r, ep):
+            raise FileNotFoundError(f"{run} is not a run folder or checkpoint: expected {RECORD} (a run) or {CONFIG} "
+                                    "(a checkpoint); pass a folder an smt command wrote")
         if step is not None:
             raise ValueError(no_steps)
         if read_config(r, endpoint_url=ep)["kind"] == "teacher":
             return r, None
-        return teacher or _teacher_beside(r, [f"{parent}/teacher", f"{parent}/../teacher"], ep), r
-    report = _dmt_report_run(r)
-    for folder, teachers in ((r, [f"{r}/teacher", f"{parent}/teacher", f"{parent}/pretrain/teacher"]),
-                             (f"{r}/student", [f"{r}/pretrain/teacher", f"{r}/teacher"]),
-                             *(((report, []),) if report else ())):
-        if _train_run(folder, ep):  # smt train / smt dmt --run / smt pipeline's student run
-            s = _run_student(folder, step, ep)  # a pretrain checkpoint holds the teacher of its step beside it
-            return teacher or _teacher_beside(s, [f"{s.rsplit('/', 1)[0]}/teacher", *teachers], ep), s
-    t = teacher or (f"{r}/teacher" if _exists(f"{r}/teacher", ep) else None)
-    s = f"{r}/student" if _exists(f"{r}/student", ep) else None
-    if t is None and s is None:
-        raise FileNotFoundError(f"no teacher or student checkpoint (nor checkpoints/) in {run}: pass a folder "
-                                "written by smt pretrain/train/dmt/dmt-online/bptt/pipeline/export, or a checkpoint "
-                                "folder")
+        return teacher or _teacher_beside(r, [join(r, "../teacher"), join(r, "../../teacher")], ep), r
+    lay = layout(rec, r)
+    if lay.follows:  # smt dmt's report: the run its rounds rolled out
+        if not rec.get(lay.follows):
+            raise ValueError(f"{r}/{RECORD} (kind {rec['kind']}) names no {lay.follows}: rerun the command that wrote it")
+        return resolve_run(rec[lay.follows], step, teacher, ep)
+    teachers = [join(r, t) for t in lay.teachers]
+    if lay.checkpoints is not None:  # a pretrain checkpoint holds the teacher of its step beside its student
+        s = _run_student(join(r, lay.checkpoints), step, ep)
+        return teacher or _teacher_beside(s, [join(s, "../teacher"), *teachers], ep), s
     if step is not None:
         raise ValueError(no_steps)
-    return t, s
-
-
-def _dmt_report_run(r: str) -> str | None:
-    """`smt dmt --report FOLDER`: the run whose students its newest round rolled out."""
-    from pathlib import Path
-
-    p = Path(r) / "dmt_rounds.json"
-    if "://" in r or not p.exists():
-        return None
-    rounds = [x for x in json.loads(p.read_text()) if x.get("student")]
-    # a round's student is <run>/checkpoints/step-N/student or <run>/policy/step-N/student
-    return rounds[-1]["student"].rsplit("/", 3)[0] if rounds else None
+    s = join(r, lay.student)
+    return teacher or _teacher_beside(s, teachers, ep), s
 
 
 def evaluate_run(job: EvalJob) -> dict:

@@ -9,15 +9,15 @@ Example: smt pipeline --recipe text-bytes-tiny --out runs/text --student.steps 3
 Every field of the recipe's tree is a flag (`smt pipeline --recipe NAME --help` lists them with that recipe's
 values as defaults); fields the pipeline takes from its earlier stages (the label stage's teacher, the DMT
 phase's steps, ...) are refused when set.
-Writes OUT/results.json, OUT/report.md with PNG plots, OUT/pipeline.log, and the bucket (default
-OUT/bucket: teachers/, targets/) plus the student run (OUT/student). Timelines read the valid split; the
+Writes OUT/run.json (the folder's record, kind "pipeline": storage/layout.py), OUT/results.json, OUT/report.md
+with PNG plots, OUT/pipeline.log, and the bucket (default OUT/bucket: teachers/, targets/) plus the runs
+(OUT/pretrain, the student run OUT/student, the BPTT sweep OUT/bptt). Timelines read the valid split; the
 final figures (results.json `test`, `*_bits`) are bits per token on the test split for every model, on the
 same sequences and targets (`trainers/heldout.py`), with samples of each model in the report, and beside them
 the unigram / bigram / trigram count baselines fitted on train (`count_bits`, `test.counts`: `trainers/ngram.py`).
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -133,6 +133,7 @@ def _start(rc, out: Path, bucket: str | None, quiet: bool, say, tracking: Tracki
     """The run's folder, its log (OUT/pipeline.log beside the console), its bucket and tracking, the corpus and
     the fixed sample of the test split every reported figure is on (the trainers choose on valid)."""
     from pipeline.corpora import load_corpus
+    from storage.run_dir import RunDir
     from trainers.evaluate import eval_batch
 
     out.mkdir(parents=True, exist_ok=True)
@@ -153,6 +154,8 @@ def _start(rc, out: Path, bucket: str | None, quiet: bool, say, tracking: Tracki
     if tracking.enabled and tracking.group is None:
         tracking = replace(tracking, group=out.resolve().name)
     corpus = load_corpus(rc.corpus)
+    # the folder's record (storage/layout.py): `smt eval --run OUT` reads OUT/student with OUT/pretrain/teacher
+    RunDir(str(out)).write_record("pipeline", recipe=rc.name, corpus=corpus.spec, bucket=bucket)
     prompt = rc.pretrain.smt.Tc if corpus.streaming else 0
     x, y = eval_batch(corpus, rc.eval_size, 12345, split="test")
     test_spec = corpus.with_split("test").spec
@@ -254,18 +257,18 @@ def _results(run: _Run, pt: dict, rep, st: dict, dmt: dict, bptt: dict | None) -
     """The report's stage: every model's held-out figures on the test split, the count baselines and samples,
     and the results (`PipelineResult`: results.json's fields)."""
     from storage.checkpoints import load_student
+    from storage.run_dir import RunDir
     from trainers.heldout import sample_models, score_models, split_sizes, token_unit
     from trainers.ngram import count_baselines
 
-    rc, corpus, prompt, out, teacher = run.rc, run.corpus, run.prompt, run.out, pt["teacher"]
+    rc, corpus, prompt, teacher = run.rc, run.corpus, run.prompt, pt["teacher"]
     run.say(f"      held-out figures on the test split ({corpus.with_split('test').spec})")
     students = {"smt": st["student"], "dmt": load_student(dmt["final_url"])[0]}
     test = score_models(corpus, rc.eval_size, prompt, teacher, students, bptt and bptt["student"])
     test["counts"] = count_baselines(corpus, rc.eval_size, prompt)  # what local statistics alone give, same targets
     samples = sample_models(corpus, prompt, teacher, students, bptt and bptt["student"], k=4 if prompt else 8)
     final = run.timeline[-1]
-    metrics = [json.loads(ln) for ln in (out / "student" / "metrics.jsonl").read_text().splitlines() if ln.strip()] \
-        if (out / "student" / "metrics.jsonl").exists() else []
+    metrics = RunDir(st["run_url"]).metrics()
     te, r0 = pt["te"], st["r0"]
     return PipelineResult(task=corpus.spec, recipe=rc.name, chance=corpus.chance, bucket=run.bucket,
                           targets=rep.target_url, eval_split="test", test_corpus=run.test_spec,

@@ -1,7 +1,7 @@
 """A run folder at any fsspec URL: crash-safe checkpoints of the full train state, and the pointer to them.
 
-    <run>/config.json                          the resolved config of the newest start/resume
-    <run>/metrics.jsonl                        one JSON row per logged step (through the Bucket: s3:// too)
+    <run>/run.json                             the run record: its `kind` (storage/layout.py) and resolved config
+    <run>/metrics.jsonl                        one JSON row per logged step (on an object store: metrics/, metrics.py)
     <run>/checkpoints/step-00000100/student/   save_student(): weights.safetensors + config.json
     <run>/checkpoints/step-00000100/teacher/   pretraining runs only: save_teacher()
     <run>/checkpoints/step-00000100/state.safetensors, state.json   optimizer, RNG (tensors) + the rest
@@ -50,6 +50,8 @@ from safetensors.torch import save as st_save
 from models.checkpoint import CONFIG, WEIGHTS, CheckpointError
 from storage.bucket import Bucket
 from storage.errors import ObjectNotFound, StorageError
+from storage.layout import RECORD, read_record
+from storage.layout import record as make_record
 from storage.lease import Lease, Writer, acquire
 from storage.metrics import MetricsFile, read_metrics
 
@@ -207,6 +209,22 @@ class RunDir:
 
     def write_json(self, rel: str, obj: Any) -> None:
         self.bucket.write_bytes(rel, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+    # ---- the run record (storage/layout.py) ---------------------------------------------------------
+    def write_record(self, kind: str, **fields: Any) -> dict:
+        """Write `run.json`: what the folder is (`kind`) and its config; returns the record."""
+        rec = make_record(kind, **fields)
+        self.check_writer()
+        self.write_json(RECORD, rec)
+        return rec
+
+    def record(self) -> dict | None:
+        """The run record (with its `kind`), None for a folder without one."""
+        return read_record(self.bucket)
+
+    def child(self, rel: str) -> RunDir:
+        """The run folder `rel` inside this one (a sweep's `lr-<lr>`), at the same endpoint."""
+        return RunDir(self.bucket.url(rel), endpoint_url=self.bucket.endpoint_url)
 
     # ---- checkpoints -------------------------------------------------------------------------------
     def save(self, step: int, write_student, tensors: dict[str, torch.Tensor], meta: dict, *,

@@ -6,7 +6,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ import torch
 
 from pipeline.progress import Progress
 from storage.metrics import MetricsFile
+from storage.run_dir import RunDir
 from trainers.tracking import Tracker, TrackingConfig, open_tracker, scalars_of
 
 
@@ -96,7 +97,7 @@ def announce_resume(run, step: int, changes: dict[str, tuple[Any, Any]]) -> str 
         return None
     name = f"resume-{step:08d}.json"
     run.write_json(name, {"step": step, "changes": {k: {"old": a, "new": b} for k, (a, b) in changes.items()}})
-    what = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changes.items())
+    what = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in sorted(changes.items()))  # by name, not class layout
     line = f"resuming {run.url} at step {step} with a changed config: {what} (applied from here; recorded in {name})"
     print(line, file=sys.stderr, flush=True)
     return line
@@ -127,21 +128,20 @@ class MetricsLog:
     """Keeps one JSON row per logged step (`history`), writes them, and shows the progress.
 
     Rows go to `store` (a run folder's `MetricsFile`, on any bucket: appended locally, one small part per
-    flush on an object store, at most every `flush_s` seconds, at `flush()` (checkpoints) and on close), or
-    to a local file `path` (BPTT and online DMT folders), or nowhere. `tracker` (`trainers/tracking.py`),
+    flush on an object store, at most every `FLUSH_S` seconds, at `flush()` (checkpoints) and on close), or
+    nowhere (a run kept in memory). `tracker` (`trainers/tracking.py`),
     when given, gets each row's numeric columns as it is logged (TensorBoard, W&B) and is closed with the
     log; the rows here stay the source of truth."""
 
-    def __init__(self, path: str | Path | None, total: int, desc: str, quiet: bool = False, clock: str = "wall",
-                 start: float = 0.0, *, seconds: float | None = None, store: MetricsFile | None = None,
-                 flush_s: float = 30.0, tracker: Tracker | None = None):
+    FLUSH_S = 30.0
+    """Seconds between two flushes of an object store's rows (a part each)."""
+
+    def __init__(self, total: int, desc: str, quiet: bool = False, clock: str = "wall", start: float = 0.0, *,
+                 seconds: float | None = None, store: MetricsFile | None = None, tracker: Tracker | None = None):
         if clock not in CLOCKS:
             raise ValueError(f"clock={clock!r} is unknown: use one of {', '.join(CLOCKS)}")
         self.store = store
-        self.path = Path(path) if path and store is None else None
-        if self.path:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.flush_s, self.flushed_at = flush_s, time.monotonic()
+        self.flush_s, self.flushed_at = self.FLUSH_S, time.monotonic()
         self.progress = Progress(desc, steps=total, seconds=seconds, quiet=quiet)
         self.now = CLOCKS[clock]
         self.t0 = self.now() - start  # `start`: seconds a resumed run had already spent
@@ -164,10 +164,7 @@ class MetricsLog:
     def log(self, step: int, **metrics: Any) -> dict:
         row = {"step": step, "time": round(self.elapsed(), 3), **{k: _num(v) for k, v in metrics.items()}}
         self.history.append(row)
-        if self.path:
-            with self.path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-        elif self.store is not None:
+        if self.store is not None:
             self.store.append(row)
             if time.monotonic() - self.flushed_at >= self.flush_s:
                 self.flush()
@@ -193,37 +190,27 @@ class MetricsLog:
             self.tracker.close()
 
 
-def open_run(out: str | Path | None, stage: str, corpus_spec: str, cfg: Any, quiet: bool,
-             tracking: TrackingConfig | None = None, *, start_step: int = 0,
-             track_as: str | None = None) -> tuple[Path | None, MetricsLog]:
-    """A stage's output folder with its resolved config (`run.json`), and its metrics log (`metrics.jsonl`).
-    `cfg` needs `steps` and `clock` (and `seconds`, a time budget, if it has one). Without `out`, nothing is
-    written and the log only shows progress. `tracking`: also mirror rows and config to TensorBoard / W&B, as
-    the run `out` (or `track_as`) continuing after `start_step`."""
-    path = Path(out) if out else None
-    record = {"stage": stage, "corpus": corpus_spec, "config": asdict(cfg)}
-    if path:
-        path.mkdir(parents=True, exist_ok=True)
-        write_json(path / "run.json", record)
-    return path, MetricsLog(path / "metrics.jsonl" if path else None, cfg.steps, stage, quiet, cfg.clock,
-                            seconds=getattr(cfg, "seconds", None),
-                            tracker=open_tracker(tracking, stage, run=path or track_as, start_step=start_step,
-                                                 config=record))
+def as_run(out: str | Path | RunDir | None) -> RunDir | None:
+    """The run folder `out` names (a `RunDir` as given: it carries an S3 endpoint), None to write nothing."""
+    return out if isinstance(out, RunDir) or out is None else RunDir(str(out))
+
+
+def open_log(run: RunDir | None, rec: dict, cfg: Any, quiet: bool, tracking: TrackingConfig | None = None, *,
+             start_step: int = 0, track_as: str | None = None) -> MetricsLog:
+    """A run's metrics log after writing its record `rec` (`storage.layout.record`: kind, corpus, config) to
+    `run.json`; the rows go to the run's metrics (`RunDir.metrics()` reads them). `cfg` needs `steps` and
+    `clock` (and `seconds`, a time budget, if it has one). Without `run`, nothing is written and the log only
+    shows progress. `tracking`: also mirror rows and record to TensorBoard / W&B, as the run (or `track_as`)
+    continuing after `start_step`."""
+    if run is not None:
+        run.write_record(**rec)
+    return MetricsLog(cfg.steps, rec["kind"], quiet, cfg.clock, seconds=getattr(cfg, "seconds", None),
+                      store=run.metrics_writer(start_step) if run is not None else None,
+                      tracker=open_tracker(tracking, rec["kind"], run=run.url if run is not None else track_as,
+                                           start_step=start_step, config=rec))
 
 
 def _num(v: Any) -> Any:
     if isinstance(v, torch.Tensor):
         return float(v.detach().float().item())
     return v
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_jsonable))
-
-
-def _jsonable(o: Any) -> Any:
-    if hasattr(o, "__dataclass_fields__"):
-        return asdict(o)
-    return str(o)

@@ -1,10 +1,11 @@
 """Stage 1: joint SMT pretraining of the teacher and a reference updater, as a resumable run.
 
 The run URL `out` (local folder, file://, s3://; through the Bucket) holds:
-    run.json                       the resolved config of the newest start or resume
+    run.json                       the run record (kind "pretrain", storage/layout.py): the resolved config of the
+                                   newest start or resume
     checkpoints/step-XXXXXXXX/     teacher/, student/, state.safetensors, state.json (`pretrain_state.py`)
     checkpoints/latest.json        written last: the commit point of a checkpoint
-    metrics.jsonl                  one row per evaluation (local runs)
+    metrics.jsonl                  one row per evaluation (`storage/metrics.py`; metrics/ on an object store)
     teacher/, student/             the finished teacher (its fingerprint names its target shards) and the
                                    reference updater with the teacher's readout
 A checkpoint is written every `checkpoint_every` steps and when the run stops; rerunning the same command
@@ -114,10 +115,10 @@ def _open_log(state, cfg: PretrainConfig, run: RunDir | None, quiet: bool, lead:
     to the attempt that was killed)."""
     if lead and run is not None:
         announce_resume(run, state.step, state.changes)
-        run.write_json("run.json", record)
+        run.write_record(**record)
     tracker = open_tracker(tracking, "pretrain", run=run.url if run else None, start_step=state.step,
                            config=record) if lead else None
-    log = MetricsLog(None, cfg.steps, "pretrain", quiet or not lead, cfg.clock, start=state.elapsed,
+    log = MetricsLog(cfg.steps, "pretrain", quiet or not lead, cfg.clock, start=state.elapsed,
                      seconds=cfg.seconds, store=run.metrics_writer(state.step) if lead and run else None,
                      tracker=tracker)
     log.advance(state.step)
@@ -146,7 +147,7 @@ def pretrain(corpus, cfg: PretrainConfig, out: str | Path | RunDir | None = None
         state = build_state(corpus, cfg, run, dev)
         resumed_from = state.step if state.starts else None
         state.starts.append(state.step)
-        record = {"stage": "pretrain", "corpus": corpus.spec, "config": asdict(cfg), "world_size": w.world_size,
+        record = {"kind": "pretrain", "corpus": corpus.spec, "config": asdict(cfg), "world_size": w.world_size,
                   "start_step": state.step,
                   "changes": {k: {"old": a, "new": b} for k, (a, b) in state.changes.items()}}
         log = _open_log(state, cfg, run, quiet, lead, record, tracking)

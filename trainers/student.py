@@ -220,13 +220,15 @@ def train(state: TrainState, run: RunDir, *, hooks: Sequence[Hook] = (), rank: i
     objective = SMTObjective(state.student, cfg.readout_weight)
     lead = rank == 0
     extra = {k: v for h in hooks for k, v in h.record().items()}
-    record = {"stage": "train", "config": asdict(cfg), **extra, "teacher_fingerprint": state.teacher_fp}
+    record = {"kind": "train", "config": asdict(cfg), **extra, "teacher_fingerprint": state.teacher_fp}
     if lead and state.step == cfg.phase_start:  # a later phase records its own config beside the first
-        name = f"config-phase-{cfg.phase_start:08d}.json" if cfg.phase_start else "config.json"
-        run.write_json(name, record)
+        if cfg.phase_start:
+            run.write_json(f"config-phase-{cfg.phase_start:08d}.json", record)
+        else:
+            run.write_record(**record)  # run.json: the run record (storage/layout.py)
     # a resumed run's writer drops the rows past its checkpoint (they belong to the attempt that was killed)
     tracker = open_tracker(tracking, "train", run=run.url, start_step=state.step, config=record) if lead else None
-    log = MetricsLog(None, cfg.steps, "train", quiet or not lead,
+    log = MetricsLog(cfg.steps, "train", quiet or not lead,
                      store=run.metrics_writer(state.step) if lead else None, tracker=tracker)
     log.advance(state.step)
     loop = StreamLoop(state, run, log, lead, None if quiet or not lead else print, stop=stop,

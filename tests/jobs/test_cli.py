@@ -68,6 +68,10 @@ def test_demo_smoke_runs_every_stage(tmp_path, ray_local, capsys):
     assert sw["chosen_lr"] == best["lr"] and [r["chosen"] for r in sw["runs"]] == [r is best for r in sw["runs"]]
     for r in sw["runs"]:  # each lr trained its own student
         assert (tmp_path / "d" / "bptt" / r["folder"] / "student" / "config.json").exists()
+    from storage.run_dir import RunDir  # every folder says what it is (storage/layout.py)
+
+    assert [RunDir(str(tmp_path / "d" / f)).record()["kind"] for f in ("", "pretrain", "student", "bptt")] == \
+        ["pipeline", "pretrain", "train", "bptt-sweep"]
     demo_out = capsys.readouterr().out
     assert "bptt lr sweep (chosen on valid: lr " in demo_out and demo_out.count("  <- chosen") >= 1
     # `smt eval --run OUT` evaluates the pipeline's newest student checkpoint, with its teacher
@@ -127,7 +131,7 @@ def test_tiny_recipes_run_offline(recipe, tmp_path, ray_local, monkeypatch):
     (["pretrain", "--corpus", TASK, "--out", "x", "--updater.arch", "lstm"], "arch='lstm' is unknown"),
     (["pretrain", "--corpus", TASK, "--out", "x", "--smt.mode", "stream"], "needs Tc"),
     (["bptt", "--corpus", TASK, "--updater.arch", "lstm", "--out", "x"], "arch='lstm' is unknown"),
-    (["eval", "--run", "/nonexistent/run", "--corpus", TASK], "no teacher or student checkpoint"),
+    (["eval", "--run", "/nonexistent/run", "--corpus", TASK], "/nonexistent/run is not a run folder or checkpoint"),
     (["nosuchstage"], "unknown stage"),
     (["label", "--teacher", "t", "--corpus", TASK, "--out", "x", "--nosuch", "1"], "Unrecognized options: --nosuch"),
     (["inspect"], "missing required URL"),

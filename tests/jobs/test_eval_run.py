@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from jobs.cli import main as smt
+from storage.run_dir import RunDir
 from tests.jobs.test_cli import TASK, TINY
 from tests.train_fixtures import CORPUS, make_target_set
 from tests.trainers.test_dmt import SPEC, _label
@@ -49,7 +50,8 @@ def test_pretrain_bptt_and_dmt_online_folders(tmp_path, capsys):
                 "--shape.d-model", "16", "--shape.n-heads", "2", "--shape.mem-tokens", "2"]) == 0
     assert _eval(capsys, tmp_path / "bptt", TASK)["student"]["trained_by"] == "bptt"
     assert "--step applies to runs with checkpoints/" in _error(capsys, tmp_path / "bptt", TASK, "--step", "2")
-    assert "no teacher or student checkpoint (nor checkpoints/)" in _error(capsys, tmp_path / "nothing-here", TASK)
+    assert "nothing-here is not a run folder or checkpoint: expected run.json (a run) or config.json" in _error(
+        capsys, tmp_path / "nothing-here", TASK)
 
 
 def test_train_run_newest_and_step(tmp_path, capsys):
@@ -71,6 +73,7 @@ def test_dmt_run_and_report_folder(tmp_path, capsys):
     d = _label(tmp_path)
     run = _fake_run(d, tmp_path / "run", d["fp"])
     assert _dmt(d, run) == 0  # writes its report to tmp_path/rep, the round rolled out the run's student
+    assert RunDir(str(tmp_path / "rep")).record()["kind"] == "dmt"  # its record names the run (storage/layout.py)
     for folder in (run, tmp_path / "rep"):
         res = _eval(capsys, folder, SPEC)
         assert res["student"]["url"].endswith(f"{run}/checkpoints/step-00000100/student")  # the report says file://

@@ -79,7 +79,7 @@ def test_export_refuses_what_it_cannot_write(text_run, capsys):
     rc, _, err = run(["export", "--run", f"{text_run / 'run'}/teacher", "--out", str(text_run / "t")], capsys)
     assert rc == 2 and "holds a teacher and no student (updater + readout + m_0) to export" in err
     rc, _, err = run(["export", "--run", str(text_run / "nothing"), "--out", str(text_run / "n")], capsys)
-    assert rc == 2 and "no teacher or student checkpoint" in err
+    assert rc == 2 and "is not a run folder or checkpoint: expected run.json (a run) or config.json" in err
     # a checkpoint is not an export; a damaged export is refused by its fingerprint, in one line
     with pytest.raises(CheckpointError, match="is not an exported student"):
         load_exported(f"{text_run / 'run'}/student")

@@ -127,8 +127,8 @@ def test_digits_run_writes_a_png_grid_of_the_sampled_images(runs, tmp_path, caps
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--run", "{root}/nowhere", "--prompt", "x"], "no teacher or student checkpoint (nor checkpoints/) in"),
-    (["--run", "{root}", "--prompt", "x"], "no teacher or student checkpoint"),  # a folder that is not a run
+    (["--run", "{root}/nowhere", "--prompt", "x"], "nowhere is not a run folder or checkpoint: expected run.json"),
+    (["--run", "{root}", "--prompt", "x"], "is not a run folder or checkpoint"),  # a folder that is not a run
     (["--run", "{root}/digits", "--prompt", "0 300"], "prompt token 300 is outside the model's vocabulary 0..255"),
     (["--run", "{root}/digits", "--prompt", "0 ab"], "prompt item 'ab' is not an integer"),
     (["--run", "{root}/digits", "--prompt", "0 " * 65], "the prompt has 65 pixels but an image has 8x8=64"),

@@ -17,6 +17,7 @@ def _fake_run(d: dict, run: Path, fp: str, step: int = 100) -> str:
     rel = f"checkpoints/step-{step:08d}"
     _student({**d, "fp": fp}, run / rel / "student")
     (run / "checkpoints" / "latest.json").write_text(json.dumps({"step": step, "path": rel}))
+    (run / "run.json").write_text(json.dumps({"kind": "train"}))  # its record, as `smt train` writes it
     return str(run)
 
 

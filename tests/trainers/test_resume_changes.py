@@ -123,7 +123,7 @@ def test_a_student_resume_refuses_another_stream_seed_and_applies_a_new_lr(targe
     res = train(replace(st_config(steps=6, seed=5), optim=OptimConfig(lr=2e-3, warmup_steps=1)))
     assert res["resumed_from"] == 4 and res["step"] == 6
     assert capsys.readouterr().err.strip() == (
-        f"resuming {RunDir(str(out)).url} at step 4 with a changed config: optim.lr 0.001 -> 0.002, steps 4 -> 6, seed 0 -> 5 "
+        f"resuming {RunDir(str(out)).url} at step 4 with a changed config: optim.lr 0.001 -> 0.002, seed 0 -> 5, steps 4 -> 6 "
         "(applied from here; recorded in resume-00000004.json)")
     assert rows(out / "metrics.jsonl")[5]["lr"] == 2e-3
     res = train(replace(moved, steps=8, optim=OptimConfig(lr=2e-3, warmup_steps=1), seed=5, allow_seed_change=True))

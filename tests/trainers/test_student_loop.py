@@ -62,7 +62,7 @@ def test_hooks_are_called_in_loop_order_and_shape_the_run(tmp_path):
     assert rec.calls == want, rec.calls
     rows = [json.loads(line) for line in Path(tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert [r["recorded_calls"] for r in rows] == [5.0, 8.0, 11.0]  # after_step's columns reach the metrics rows
-    assert json.loads(Path(tmp_path / "a" / "config.json").read_text())["recorder"] == {"zero_targets": False}
+    assert json.loads(Path(tmp_path / "a" / "run.json").read_text())["recorder"] == {"zero_targets": False}
     # a transform changes what the loss sees: zero targets make the first loss the mean square of the prediction,
     # which differs from the untouched run's first loss on the same batch and weights
     zeroed = Recorder(zero_targets=True)

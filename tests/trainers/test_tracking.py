@@ -90,7 +90,7 @@ def test_pretrain_and_dmt_online_mirror_rows_and_config_to_tensorboard(tmp_path)
     for key in ("loss", "teacher_acc", "smt_loss", "lr", "grad_norm", "time", "T"):
         assert tb_scalars(tb, key) == expected(metrics, key), key
     cfg = tb_config(tb)
-    assert cfg["stage"] == "pretrain" and cfg["corpus"] == load_corpus(SPEC).spec and cfg["start_step"] == 0
+    assert cfg["kind"] == "pretrain" and cfg["corpus"] == load_corpus(SPEC).spec and cfg["start_step"] == 0
     assert cfg["config"]["steps"] == 10 and cfg["config"]["teacher"]["d_model"] == 16
     # online DMT on that run: its rows from the step-0 evaluation on
     assert smt(["dmt-online", "--run", str(out), "--corpus", SPEC, "--out", str(tmp_path / "dmt"), "--steps", "2",
@@ -98,7 +98,7 @@ def test_pretrain_and_dmt_online_mirror_rows_and_config_to_tensorboard(tmp_path)
                 "--log.tensorboard", str(tmp_path / "tb-dmt")]) == 0
     assert [s for s, _ in tb_scalars(tmp_path / "tb-dmt", "dmt_acc")] == [0, 1, 2]
     assert tb_scalars(tmp_path / "tb-dmt", "dmt_loss") == expected(tmp_path / "dmt" / "metrics.jsonl", "dmt_loss")
-    assert tb_config(tmp_path / "tb-dmt")["stage"] == "dmt"
+    assert tb_config(tmp_path / "tb-dmt")["kind"] == "dmt-online"
 
 
 def test_a_resumed_pretrain_shows_each_step_once_with_the_resumed_values(tmp_path):
@@ -154,7 +154,7 @@ def test_train_then_dmt_alone_log_the_run_and_the_rounds(tmp_path):
     assert tb_scalars(tb / "rounds", "drift_final") == \
         [(r["round"], float(np.float32(r["drift_by_step"][-1]))) for r in reps]
     # each writer logs the config it trains with at its first step: train's phase, then each DMT block's
-    assert [(step, c["stage"], c["config"]["phase_start"]) for step, c in tb_configs(tb)] == \
+    assert [(step, c["kind"], c["config"]["phase_start"]) for step, c in tb_configs(tb)] == \
         [(0, "train", 0), (20, "train", 20), (25, "train", 20)]
 
 
@@ -235,7 +235,7 @@ def test_bptt_fans_out_to_tensorboard_and_wandb_offline(tmp_path, monkeypatch):
         assert sorted(hist) == [2, 4]
         for row in rows(metrics):
             assert hist[row["step"]] == {k: v for k, v in row.items() if k != "step"}
-        assert wandb_config(recs)["stage"] == "bptt"
+        assert wandb_config(recs)["kind"] == "bptt"
 
 
 def test_wandb_resume_continues_the_same_run(tmp_path, monkeypatch):

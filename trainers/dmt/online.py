@@ -13,7 +13,8 @@ with `pipeline/relabel.py`) beside a student run, in lockstep (`lockstep.py`) or
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import contextlib
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +23,11 @@ import torch.nn.functional as F
 
 from models.device import autocast, pick_device
 from storage.checkpoints import save_student
+from storage.layout import record
+from storage.lease import Writer
+from storage.run_dir import RunDir
 from trainers.budget import Budget
-from trainers.common import OptimConfig, open_run
+from trainers.common import OptimConfig, as_run, open_log
 from trainers.dmt.stability import EMA, PolicyStability, check_beta, load_moments, smt_moments, teacher_share
 from trainers.evaluate import evaluate_student
 from trainers.loop import Callbacks, Curriculum, Evaluation, Hook, Loop, Objective, train
@@ -161,13 +165,22 @@ class OnlineDMT:
         torch.manual_seed(cfg.seed)
         self.state: OnlineDMTState | None = None
 
-    def run(self, out: str | Path | None = None, quiet: bool = False, *, until: int | None = None,
-            callbacks: Callbacks | None = None, tracking: TrackingConfig | None = None) -> dict:
+    def run(self, out: str | Path | RunDir | None = None, quiet: bool = False, *, until: int | None = None,
+            callbacks: Callbacks | None = None, tracking: TrackingConfig | None = None,
+            writer: Writer | None = None) -> dict:
         """Train up to `until` (default: cfg.steps) on the loop of `trainers/loop.py`; the first call evaluates the
         student at step 0 first and trains nothing if it already reaches `stop_at_acc`. `callbacks` as in
         `trainers.pretrain.pretrain`. `tracking`: also log the rows and the config to TensorBoard / W&B (calls
-        that continue one schedule continue one tracked run). Returns {"student", "history", "final",
-        "seconds", "steps"}."""
+        that continue one schedule continue one tracked run). With `out` (a local folder or any URL; a `RunDir`
+        names an S3 endpoint), under the run's lease held as `writer`: the record `run.json` (kind
+        "dmt-online", storage/layout.py), the metrics (`RunDir.metrics()`; a later call continues them) and the
+        trained `student/`. Returns {"student", "history", "final", "seconds", "steps"}."""
+        run = as_run(out)
+        with run.writing(writer) if run is not None else contextlib.nullcontext():
+            return self._run(run, quiet, until, callbacks, tracking)
+
+    def _run(self, run: RunDir | None, quiet: bool, until: int | None, callbacks: Callbacks | None,
+             tracking: TrackingConfig | None) -> dict:
         cfg, student, first = self.cfg, self.student.train(), self.state is None
         if first:
             self.state = OnlineDMTState(student, cfg, self.smt_run)
@@ -177,8 +190,9 @@ class OnlineDMT:
         stop = min(cfg.steps, until or cfg.steps)
         curriculum = Curriculum([self.corpus], "dmt_acc", 1.0, cfg.stop_at_acc, eval_size=cfg.eval_size,
                                 seed=cfg.seed, device=self.dev)  # one stage: the stop rule and the valid set
-        out, log = open_run(out, "dmt", self.corpus.spec, cfg, quiet, tracking, start_step=state.step,
-                            track_as=self.smt_run)
+        rec = record("dmt-online", corpus=self.corpus.spec, config=asdict(cfg), smt_run=self.smt_run,
+                     teacher_fingerprint=self.teacher_fingerprint)
+        log = open_log(run, rec, cfg, quiet, tracking, start_step=state.step, track_as=self.smt_run)
 
         def figures() -> dict:
             student.eval()
@@ -187,21 +201,22 @@ class OnlineDMT:
             return {"dmt_acc": r["acc"], "dmt_loss": r["loss"], "drift_final": r["drift_final"]}
 
         evaluation = Evaluation(cfg.eval_every, figures, curriculum=curriculum, callbacks=callbacks, model=student)
-        loop = Loop(state, None, log, True, None, stop=stop, seconds=cfg.seconds, done=state.step >= stop)
+        loop = Loop(state, run, log, True, None, stop=stop, seconds=cfg.seconds, done=state.step >= stop)
         if first:  # a student that already passes is not trained: DMT would only move it (the dip)
             evaluation.evaluate(loop, 0, {}, report=False)
         step = OnlineDMTStep(self, self.Td, self.dev)
         final = train(loop, step, [step, evaluation], cfg.optim.grad_clip, self.dev)
         student.eval()
-        if out:
-            save_student(str(out / "student"), student, self.teacher_fingerprint,
+        if run is not None:
+            run.check_writer()
+            save_student(run.bucket.child("student"), student, self.teacher_fingerprint,
                          {"corpus": self.corpus.spec, "trained_by": "smt+dmt", "dmt_steps": state.step})
         return {"student": student, "history": log.history, "final": final, "seconds": log.elapsed(),
                 "steps": state.step}
 
 
-def dmt_online(student, teacher, corpus, cfg: OnlineDMTConfig, out: str | Path | None = None, quiet: bool = False,
-               *, callbacks: Callbacks | None = None, tracking: TrackingConfig | None = None) -> dict:
+def dmt_online(student, teacher, corpus, cfg: OnlineDMTConfig, out: str | Path | RunDir | None = None,
+               quiet: bool = False, *, callbacks: Callbacks | None = None, tracking: TrackingConfig | None = None) -> dict:
     """Train `student` by online DMT in one call (`OnlineDMT` for a schedule over several calls, the SMT run's
     moments, or the teacher fingerprint recorded in the saved student); returns `OnlineDMT.run`'s dict."""
     return OnlineDMT(student, teacher, corpus, cfg).run(out, quiet, callbacks=callbacks, tracking=tracking)
