@@ -153,7 +153,7 @@ def run_one(corpus_name: str, seed: int, archs: tuple[str, ...], b: Budgets) -> 
         student, smt_cost = models[pick], sweep[pick]["own_seconds"]
         points = [{"stage": "smt", "own_seconds": smt_cost, **_bits(score({"s": student})["s"])}]
         dcfg = OnlineDMTConfig(optim=OptimConfig(lr=b.dmt_lr, warmup_steps=5), steps=10**6, seconds=b.dmt_seconds,
-                         batch_size=rc.online.batch_size, prompt=prompt, eval_every=10**9, eval_size=16, seed=seed,
+                         batch_size=rc.online.batch_size, start=prompt, eval_every=10**9, eval_size=16, seed=seed,
                          clock="process")
         d = dmt_online(student, teacher, corpus, dcfg, quiet=True)
         own = smt_cost + d["seconds"]  # the chosen student's own cost (the sweep's other two lrs are not charged)

@@ -185,7 +185,7 @@ def task_pipeline(path: str, lever: dict, teacher_seconds: float, students: list
 
     def dmt(student) -> dict:
         d = dmt_online(student, teacher, corpus, OnlineDMTConfig(optim=OptimConfig(lr=1e-4, warmup_steps=5), steps=10**6,
-                                                           seconds=dmt_seconds, batch_size=32, prompt=Tc,
+                                                           seconds=dmt_seconds, batch_size=32, start=Tc,
                                                            eval_every=10**9, eval_size=16, seed=seed,
                                                            clock="process"), quiet=True)
         return {"seconds": d["seconds"], "steps": d["steps"], "bytes": d["steps"] * 32 * T,

@@ -347,7 +347,7 @@ def dmt_phase_config(rc):
 
 def online_config(rc, prompt: int):
     """Online DMT's config: the recipe's `online`, `dmt.rounds` x `dmt.every` steps from the rollout start."""
-    return wired(rc.online, "online", steps=rc.dmt.rounds * rc.dmt.every, prompt=prompt)
+    return wired(rc.online, "online", steps=rc.dmt.rounds * rc.dmt.every, start=prompt)
 
 
 def actor_config(rc, targets, run_url, corpus, teacher_url, prompt, first_step=None):

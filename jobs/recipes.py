@@ -59,7 +59,7 @@ PipelineLabel = pipeline_view(LabelConfig, "teacher", "corpus", "out", "Tc")
 PipelineDMTActor = pipeline_view(DMTLoopConfig, "targets", "run", "corpus", "teacher", "rounds", "every_steps",
                                  "first_step", "start", "format", "dtype")
 PipelineDMTPhase = pipeline_view(StudentTrainConfig, "updater", "steps", "phase_start")
-PipelineOnline = pipeline_view(OnlineDMTConfig, "steps", "prompt")
+PipelineOnline = pipeline_view(OnlineDMTConfig, "steps", "start")
 PipelineBaseline = pipeline_view(BPTTConfig, "updater", "shape", "batch_size", "curriculum", "curriculum_acc",
                                  "stop_at_acc", "eval_every", "eval_size", "seconds")
 _VIEWS = {"label": PipelineLabel, "dmt_actor": PipelineDMTActor, "dmt_phase": PipelineDMTPhase,

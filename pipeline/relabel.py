@@ -133,7 +133,18 @@ class RelabelStage(Stage):
 
 
 @dataclass(kw_only=True)
-class Rollouts(OnDevice, AtEndpoint, ShardEncoding):
+class RolloutWindow:
+    """Where in each sequence a student is rolled out: from the teacher's memory at `start` for `Td` steps.
+    Declared once for every DMT variant (`Rollouts` below, online DMT's `OnlineDMTConfig`)."""
+
+    start: int = 0
+    """Rollout start position (0 in prefix mode; Tc in stream mode)."""
+    Td: int | None = None
+    """Rollout steps (None = to the end of each sequence)."""
+
+
+@dataclass(kw_only=True)
+class Rollouts(RolloutWindow, OnDevice, AtEndpoint, ShardEncoding):
     """How a DMT round is rolled out and stored: declared once for `RelabelConfig` (one round) and the DMT
     actor's `DMTLoopConfig` (every round of a run), which builds the former from it."""
 
@@ -141,10 +152,6 @@ class Rollouts(OnDevice, AtEndpoint, ShardEncoding):
     """Sequences rolled out per round (a window of the corpus that moves with the round)."""
     shard_sequences: int = 128
     """Sequences per shard (one work item each)."""
-    start: int = 0
-    """Rollout start position (0 in prefix mode; Tc in stream mode)."""
-    Td: int | None = None
-    """Rollout steps (None = to the end of each sequence)."""
     resources: Resources = field(default_factory=Resources)
     """Resources of the relabel work (each worker's, or the DMT actor's own)."""
 

@@ -1,7 +1,7 @@
 """The library stays readable: no function longer than 80 lines or taking more than 8 parameters (a longer one
 is split, a wider one takes a small config or value object), and every setting that several configs share is
 declared once, in a config piece the others inherit (trainers/budget.py, models/device.py, storage/settings.py,
-pipeline/relabel.py's `Rollouts`, trainers/dmt/stability.py's `PolicyStability`, jobs/cli_common.py's
+pipeline/relabel.py's `RolloutWindow` and `Rollouts`, trainers/dmt/stability.py's `PolicyStability`, jobs/cli_common.py's
 `Quiet`/`Tracked`), so a flag, a recipe key and an attribute mean one thing everywhere. Parsed with `ast`."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ MAX_LINES, MAX_PARAMS = 80, 8
 # settings with one meaning wherever they appear; each must be declared by exactly one config class
 SHARED = ("steps", "seconds", "clock", "eval_every", "eval_size", "stop_at_acc", "curriculum", "curriculum_acc",
           "device", "endpoint_url", "checkpoint_every", "keep_last", "keep_every", "allow_seed_change", "format",
-          "dtype", "quiet", "log", "ema", "carry_optimizer", "sequences")
+          "dtype", "quiet", "log", "ema", "carry_optimizer", "sequences", "start", "Td")
 
 
 def library_sources() -> dict[str, str]:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from models.device import autocast, pick_device
+from pipeline.relabel import RolloutWindow
 from storage.checkpoints import save_student
 from storage.layout import record
 from storage.lease import Writer
@@ -36,13 +37,9 @@ from trainers.tracking import TrackingConfig
 
 
 @dataclass(kw_only=True)
-class OnlineDMTConfig(Budget, PolicyStability):
+class OnlineDMTConfig(Budget, PolicyStability, RolloutWindow):
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-5, schedule="cosine"))
     """Optimiser (reference: lr 3e-5, cosine decay)."""
-    Td: int | None = None
-    """Rollout steps per sequence (None = to the end of the sequence)."""
-    prompt: int = 0
-    """Start of the rollout (0 in prefix mode; Tc in stream mode)."""
     w_state: float = 10.0
     """Weight of the one-step state MSE."""
     w_readout: float = 1.0
@@ -133,7 +130,7 @@ class OnlineDMTStep(Objective, Hook):
 
     def loss(self, batch: tuple) -> dict[str, torch.Tensor]:
         cfg, ema = self.dmt.cfg, self.dmt.state.ema
-        return dmt_losses(self.dmt.student, *batch, range(cfg.prompt, cfg.prompt + self.Td),
+        return dmt_losses(self.dmt.student, *batch, range(cfg.start, cfg.start + self.Td),
                           (cfg.w_state, cfg.w_readout), policy=ema.model if ema else None, n_teacher=self.n_teacher)
 
     def columns(self, loop: Loop) -> dict:
@@ -159,9 +156,9 @@ class OnlineDMT:
             p.requires_grad_(False)
         self.student, self.corpus, self.cfg = student.to(self.dev).train(), corpus, cfg
         self.smt_run, self.teacher_fingerprint = smt_run, teacher_fingerprint
-        self.Td = cfg.Td or (corpus.seq_len - cfg.prompt)
-        if cfg.prompt + self.Td > corpus.seq_len:
-            raise ValueError(f"prompt+Td={cfg.prompt}+{self.Td} > T={corpus.seq_len}: shorten Td")
+        self.Td = cfg.Td or (corpus.seq_len - cfg.start)
+        if cfg.start + self.Td > corpus.seq_len:
+            raise ValueError(f"start+Td={cfg.start}+{self.Td} > T={corpus.seq_len}: shorten Td")
         torch.manual_seed(cfg.seed)
         self.state: OnlineDMTState | None = None
 
@@ -196,7 +193,7 @@ class OnlineDMT:
 
         def figures() -> dict:
             student.eval()
-            r = evaluate_student(student, *curriculum.batch, self.teacher, cfg.prompt)
+            r = evaluate_student(student, *curriculum.batch, self.teacher, cfg.start)
             student.train()
             return {"dmt_acc": r["acc"], "dmt_loss": r["loss"], "drift_final": r["drift_final"]}
 
