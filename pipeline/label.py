@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from models.device import OnDevice, autocast, pick_device
+from models.device import OnDevice, autocast
 from pipeline.corpora import Corpus, CorpusError, load_corpus, spec_with
-from pipeline.stage import Resources, ShardRange, Stage, shard_ranges
+from pipeline.stage import ModelStage, Resources, ShardRange, shard_ranges
 from storage.bucket import Bucket
 from storage.checkpoints import CheckpointError, load_teacher, publish_teacher
 from storage.codec import check_dtype
@@ -278,31 +278,19 @@ def receipt_path(index: int) -> str:
 
 
 @dataclass
-class LabelStage(Stage):
+class LabelStage(ModelStage):
     """Teacher memories of corpus ranges -> one segments shard per range. Picklable: config only.
     Built by `LabelConfig.build` from the config and what the driver resolved (corpus, target set, teacher)."""
 
     cfg: LabelConfig
-    corpus: str
-    """The corpus spec as loaded (normalised)."""
-    target: str
-    """URL of the target set the shards go to."""
-    fingerprint: str
-    """The teacher's fingerprint the driver loaded; every worker checks its own."""
     corpus_id: str = ""
     """The corpus id the driver digested (and names the target set by); every worker checks its own."""
     Tc: int | None = None
     """The resolved context length (None: prefix corpora)."""
     name = "label"
 
-    @property
-    def resources(self) -> Resources:
-        return self.cfg.resources
-
     def setup(self) -> None:
-        if self.resources.num_cpus >= 1 and self.resources.num_gpus == 0:
-            torch.set_num_threads(int(self.resources.num_cpus))
-        self._device = pick_device(self.cfg.device)
+        self._device = self.worker_device()
         self._model, fp, _ = _load_teacher(self.cfg.teacher, self._device, self.cfg.endpoint_url)
         if fp != self.fingerprint:
             raise CheckpointError(f"teacher {self.cfg.teacher} changed during labeling (fingerprint {fp[:12]} != "

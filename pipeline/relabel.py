@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from models.device import OnDevice, pick_device
+from models.device import OnDevice
 from models.teacher import encoder_kind
 from pipeline.corpora import load_corpus
-from pipeline.stage import Resources, ShardRange, Stage
+from pipeline.stage import ModelStage, Resources, ShardRange
 from storage.bucket import Bucket
 from storage.checkpoints import CheckpointError, load_student, load_teacher, read_config
 from storage.manifest import Generation, ShardEntry, newest_generation, read_generation
@@ -78,29 +78,17 @@ class RelabelError(ValueError):
 
 
 @dataclass
-class RelabelStage(Stage):
+class RelabelStage(ModelStage):
     """Student rollouts over corpus ranges -> one pairs shard per range, as round `cfg.round`. Config only;
     built by `RelabelConfig.build` from the config and what the driver resolved."""
 
     cfg: RelabelConfig
-    corpus: str
-    """The corpus spec as loaded (normalised)."""
-    target: str
-    """URL of the run's rounds, where the shards go."""
-    fingerprint: str
-    """The target set's teacher fingerprint; the teacher and the student must match it."""
     batch_size: int = 64
     """Sequences rolled out per batch."""
     name = "relabel"
 
-    @property
-    def resources(self) -> Resources:
-        return self.cfg.resources
-
     def setup(self) -> None:
-        if self.resources.num_cpus >= 1 and self.resources.num_gpus == 0:
-            torch.set_num_threads(int(self.resources.num_cpus))
-        self._device = pick_device(self.cfg.device)
+        self._device = self.worker_device()
         self._teacher, fp, _ = load_teacher(self.cfg.teacher, self._device, endpoint_url=self.cfg.endpoint_url)
         if fp != self.fingerprint:
             raise CheckpointError(f"teacher {self.cfg.teacher} has fingerprint {fp[:16]}, the target set "

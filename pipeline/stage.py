@@ -66,3 +66,32 @@ class Stage(ABC):
     def records(self, result: dict) -> int:
         """Records a result stands for (the progress bar's unit)."""
         return int(result.get("records", 0))
+
+
+@dataclass
+class ModelStage(Stage):
+    """A stage that runs models over corpus ranges into shards (labeling, relabeling): its config `cfg` (which
+    holds `device`, `endpoint_url` and `resources`) plus what the driver resolved before any worker started."""
+
+    cfg: Any
+    corpus: str
+    """The corpus spec as loaded (normalised)."""
+    target: str
+    """URL of the folder the shards go to."""
+    fingerprint: str
+    """The teacher fingerprint the driver resolved; every worker checks the models it loads against it."""
+
+    @property
+    def resources(self) -> Resources:
+        return self.cfg.resources
+
+    def worker_device(self):
+        """This worker's torch device; a CPU-only worker runs as many torch threads as it reserved CPUs."""
+        import torch
+
+        from models.device import pick_device
+
+        r = self.resources
+        if r.num_cpus >= 1 and r.num_gpus == 0:
+            torch.set_num_threads(int(r.num_cpus))
+        return pick_device(self.cfg.device)

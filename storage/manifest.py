@@ -70,6 +70,12 @@ class ShardEntry:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    def check_paths(self) -> None:
+        """ValueError unless its path and file names are safe relative paths (none escapes the target set)."""
+        check_relpath(self.path, "shard path")
+        for name in self.files:
+            check_relpath(name, "shard file name")
+
     @classmethod
     def from_json(cls, d: Any, where: str) -> ShardEntry:
         try:
@@ -80,9 +86,7 @@ class ShardEntry:
         except (KeyError, TypeError, ValueError) as err:
             raise ManifestError(f"{where}: malformed shard entry {str(d)[:120]!r} ({err})") from err
         try:
-            check_relpath(e.path, "shard path")
-            for name in e.files:
-                check_relpath(name, "shard file name")
+            e.check_paths()
         except ValueError as err:
             raise ManifestError(f"{where}: refusing shard entry: {err}") from err
         if e.format not in FORMATS or e.layout not in LAYOUTS or e.dtype not in STATE_DTYPES:

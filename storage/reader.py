@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from storage.bucket import Bucket, check_relpath
+from storage.bucket import Bucket
 from storage.codec import check_columns, expected_columns, from_columns
 from storage.errors import FingerprintMismatch, ManifestError, ObjectNotFound, ShardError, one_line
 from storage.formats import LayoutMismatch, shard_format, shard_sha256
@@ -120,9 +120,7 @@ class TargetSet:
 
     def _fetch(self, entry: ShardEntry) -> dict[str, bytes]:
         try:
-            check_relpath(entry.path, "shard path")
-            for name in entry.files:
-                check_relpath(name, "shard file name")
+            entry.check_paths()
         except ValueError as e:
             raise ShardError(f"refusing to open shard: {e}") from e
         where = self._where(entry)
