@@ -145,7 +145,7 @@ def job_main(prog: str, cls: type, description: str | None = None,
     """The `main(argv) -> int` of a job module: parse the tree (from `default(argv)` when given), then run it."""
     def main(argv: list[str] | None = None) -> int:
         argv = sys.argv[1:] if argv is None else list(argv)
-        return run(prog, lambda: parse(cls, argv, prog, description,
+        return exit_status(prog, lambda: parse(cls, argv, prog, description,
                                        default(argv) if default else None).execute())
 
     return main
@@ -156,11 +156,10 @@ def figure(row: dict, key: str, reason: str = "no evaluation") -> str:
     return f"{row[key]:.3f}" if row.get(key) is not None else f"n/a ({reason})"
 
 
-def run(prog: str, fn: Callable[[], int | None]) -> int:
-    """Run a job body, turning user errors into one line on stderr and exit status 2."""
+def exit_status(prog: str, fn: Callable[[], int | None]) -> int:
+    """The exit status of a job body: its own, or 2 with one line on stderr for a user error."""
     try:
-        rc = fn()
-        return int(rc or 0)
+        return int(fn() or 0)
     except SystemExit as e:  # parse: --help (0) or a bad flag (2, already reported)
         return int(e.code or 0)
     except KeyboardInterrupt:
