@@ -156,11 +156,12 @@ def pretrain(corpus, cfg: PretrainConfig, out: str | Path | RunDir | None = None
                                 cfg.curriculum_acc, cfg.stop_at_acc, eval_size=cfg.eval_size, seed=cfg.seed,
                                 device=dev, stage=state.stage)
         loop = Loop(state, run, log, lead, None, stop=cfg.steps, seconds=cfg.seconds, share=share,
-                    done=state.finished or state.step >= cfg.steps)
+                    done=state.stays_finished(cfg) or state.step >= cfg.steps)
 
         def checkpoint(loop: Loop) -> None:
             state.stage, state.last_eval = curriculum.stage, loop.row or state.last_eval
-            state.elapsed, state.finished = log.elapsed(), loop.done
+            state.elapsed = log.elapsed()
+            state.mark_stopped(cfg, "teacher_acc") if loop.done else state.mark_running()
             save(state, run)
 
         hooks = [Evaluation(cfg.eval_every, lambda: _figures(state, curriculum, cfg.smt.start), curriculum=curriculum,

@@ -60,13 +60,16 @@ class JointObjective(nn.Module):
 
 class PretrainState:
     """Everything a resume needs. `elapsed` is the training clock (evaluation excluded), `stage` the
-    curriculum stage, `finished` whether the run stopped (steps, budget or accuracy reached)."""
+    curriculum stage, `finished` whether the run stopped and `finished_by` why: "steps", "seconds" (the time
+    budget) or "accuracy" (`stop_at_acc`, reached at `finished_acc`); None in runs recorded before the reason."""
 
     def __init__(self, teacher: Teacher, student: Student, cfg, corpus_spec: str, device: torch.device) -> None:
         self.teacher, self.student, self.cfg, self.corpus_spec, self.device = teacher, student, cfg, corpus_spec, device
         self.params = list(teacher.parameters()) + list(student.updater.parameters())
         self.opt, self.sched = cfg.optim.build(self.params, cfg.steps)
         self.step, self.stage, self.elapsed, self.finished = 0, 0, 0.0, False
+        self.finished_by: str | None = None
+        self.finished_acc: float | None = None
         self.last_eval: dict[str, Any] = {}
         self.starts: list[int] = []  # the step every start of this run began at (0, then each resume)
         self.changes: dict[str, tuple] = {}  # config fields this resume changed: {field: (recorded, now)}
@@ -76,7 +79,8 @@ class PretrainState:
         tensors, opt_meta = flatten_optimizer(self.opt.state_dict())
         tensors["rng.torch"] = torch.get_rng_state()
         meta = {"kind": KIND, "step": self.step, "stage": self.stage, "elapsed": self.elapsed,
-                "finished": self.finished, "last_eval": self.last_eval, "starts": self.starts,
+                "finished": self.finished, "finished_by": self.finished_by, "finished_acc": self.finished_acc,
+                "last_eval": self.last_eval, "starts": self.starts,
                 "corpus": self.corpus_spec, "optimizer": opt_meta, "scheduler": self.sched.state_dict(),
                 "config": asdict(self.cfg)}
         return tensors, meta
@@ -88,7 +92,35 @@ class PretrainState:
         torch.set_rng_state(tensors["rng.torch"])
         self.step, self.stage = int(meta["step"]), int(meta["stage"])
         self.elapsed, self.finished = float(meta["elapsed"]), bool(meta["finished"])
+        self.finished_by, self.finished_acc = meta.get("finished_by"), meta.get("finished_acc")
         self.last_eval, self.starts = dict(meta["last_eval"]), list(meta["starts"])
+
+    def stays_finished(self, cfg) -> bool:
+        """Whether a run that stopped stays stopped under `cfg` (the config of this start): one stopped by its
+        step count or time budget trains on when given more of it, one stopped at `stop_at_acc` when that bar is
+        raised or dropped. A run recorded before the reason was stays stopped (the old rule)."""
+        if not self.finished:
+            return False
+        if self.finished_by == "steps":
+            return self.step >= cfg.steps
+        if self.finished_by == "seconds":
+            return cfg.seconds is not None and self.elapsed >= cfg.seconds
+        if self.finished_by == "accuracy":
+            return cfg.stop_at_acc is not None and (self.finished_acc or 0.0) >= cfg.stop_at_acc
+        return True
+
+    def mark_running(self) -> None:
+        self.finished, self.finished_by, self.finished_acc = False, None, None
+
+    def mark_stopped(self, cfg, acc_key: str) -> None:
+        """Record that the loop stopped now, and why (see `stays_finished`)."""
+        self.finished = True
+        if self.step >= cfg.steps:
+            self.finished_by = "steps"
+        elif cfg.seconds is not None and self.elapsed >= cfg.seconds:
+            self.finished_by = "seconds"
+        else:
+            self.finished_by, self.finished_acc = "accuracy", self.last_eval.get(acc_key)
 
     def sync_readout(self) -> None:
         """The updater's readout is the teacher's decoder and m_0 its empty-context memory (not trained here)."""

@@ -94,6 +94,25 @@ def test_pretraining_applies_a_changed_lr_and_says_so(tmp_path, capsys):
     assert lr == {4: 3e-4, 8: 1e-3, 12: 1e-3}  # the new rate from the resume on, not the checkpoint's
 
 
+def test_a_finished_pretraining_run_trains_on_when_given_more_of_what_stopped_it(tmp_path):
+    """A run stopped by its steps trains on to a larger --steps; one stopped at --stop-at-acc stays stopped with
+    the same bar and trains on when it is raised; the reason travels in the checkpoint."""
+    corpus, out = load_corpus(SPEC), tmp_path / "pt"
+    pretrain(corpus, pt_config(), out=out, quiet=True)
+    state = json.loads((out / "checkpoints" / "step-00000008" / "state.json").read_text())
+    assert (state["finished"], state["finished_by"]) == (True, "steps")
+    assert pretrain(corpus, pt_config(), out=out, quiet=True)["history"] == []  # same config: nothing to do
+    more = pretrain(corpus, pt_config(steps=12), out=out, quiet=True)
+    assert more["resumed_from"] == 8 and more["steps"] == 12 and [r["step"] for r in more["history"]] == [12]
+    acc = tmp_path / "acc"
+    first = pretrain(corpus, pt_config(steps=40, stop_at_acc=0.0), out=acc, quiet=True)  # passes at the first eval
+    state = json.loads((acc / "checkpoints" / f"step-{first['steps']:08d}" / "state.json").read_text())
+    assert first["steps"] < 40 and state["finished_by"] == "accuracy" and state["finished_acc"] is not None
+    assert pretrain(corpus, pt_config(steps=40, stop_at_acc=0.0), out=acc, quiet=True)["history"] == []
+    on = pretrain(corpus, pt_config(steps=first["steps"] + 4, stop_at_acc=1.01), out=acc, quiet=True)
+    assert on["steps"] == first["steps"] + 4 and on["history"]
+
+
 @pytest.fixture(scope="module")
 def target_set(tmp_path_factory):
     return make_target_set(str(tmp_path_factory.mktemp("bucket")), shards=2, seqs=8)
