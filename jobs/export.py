@@ -20,7 +20,7 @@ class ExportJob(AtEndpoint):
     step: int | None = None
     """Runs with checkpoints: the student of this step (default: newest)."""
     corpus: str | None = None
-    """Corpus spec saying how tokens read (default: the one recorded with the run's models)."""
+    """Corpus spec saying how tokens read (default: the one the run records, or its models do)."""
 
     def execute(self) -> int:
         from jobs.eval import resolve_run
@@ -33,7 +33,7 @@ class ExportJob(AtEndpoint):
         if s_url is None:
             raise ValueError(f"{self.run} holds a teacher and no student (updater + readout + m_0) to export: pass a "
                              "run that trained a student (smt pretrain, train, dmt, dmt-online, bptt, pipeline)")
-        spec = self.corpus or recorded_corpus([u for u in (s_url, t_url) if u], ep)
+        spec = self.corpus or recorded_corpus(self.run, [u for u in (s_url, t_url) if u], ep)
         if spec is None:
             raise ValueError(f"no corpus is recorded with the models of {self.run}, so how its tokens read is unknown: "
                              "pass --corpus SPEC (the corpus it was trained on)")

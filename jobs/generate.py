@@ -49,7 +49,7 @@ class GenerateJob(AtEndpoint):
     step: int | None = None
     """Runs with checkpoints: the student of this step (default: newest)."""
     corpus: str | None = None
-    """Corpus spec saying how tokens read (default: the one recorded with the run's models)."""
+    """Corpus spec saying how tokens read (default: the one the run records, or its models do)."""
     out: str = "generated.png"
     """Pixel runs: the PNG grid to write."""
     sampling: Annotated[SamplingConfig, FLAT] = field(default_factory=SamplingConfig)
@@ -173,7 +173,7 @@ def locate(job: GenerateJob):
         t_url, s_url = resolve_run(job.run, job.step, job.teacher, ep)
         fmt = None
     if fmt is None:
-        spec = job.corpus or recorded_corpus([u for u in (s_url, t_url) if u], ep)
+        spec = job.corpus or recorded_corpus(job.run, [u for u in (s_url, t_url) if u], ep)
         if spec is None:
             raise ValueError(f"no corpus is recorded with the models of {job.run}, so how its tokens read is "
                              "unknown: pass --corpus SPEC (the corpus it was trained on)")
@@ -183,11 +183,16 @@ def locate(job: GenerateJob):
 
 
 # ---- checkpoint reads: every import of the checkpoint module in this job is here -----------------------
-def recorded_corpus(urls: list[str], ep: str | None = None) -> str | None:
-    """The corpus spec recorded with the first of these checkpoints that has one (pretrain, bptt, dmt-online and
-    the pipeline record it; a `smt train` student's teacher does)."""
+def recorded_corpus(run: str, urls: list[str], ep: str | None = None) -> str | None:
+    """The corpus spec the run folder's record names (every smt command records it; a `smt train` run the
+    corpus its target set was labeled from), else the one recorded with the first of these checkpoints that
+    has one."""
     from storage.checkpoints import read_config
+    from storage.layout import run_corpus
 
+    spec = run_corpus(run, ep)
+    if spec:
+        return spec
     for u in urls:
         spec = read_config(u, endpoint_url=ep).get("meta", {}).get("corpus")
         if spec:

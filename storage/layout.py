@@ -99,3 +99,15 @@ def join(url: str, rel: str) -> str:
         elif part not in ("", "."):
             url = f"{url}/{part}"
     return url
+
+
+def run_corpus(url: str, endpoint_url: str | None = None) -> str | None:
+    """The corpus spec the record of the run folder at `url` names (a dmt report's: its run's), None when the
+    folder has no record or its record names none (a checkpoint or an exported folder: their own configs)."""
+    rec = read_record(Bucket.from_url(url, endpoint_url=endpoint_url))
+    if rec is None:
+        return None
+    follows = KINDS.get(rec.get("kind"), Layout()).follows
+    if follows and rec.get(follows) and rec[follows] != url:
+        return run_corpus(rec[follows], endpoint_url)
+    return rec.get("corpus")

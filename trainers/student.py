@@ -69,11 +69,13 @@ class StudentTrainConfig(Steps, Checkpointing):
 
 
 class TrainState:
-    """Everything a resume needs: model, optimizer, schedule, RNG, stream position, step."""
+    """Everything a resume needs: model, optimizer, schedule, RNG, stream position, step (`origin`: what the run
+    record says it trains from, `_origin`)."""
 
     def __init__(self, student: Student, cfg: StudentTrainConfig, stream: ShardStream, teacher_fp: str,
-                 device: torch.device) -> None:
+                 device: torch.device, origin: dict | None = None) -> None:
         self.student, self.cfg, self.stream, self.teacher_fp = student, cfg, stream, teacher_fp
+        self.origin = origin or {}
         student.m0.requires_grad_(False)  # the teacher's empty-context memory, not learned by SMT
         student.readout_net.requires_grad_(cfg.train_readout)
         self.params = [p for p in student.parameters() if p.requires_grad]
@@ -133,6 +135,12 @@ def _load_checkpoint(run: RunDir, pointer: dict) -> tuple:
     return student, stored_fp, tensors, meta
 
 
+def _origin(targets: TargetSet) -> dict:
+    """What the run record says the run was trained from: the target set and the corpus it was labeled from
+    (`smt generate` / `smt export` read how tokens read from it)."""
+    return {"targets": targets.bucket.url(), "corpus": (targets.manifest.corpus_params or {}).get("spec")}
+
+
 def build_state(targets: TargetSet, teacher, teacher_fp: str, cfg: StudentTrainConfig, run: RunDir, *,
                 rank: int = 0, world_size: int = 1, agree: Callable[[int], int] | None = None) -> TrainState:
     """A fresh train state, or the one the run's newest checkpoint holds (resume)."""
@@ -145,7 +153,7 @@ def build_state(targets: TargetSet, teacher, teacher_fp: str, cfg: StudentTrainC
     if found is None:
         torch.manual_seed(cfg.seed)
         student = Student.from_teacher(teacher, matched_updater(teacher.cfg, cfg.updater))
-        return TrainState(student.to(dev).train(), cfg, stream, teacher_fp, dev)
+        return TrainState(student.to(dev).train(), cfg, stream, teacher_fp, dev, origin=_origin(targets))
     _, (student, stored_fp, tensors, meta) = found
     if stored_fp != teacher_fp:
         raise FingerprintMismatch(teacher_fp, str(stored_fp), f"run {run.url} (its student was trained "
@@ -154,7 +162,7 @@ def build_state(targets: TargetSet, teacher, teacher_fp: str, cfg: StudentTrainC
     if student.updater_cfg != want:
         raise ValueError(f"run {run.url} holds a {student.updater_cfg.arch} student {asdict(student.updater_cfg)}, "
                          f"this command asks for {asdict(want)}: use the run's settings or a new --out")
-    state = TrainState(student.to(dev).train(), cfg, stream, teacher_fp, dev)
+    state = TrainState(student.to(dev).train(), cfg, stream, teacher_fp, dev, origin=_origin(targets))
     changes = {}
     if int(meta["step"]) != cfg.phase_start or not cfg.phase_start:  # within a phase: the run's own config
         changes = check_resume(run.url, int(meta["step"]), meta.get("config"), asdict(cfg),
@@ -220,7 +228,8 @@ def train(state: TrainState, run: RunDir, *, hooks: Sequence[Hook] = (), rank: i
     objective = SMTObjective(state.student, cfg.readout_weight)
     lead = rank == 0
     extra = {k: v for h in hooks for k, v in h.record().items()}
-    record = {"kind": "train", "config": asdict(cfg), **extra, "teacher_fingerprint": state.teacher_fp}
+    record = {"kind": "train", "config": asdict(cfg), **extra, "teacher_fingerprint": state.teacher_fp,
+              **state.origin}
     if lead and state.step == cfg.phase_start:  # a later phase records its own config beside the first
         if cfg.phase_start:
             run.write_json(f"config-phase-{cfg.phase_start:08d}.json", record)

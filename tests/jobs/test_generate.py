@@ -155,20 +155,27 @@ def test_bptt_student_generates_token_ids(runs, capsys):
     assert rc == 0 and out == "1 2 | " + " ".join(map(str, want)) + "\n" and "bptt student (gru updater)" in err
 
 
-def test_a_train_run_reads_its_tokens_from_the_corpus_flag(tmp_path, capsys):
-    """`smt train` runs record no corpus and keep their teacher in the bucket: --corpus says how tokens read."""
+def test_a_train_run_reads_its_tokens_from_its_record(tmp_path, capsys):
+    """`smt train` records the target set and the corpus it was labeled from in run.json: generate and export read
+    the run's tokens from it, and --corpus overrides it; a run recorded without one (an older version) asks
+    for --corpus in one line."""
     from tests.train_fixtures import CORPUS, make_target_set
 
     ts = make_target_set(str(tmp_path / "bucket"), shards=1)
     assert smt(["train", "--targets", ts["targets"], "--out", str(tmp_path / "gru"), "--steps", "2",
                 "--stream.batch-size", "16", "--updater.arch", "gru", "--quiet"]) == 0
+    rec = json.loads((tmp_path / "gru" / "run.json").read_text())
+    assert rec["corpus"] == CORPUS and rec["targets"].rstrip("/").endswith(ts["targets"].rstrip("/").split("bucket/")[1])
     argv = ["generate", "--run", str(tmp_path / "gru"), "--prompt", "1 2 3", "--tokens", "5", "--temperature", "0"]
+    student = load_student(f"{tmp_path / 'gru'}/checkpoints/step-00000002/student")[0]
+    want = "1 2 3 | " + " ".join(map(str, generate(student, torch.tensor([[1, 2, 3]]), 5, 0.0)[0].tolist())) + "\n"
+    for extra in ([], ["--corpus", CORPUS]):
+        rc, out, err = run([*argv, *extra], capsys)
+        assert rc == 0 and out == want and "smt student (gru updater)" in err
+    assert smt(["export", "--run", str(tmp_path / "gru"), "--out", str(tmp_path / "exp")]) == 0
+    (tmp_path / "gru" / "run.json").write_text(json.dumps({k: v for k, v in rec.items() if k != "corpus"}))
     rc, _, err = run(argv, capsys)
     assert rc == 2 and "no corpus is recorded with the models of" in err and "pass --corpus SPEC" in err
-    rc, out, err = run([*argv, "--corpus", CORPUS], capsys)
-    student = load_student(f"{tmp_path / 'gru'}/checkpoints/step-00000002/student")[0]
-    want = generate(student, torch.tensor([[1, 2, 3]]), 5, 0.0)[0].tolist()
-    assert rc == 0 and out == "1 2 3 | " + " ".join(map(str, want)) + "\n" and "smt student (gru updater)" in err
 
 
 # ---- the slow tier: the demo's student and the text recipe's, in a terminal -------------------------------
