@@ -6,9 +6,9 @@
        sweep chosen on valid, the SMT pipeline's wall-clock for the whole sweep)
 
 Example: smt pipeline --recipe text-bytes-tiny --out runs/text --student.steps 300
-Every field of the recipe's tree is a flag (`smt pipeline --recipe NAME --help` lists them with that recipe's
-values as defaults); fields the pipeline takes from its earlier stages (the label stage's teacher, the DMT
-phase's steps, ...) are refused when set.
+Every field of the recipe's tree a user may set is a flag (`smt pipeline --recipe NAME --help` lists them with
+that recipe's values as defaults); the 28 fields the pipeline takes from its earlier stages (the label stage's
+teacher, the DMT phase's steps, ...) are no flags, and a recipe file that sets one is refused.
 Writes OUT/run.json (the folder's record, kind "pipeline": storage/layout.py), OUT/results.json, OUT/report.md
 with PNG plots, OUT/pipeline.log, and the bucket (default OUT/bucket: teachers/, targets/) plus the runs
 (OUT/pretrain, the student run OUT/student, the BPTT sweep OUT/bptt). Timelines read the valid split; the

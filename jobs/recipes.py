@@ -36,10 +36,11 @@ from trainers.smt import SMTConfig
 from trainers.student import StudentTrainConfig
 
 
-def pipeline_view(cls: type, *derived: str) -> type:
+def pipeline_view(name: str, cls: type, *derived: str) -> type:
     """`cls` as a stage of the recipe tree: the fields in `derived`, which `smt pipeline` sets from its earlier
     stages (`jobs.pipeline_job.wired`), are hidden from its flags and `--help`. The view is a subclass (every
-    function taking `cls` takes it); `wired` hands the stage a plain `cls` with those fields set."""
+    function taking `cls` takes it); `wired` hands the stage a plain `cls` with those fields set. `name` is the
+    module-level name it is bound to, so a recipe pickles."""
     hints = typing.get_type_hints(cls, include_extras=True)
     by_name = {f.name: f for f in dataclasses.fields(cls)}
 
@@ -48,20 +49,20 @@ def pipeline_view(cls: type, *derived: str) -> type:
             return field(default_factory=f.default_factory)
         return field(default=f.default)
 
-    view = dataclasses.make_dataclass(cls.__name__, [(n, Annotated[hints[n], tyro.conf.Suppress],
+    view = dataclasses.make_dataclass(name, [(n, Annotated[hints[n], tyro.conf.Suppress],
                                                       same_default(by_name[n])) for n in derived],
                                       bases=(cls,), kw_only=True)
-    view.__doc__, view.__module__, view.derived = cls.__doc__ or "", __name__, derived
+    view.__doc__, view.__module__, view.__qualname__, view.derived = cls.__doc__ or "", __name__, name, derived
     return view
 
 
-PipelineLabel = pipeline_view(LabelConfig, "teacher", "corpus", "out", "Tc")
-PipelineDMTActor = pipeline_view(DMTLoopConfig, "targets", "run", "corpus", "teacher", "rounds", "every_steps",
-                                 "first_step", "start", "format", "dtype")
-PipelineDMTPhase = pipeline_view(StudentTrainConfig, "updater", "steps", "phase_start")
-PipelineOnline = pipeline_view(OnlineDMTConfig, "steps", "start")
-PipelineBaseline = pipeline_view(BPTTConfig, "updater", "shape", "batch_size", "curriculum", "curriculum_acc",
-                                 "stop_at_acc", "eval_every", "eval_size", "seconds")
+PipelineLabel = pipeline_view("PipelineLabel", LabelConfig, "teacher", "corpus", "out", "Tc")
+PipelineDMTActor = pipeline_view("PipelineDMTActor", DMTLoopConfig, "targets", "run", "corpus", "teacher", "rounds",
+                                 "every_steps", "first_step", "start", "format", "dtype")
+PipelineDMTPhase = pipeline_view("PipelineDMTPhase", StudentTrainConfig, "updater", "steps", "phase_start")
+PipelineOnline = pipeline_view("PipelineOnline", OnlineDMTConfig, "steps", "start")
+PipelineBaseline = pipeline_view("PipelineBaseline", BPTTConfig, "updater", "shape", "batch_size", "curriculum",
+                                 "curriculum_acc", "stop_at_acc", "eval_every", "eval_size", "seconds")
 _VIEWS = {"label": PipelineLabel, "dmt_actor": PipelineDMTActor, "dmt_phase": PipelineDMTPhase,
           "online": PipelineOnline, "baseline": PipelineBaseline}
 
@@ -291,7 +292,8 @@ def _apply(obj, changes: dict, where: str, prefix: str = ""):
     for k, v in changes.items():
         k = str(k).replace("-", "_")  # a file may spell fields like the flags
         if k not in names:
-            raise ConfigError(f"{where}: unknown field {k!r} of {type(obj).__name__}: use one of {', '.join(names)}")
+            cls = type(obj).__mro__[1] if hasattr(type(obj), "derived") else type(obj)  # a view: its config's name
+            raise ConfigError(f"{where}: unknown field {k!r} of {cls.__name__}: use one of {', '.join(names)}")
         cur, key = getattr(obj, k), prefix + k
         if dataclasses.is_dataclass(cur):
             kw[k] = _apply(cur, v, where, key + ".")

@@ -15,7 +15,9 @@ what the folder is; `smt eval` / `generate` / `export` read it instead of guessi
 A bptt-sweep's `lr-<lr>/` folders are bptt runs of their own. A teacher "found beside" a student is the first
 candidate whose fingerprint is the one the student was trained against. Runs written before the record had a
 `kind` named it `stage` (pretrain, bptt, `dmt` for online DMT; a train run's record was its `config.json`):
-`read_record` still reads those.
+`read_record` still reads those. Folders written before any record (an old pipeline OUT, BPTT sweep or DMT
+report, a run with checkpoints/ but no record) read as the kind their files show, and a folder holding
+student/ without a record (a pretraining checkpoint `checkpoints/step-N`) as `models`.
 """
 from __future__ import annotations
 
@@ -51,7 +53,10 @@ KINDS: dict[str, Layout] = {
     "bptt-sweep": Layout(student="student"),
     "dmt-online": Layout(student="student", teachers=("teacher",)),
     "pipeline": Layout(checkpoints="student", teachers=("pretrain/teacher",)),
+    "models": Layout(student="student", teachers=("teacher",)),
 }
+"""`models` is never written: it is what a folder without a record that holds student/ (and teacher/) reads as,
+e.g. a pretraining checkpoint folder `checkpoints/step-N` or an output written before run records."""
 
 
 def record(kind: str, **fields) -> dict:
@@ -77,6 +82,28 @@ def read_record(bucket: Bucket) -> dict | None:
             return rec
         if rec.get("stage") in _LEGACY and (name == RECORD or rec["stage"] == "train"):
             return {**rec, "kind": _LEGACY[rec["stage"]]}
+    return _older_record(bucket)
+
+
+def _older_record(bucket: Bucket) -> dict | None:
+    """The record a folder written before run records (or one no command records, a checkpoint folder holding
+    student/) stands for, told by its files; None when they say nothing."""
+    if bucket.exists("checkpoints/latest.json"):
+        return {"kind": "train"}
+    if bucket.exists("student/checkpoints/latest.json"):
+        return {"kind": "pipeline"}
+    if bucket.exists("selection.json") and bucket.exists("student/config.json"):
+        return {"kind": "bptt-sweep"}
+    if bucket.exists("dmt_rounds.json"):
+        try:
+            rounds = [x for x in json.loads(bucket.read_bytes("dmt_rounds.json")) if isinstance(x, dict)]
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
+            rounds = []
+        students = [x["student"] for x in rounds if isinstance(x.get("student"), str)]
+        # a round's student is <run>/checkpoints/step-N/student or <run>/policy/step-N/student
+        return {"kind": "dmt", "run": students[-1].rsplit("/", 3)[0] if students else None}
+    if bucket.exists("student/config.json"):
+        return {"kind": "models"}
     return None
 
 

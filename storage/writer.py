@@ -85,7 +85,7 @@ class TargetSetWriter:
         encoding = encoding or ShardEncoding()
         fmt, dtype = encoding.format, encoding.dtype
         if fmt not in FORMATS:
-            raise ValueError(f"fmt={fmt!r} is not a shard format; choose one of {tuple(FORMATS)}")
+            raise ValueError(f"encoding format={fmt!r} is not a shard format; choose one of {tuple(FORMATS)}")
         self.bucket = Bucket.from_url(bucket) if isinstance(bucket, str) else bucket
         self.teacher_fingerprint = teacher_fingerprint
         self.teacher_config = dict(teacher_config)

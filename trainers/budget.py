@@ -52,7 +52,9 @@ class Budget(Steps):
     eval_size: int = 256
     """Sequences of the valid split for the evaluations that drive the curriculum and `stop_at_acc`."""
     stop_at_acc: float | None = None
-    """Stop once the valid accuracy at the full length reaches this (None = never)."""
+    """Stop once the valid accuracy at the full length reaches this (None = never). Online DMT checks it before
+    its first step too, so a student that already passes is not trained (benchmarks/results/
+    length_scaling_warm.md: DMT trained a passing student into failure)."""
 
     def __post_init__(self) -> None:
         if self.eval_every < 1 or self.batch_size < 1 or self.eval_size < 1:
@@ -86,8 +88,9 @@ class Checkpointing:
     keep_every: int | None = None
     """Retention: also keep checkpoints whose step is a multiple of this (milestones; with keep_last)."""
     allow_seed_change: bool = False
-    """On resume, accept a seed other than the run's (refused by default: the batches or record order of every
-    later step change, so the run is no longer the one an uninterrupted run would be)."""
+    """On resume, accept a seed other than the run's (pretraining's `seed`, a student's `stream.seed`; refused by
+    default: the batches or record order of every later step change, so the run is no longer the one an
+    uninterrupted run would be)."""
 
     def retention(self) -> Retention:
         return Retention(keep_last=self.keep_last, keep_every=self.keep_every)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import pytest
 
@@ -86,7 +87,9 @@ def test_fields_the_pipeline_derives_are_hidden_from_its_flags_and_refused_in_a_
     rc = load_recipe(str(tmp_path / "r.json"))
     with pytest.raises(ConfigError, match="label.teacher is set by the pipeline.*drop it from the recipe file"):
         wired(rc.label, "label", teacher="t", corpus="c", out="o", Tc=None)
-    lc = wired(load_recipe("retrieval-demo").label, "label", teacher="t", corpus="c", out="o", Tc=None)
+    rc = load_recipe("retrieval-demo")
+    assert pickle.loads(pickle.dumps(rc)) == rc  # the views are importable classes: a recipe can go to a worker
+    lc = wired(rc.label, "label", teacher="t", corpus="c", out="o", Tc=None)
     assert type(lc) is LabelConfig and (lc.teacher, lc.corpus, lc.out) == ("t", "c", "o")
 
 

@@ -5,6 +5,7 @@ online DMT runs go to any URL: an S3 run at an explicit endpoint (the environmen
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -64,6 +65,9 @@ CASES = {
     "bptt-sweep": ("sweep", TASK, "sweep/student", None),
     "dmt-online": ("dmt-online", TASK, "dmt-online/student", None),
     "pipeline": ("pipeline", CORPUS, "pipeline/student/checkpoints/step-00000004/student", "pipeline/pretrain/teacher"),
+    # no record: a pretraining checkpoint folder holding student/ and teacher/
+    "models": ("pretrain/checkpoints/step-00000002", TASK, "pretrain/checkpoints/step-00000002/student",
+               "pretrain/checkpoints/step-00000002/teacher"),
 }
 
 
@@ -93,6 +97,27 @@ def test_a_sweeps_lr_folders_are_bptt_runs_with_their_metrics(folders):
         assert child.record()["kind"] == "bptt" and child.record()["config"]["optim"]["lr"] == r["lr"]
         assert [m["step"] for m in child.metrics() if "bptt_acc" in m] == [1, 2]
         assert child.bucket.exists("student/config.json")
+
+
+@pytest.mark.parametrize("kind", ["train", "pipeline", "bptt-sweep", "dmt"])
+def test_folders_written_before_run_records_read_as_the_kind_their_files_show(folders, kind, tmp_path, capsys):
+    """A folder of an older version has no run.json: its files say what it is (a train run's checkpoints/, a
+    pipeline's student/checkpoints/, a sweep's selection.json, a DMT report's dmt_rounds.json)."""
+    root, _ = folders
+    folder, corpus, student, _ = CASES[kind]
+    old = tmp_path / folder
+    if kind == "dmt":  # `smt dmt --report` wrote only its rounds, each naming the student it rolled out
+        old.mkdir()
+        (old / "dmt_rounds.json").write_text(json.dumps([{"round": 1, "student": f"{root}/{student}"}]))
+    else:
+        shutil.copytree(root / folder, old)
+        (old / RECORD).unlink()
+        student = student.replace(folder, str(old.relative_to(tmp_path)), 1)
+    assert RunDir(str(old)).record()["kind"] == kind
+    capsys.readouterr()
+    assert smt(["eval", "--run", str(old), "--corpus", corpus, "--size", "8", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)["student"]["url"]
+    assert got == (f"{root}/{student}" if kind == "dmt" else f"{tmp_path}/{student}")
 
 
 def test_a_folder_without_a_record_is_one_line(tmp_path, capsys):

@@ -52,6 +52,7 @@ class OnlineDMTConfig(Budget, PolicyStability, RolloutWindow):
     """DMT steps over which that share halves (towards 0)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # the budget's checks (steps, eval_every, batch_size, clock)
         check_beta(self.beta, self.beta_halflife, "OnlineDMTConfig")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"OnlineDMTConfig: ema={self.ema} must be in [0, 1) (0 = roll out the student itself)")

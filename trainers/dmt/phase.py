@@ -97,12 +97,11 @@ class StepClock(Hook):
         return {}
 
 
-def _train(targets: str, teacher_url: str, run_url: str, cfg: StudentTrainConfig, hooks: list,
-           tracking: TrackingConfig | None, steps: set[int]) -> dict[int, float]:
+def _train(src: StudentRun, cfg: StudentTrainConfig, hooks: list, tracking: TrackingConfig | None,
+           steps: set[int]) -> dict[int, float]:
     """The lockstep trainer (a Ray task): the DMT phase of the run; returns when it reached each of `steps`."""
     clock = StepClock(steps)
-    run_training(StudentRun(targets, teacher_url, run_url), cfg, quiet=True, hooks=[*hooks, clock],
-                 tracking=tracking)
+    run_training(src, cfg, quiet=True, hooks=[*hooks, clock], tracking=tracking)
     return clock.times
 
 
@@ -118,8 +117,8 @@ def _lockstep(phase: DMTPhase, ray, evaluate: Evaluate, say, mark: Mark, trackin
         return total if r == n else min(s0 + (r + 1) * E, total)
 
     boundaries = {min(s0 + k * E, total) for k in range(2, d.rounds + 2)} | {total}
-    trainer = ray.remote(**_options(phase.resources))(_train).remote(c.targets, c.teacher, c.run, cfg, d.hooks(),
-                                                                     tracking, boundaries)
+    src = StudentRun(c.targets, c.teacher, c.run, endpoint_url=c.endpoint_url)
+    trainer = ray.remote(**_options(phase.resources))(_train).remote(src, cfg, d.hooks(), tracking, boundaries)
     actor = ray.remote(**_options(phase.resources))(DMTLoop).remote(c)
     loop_ref = actor.run.remote(True)
     done, _ = ray.wait([trainer, loop_ref], num_returns=1)
