@@ -9,6 +9,7 @@ reads, sizes and existence checks are single-object requests (HEAD/GET on S3).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import random
 import re
@@ -254,6 +255,70 @@ class Bucket:
             raise
         return True
 
+    # ---- compare-and-swap (a run's checkpoint pointer) -------------------------------------------
+    def read_versioned(self, rel: str) -> tuple[bytes, str] | None:
+        """The object and its version, None when absent: what `replace_if` compares against. On S3 the version
+        is the ETag of the very GET that returned the bytes; elsewhere the sha256 of the bytes."""
+        path = self._path(rel)
+        if self.protocol == "s3":
+            bucket, key, _ = self.fs.split_path(path)
+
+            async def get() -> tuple[bytes, str]:
+                r = await self.fs._call_s3("get_object", Bucket=bucket, Key=key)
+                try:
+                    return await r["Body"].read(), r["ETag"]
+                finally:
+                    r["Body"].close()
+
+            try:
+                return self._call("read", rel, lambda: sync(self.fs.loop, get))
+            except ObjectNotFound:
+                return None
+        try:
+            data = self.read_bytes(rel)
+        except ObjectNotFound:
+            return None
+        return data, _digest(data)
+
+    def replace_if(self, rel: str, data: bytes, version: str | None) -> bool:
+        """Replace the object with `data` only if it is still at `version` (None: only if absent), in one atomic
+        step; False when another writer changed it since it was read. S3: one PUT with If-Match (If-None-Match:
+        * for None); a local folder: compare and rename under an exclusive lock on a hidden sibling file;
+        memory://: under the process lock. A conditional PUT applied whose reply was lost finds its own bytes."""
+        path = self._path(rel)
+
+        def swap() -> bool:
+            if self.protocol == "file":
+                return _local_replace_if(path, data, version)
+            if self.protocol == "memory":
+                with _MEMORY_LOCK:
+                    cur = self.fs.cat_file(path) if self.fs.exists(path) else None
+                    if (None if cur is None else _digest(cur)) != version:
+                        return False
+                    self.fs.pipe_file(path, data)
+                    return True
+            if self.protocol != "s3":
+                raise BucketError(f"cannot replace {self._where(rel)} atomically: {self.protocol}:// has no "
+                                  "compare-and-swap here; use a local folder, memory:// or s3://")
+            bucket, key, _ = self.fs.split_path(path)
+            cond = {"IfMatch": version} if version is not None else {"IfNoneMatch": "*"}
+            try:
+                sync(self.fs.loop, self.fs._call_s3, "put_object", Bucket=bucket, Key=key, Body=data, **cond)
+            except (FileExistsError, FileNotFoundError):
+                return False
+            except OSError as e:
+                if _precondition_failed(e):
+                    return False
+                raise
+            return True
+
+        if self._call("replace", rel, swap):
+            return True
+        if self.protocol == "s3":  # a retry of a PUT the store applied (reply lost) fails its own condition
+            got = self.read_versioned(rel)
+            return got is not None and got[0] == data
+        return False
+
     def check_exclusive_create(self) -> None:
         """Refuse (BucketError) if this S3 store ignores create-if-absent; probed once per S3 bucket.
 
@@ -370,6 +435,33 @@ def _write_synced(path: str, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _local_replace_if(path: str, data: bytes, version: str | None) -> bool:
+    # Every replace_if of one object takes an exclusive flock on a hidden sibling file, then compares and
+    # renames: two writers on one file system cannot both pass the compare.
+    import fcntl
+
+    folder, name = os.path.split(path)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, f".{name}.lock"), "ab") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            try:
+                with open(path, "rb") as f:
+                    cur: str | None = _digest(f.read())
+            except FileNotFoundError:
+                cur = None
+            if cur != version:
+                return False
+            _local_atomic_write(path, data)
+            return True
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _local_atomic_write(path: str, data: bytes) -> None:

@@ -11,7 +11,8 @@
     <run>/policy/step-00000102/done.json       written last: the snapshot is complete
 
 A checkpoint folder is complete before `latest.json` names it, and `latest.json` is replaced in one
-atomic write (temp + rename locally, one PUT on S3): a crash mid-write leaves the previous pointer, so
+atomic compare-and-swap (`Bucket.replace_if`: compare + rename under a lock locally, one PUT with If-Match on
+S3): a crash mid-write leaves the previous pointer, so
 a resume never picks up a half checkpoint. Every file is durable before the next is written (temp + fsync +
 rename locally), and `state.json` records the sha256 of `state.safetensors` (the student's weights carry
 their fingerprint): a file torn by a power loss is detected, and `load_newest` walks back to the newest
@@ -19,8 +20,9 @@ checkpoint that verifies. Tensors go to safetensors, everything else to JSON: no
 
 One writer: a trainer takes the run's lease (`acquire`) before it writes, and every save, pointer write
 and prune checks it; the pointer is also compared before it is replaced (it must still be what this
-process last read or wrote), so a second writer that slipped past the lease is refused instead of moving
-the pointer backward or onto a folder it half-wrote.
+process last read or wrote), and replaced only if it is still the version that check read (one atomic swap),
+so a second writer that slipped past the lease is refused instead of moving the pointer backward, onto a
+folder it half-wrote, or over a pointer that landed a moment before.
 
 Retention (`Retention`, e.g. keep_last=3): after a checkpoint and `latest.json` are committed, older
 checkpoint folders beyond the newest `keep_last` are deleted, except milestones (`keep_every`), steps the
@@ -143,6 +145,7 @@ class RunDir:
         self.lease: Lease | None = None
         self.writer = uuid.uuid4().hex  # names this process's pointer writes (the lease owner once it has one)
         self._seen: Any = _UNSET  # the pointer as this process last read or wrote it
+        self._pointer_version: str | None = None  # the version of latest.json the last read saw
 
     # ---- one writer --------------------------------------------------------------------------------
     def acquire(self, writer: Writer | None = None, *, ttl_s: float = 60.0) -> None:
@@ -171,11 +174,14 @@ class RunDir:
 
     # ---- the pointer -------------------------------------------------------------------------------
     def _read_pointer(self) -> dict | None:
-        """latest.json as stored: None when absent, {"torn": True, ...} when it is not valid JSON."""
-        try:
-            return json.loads(self.bucket.read_bytes(LATEST))
-        except ObjectNotFound:
+        """latest.json as stored: None when absent, {"torn": True, ...} when it is not valid JSON. Its version
+        (`Bucket.read_versioned`) is kept for the commit's compare-and-swap."""
+        got = self.bucket.read_versioned(LATEST)
+        self._pointer_version = None if got is None else got[1]
+        if got is None:
             return None
+        try:
+            return json.loads(got[0])
         except (json.JSONDecodeError, UnicodeDecodeError):
             return {"step": -1, "path": "", "torn": True}
 
@@ -202,9 +208,16 @@ class RunDir:
                               f"point it at step {step}; run one writer per run folder")
 
     def _commit_pointer(self, step: int, rel: str) -> None:
+        """The commit point: replace latest.json only if it is still the version `_check_pointer` just read
+        (one compare-and-swap: a writer that slipped in between is refused, never overwritten)."""
         self._check_pointer(step)
         ptr = {"step": step, "path": rel, "writer": self.writer}
-        self.write_json(LATEST, ptr)  # the commit point
+        data = json.dumps(ptr, indent=2, sort_keys=True, default=str).encode()
+        if not self.bucket.replace_if(LATEST, data, self._pointer_version):
+            now = self._read_pointer()
+            raise RunConflict(f"run {self.url}: {LATEST} changed while this process committed step {step} (it now "
+                              f"names step {(now or {}).get('step')}, written by another process): refusing to "
+                              "overwrite it; run one writer per run folder")
         self._seen = ptr
 
     def write_json(self, rel: str, obj: Any) -> None:

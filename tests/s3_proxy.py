@@ -10,7 +10,9 @@ Faults (each rule fires on the next `times` requests whose method and path match
 - `"apply_then_500"`: forward (the store applies the request), then answer 500 instead of its reply;
 - `"apply_then_drop"`: forward, then close the connection with no reply at all (a lost reply);
 - `"strip_condition"`: forward; if the store answers 412, remove the `<Condition>` element from the error
-  (stores that answer a failed `If-None-Match: *` with a bare 412 PreconditionFailed).
+  (stores that answer a failed `If-None-Match: *` with a bare 412 PreconditionFailed);
+- `"forward"` with `before=fn`: call `fn()` (e.g. another writer's request straight to the store), then forward:
+  something lands between what the client read and what it writes.
 Every request seen is logged in `proxy.log` as (method, path, query, headers) for the tests to check.
 """
 from __future__ import annotations
@@ -19,11 +21,12 @@ import http.client
 import re
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-ACTIONS = ("500", "503", "apply_then_500", "apply_then_drop", "strip_condition")
+ACTIONS = ("500", "503", "apply_then_500", "apply_then_drop", "strip_condition", "forward")
 _ERROR = ('<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>injected by the test '
           'proxy</Message><RequestId>proxy</RequestId></Error>')
 _CODES = {500: "InternalError", 503: "SlowDown"}
@@ -37,6 +40,7 @@ class Rule:
     action: str
     times: int
     fired: int = 0
+    before: Callable[[], None] | None = None
 
 
 class S3FaultProxy:
@@ -57,11 +61,13 @@ class S3FaultProxy:
         self._thread.start()
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    def inject(self, method: str, path: str, action: str, times: int = 1) -> Rule:
-        """Apply `action` to the next `times` requests with this method whose path matches the regex `path`."""
+    def inject(self, method: str, path: str, action: str, times: int = 1,
+               before: Callable[[], None] | None = None) -> Rule:
+        """Apply `action` to the next `times` requests with this method whose path matches the regex `path`
+        (`before`: called first, before the request goes anywhere)."""
         if action not in ACTIONS:
             raise ValueError(f"unknown fault {action!r}; use one of {ACTIONS}")
-        rule = Rule(method.upper(), re.compile(path), action, times)
+        rule = Rule(method.upper(), re.compile(path), action, times, before=before)
         with self._lock:
             self.rules.append(rule)
         return rule
@@ -80,13 +86,19 @@ class S3FaultProxy:
         self._server.server_close()
 
     def _match(self, method: str, path: str, query: str, headers: dict[str, str]) -> str | None:
+        rule = None
         with self._lock:
             self.log.append((method, path, query, headers))
-            for rule in self.rules:
-                if rule.fired < rule.times and rule.method == method and rule.path.search(path):
-                    rule.fired += 1
-                    return rule.action
-        return None
+            for r in self.rules:
+                if r.fired < r.times and r.method == method and r.path.search(path):
+                    r.fired += 1
+                    rule = r
+                    break
+        if rule is None:
+            return None
+        if rule.before is not None:
+            rule.before()
+        return rule.action
 
 
 class _Handler(BaseHTTPRequestHandler):

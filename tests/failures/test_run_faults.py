@@ -138,33 +138,38 @@ def test_a_kill_at_every_write_of_a_checkpoint_save_resumes_to_the_same_weights(
     want = _weights(clean, 3)
     run = str(tmp_path / "run")
     run_training(StudentRun(targets["targets"], targets["teacher"], run), _cfg(2), quiet=True)
-    real = Bucket.write_bytes
+    real, real_swap = Bucket.write_bytes, Bucket.replace_if  # every write; the pointer's compare-and-swap
     writes: list[str] = []
 
-    def counting(self, rel, data):
-        if "/checkpoints/" in f"/{self.url(rel)}":
-            writes.append(rel)
-        real(self, rel, data)
-
-    monkeypatch.setattr(Bucket, "write_bytes", counting)
-    probe = str(tmp_path / "probe")
-    run_training(StudentRun(targets["targets"], targets["teacher"], probe), _cfg(1), quiet=True)
-    n = len(writes)  # the writes of one checkpoint save (weights, config, state, marker, pointer)
-    assert n >= 5
-    for k in range(1, n + 1):
-        writes.clear()
-
-        def dies(self, rel, data, k=k):
+    def killing_at(k: int | None):
+        def write(self, rel, data):
             if "/checkpoints/" in f"/{self.url(rel)}":
                 writes.append(rel)
                 if len(writes) == k:
                     raise Killed(rel)
             real(self, rel, data)
 
-        monkeypatch.setattr(Bucket, "write_bytes", dies)
+        def swap(self, rel, data, version):
+            writes.append(rel)
+            if len(writes) == k:
+                raise Killed(rel)
+            return real_swap(self, rel, data, version)
+
+        monkeypatch.setattr(Bucket, "write_bytes", write)
+        monkeypatch.setattr(Bucket, "replace_if", swap)
+
+    killing_at(None)
+    probe = str(tmp_path / "probe")
+    run_training(StudentRun(targets["targets"], targets["teacher"], probe), _cfg(1), quiet=True)
+    n = len(writes)  # the writes of one checkpoint save (weights, config, state, marker, pointer)
+    assert n >= 5 and writes[-1].endswith("latest.json")
+    for k in range(1, n + 1):
+        writes.clear()
+        killing_at(k)
         with pytest.raises(Killed):
             run_training(StudentRun(targets["targets"], targets["teacher"], run), _cfg(3), quiet=True)
         monkeypatch.setattr(Bucket, "write_bytes", real)
+        monkeypatch.setattr(Bucket, "replace_if", real_swap)
         assert RunDir(run).latest()["step"] == 2  # the pointer never named the half-written step 3
     out = run_training(StudentRun(targets["targets"], targets["teacher"], run), _cfg(3), quiet=True)
     assert out["resumed_from"] == 2 and _same(_weights(run, 3), want)
