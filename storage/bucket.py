@@ -284,7 +284,8 @@ class Bucket:
         """Replace the object with `data` only if it is still at `version` (None: only if absent), in one atomic
         step; False when another writer changed it since it was read. S3: one PUT with If-Match (If-None-Match:
         * for None); a local folder: compare and rename under an exclusive lock on a hidden sibling file;
-        memory://: under the process lock. A conditional PUT applied whose reply was lost finds its own bytes."""
+        memory://: under the process lock; other stores: compared, then written, with a warning (not atomic). A
+        conditional PUT applied whose reply was lost finds its own bytes."""
         path = self._path(rel)
 
         def swap() -> bool:
@@ -297,9 +298,15 @@ class Bucket:
                         return False
                     self.fs.pipe_file(path, data)
                     return True
-            if self.protocol != "s3":
-                raise BucketError(f"cannot replace {self._where(rel)} atomically: {self.protocol}:// has no "
-                                  "compare-and-swap here; use a local folder, memory:// or s3://")
+            if self.protocol != "s3":  # no conditional write known here: compare, then write (not atomic)
+                _warn_once(f"{self.protocol}:// has no compare-and-swap here: {self._where(rel)} is compared, then "
+                           "written (a writer landing in between could overwrite it; the run's lease still "
+                           "keeps one writer)")
+                cur = self.fs.cat_file(path) if self.fs.exists(path) else None
+                if (None if cur is None else _digest(cur)) != version:
+                    return False
+                self.fs.pipe_file(path, data)
+                return True
             bucket, key, _ = self.fs.split_path(path)
             cond = {"IfMatch": version} if version is not None else {"IfNoneMatch": "*"}
             try:
@@ -435,6 +442,17 @@ def _write_synced(path: str, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(msg: str) -> None:
+    if msg not in _WARNED:
+        _WARNED.add(msg)
+        import warnings
+
+        warnings.warn(msg, stacklevel=3)
 
 
 def _digest(data: bytes) -> str:
