@@ -132,7 +132,7 @@ class RolloutWindow:
 
 
 @dataclass(kw_only=True)
-class Rollouts(RolloutWindow, OnDevice, AtEndpoint, ShardEncoding):
+class Rollouts(ShardEncoding, AtEndpoint, OnDevice, RolloutWindow):  # fields: the window first
     """How a DMT round is rolled out and stored: declared once for `RelabelConfig` (one round) and the DMT
     actor's `DMTLoopConfig` (every round of a run), which builds the former from it."""
 

@@ -37,7 +37,7 @@ from trainers.tracking import TrackingConfig
 
 
 @dataclass(kw_only=True)
-class BPTTConfig(Budget, LengthCurriculum):
+class BPTTConfig(LengthCurriculum, Budget):  # fields (and --help): the budget first
     updater: UpdaterConfig = field(default_factory=UpdaterConfig)
     """Updater architecture (K, d, vocab from `shape`)."""
     shape: TeacherConfig = field(default_factory=TeacherConfig)

@@ -39,7 +39,7 @@ from trainers.tracking import TrackingConfig, open_tracker
 
 
 @dataclass(kw_only=True)
-class PretrainConfig(Budget, LengthCurriculum, Checkpointing):
+class PretrainConfig(Checkpointing, LengthCurriculum, Budget):  # fields (and --help): the budget first
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     """Teacher architecture (vocab_size is taken from the corpus)."""
     updater: UpdaterConfig = field(default_factory=UpdaterConfig)

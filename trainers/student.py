@@ -45,7 +45,7 @@ from trainers.tracking import TrackingConfig, open_tracker
 
 
 @dataclass(kw_only=True)
-class StudentTrainConfig(Steps, Checkpointing):
+class StudentTrainConfig(Checkpointing, Steps):  # fields (and --help): steps first
     updater: UpdaterConfig = field(default_factory=UpdaterConfig)
     """Student updater (K, d and vocab are taken from the teacher)."""
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -37,7 +37,7 @@ from trainers.tracking import TrackingConfig
 
 
 @dataclass(kw_only=True)
-class OnlineDMTConfig(Budget, PolicyStability, RolloutWindow):
+class OnlineDMTConfig(PolicyStability, RolloutWindow, Budget):  # fields: the budget first, then these
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-5, schedule="cosine"))
     """Optimiser (reference: lr 3e-5, cosine decay)."""
     w_state: float = 10.0
