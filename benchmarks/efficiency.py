@@ -562,14 +562,22 @@ def label_scaling(b: Bench, repeats: int, actors: tuple[int, ...] = (1, 2)) -> d
             out["sizes"].setdefault(str(s), {})[str(n)] = {**best, "all_seconds": [r["seconds"] for r in rows[(n, s)]],
                                                            "records_per_s": best["records"] / best["seconds"]}
         (small, large) = pts
-        rate = (large["records"] - small["records"]) / max(1e-9, large["seconds"] - small["seconds"])
-        startup = small["seconds"] - small["records"] / rate
-        out["executors"][str(n)] = {"steady_records_per_s": rate, "startup_seconds": startup,
+        dt = large["seconds"] - small["seconds"]
+        # no marginal rate when the larger corpus took no longer: the start-up's noise swamps the difference
+        rate = (large["records"] - small["records"]) / dt if dt > 0 else None
+        out["executors"][str(n)] = {"steady_records_per_s": rate,
+                                    "startup_seconds": small["seconds"] - small["records"] / rate if rate else None,
                                     "busy_records_per_s": large["records"] / max(1e-9, large["busy_seconds"])}
+        if rate is None:
+            out["executors"][str(n)]["note"] = (f"the larger corpus took no longer ({large['seconds']:.2f} s vs "
+                                                f"{small['seconds']:.2f} s): start-up noise hides the marginal rate")
     serial = out["executors"]["0"]
     one = out["executors"][str(actors[0])]
     for n in actors:
         e = out["executors"][str(n)]
+        if not (e["steady_records_per_s"] and one["steady_records_per_s"] and serial["steady_records_per_s"]):
+            e["vs_one_actor"] = e["vs_serial"] = e["beats_serial_from_records"] = None
+            continue
         e["vs_one_actor"] = e["steady_records_per_s"] / one["steady_records_per_s"]
         e["vs_serial"] = e["steady_records_per_s"] / serial["steady_records_per_s"]
         gain = 1 / serial["steady_records_per_s"] - 1 / e["steady_records_per_s"]
@@ -674,12 +682,16 @@ def markdown(r: dict, command: str) -> str:
         for n, e in sc["executors"].items():
             name = "serial" if n == "0" else f"{n} actor{'s' if n != '1' else ''}"
             cells = [f"{sc['sizes'][s][n]['seconds']:.2f} ({sc['sizes'][s][n]['records_per_s']:.0f})" for s in sc["windows"]]
-            cross = e.get("beats_serial_from_records")
+            cross, na = e.get("beats_serial_from_records"), "n/a (no marginal rate: see below)"
+            if e["steady_records_per_s"] is None:
+                lines.append(f"| {name} | " + " | ".join(cells) + f" | n/a ({e['note']}) | n/a | "
+                             f"{e['busy_records_per_s']:.0f} | - | - | - |")
+                continue
             lines.append(f"| {name} | " + " | ".join(cells) + f" | {e['steady_records_per_s']:.0f} | "
                          f"{e['startup_seconds']:.2f} | {e['busy_records_per_s']:.0f} | "
-                         + (f"**{e['vs_one_actor']:.2f}x**" if "vs_one_actor" in e else "-") + " | "
-                         + (f"{e['vs_serial']:.2f}x" if "vs_serial" in e else "-") + " | "
-                         + ("-" if n == "0" else (f"{cross:,.0f} records" if cross is not None else "never")) + " |")
+                         + (f"**{e['vs_one_actor']:.2f}x**" if e.get("vs_one_actor") else ("-" if n == "0" else na))
+                         + " | " + (f"{e['vs_serial']:.2f}x" if e.get("vs_serial") else ("-" if n == "0" else na))
+                         + " | " + ("-" if n == "0" else (f"{cross:,.0f} records" if cross is not None else "never")) + " |")
     if not r.get("quick") and r["device"] == "cpu":
         lines += ["", ANALYSIS]
     return "\n".join(lines) + "\n"

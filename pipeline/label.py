@@ -96,10 +96,12 @@ class LabelConfig(OnDevice, AtEndpoint, ShardEncoding):
         if self.stride is not None and self.stride < 1:
             raise LabelError(f"stride={self.stride} must be >= 1 (or leave it unset: the corpus's stride)")
 
-    def build(self, corpus, target: str, fingerprint: str, Tc: int | None) -> LabelStage:
+    def build(self, corpus, target: str, fingerprint: str, Tc: int | None,
+              receipts: frozenset[int] | None = None) -> LabelStage:
         """The stage the workers run: this config plus what the driver resolved (the loaded corpus, the target
-        set's URL, the teacher's fingerprint and the context length)."""
-        return LabelStage(self, corpus.spec, target, fingerprint, corpus.corpus_id, Tc)
+        set's URL, the teacher's fingerprint, the context length and the items that had a receipt when labeling
+        started: only those are looked up for reuse)."""
+        return LabelStage(self, corpus.spec, target, fingerprint, corpus.corpus_id, Tc, receipts)
 
 
 @dataclass
@@ -193,7 +195,9 @@ def prepare(cfg: LabelConfig) -> LabelPlan:
     except BucketError as e:
         raise BucketError(f"output bucket {cfg.out} is unreachable: {e}") from None
     _check_same_encoding(latest_readable(target, n), target, cfg, Tc)
-    stage = cfg.build(corpus, target.url(), fp, Tc)
+    receipts = frozenset(int(r.rsplit("shard-", 1)[1].split(".")[0])  # one LIST, not one GET per item
+                         for r in target.glob(f"receipts/round-{ROUND:03d}/shard-*.json"))
+    stage = cfg.build(corpus, target.url(), fp, Tc, receipts)
     T = corpus.seq_len
     return LabelPlan(stage=stage, items=shard_ranges(corpus.num_sequences, cfg.shard_sequences), target=target,
                      fingerprint=fp, teacher_config=ckpt["model"]["teacher"], corpus=corpus,
@@ -287,6 +291,9 @@ class LabelStage(ModelStage):
     """The corpus id the driver digested (and names the target set by); every worker checks its own."""
     Tc: int | None = None
     """The resolved context length (None: prefix corpora)."""
+    receipts: frozenset[int] | None = None
+    """Items whose receipt existed when the driver listed them (None: look every item up). An item without one
+    is computed without a lookup: on an object store that saves a GET per shard of a fresh target set."""
     name = "label"
 
     def setup(self) -> None:
@@ -359,6 +366,8 @@ class LabelStage(ModelStage):
         S, pos0, teacher, corpus id, format, dtype) and its files still match the recorded sha256; else None
         (recompute). A receipt of another identity (a crashed run with another --Tc, or one older than
         identities) is never reused: its shard's records mean something else."""
+        if self.receipts is not None and item.index not in self.receipts:
+            return None  # no receipt when labeling started: nothing to reuse (a later one is rewritten identically)
         try:
             receipt = json.loads(self._bucket.read_bytes(receipt_path(item.index)))
             entry = ShardEntry.from_json(receipt["entry"], self._bucket.url(receipt_path(item.index)))

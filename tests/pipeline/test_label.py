@@ -143,3 +143,24 @@ def test_smoke_s3(teachers, s3_bucket, capsys):
     ts = TargetSet.open(target, fp, endpoint_url=endpoint)
     assert len(ts.shards) == 2 and ts.num_records == 10 * 12
     assert len(list(ts)) == 2
+
+
+def test_a_fresh_target_set_is_labeled_without_a_receipt_lookup_per_shard(teachers, s3_bucket):
+    """The driver lists the receipts once; a shard with none is computed without a GET for it. A rerun after
+    a crash still finds and reuses the receipts written before it (the moto endpoint behind the logging proxy)."""
+    from tests.s3_proxy import S3FaultProxy
+
+    url, endpoint = s3_bucket
+    path, _ = teachers["causal"]
+    proxy = S3FaultProxy(endpoint)
+    try:
+        cfg = LabelConfig(teacher=path, corpus=PREFIX_SPEC, out=url, shard_sequences=3, endpoint_url=proxy.url)
+        first = label(cfg, SerialExecutor(), quiet=True)
+        assert first.shards == 4 and first.skipped == 0
+        assert proxy.requests("GET", r"/receipts/") == []  # one LIST instead, no GET per shard
+        assert len(proxy.requests("PUT", r"/receipts/round-000/shard-\d+\.json$")) == 4
+        proxy.log.clear()
+        again = label(cfg, SerialExecutor(), quiet=True)  # every receipt listed: each one is read and reused
+        assert again.skipped == 4 and len(proxy.requests("GET", r"/receipts/round-000/shard-")) == 4
+    finally:
+        proxy.close()
