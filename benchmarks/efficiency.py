@@ -54,6 +54,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from collections.abc import Callable
 from typing import Self
 
 from benchmarks import stamp
@@ -221,6 +222,17 @@ def timed(fn, *a, **k) -> tuple[float, float, object]:
     return time.perf_counter() - t, time.process_time() - c, out
 
 
+def alternate(bare: Callable[[], dict], e2e: Callable[[str], dict], repeats: int) -> dict[str, list[dict]]:
+    """`repeats` rounds of the bare compute then the run on every storage, interleaved (load drifts hit all
+    alike): {"bare": [...], "local": [...], "s3": [...]}."""
+    runs: dict = {"bare": [], **{w: [] for w in WHERE}}
+    for _ in range(repeats):
+        runs["bare"].append(bare())
+        for where in WHERE:
+            runs[where].append(e2e(where))
+    return runs
+
+
 def summarize(bare: list[dict], e2e: dict[str, list[dict]], work: float, unit: str, note: str) -> dict:
     """Best of each; ratios; the breakdown of the best end-to-end run of each storage."""
     b = min(bare, key=lambda r: r["seconds"])
@@ -300,11 +312,7 @@ def stage_pretrain(b: Bench, repeats: int) -> dict:
             tp.pretrain(b.corpus, cfg, out=tp.RunDir(url, endpoint_url=endpoint), quiet=True)
         return run_e2e(go)
 
-    runs: dict = {"bare": [], **{w: [] for w in WHERE}}
-    for _ in range(repeats):
-        runs["bare"].append(bare())
-        for where in WHERE:
-            runs[where].append(e2e(where))
+    runs = alternate(bare, e2e, repeats)
     return summarize(runs["bare"], {w: runs[w] for w in WHERE}, steps, "steps",
                      f"{steps} steps of batch {cfg.batch_size} (Tc {cfg.smt.Tc}, Tf {cfg.smt.Tf}); the run writes one "
                      "checkpoint and its outputs at the end and evaluates once (eval is excluded from the steady "
@@ -371,11 +379,7 @@ def stage_label(b: Bench, repeats: int) -> dict:
             return {"records": rep.records, "shards": rep.shards}
         return run_e2e(go)
 
-    runs: dict = {"bare": [], **{w: [] for w in WHERE}}
-    for _ in range(repeats):
-        runs["bare"].append(bare())
-        for where in WHERE:
-            runs[where].append(e2e(where))
+    runs = alternate(bare, e2e, repeats)
     rec = runs["local"][0]["records"]
     return summarize(runs["bare"], {w: runs[w] for w in WHERE}, rec, "records",
                      f"{rec} records in {runs['local'][0]['shards']} shards ({b.label_spec.split('|')[1].split(',split')[0]}), "
@@ -450,11 +454,7 @@ def stage_train(b: Bench, repeats: int) -> dict:
             b.student_runs[where] = (url, endpoint)
         return run_e2e(go)
 
-    runs: dict = {"bare": [], **{w: [] for w in WHERE}}
-    for _ in range(repeats):
-        runs["bare"].append(bare())
-        for where in WHERE:
-            runs[where].append(e2e(where))
+    runs = alternate(bare, e2e, repeats)
     return summarize(runs["bare"], {w: runs[w] for w in WHERE}, steps, "steps",
                      f"{steps} steps of batch {cfg.stream.batch_size} (mlp depth {cfg.updater.depth}) from the labeled "
                      "shards (default stream: prefetch thread, 4 I/O threads), one checkpoint at the end")
@@ -510,11 +510,7 @@ def stage_dmt(b: Bench, repeats: int) -> dict:
 
     from pipeline.corpora import load_corpus
     b.corpus_label = load_corpus(b.label_spec)
-    runs: dict = {"bare": [], **{w: [] for w in WHERE}}
-    for _ in range(repeats):
-        runs["bare"].append(bare())
-        for where in WHERE:
-            runs[where].append(e2e(where))
+    runs = alternate(bare, e2e, repeats)
     rec = runs["local"][0]["records"]
     return summarize(runs["bare"], {w: runs[w] for w in WHERE}, rec, "records",
                      f"one round: {a.sequences} sequences rolled out from Tc={Tc} for Td={Td} ({rec} pair records), "

@@ -291,22 +291,17 @@ class Bucket:
         def swap() -> bool:
             if self.protocol == "file":
                 return _local_replace_if(path, data, version)
-            if self.protocol == "memory":
-                with _MEMORY_LOCK:
+            if self.protocol != "s3":  # memory:// under the process lock; other stores: not atomic, said once
+                if self.protocol != "memory":
+                    _warn_once(f"{self.protocol}:// has no compare-and-swap here: {self._where(rel)} is compared, "
+                               "then written (a writer landing in between could overwrite it; the run's lease "
+                               "still keeps one writer)")
+                with _MEMORY_LOCK if self.protocol == "memory" else contextlib.nullcontext():
                     cur = self.fs.cat_file(path) if self.fs.exists(path) else None
                     if (None if cur is None else _digest(cur)) != version:
                         return False
                     self.fs.pipe_file(path, data)
                     return True
-            if self.protocol != "s3":  # no conditional write known here: compare, then write (not atomic)
-                _warn_once(f"{self.protocol}:// has no compare-and-swap here: {self._where(rel)} is compared, then "
-                           "written (a writer landing in between could overwrite it; the run's lease still "
-                           "keeps one writer)")
-                cur = self.fs.cat_file(path) if self.fs.exists(path) else None
-                if (None if cur is None else _digest(cur)) != version:
-                    return False
-                self.fs.pipe_file(path, data)
-                return True
             bucket, key, _ = self.fs.split_path(path)
             cond = {"IfMatch": version} if version is not None else {"IfNoneMatch": "*"}
             try:

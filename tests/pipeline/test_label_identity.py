@@ -74,13 +74,19 @@ def _ids(path, seed: int) -> None:
     np.save(path, np.random.default_rng(seed).integers(0, VOCAB, size=200).astype(np.int32))
 
 
-def test_worker_refuses_a_corpus_changed_after_the_driver_digested_it(teachers, tmp_path):
-    path, _ = teachers["causal"]
+def _digested_stream(tmp_path):
+    """A token file, its stream spec, and the corpus loaded (digested) now, before the test changes the file."""
     ids = tmp_path / "ids.npy"
     _ids(ids, 0)
     spec = f"tokens:{ids}|T={STREAM_T},stride=16,vocab={VOCAB}"
     before = load_corpus(spec)
-    assert before.corpus_id  # digested now, before the change
+    assert before.corpus_id
+    return ids, spec, before
+
+
+def test_worker_refuses_a_corpus_changed_after_the_driver_digested_it(teachers, tmp_path):
+    path, _ = teachers["causal"]
+    ids, spec, before = _digested_stream(tmp_path)
 
     def change_then_run(stage):  # the driver has digested the corpus; the workers start after the change
         _ids(ids, 1)
@@ -101,11 +107,7 @@ def test_worker_refuses_a_corpus_changed_after_the_driver_digested_it(teachers, 
 def test_driver_refuses_to_commit_a_corpus_that_changed_during_labeling(teachers, tmp_path):
     """A change after the workers' check (between two items) still never reaches a commit."""
     path, _ = teachers["causal"]
-    ids = tmp_path / "ids.npy"
-    _ids(ids, 0)
-    spec = f"tokens:{ids}|T={STREAM_T},stride=16,vocab={VOCAB}"
-    before = load_corpus(spec)
-    assert before.corpus_id  # digested now, before the change
+    ids, spec, before = _digested_stream(tmp_path)
 
     class ChangesAfterFirstItem(SerialExecutor):
         def map(self, stage, items, **kw):

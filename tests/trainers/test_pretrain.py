@@ -12,7 +12,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 from jobs.cli import main as smt
 from jobs.dmt import default_teacher
@@ -25,7 +24,8 @@ from trainers.loop import Callbacks
 from trainers.pretrain import PretrainConfig, pretrain
 from trainers.pretrain_state import batch_at
 
-pytestmark = pytest.mark.timeout(300)
+# one_thread (tests/conftest.py): the subprocesses run with OMP_NUM_THREADS=1: same kernels, same numbers
+pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("one_thread")]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SPEC = "retrieval:T=12,vocab=4"
 TINY = ["--teacher.d-model", "16", "--teacher.n-heads", "2", "--teacher.encoder-depth", "1",
@@ -36,13 +36,6 @@ ARGS = ["--corpus", SPEC, "--steps", "40", "--eval-every", "5", "--eval-size", "
         "--checkpoint-every", "4", "--curriculum", "6", "9", "--curriculum-acc", "0", "--device", "cpu", "--quiet",
         *TINY]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the subprocesses run with OMP_NUM_THREADS=1: same kernels, same numbers
-    yield
-    torch.set_num_threads(n)
 
 
 def config(**kw) -> PretrainConfig:

@@ -8,7 +8,6 @@ import json
 from dataclasses import replace
 
 import pytest
-import torch
 
 from jobs.dmt import main as dmt_main
 from jobs.pretrain import main as pretrain_main
@@ -24,20 +23,13 @@ from trainers.loop import Callbacks
 from trainers.pretrain import PretrainConfig, pretrain
 from trainers.student import StudentRun, StudentTrainConfig, run_training
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("one_thread")]  # tests/conftest.py
 SPEC = "retrieval:T=12,vocab=4"
 TINY = ["--teacher.d-model", "16", "--teacher.n-heads", "2", "--teacher.encoder-depth", "1",
         "--teacher.decoder-depth", "1", "--teacher.mem-tokens", "2", "--updater.arch", "mlp", "--updater.depth", "1",
         "--updater.hidden", "32", "--corpus", SPEC, "--eval-every", "4", "--eval-size", "8", "--batch-size", "4",
         "--checkpoint-every", "4", "--device", "cpu", "--quiet", "--optim.warmup-steps", "1"]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def pt_config(**kw) -> PretrainConfig:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from jobs.cli import main as smt
@@ -25,19 +24,12 @@ from trainers.loop import Callbacks
 from trainers.pretrain import PretrainConfig, pretrain
 from trainers.tracking import TrackingConfig
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.usefixtures("one_thread")]  # tests/conftest.py
 SPEC = "retrieval:T=12,vocab=4"
 TINY = ["--teacher.d-model", "16", "--teacher.n-heads", "2", "--teacher.encoder-depth", "1",
         "--teacher.decoder-depth", "1", "--teacher.mem-tokens", "2", "--updater.arch", "mlp", "--updater.depth", "1",
         "--updater.hidden", "32"]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def events(folder) -> EventAccumulator:
