@@ -232,7 +232,8 @@ class RunDir:
         return rec
 
     def record(self) -> dict | None:
-        """The run record (with its `kind`), None for a folder without one."""
+        """The run record (with its `kind`; a folder written before records: the kind its files show,
+        `storage.layout.read_record`), None when neither says what the folder is."""
         return read_record(self.bucket)
 
     def child(self, rel: str) -> RunDir:
